@@ -1,0 +1,164 @@
+"""Typed settings read from the environment (DESIGN §10).
+
+This module is the one place that reads the environment. :func:`load_settings`
+validates everything once, at start-up, and turns pydantic's validation errors
+into one :class:`~config.errors.ConfigError` that names each bad variable and its
+value (secrets are never echoed).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from config.errors import ConfigError
+
+#: Largest task ``context`` accepted, in bytes of its JSON encoding.
+DEFAULT_MAX_CONTEXT_BYTES = 64 * 1024
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError("is not a port number (1-65535)")
+    return value
+
+
+def _positive(value: int) -> int:
+    if value < 1:
+        raise ValueError("must be at least 1")
+    return value
+
+
+def _not_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError("must not be negative")
+    return value
+
+
+Port = Annotated[int, AfterValidator(_port)]
+PositiveInt = Annotated[int, AfterValidator(_positive)]
+NonNegativeInt = Annotated[int, AfterValidator(_not_negative)]
+DottedPaths = Annotated[tuple[str, ...], NoDecode]
+
+
+class Settings(BaseSettings):
+    """Every setting of the project, with the environment variable that sets it."""
+
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True, populate_by_name=True)
+
+    # --- Redis (seed names kept; REDIS_URL wins when set) ---
+    redis_url: SecretStr | None = Field(default=None, validation_alias="REDIS_URL")
+    redis_host: str = Field(default="localhost", validation_alias="REDIS_HOST")
+    redis_port: Port = Field(default=6379, validation_alias="REDIS_PORT")
+    redis_password: SecretStr | None = Field(default=None, validation_alias="REDIS_PASSWORD")
+    #: Worker threads per process (``dramatiq --threads``).
+    queue_concurrency: PositiveInt = Field(default=5, validation_alias="QUEUE_CONCURRENCY")
+
+    # --- Task store ---
+    database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
+    sqlite_path: Path = Field(default=Path("agentq.db"), validation_alias="AGENTQ_SQLITE_PATH")
+    #: Largest Postgres connection pool per process; 0 sizes it from QUEUE_CONCURRENCY.
+    db_pool_size: NonNegativeInt = Field(default=0, validation_alias="AGENTQ_DB_POOL_SIZE")
+
+    # --- Task semantics ---
+    max_attempts: PositiveInt = Field(default=3, validation_alias="AGENTQ_MAX_ATTEMPTS")
+    backoff_ms: NonNegativeInt = Field(default=2000, validation_alias="AGENTQ_BACKOFF_MS")
+    max_context_bytes: PositiveInt = Field(
+        default=DEFAULT_MAX_CONTEXT_BYTES, validation_alias="AGENTQ_MAX_CONTEXT_BYTES"
+    )
+    #: Dramatiq's time limit for one attempt, in milliseconds.
+    task_time_limit_ms: PositiveInt = Field(default=600_000, validation_alias="AGENTQ_TASK_TIME_LIMIT_MS")
+
+    # --- Retention (cleanup_jobs) ---
+    keep_completed_age_s: NonNegativeInt = Field(default=86_400, validation_alias="AGENTQ_KEEP_COMPLETED_AGE_S")
+    keep_completed_count: NonNegativeInt = Field(default=1000, validation_alias="AGENTQ_KEEP_COMPLETED_COUNT")
+    keep_failed_age_s: NonNegativeInt = Field(default=604_800, validation_alias="AGENTQ_KEEP_FAILED_AGE_S")
+    keep_failed_count: NonNegativeInt = Field(default=5000, validation_alias="AGENTQ_KEEP_FAILED_COUNT")
+
+    # --- Middleware stack ---
+    #: Extra ``dramatiq.Middleware`` classes or instances, by dotted path, appended to the stack.
+    extra_middleware: DottedPaths = Field(default=(), validation_alias="AGENTQ_MIDDLEWARE")
+    #: Names of our optional middleware to leave out (see ``middleware.OPTIONAL``).
+    disabled_middleware: DottedPaths = Field(default=(), validation_alias="AGENTQ_DISABLE_MIDDLEWARE")
+
+    # --- Logging ---
+    log_level: str = Field(default="INFO", validation_alias="AGENTQ_LOG_LEVEL")
+
+    @field_validator("extra_middleware", "disabled_middleware", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+        return level
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("is not a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_scheme(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(("postgresql://", "postgres://")):
+            raise ValueError("is not a postgresql:// URL")
+        return value
+
+    def redis_connection_url(self) -> str:
+        """The Redis URL to connect to: ``REDIS_URL``, else one built from host, port and password."""
+        if self.redis_url is not None:
+            return self.redis_url.get_secret_value()
+        auth = ""
+        if self.redis_password is not None:
+            auth = ":" + quote(self.redis_password.get_secret_value(), safe="") + "@"
+        return f"redis://{auth}{self.redis_host}:{self.redis_port}/0"
+
+    def store_backend(self) -> str:
+        """Which task store the settings select: ``postgres`` or ``sqlite``."""
+        return "postgres" if self.database_url is not None else "sqlite"
+
+    def db_pool_max(self) -> int:
+        """Connections per process for the Postgres pool: one per worker thread plus headroom."""
+        return self.db_pool_size or self.queue_concurrency + 4
+
+
+_SECRET_FIELDS = {"REDIS_URL", "REDIS_PASSWORD", "DATABASE_URL"}
+
+
+def _describe(error: Any) -> str:
+    name = str(error["loc"][0]) if error["loc"] else "settings"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error.get("type") == "int_parsing":
+        message = "is not a port number" if name.endswith("_PORT") else "is not an integer"
+    value = "<hidden>" if name in _SECRET_FIELDS else repr(error.get("input"))
+    return f"{name}={value} {message}"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings from the environment.
+
+    Args:
+        **overrides: Values that win over the environment (by field name), for tests and tools.
+
+    Raises:
+        ConfigError: Naming every bad variable and its value, e.g. ``REDIS_PORT='abc' is not an integer``.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        # ``from None``: pydantic's own message echoes input values, secrets included.
+        raise ConfigError(f"invalid configuration: {problems}") from None

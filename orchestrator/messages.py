@@ -1,0 +1,136 @@
+"""Provider-neutral conversation types.
+
+Providers translate these to and from their own wire formats, so the agent loop never
+depends on a vendor SDK.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: The roles a message can have.
+Role = Literal["system", "user", "assistant", "tool"]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """What a model is told about a tool.
+
+    Attributes:
+        name: The tool's registered name.
+        description: What the tool does, for the model.
+        parameters: JSON schema of the tool's arguments.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A tool call asked for by the model.
+
+    Attributes:
+        id: The call's id, echoed back in the tool result message.
+        name: The tool to call.
+        arguments: The arguments, not yet validated.
+    """
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One message of a conversation.
+
+    Attributes:
+        role: Who speaks.
+        content: The text (for a tool message, the tool's result).
+        tool_calls: Tool calls made by an assistant message.
+        tool_call_id: For a tool message, the id of the call it answers.
+        is_error: For a tool message, whether the result is an error.
+    """
+
+    role: Role
+    content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of one or more model calls.
+
+    Attributes:
+        input_tokens: Tokens sent to the model.
+        output_tokens: Tokens produced by the model.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        """Sum two usages.
+
+        Args:
+            other: The usage to add.
+
+        Returns:
+            A new usage with both counts summed.
+        """
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        """Return the usage as a JSON-friendly dict."""
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+
+
+@dataclass(frozen=True)
+class ModelRequest:
+    """One call to a model.
+
+    Attributes:
+        model: The model name, as the provider knows it.
+        system_prompt: The agent's system prompt, if any.
+        messages: The conversation so far (without the system prompt).
+        tools: The tools the model may call.
+        temperature: Sampling temperature, or None for the provider default.
+        max_tokens: Output token limit, or None for the provider default.
+        context: The task's context (a scripted provider reads its script here).
+    """
+
+    model: str
+    system_prompt: str | None
+    messages: tuple[ChatMessage, ...]
+    tools: tuple[ToolSpec, ...]
+    temperature: float | None
+    max_tokens: int | None
+    context: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelResponse:
+    """A model's answer to one request.
+
+    Attributes:
+        content: The text answer, if any.
+        tool_calls: Tool calls asked for; empty for a final answer.
+        usage: Tokens used by this call.
+        model: The model that answered.
+        finish_reason: Why the model stopped (e.g. ``"stop"``, ``"tool_calls"``).
+    """
+
+    content: str | None
+    tool_calls: tuple[ToolCall, ...]
+    usage: Usage
+    model: str
+    finish_reason: str

@@ -1,0 +1,221 @@
+"""The tool registry: named tools with typed, validated arguments.
+
+A tool is a sync function taking one validated pydantic model and returning a string or a
+JSON-serialisable value. The registry derives the JSON schema shown to the model from the
+argument model, validates the model's arguments before calling the tool, and turns every
+failure (bad arguments, an exception in the tool) into an error result the model can read,
+never into an exception that ends the run.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from orchestrator.builtin_tools import BUILTIN_TOOLS
+from orchestrator.errors import DuplicateTool, UnknownTool
+from orchestrator.messages import ToolSpec
+
+__all__ = ["Tool", "ToolOutcome", "ToolRegistry", "ToolSpec", "default_registry"]
+
+#: Longest tool result, in characters, passed back to the model.
+MAX_TOOL_OUTPUT_CHARS = 20_000
+
+ArgsT = TypeVar("ArgsT", bound=BaseModel)
+FnT = TypeVar("FnT", bound=Callable[..., object])
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    """The result of executing a tool call.
+
+    Attributes:
+        content: The text passed back to the model.
+        is_error: Whether the call failed (bad arguments, tool exception, unknown tool).
+    """
+
+    content: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A registered tool.
+
+    Attributes:
+        name: The name the model calls it by.
+        description: What it does, for the model.
+        args_model: The pydantic model its arguments are validated against.
+        fn: The function run with the validated arguments.
+    """
+
+    name: str
+    description: str
+    args_model: type[BaseModel]
+    fn: Callable[[Any], object]
+
+    @property
+    def spec(self) -> ToolSpec:
+        """The tool as described to a model."""
+        return ToolSpec(self.name, self.description, self.args_model.model_json_schema())
+
+
+def _format_validation_error(name: str, exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "arguments"
+        problems.append(f"{where}: {error['msg']}")
+    return f"invalid arguments for tool {name!r}: " + "; ".join(problems)
+
+
+def _render(value: object) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, BaseModel):
+        return value.model_dump_json()
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _bound(text: str) -> str:
+    if len(text) <= MAX_TOOL_OUTPUT_CHARS:
+        return text
+    return text[:MAX_TOOL_OUTPUT_CHARS] + f"... [truncated, {len(text)} chars in total]"
+
+
+class ToolRegistry:
+    """Named tools with typed argument schemas.
+
+    Example:
+        >>> registry = ToolRegistry()
+        >>> class EchoArgs(BaseModel):
+        ...     text: str
+        >>> @registry.tool(name="echo", description="Repeat the text.", args=EchoArgs)
+        ... def echo(args: EchoArgs) -> str:
+        ...     return args.text
+        >>> registry.execute("echo", {"text": "hi"})
+        ToolOutcome(content='hi', is_error=False)
+    """
+
+    def __init__(self) -> None:
+        """Create an empty registry."""
+        self._tools: dict[str, Tool] = {}
+
+    def register(
+        self, name: str, description: str, args_model: type[ArgsT], fn: Callable[[ArgsT], object]
+    ) -> Tool:
+        """Register a tool.
+
+        Args:
+            name: The name the model calls it by.
+            description: What the tool does, for the model.
+            args_model: A pydantic model describing and validating the arguments.
+            fn: A sync function taking the validated model; returns a str or a
+                JSON-serialisable value.
+
+        Returns:
+            The registered tool.
+
+        Raises:
+            DuplicateTool: A tool with this name is already registered.
+        """
+        if name in self._tools:
+            raise DuplicateTool(name)
+        tool = Tool(name=name, description=description, args_model=args_model, fn=fn)
+        self._tools[name] = tool
+        return tool
+
+    def tool(self, *, name: str, description: str, args: type[BaseModel]) -> Callable[[FnT], FnT]:
+        """Register the decorated function as a tool; the function is returned unchanged.
+
+        Args:
+            name: The name the model calls it by.
+            description: What the tool does, for the model.
+            args: A pydantic model describing and validating the arguments.
+
+        Returns:
+            A decorator.
+        """
+
+        def decorator(fn: FnT) -> FnT:
+            self.register(name, description, args, fn)
+            return fn
+
+        return decorator
+
+    def get(self, name: str) -> Tool:
+        """Return the tool registered under ``name``.
+
+        Raises:
+            UnknownTool: No tool has this name.
+        """
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise UnknownTool(name) from None
+
+    def names(self) -> tuple[str, ...]:
+        """Return the registered tool names, sorted."""
+        return tuple(sorted(self._tools))
+
+    def __contains__(self, name: object) -> bool:
+        """Return whether a tool is registered under ``name``."""
+        return name in self._tools
+
+    def __iter__(self) -> Iterator[Tool]:
+        """Iterate over the tools, sorted by name."""
+        return iter([self._tools[name] for name in self.names()])
+
+    def __len__(self) -> int:
+        """Return the number of registered tools."""
+        return len(self._tools)
+
+    def specs(self, allowed: Iterable[str]) -> tuple[ToolSpec, ...]:
+        """Return the specs of the allowed tools that exist, sorted by name.
+
+        Args:
+            allowed: Tool names an agent may use; names not registered are skipped.
+        """
+        wanted = set(allowed)
+        return tuple(tool.spec for tool in self if tool.name in wanted)
+
+    def execute(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
+        """Validate the arguments and run a tool; failures come back as error outcomes.
+
+        Args:
+            name: The tool to run.
+            arguments: The arguments as given by the model.
+
+        Returns:
+            The tool's rendered result, or an error outcome for an unknown tool,
+            invalid arguments, an exception raised by the tool, or a result that is
+            not JSON-serialisable.
+        """
+        tool = self._tools.get(name)
+        if tool is None:
+            return ToolOutcome(str(UnknownTool(name)), is_error=True)
+        if not isinstance(arguments, dict):
+            return ToolOutcome(
+                f"invalid arguments for tool {name!r}: expected a JSON object, "
+                f"got {type(arguments).__name__}",
+                is_error=True,
+            )
+        try:
+            args = tool.args_model.model_validate(arguments)
+        except ValidationError as exc:
+            return ToolOutcome(_format_validation_error(name, exc), is_error=True)
+        try:
+            return ToolOutcome(_bound(_render(tool.fn(args))))
+        except Exception as exc:  # a tool failure is reported to the model, not raised
+            return ToolOutcome(_bound(f"{type(exc).__name__}: {exc}"), is_error=True)
+
+
+def default_registry() -> ToolRegistry:
+    """Return a new registry holding the built-in tools (``calculate``, ``get_current_time``)."""
+    registry = ToolRegistry()
+    for name, description, args_model, fn in BUILTIN_TOOLS:
+        registry.register(name, description, args_model, fn)
+    return registry

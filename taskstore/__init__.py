@@ -1,0 +1,55 @@
+"""Persistence for agents, tasks and runs: the protocol, its implementations and the schema."""
+
+from __future__ import annotations
+
+from taskstore.base import TaskStore, new_id, normalize_id
+from taskstore.errors import (
+    AgentNotFound,
+    InvalidTaskId,
+    InvalidTransition,
+    StoreUnavailable,
+    TaskNotFound,
+    TaskStoreError,
+)
+from taskstore.factory import build_store
+from taskstore.memory import InMemoryTaskStore
+from taskstore.models import (
+    Agent,
+    CleanupResult,
+    Claim,
+    NewAgent,
+    NewTask,
+    QueueCounts,
+    RetentionPolicy,
+    Run,
+    RunStatus,
+    Task,
+    TaskStatus,
+    Usage,
+)
+
+__all__ = [
+    "Agent",
+    "AgentNotFound",
+    "CleanupResult",
+    "Claim",
+    "InMemoryTaskStore",
+    "InvalidTaskId",
+    "InvalidTransition",
+    "NewAgent",
+    "NewTask",
+    "QueueCounts",
+    "RetentionPolicy",
+    "Run",
+    "RunStatus",
+    "StoreUnavailable",
+    "Task",
+    "TaskNotFound",
+    "TaskStatus",
+    "TaskStore",
+    "TaskStoreError",
+    "Usage",
+    "build_store",
+    "new_id",
+    "normalize_id",
+]

@@ -1,0 +1,137 @@
+"""The :class:`TaskStore` protocol: persistence for agents, tasks and runs.
+
+The database is the source of truth (DESIGN §5). Every status change is a
+compare-and-set on the current status (and, for a running task, on its current
+run): a method that loses the race changes nothing and returns ``None``/``False``,
+so duplicate messages can never run a task twice at once or re-run a finished one.
+
+All timestamps are timezone-aware UTC ``datetime`` values passed in by the caller
+(``now``), so the rules are testable with a controlled clock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+from taskstore.errors import InvalidTaskId
+from taskstore.models import (
+    Agent,
+    CleanupResult,
+    Claim,
+    NewAgent,
+    NewTask,
+    QueueCounts,
+    RetentionPolicy,
+    Run,
+    Task,
+    Usage,
+)
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """Persistence for agents, tasks and runs. Implementations are thread-safe."""
+
+    def migrate(self) -> list[str]:
+        """Create or upgrade the schema; returns the names of migrations applied now. Idempotent."""
+        ...
+
+    def close(self) -> None:
+        """Release connections. The store reopens them if used again."""
+        ...
+
+    def create_agent(self, agent: NewAgent, *, now: datetime) -> Agent:
+        """Insert an agent."""
+        ...
+
+    def get_agent(self, agent_id: str) -> Agent | None:
+        """The agent, or ``None``."""
+        ...
+
+    def create_task(self, task: NewTask, *, now: datetime) -> Task:
+        """Insert a task in status ``pending``."""
+        ...
+
+    def get_task(self, task_id: str) -> Task | None:
+        """The task, or ``None``."""
+        ...
+
+    def get_runs(self, task_id: str) -> list[Run]:
+        """The task's runs, oldest attempt first."""
+        ...
+
+    def mark_queued(self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime) -> Task | None:
+        """``pending → queued``; ``priority`` None keeps the row's. ``None`` if the task was not pending."""
+        ...
+
+    def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
+        """``queued → pending`` for the enqueue made at ``queued_at``, when the broker refused its message."""
+        ...
+
+    def claim(self, task_id: str, *, run_id: str, worker_id: str, now: datetime) -> Claim | None:
+        """``queued → running``: counts an attempt and inserts run ``run_id``. ``None`` if not queued."""
+        ...
+
+    def complete(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        result: dict[str, Any],
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        """``running → completed`` for run ``run_id``; ``False`` if that run no longer holds the task."""
+        ...
+
+    def fail_attempt(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        error: str,
+        stacktrace: str | None,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        retry_at: datetime | None,
+        now: datetime,
+    ) -> bool:
+        """Record run ``run_id`` as failed: ``running → queued`` (due at ``retry_at``) or, when ``retry_at``
+        is ``None``, ``running → failed``. ``False`` if that run no longer holds the task."""
+        ...
+
+    def cancel(self, task_id: str, *, now: datetime) -> Task | None:
+        """``pending/queued → cancelled``. ``None`` if the task was in another status."""
+        ...
+
+    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
+        """``failed → queued`` with a fresh set of attempts. ``None`` if the task was not failed."""
+        ...
+
+    def queue_counts(self, *, now: datetime) -> QueueCounts:
+        """Counts of waiting, delayed, active, and (not archived) completed and failed tasks."""
+        ...
+
+    def cleanup(self, policy: RetentionPolicy, *, now: datetime) -> CleanupResult:
+        """Archive finished jobs outside ``policy`` and delete their runs. Task rows are never deleted."""
+        ...
+
+
+def new_id() -> str:
+    """A fresh random UUID as text."""
+    return str(uuid.uuid4())
+
+
+def normalize_id(value: object, what: str = "task id") -> str:
+    """``value`` as a canonical UUID string, or :class:`InvalidTaskId` naming it."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidTaskId(value, what)
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise InvalidTaskId(value, what) from None

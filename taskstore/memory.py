@@ -1,0 +1,309 @@
+"""An in-memory :class:`~taskstore.base.TaskStore` for unit tests.
+
+It follows the same rules as the SQL stores (the conformance suite runs against
+all of them) and keeps its state inspectable: ``agents``, ``tasks``, ``runs``.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any
+
+from taskstore.base import new_id
+from taskstore.models import (
+    Agent,
+    CleanupResult,
+    Claim,
+    NewAgent,
+    NewTask,
+    QueueCounts,
+    RetentionPolicy,
+    Run,
+    RunStatus,
+    Task,
+    TaskStatus,
+    Usage,
+)
+
+
+class InMemoryTaskStore:
+    """A thread-safe, process-local task store."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.agents: dict[str, Agent] = {}
+        self.tasks: dict[str, Task] = {}
+        self.runs: dict[str, Run] = {}
+
+    def migrate(self) -> list[str]:
+        return []
+
+    def close(self) -> None:
+        return None
+
+    def reset(self) -> None:
+        """Forget everything."""
+        with self._lock:
+            self.agents.clear()
+            self.tasks.clear()
+            self.runs.clear()
+
+    # --- agents and tasks -------------------------------------------------
+
+    def create_agent(self, agent: NewAgent, *, now: datetime) -> Agent:
+        record = Agent(
+            id=agent.id or new_id(),
+            organization_id=agent.organization_id,
+            name=agent.name,
+            kind=agent.kind,
+            provider=agent.provider,
+            model=agent.model,
+            system_prompt=agent.system_prompt,
+            allowed_tools=tuple(agent.allowed_tools),
+            temperature=agent.temperature,
+            max_tokens=agent.max_tokens,
+            max_turns=agent.max_turns,
+            is_active=agent.is_active,
+            created_at=now,
+            updated_at=now,
+        )
+        with self._lock:
+            self.agents[record.id] = record
+        return record
+
+    def get_agent(self, agent_id: str) -> Agent | None:
+        with self._lock:
+            return self.agents.get(agent_id)
+
+    def create_task(self, task: NewTask, *, now: datetime) -> Task:
+        record = Task(
+            id=task.id or new_id(),
+            agent_id=task.agent_id,
+            organization_id=task.organization_id,
+            title=task.title,
+            description=task.description,
+            task_type=task.task_type,
+            context=copy.deepcopy(task.context),
+            status=TaskStatus.PENDING,
+            priority=task.priority,
+            schedule_cron=None,
+            schedule_timezone=task.schedule_timezone,
+            next_run_at=None,
+            last_run_at=None,
+            max_attempts=task.max_attempts,
+            attempts=0,
+            stalled_count=0,
+            result=None,
+            error=None,
+            run_at=None,
+            current_run_id=None,
+            input_tokens=0,
+            output_tokens=0,
+            queued_at=None,
+            started_at=None,
+            completed_at=None,
+            failed_at=None,
+            archived_at=None,
+            created_at=now,
+            updated_at=now,
+        )
+        with self._lock:
+            self.tasks[record.id] = record
+        return record
+
+    def get_task(self, task_id: str) -> Task | None:
+        with self._lock:
+            return self.tasks.get(task_id)
+
+    def get_runs(self, task_id: str) -> list[Run]:
+        with self._lock:
+            return sorted((run for run in self.runs.values() if run.task_id == task_id), key=lambda r: r.attempt)
+
+    # --- transitions --------------------------------------------------------
+
+    def _swap(self, task_id: str, expected: set[TaskStatus], **changes: Any) -> Task | None:
+        """Compare-and-set: apply ``changes`` if the task's status is in ``expected``."""
+        task = self.tasks.get(task_id)
+        if task is None or task.status not in expected:
+            return None
+        updated = replace(task, **changes)
+        self.tasks[task_id] = updated
+        return updated
+
+    def mark_queued(self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime) -> Task | None:
+        with self._lock:
+            task = self.tasks.get(task_id)
+            return self._swap(
+                task_id,
+                {TaskStatus.PENDING},
+                status=TaskStatus.QUEUED,
+                priority=task.priority if priority is None or task is None else priority,
+                run_at=run_at,
+                queued_at=now,
+                archived_at=None,
+                updated_at=now,
+            )
+
+    def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
+        with self._lock:
+            task = self.tasks.get(task_id)
+            if task is None or task.queued_at != queued_at:
+                return False
+            return self._swap(task_id, {TaskStatus.QUEUED}, status=TaskStatus.PENDING, run_at=None,
+                              queued_at=None, updated_at=now) is not None
+
+    def claim(self, task_id: str, *, run_id: str, worker_id: str, now: datetime) -> Claim | None:
+        with self._lock:
+            task = self.tasks.get(task_id)
+            claimed = self._swap(
+                task_id,
+                {TaskStatus.QUEUED},
+                status=TaskStatus.RUNNING,
+                attempts=(task.attempts + 1) if task else 0,
+                current_run_id=run_id,
+                started_at=now,
+                run_at=None,
+                updated_at=now,
+            )
+            if claimed is None:
+                return None
+            self.runs[run_id] = Run(
+                id=run_id, task_id=task_id, attempt=claimed.attempts, status=RunStatus.RUNNING,
+                worker_id=worker_id, started_at=now, finished_at=None, error=None, stacktrace=None,
+                input_tokens=0, output_tokens=0, transcript=None, trace_id=None,
+            )
+            return Claim(task=claimed, agent=self.agents.get(claimed.agent_id), run_id=run_id)
+
+    def _holds(self, task_id: str, run_id: str) -> Task | None:
+        task = self.tasks.get(task_id)
+        if task is None or task.status != TaskStatus.RUNNING or task.current_run_id != run_id:
+            return None
+        return task
+
+    def complete(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        result: dict[str, Any],
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        with self._lock:
+            task = self._holds(task_id, run_id)
+            if task is None:
+                return False
+            self.tasks[task_id] = replace(
+                task, status=TaskStatus.COMPLETED, result=copy.deepcopy(result), error=None, completed_at=now,
+                input_tokens=task.input_tokens + usage.input_tokens,
+                output_tokens=task.output_tokens + usage.output_tokens, archived_at=None, updated_at=now,
+            )
+            self._finish_run(run_id, RunStatus.COMPLETED, None, None, usage, transcript, now)
+            return True
+
+    def fail_attempt(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        error: str,
+        stacktrace: str | None,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        retry_at: datetime | None,
+        now: datetime,
+    ) -> bool:
+        with self._lock:
+            task = self._holds(task_id, run_id)
+            if task is None:
+                return False
+            final = retry_at is None
+            self.tasks[task_id] = replace(
+                task,
+                status=TaskStatus.FAILED if final else TaskStatus.QUEUED,
+                error=error,
+                run_at=retry_at,
+                failed_at=now if final else task.failed_at,
+                input_tokens=task.input_tokens + usage.input_tokens,
+                output_tokens=task.output_tokens + usage.output_tokens,
+                archived_at=None,
+                updated_at=now,
+            )
+            self._finish_run(run_id, RunStatus.FAILED, error, stacktrace, usage, transcript, now)
+            return True
+
+    def _finish_run(
+        self,
+        run_id: str,
+        status: RunStatus,
+        error: str | None,
+        stacktrace: str | None,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> None:
+        run = self.runs[run_id]
+        self.runs[run_id] = replace(
+            run, status=status, error=error, stacktrace=stacktrace, finished_at=now,
+            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            transcript=copy.deepcopy(transcript),
+        )
+
+    def cancel(self, task_id: str, *, now: datetime) -> Task | None:
+        with self._lock:
+            return self._swap(
+                task_id, {TaskStatus.PENDING, TaskStatus.QUEUED}, status=TaskStatus.CANCELLED, run_at=None,
+                updated_at=now,
+            )
+
+    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
+        with self._lock:
+            return self._swap(
+                task_id, {TaskStatus.FAILED}, status=TaskStatus.QUEUED, attempts=0, stalled_count=0, error=None,
+                run_at=run_at, queued_at=now, failed_at=None, archived_at=None, updated_at=now,
+            )
+
+    # --- queue views --------------------------------------------------------
+
+    def queue_counts(self, *, now: datetime) -> QueueCounts:
+        counts = dict.fromkeys(("waiting", "active", "completed", "failed", "delayed"), 0)
+        with self._lock:
+            for task in self.tasks.values():
+                if task.status == TaskStatus.QUEUED:
+                    due = task.run_at is None or task.run_at <= now
+                    counts["waiting" if due else "delayed"] += 1
+                elif task.status == TaskStatus.RUNNING:
+                    counts["active"] += 1
+                elif task.status in (TaskStatus.COMPLETED, TaskStatus.FAILED) and task.archived_at is None:
+                    counts[task.status.value] += 1
+        return QueueCounts(**counts)
+
+    def cleanup(self, policy: RetentionPolicy, *, now: datetime) -> CleanupResult:
+        with self._lock:
+            completed = self._archive(TaskStatus.COMPLETED, policy.completed_age_s, policy.completed_count, now)
+            failed = self._archive(TaskStatus.FAILED, policy.failed_age_s, policy.failed_count, now)
+            archived = set(completed) | set(failed)
+            doomed = [run_id for run_id, run in self.runs.items() if run.task_id in archived]
+            for run_id in doomed:
+                del self.runs[run_id]
+            return CleanupResult(len(completed), len(failed), len(doomed))
+
+    def _archive(self, status: TaskStatus, age_s: int, keep: int, now: datetime) -> list[str]:
+        def finished(task: Task) -> datetime:
+            stamp = task.completed_at if status == TaskStatus.COMPLETED else task.failed_at
+            return stamp or task.updated_at
+
+        visible = [
+            task for task in self.tasks.values()
+            if task.status == status and task.archived_at is None and task.schedule_cron is None
+        ]
+        visible.sort(key=lambda task: (finished(task), task.id), reverse=True)
+        cutoff = now - timedelta(seconds=age_s)
+        doomed = [task.id for rank, task in enumerate(visible) if rank >= keep or finished(task) < cutoff]
+        for task_id in doomed:
+            self.tasks[task_id] = replace(self.tasks[task_id], archived_at=now, updated_at=now)
+        return doomed

@@ -1,0 +1,191 @@
+"""Records stored by a :class:`~taskstore.base.TaskStore`: agents, tasks and runs."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+class TaskStatus(enum.StrEnum):
+    """Where a task is in its lifecycle (DESIGN §5)."""
+
+    #: Row created, not handed to the queue yet.
+    PENDING = "pending"
+    #: A message is on the broker (possibly delayed until ``run_at``).
+    QUEUED = "queued"
+    #: A worker holds the task and is running an attempt.
+    RUNNING = "running"
+    #: Finished with a result.
+    COMPLETED = "completed"
+    #: Attempts exhausted or non-retryable error: the dead-letter state.
+    FAILED = "failed"
+    #: Removed before it finished.
+    CANCELLED = "cancelled"
+
+
+class RunStatus(enum.StrEnum):
+    """Outcome of one attempt."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+TASK_TYPES = ("adhoc", "scheduled")
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A row of ``ai_agents``: how to run an agent, and which actor (``kind``) runs it."""
+
+    id: str
+    organization_id: str
+    name: str
+    kind: str
+    provider: str
+    model: str
+    system_prompt: str | None
+    allowed_tools: tuple[str, ...]
+    temperature: float | None
+    max_tokens: int | None
+    max_turns: int
+    is_active: bool
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    """A row of ``ai_agent_tasks``."""
+
+    id: str
+    agent_id: str
+    organization_id: str
+    title: str
+    description: str | None
+    task_type: str
+    context: dict[str, Any]
+    status: TaskStatus
+    priority: int
+    schedule_cron: str | None
+    schedule_timezone: str | None
+    next_run_at: datetime | None
+    last_run_at: datetime | None
+    max_attempts: int
+    attempts: int
+    stalled_count: int
+    result: dict[str, Any] | None
+    error: str | None
+    run_at: datetime | None
+    current_run_id: str | None
+    input_tokens: int
+    output_tokens: int
+    queued_at: datetime | None
+    started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+    archived_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A row of ``ai_agent_task_runs``: one attempt of a task."""
+
+    id: str
+    task_id: str
+    attempt: int
+    status: RunStatus
+    worker_id: str | None
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    stacktrace: str | None
+    input_tokens: int
+    output_tokens: int
+    transcript: list[dict[str, Any]] | None
+    trace_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What a worker gets when it wins a task: the task (now running), its agent, and its new run."""
+
+    task: Task
+    agent: Agent | None
+    run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewAgent:
+    """Fields for creating an agent; the store fills in ids and timestamps."""
+
+    organization_id: str
+    name: str
+    provider: str = "scripted"
+    model: str = "scripted-1"
+    kind: str = "general"
+    system_prompt: str | None = None
+    allowed_tools: tuple[str, ...] = ()
+    temperature: float | None = None
+    max_tokens: int | None = None
+    max_turns: int = 10
+    is_active: bool = True
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """Fields for creating a task; the store fills in ids, status and timestamps."""
+
+    agent_id: str
+    organization_id: str
+    title: str
+    description: str | None = None
+    task_type: str = "adhoc"
+    context: dict[str, Any] = field(default_factory=dict)
+    priority: int = 5
+    max_attempts: int = 3
+    schedule_timezone: str | None = None
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one attempt."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """Task counts by queue state, read in one consistent query."""
+
+    waiting: int = 0
+    active: int = 0
+    completed: int = 0
+    failed: int = 0
+    delayed: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicy:
+    """How long finished jobs stay visible to the queue (DESIGN §7)."""
+
+    completed_age_s: int = 86_400
+    completed_count: int = 1000
+    failed_age_s: int = 604_800
+    failed_count: int = 5000
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupResult:
+    """What a cleanup pass archived and deleted."""
+
+    archived_completed: int = 0
+    archived_failed: int = 0
+    deleted_runs: int = 0

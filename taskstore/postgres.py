@@ -1,0 +1,338 @@
+"""The Postgres :class:`~taskstore.base.TaskStore` (psycopg 3 with a connection pool).
+
+Each transition is one statement, so one round trip: the claim updates the task,
+inserts the run and reads the agent in a single data-modifying CTE; finishing a
+run updates the task and its run together. The pool opens on first use, never at
+construction, and works through Supabase's transaction pooler when built with
+``prepare_threshold=None``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from taskstore.base import new_id
+from taskstore.errors import StoreUnavailable
+from taskstore.models import (
+    Agent,
+    CleanupResult,
+    Claim,
+    NewAgent,
+    NewTask,
+    QueueCounts,
+    RetentionPolicy,
+    Run,
+    Task,
+    Usage,
+)
+from taskstore.rows import AGENT_COLUMNS, TASK_COLUMNS, agent_from_row, prefixed, run_from_row, task_from_row, unprefixed
+from taskstore.schema import MIGRATIONS, MIGRATIONS_TABLE
+
+T = TypeVar("T")
+Row = dict[str, Any]
+
+#: Advisory lock key held while migrating, so concurrent ``agentq migrate`` runs serialise.
+_MIGRATION_LOCK = 0x6167656E7471  # "agentq"
+
+_CLAIM = f"""
+WITH claimed AS (
+    UPDATE ai_agent_tasks
+       SET status = 'running', attempts = attempts + 1, current_run_id = %(run_id)s,
+           started_at = %(now)s, run_at = NULL, updated_at = %(now)s
+     WHERE id = %(id)s AND status = 'queued'
+ RETURNING *
+), run AS (
+    INSERT INTO ai_agent_task_runs (id, task_id, attempt, status, worker_id, started_at)
+    SELECT %(run_id)s, id, attempts, 'running', %(worker_id)s, %(now)s FROM claimed
+)
+SELECT {prefixed("t_", TASK_COLUMNS, "t")}, {prefixed("a_", AGENT_COLUMNS, "a")}
+  FROM claimed t LEFT JOIN ai_agents a ON a.id = t.agent_id
+"""
+
+_FINISH = """
+WITH task AS (
+    UPDATE ai_agent_tasks
+       SET status = {status}, {status_time}error = %(error)s, result = COALESCE(%(result)s, result),
+           run_at = %(retry_at)s, archived_at = NULL, updated_at = %(now)s,
+           input_tokens = input_tokens + %(input_tokens)s, output_tokens = output_tokens + %(output_tokens)s
+     WHERE id = %(id)s AND status = 'running' AND current_run_id = %(run_id)s
+ RETURNING id
+)
+UPDATE ai_agent_task_runs
+   SET status = %(run_status)s, finished_at = %(now)s, error = %(error)s, stacktrace = %(stacktrace)s,
+       input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, transcript = %(transcript)s
+ WHERE id = %(run_id)s AND EXISTS (SELECT 1 FROM task)
+RETURNING id
+"""
+
+_ARCHIVE = """
+UPDATE ai_agent_tasks SET archived_at = %(now)s, updated_at = %(now)s
+ WHERE id IN (
+    SELECT id FROM (
+        SELECT id, {column} AS finished, row_number() OVER (ORDER BY {column} DESC, id DESC) AS rank
+          FROM ai_agent_tasks
+         WHERE status = %(status)s AND archived_at IS NULL AND schedule_cron IS NULL
+    ) ranked
+     WHERE rank > %(keep)s OR finished < %(cutoff)s
+ )
+"""
+
+
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.adapters.register_loader("uuid", psycopg.types.string.TextLoader)
+    conn.execute("SET TIME ZONE 'UTC'")
+
+
+class PostgresTaskStore:
+    """Task store on PostgreSQL (or Supabase's Postgres), shared by any number of processes."""
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        max_size: int = 10,
+        prepare_threshold: int | None = 5,
+        timeout_s: float = 30.0,
+    ) -> None:
+        self._conninfo = conninfo
+        self._max_size = max_size
+        self._prepare_threshold = prepare_threshold
+        self._timeout_s = timeout_s
+        self._pool: ConnectionPool[psycopg.Connection[Row]] | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"PostgresTaskStore(max_size={self._max_size})"
+
+    # --- connections --------------------------------------------------------
+
+    def _get_pool(self) -> ConnectionPool[psycopg.Connection[Row]]:
+        with self._lock:
+            if self._pool is None:
+                pool: ConnectionPool[psycopg.Connection[Row]] = ConnectionPool(
+                    self._conninfo,
+                    min_size=1,
+                    max_size=self._max_size,
+                    open=False,
+                    timeout=self._timeout_s,
+                    configure=_configure,
+                    kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": self._prepare_threshold},
+                    name="agentq",
+                )
+                pool.open(wait=False)
+                self._pool = pool
+            return self._pool
+
+    @contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Row]]:
+        try:
+            with self._get_pool().connection() as conn:
+                yield conn
+        except PoolTimeout as exc:
+            raise StoreUnavailable(f"no Postgres connection within {self._timeout_s:g} s: {exc}") from exc
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"Postgres unavailable: {exc}") from exc
+
+    def _fetch(self, query: str | sql.Composed, params: dict[str, Any] | Sequence[Any] = ()) -> list[Row]:
+        with self._connection() as conn:
+            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+
+    def _one(self, query: str | sql.Composed, params: dict[str, Any], build: Callable[[Row], T]) -> T | None:
+        rows = self._fetch(query, params)
+        return build(rows[0]) if rows else None
+
+    def migrate(self) -> list[str]:
+        applied: list[str] = []
+        with self._connection() as conn, conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS ok", (MIGRATIONS_TABLE,)).fetchone()
+            done: set[str] = set()
+            if exists and exists["ok"]:
+                done = {row["name"] for row in conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE}")}
+            for migration in MIGRATIONS:
+                if migration.name not in done:
+                    conn.execute(migration.path().read_text(encoding="utf-8").encode())
+                    applied.append(migration.name)
+        return applied
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close()
+
+    # --- agents and tasks -------------------------------------------------
+
+    def create_agent(self, agent: NewAgent, *, now: datetime) -> Agent:
+        row = {
+            "id": agent.id or new_id(), "organization_id": agent.organization_id, "name": agent.name,
+            "kind": agent.kind, "provider": agent.provider, "model": agent.model,
+            "system_prompt": agent.system_prompt, "allowed_tools": list(agent.allowed_tools),
+            "temperature": agent.temperature, "max_tokens": agent.max_tokens, "max_turns": agent.max_turns,
+            "is_active": agent.is_active, "created_at": now, "updated_at": now,
+        }
+        return agent_from_row(self._insert("ai_agents", row))
+
+    def _insert(self, table: str, row: dict[str, Any]) -> Row:
+        query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING *").format(
+            sql.Identifier(table),
+            sql.SQL(", ").join(map(sql.Identifier, row)),
+            sql.SQL(", ").join(map(sql.Placeholder, row)),
+        )
+        return self._fetch(query, row)[0]
+
+    def get_agent(self, agent_id: str) -> Agent | None:
+        return self._one("SELECT * FROM ai_agents WHERE id = %(id)s", {"id": agent_id}, agent_from_row)
+
+    def create_task(self, task: NewTask, *, now: datetime) -> Task:
+        row = {
+            "id": task.id or new_id(), "agent_id": task.agent_id, "organization_id": task.organization_id,
+            "title": task.title, "description": task.description, "task_type": task.task_type,
+            "context": Jsonb(task.context), "status": "pending", "priority": task.priority,
+            "max_attempts": task.max_attempts, "schedule_timezone": task.schedule_timezone,
+            "created_at": now, "updated_at": now,
+        }
+        return task_from_row(self._insert("ai_agent_tasks", row))
+
+    def get_task(self, task_id: str) -> Task | None:
+        return self._one("SELECT * FROM ai_agent_tasks WHERE id = %(id)s", {"id": task_id}, task_from_row)
+
+    def get_runs(self, task_id: str) -> list[Run]:
+        rows = self._fetch(
+            "SELECT * FROM ai_agent_task_runs WHERE task_id = %(id)s ORDER BY attempt, started_at", {"id": task_id}
+        )
+        return [run_from_row(row) for row in rows]
+
+    # --- transitions --------------------------------------------------------
+
+    def mark_queued(self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime) -> Task | None:
+        return self._one(
+            "UPDATE ai_agent_tasks SET status = 'queued', priority = COALESCE(%(priority)s, priority),"
+            " run_at = %(run_at)s, queued_at = %(now)s, archived_at = NULL, updated_at = %(now)s"
+            " WHERE id = %(id)s AND status = 'pending' RETURNING *",
+            {"id": task_id, "priority": priority, "run_at": run_at, "now": now},
+            task_from_row,
+        )
+
+    def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
+        rows = self._fetch(
+            "UPDATE ai_agent_tasks SET status = 'pending', run_at = NULL, queued_at = NULL, updated_at = %(now)s"
+            " WHERE id = %(id)s AND status = 'queued' AND queued_at = %(queued_at)s RETURNING id",
+            {"id": task_id, "queued_at": queued_at, "now": now},
+        )
+        return bool(rows)
+
+    def claim(self, task_id: str, *, run_id: str, worker_id: str, now: datetime) -> Claim | None:
+        rows = self._fetch(_CLAIM, {"id": task_id, "run_id": run_id, "worker_id": worker_id, "now": now})
+        if not rows:
+            return None
+        agent_row = unprefixed(rows[0], "a_")
+        agent = agent_from_row(agent_row) if agent_row["id"] is not None else None
+        return Claim(task=task_from_row(unprefixed(rows[0], "t_")), agent=agent, run_id=run_id)
+
+    def complete(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        result: dict[str, Any],
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        query = sql.SQL(_FINISH).format(status=sql.Literal("completed"), status_time=sql.SQL("completed_at = %(now)s, "))
+        params = _finish_params(task_id, run_id, usage, transcript, now)
+        params.update(result=Jsonb(result), run_status="completed")
+        return bool(self._fetch(query, params))
+
+    def fail_attempt(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        error: str,
+        stacktrace: str | None,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        retry_at: datetime | None,
+        now: datetime,
+    ) -> bool:
+        final = retry_at is None
+        query = sql.SQL(_FINISH).format(
+            status=sql.Literal("failed" if final else "queued"),
+            status_time=sql.SQL("failed_at = %(now)s, " if final else ""),
+        )
+        params = _finish_params(task_id, run_id, usage, transcript, now)
+        params.update(error=error, stacktrace=stacktrace, retry_at=retry_at, run_status="failed")
+        return bool(self._fetch(query, params))
+
+    def cancel(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._one(
+            "UPDATE ai_agent_tasks SET status = 'cancelled', run_at = NULL, updated_at = %(now)s"
+            " WHERE id = %(id)s AND status IN ('pending', 'queued') RETURNING *",
+            {"id": task_id, "now": now},
+            task_from_row,
+        )
+
+    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
+        return self._one(
+            "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0, error = NULL,"
+            " run_at = %(run_at)s, queued_at = %(now)s, failed_at = NULL, archived_at = NULL, updated_at = %(now)s"
+            " WHERE id = %(id)s AND status = 'failed' RETURNING *",
+            {"id": task_id, "run_at": run_at, "now": now},
+            task_from_row,
+        )
+
+    # --- queue views --------------------------------------------------------
+
+    def queue_counts(self, *, now: datetime) -> QueueCounts:
+        rows = self._fetch(
+            "SELECT"
+            " count(*) FILTER (WHERE status = 'queued' AND (run_at IS NULL OR run_at <= %(now)s)) AS waiting,"
+            " count(*) FILTER (WHERE status = 'queued' AND run_at > %(now)s) AS delayed,"
+            " count(*) FILTER (WHERE status = 'running') AS active,"
+            " count(*) FILTER (WHERE status = 'completed' AND archived_at IS NULL) AS completed,"
+            " count(*) FILTER (WHERE status = 'failed' AND archived_at IS NULL) AS failed"
+            " FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed')",
+            {"now": now},
+        )
+        return QueueCounts(**{key: int(value) for key, value in rows[0].items()})
+
+    def cleanup(self, policy: RetentionPolicy, *, now: datetime) -> CleanupResult:
+        with self._connection() as conn, conn.transaction():
+            counts = []
+            for status, column, age_s, keep in (
+                ("completed", "completed_at", policy.completed_age_s, policy.completed_count),
+                ("failed", "failed_at", policy.failed_age_s, policy.failed_count),
+            ):
+                cursor = conn.execute(
+                    sql.SQL(_ARCHIVE).format(column=sql.Identifier(column)),
+                    {"now": now, "status": status, "keep": keep, "cutoff": now - timedelta(seconds=age_s)},
+                )
+                counts.append(cursor.rowcount)
+            deleted = conn.execute(
+                "DELETE FROM ai_agent_task_runs WHERE task_id IN"
+                " (SELECT id FROM ai_agent_tasks WHERE archived_at = %(now)s)",
+                {"now": now},
+            ).rowcount
+        return CleanupResult(counts[0], counts[1], deleted)
+
+
+def _finish_params(
+    task_id: str, run_id: str, usage: Usage, transcript: list[dict[str, Any]] | None, now: datetime
+) -> dict[str, Any]:
+    return {
+        "id": task_id, "run_id": run_id, "now": now, "error": None, "stacktrace": None, "result": None,
+        "retry_at": None, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+        "transcript": Jsonb(transcript) if transcript is not None else None,
+    }

@@ -1,0 +1,50 @@
+"""Turning database rows into records, shared by the SQL stores.
+
+Rows arrive here already decoded into Python values (text ids, aware datetimes,
+dicts and lists); each store owns the decoding of its own driver's values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from taskstore.models import Agent, Run, RunStatus, Task, TaskStatus
+from taskstore.schema import AGENTS, RUNS, TASKS, table_columns
+
+TASK_COLUMNS = table_columns(TASKS)
+AGENT_COLUMNS = table_columns(AGENTS)
+RUN_COLUMNS = table_columns(RUNS)
+
+
+def agent_from_row(row: Mapping[str, Any]) -> Agent:
+    """An :class:`Agent` from a decoded ``ai_agents`` row."""
+    values = {name: row[name] for name in AGENT_COLUMNS}
+    values["allowed_tools"] = tuple(values["allowed_tools"] or ())
+    values["is_active"] = bool(values["is_active"])
+    return Agent(**values)
+
+
+def task_from_row(row: Mapping[str, Any]) -> Task:
+    """A :class:`Task` from a decoded ``ai_agent_tasks`` row."""
+    values = {name: row[name] for name in TASK_COLUMNS}
+    values["status"] = TaskStatus(values["status"])
+    values["context"] = values["context"] if values["context"] is not None else {}
+    return Task(**values)
+
+
+def run_from_row(row: Mapping[str, Any]) -> Run:
+    """A :class:`Run` from a decoded ``ai_agent_task_runs`` row."""
+    values = {name: row[name] for name in RUN_COLUMNS}
+    values["status"] = RunStatus(values["status"])
+    return Run(**values)
+
+
+def prefixed(prefix: str, columns: tuple[str, ...], alias: str) -> str:
+    """``alias.col AS prefix_col, …`` for selecting two tables' columns side by side."""
+    return ", ".join(f"{alias}.{column} AS {prefix}{column}" for column in columns)
+
+
+def unprefixed(row: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The columns of ``row`` that start with ``prefix``, with the prefix removed."""
+    return {key[len(prefix) :]: value for key, value in row.items() if key.startswith(prefix)}

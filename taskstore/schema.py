@@ -1,0 +1,234 @@
+"""The schema of DESIGN §4, defined once and rendered for Postgres and SQLite.
+
+:data:`MIGRATIONS` is the single source of truth. The Postgres rendering of each
+migration is shipped as ``taskstore/migrations/<name>.sql`` — the exact file a
+Supabase user applies — and a test keeps the files equal to the rendering. The
+SQLite store applies the SQLite rendering of the same migrations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+Dialect = Literal["postgres", "sqlite"]
+ColumnType = Literal["uuid", "text", "int", "real", "bool", "json", "timestamp", "text_array"]
+
+#: Directory holding the rendered Postgres migrations.
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: Table that records which migrations a database has.
+MIGRATIONS_TABLE = "agentq_schema_migrations"
+
+_TYPES: dict[ColumnType, tuple[str, str]] = {
+    "uuid": ("uuid", "TEXT"),
+    "text": ("text", "TEXT"),
+    "int": ("integer", "INTEGER"),
+    "real": ("double precision", "REAL"),
+    "bool": ("boolean", "INTEGER"),
+    "json": ("jsonb", "TEXT"),
+    "timestamp": ("timestamptz", "TEXT"),
+    "text_array": ("text[]", "TEXT"),
+}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column. ``default`` is SQL valid in both dialects; ``pg_default`` is Postgres-only."""
+
+    name: str
+    type: ColumnType
+    nullable: bool = True
+    default: str | None = None
+    pg_default: str | None = None
+    check: str | None = None
+    primary_key: bool = False
+    references: str | None = None
+
+    def render(self, dialect: Dialect) -> str:
+        sql_type = _TYPES[self.type][0 if dialect == "postgres" else 1]
+        parts = [self.name, sql_type]
+        if self.primary_key:
+            parts.append("PRIMARY KEY")
+        elif not self.nullable:
+            parts.append("NOT NULL")
+        default = self.pg_default if dialect == "postgres" and self.pg_default else self.default
+        if default is not None:
+            parts.append(f"DEFAULT {default}")
+        if self.check:
+            parts.append(f"CHECK ({self.check})")
+        if self.references:
+            parts.append(f"REFERENCES {self.references}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class CreateTable:
+    """``CREATE TABLE IF NOT EXISTS``."""
+
+    name: str
+    columns: tuple[Column, ...]
+
+    def render(self, dialect: Dialect) -> str:
+        body = ",\n".join(f"    {column.render(dialect)}" for column in self.columns)
+        return f"CREATE TABLE IF NOT EXISTS {self.name} (\n{body}\n);"
+
+
+@dataclass(frozen=True)
+class CreateIndex:
+    """``CREATE INDEX IF NOT EXISTS``, optionally partial."""
+
+    name: str
+    table: str
+    columns: tuple[str, ...]
+    where: str | None = None
+
+    def render(self, dialect: Dialect) -> str:
+        where = f" WHERE {self.where}" if self.where else ""
+        return f"CREATE INDEX IF NOT EXISTS {self.name} ON {self.table} ({', '.join(self.columns)}){where};"
+
+
+Operation = CreateTable | CreateIndex
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A named, ordered set of schema operations."""
+
+    name: str
+    operations: tuple[Operation, ...]
+
+    def render(self, dialect: Dialect) -> str:
+        """The migration as one SQL script, recording itself in :data:`MIGRATIONS_TABLE`."""
+        statements = [
+            f"-- Agent Task Queue schema migration {self.name} ({dialect}).",
+            "-- Generated from taskstore/schema.py; applying it twice is safe.",
+            _migrations_table(dialect),
+            *(operation.render(dialect) for operation in self.operations),
+            f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES ('{self.name}') ON CONFLICT (name) DO NOTHING;",
+        ]
+        return "\n\n".join(statements) + "\n"
+
+    def path(self) -> Path:
+        """Where the Postgres rendering is shipped."""
+        return MIGRATIONS_DIR / f"{self.name}.sql"
+
+
+def _migrations_table(dialect: Dialect) -> str:
+    table = CreateTable(
+        MIGRATIONS_TABLE,
+        (
+            Column("name", "text", primary_key=True),
+            Column("applied_at", "timestamp", nullable=False, default="CURRENT_TIMESTAMP"),
+        ),
+    )
+    return table.render(dialect)
+
+
+_NOW = "CURRENT_TIMESTAMP"
+_STATUSES = "'pending', 'queued', 'running', 'completed', 'failed', 'cancelled'"
+
+AGENTS = CreateTable(
+    "ai_agents",
+    (
+        Column("id", "uuid", primary_key=True, pg_default="gen_random_uuid()"),
+        Column("organization_id", "uuid", nullable=False),
+        Column("name", "text", nullable=False),
+        Column("kind", "text", nullable=False, default="'general'"),
+        Column("provider", "text", nullable=False, default="'scripted'"),
+        Column("model", "text", nullable=False, default="'scripted-1'"),
+        Column("system_prompt", "text"),
+        Column("allowed_tools", "text_array", nullable=False, default="'[]'", pg_default="'{}'"),
+        Column("temperature", "real"),
+        Column("max_tokens", "int", check="max_tokens IS NULL OR max_tokens > 0"),
+        Column("max_turns", "int", nullable=False, default="10", check="max_turns > 0"),
+        Column("is_active", "bool", nullable=False, default="TRUE"),
+        Column("created_at", "timestamp", nullable=False, default=_NOW),
+        Column("updated_at", "timestamp", nullable=False, default=_NOW),
+    ),
+)
+
+TASKS = CreateTable(
+    "ai_agent_tasks",
+    (
+        Column("id", "uuid", primary_key=True, pg_default="gen_random_uuid()"),
+        Column("agent_id", "uuid", nullable=False, references="ai_agents (id)"),
+        Column("organization_id", "uuid", nullable=False),
+        Column("title", "text", nullable=False),
+        Column("description", "text"),
+        Column("task_type", "text", nullable=False, default="'adhoc'", check="task_type IN ('adhoc', 'scheduled')"),
+        Column("context", "json", nullable=False, default="'{}'"),
+        Column("status", "text", nullable=False, default="'pending'", check=f"status IN ({_STATUSES})"),
+        Column("priority", "int", nullable=False, default="5", check="priority BETWEEN 0 AND 10"),
+        Column("schedule_cron", "text"),
+        Column("schedule_timezone", "text"),
+        Column("next_run_at", "timestamp"),
+        Column("last_run_at", "timestamp"),
+        Column("max_attempts", "int", nullable=False, default="3", check="max_attempts > 0"),
+        Column("attempts", "int", nullable=False, default="0"),
+        Column("stalled_count", "int", nullable=False, default="0"),
+        Column("result", "json"),
+        Column("error", "text"),
+        Column("run_at", "timestamp"),
+        Column("current_run_id", "uuid"),
+        Column("input_tokens", "int", nullable=False, default="0"),
+        Column("output_tokens", "int", nullable=False, default="0"),
+        Column("queued_at", "timestamp"),
+        Column("started_at", "timestamp"),
+        Column("completed_at", "timestamp"),
+        Column("failed_at", "timestamp"),
+        Column("archived_at", "timestamp"),
+        Column("created_at", "timestamp", nullable=False, default=_NOW),
+        Column("updated_at", "timestamp", nullable=False, default=_NOW),
+    ),
+)
+
+RUNS = CreateTable(
+    "ai_agent_task_runs",
+    (
+        Column("id", "uuid", primary_key=True, pg_default="gen_random_uuid()"),
+        Column("task_id", "uuid", nullable=False, references="ai_agent_tasks (id) ON DELETE CASCADE"),
+        Column("attempt", "int", nullable=False),
+        Column("status", "text", nullable=False, check="status IN ('running', 'completed', 'failed')"),
+        Column("worker_id", "text"),
+        Column("started_at", "timestamp", nullable=False, default=_NOW),
+        Column("finished_at", "timestamp"),
+        Column("error", "text"),
+        Column("stacktrace", "text"),
+        Column("input_tokens", "int", nullable=False, default="0"),
+        Column("output_tokens", "int", nullable=False, default="0"),
+        Column("transcript", "json"),
+        Column("trace_id", "text"),
+    ),
+)
+
+#: Every migration, oldest first.
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        "0001_initial",
+        (
+            AGENTS,
+            TASKS,
+            RUNS,
+            CreateIndex("ai_agents_organization_idx", "ai_agents", ("organization_id",)),
+            CreateIndex("ai_agent_tasks_status_idx", "ai_agent_tasks", ("status", "run_at")),
+            CreateIndex("ai_agent_tasks_organization_idx", "ai_agent_tasks", ("organization_id", "created_at")),
+            CreateIndex(
+                "ai_agent_tasks_completed_idx", "ai_agent_tasks", ("completed_at",), where="status = 'completed'"
+            ),
+            CreateIndex("ai_agent_tasks_failed_idx", "ai_agent_tasks", ("failed_at",), where="status = 'failed'"),
+            CreateIndex("ai_agent_task_runs_task_idx", "ai_agent_task_runs", ("task_id", "attempt")),
+        ),
+    ),
+)
+
+
+def render_all(dialect: Dialect, migrations: Iterable[Migration] = MIGRATIONS) -> str:
+    """Every migration rendered for ``dialect``, in order."""
+    return "\n".join(migration.render(dialect) for migration in migrations)
+
+
+def table_columns(table: CreateTable) -> tuple[str, ...]:
+    """Column names of ``table`` in declaration order."""
+    return tuple(column.name for column in table.columns)

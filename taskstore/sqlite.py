@@ -1,0 +1,394 @@
+"""The embedded default :class:`~taskstore.base.TaskStore`: one SQLite file.
+
+WAL mode lets several worker processes share the file; each thread keeps its own
+connection. Multi-statement transitions run in ``BEGIN IMMEDIATE`` transactions,
+so the compare-and-set and the run row commit together. Timestamps are stored as
+UTC text (``YYYY-MM-DD HH:MM:SS.ffffff``), which sorts correctly and matches
+SQLite's ``CURRENT_TIMESTAMP``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from taskstore.base import new_id
+from taskstore.errors import StoreUnavailable
+from taskstore.models import (
+    Agent,
+    CleanupResult,
+    Claim,
+    NewAgent,
+    NewTask,
+    QueueCounts,
+    RetentionPolicy,
+    Run,
+    Task,
+    Usage,
+)
+from taskstore.rows import AGENT_COLUMNS, TASK_COLUMNS, agent_from_row, run_from_row, task_from_row
+from taskstore.schema import AGENTS, MIGRATIONS, MIGRATIONS_TABLE, RUNS, TASKS, ColumnType, CreateTable
+
+_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def encode_time(value: datetime | None) -> str | None:
+    """UTC text for a timestamp column."""
+    return None if value is None else value.astimezone(UTC).strftime(_TIME_FORMAT)
+
+
+def _decode_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _column_types(table: CreateTable) -> dict[str, ColumnType]:
+    return {column.name: column.type for column in table.columns}
+
+
+_DECODERS: dict[ColumnType, Any] = {
+    "timestamp": _decode_time,
+    "json": lambda value: None if value is None else json.loads(value),
+    "text_array": lambda value: json.loads(value) if value else [],
+    "bool": lambda value: None if value is None else bool(value),
+}
+_TYPES = {**_column_types(AGENTS), **_column_types(TASKS), **_column_types(RUNS)}
+
+
+def _decode(row: sqlite3.Row, prefix: str = "") -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key in row.keys():  # noqa: SIM118 - sqlite3.Row has no __iter__ over keys
+        if not key.startswith(prefix):
+            continue
+        name = key[len(prefix) :]
+        decoder = _DECODERS.get(_TYPES.get(name, "text"))
+        values[name] = decoder(row[key]) if decoder else row[key]
+    return values
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+class SqliteTaskStore:
+    """Task store on one SQLite file, safe for several threads and processes."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self._busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._connections: list[sqlite3.Connection] = []
+        self._migrated = False
+
+    def __repr__(self) -> str:
+        return f"SqliteTaskStore({str(self.path)!r})"
+
+    # --- connections --------------------------------------------------------
+
+    def _connect(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(
+                self.path, timeout=self._busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite database {str(self.path)!r}: {exc}") from exc
+        with self._lock:
+            self._connections.append(conn)
+        self._local.conn = conn
+        if not self._migrated:
+            self._apply_migrations(conn)
+        return conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self._connect()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite error on {str(self.path)!r}: {exc}") from exc
+
+    def _query(self, sql: str, params: Mapping[str, Any] | tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        try:
+            return self._connect().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite error on {str(self.path)!r}: {exc}") from exc
+
+    def _apply_migrations(self, conn: sqlite3.Connection) -> list[str]:
+        applied: list[str] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
+            ).fetchone()
+            done = {row[0] for row in conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE}")} if exists else set()
+            for migration in MIGRATIONS:
+                if migration.name in done:
+                    continue
+                # executescript() would commit our transaction: run the statements one by one.
+                for statement in _statements(migration.render("sqlite")):
+                    conn.execute(statement)
+                applied.append(migration.name)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._migrated = True
+        return applied
+
+    def migrate(self) -> list[str]:
+        conn = self._connect()
+        try:
+            return self._apply_migrations(conn)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot migrate SQLite database {str(self.path)!r}: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for conn in connections:
+            conn.close()
+        self._local = threading.local()
+
+    # --- agents and tasks -------------------------------------------------
+
+    def create_agent(self, agent: NewAgent, *, now: datetime) -> Agent:
+        stamp = encode_time(now)
+        row = {
+            "id": agent.id or new_id(), "organization_id": agent.organization_id, "name": agent.name,
+            "kind": agent.kind, "provider": agent.provider, "model": agent.model,
+            "system_prompt": agent.system_prompt, "allowed_tools": json.dumps(list(agent.allowed_tools)),
+            "temperature": agent.temperature, "max_tokens": agent.max_tokens, "max_turns": agent.max_turns,
+            "is_active": int(agent.is_active), "created_at": stamp, "updated_at": stamp,
+        }
+        rows = self._insert("ai_agents", row)
+        return agent_from_row(_decode(rows[0]))
+
+    def _insert(self, table: str, row: dict[str, Any]) -> list[sqlite3.Row]:
+        names = ", ".join(row)
+        marks = ", ".join(f":{name}" for name in row)
+        with self._transaction() as conn:
+            return conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) RETURNING *", row).fetchall()
+
+    def get_agent(self, agent_id: str) -> Agent | None:
+        rows = self._query("SELECT * FROM ai_agents WHERE id = ?", (agent_id,))
+        return agent_from_row(_decode(rows[0])) if rows else None
+
+    def create_task(self, task: NewTask, *, now: datetime) -> Task:
+        stamp = encode_time(now)
+        row = {
+            "id": task.id or new_id(), "agent_id": task.agent_id, "organization_id": task.organization_id,
+            "title": task.title, "description": task.description, "task_type": task.task_type,
+            "context": _json(task.context), "status": "pending", "priority": task.priority,
+            "max_attempts": task.max_attempts, "schedule_timezone": task.schedule_timezone,
+            "created_at": stamp, "updated_at": stamp,
+        }
+        rows = self._insert("ai_agent_tasks", row)
+        return task_from_row(_decode(rows[0]))
+
+    def get_task(self, task_id: str) -> Task | None:
+        rows = self._query("SELECT * FROM ai_agent_tasks WHERE id = ?", (task_id,))
+        return task_from_row(_decode(rows[0])) if rows else None
+
+    def get_runs(self, task_id: str) -> list[Run]:
+        rows = self._query("SELECT * FROM ai_agent_task_runs WHERE task_id = ? ORDER BY attempt, started_at", (task_id,))
+        return [run_from_row(_decode(row)) for row in rows]
+
+    # --- transitions --------------------------------------------------------
+
+    def _update_task(self, sql: str, params: Mapping[str, Any]) -> Task | None:
+        with self._transaction() as conn:
+            rows = conn.execute(sql, params).fetchall()
+        return task_from_row(_decode(rows[0])) if rows else None
+
+    def mark_queued(self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime) -> Task | None:
+        return self._update_task(
+            "UPDATE ai_agent_tasks SET status = 'queued', priority = COALESCE(:priority, priority),"
+            " run_at = :run_at, queued_at = :now, archived_at = NULL, updated_at = :now"
+            " WHERE id = :id AND status = 'pending' RETURNING *",
+            {"id": task_id, "priority": priority, "run_at": encode_time(run_at), "now": encode_time(now)},
+        )
+
+    def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
+        task = self._update_task(
+            "UPDATE ai_agent_tasks SET status = 'pending', run_at = NULL, queued_at = NULL, updated_at = :now"
+            " WHERE id = :id AND status = 'queued' AND queued_at = :queued_at RETURNING *",
+            {"id": task_id, "queued_at": encode_time(queued_at), "now": encode_time(now)},
+        )
+        return task is not None
+
+    def claim(self, task_id: str, *, run_id: str, worker_id: str, now: datetime) -> Claim | None:
+        stamp = encode_time(now)
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "UPDATE ai_agent_tasks SET status = 'running', attempts = attempts + 1, current_run_id = :run_id,"
+                " started_at = :now, run_at = NULL, updated_at = :now"
+                " WHERE id = :id AND status = 'queued' RETURNING *",
+                {"id": task_id, "run_id": run_id, "now": stamp},
+            ).fetchall()
+            if not rows:
+                return None
+            task = task_from_row(_decode(rows[0]))
+            conn.execute(
+                "INSERT INTO ai_agent_task_runs (id, task_id, attempt, status, worker_id, started_at)"
+                " VALUES (?, ?, ?, 'running', ?, ?)",
+                (run_id, task_id, task.attempts, worker_id, stamp),
+            )
+            agent_rows = conn.execute("SELECT * FROM ai_agents WHERE id = ?", (task.agent_id,)).fetchall()
+        agent = agent_from_row(_decode(agent_rows[0])) if agent_rows else None
+        return Claim(task=task, agent=agent, run_id=run_id)
+
+    def complete(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        result: dict[str, Any],
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        params = self._finish_params(task_id, run_id, usage, transcript, now)
+        with self._transaction() as conn:
+            updated = conn.execute(
+                "UPDATE ai_agent_tasks SET status = 'completed', result = :result, error = NULL,"
+                " completed_at = :now, archived_at = NULL, updated_at = :now,"
+                " input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens"
+                " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
+                {**params, "result": _json(result)},
+            ).rowcount
+            if updated:
+                self._finish_run(conn, "completed", params)
+        return bool(updated)
+
+    def fail_attempt(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        error: str,
+        stacktrace: str | None,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        retry_at: datetime | None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            **self._finish_params(task_id, run_id, usage, transcript, now),
+            "error": error, "stacktrace": stacktrace, "retry_at": encode_time(retry_at),
+        }
+        with self._transaction() as conn:
+            updated = conn.execute(
+                "UPDATE ai_agent_tasks SET"
+                " status = CASE WHEN :retry_at IS NULL THEN 'failed' ELSE 'queued' END,"
+                " failed_at = CASE WHEN :retry_at IS NULL THEN :now ELSE failed_at END,"
+                " error = :error, run_at = :retry_at, archived_at = NULL, updated_at = :now,"
+                " input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens"
+                " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
+                params,
+            ).rowcount
+            if updated:
+                self._finish_run(conn, "failed", params)
+        return bool(updated)
+
+    @staticmethod
+    def _finish_params(
+        task_id: str, run_id: str, usage: Usage, transcript: list[dict[str, Any]] | None, now: datetime
+    ) -> dict[str, Any]:
+        return {
+            "id": task_id, "run_id": run_id, "now": encode_time(now), "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens, "transcript": _json(transcript), "error": None,
+            "stacktrace": None,
+        }
+
+    @staticmethod
+    def _finish_run(conn: sqlite3.Connection, status: str, params: dict[str, Any]) -> None:
+        conn.execute(
+            "UPDATE ai_agent_task_runs SET status = :status, finished_at = :now, error = :error,"
+            " stacktrace = :stacktrace, input_tokens = :input_tokens, output_tokens = :output_tokens,"
+            " transcript = :transcript WHERE id = :run_id",
+            {**params, "status": status},
+        )
+
+    def cancel(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._update_task(
+            "UPDATE ai_agent_tasks SET status = 'cancelled', run_at = NULL, updated_at = :now"
+            " WHERE id = :id AND status IN ('pending', 'queued') RETURNING *",
+            {"id": task_id, "now": encode_time(now)},
+        )
+
+    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
+        return self._update_task(
+            "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0, error = NULL,"
+            " run_at = :run_at, queued_at = :now, failed_at = NULL, archived_at = NULL, updated_at = :now"
+            " WHERE id = :id AND status = 'failed' RETURNING *",
+            {"id": task_id, "run_at": encode_time(run_at), "now": encode_time(now)},
+        )
+
+    # --- queue views --------------------------------------------------------
+
+    def queue_counts(self, *, now: datetime) -> QueueCounts:
+        rows = self._query(
+            "SELECT"
+            " COALESCE(SUM(status = 'queued' AND (run_at IS NULL OR run_at <= :now)), 0) AS waiting,"
+            " COALESCE(SUM(status = 'queued' AND run_at > :now), 0) AS delayed,"
+            " COALESCE(SUM(status = 'running'), 0) AS active,"
+            " COALESCE(SUM(status = 'completed' AND archived_at IS NULL), 0) AS completed,"
+            " COALESCE(SUM(status = 'failed' AND archived_at IS NULL), 0) AS failed"
+            " FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed')",
+            {"now": encode_time(now)},
+        )
+        return QueueCounts(**{key: int(rows[0][key]) for key in rows[0].keys()})  # noqa: SIM118
+
+    def cleanup(self, policy: RetentionPolicy, *, now: datetime) -> CleanupResult:
+        stamp = encode_time(now)
+        with self._transaction() as conn:
+            completed = self._archive(conn, "completed", "completed_at", policy.completed_age_s,
+                                      policy.completed_count, now)
+            failed = self._archive(conn, "failed", "failed_at", policy.failed_age_s, policy.failed_count, now)
+            deleted = conn.execute(
+                "DELETE FROM ai_agent_task_runs WHERE task_id IN"
+                " (SELECT id FROM ai_agent_tasks WHERE archived_at = :now)",
+                {"now": stamp},
+            ).rowcount
+        return CleanupResult(completed, failed, deleted)
+
+    @staticmethod
+    def _archive(conn: sqlite3.Connection, status: str, column: str, age_s: int, keep: int, now: datetime) -> int:
+        return conn.execute(
+            f"UPDATE ai_agent_tasks SET archived_at = :now, updated_at = :now WHERE id IN ("
+            f" SELECT id FROM (SELECT id, {column} AS finished, ROW_NUMBER() OVER"
+            f" (ORDER BY {column} DESC, id DESC) AS rank FROM ai_agent_tasks"
+            f" WHERE status = :status AND archived_at IS NULL AND schedule_cron IS NULL)"
+            f" WHERE rank > :keep OR finished < :cutoff)",
+            {"now": encode_time(now), "status": status, "keep": keep,
+             "cutoff": encode_time(now - timedelta(seconds=age_s))},
+        ).rowcount
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a rendered migration (no comments; our DDL has no ``;`` inside literals)."""
+    code = "\n".join(line for line in script.splitlines() if not line.strip().startswith("--"))
+    return [statement.strip() for statement in code.split(";") if statement.strip()]

@@ -1,0 +1,295 @@
+"""One suite, every TaskStore: memory, SQLite and Postgres obey the same rules."""
+
+from __future__ import annotations
+
+import threading
+from datetime import timedelta
+
+import pytest
+
+from taskstore import NewTask, RetentionPolicy, RunStatus, TaskStatus, TaskStore, Usage, new_id
+from tests.conftest import Clock, make_agent
+
+ORG = "22222222-2222-4222-8222-222222222222"
+
+
+def new_task(store: TaskStore, clock: Clock, **fields: object) -> str:
+    agent_id = make_agent(store, clock())
+    values: dict[str, object] = {"agent_id": agent_id, "organization_id": ORG, "title": "Weekly report"}
+    values.update(fields)
+    return store.create_task(NewTask(**values), now=clock()).id  # type: ignore[arg-type]
+
+
+def queued_task(store: TaskStore, clock: Clock, **fields: object) -> str:
+    task_id = new_task(store, clock, **fields)
+    assert store.mark_queued(task_id, priority=None, run_at=clock(), now=clock()) is not None
+    return task_id
+
+
+def test_created_tasks_are_pending_with_their_fields(store: TaskStore, clock: Clock) -> None:
+    task_id = new_task(store, clock, description="Revenue", context={"week": 47, "tags": ["a"]}, priority=7)
+
+    task = store.get_task(task_id)
+
+    assert task is not None
+    assert task.status == TaskStatus.PENDING
+    assert (task.title, task.description, task.priority) == ("Weekly report", "Revenue", 7)
+    assert task.context == {"week": 47, "tags": ["a"]}
+    assert task.attempts == 0 and task.max_attempts == 3
+    assert task.created_at == clock()
+
+
+def test_agents_round_trip(store: TaskStore, clock: Clock) -> None:
+    agent_id = make_agent(store, clock(), allowed_tools=("calculate", "get_current_time"), max_turns=4)
+
+    agent = store.get_agent(agent_id)
+
+    assert agent is not None
+    assert agent.allowed_tools == ("calculate", "get_current_time")
+    assert agent.kind == "general" and agent.provider == "scripted" and agent.is_active is True
+    assert agent.max_turns == 4
+
+
+def test_unknown_ids_read_as_none(store: TaskStore) -> None:
+    assert store.get_task(new_id()) is None
+    assert store.get_agent(new_id()) is None
+    assert store.get_runs(new_id()) == []
+
+
+def test_mark_queued_is_a_compare_and_set_from_pending(store: TaskStore, clock: Clock) -> None:
+    task_id = new_task(store, clock)
+    due = clock() + timedelta(seconds=5)
+
+    first = store.mark_queued(task_id, priority=9, run_at=due, now=clock())
+    second = store.mark_queued(task_id, priority=1, run_at=due, now=clock())
+
+    assert first is not None and first.status == TaskStatus.QUEUED and first.priority == 9
+    assert first.run_at == due and first.queued_at == clock()
+    assert second is None
+    task = store.get_task(task_id)
+    assert task is not None and task.priority == 9
+
+
+def test_mark_queued_without_priority_keeps_the_rows(store: TaskStore, clock: Clock) -> None:
+    task_id = new_task(store, clock, priority=3)
+
+    task = store.mark_queued(task_id, priority=None, run_at=clock(), now=clock())
+
+    assert task is not None and task.priority == 3
+
+
+def test_revert_queued_only_undoes_the_same_enqueue(store: TaskStore, clock: Clock) -> None:
+    task_id = new_task(store, clock)
+    queued = store.mark_queued(task_id, priority=None, run_at=clock(), now=clock())
+    assert queued is not None and queued.queued_at is not None
+
+    assert store.revert_queued(task_id, queued_at=queued.queued_at - timedelta(seconds=1), now=clock()) is False
+    assert store.revert_queued(task_id, queued_at=queued.queued_at, now=clock()) is True
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.PENDING
+
+
+def test_claim_moves_queued_to_running_and_opens_a_run(store: TaskStore, clock: Clock) -> None:
+    task_id = queued_task(store, clock)
+    run_id = new_id()
+
+    claim = store.claim(task_id, run_id=run_id, worker_id="w1", now=clock())
+
+    assert claim is not None
+    assert claim.task.status == TaskStatus.RUNNING and claim.task.attempts == 1
+    assert claim.task.current_run_id == run_id and claim.run_id == run_id
+    assert claim.agent is not None and claim.agent.id == claim.task.agent_id
+    [run] = store.get_runs(task_id)
+    assert (run.id, run.attempt, run.status, run.worker_id) == (run_id, 1, RunStatus.RUNNING, "w1")
+
+
+def test_only_one_of_many_concurrent_claims_wins(store: TaskStore, clock: Clock) -> None:
+    task_id = queued_task(store, clock)
+    results: list[object] = []
+    barrier = threading.Barrier(8)
+
+    def contend() -> None:
+        barrier.wait(timeout=10)
+        results.append(store.claim(task_id, run_id=new_id(), worker_id="w", now=clock()))
+
+    threads = [threading.Thread(target=contend) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert sum(result is not None for result in results) == 1
+    assert len(store.get_runs(task_id)) == 1
+
+
+@pytest.mark.parametrize("status_setup", ["pending", "running", "completed", "cancelled"])
+def test_claim_refuses_tasks_that_are_not_queued(store: TaskStore, clock: Clock, status_setup: str) -> None:
+    task_id = new_task(store, clock)
+    if status_setup != "pending":
+        store.mark_queued(task_id, priority=None, run_at=clock(), now=clock())
+    if status_setup in ("running", "completed"):
+        claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+        assert claim is not None
+        if status_setup == "completed":
+            store.complete(task_id, claim.run_id, result={"output": "x"}, usage=Usage(), transcript=None, now=clock())
+    if status_setup == "cancelled":
+        store.cancel(task_id, now=clock())
+
+    assert store.claim(task_id, run_id=new_id(), worker_id="w", now=clock()) is None
+
+
+def test_complete_records_result_usage_and_closes_the_run(store: TaskStore, clock: Clock) -> None:
+    task_id = queued_task(store, clock)
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    assert claim is not None
+    later = clock.advance(2)
+
+    done = store.complete(
+        task_id, claim.run_id, result={"output": "42"}, usage=Usage(10, 5),
+        transcript=[{"type": "model", "content": "42"}], now=later,
+    )
+
+    assert done is True
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.COMPLETED
+    assert task.result == {"output": "42"} and task.completed_at == later
+    assert (task.input_tokens, task.output_tokens) == (10, 5)
+    [run] = store.get_runs(task_id)
+    assert run.status == RunStatus.COMPLETED and run.finished_at == later
+    assert run.transcript == [{"type": "model", "content": "42"}]
+    assert (run.input_tokens, run.output_tokens) == (10, 5)
+
+
+def test_finishing_is_refused_for_a_run_that_no_longer_holds_the_task(store: TaskStore, clock: Clock) -> None:
+    task_id = queued_task(store, clock)
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    assert claim is not None
+
+    assert store.complete(task_id, new_id(), result={}, usage=Usage(), transcript=None, now=clock()) is False
+    assert store.complete(task_id, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock()) is True
+    assert store.complete(task_id, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock()) is False
+    assert store.fail_attempt(
+        task_id, claim.run_id, error="late", stacktrace=None, usage=Usage(), transcript=None, retry_at=None,
+        now=clock(),
+    ) is False
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.COMPLETED
+
+
+def test_a_failed_attempt_with_retry_goes_back_to_queued(store: TaskStore, clock: Clock) -> None:
+    task_id = queued_task(store, clock)
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    assert claim is not None
+    retry_at = clock() + timedelta(seconds=2)
+
+    assert store.fail_attempt(
+        task_id, claim.run_id, error="boom", stacktrace="Traceback ...", usage=Usage(3, 1), transcript=None,
+        retry_at=retry_at, now=clock(),
+    )
+
+    task = store.get_task(task_id)
+    assert task is not None
+    assert (task.status, task.error, task.run_at, task.attempts) == (TaskStatus.QUEUED, "boom", retry_at, 1)
+    [run] = store.get_runs(task_id)
+    assert (run.status, run.error, run.stacktrace) == (RunStatus.FAILED, "boom", "Traceback ...")
+    second = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    assert second is not None and second.task.attempts == 2
+    assert [run.attempt for run in store.get_runs(task_id)] == [1, 2]
+
+
+def test_a_final_failure_ends_failed_and_can_be_requeued_with_fresh_attempts(store: TaskStore, clock: Clock) -> None:
+    task_id = queued_task(store, clock)
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    assert claim is not None
+
+    assert store.fail_attempt(
+        task_id, claim.run_id, error="fatal", stacktrace=None, usage=Usage(), transcript=None, retry_at=None,
+        now=clock(),
+    )
+    failed = store.get_task(task_id)
+    assert failed is not None and failed.status == TaskStatus.FAILED and failed.failed_at == clock()
+
+    requeued = store.requeue_failed(task_id, run_at=clock(), now=clock())
+    assert requeued is not None
+    assert (requeued.status, requeued.attempts, requeued.error) == (TaskStatus.QUEUED, 0, None)
+    assert store.requeue_failed(task_id, run_at=clock(), now=clock()) is None
+
+
+def test_cancel_applies_to_pending_and_queued_only(store: TaskStore, clock: Clock) -> None:
+    pending = new_task(store, clock)
+    queued = queued_task(store, clock)
+    running = queued_task(store, clock)
+    assert store.claim(running, run_id=new_id(), worker_id="w", now=clock()) is not None
+
+    assert store.cancel(pending, now=clock()) is not None
+    assert store.cancel(queued, now=clock()) is not None
+    assert store.cancel(running, now=clock()) is None
+    assert store.claim(queued, run_id=new_id(), worker_id="w", now=clock()) is None
+    statuses = [store.get_task(task_id).status for task_id in (pending, queued, running)]  # type: ignore[union-attr]
+    assert statuses == [TaskStatus.CANCELLED, TaskStatus.CANCELLED, TaskStatus.RUNNING]
+
+
+def test_queue_counts_split_waiting_delayed_active_and_finished(store: TaskStore, clock: Clock) -> None:
+    new_task(store, clock)  # pending: not counted
+    queued_task(store, clock)
+    delayed = new_task(store, clock)
+    store.mark_queued(delayed, priority=None, run_at=clock() + timedelta(seconds=60), now=clock())
+    running = queued_task(store, clock)
+    store.claim(running, run_id=new_id(), worker_id="w", now=clock())
+    done = queued_task(store, clock)
+    claim = store.claim(done, run_id=new_id(), worker_id="w", now=clock())
+    assert claim is not None
+    store.complete(done, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock())
+    bad = queued_task(store, clock)
+    claim = store.claim(bad, run_id=new_id(), worker_id="w", now=clock())
+    assert claim is not None
+    store.fail_attempt(bad, claim.run_id, error="x", stacktrace=None, usage=Usage(), transcript=None, retry_at=None,
+                       now=clock())
+
+    counts = store.queue_counts(now=clock())
+    assert (counts.waiting, counts.delayed, counts.active, counts.completed, counts.failed) == (1, 1, 1, 1, 1)
+
+    later = store.queue_counts(now=clock() + timedelta(seconds=61))
+    assert (later.waiting, later.delayed) == (2, 0)
+
+
+def _finish(store: TaskStore, clock: Clock, *, fail: bool = False) -> str:
+    task_id = queued_task(store, clock)
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    assert claim is not None
+    if fail:
+        store.fail_attempt(task_id, claim.run_id, error="x", stacktrace=None, usage=Usage(), transcript=None,
+                           retry_at=None, now=clock())
+    else:
+        store.complete(task_id, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock())
+    return task_id
+
+
+def test_cleanup_archives_by_age_and_count_but_never_deletes_tasks(store: TaskStore, clock: Clock) -> None:
+    old = _finish(store, clock)
+    old_failure = _finish(store, clock, fail=True)
+    clock.advance(3600)
+    recent = []
+    for _ in range(3):
+        recent.append(_finish(store, clock))
+        clock.advance(1)
+    clock.advance(600)
+    policy = RetentionPolicy(completed_age_s=1800, completed_count=2, failed_age_s=1800, failed_count=10)
+
+    result = store.cleanup(policy, now=clock())
+
+    assert (result.archived_completed, result.archived_failed) == (2, 1)
+    assert result.deleted_runs == 3
+    assert store.get_task(old) is not None and store.get_task(old).archived_at == clock()  # type: ignore[union-attr]
+    assert store.get_task(old_failure).archived_at == clock()  # type: ignore[union-attr]
+    kept = [task_id for task_id in recent if store.get_task(task_id).archived_at is None]  # type: ignore[union-attr]
+    assert kept == recent[1:]
+    counts = store.queue_counts(now=clock())
+    assert (counts.completed, counts.failed) == (2, 0)
+    assert store.get_runs(old) == [] and len(store.get_runs(recent[2])) == 1
+    assert store.cleanup(policy, now=clock()) == type(result)(0, 0, 0)
+
+
+def test_migrate_is_idempotent(store: TaskStore) -> None:
+    store.migrate()
+    assert store.migrate() == []
