@@ -74,7 +74,9 @@ class Settings(BaseSettings):
     task_time_limit_ms: PositiveInt = Field(default=600_000, validation_alias="AGENTQ_TASK_TIME_LIMIT_MS")
 
     # --- Retention (cleanup_jobs) ---
-    keep_completed_age_s: NonNegativeInt = Field(default=86_400, validation_alias="AGENTQ_KEEP_COMPLETED_AGE_S")
+    keep_completed_age_s: NonNegativeInt = Field(
+        default=86_400, validation_alias="AGENTQ_KEEP_COMPLETED_AGE_S"
+    )
     keep_completed_count: NonNegativeInt = Field(default=1000, validation_alias="AGENTQ_KEEP_COMPLETED_COUNT")
     keep_failed_age_s: NonNegativeInt = Field(default=604_800, validation_alias="AGENTQ_KEEP_FAILED_AGE_S")
     keep_failed_count: NonNegativeInt = Field(default=5000, validation_alias="AGENTQ_KEEP_FAILED_COUNT")
@@ -106,7 +108,9 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+        if value is not None and not value.get_secret_value().startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
             raise ValueError("is not a redis://, rediss:// or unix:// URL")
         return value
 

@@ -182,7 +182,7 @@ class ToolRegistry:
         wanted = set(allowed)
         return tuple(tool.spec for tool in self if tool.name in wanted)
 
-    def execute(self, name: str, arguments: dict[str, Any]) -> ToolOutcome:
+    def execute(self, name: str, arguments: object) -> ToolOutcome:
         """Validate the arguments and run a tool; failures come back as error outcomes.
 
         Args:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from taskstore.base import TaskStore, new_id, normalize_id
+from taskstore.base import TaskStore, new_id, normalize_id, utcnow
 from taskstore.errors import (
     AgentNotFound,
     InvalidTaskId,
@@ -15,8 +15,8 @@ from taskstore.factory import build_store
 from taskstore.memory import InMemoryTaskStore
 from taskstore.models import (
     Agent,
-    CleanupResult,
     Claim,
+    CleanupResult,
     NewAgent,
     NewTask,
     QueueCounts,
@@ -31,8 +31,8 @@ from taskstore.models import (
 __all__ = [
     "Agent",
     "AgentNotFound",
-    "CleanupResult",
     "Claim",
+    "CleanupResult",
     "InMemoryTaskStore",
     "InvalidTaskId",
     "InvalidTransition",
@@ -52,4 +52,5 @@ __all__ = [
     "build_store",
     "new_id",
     "normalize_id",
+    "utcnow",
 ]

@@ -12,14 +12,14 @@ All timestamps are timezone-aware UTC ``datetime`` values passed in by the calle
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Protocol, runtime_checkable
 
 from taskstore.errors import InvalidTaskId
 from taskstore.models import (
     Agent,
-    CleanupResult,
     Claim,
+    CleanupResult,
     NewAgent,
     NewTask,
     QueueCounts,
@@ -62,7 +62,9 @@ class TaskStore(Protocol):
         """The task's runs, oldest attempt first."""
         ...
 
-    def mark_queued(self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime) -> Task | None:
+    def mark_queued(
+        self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime
+    ) -> Task | None:
         """``pending → queued``; ``priority`` None keeps the row's. ``None`` if the task was not pending."""
         ...
 
@@ -135,3 +137,8 @@ def normalize_id(value: object, what: str = "task id") -> str:
         return str(uuid.UUID(value))
     except ValueError:
         raise InvalidTaskId(value, what) from None
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC: the default clock of stores' callers."""
+    return datetime.now(UTC)

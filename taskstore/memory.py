@@ -15,8 +15,8 @@ from typing import Any
 from taskstore.base import new_id
 from taskstore.models import (
     Agent,
-    CleanupResult,
     Claim,
+    CleanupResult,
     NewAgent,
     NewTask,
     QueueCounts,
@@ -120,7 +120,9 @@ class InMemoryTaskStore:
 
     def get_runs(self, task_id: str) -> list[Run]:
         with self._lock:
-            return sorted((run for run in self.runs.values() if run.task_id == task_id), key=lambda r: r.attempt)
+            return sorted(
+                (run for run in self.runs.values() if run.task_id == task_id), key=lambda r: r.attempt
+            )
 
     # --- transitions --------------------------------------------------------
 
@@ -133,14 +135,16 @@ class InMemoryTaskStore:
         self.tasks[task_id] = updated
         return updated
 
-    def mark_queued(self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime) -> Task | None:
+    def mark_queued(
+        self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime
+    ) -> Task | None:
         with self._lock:
             task = self.tasks.get(task_id)
             return self._swap(
                 task_id,
                 {TaskStatus.PENDING},
                 status=TaskStatus.QUEUED,
-                priority=task.priority if priority is None or task is None else priority,
+                priority=priority if priority is not None else (task.priority if task else 5),
                 run_at=run_at,
                 queued_at=now,
                 archived_at=None,
@@ -152,8 +156,17 @@ class InMemoryTaskStore:
             task = self.tasks.get(task_id)
             if task is None or task.queued_at != queued_at:
                 return False
-            return self._swap(task_id, {TaskStatus.QUEUED}, status=TaskStatus.PENDING, run_at=None,
-                              queued_at=None, updated_at=now) is not None
+            return (
+                self._swap(
+                    task_id,
+                    {TaskStatus.QUEUED},
+                    status=TaskStatus.PENDING,
+                    run_at=None,
+                    queued_at=None,
+                    updated_at=now,
+                )
+                is not None
+            )
 
     def claim(self, task_id: str, *, run_id: str, worker_id: str, now: datetime) -> Claim | None:
         with self._lock:
@@ -171,9 +184,19 @@ class InMemoryTaskStore:
             if claimed is None:
                 return None
             self.runs[run_id] = Run(
-                id=run_id, task_id=task_id, attempt=claimed.attempts, status=RunStatus.RUNNING,
-                worker_id=worker_id, started_at=now, finished_at=None, error=None, stacktrace=None,
-                input_tokens=0, output_tokens=0, transcript=None, trace_id=None,
+                id=run_id,
+                task_id=task_id,
+                attempt=claimed.attempts,
+                status=RunStatus.RUNNING,
+                worker_id=worker_id,
+                started_at=now,
+                finished_at=None,
+                error=None,
+                stacktrace=None,
+                input_tokens=0,
+                output_tokens=0,
+                transcript=None,
+                trace_id=None,
             )
             return Claim(task=claimed, agent=self.agents.get(claimed.agent_id), run_id=run_id)
 
@@ -198,9 +221,15 @@ class InMemoryTaskStore:
             if task is None:
                 return False
             self.tasks[task_id] = replace(
-                task, status=TaskStatus.COMPLETED, result=copy.deepcopy(result), error=None, completed_at=now,
+                task,
+                status=TaskStatus.COMPLETED,
+                result=copy.deepcopy(result),
+                error=None,
+                completed_at=now,
                 input_tokens=task.input_tokens + usage.input_tokens,
-                output_tokens=task.output_tokens + usage.output_tokens, archived_at=None, updated_at=now,
+                output_tokens=task.output_tokens + usage.output_tokens,
+                archived_at=None,
+                updated_at=now,
             )
             self._finish_run(run_id, RunStatus.COMPLETED, None, None, usage, transcript, now)
             return True
@@ -248,23 +277,40 @@ class InMemoryTaskStore:
     ) -> None:
         run = self.runs[run_id]
         self.runs[run_id] = replace(
-            run, status=status, error=error, stacktrace=stacktrace, finished_at=now,
-            input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+            run,
+            status=status,
+            error=error,
+            stacktrace=stacktrace,
+            finished_at=now,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
             transcript=copy.deepcopy(transcript),
         )
 
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
         with self._lock:
             return self._swap(
-                task_id, {TaskStatus.PENDING, TaskStatus.QUEUED}, status=TaskStatus.CANCELLED, run_at=None,
+                task_id,
+                {TaskStatus.PENDING, TaskStatus.QUEUED},
+                status=TaskStatus.CANCELLED,
+                run_at=None,
                 updated_at=now,
             )
 
     def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
         with self._lock:
             return self._swap(
-                task_id, {TaskStatus.FAILED}, status=TaskStatus.QUEUED, attempts=0, stalled_count=0, error=None,
-                run_at=run_at, queued_at=now, failed_at=None, archived_at=None, updated_at=now,
+                task_id,
+                {TaskStatus.FAILED},
+                status=TaskStatus.QUEUED,
+                attempts=0,
+                stalled_count=0,
+                error=None,
+                run_at=run_at,
+                queued_at=now,
+                failed_at=None,
+                archived_at=None,
+                updated_at=now,
             )
 
     # --- queue views --------------------------------------------------------
@@ -284,7 +330,9 @@ class InMemoryTaskStore:
 
     def cleanup(self, policy: RetentionPolicy, *, now: datetime) -> CleanupResult:
         with self._lock:
-            completed = self._archive(TaskStatus.COMPLETED, policy.completed_age_s, policy.completed_count, now)
+            completed = self._archive(
+                TaskStatus.COMPLETED, policy.completed_age_s, policy.completed_count, now
+            )
             failed = self._archive(TaskStatus.FAILED, policy.failed_age_s, policy.failed_count, now)
             archived = set(completed) | set(failed)
             doomed = [run_id for run_id, run in self.runs.items() if run.task_id in archived]
@@ -298,7 +346,8 @@ class InMemoryTaskStore:
             return stamp or task.updated_at
 
         visible = [
-            task for task in self.tasks.values()
+            task
+            for task in self.tasks.values()
             if task.status == status and task.archived_at is None and task.schedule_cron is None
         ]
         visible.sort(key=lambda task: (finished(task), task.id), reverse=True)

@@ -25,8 +25,8 @@ from taskstore.base import new_id
 from taskstore.errors import StoreUnavailable
 from taskstore.models import (
     Agent,
-    CleanupResult,
     Claim,
+    CleanupResult,
     NewAgent,
     NewTask,
     QueueCounts,
@@ -35,7 +35,15 @@ from taskstore.models import (
     Task,
     Usage,
 )
-from taskstore.rows import AGENT_COLUMNS, TASK_COLUMNS, agent_from_row, prefixed, run_from_row, task_from_row, unprefixed
+from taskstore.rows import (
+    AGENT_COLUMNS,
+    TASK_COLUMNS,
+    agent_from_row,
+    prefixed,
+    run_from_row,
+    task_from_row,
+    unprefixed,
+)
 from taskstore.schema import MIGRATIONS, MIGRATIONS_TABLE
 
 T = TypeVar("T")
@@ -126,7 +134,11 @@ class PostgresTaskStore:
                     open=False,
                     timeout=self._timeout_s,
                     configure=_configure,
-                    kwargs={"autocommit": True, "row_factory": dict_row, "prepare_threshold": self._prepare_threshold},
+                    kwargs={
+                        "autocommit": True,
+                        "row_factory": dict_row,
+                        "prepare_threshold": self._prepare_threshold,
+                    },
                     name="agentq",
                 )
                 pool.open(wait=False)
@@ -145,7 +157,7 @@ class PostgresTaskStore:
 
     def _fetch(self, query: str | sql.Composed, params: dict[str, Any] | Sequence[Any] = ()) -> list[Row]:
         with self._connection() as conn:
-            return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+            return conn.execute(query, params).fetchall()
 
     def _one(self, query: str | sql.Composed, params: dict[str, Any], build: Callable[[Row], T]) -> T | None:
         rows = self._fetch(query, params)
@@ -175,11 +187,20 @@ class PostgresTaskStore:
 
     def create_agent(self, agent: NewAgent, *, now: datetime) -> Agent:
         row = {
-            "id": agent.id or new_id(), "organization_id": agent.organization_id, "name": agent.name,
-            "kind": agent.kind, "provider": agent.provider, "model": agent.model,
-            "system_prompt": agent.system_prompt, "allowed_tools": list(agent.allowed_tools),
-            "temperature": agent.temperature, "max_tokens": agent.max_tokens, "max_turns": agent.max_turns,
-            "is_active": agent.is_active, "created_at": now, "updated_at": now,
+            "id": agent.id or new_id(),
+            "organization_id": agent.organization_id,
+            "name": agent.name,
+            "kind": agent.kind,
+            "provider": agent.provider,
+            "model": agent.model,
+            "system_prompt": agent.system_prompt,
+            "allowed_tools": list(agent.allowed_tools),
+            "temperature": agent.temperature,
+            "max_tokens": agent.max_tokens,
+            "max_turns": agent.max_turns,
+            "is_active": agent.is_active,
+            "created_at": now,
+            "updated_at": now,
         }
         return agent_from_row(self._insert("ai_agents", row))
 
@@ -196,11 +217,19 @@ class PostgresTaskStore:
 
     def create_task(self, task: NewTask, *, now: datetime) -> Task:
         row = {
-            "id": task.id or new_id(), "agent_id": task.agent_id, "organization_id": task.organization_id,
-            "title": task.title, "description": task.description, "task_type": task.task_type,
-            "context": Jsonb(task.context), "status": "pending", "priority": task.priority,
-            "max_attempts": task.max_attempts, "schedule_timezone": task.schedule_timezone,
-            "created_at": now, "updated_at": now,
+            "id": task.id or new_id(),
+            "agent_id": task.agent_id,
+            "organization_id": task.organization_id,
+            "title": task.title,
+            "description": task.description,
+            "task_type": task.task_type,
+            "context": Jsonb(task.context),
+            "status": "pending",
+            "priority": task.priority,
+            "max_attempts": task.max_attempts,
+            "schedule_timezone": task.schedule_timezone,
+            "created_at": now,
+            "updated_at": now,
         }
         return task_from_row(self._insert("ai_agent_tasks", row))
 
@@ -209,13 +238,16 @@ class PostgresTaskStore:
 
     def get_runs(self, task_id: str) -> list[Run]:
         rows = self._fetch(
-            "SELECT * FROM ai_agent_task_runs WHERE task_id = %(id)s ORDER BY attempt, started_at", {"id": task_id}
+            "SELECT * FROM ai_agent_task_runs WHERE task_id = %(id)s ORDER BY attempt, started_at",
+            {"id": task_id},
         )
         return [run_from_row(row) for row in rows]
 
     # --- transitions --------------------------------------------------------
 
-    def mark_queued(self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime) -> Task | None:
+    def mark_queued(
+        self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime
+    ) -> Task | None:
         return self._one(
             "UPDATE ai_agent_tasks SET status = 'queued', priority = COALESCE(%(priority)s, priority),"
             " run_at = %(run_at)s, queued_at = %(now)s, archived_at = NULL, updated_at = %(now)s"
@@ -226,7 +258,8 @@ class PostgresTaskStore:
 
     def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
         rows = self._fetch(
-            "UPDATE ai_agent_tasks SET status = 'pending', run_at = NULL, queued_at = NULL, updated_at = %(now)s"
+            "UPDATE ai_agent_tasks SET status = 'pending', run_at = NULL, queued_at = NULL,"
+            " updated_at = %(now)s"
             " WHERE id = %(id)s AND status = 'queued' AND queued_at = %(queued_at)s RETURNING id",
             {"id": task_id, "queued_at": queued_at, "now": now},
         )
@@ -250,7 +283,9 @@ class PostgresTaskStore:
         transcript: list[dict[str, Any]] | None,
         now: datetime,
     ) -> bool:
-        query = sql.SQL(_FINISH).format(status=sql.Literal("completed"), status_time=sql.SQL("completed_at = %(now)s, "))
+        query = sql.SQL(_FINISH).format(
+            status=sql.Literal("completed"), status_time=sql.SQL("completed_at = %(now)s, ")
+        )
         params = _finish_params(task_id, run_id, usage, transcript, now)
         params.update(result=Jsonb(result), run_status="completed")
         return bool(self._fetch(query, params))
@@ -287,7 +322,8 @@ class PostgresTaskStore:
     def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
         return self._one(
             "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0, error = NULL,"
-            " run_at = %(run_at)s, queued_at = %(now)s, failed_at = NULL, archived_at = NULL, updated_at = %(now)s"
+            " run_at = %(run_at)s, queued_at = %(now)s, failed_at = NULL, archived_at = NULL,"
+            " updated_at = %(now)s"
             " WHERE id = %(id)s AND status = 'failed' RETURNING *",
             {"id": task_id, "run_at": run_at, "now": now},
             task_from_row,
@@ -332,7 +368,14 @@ def _finish_params(
     task_id: str, run_id: str, usage: Usage, transcript: list[dict[str, Any]] | None, now: datetime
 ) -> dict[str, Any]:
     return {
-        "id": task_id, "run_id": run_id, "now": now, "error": None, "stacktrace": None, "result": None,
-        "retry_at": None, "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens,
+        "id": task_id,
+        "run_id": run_id,
+        "now": now,
+        "error": None,
+        "stacktrace": None,
+        "result": None,
+        "retry_at": None,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
         "transcript": Jsonb(transcript) if transcript is not None else None,
     }

@@ -157,7 +157,13 @@ TASKS = CreateTable(
         Column("organization_id", "uuid", nullable=False),
         Column("title", "text", nullable=False),
         Column("description", "text"),
-        Column("task_type", "text", nullable=False, default="'adhoc'", check="task_type IN ('adhoc', 'scheduled')"),
+        Column(
+            "task_type",
+            "text",
+            nullable=False,
+            default="'adhoc'",
+            check="task_type IN ('adhoc', 'scheduled')",
+        ),
         Column("context", "json", nullable=False, default="'{}'"),
         Column("status", "text", nullable=False, default="'pending'", check=f"status IN ({_STATUSES})"),
         Column("priority", "int", nullable=False, default="5", check="priority BETWEEN 0 AND 10"),
@@ -213,11 +219,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             RUNS,
             CreateIndex("ai_agents_organization_idx", "ai_agents", ("organization_id",)),
             CreateIndex("ai_agent_tasks_status_idx", "ai_agent_tasks", ("status", "run_at")),
-            CreateIndex("ai_agent_tasks_organization_idx", "ai_agent_tasks", ("organization_id", "created_at")),
             CreateIndex(
-                "ai_agent_tasks_completed_idx", "ai_agent_tasks", ("completed_at",), where="status = 'completed'"
+                "ai_agent_tasks_organization_idx", "ai_agent_tasks", ("organization_id", "created_at")
             ),
-            CreateIndex("ai_agent_tasks_failed_idx", "ai_agent_tasks", ("failed_at",), where="status = 'failed'"),
+            CreateIndex(
+                "ai_agent_tasks_completed_idx",
+                "ai_agent_tasks",
+                ("completed_at",),
+                where="status = 'completed'",
+            ),
+            CreateIndex(
+                "ai_agent_tasks_failed_idx", "ai_agent_tasks", ("failed_at",), where="status = 'failed'"
+            ),
             CreateIndex("ai_agent_task_runs_task_idx", "ai_agent_task_runs", ("task_id", "attempt")),
         ),
     ),

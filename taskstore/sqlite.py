@@ -22,8 +22,8 @@ from taskstore.base import new_id
 from taskstore.errors import StoreUnavailable
 from taskstore.models import (
     Agent,
-    CleanupResult,
     Claim,
+    CleanupResult,
     NewAgent,
     NewTask,
     QueueCounts,
@@ -32,7 +32,7 @@ from taskstore.models import (
     Task,
     Usage,
 )
-from taskstore.rows import AGENT_COLUMNS, TASK_COLUMNS, agent_from_row, run_from_row, task_from_row
+from taskstore.rows import agent_from_row, run_from_row, task_from_row
 from taskstore.schema import AGENTS, MIGRATIONS, MIGRATIONS_TABLE, RUNS, TASKS, ColumnType, CreateTable
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -143,7 +143,9 @@ class SqliteTaskStore:
             exists = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
             ).fetchone()
-            done = {row[0] for row in conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE}")} if exists else set()
+            done = (
+                {row[0] for row in conn.execute(f"SELECT name FROM {MIGRATIONS_TABLE}")} if exists else set()
+            )
             for migration in MIGRATIONS:
                 if migration.name in done:
                     continue
@@ -177,11 +179,20 @@ class SqliteTaskStore:
     def create_agent(self, agent: NewAgent, *, now: datetime) -> Agent:
         stamp = encode_time(now)
         row = {
-            "id": agent.id or new_id(), "organization_id": agent.organization_id, "name": agent.name,
-            "kind": agent.kind, "provider": agent.provider, "model": agent.model,
-            "system_prompt": agent.system_prompt, "allowed_tools": json.dumps(list(agent.allowed_tools)),
-            "temperature": agent.temperature, "max_tokens": agent.max_tokens, "max_turns": agent.max_turns,
-            "is_active": int(agent.is_active), "created_at": stamp, "updated_at": stamp,
+            "id": agent.id or new_id(),
+            "organization_id": agent.organization_id,
+            "name": agent.name,
+            "kind": agent.kind,
+            "provider": agent.provider,
+            "model": agent.model,
+            "system_prompt": agent.system_prompt,
+            "allowed_tools": json.dumps(list(agent.allowed_tools)),
+            "temperature": agent.temperature,
+            "max_tokens": agent.max_tokens,
+            "max_turns": agent.max_turns,
+            "is_active": int(agent.is_active),
+            "created_at": stamp,
+            "updated_at": stamp,
         }
         rows = self._insert("ai_agents", row)
         return agent_from_row(_decode(rows[0]))
@@ -199,11 +210,19 @@ class SqliteTaskStore:
     def create_task(self, task: NewTask, *, now: datetime) -> Task:
         stamp = encode_time(now)
         row = {
-            "id": task.id or new_id(), "agent_id": task.agent_id, "organization_id": task.organization_id,
-            "title": task.title, "description": task.description, "task_type": task.task_type,
-            "context": _json(task.context), "status": "pending", "priority": task.priority,
-            "max_attempts": task.max_attempts, "schedule_timezone": task.schedule_timezone,
-            "created_at": stamp, "updated_at": stamp,
+            "id": task.id or new_id(),
+            "agent_id": task.agent_id,
+            "organization_id": task.organization_id,
+            "title": task.title,
+            "description": task.description,
+            "task_type": task.task_type,
+            "context": _json(task.context),
+            "status": "pending",
+            "priority": task.priority,
+            "max_attempts": task.max_attempts,
+            "schedule_timezone": task.schedule_timezone,
+            "created_at": stamp,
+            "updated_at": stamp,
         }
         rows = self._insert("ai_agent_tasks", row)
         return task_from_row(_decode(rows[0]))
@@ -213,7 +232,9 @@ class SqliteTaskStore:
         return task_from_row(_decode(rows[0])) if rows else None
 
     def get_runs(self, task_id: str) -> list[Run]:
-        rows = self._query("SELECT * FROM ai_agent_task_runs WHERE task_id = ? ORDER BY attempt, started_at", (task_id,))
+        rows = self._query(
+            "SELECT * FROM ai_agent_task_runs WHERE task_id = ? ORDER BY attempt, started_at", (task_id,)
+        )
         return [run_from_row(_decode(row)) for row in rows]
 
     # --- transitions --------------------------------------------------------
@@ -223,7 +244,9 @@ class SqliteTaskStore:
             rows = conn.execute(sql, params).fetchall()
         return task_from_row(_decode(rows[0])) if rows else None
 
-    def mark_queued(self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime) -> Task | None:
+    def mark_queued(
+        self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime
+    ) -> Task | None:
         return self._update_task(
             "UPDATE ai_agent_tasks SET status = 'queued', priority = COALESCE(:priority, priority),"
             " run_at = :run_at, queued_at = :now, archived_at = NULL, updated_at = :now"
@@ -243,8 +266,8 @@ class SqliteTaskStore:
         stamp = encode_time(now)
         with self._transaction() as conn:
             rows = conn.execute(
-                "UPDATE ai_agent_tasks SET status = 'running', attempts = attempts + 1, current_run_id = :run_id,"
-                " started_at = :now, run_at = NULL, updated_at = :now"
+                "UPDATE ai_agent_tasks SET status = 'running', attempts = attempts + 1,"
+                " current_run_id = :run_id, started_at = :now, run_at = NULL, updated_at = :now"
                 " WHERE id = :id AND status = 'queued' RETURNING *",
                 {"id": task_id, "run_id": run_id, "now": stamp},
             ).fetchall()
@@ -297,7 +320,9 @@ class SqliteTaskStore:
     ) -> bool:
         params = {
             **self._finish_params(task_id, run_id, usage, transcript, now),
-            "error": error, "stacktrace": stacktrace, "retry_at": encode_time(retry_at),
+            "error": error,
+            "stacktrace": stacktrace,
+            "retry_at": encode_time(retry_at),
         }
         with self._transaction() as conn:
             updated = conn.execute(
@@ -318,8 +343,13 @@ class SqliteTaskStore:
         task_id: str, run_id: str, usage: Usage, transcript: list[dict[str, Any]] | None, now: datetime
     ) -> dict[str, Any]:
         return {
-            "id": task_id, "run_id": run_id, "now": encode_time(now), "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens, "transcript": _json(transcript), "error": None,
+            "id": task_id,
+            "run_id": run_id,
+            "now": encode_time(now),
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "transcript": _json(transcript),
+            "error": None,
             "stacktrace": None,
         }
 
@@ -365,8 +395,9 @@ class SqliteTaskStore:
     def cleanup(self, policy: RetentionPolicy, *, now: datetime) -> CleanupResult:
         stamp = encode_time(now)
         with self._transaction() as conn:
-            completed = self._archive(conn, "completed", "completed_at", policy.completed_age_s,
-                                      policy.completed_count, now)
+            completed = self._archive(
+                conn, "completed", "completed_at", policy.completed_age_s, policy.completed_count, now
+            )
             failed = self._archive(conn, "failed", "failed_at", policy.failed_age_s, policy.failed_count, now)
             deleted = conn.execute(
                 "DELETE FROM ai_agent_task_runs WHERE task_id IN"
@@ -376,15 +407,21 @@ class SqliteTaskStore:
         return CleanupResult(completed, failed, deleted)
 
     @staticmethod
-    def _archive(conn: sqlite3.Connection, status: str, column: str, age_s: int, keep: int, now: datetime) -> int:
+    def _archive(
+        conn: sqlite3.Connection, status: str, column: str, age_s: int, keep: int, now: datetime
+    ) -> int:
         return conn.execute(
             f"UPDATE ai_agent_tasks SET archived_at = :now, updated_at = :now WHERE id IN ("
             f" SELECT id FROM (SELECT id, {column} AS finished, ROW_NUMBER() OVER"
             f" (ORDER BY {column} DESC, id DESC) AS rank FROM ai_agent_tasks"
             f" WHERE status = :status AND archived_at IS NULL AND schedule_cron IS NULL)"
             f" WHERE rank > :keep OR finished < :cutoff)",
-            {"now": encode_time(now), "status": status, "keep": keep,
-             "cutoff": encode_time(now - timedelta(seconds=age_s))},
+            {
+                "now": encode_time(now),
+                "status": status,
+                "keep": keep,
+                "cutoff": encode_time(now - timedelta(seconds=age_s)),
+            },
         ).rowcount
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -78,15 +79,16 @@ def redis_url() -> Iterator[str]:
     client = redis_client()
     client.flushdb()
     yield REDIS_URL
-    try:
+    with contextlib.suppress(redis.RedisError):
         client.flushdb()
-    except redis.RedisError:
-        pass
     client.close()
 
 
 def make_agent(store: TaskStore, now: datetime, **fields: object) -> str:
     """Create an agent with sensible defaults; returns its id."""
-    values: dict[str, object] = {"organization_id": "11111111-1111-4111-8111-111111111111", "name": "Test agent"}
+    values: dict[str, object] = {
+        "organization_id": "11111111-1111-4111-8111-111111111111",
+        "name": "Test agent",
+    }
     values.update(fields)
     return store.create_agent(NewAgent(**values), now=now).id  # type: ignore[arg-type]

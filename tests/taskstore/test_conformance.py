@@ -83,7 +83,9 @@ def test_revert_queued_only_undoes_the_same_enqueue(store: TaskStore, clock: Clo
     queued = store.mark_queued(task_id, priority=None, run_at=clock(), now=clock())
     assert queued is not None and queued.queued_at is not None
 
-    assert store.revert_queued(task_id, queued_at=queued.queued_at - timedelta(seconds=1), now=clock()) is False
+    assert (
+        store.revert_queued(task_id, queued_at=queued.queued_at - timedelta(seconds=1), now=clock()) is False
+    )
     assert store.revert_queued(task_id, queued_at=queued.queued_at, now=clock()) is True
     task = store.get_task(task_id)
     assert task is not None and task.status == TaskStatus.PENDING
@@ -131,7 +133,9 @@ def test_claim_refuses_tasks_that_are_not_queued(store: TaskStore, clock: Clock,
         claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
         assert claim is not None
         if status_setup == "completed":
-            store.complete(task_id, claim.run_id, result={"output": "x"}, usage=Usage(), transcript=None, now=clock())
+            store.complete(
+                task_id, claim.run_id, result={"output": "x"}, usage=Usage(), transcript=None, now=clock()
+            )
     if status_setup == "cancelled":
         store.cancel(task_id, now=clock())
 
@@ -145,8 +149,12 @@ def test_complete_records_result_usage_and_closes_the_run(store: TaskStore, cloc
     later = clock.advance(2)
 
     done = store.complete(
-        task_id, claim.run_id, result={"output": "42"}, usage=Usage(10, 5),
-        transcript=[{"type": "model", "content": "42"}], now=later,
+        task_id,
+        claim.run_id,
+        result={"output": "42"},
+        usage=Usage(10, 5),
+        transcript=[{"type": "model", "content": "42"}],
+        now=later,
     )
 
     assert done is True
@@ -166,12 +174,25 @@ def test_finishing_is_refused_for_a_run_that_no_longer_holds_the_task(store: Tas
     assert claim is not None
 
     assert store.complete(task_id, new_id(), result={}, usage=Usage(), transcript=None, now=clock()) is False
-    assert store.complete(task_id, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock()) is True
-    assert store.complete(task_id, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock()) is False
-    assert store.fail_attempt(
-        task_id, claim.run_id, error="late", stacktrace=None, usage=Usage(), transcript=None, retry_at=None,
-        now=clock(),
-    ) is False
+    assert (
+        store.complete(task_id, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock()) is True
+    )
+    assert (
+        store.complete(task_id, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock()) is False
+    )
+    assert (
+        store.fail_attempt(
+            task_id,
+            claim.run_id,
+            error="late",
+            stacktrace=None,
+            usage=Usage(),
+            transcript=None,
+            retry_at=None,
+            now=clock(),
+        )
+        is False
+    )
     task = store.get_task(task_id)
     assert task is not None and task.status == TaskStatus.COMPLETED
 
@@ -183,8 +204,14 @@ def test_a_failed_attempt_with_retry_goes_back_to_queued(store: TaskStore, clock
     retry_at = clock() + timedelta(seconds=2)
 
     assert store.fail_attempt(
-        task_id, claim.run_id, error="boom", stacktrace="Traceback ...", usage=Usage(3, 1), transcript=None,
-        retry_at=retry_at, now=clock(),
+        task_id,
+        claim.run_id,
+        error="boom",
+        stacktrace="Traceback ...",
+        usage=Usage(3, 1),
+        transcript=None,
+        retry_at=retry_at,
+        now=clock(),
     )
 
     task = store.get_task(task_id)
@@ -197,13 +224,21 @@ def test_a_failed_attempt_with_retry_goes_back_to_queued(store: TaskStore, clock
     assert [run.attempt for run in store.get_runs(task_id)] == [1, 2]
 
 
-def test_a_final_failure_ends_failed_and_can_be_requeued_with_fresh_attempts(store: TaskStore, clock: Clock) -> None:
+def test_a_final_failure_ends_failed_and_can_be_requeued_with_fresh_attempts(
+    store: TaskStore, clock: Clock
+) -> None:
     task_id = queued_task(store, clock)
     claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
     assert claim is not None
 
     assert store.fail_attempt(
-        task_id, claim.run_id, error="fatal", stacktrace=None, usage=Usage(), transcript=None, retry_at=None,
+        task_id,
+        claim.run_id,
+        error="fatal",
+        stacktrace=None,
+        usage=Usage(),
+        transcript=None,
+        retry_at=None,
         now=clock(),
     )
     failed = store.get_task(task_id)
@@ -243,8 +278,16 @@ def test_queue_counts_split_waiting_delayed_active_and_finished(store: TaskStore
     bad = queued_task(store, clock)
     claim = store.claim(bad, run_id=new_id(), worker_id="w", now=clock())
     assert claim is not None
-    store.fail_attempt(bad, claim.run_id, error="x", stacktrace=None, usage=Usage(), transcript=None, retry_at=None,
-                       now=clock())
+    store.fail_attempt(
+        bad,
+        claim.run_id,
+        error="x",
+        stacktrace=None,
+        usage=Usage(),
+        transcript=None,
+        retry_at=None,
+        now=clock(),
+    )
 
     counts = store.queue_counts(now=clock())
     assert (counts.waiting, counts.delayed, counts.active, counts.completed, counts.failed) == (1, 1, 1, 1, 1)
@@ -258,8 +301,16 @@ def _finish(store: TaskStore, clock: Clock, *, fail: bool = False) -> str:
     claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
     assert claim is not None
     if fail:
-        store.fail_attempt(task_id, claim.run_id, error="x", stacktrace=None, usage=Usage(), transcript=None,
-                           retry_at=None, now=clock())
+        store.fail_attempt(
+            task_id,
+            claim.run_id,
+            error="x",
+            stacktrace=None,
+            usage=Usage(),
+            transcript=None,
+            retry_at=None,
+            now=clock(),
+        )
     else:
         store.complete(task_id, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock())
     return task_id

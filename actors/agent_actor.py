@@ -1,0 +1,174 @@
+"""``@agent_actor``: declare an agent kind as a Dramatiq actor.
+
+An agent kind is an actor whose only message argument is the task id. The
+decorated function receives an :class:`AgentJob` (the claimed task, its agent and
+the orchestrator) and returns the result, usually ``job.run_agent()``::
+
+    @agent_actor(kind="financial_report", time_limit=300_000)
+    def financial_report(job: AgentJob) -> AttemptResult:
+        return job.run_agent(instructions="Answer with a short financial summary.")
+
+``ai_agents.kind`` selects the actor: the actor's name is the kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+import dramatiq
+import redis
+
+from actors.errors import AgentUnavailable, BrokerUnavailable
+from middleware.agent_messages import AGENT_KIND_OPTION
+from middleware.task_lifecycle import (
+    ENQUEUED_AT_OPTION,
+    AttemptResult,
+    EnqueueRejected,
+    current_claim,
+    report_outcome,
+)
+from orchestrator import AgentSpec, Orchestrator, TaskInput
+from taskstore import Agent, Claim, Task, TaskStore, Usage, normalize_id, utcnow
+
+AgentFunction = Callable[["AgentJob"], AttemptResult]
+
+
+@dataclass(frozen=True)
+class AgentJob:
+    """One attempt at a task, as seen by an agent kind's function."""
+
+    claim: Claim
+    orchestrator: Orchestrator
+
+    @property
+    def task(self) -> Task:
+        return self.claim.task
+
+    @property
+    def attempt(self) -> int:
+        return self.claim.task.attempts
+
+    def agent(self) -> Agent:
+        """The task's agent; :class:`AgentUnavailable` (not retryable) if it vanished or is inactive."""
+        agent = self.claim.agent
+        if agent is None:
+            raise AgentUnavailable(f"agent {self.task.agent_id!r} of task {self.task.id!r} does not exist")
+        if not agent.is_active:
+            raise AgentUnavailable(f"agent {agent.id!r} of task {self.task.id!r} is inactive")
+        return agent
+
+    def run_agent(self, *, instructions: str | None = None) -> AttemptResult:
+        """Run the agent loop for this task; ``instructions`` are appended to the agent's system prompt."""
+        agent = self.agent()
+        prompt = "\n\n".join(part for part in (agent.system_prompt, instructions) if part) or None
+        spec = AgentSpec(
+            id=agent.id,
+            name=agent.name,
+            provider=agent.provider,
+            model=agent.model,
+            system_prompt=prompt,
+            allowed_tools=agent.allowed_tools,
+            temperature=agent.temperature,
+            max_tokens=agent.max_tokens,
+            max_turns=agent.max_turns,
+        )
+        task = TaskInput(
+            id=self.task.id,
+            title=self.task.title,
+            description=self.task.description,
+            context=self.task.context,
+        )
+        outcome = self.orchestrator.run(spec, task)
+        return AttemptResult(
+            result={"output": outcome.output, "turns": outcome.turns, "model": outcome.model},
+            usage=Usage(outcome.usage.input_tokens, outcome.usage.output_tokens),
+            transcript=list(outcome.transcript),
+        )
+
+
+class AgentActor(dramatiq.Actor[[str], None]):
+    """The actor of one agent kind. Sending validates the task id and reports Redis outages clearly."""
+
+    store: TaskStore | None = None
+    clock: Callable[[], datetime] = staticmethod(utcnow)
+
+    @property
+    def kind(self) -> str:
+        return str(self.options[AGENT_KIND_OPTION])
+
+    def send_with_options(
+        self,
+        *,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+        delay: Any = None,
+        **options: Any,
+    ) -> dramatiq.Message[None]:
+        """Send a message for a task id, moving the task ``pending → queued`` (see ``TaskLifecycle``).
+
+        Raises:
+            InvalidTaskId, TaskNotFound, InvalidTransition: The task cannot be queued; nothing was sent.
+            BrokerUnavailable: Redis did not take the message; the task is ``pending`` again.
+        """
+        if kwargs or len(args) != 1:
+            raise TypeError(f"agent actor {self.actor_name!r} takes exactly one argument, the task id")
+        task_id = normalize_id(args[0])
+        options.setdefault(ENQUEUED_AT_OPTION, self.clock().isoformat())
+        try:
+            return super().send_with_options(args=(task_id,), delay=delay, **options)
+        except EnqueueRejected as exc:
+            raise exc.reason from exc
+        except (redis.RedisError, dramatiq.errors.ConnectionError) as exc:
+            queued_at = datetime.fromisoformat(options[ENQUEUED_AT_OPTION])
+            if self.store is not None:
+                self.store.revert_queued(task_id, queued_at=queued_at, now=self.clock())
+            raise BrokerUnavailable(
+                f"Redis did not accept task {task_id!r}; it stays pending: {exc}"
+            ) from exc
+
+
+def agent_actor(
+    *,
+    kind: str,
+    store: TaskStore,
+    orchestrator: Callable[[], Orchestrator],
+    broker: dramatiq.Broker | None = None,
+    queue_name: str | None = None,
+    clock: Callable[[], datetime] = utcnow,
+    **options: Any,
+) -> Callable[[AgentFunction], AgentActor]:
+    """Declare the agent kind ``kind`` as an actor on ``broker`` (default: the global broker).
+
+    Args:
+        kind: The ``ai_agents.kind`` this actor runs; also the actor's name.
+        store: The task store the actor reverts enqueues in when Redis refuses a message.
+        orchestrator: Returns the orchestrator that runs the agent loop (called per attempt).
+        broker: The broker to declare on.
+        queue_name: Redis queue for this kind (default: the kind).
+        **options: Dramatiq actor options (``time_limit``, ``max_retries`` caps attempts, ``priority`` …).
+    """
+
+    def decorator(fn: AgentFunction) -> AgentActor:
+        def run(task_id: str) -> None:
+            report_outcome(task_id, fn(AgentJob(current_claim(task_id), orchestrator())))
+
+        run.__name__ = fn.__name__
+        run.__qualname__ = fn.__qualname__
+        run.__doc__ = fn.__doc__
+        run.__module__ = fn.__module__
+        declare = dramatiq.actor(
+            actor_class=AgentActor,
+            actor_name=kind,
+            queue_name=queue_name or kind,
+            broker=broker,
+            **{AGENT_KIND_OPTION: kind, **options},
+        )
+        actor = cast(AgentActor, declare(run))
+        actor.store = store
+        actor.clock = clock
+        return actor
+
+    return decorator

@@ -1,0 +1,42 @@
+"""Building the Redis broker from settings. Nothing connects until the broker is used."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
+
+from config.settings import Settings
+from middleware import build_middleware
+from taskstore import TaskStore, utcnow
+
+#: Prefix of every Redis key the broker writes.
+NAMESPACE = "agentq"
+
+
+def redis_client(settings: Settings) -> redis.Redis:
+    """A Redis client for the configured server, pooled for every worker thread plus headroom."""
+    return redis.Redis.from_url(
+        settings.redis_connection_url(),
+        max_connections=max(settings.queue_concurrency * 2 + 16, 64),
+        socket_connect_timeout=5,
+        socket_keepalive=True,
+        health_check_interval=30,
+    )
+
+
+def build_broker(
+    settings: Settings,
+    store: TaskStore,
+    *,
+    middleware: Sequence[dramatiq.Middleware] | None = None,
+    clock: Callable[[], datetime] = utcnow,
+) -> RedisBroker:
+    """The Redis broker with our middleware stack (see ``middleware``)."""
+    stack = list(middleware) if middleware is not None else build_middleware(settings, store, clock=clock)
+    return RedisBroker(  # type: ignore[no-untyped-call]
+        client=redis_client(settings), middleware=stack, namespace=NAMESPACE
+    )

@@ -1,0 +1,62 @@
+"""Errors raised by the queue's public entry points. Each names the bad value."""
+
+from __future__ import annotations
+
+from config.errors import AgentQueueError
+
+
+class InvalidArgument(AgentQueueError, ValueError):
+    """An argument of a public entry point is out of range or of the wrong type."""
+
+
+class InvalidPriority(InvalidArgument):
+    """Priority must be an int from 0 to 10."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__(f"priority {value!r} is not an int from 0 to 10 (higher = more urgent)")
+        self.value = value
+
+
+class InvalidDelay(InvalidArgument):
+    """Delay must be a non-negative int of milliseconds, at most 7 days."""
+
+    def __init__(self, value: object) -> None:
+        super().__init__(f"delay_ms {value!r} is not an int of milliseconds from 0 to 604800000 (7 days)")
+        self.value = value
+
+
+class InvalidContext(InvalidArgument):
+    """Context must be a JSON object within the size bound."""
+
+
+class AgentInactive(AgentQueueError):
+    """The task's agent exists but is switched off (``is_active = false``)."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"agent {agent_id!r} is inactive")
+        self.agent_id = agent_id
+
+
+class AgentOrganizationMismatch(AgentQueueError):
+    """A task may only use an agent of its own organization."""
+
+    def __init__(self, agent_id: str, organization_id: str) -> None:
+        super().__init__(f"agent {agent_id!r} does not belong to organization {organization_id!r}")
+
+
+class UnknownAgentKind(AgentQueueError):
+    """No actor is declared for the agent's ``kind``."""
+
+    def __init__(self, kind: str, known: list[str]) -> None:
+        super().__init__(f"agent kind {kind!r} has no actor (known kinds: {', '.join(known) or 'none'})")
+        self.kind = kind
+
+
+class BrokerUnavailable(AgentQueueError):
+    """Redis refused or could not take the message; the task was left ``pending``."""
+
+
+class AgentUnavailable(AgentQueueError):
+    """Inside a worker: the task's agent vanished or was deactivated. Not retryable."""
+
+    retryable = False

@@ -1,0 +1,300 @@
+"""``AgentTaskQueue``: the application's handle on the queue (DESIGN §6).
+
+Every method validates its input first and raises an :class:`~config.errors.AgentQueueError`
+subclass naming the bad value, having changed and enqueued nothing. A job's id
+is its task's id; the database is the source of truth for every answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import dramatiq
+
+from actors.agent_actor import AgentActor
+from actors.errors import (
+    AgentInactive,
+    AgentOrganizationMismatch,
+    InvalidArgument,
+    InvalidContext,
+    InvalidDelay,
+    InvalidPriority,
+    UnknownAgentKind,
+)
+from middleware.agent_messages import AGENT_KIND_OPTION
+from middleware.task_lifecycle import ENQUEUED_AT_OPTION, PRIORITY_OPTION, QUEUED_OPTION
+from taskstore import (
+    AgentNotFound,
+    CleanupResult,
+    InvalidTransition,
+    NewTask,
+    RetentionPolicy,
+    Run,
+    Task,
+    TaskNotFound,
+    TaskStatus,
+    TaskStore,
+    normalize_id,
+    utcnow,
+)
+from taskstore.models import TASK_TYPES
+
+logger = logging.getLogger("agentq.lifecycle")
+
+#: Longest delay Dramatiq's Redis broker accepts (7 days).
+MAX_DELAY_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Exact job counts, read from the database in one query."""
+
+    waiting: int
+    active: int
+    completed: int
+    failed: int
+    delayed: int
+    #: Jobs held back by a paused queue (the queue is never paused without ``pause_queue``).
+    paused: int = 0
+
+
+@dataclass(frozen=True)
+class Job:
+    """The queue's view of one task (``job.id == task.id``)."""
+
+    id: str
+    status: TaskStatus
+    priority: int
+    attempts_made: int
+    max_attempts: int
+    failed_reason: str | None
+    #: Stack traces of the failed attempts, oldest first.
+    stacktrace: list[str]
+    result: dict[str, Any] | None
+    task: Task
+    runs: tuple[Run, ...]
+
+    @classmethod
+    def from_task(cls, task: Task, runs: list[Run]) -> Job:
+        return cls(
+            id=task.id,
+            status=task.status,
+            priority=task.priority,
+            attempts_made=task.attempts,
+            max_attempts=task.max_attempts,
+            failed_reason=task.error,
+            stacktrace=[run.stacktrace for run in runs if run.stacktrace],
+            result=task.result,
+            task=task,
+            runs=tuple(runs),
+        )
+
+
+class AgentTaskQueue:
+    """Creates, enqueues and inspects agent tasks."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        broker: dramatiq.Broker,
+        *,
+        max_attempts: int = 3,
+        max_context_bytes: int = 64 * 1024,
+        retention: RetentionPolicy | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.max_attempts = max_attempts
+        self.max_context_bytes = max_context_bytes
+        self.retention = retention or RetentionPolicy()
+        self.clock = clock
+
+    # --- creating and enqueuing ----------------------------------------------
+
+    def create_task(
+        self,
+        *,
+        agent_id: str,
+        organization_id: str,
+        title: str,
+        description: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        priority: int = 5,
+        task_type: str = "adhoc",
+    ) -> Task:
+        """Insert a ``pending`` task for an active agent of the same organization."""
+        agent_id = normalize_id(agent_id, "agent id")
+        organization_id = normalize_id(organization_id, "organization id")
+        _check_priority(priority)
+        if not isinstance(title, str) or not title.strip():
+            raise InvalidArgument(f"title {title!r} must be a non-empty string")
+        if description is not None and not isinstance(description, str):
+            raise InvalidArgument(f"description {description!r} must be a string or None")
+        if task_type not in TASK_TYPES:
+            raise InvalidArgument(f"task_type {task_type!r} is not one of {', '.join(TASK_TYPES)}")
+        checked_context = self._check_context(context)
+        agent = self.store.get_agent(agent_id)
+        if agent is None:
+            raise AgentNotFound(agent_id)
+        if not agent.is_active:
+            raise AgentInactive(agent_id)
+        if agent.organization_id != organization_id:
+            raise AgentOrganizationMismatch(agent_id, organization_id)
+        new = NewTask(
+            agent_id=agent_id,
+            organization_id=organization_id,
+            title=title,
+            description=description,
+            task_type=task_type,
+            context=checked_context,
+            priority=priority,
+            max_attempts=self.max_attempts,
+        )
+        return self.store.create_task(new, now=self.clock())
+
+    def add_task(self, task_id: str, priority: int | None = None, delay_ms: int = 0) -> Job:
+        """Queue a ``pending`` task, now or after ``delay_ms``; ``priority`` None keeps the row's.
+
+        Raises:
+            InvalidTaskId, InvalidPriority, InvalidDelay: Bad arguments.
+            TaskNotFound, AgentNotFound, AgentInactive, UnknownAgentKind: Nothing to run it with.
+            InvalidTransition: The task is not pending (use ``retry_job`` for a failed one).
+            BrokerUnavailable: Redis is down; the task stays ``pending``.
+        """
+        task_id = normalize_id(task_id)
+        if priority is not None:
+            _check_priority(priority)
+        if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 <= delay_ms <= MAX_DELAY_MS:
+            raise InvalidDelay(delay_ms)
+        task = self._task(task_id)
+        if task.status != TaskStatus.PENDING:
+            hint = "use retry_job for a failed task" if task.status == TaskStatus.FAILED else ""
+            raise InvalidTransition(task_id, task.status.value, TaskStatus.QUEUED.value, hint)
+        actor = self._actor_for(task)
+        options: dict[str, Any] = {PRIORITY_OPTION: priority}
+        actor.send_with_options(args=(task_id,), delay=delay_ms or None, **options)
+        return self._job(task_id)
+
+    def retry_job(self, job_id: str) -> Job:
+        """Queue a ``failed`` task again with a fresh set of attempts."""
+        task_id = normalize_id(job_id, "job id")
+        task = self._task(task_id)
+        if task.status != TaskStatus.FAILED:
+            raise InvalidTransition(
+                task_id, task.status.value, TaskStatus.QUEUED.value, "only failed jobs can be retried"
+            )
+        actor = self._actor_for(task)
+        now = self.clock()
+        if self.store.requeue_failed(task_id, run_at=now, now=now) is None:
+            current = self._task(task_id)
+            raise InvalidTransition(
+                task_id, current.status.value, TaskStatus.QUEUED.value, "retried concurrently"
+            )
+        options: dict[str, Any] = {QUEUED_OPTION: True, ENQUEUED_AT_OPTION: now.isoformat()}
+        actor.send_with_options(args=(task_id,), **options)
+        logger.info("[AgentTaskQueue] Job %s retried (priority: %s)", task_id, task.priority)
+        return self._job(task_id)
+
+    # --- inspecting and removing ----------------------------------------------
+
+    def get_job(self, job_id: str) -> Job | None:
+        """The job, or ``None`` if no such task exists or its record was cleaned up."""
+        task_id = normalize_id(job_id, "job id")
+        task = self.store.get_task(task_id)
+        if task is None or task.archived_at is not None:
+            return None
+        return Job.from_task(task, self.store.get_runs(task_id))
+
+    def remove_job(self, job_id: str) -> None:
+        """Cancel a waiting or delayed job (status ``cancelled``). A finished or cancelled job is left as is.
+
+        Raises:
+            TaskNotFound: No such job.
+            InvalidTransition: The job is running.
+        """
+        task_id = normalize_id(job_id, "job id")
+        now = self.clock()
+        if self.store.cancel(task_id, now=now) is not None:
+            logger.info("[AgentTaskQueue] Job %s removed", task_id)
+            return
+        task = self._task(task_id)
+        if task.status == TaskStatus.RUNNING:
+            raise InvalidTransition(task_id, task.status.value, TaskStatus.CANCELLED.value, "it is running")
+
+    def get_queue_stats(self) -> QueueStats:
+        """Exact counts of waiting, active, completed, failed and delayed jobs."""
+        counts = self.store.queue_counts(now=self.clock())
+        return QueueStats(
+            waiting=counts.waiting,
+            active=counts.active,
+            completed=counts.completed,
+            failed=counts.failed,
+            delayed=counts.delayed,
+        )
+
+    def cleanup_jobs(self) -> CleanupResult:
+        """Apply retention: completed jobs 24 h / last 1000, failed 7 days / last 5000 (configurable)."""
+        result = self.store.cleanup(self.retention, now=self.clock())
+        logger.info(
+            "[AgentTaskQueue] Cleaned up %s completed and %s failed jobs",
+            result.archived_completed,
+            result.archived_failed,
+        )
+        return result
+
+    # --- helpers --------------------------------------------------------------
+
+    def _task(self, task_id: str) -> Task:
+        task = self.store.get_task(task_id)
+        if task is None:
+            raise TaskNotFound(task_id)
+        return task
+
+    def _job(self, task_id: str) -> Job:
+        return Job.from_task(self._task(task_id), self.store.get_runs(task_id))
+
+    def _actor_for(self, task: Task) -> AgentActor:
+        agent = self.store.get_agent(task.agent_id)
+        if agent is None:
+            raise AgentNotFound(task.agent_id)
+        if not agent.is_active:
+            raise AgentInactive(agent.id)
+        kinds = self.agent_kinds()
+        if agent.kind not in kinds:
+            raise UnknownAgentKind(agent.kind, sorted(kinds))
+        return kinds[agent.kind]
+
+    def agent_kinds(self) -> dict[str, AgentActor]:
+        """Declared agent kinds by name."""
+        actors = (self.broker.get_actor(name) for name in self.broker.get_declared_actors())
+        return {
+            actor.options[AGENT_KIND_OPTION]: actor
+            for actor in actors
+            if isinstance(actor, AgentActor) and AGENT_KIND_OPTION in actor.options
+        }
+
+    def _check_context(self, context: Mapping[str, Any] | None) -> dict[str, Any]:
+        if context is None:
+            return {}
+        if not isinstance(context, Mapping):
+            raise InvalidContext(f"context {context!r} must be a JSON object (a mapping)")
+        try:
+            encoded = json.dumps(context, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidContext(f"context is not JSON-serialisable: {exc}") from exc
+        size = len(encoded.encode())
+        if size > self.max_context_bytes:
+            raise InvalidContext(f"context is {size} bytes of JSON; the limit is {self.max_context_bytes}")
+        decoded: dict[str, Any] = json.loads(encoded)
+        return decoded
+
+
+def _check_priority(priority: object) -> None:
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 10:
+        raise InvalidPriority(priority)
