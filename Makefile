@@ -1,0 +1,48 @@
+# Everyday tasks. `make demo` and `make test` are the README's two commands: each sets up
+# the virtualenv first (idempotent), so they work on a fresh clone.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-unit test-integration lint format typecheck bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job on the embedded default: SQLite + local Redis + scripted provider.
+demo: $(STAMP)
+	$(BIN)/agentq demo
+
+## The whole suite: lint, types, then every test (integration tests need Redis and PostgreSQL).
+test: $(STAMP) lint typecheck
+	$(BIN)/pytest
+
+test-unit: $(STAMP)
+	$(BIN)/pytest tests/unit tests/taskstore -m 'not integration and not acceptance'
+
+test-integration: $(STAMP)
+	$(BIN)/pytest -m 'integration or acceptance'
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.pipeline
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,161 @@
+"""``agentq``: the operator's command line.
+
+    agentq migrate              create or upgrade the schema (safe to run twice)
+    agentq schema               print the Postgres migration SQL
+    agentq stats                queue statistics (JSON)
+    agentq job ID               one job, with its runs
+    agentq retry ID             retry a failed job
+    agentq remove ID            cancel a waiting or delayed job
+    agentq cleanup              apply the retention policy
+    agentq worker [ARGS…]       run ``dramatiq actors`` with QUEUE_CONCURRENCY threads
+    agentq demo                 the embedded demo: a worker runs a handful of tasks end to end
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from config.errors import AgentQueueError
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {field.name: _jsonable(getattr(value, field.name)) for field in dataclasses.fields(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def _print(value: Any) -> None:
+    print(json.dumps(_jsonable(value), indent=2, ensure_ascii=False))
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from actors import runtime
+
+    applied = runtime.store.migrate()
+    print(f"applied: {', '.join(applied)}" if applied else "schema is up to date")
+    return 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from taskstore.schema import render_all
+
+    print(render_all("postgres"), end="")
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    _print(agent_task_queue.get_queue_stats())
+    return 0
+
+
+def _job(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    job = agent_task_queue.get_job(args.id)
+    if job is None:
+        print(f"no job {args.id}", file=sys.stderr)
+        return 1
+    _print(job)
+    return 0
+
+
+def _retry(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    _print({"id": args.id, "status": agent_task_queue.retry_job(args.id).status})
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    agent_task_queue.remove_job(args.id)
+    return 0
+
+
+def _cleanup(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    _print(agent_task_queue.cleanup_jobs())
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from config.settings import load_settings
+
+    threads = str(load_settings().queue_concurrency)
+    command = [sys.executable, "-m", "dramatiq", "actors", "--threads", threads, *args.dramatiq_args]
+    os.execv(command[0], command)
+    return 0  # pragma: no cover - execv does not return
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from actors.demo import run_demo
+
+    return run_demo(timeout_s=args.timeout)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agentq", description="Operate Agent Task Queue.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    simple: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
+        "migrate": (_migrate, "create or upgrade the schema in the configured database"),
+        "schema": (_schema, "print the Postgres migration SQL (what a Supabase user applies)"),
+        "stats": (_stats, "print queue statistics"),
+        "cleanup": (_cleanup, "apply the retention policy to finished jobs"),
+    }
+    for name, (handler, help_text) in simple.items():
+        commands.add_parser(name, help=help_text).set_defaults(handler=handler)
+    for name, handler, help_text in (
+        ("job", _job, "show one job and its runs"),
+        ("retry", _retry, "retry a failed job with a fresh set of attempts"),
+        ("remove", _remove, "cancel a waiting or delayed job"),
+    ):
+        sub = commands.add_parser(name, help=help_text)
+        sub.add_argument("id", help="job id (= task id)")
+        sub.set_defaults(handler=handler)
+    worker = commands.add_parser("worker", help="run `dramatiq actors` with QUEUE_CONCURRENCY threads")
+    worker.add_argument("dramatiq_args", nargs=argparse.REMAINDER, help="extra arguments for dramatiq")
+    worker.set_defaults(handler=_worker)
+    demo = commands.add_parser("demo", help="run the embedded demo end to end")
+    demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the demo tasks")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``agentq`` console script."""
+    from config.settings import load_settings
+
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+        logging.basicConfig(level=settings.log_level, format="%(message)s")
+        result: int = args.handler(args)
+    except AgentQueueError as exc:
+        print(f"agentq: {exc}", file=sys.stderr)
+        return 1
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""A queue wired for tests: real middleware and actors on any broker and store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+from dramatiq import Worker
+from dramatiq.brokers.stub import StubBroker
+
+from actors.agent_actor import AgentActor, AgentJob, agent_actor
+from actors.runtime import Runtime, build_runtime
+from config.settings import Settings, load_settings
+from middleware import build_middleware
+from middleware.task_lifecycle import AttemptResult
+from taskstore import NewAgent, TaskStore, utcnow
+
+ORG = "11111111-1111-4111-8111-111111111111"
+OTHER_ORG = "33333333-3333-4333-8333-333333333333"
+
+
+@dataclass
+class Harness:
+    """A runtime plus the kinds declared on its broker."""
+
+    runtime: Runtime
+    kinds: dict[str, AgentActor]
+
+    @property
+    def queue(self):  # type: ignore[no-untyped-def]
+        return self.runtime.queue
+
+    @property
+    def store(self) -> TaskStore:
+        return self.runtime.store
+
+    @property
+    def broker(self) -> dramatiq.Broker:
+        return self.runtime.broker
+
+    def agent(self, **fields: Any) -> str:
+        values: dict[str, Any] = {
+            "organization_id": ORG,
+            "name": "Test agent",
+            "allowed_tools": ("calculate", "get_current_time"),
+        }
+        values.update(fields)
+        return self.store.create_agent(NewAgent(**values), now=utcnow()).id
+
+    def task(self, agent_id: str | None = None, **fields: Any) -> str:
+        values: dict[str, Any] = {
+            "agent_id": agent_id or self.agent(),
+            "organization_id": ORG,
+            "title": "Test task",
+        }
+        values.update(fields)
+        return self.queue.create_task(**values).id
+
+    @contextmanager
+    def worker(self, threads: int = 2) -> Iterator[Worker]:
+        worker = Worker(self.broker, worker_timeout=20, worker_threads=threads)
+        worker.start()
+        try:
+            yield worker
+        finally:
+            worker.stop()
+
+    def drain(self, worker: Worker, timeout_s: float = 30) -> None:
+        """Wait until every queue (delayed included) is empty and the worker is idle."""
+        assert isinstance(self.broker, StubBroker)
+        for queue_name in list(self.broker.queues):
+            if not queue_name.endswith(".DQ") and not queue_name.endswith(".XQ"):
+                self.broker.join(queue_name, timeout=int(timeout_s * 1000))
+        worker.join()
+
+
+def declare_kinds(runtime: Runtime) -> dict[str, AgentActor]:
+    """The kinds the tests use: ``general`` runs the agent; ``flaky`` raises plain exceptions."""
+    declare = {"store": runtime.store, "orchestrator": runtime.orchestrator, "broker": runtime.broker}
+
+    @agent_actor(kind="general", **declare)
+    def general(job: AgentJob) -> AttemptResult:
+        return job.run_agent()
+
+    @agent_actor(kind="crashing", **declare)
+    def crashing(job: AgentJob) -> AttemptResult:
+        raise RuntimeError(f"crash in attempt {job.attempt}")
+
+    @agent_actor(kind="capped", max_retries=1, **declare)
+    def capped(job: AgentJob) -> AttemptResult:
+        raise RuntimeError("always")
+
+    return {"general": general, "crashing": crashing, "capped": capped}
+
+
+def harness_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"backoff_ms": 10}
+    values.update(overrides)
+    return load_settings(**values)
+
+
+@contextmanager
+def stub_harness(store: TaskStore, **settings: Any) -> Iterator[Harness]:
+    """Middleware, kinds and queue on a ``StubBroker`` over ``store``."""
+    config = harness_settings(**settings)
+    broker = StubBroker(middleware=build_middleware(config, store))
+    broker.emit_after("process_boot")
+    runtime = build_runtime(config, store=store, broker=broker)
+    try:
+        yield Harness(runtime, declare_kinds(runtime))
+    finally:
+        broker.close()

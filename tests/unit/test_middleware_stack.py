@@ -1,0 +1,65 @@
+"""The middleware stack: documented order, switches, user middleware by dotted path."""
+
+from __future__ import annotations
+
+import dramatiq
+import pytest
+from dramatiq.middleware import TimeLimit
+
+from config.errors import ConfigError
+from middleware import OPTIONAL, Retries, TaskLifecycle, build_middleware
+from taskstore import InMemoryTaskStore
+from tests.harness import harness_settings
+
+
+class Recorder(dramatiq.Middleware):
+    """A user middleware loaded by dotted path in the tests."""
+
+
+def names(stack: list[dramatiq.Middleware]) -> list[str]:
+    return [type(middleware).__name__ for middleware in stack]
+
+
+def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
+    stack = build_middleware(harness_settings(), InMemoryTaskStore())
+
+    assert names(stack) == [
+        "AgeLimit",
+        "TimeLimit",
+        "ShutdownNotifications",
+        "Callbacks",
+        "Pipelines",
+        "Retries",
+        "CurrentMessage",
+        "TaskLifecycle",
+    ]
+    assert isinstance(stack[5], Retries) and isinstance(stack[-1], TaskLifecycle)
+
+
+def test_optional_middleware_can_be_switched_off_by_name() -> None:
+    stack = build_middleware(
+        harness_settings(disabled_middleware=("time_limit", "retries")), InMemoryTaskStore()
+    )
+
+    assert not any(isinstance(middleware, TimeLimit | Retries) for middleware in stack)
+    assert isinstance(stack[-1], TaskLifecycle)
+
+
+def test_unknown_switch_names_are_a_config_error_naming_them() -> None:
+    with pytest.raises(ConfigError, match="'tracing'"):
+        build_middleware(harness_settings(disabled_middleware=("tracing",)), InMemoryTaskStore())
+    assert "time_limit" in OPTIONAL
+
+
+def test_user_middleware_goes_before_the_task_lifecycle() -> None:
+    settings = harness_settings(extra_middleware=("tests.unit.test_middleware_stack:Recorder",))
+
+    stack = build_middleware(settings, InMemoryTaskStore())
+
+    assert names(stack)[-2:] == ["Recorder", "TaskLifecycle"]
+
+
+@pytest.mark.parametrize("path", ["no.such.module:Thing", "tests.unit.test_middleware_stack:names"])
+def test_bad_user_middleware_paths_are_config_errors(path: str) -> None:
+    with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
+        build_middleware(harness_settings(extra_middleware=(path,)), InMemoryTaskStore())

@@ -1,0 +1,400 @@
+"""AgentTaskQueue on a StubBroker and the in-memory store: validation, lifecycle, retries."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from actors.errors import (
+    AgentInactive,
+    AgentOrganizationMismatch,
+    InvalidArgument,
+    InvalidContext,
+    InvalidDelay,
+    InvalidPriority,
+    UnknownAgentKind,
+)
+from config.errors import AgentQueueError
+from middleware.task_lifecycle import QUEUED_OPTION
+from taskstore import (
+    AgentNotFound,
+    InMemoryTaskStore,
+    InvalidTaskId,
+    InvalidTransition,
+    RunStatus,
+    TaskNotFound,
+    TaskStatus,
+    new_id,
+)
+from tests.harness import ORG, OTHER_ORG, Harness, stub_harness
+
+LIFECYCLE = "agentq.lifecycle"
+
+
+@pytest.fixture
+def app() -> Iterator[Harness]:
+    with stub_harness(InMemoryTaskStore()) as harness:
+        yield harness
+
+
+def deactivate(app: Harness, agent_id: str) -> None:
+    store = app.store
+    assert isinstance(store, InMemoryTaskStore)
+    store.agents[agent_id] = dataclasses.replace(store.agents[agent_id], is_active=False)
+
+
+def messages_waiting(app: Harness) -> int:
+    return sum(len(queue.queue) for queue in app.broker.queues.values())  # type: ignore[attr-defined]
+
+
+# --- bad input: clear errors, nothing changed ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error", "needle"),
+    [
+        ("agent_id", "not-a-uuid", InvalidTaskId, "'not-a-uuid'"),
+        ("agent_id", new_id(), AgentNotFound, "does not exist"),
+        ("organization_id", 42, InvalidTaskId, "organization id 42"),
+        ("priority", 11, InvalidPriority, "priority 11"),
+        ("priority", -1, InvalidPriority, "priority -1"),
+        ("priority", True, InvalidPriority, "priority True"),
+        ("priority", "5", InvalidPriority, "priority '5'"),
+        ("title", "  ", InvalidArgument, "title '  '"),
+        ("task_type", "weekly", InvalidArgument, "task_type 'weekly'"),
+        ("context", {"when": object()}, InvalidContext, "not JSON-serialisable"),
+        ("context", {"x": float("nan")}, InvalidContext, "not JSON-serialisable"),
+        ("context", ["a list"], InvalidContext, "must be a JSON object"),
+        ("context", {"blob": "x" * 70_000}, InvalidContext, "the limit is 65536"),
+    ],
+)
+def test_create_task_rejects_bad_input_naming_the_value(
+    app: Harness, field: str, value: object, error: type[Exception], needle: str
+) -> None:
+    fields: dict[str, object] = {"agent_id": app.agent(), "organization_id": ORG, "title": "t"}
+    fields[field] = value
+
+    with pytest.raises(error, match=needle.replace("(", r"\(").replace("[", r"\[")) as caught:
+        app.queue.create_task(**fields)
+
+    assert isinstance(caught.value, AgentQueueError)
+    assert app.store.tasks == {}  # type: ignore[attr-defined]
+
+
+def test_create_task_refuses_inactive_agents_and_other_organizations_agents(app: Harness) -> None:
+    inactive = app.agent(is_active=False)
+    with pytest.raises(AgentInactive, match=inactive):
+        app.task(inactive)
+    foreign = app.agent(organization_id=OTHER_ORG)
+    with pytest.raises(AgentOrganizationMismatch, match=foreign):
+        app.task(foreign)
+    assert app.store.tasks == {}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("args", "error", "needle"),
+    [
+        ({"priority": 42}, InvalidPriority, "priority 42"),
+        ({"priority": False}, InvalidPriority, "priority False"),
+        ({"priority": 2.5}, InvalidPriority, "priority 2.5"),
+        ({"delay_ms": -1}, InvalidDelay, "delay_ms -1"),
+        ({"delay_ms": True}, InvalidDelay, "delay_ms True"),
+        ({"delay_ms": 8 * 24 * 3600 * 1000}, InvalidDelay, "delay_ms 691200000"),
+        ({"delay_ms": "10"}, InvalidDelay, "delay_ms '10'"),
+    ],
+)
+def test_add_task_rejects_bad_arguments_and_enqueues_nothing(
+    app: Harness, args: dict[str, object], error: type[Exception], needle: str
+) -> None:
+    task_id = app.task()
+
+    with pytest.raises(error, match=needle):
+        app.queue.add_task(task_id, **args)
+
+    assert app.store.get_task(task_id).status == TaskStatus.PENDING  # type: ignore[union-attr]
+    assert messages_waiting(app) == 0
+
+
+def test_add_task_rejects_malformed_and_unknown_ids(app: Harness) -> None:
+    with pytest.raises(InvalidTaskId, match="'nope'"):
+        app.queue.add_task("nope")
+    with pytest.raises(InvalidTaskId, match="None"):
+        app.queue.add_task(None)  # type: ignore[arg-type]
+    missing = new_id()
+    with pytest.raises(TaskNotFound, match=missing):
+        app.queue.add_task(missing)
+    assert messages_waiting(app) == 0
+
+
+def test_add_task_refuses_an_agent_kind_without_actor(app: Harness) -> None:
+    task_id = app.task(app.agent(kind="astrology"))
+
+    with pytest.raises(UnknownAgentKind, match="'astrology'"):
+        app.queue.add_task(task_id)
+
+    assert app.store.get_task(task_id).status == TaskStatus.PENDING  # type: ignore[union-attr]
+    assert messages_waiting(app) == 0
+
+
+def test_add_task_refuses_an_agent_deactivated_after_the_task_was_created(app: Harness) -> None:
+    agent_id = app.agent()
+    task_id = app.task(agent_id)
+    deactivate(app, agent_id)
+
+    with pytest.raises(AgentInactive):
+        app.queue.add_task(task_id)
+    assert messages_waiting(app) == 0
+
+
+def test_adding_twice_is_refused_the_second_time(app: Harness) -> None:
+    task_id = app.task()
+    app.queue.add_task(task_id)
+
+    with pytest.raises(InvalidTransition, match="is queued"):
+        app.queue.add_task(task_id)
+
+    assert messages_waiting(app) == 1
+
+
+# --- enqueue ---------------------------------------------------------------------------------
+
+
+def test_add_task_queues_with_priority_and_logs_the_seed_line(
+    app: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    task_id = app.task(priority=5)
+
+    with caplog.at_level(logging.INFO, logger=LIFECYCLE):
+        job = app.queue.add_task(task_id, 9, 0)
+
+    assert job.id == task_id and job.status == TaskStatus.QUEUED and job.priority == 9
+    assert f"[AgentTaskQueue] Task {task_id} added to queue (priority: 9, delay: 0ms)" in caplog.messages
+    assert messages_waiting(app) == 1
+
+
+def test_stats_count_waiting_and_delayed_exactly(app: Harness) -> None:
+    for _ in range(4):
+        app.queue.add_task(app.task())
+    app.queue.add_task(app.task(), delay_ms=60_000)
+    app.task()  # pending: not in the queue
+
+    stats = app.queue.get_queue_stats()
+
+    assert (stats.waiting, stats.delayed, stats.active, stats.completed, stats.failed, stats.paused) == (
+        4,
+        1,
+        0,
+        0,
+        0,
+        0,
+    )
+
+
+def test_a_bare_send_queues_the_task_like_add_task(app: Harness, caplog: pytest.LogCaptureFixture) -> None:
+    task_id = app.task(priority=6)
+
+    with caplog.at_level(logging.INFO, logger=LIFECYCLE):
+        app.kinds["general"].send(task_id)
+
+    assert app.store.get_task(task_id).status == TaskStatus.QUEUED  # type: ignore[union-attr]
+    assert f"[AgentTaskQueue] Task {task_id} added to queue (priority: 6, delay: 0ms)" in caplog.messages
+
+
+def test_a_bare_send_of_a_missing_or_finished_task_is_refused(app: Harness) -> None:
+    with pytest.raises(TaskNotFound):
+        app.kinds["general"].send(new_id())
+    with pytest.raises(InvalidTaskId):
+        app.kinds["general"].send("garbage")
+    task_id = app.task()
+    app.store.cancel(task_id, now=app.queue.clock())
+    with pytest.raises(InvalidTransition, match="is cancelled"):
+        app.kinds["general"].send(task_id)
+    assert messages_waiting(app) == 0
+
+
+# --- the worker ------------------------------------------------------------------------------
+
+
+def test_a_worker_runs_the_agent_and_completes_the_task(
+    app: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    script = [{"tool": "calculate", "arguments": {"expression": "6 * 7"}}, {"answer": "It is 42"}]
+    task_id = app.task(context={"script": script})
+    app.queue.add_task(task_id)
+
+    with caplog.at_level(logging.INFO, logger=LIFECYCLE), app.worker() as worker:
+        app.drain(worker)
+
+    job = app.queue.get_job(task_id)
+    assert job is not None and job.status == TaskStatus.COMPLETED
+    assert job.result == {"output": "It is 42", "turns": 2, "model": "scripted-1"}
+    assert job.attempts_made == 1 and job.failed_reason is None and job.stacktrace == []
+    [run] = job.runs
+    assert run.status == RunStatus.COMPLETED and run.input_tokens > 0 and run.output_tokens > 0
+    assert run.transcript is not None and run.transcript[1]["result"] == "42"
+    assert job.task.input_tokens == run.input_tokens
+    assert f"[AgentTaskQueue] ✓ Job {task_id} completed" in caplog.messages
+    stats = app.queue.get_queue_stats()
+    assert (stats.waiting, stats.active, stats.completed) == (0, 0, 1)
+
+
+def test_a_duplicate_message_for_a_completed_task_does_not_run_it_again(app: Harness) -> None:
+    task_id = app.task()
+    app.queue.add_task(task_id)
+    with app.worker() as worker:
+        app.drain(worker)
+        # Given the task completed, When its message is delivered again,
+        app.kinds["general"].send_with_options(args=(task_id,), **{QUEUED_OPTION: True})
+        app.drain(worker)
+
+    # Then it did not run a second time.
+    assert len(app.store.get_runs(task_id)) == 1
+    assert app.store.get_task(task_id).status == TaskStatus.COMPLETED  # type: ignore[union-attr]
+
+
+def test_a_failing_task_retries_with_backoff_then_is_dead_lettered(
+    app: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    task_id = app.task(app.agent(kind="crashing"))
+    app.queue.add_task(task_id)
+
+    with caplog.at_level(logging.INFO, logger=LIFECYCLE), app.worker() as worker:
+        app.drain(worker)
+
+    job = app.queue.get_job(task_id)
+    assert job is not None and job.status == TaskStatus.FAILED
+    assert job.attempts_made == 3 and job.failed_reason == "crash in attempt 3"
+    assert len(job.stacktrace) == 3 and "RuntimeError: crash in attempt 1" in job.stacktrace[0]
+    assert [run.status for run in job.runs] == [RunStatus.FAILED] * 3
+    failures = [m for m in caplog.messages if m.startswith(f"[AgentTaskQueue] ✗ Job {task_id} failed: ")]
+    assert failures == [f"[AgentTaskQueue] ✗ Job {task_id} failed: crash in attempt {n}" for n in (1, 2, 3)]
+    assert (
+        caplog.messages.count(f"[AgentTaskQueue] ⚠ Job {task_id} moved to dead letter queue after 3 attempts")
+        == 1
+    )
+    starts = [run.started_at for run in job.runs]
+    gaps = [(later - earlier).total_seconds() * 1000 for earlier, later in itertools.pairwise(starts)]
+    assert gaps[0] >= 10 and gaps[1] >= 20  # backoff 10 ms x 2^(n-1) in the harness
+    assert app.queue.get_queue_stats().failed == 1
+
+
+def test_an_actor_max_retries_caps_the_attempts(app: Harness) -> None:
+    task_id = app.task(app.agent(kind="capped"))
+    app.queue.add_task(task_id)
+
+    with app.worker() as worker:
+        app.drain(worker)
+
+    assert app.store.get_task(task_id).attempts == 2  # type: ignore[union-attr]
+
+
+def test_retry_job_gives_a_failed_task_a_fresh_set_of_attempts(app: Harness) -> None:
+    task_id = app.task(app.agent(kind="crashing"))
+    app.queue.add_task(task_id)
+    with app.worker() as worker:
+        app.drain(worker)
+        job = app.queue.retry_job(task_id)
+        assert job.status == TaskStatus.QUEUED and job.attempts_made == 0
+        app.drain(worker)
+
+    task = app.store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.FAILED and task.attempts == 3
+    assert len(app.store.get_runs(task_id)) == 6
+
+
+def test_retry_job_refuses_a_task_that_has_not_failed(app: Harness) -> None:
+    task_id = app.task()
+    with pytest.raises(InvalidTransition, match="only failed jobs can be retried"):
+        app.queue.retry_job(task_id)
+    with pytest.raises(TaskNotFound):
+        app.queue.retry_job(new_id())
+
+
+def test_a_non_retryable_error_fails_at_once(app: Harness) -> None:
+    agent_id = app.agent()
+    task_id = app.task(agent_id)
+    app.queue.add_task(task_id)
+    deactivate(app, agent_id)
+
+    with app.worker() as worker:
+        app.drain(worker)
+
+    job = app.queue.get_job(task_id)
+    assert job is not None and job.status == TaskStatus.FAILED and job.attempts_made == 1
+    assert job.failed_reason == f"agent {agent_id!r} of task {task_id!r} is inactive"
+
+
+def test_a_scripted_non_retryable_failure_fails_at_once(app: Harness) -> None:
+    task_id = app.task(context={"script": [{"fail": "invalid API key", "retryable": False}]})
+    app.queue.add_task(task_id)
+
+    with app.worker() as worker:
+        app.drain(worker)
+
+    job = app.queue.get_job(task_id)
+    assert job is not None and job.status == TaskStatus.FAILED and job.attempts_made == 1
+    assert job.failed_reason is not None and "invalid API key" in job.failed_reason
+
+
+def test_a_vanished_task_is_skipped_and_the_worker_keeps_going(app: Harness) -> None:
+    doomed = app.task()
+    app.queue.add_task(doomed)
+    del app.store.tasks[doomed]  # type: ignore[attr-defined]
+    survivor = app.task()
+    app.queue.add_task(survivor)
+
+    with app.worker() as worker:
+        app.drain(worker)
+
+    assert app.store.get_task(survivor).status == TaskStatus.COMPLETED  # type: ignore[union-attr]
+
+
+def test_remove_job_cancels_a_waiting_job_so_the_worker_skips_it(app: Harness) -> None:
+    task_id = app.task()
+    app.queue.add_task(task_id, delay_ms=50)
+
+    app.queue.remove_job(task_id)
+    with app.worker() as worker:
+        app.drain(worker)
+
+    assert app.store.get_task(task_id).status == TaskStatus.CANCELLED  # type: ignore[union-attr]
+    assert app.store.get_runs(task_id) == []
+    assert app.queue.get_queue_stats().delayed == 0
+
+
+def test_remove_job_refuses_a_running_job_and_unknown_ids(app: Harness) -> None:
+    task_id = app.task()
+    app.queue.add_task(task_id)
+    app.store.claim(task_id, run_id=new_id(), worker_id="w", now=app.queue.clock())
+    with pytest.raises(InvalidTransition, match="it is running"):
+        app.queue.remove_job(task_id)
+    with pytest.raises(TaskNotFound):
+        app.queue.remove_job(new_id())
+    with pytest.raises(InvalidTaskId):
+        app.queue.remove_job("x")
+
+
+def test_get_job_of_an_unknown_task_is_none_and_of_a_malformed_id_an_error(app: Harness) -> None:
+    assert app.queue.get_job(new_id()) is None
+    with pytest.raises(InvalidTaskId, match="job id '42'"):
+        app.queue.get_job("42")
+
+
+def test_cleanup_jobs_applies_the_configured_retention(app: Harness) -> None:
+    ids = [app.task() for _ in range(3)]
+    for task_id in ids:
+        app.queue.add_task(task_id)
+    with app.worker() as worker:
+        app.drain(worker)
+    app.queue.retention = type(app.queue.retention)(completed_count=1)
+
+    result = app.queue.cleanup_jobs()
+
+    assert result.archived_completed == 2
+    assert app.queue.get_queue_stats().completed == 1
+    assert sum(app.queue.get_job(task_id) is None for task_id in ids) == 2
+    assert all(app.store.get_task(task_id) is not None for task_id in ids)
