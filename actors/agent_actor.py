@@ -121,7 +121,7 @@ class AgentActor(dramatiq.Actor[[str], None]):
             return super().send_with_options(args=(task_id,), delay=delay, **options)
         except EnqueueRejected as exc:
             raise exc.reason from exc
-        except (redis.RedisError, dramatiq.errors.ConnectionError) as exc:
+        except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
             queued_at = datetime.fromisoformat(options[ENQUEUED_AT_OPTION])
             if self.store is not None:
                 self.store.revert_queued(task_id, queued_at=queued_at, now=self.clock())

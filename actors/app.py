@@ -23,11 +23,16 @@ from config.settings import load_settings
 _COMMANDS = {"agentq", "dramatiq", "periodiq", "dramatiq-gevent"}
 
 
+def _in_a_command() -> bool:
+    """True inside ``agentq``, ``dramatiq`` or ``periodiq`` (including their worker processes)."""
+    return os.path.basename(sys.argv[0]) in _COMMANDS or "dramatiq.cli" in sys.modules
+
+
 def _load() -> Runtime:
     try:
         return build_runtime(load_settings())
     except ConfigError as exc:
-        if os.path.basename(sys.argv[0]) in _COMMANDS:
+        if _in_a_command():
             raise SystemExit(f"agentq: {exc}") from None
         raise
 

@@ -1,14 +1,14 @@
 """``agentq``: the operator's command line.
 
-    agentq migrate              create or upgrade the schema (safe to run twice)
-    agentq schema               print the Postgres migration SQL
-    agentq stats                queue statistics (JSON)
-    agentq job ID               one job, with its runs
-    agentq retry ID             retry a failed job
-    agentq remove ID            cancel a waiting or delayed job
-    agentq cleanup              apply the retention policy
-    agentq worker [ARGS…]       run ``dramatiq actors`` with QUEUE_CONCURRENCY threads
-    agentq demo                 the embedded demo: a worker runs a handful of tasks end to end
+agentq migrate              create or upgrade the schema (safe to run twice)
+agentq schema               print the Postgres migration SQL
+agentq stats                queue statistics (JSON)
+agentq job ID               one job, with its runs
+agentq retry ID             retry a failed job
+agentq remove ID            cancel a waiting or delayed job
+agentq cleanup              apply the retention policy
+agentq worker [ARGS…]       run ``dramatiq actors`` with QUEUE_CONCURRENCY threads
+agentq demo                 the embedded demo: a worker runs a handful of tasks end to end
 """
 
 from __future__ import annotations

@@ -104,7 +104,9 @@ def _demo_tasks() -> list[dict[str, Any]]:
                 "members": [{"name": "Ana", "last_visit_days": 41}, {"name": "Ben", "last_visit_days": 3}],
                 "script": [
                     {"tool": "get_current_time", "arguments": {"timezone": "UTC"}},
-                    {"answer": "Ana is at risk (41 days away): 'We miss you, Ana — your next class is on us.'"},
+                    {
+                        "answer": "Ana is at risk (41 days away): 'We miss you, Ana — your next class is on us.'"
+                    },
                 ],
             },
             "priority": 8,
@@ -130,16 +132,24 @@ def _setup_tasks() -> list[str]:
         agent_id = str(uuid.uuid5(uuid.UUID(DEMO_ORG), kind))
         if runtime.store.get_agent(agent_id) is None:
             new = NewAgent(
-                id=agent_id, organization_id=DEMO_ORG, name=f"Demo {kind.replace('_', ' ')} agent", kind=kind,
-                allowed_tools=tools, system_prompt="You are a helpful assistant for a small business.",
+                id=agent_id,
+                organization_id=DEMO_ORG,
+                name=f"Demo {kind.replace('_', ' ')} agent",
+                kind=kind,
+                allowed_tools=tools,
+                system_prompt="You are a helpful assistant for a small business.",
             )
             runtime.store.create_agent(new, now=utcnow())
         agents[kind] = agent_id
     task_ids = []
     for spec in _demo_tasks():
         task = agent_task_queue.create_task(
-            agent_id=agents[spec["kind"]], organization_id=DEMO_ORG, title=spec["title"],
-            description=spec.get("description"), context=spec.get("context"), priority=spec["priority"],
+            agent_id=agents[spec["kind"]],
+            organization_id=DEMO_ORG,
+            title=spec["title"],
+            description=spec.get("description"),
+            context=spec.get("context"),
+            priority=spec["priority"],
         )
         if spec.get("send"):
             member_retention.send(task.id)
@@ -189,8 +199,10 @@ def _report(task_ids: list[str]) -> bool:
     stats = agent_task_queue.get_queue_stats()
     print(
         "\nQueue stats: "
-        + ", ".join(f"{name}={getattr(stats, name)}" for name in ("waiting", "active", "completed", "failed",
-                                                                   "delayed", "paused"))
+        + ", ".join(
+            f"{name}={getattr(stats, name)}"
+            for name in ("waiting", "active", "completed", "failed", "delayed", "paused")
+        )
     )
     return ok
 
@@ -211,8 +223,16 @@ def run_demo(*, timeout_s: float = 120.0) -> int:
         task_ids = _setup_tasks()
         print(f"\nStarting a worker: dramatiq actors --processes 1 --threads {settings.queue_concurrency}\n")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads",
-             str(settings.queue_concurrency)],
+            [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "actors",
+                "--processes",
+                "1",
+                "--threads",
+                str(settings.queue_concurrency),
+            ],
             env=os.environ.copy(),
         )
         try:

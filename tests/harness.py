@@ -113,3 +113,31 @@ def stub_harness(store: TaskStore, **settings: Any) -> Iterator[Harness]:
         yield Harness(runtime, declare_kinds(runtime))
     finally:
         broker.close()
+
+
+def wait_until(
+    condition: Any, *, timeout_s: float = 30.0, interval_s: float = 0.02, what: str = "condition"
+) -> None:
+    """Wait for ``condition()`` to be true, bounded by ``timeout_s``; fail naming ``what`` otherwise."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+@contextmanager
+def redis_harness(store: TaskStore, redis_url: str, **settings: Any) -> Iterator[Harness]:
+    """Middleware, kinds and queue on the real Redis broker over ``store``."""
+    from actors.broker import build_broker
+
+    config = harness_settings(redis_url=redis_url, **settings)
+    broker = build_broker(config, store)
+    broker.emit_after("process_boot")
+    runtime = build_runtime(config, store=store, broker=broker)
+    try:
+        yield Harness(runtime, declare_kinds(runtime))
+    finally:
+        broker.close()

@@ -1,0 +1,544 @@
+"""Throughput of the full agent pipeline next to a bare Dramatiq no-op actor.
+
+Run from the repository root::
+
+    python -m benchmarks.pipeline            # N=2000, 3 repeats, ~3 minutes on 2 cores
+    python -m benchmarks.pipeline --quick    # N=300, 1 repeat: a smoke run
+
+For each worker configuration (1 process x 8 threads, 2 processes x 8 threads) and
+each repeat, interleaved so machine noise hits both alike:
+
+* **bare** — N messages for ``benchmarks.bare_actors.noop`` are enqueued, then
+  ``dramatiq benchmarks.bare_actors`` drains them; the drain time is first to last
+  completion, as the actor records them in Redis.
+* **pipeline** — N tasks are created with ``agent_task_queue.create_task`` and queued
+  with ``agent_task_queue.add_task`` one by one, then ``dramatiq actors`` drains them
+  with the project's full middleware stack, a Postgres task store and the ``scripted``
+  provider (no latency); the drain time is ``min(started_at)`` to ``max(completed_at)``.
+
+Messages are always all enqueued before the worker starts, so worker start-up is not
+in the drain time. The Redis db (``--redis-url``, db 13 by default) is flushed before
+every run; the Postgres database ``agentq_bench_<random>`` is created, migrated and
+dropped by the harness. Worker CPU per task is read from ``/proc`` (all processes of
+the worker's tree, between the first and the last completion); the Postgres + Redis
+server CPU per task is machine-wide (every ``postgres``/``redis-server`` process), so
+other users of those servers inflate it.
+
+The markdown table is printed and written to ``benchmarks/results/pipeline-latest.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import secrets
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+import redis
+from psycopg import sql
+
+if TYPE_CHECKING:
+    from actors.task_queue import AgentTaskQueue
+    from taskstore import TaskStore
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "pipeline-latest.md"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/13"
+DEFAULT_PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DB_PREFIX = "agentq_bench_"
+#: (processes, threads) of the worker configurations measured.
+CONFIGS: tuple[tuple[int, int], ...] = ((1, 8), (2, 8))
+POLL_S = 0.1
+STOP_TIMEOUT_S = 30.0
+_TICKS = os.sysconf("SC_CLK_TCK")
+_SERVER_COMMANDS = frozenset({"postgres", "redis-server"})
+
+
+class BenchmarkError(RuntimeError):
+    """A run did not complete: the worker died, a task failed or the drain missed its deadline."""
+
+
+# --- CPU accounting from /proc ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcStat:
+    command: str
+    ppid: int
+    cpu_s: float
+
+
+def _proc_stat(pid: int) -> ProcStat | None:
+    try:
+        data = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    open_paren, close_paren = data.find("("), data.rfind(")")
+    fields = data[close_paren + 2 :].split()
+    # After "pid (comm) ": state, ppid, ... utime is field 14 and stime field 15 of the whole line.
+    return ProcStat(
+        data[open_paren + 1 : close_paren], int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS
+    )
+
+
+def _all_procs() -> dict[int, ProcStat]:
+    stats: dict[int, ProcStat] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            stat = _proc_stat(int(entry))
+            if stat is not None:
+                stats[int(entry)] = stat
+    return stats
+
+
+def _tree_cpu(root: int, procs: dict[int, ProcStat]) -> dict[int, float]:
+    """CPU seconds of ``root`` and all its descendants, by pid."""
+    children: dict[int, list[int]] = {}
+    for pid, stat in procs.items():
+        children.setdefault(stat.ppid, []).append(pid)
+    found: dict[int, float] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in procs and pid not in found:
+            found[pid] = procs[pid].cpu_s
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def _server_cpu(procs: dict[int, ProcStat]) -> dict[int, float]:
+    return {pid: stat.cpu_s for pid, stat in procs.items() if stat.command in _SERVER_COMMANDS}
+
+
+def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU spent between two snapshots; a process born in between counts from zero."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+@dataclass(frozen=True)
+class Sample:
+    done: int
+    worker: dict[int, float]
+    server: dict[int, float]
+
+
+# --- one run --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunResult:
+    kind: str
+    processes: int
+    threads: int
+    tasks: int
+    enqueue_s: float
+    drain_s: float
+    #: Worker-tree CPU milliseconds per task after the first completion (None if not measurable).
+    worker_cpu_ms: float | None
+    #: Postgres + Redis server CPU milliseconds per task over the same window (machine-wide).
+    server_cpu_ms: float | None
+    stop_s: float
+
+    @property
+    def throughput(self) -> float:
+        return self.tasks / self.drain_s if self.drain_s > 0 else float("inf")
+
+    @property
+    def enqueue_rate(self) -> float:
+        return self.tasks / self.enqueue_s if self.enqueue_s > 0 else float("inf")
+
+
+@dataclass
+class Worker:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    stop_s: float = 0.0
+
+
+@contextlib.contextmanager
+def run_worker(
+    module: str, processes: int, threads: int, env: dict[str, str], log_path: Path
+) -> Iterator[Worker]:
+    """``dramatiq <module>`` as a subprocess with its output in ``log_path``; SIGTERM'd on exit."""
+    command = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        module,
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
+    ]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    worker = Worker(proc, log_path)
+    try:
+        yield worker
+    finally:
+        worker.stop_s = _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> float:
+    """SIGTERM the worker and wait for it; SIGKILL its process group after ``STOP_TIMEOUT_S``."""
+    started = time.monotonic()
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            print(
+                f"  ! worker {proc.pid} ignored SIGTERM for {STOP_TIMEOUT_S:g} s; killing it", file=sys.stderr
+            )
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    return time.monotonic() - started
+
+
+def _drain(
+    worker: Worker, tasks: int, progress: Callable[[], int], timeout_s: float
+) -> tuple[Sample, Sample]:
+    """Poll until ``progress()`` reaches ``tasks``; the CPU samples at the first completion and at the end."""
+    deadline = time.monotonic() + timeout_s
+    first: Sample | None = None
+    while True:
+        done = progress()
+        procs = _all_procs()
+        sample = Sample(done, _tree_cpu(worker.proc.pid, procs), _server_cpu(procs))
+        if first is None and done > 0:
+            first = sample
+        if done >= tasks:
+            return first or sample, sample
+        code = worker.proc.poll()
+        if code is not None:
+            raise BenchmarkError(
+                f"worker exited with code {code} after {done}/{tasks} tasks; see {worker.log_path}"
+            )
+        if time.monotonic() > deadline:
+            raise BenchmarkError(
+                f"not drained: {done}/{tasks} tasks done after {timeout_s:g} s; see {worker.log_path}"
+            )
+        time.sleep(POLL_S)
+
+
+def _per_task_ms(first: Sample, last: Sample, tasks: int) -> tuple[float | None, float | None]:
+    counted = last.done - first.done
+    if counted < max(10, tasks // 10):
+        return None, None
+    worker = _cpu_delta(first.worker, last.worker) * 1000 / counted
+    server = _cpu_delta(first.server, last.server) * 1000 / counted
+    return worker, server
+
+
+def _deadline_s(tasks: int) -> float:
+    return 60.0 + tasks * 0.05
+
+
+@dataclass
+class Bench:
+    """What every run shares: the Redis client, the project's queue and store, the env of workers."""
+
+    redis_client: redis.Redis
+    database_url: str
+    queue: AgentTaskQueue
+    store: TaskStore
+    agent_id: str
+    organization_id: str
+    env: dict[str, str]
+    log_dir: Path
+    runs: list[RunResult] = field(default_factory=list)
+    _serial: int = 0
+
+    def log_path(self, kind: str, processes: int, threads: int) -> Path:
+        self._serial += 1
+        return self.log_dir / f"{self._serial:02d}-{kind}-{processes}x{threads}.log"
+
+    def run_bare(self, processes: int, threads: int, tasks: int) -> RunResult:
+        # Imported here: the module builds its broker from BENCH_REDIS_URL, which main() sets.
+        from benchmarks import bare_actors
+
+        self.redis_client.flushdb()
+        started = time.perf_counter()
+        for _ in range(tasks):
+            bare_actors.noop.send()
+        enqueue_s = time.perf_counter() - started
+
+        def progress() -> int:
+            return int(self.redis_client.get(bare_actors.DONE_KEY) or 0)
+
+        log = self.log_path("bare", processes, threads)
+        with run_worker("benchmarks.bare_actors", processes, threads, self.env, log) as worker:
+            first, last = _drain(worker, tasks, progress, _deadline_s(tasks))
+        raw_first, raw_last = self.redis_client.mget(bare_actors.FIRST_KEY, bare_actors.LAST_KEY)
+        if raw_first is None or raw_last is None:
+            raise BenchmarkError("the bare actor recorded no completion times")
+        # First to last completion spans tasks - 1 completions: scale so the rate is per task.
+        drain_s = (float(raw_last) - float(raw_first)) * tasks / max(tasks - 1, 1)
+        worker_ms, server_ms = _per_task_ms(first, last, tasks)
+        return self._record(
+            "bare", processes, threads, tasks, enqueue_s, drain_s, worker_ms, server_ms, worker
+        )
+
+    def run_pipeline(self, processes: int, threads: int, tasks: int) -> RunResult:
+        self.redis_client.flushdb()
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+            conn.execute("TRUNCATE ai_agent_task_runs, ai_agent_tasks")
+            started = time.perf_counter()
+            for index in range(tasks):
+                task = self.queue.create_task(
+                    agent_id=self.agent_id, organization_id=self.organization_id, title=f"bench task {index}"
+                )
+                self.queue.add_task(task.id)
+            enqueue_s = time.perf_counter() - started
+
+            def progress() -> int:
+                row = conn.execute(
+                    "SELECT count(*) FILTER (WHERE status = 'completed'),"
+                    " count(*) FILTER (WHERE status = 'failed') FROM ai_agent_tasks"
+                ).fetchone()
+                assert row is not None
+                if row[1]:
+                    raise BenchmarkError(f"{row[1]} task(s) failed; see the worker log")
+                return int(row[0])
+
+            log = self.log_path("pipeline", processes, threads)
+            with run_worker("actors", processes, threads, self.env, log) as worker:
+                first, last = _drain(worker, tasks, progress, _deadline_s(tasks))
+            row = conn.execute(
+                "SELECT min(started_at), max(completed_at), count(*) FROM ai_agent_tasks"
+                " WHERE status = 'completed'"
+            ).fetchone()
+        assert row is not None
+        if row[2] != tasks or row[0] is None or row[1] is None:
+            raise BenchmarkError(f"expected {tasks} completed tasks, found {row[2]}")
+        drain_s = (row[1] - row[0]).total_seconds()
+        worker_ms, server_ms = _per_task_ms(first, last, tasks)
+        return self._record(
+            "pipeline", processes, threads, tasks, enqueue_s, drain_s, worker_ms, server_ms, worker
+        )
+
+    def _record(
+        self,
+        kind: str,
+        processes: int,
+        threads: int,
+        tasks: int,
+        enqueue_s: float,
+        drain_s: float,
+        worker_ms: float | None,
+        server_ms: float | None,
+        worker: Worker,
+    ) -> RunResult:
+        result = RunResult(
+            kind, processes, threads, tasks, enqueue_s, drain_s, worker_ms, server_ms, worker.stop_s
+        )
+        self.runs.append(result)
+        print(
+            f"  {kind:8} {processes}x{threads}: drain {result.throughput:8.1f} tasks/s,"
+            f" enqueue {result.enqueue_rate:7.1f} tasks/s, worker CPU {_fmt(worker_ms, 2)} ms/task,"
+            f" server CPU {_fmt(server_ms, 2)} ms/task, stop {worker.stop_s:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        return result
+
+
+# --- the report -------------------------------------------------------------------
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.median(present) if present else None
+
+
+def _machine(redis_client: redis.Redis, database_url: str) -> list[str]:
+    info: dict[str, Any] = redis_client.info("server")
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SHOW server_version").fetchone()
+    return [
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: nproc={os.cpu_count()}, {platform.platform()}",
+        f"- Python {platform.python_version()}, dramatiq {version('dramatiq')}, redis-py {version('redis')},"
+        f" psycopg {version('psycopg')}",
+        f"- Redis {info.get('redis_version', '?')}, PostgreSQL {row[0] if row else '?'}",
+    ]
+
+
+def render(runs: list[RunResult], tasks: int, repeats: int, machine: list[str], wall_s: float) -> str:
+    lines = [
+        "# Pipeline vs bare Dramatiq throughput",
+        "",
+        f"N={tasks} tasks per run, median of {repeats} run(s) per cell; bare and pipeline runs interleaved.",
+        "",
+        *machine,
+        f"- total benchmark wall time: {wall_s:.0f} s",
+        "",
+        "| configuration | bare tasks/s | pipeline tasks/s | ratio pipeline/bare | bare enqueue tasks/s"
+        " | pipeline enqueue tasks/s (create+add_task) | worker CPU ms/task bare / pipeline"
+        " | pg+redis CPU ms/task bare / pipeline |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for processes, threads in CONFIGS:
+        cell = {
+            kind: [r for r in runs if r.kind == kind and (r.processes, r.threads) == (processes, threads)]
+            for kind in ("bare", "pipeline")
+        }
+        bare = _median([r.throughput for r in cell["bare"]])
+        pipe = _median([r.throughput for r in cell["pipeline"]])
+        ratio = pipe / bare if pipe is not None and bare else None
+        lines.append(
+            f"| {processes} process(es) x {threads} threads | {_fmt(bare)} | {_fmt(pipe)} | {_fmt(ratio, 3)}"
+            f" | {_fmt(_median([r.enqueue_rate for r in cell['bare']]))}"
+            f" | {_fmt(_median([r.enqueue_rate for r in cell['pipeline']]))}"
+            f" | {_fmt(_median([r.worker_cpu_ms for r in cell['bare']]), 2)}"
+            f" / {_fmt(_median([r.worker_cpu_ms for r in cell['pipeline']]), 2)}"
+            f" | {_fmt(_median([r.server_cpu_ms for r in cell['bare']]), 2)}"
+            f" / {_fmt(_median([r.server_cpu_ms for r in cell['pipeline']]), 2)} |"
+        )
+    lines += [
+        "",
+        "Every run, in order:",
+        "",
+        "| # | kind | configuration | drain tasks/s | drain s | enqueue tasks/s | worker CPU ms/task"
+        " | pg+redis CPU ms/task | SIGTERM to exit s |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for index, r in enumerate(runs, 1):
+        lines.append(
+            f"| {index} | {r.kind} | {r.processes}x{r.threads} | {r.throughput:.1f} | {r.drain_s:.2f}"
+            f" | {r.enqueue_rate:.1f} | {_fmt(r.worker_cpu_ms, 2)} | {_fmt(r.server_cpu_ms, 2)}"
+            f" | {r.stop_s:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+# --- setup and main -----------------------------------------------------------------
+
+
+def _admin(url: str, statement: sql.Composed) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(statement)
+
+
+def _database_url(admin_url: str, name: str) -> str:
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.pipeline", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--tasks", type=int, default=None, help="tasks per run (default 2000; 300 with --quick)"
+    )
+    parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: N=300, 1 repeat")
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument("--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN_URL))
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("--keep-logs", action="store_true", help="keep the worker logs even on success")
+    args = parser.parse_args(argv)
+    args.tasks = args.tasks or (300 if args.quick else 2000)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    if args.tasks < 2 or args.repeats < 1:
+        parser.error("--tasks must be at least 2 and --repeats at least 1")
+    if not args.redis_url.rstrip("/").rsplit("/", 1)[-1].isdigit():
+        parser.error("--redis-url must name a dedicated db number (it is flushed), e.g. redis://host:6379/13")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    wall = time.monotonic()
+    db_name = f"{DB_PREFIX}{secrets.token_hex(4)}"
+    database_url = _database_url(args.pg_admin_url, db_name)
+    log_dir = Path(tempfile.mkdtemp(prefix="agentq-bench-"))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "REDIS_URL": args.redis_url,
+        "BENCH_REDIS_URL": args.redis_url,
+        "DATABASE_URL": database_url,
+        "QUEUE_CONCURRENCY": str(max(threads for _, threads in CONFIGS)),
+    }
+    # ``actors`` builds its runtime from the environment at import; the bare broker reads BENCH_REDIS_URL.
+    os.environ.update(env)
+    redis_client = redis.Redis.from_url(args.redis_url)
+    redis_client.ping()
+    print(f"database {db_name}, Redis {args.redis_url}, worker logs in {log_dir}", file=sys.stderr)
+    _admin(args.pg_admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
+    ok = False
+    store: TaskStore | None = None
+    try:
+        from actors import runtime
+        from taskstore import NewAgent, utcnow
+
+        store = runtime.store
+        store.migrate()
+        organization_id = "00000000-0000-4000-8000-00000000be00"
+        agent = store.create_agent(
+            NewAgent(organization_id=organization_id, name="bench", kind="general"), now=utcnow()
+        )
+        bench = Bench(
+            redis_client, database_url, runtime.queue, store, agent.id, organization_id, env, log_dir
+        )
+        for repeat in range(1, args.repeats + 1):
+            for processes, threads in CONFIGS:
+                print(
+                    f"repeat {repeat}/{args.repeats}, {processes} process(es) x {threads} threads",
+                    file=sys.stderr,
+                )
+                bench.run_bare(processes, threads, args.tasks)
+                bench.run_pipeline(processes, threads, args.tasks)
+        report = render(
+            bench.runs,
+            args.tasks,
+            args.repeats,
+            _machine(redis_client, database_url),
+            time.monotonic() - wall,
+        )
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(report)
+        print(report)
+        print(f"written to {args.output}", file=sys.stderr)
+        ok = True
+    finally:
+        if store is not None:
+            store.close()
+        redis_client.flushdb()
+        _admin(
+            args.pg_admin_url,
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db_name)),
+        )
+        if ok and not args.keep_logs:
+            for path in log_dir.iterdir():
+                path.unlink()
+            log_dir.rmdir()
+        else:
+            print(f"worker logs kept in {log_dir}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

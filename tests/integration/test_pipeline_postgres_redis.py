@@ -1,0 +1,81 @@
+"""The pipeline on the real services: Postgres store, Redis broker, an in-process worker."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from actors.errors import BrokerUnavailable
+from middleware.task_lifecycle import QUEUED_OPTION
+from taskstore import InMemoryTaskStore, TaskStatus
+from taskstore.postgres import PostgresTaskStore
+from tests.harness import Harness, redis_harness, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def app(postgres_store: PostgresTaskStore, redis_url: str) -> Iterator[Harness]:
+    with redis_harness(postgres_store, redis_url) as harness:
+        yield harness
+
+
+def statuses(app: Harness, task_ids: list[str]) -> list[TaskStatus]:
+    return [app.store.get_task(task_id).status for task_id in task_ids]  # type: ignore[union-attr]
+
+
+def test_stats_are_exact_before_and_after_a_worker_drains_the_queue(app: Harness) -> None:
+    agent_id = app.agent()
+    task_ids = [app.task(agent_id) for _ in range(25)]
+    for task_id in task_ids:
+        app.queue.add_task(task_id, 5, 0)
+    before = app.queue.get_queue_stats()
+    assert (before.waiting, before.active, before.completed) == (25, 0, 0)
+
+    with app.worker(threads=4):
+        wait_until(lambda: set(statuses(app, task_ids)) == {TaskStatus.COMPLETED}, what="25 completed tasks")
+
+    after = app.queue.get_queue_stats()
+    assert (after.waiting, after.active, after.completed, after.failed) == (0, 0, 25, 0)
+    assert all(len(app.store.get_runs(task_id)) == 1 for task_id in task_ids)
+
+
+def test_a_redelivered_message_never_runs_a_completed_task_again(app: Harness) -> None:
+    task_id = app.task()
+    app.queue.add_task(task_id)
+    with app.worker():
+        wait_until(lambda: statuses(app, [task_id]) == [TaskStatus.COMPLETED], what="completion")
+        for _ in range(3):
+            app.kinds["general"].send_with_options(args=(task_id,), **{QUEUED_OPTION: True})
+        sentinel = app.task()
+        app.queue.add_task(sentinel)
+        wait_until(lambda: statuses(app, [sentinel]) == [TaskStatus.COMPLETED], what="the sentinel task")
+
+    assert len(app.store.get_runs(task_id)) == 1
+
+
+def test_failures_retry_then_dead_letter_with_runs_in_postgres(app: Harness) -> None:
+    task_id = app.task(app.agent(kind="crashing"))
+    app.queue.add_task(task_id)
+
+    with app.worker():
+        wait_until(lambda: statuses(app, [task_id]) == [TaskStatus.FAILED], what="the dead letter")
+
+    job = app.queue.get_job(task_id)
+    assert job is not None and job.attempts_made == 3 and len(job.stacktrace) == 3
+    assert job.failed_reason == "crash in attempt 3"
+
+
+def test_add_task_with_redis_down_raises_and_leaves_the_task_pending() -> None:
+    # Port 1 on localhost: nothing listens, the connection is refused at once.
+    with redis_harness(InMemoryTaskStore(), "redis://127.0.0.1:1/0") as app:
+        task_id = app.task()
+
+        with pytest.raises(BrokerUnavailable, match="stays pending"):
+            app.queue.add_task(task_id)
+
+        assert app.store.get_task(task_id).status == TaskStatus.PENDING  # type: ignore[union-attr]
+        with pytest.raises(BrokerUnavailable):
+            app.kinds["general"].send(task_id)
+        assert app.store.get_task(task_id).status == TaskStatus.PENDING  # type: ignore[union-attr]
