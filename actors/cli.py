@@ -105,7 +105,6 @@ def _worker(args: argparse.Namespace) -> int:
     threads = str(load_settings().queue_concurrency)
     command = [sys.executable, "-m", "dramatiq", "actors", "--threads", threads, *args.dramatiq_args]
     os.execv(command[0], command)
-    return 0  # pragma: no cover - execv does not return
 
 
 def _demo(args: argparse.Namespace) -> int:
