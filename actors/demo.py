@@ -105,7 +105,7 @@ def _demo_tasks() -> list[dict[str, Any]]:
                 "script": [
                     {"tool": "get_current_time", "arguments": {"timezone": "UTC"}},
                     {
-                        "answer": "Ana is at risk (41 days away): 'We miss you, Ana. Your next class is on us.'"
+                        "answer": "Ana is at risk (41 days away): 'We miss you, Ana: next class is on us.'"
                     },
                 ],
             },
