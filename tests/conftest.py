@@ -63,7 +63,7 @@ def sqlite_store(tmp_path) -> Iterator[SqliteTaskStore]:  # type: ignore[no-unty
     store.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
 def store(request: pytest.FixtureRequest) -> TaskStore:
     """Every task store implementation, for the conformance suite."""
     if request.param == "memory":
