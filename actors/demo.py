@@ -104,9 +104,7 @@ def _demo_tasks() -> list[dict[str, Any]]:
                 "members": [{"name": "Ana", "last_visit_days": 41}, {"name": "Ben", "last_visit_days": 3}],
                 "script": [
                     {"tool": "get_current_time", "arguments": {"timezone": "UTC"}},
-                    {
-                        "answer": "Ana is at risk (41 days away): 'We miss you, Ana: next class is on us.'"
-                    },
+                    {"answer": "Ana is at risk (41 days away): 'We miss you, Ana: next class is on us.'"},
                 ],
             },
             "priority": 8,
