@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import dramatiq
@@ -13,10 +14,11 @@ from dramatiq.brokers.stub import StubBroker
 
 from actors.agent_actor import AgentActor, AgentJob, agent_actor
 from actors.runtime import Runtime, build_runtime
+from actors.task_queue import AgentTaskQueue
 from config.settings import Settings, load_settings
 from middleware import build_middleware
 from middleware.task_lifecycle import AttemptResult
-from taskstore import NewAgent, TaskStore, utcnow
+from taskstore import NewAgent, Task, TaskStore, utcnow
 
 ORG = "11111111-1111-4111-8111-111111111111"
 OTHER_ORG = "33333333-3333-4333-8333-333333333333"
@@ -30,7 +32,7 @@ class Harness:
     kinds: dict[str, AgentActor]
 
     @property
-    def queue(self):  # type: ignore[no-untyped-def]
+    def queue(self) -> AgentTaskQueue:
         return self.runtime.queue
 
     @property
@@ -57,7 +59,8 @@ class Harness:
             "title": "Test task",
         }
         values.update(fields)
-        return self.queue.create_task(**values).id
+        task: Task = self.queue.create_task(**values)
+        return task.id
 
     @contextmanager
     def worker(self, threads: int = 2) -> Iterator[Worker]:
@@ -79,17 +82,19 @@ class Harness:
 
 def declare_kinds(runtime: Runtime) -> dict[str, AgentActor]:
     """The kinds the tests use: ``general`` runs the agent; ``flaky`` raises plain exceptions."""
-    declare = {"store": runtime.store, "orchestrator": runtime.orchestrator, "broker": runtime.broker}
+    declare = partial(
+        agent_actor, store=runtime.store, orchestrator=runtime.orchestrator, broker=runtime.broker
+    )
 
-    @agent_actor(kind="general", **declare)
+    @declare(kind="general")
     def general(job: AgentJob) -> AttemptResult:
         return job.run_agent()
 
-    @agent_actor(kind="crashing", **declare)
+    @declare(kind="crashing")
     def crashing(job: AgentJob) -> AttemptResult:
         raise RuntimeError(f"crash in attempt {job.attempt}")
 
-    @agent_actor(kind="capped", max_retries=1, **declare)
+    @declare(kind="capped", max_retries=1)
     def capped(job: AgentJob) -> AttemptResult:
         raise RuntimeError("always")
 

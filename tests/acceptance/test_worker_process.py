@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -158,3 +159,19 @@ def test_the_demo_processes_every_task_to_completed(redis_url: str, tmp_path: Pa
     assert output.count("added to queue") == 5
     assert output.count("completed\n") >= 5 or output.count("✓ Job") == 5
     assert "Queue stats: waiting=0, active=0, completed=5, failed=0, delayed=0, paused=0" in output
+
+
+def test_the_demo_starts_a_throwaway_redis_when_none_answers(tmp_path: Path) -> None:
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    # Port 1 on localhost: nothing answers there.
+    env = command_env(REDIS_URL="redis://127.0.0.1:1/0", AGENTQ_SQLITE_PATH=str(tmp_path / "demo.db"))
+
+    result = subprocess.run(
+        [*AGENTQ, "demo", "--timeout", "60"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "started a throwaway redis-server" in output
+    assert "completed=5" in output

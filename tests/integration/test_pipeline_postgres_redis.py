@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -13,6 +14,9 @@ from taskstore.postgres import PostgresTaskStore
 from tests.harness import Harness, redis_harness, wait_until
 
 pytestmark = pytest.mark.integration
+
+#: Options of a message re-sent for an already queued task, as a redelivery looks.
+REDELIVERY: dict[str, Any] = {QUEUED_OPTION: True}
 
 
 @pytest.fixture
@@ -47,7 +51,7 @@ def test_a_redelivered_message_never_runs_a_completed_task_again(app: Harness) -
     with app.worker():
         wait_until(lambda: statuses(app, [task_id]) == [TaskStatus.COMPLETED], what="completion")
         for _ in range(3):
-            app.kinds["general"].send_with_options(args=(task_id,), **{QUEUED_OPTION: True})
+            app.kinds["general"].send_with_options(args=(task_id,), **REDELIVERY)
         sentinel = app.task()
         app.queue.add_task(sentinel)
         wait_until(lambda: statuses(app, [sentinel]) == [TaskStatus.COMPLETED], what="the sentinel task")

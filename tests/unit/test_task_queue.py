@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -34,6 +35,9 @@ from tests.harness import ORG, OTHER_ORG, Harness, stub_harness
 
 LIFECYCLE = "agentq.lifecycle"
 
+#: Options of a message re-sent for an already queued task, as a redelivery looks.
+REDELIVERY: dict[str, Any] = {QUEUED_OPTION: True}
+
 
 @pytest.fixture
 def app() -> Iterator[Harness]:
@@ -48,7 +52,7 @@ def deactivate(app: Harness, agent_id: str) -> None:
 
 
 def messages_waiting(app: Harness) -> int:
-    return sum(len(queue.queue) for queue in app.broker.queues.values())  # type: ignore[attr-defined]
+    return sum(len(queue.queue) for queue in app.broker.queues.values())
 
 
 # --- bad input: clear errors, nothing changed ---------------------------------------------------
@@ -75,7 +79,7 @@ def messages_waiting(app: Harness) -> int:
 def test_create_task_rejects_bad_input_naming_the_value(
     app: Harness, field: str, value: object, error: type[Exception], needle: str
 ) -> None:
-    fields: dict[str, object] = {"agent_id": app.agent(), "organization_id": ORG, "title": "t"}
+    fields: dict[str, Any] = {"agent_id": app.agent(), "organization_id": ORG, "title": "t"}
     fields[field] = value
 
     with pytest.raises(error, match=needle.replace("(", r"\(").replace("[", r"\[")) as caught:
@@ -108,7 +112,7 @@ def test_create_task_refuses_inactive_agents_and_other_organizations_agents(app:
     ],
 )
 def test_add_task_rejects_bad_arguments_and_enqueues_nothing(
-    app: Harness, args: dict[str, object], error: type[Exception], needle: str
+    app: Harness, args: dict[str, Any], error: type[Exception], needle: str
 ) -> None:
     task_id = app.task()
 
@@ -248,7 +252,7 @@ def test_a_duplicate_message_for_a_completed_task_does_not_run_it_again(app: Har
     with app.worker() as worker:
         app.drain(worker)
         # Given the task completed, When its message is delivered again,
-        app.kinds["general"].send_with_options(args=(task_id,), **{QUEUED_OPTION: True})
+        app.kinds["general"].send_with_options(args=(task_id,), **REDELIVERY)
         app.drain(worker)
 
     # Then it did not run a second time.

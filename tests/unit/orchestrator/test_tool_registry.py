@@ -56,7 +56,7 @@ def test_invalid_arguments_come_back_as_an_error_naming_the_argument() -> None:
 
 
 def test_non_object_arguments_come_back_as_an_error() -> None:
-    outcome = make_registry().execute("add", ["a"])  # type: ignore[arg-type]
+    outcome = make_registry().execute("add", ["a"])
 
     assert outcome.is_error
     assert "expected a JSON object" in outcome.content
