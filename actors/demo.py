@@ -207,34 +207,33 @@ def _report(task_ids: list[str]) -> bool:
 
 def run_demo(*, timeout_s: float = 120.0) -> int:
     """Run the demo; returns the process exit code."""
-    settings = load_settings()
-    with _redis_available(settings.redis_connection_url()) as url:
+    configured = load_settings().redis_connection_url()
+    with _redis_available(configured) as url:
         if url is None:
             print(
-                f"No Redis answers at {settings.redis_connection_url()} and no redis-server is installed.\n"
+                f"No Redis answers at {configured} and no redis-server is installed.\n"
                 "Install one (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)\n"
                 "or point REDIS_URL at a running server, then run this command again.",
                 file=sys.stderr,
             )
             return 1
-        os.environ["REDIS_URL"] = url  # for this process's broker and the worker it starts
-        task_ids = _setup_tasks()
-        print(f"\nStarting a worker: dramatiq actors --processes 1 --threads {settings.queue_concurrency}\n")
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "dramatiq",
-                "actors",
-                "--processes",
-                "1",
-                "--threads",
-                str(settings.queue_concurrency),
-            ],
-            env=os.environ.copy(),
-        )
-        try:
-            finished = _wait_for(task_ids, worker, timeout_s)
-        finally:
-            _stop(worker)
-        return 0 if finished and _report(task_ids) else 1
+        if url != configured:
+            # This process's broker was built for the configured URL when ``actors`` was imported:
+            # run the demo in a fresh process pointed at the throwaway server.
+            command = [sys.executable, "-m", "actors.cli", "demo", "--timeout", str(timeout_s)]
+            return subprocess.call(command, env={**os.environ, "REDIS_URL": url})
+        return _run(timeout_s)
+
+
+def _run(timeout_s: float) -> int:
+    task_ids = _setup_tasks()
+    threads = str(load_settings().queue_concurrency)
+    print(f"\nStarting a worker: dramatiq actors --processes 1 --threads {threads}\n")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", threads]
+    )
+    try:
+        finished = _wait_for(task_ids, worker, timeout_s)
+    finally:
+        _stop(worker)
+    return 0 if finished and _report(task_ids) else 1
