@@ -26,8 +26,7 @@ from actors.errors import (
     InvalidPriority,
     UnknownAgentKind,
 )
-from middleware.agent_messages import AGENT_KIND_OPTION
-from middleware.task_lifecycle import ENQUEUED_AT_OPTION, PRIORITY_OPTION, QUEUED_OPTION
+from middleware.task_lifecycle import ENQUEUED_AT_OPTION, PRIORITY_OPTION, QUEUED_OPTION, take_queued
 from taskstore import (
     AgentNotFound,
     CleanupResult,
@@ -179,7 +178,10 @@ class AgentTaskQueue:
         actor = self._actor_for(task)
         options: dict[str, Any] = {PRIORITY_OPTION: priority}
         actor.send_with_options(args=(task_id,), delay=delay_ms or None, **options)
-        return self._job(task_id)
+        queued = take_queued(task_id)
+        if queued is None:  # queued concurrently by another producer: read what is there now
+            return self._job(task_id)
+        return Job.from_task(queued, self.store.get_runs(task_id) if queued.attempts else [])
 
     def retry_job(self, job_id: str) -> Job:
         """Queue a ``failed`` task again with a fresh set of attempts."""
@@ -265,19 +267,18 @@ class AgentTaskQueue:
             raise AgentNotFound(task.agent_id)
         if not agent.is_active:
             raise AgentInactive(agent.id)
-        kinds = self.agent_kinds()
-        if agent.kind not in kinds:
-            raise UnknownAgentKind(agent.kind, sorted(kinds))
-        return kinds[agent.kind]
+        try:
+            actor = self.broker.get_actor(agent.kind)
+        except dramatiq.errors.ActorNotFound:
+            actor = None
+        if not isinstance(actor, AgentActor):
+            raise UnknownAgentKind(agent.kind, sorted(self.agent_kinds()))
+        return actor
 
     def agent_kinds(self) -> dict[str, AgentActor]:
         """Declared agent kinds by name."""
         actors = (self.broker.get_actor(name) for name in self.broker.get_declared_actors())
-        return {
-            actor.options[AGENT_KIND_OPTION]: actor
-            for actor in actors
-            if isinstance(actor, AgentActor) and AGENT_KIND_OPTION in actor.options
-        }
+        return {actor.kind: actor for actor in actors if isinstance(actor, AgentActor)}
 
     def _check_context(self, context: Mapping[str, Any] | None) -> dict[str, Any]:
         if context is None:

@@ -38,6 +38,7 @@ from middleware.agent_messages import AGENT_KIND_OPTION, agent_kind, message_tas
 from taskstore import (
     Claim,
     InvalidTransition,
+    Task,
     TaskNotFound,
     TaskStatus,
     TaskStore,
@@ -66,6 +67,8 @@ class _Attempt:
 
 
 _current: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("agentq_attempt", default=None)
+#: The task the last enqueue in this thread moved to ``queued`` (read back by ``AgentTaskQueue.add_task``).
+_last_queued: contextvars.ContextVar[Task | None] = contextvars.ContextVar("agentq_last_queued", default=None)
 
 
 class EnqueueRejected(AgentQueueError, MiddlewareError):
@@ -99,6 +102,13 @@ def _attempt(task_id: str) -> _Attempt:
 def current_claim(task_id: str) -> Claim:
     """The claim the worker holds for ``task_id`` in this thread."""
     return _attempt(task_id).claim
+
+
+def take_queued(task_id: str) -> Task | None:
+    """The row that this thread's last send moved to ``queued``, if it was ``task_id``; cleared on read."""
+    task = _last_queued.get()
+    _last_queued.set(None)
+    return task if task is not None and task.id == task_id else None
 
 
 def report_outcome(task_id: str, outcome: AttemptResult) -> None:
@@ -145,6 +155,10 @@ class TaskLifecycle(dramatiq.Middleware):
     def actor_options(self) -> set[str]:
         return {AGENT_KIND_OPTION}
 
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Size the store's connections to the worker's threads (``--threads`` may exceed the setting)."""
+        self.store.reserve_connections(worker.worker_threads)
+
     # --- producer side ------------------------------------------------------
 
     def before_enqueue(
@@ -166,6 +180,7 @@ class TaskLifecycle(dramatiq.Middleware):
         task = self.store.mark_queued(
             task_id, priority=priority, run_at=now + timedelta(milliseconds=delay_ms), now=now
         )
+        _last_queued.set(task)
         if task is not None:
             logger.info(
                 "[AgentTaskQueue] Task %s added to queue (priority: %s, delay: %sms)",

@@ -42,6 +42,10 @@ class TaskStore(Protocol):
         """Release connections. The store reopens them if used again."""
         ...
 
+    def reserve_connections(self, count: int) -> None:
+        """Make room for ``count`` threads using the store at once (a worker passes its thread count)."""
+        ...
+
     def create_agent(self, agent: NewAgent, *, now: datetime) -> Agent:
         """Insert an agent."""
         ...

@@ -44,6 +44,9 @@ class InMemoryTaskStore:
     def close(self) -> None:
         return None
 
+    def reserve_connections(self, count: int) -> None:
+        return None
+
     def reset(self) -> None:
         """Forget everything."""
         with self._lock:

@@ -49,6 +49,8 @@ from taskstore.schema import MIGRATIONS, MIGRATIONS_TABLE
 T = TypeVar("T")
 Row = dict[str, Any]
 
+#: Connections beyond one per worker thread (producers, the stats query, the main thread).
+_HEADROOM = 4
 #: Advisory lock key held while migrating, so concurrent ``agentq migrate`` runs serialise.
 _MIGRATION_LOCK = 0x6167656E7471  # "agentq"
 
@@ -176,6 +178,14 @@ class PostgresTaskStore:
                     conn.execute(migration.path().read_text(encoding="utf-8").encode())
                     applied.append(migration.name)
         return applied
+
+    def reserve_connections(self, count: int) -> None:
+        with self._lock:
+            if count + _HEADROOM <= self._max_size:
+                return
+            self._max_size = count + _HEADROOM
+            if self._pool is not None:
+                self._pool.resize(min_size=1, max_size=self._max_size)
 
     def close(self) -> None:
         with self._lock:

@@ -167,6 +167,9 @@ class SqliteTaskStore:
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot migrate SQLite database {str(self.path)!r}: {exc}") from exc
 
+    def reserve_connections(self, count: int) -> None:
+        return None  # one connection per thread already
+
     def close(self) -> None:
         with self._lock:
             connections, self._connections = self._connections, []

@@ -168,7 +168,12 @@ def test_the_demo_starts_a_throwaway_redis_when_none_answers(tmp_path: Path) -> 
     env = command_env(REDIS_URL="redis://127.0.0.1:1/0", AGENTQ_SQLITE_PATH=str(tmp_path / "demo.db"))
 
     result = subprocess.run(
-        [*AGENTQ, "demo", "--timeout", "60"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        [*AGENTQ, "demo", "--timeout", "60"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
     output = result.stdout + result.stderr
