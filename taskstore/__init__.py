@@ -23,9 +23,11 @@ from taskstore.models import (
     RetentionPolicy,
     Run,
     RunStatus,
+    StalledTask,
     Task,
     TaskStatus,
     Usage,
+    WaitingTask,
 )
 
 __all__ = [
@@ -42,6 +44,7 @@ __all__ = [
     "RetentionPolicy",
     "Run",
     "RunStatus",
+    "StalledTask",
     "StoreUnavailable",
     "Task",
     "TaskNotFound",
@@ -49,6 +52,7 @@ __all__ = [
     "TaskStore",
     "TaskStoreError",
     "Usage",
+    "WaitingTask",
     "build_store",
     "new_id",
     "normalize_id",

@@ -25,8 +25,10 @@ from taskstore.models import (
     QueueCounts,
     RetentionPolicy,
     Run,
+    StalledTask,
     Task,
     Usage,
+    WaitingTask,
 )
 
 
@@ -76,8 +78,52 @@ class TaskStore(Protocol):
         """``queued → pending`` for the enqueue made at ``queued_at``, when the broker refused its message."""
         ...
 
-    def claim(self, task_id: str, *, run_id: str, worker_id: str, now: datetime) -> Claim | None:
-        """``queued → running``: counts an attempt and inserts run ``run_id``. ``None`` if not queued."""
+    def claim(
+        self, task_id: str, *, run_id: str, worker_id: str, lease_until: datetime, now: datetime
+    ) -> Claim | None:
+        """``queued → running``: counts an attempt, inserts run ``run_id`` and leases the task to
+        ``worker_id`` until ``lease_until``. ``None`` if the task was not queued."""
+        ...
+
+    def renew_leases(self, worker_id: str, *, lease_until: datetime, now: datetime) -> list[str]:
+        """Extend the lease of every task ``worker_id`` runs; returns their ids (a missing one was lost)."""
+        ...
+
+    def recover_stalled(
+        self, *, max_stalled_count: int, now: datetime, limit: int = 100
+    ) -> list[StalledTask]:
+        """Running tasks whose lease expired: ``running → queued`` (the attempt is not counted), or
+        ``failed`` once ``stalled_count`` would exceed ``max_stalled_count``. Their runs end ``stalled``."""
+        ...
+
+    def postpone(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        reason: str,
+        run_at: datetime,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        """``running → queued`` until ``run_at`` without consuming the attempt (``postponed_count`` grows)."""
+        ...
+
+    def find_pending(self, *, created_before: datetime, limit: int = 500) -> list[WaitingTask]:
+        """Ad-hoc tasks still ``pending`` that were created before ``created_before``, oldest first."""
+        ...
+
+    def find_queued(self, *, queued_before: datetime, limit: int = 1000) -> list[WaitingTask]:
+        """Tasks ``queued`` since before ``queued_before``, oldest first."""
+        ...
+
+    def touch_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
+        """Compare-and-set ``queued_at`` from ``queued_at`` to ``now``: the winner re-sends the message."""
+        ...
+
+    def list_failed(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
+        """Dead-lettered tasks (``failed``, not archived), most recently failed first."""
         ...
 
     def complete(

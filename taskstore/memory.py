@@ -23,10 +23,13 @@ from taskstore.models import (
     RetentionPolicy,
     Run,
     RunStatus,
+    StalledTask,
     Task,
     TaskStatus,
     Usage,
+    WaitingTask,
 )
+from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR
 
 
 class InMemoryTaskStore:
@@ -103,6 +106,9 @@ class InMemoryTaskStore:
             error=None,
             run_at=None,
             current_run_id=None,
+            worker_id=None,
+            lease_expires_at=None,
+            postponed_count=0,
             input_tokens=0,
             output_tokens=0,
             queued_at=None,
@@ -171,7 +177,9 @@ class InMemoryTaskStore:
                 is not None
             )
 
-    def claim(self, task_id: str, *, run_id: str, worker_id: str, now: datetime) -> Claim | None:
+    def claim(
+        self, task_id: str, *, run_id: str, worker_id: str, lease_until: datetime, now: datetime
+    ) -> Claim | None:
         with self._lock:
             task = self.tasks.get(task_id)
             claimed = self._swap(
@@ -180,6 +188,8 @@ class InMemoryTaskStore:
                 status=TaskStatus.RUNNING,
                 attempts=(task.attempts + 1) if task else 0,
                 current_run_id=run_id,
+                worker_id=worker_id,
+                lease_expires_at=lease_until,
                 started_at=now,
                 run_at=None,
                 updated_at=now,
@@ -225,6 +235,8 @@ class InMemoryTaskStore:
                 return False
             self.tasks[task_id] = replace(
                 task,
+                worker_id=None,
+                lease_expires_at=None,
                 status=TaskStatus.COMPLETED,
                 result=copy.deepcopy(result),
                 error=None,
@@ -259,6 +271,9 @@ class InMemoryTaskStore:
                 status=TaskStatus.FAILED if final else TaskStatus.QUEUED,
                 error=error,
                 run_at=retry_at,
+                queued_at=task.queued_at if final else now,
+                worker_id=None,
+                lease_expires_at=None,
                 failed_at=now if final else task.failed_at,
                 input_tokens=task.input_tokens + usage.input_tokens,
                 output_tokens=task.output_tokens + usage.output_tokens,
@@ -267,6 +282,132 @@ class InMemoryTaskStore:
             )
             self._finish_run(run_id, RunStatus.FAILED, error, stacktrace, usage, transcript, now)
             return True
+
+    def renew_leases(self, worker_id: str, *, lease_until: datetime, now: datetime) -> list[str]:
+        with self._lock:
+            held = [
+                task.id
+                for task in self.tasks.values()
+                if task.status == TaskStatus.RUNNING and task.worker_id == worker_id
+            ]
+            for task_id in held:
+                self.tasks[task_id] = replace(self.tasks[task_id], lease_expires_at=lease_until)
+            return held
+
+    def recover_stalled(
+        self, *, max_stalled_count: int, now: datetime, limit: int = 100
+    ) -> list[StalledTask]:
+        recovered: list[StalledTask] = []
+        with self._lock:
+            expired = [
+                task
+                for task in self.tasks.values()
+                if task.status == TaskStatus.RUNNING
+                and task.lease_expires_at is not None
+                and task.lease_expires_at < now
+            ]
+            for task in sorted(expired, key=lambda t: (t.lease_expires_at, t.id))[:limit]:
+                stalled_count = task.stalled_count + 1
+                requeue = stalled_count <= max_stalled_count
+                self.tasks[task.id] = replace(
+                    task,
+                    status=TaskStatus.QUEUED if requeue else TaskStatus.FAILED,
+                    stalled_count=stalled_count,
+                    attempts=task.attempts - 1 if requeue else task.attempts,
+                    error=STALLED_ERROR if requeue else STALLED_LIMIT_ERROR,
+                    run_at=now if requeue else None,
+                    queued_at=now if requeue else task.queued_at,
+                    failed_at=task.failed_at if requeue else now,
+                    worker_id=None,
+                    lease_expires_at=None,
+                    updated_at=now,
+                )
+                if task.current_run_id in self.runs:
+                    self._finish_run(
+                        task.current_run_id, RunStatus.STALLED, STALLED_ERROR, None, Usage(), None, now
+                    )
+                agent = self.agents.get(task.agent_id)
+                recovered.append(
+                    StalledTask(task.id, agent.kind if agent else None, requeue, stalled_count, task.attempts)
+                )
+        return recovered
+
+    def postpone(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        reason: str,
+        run_at: datetime,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        with self._lock:
+            task = self._holds(task_id, run_id)
+            if task is None:
+                return False
+            self.tasks[task_id] = replace(
+                task,
+                status=TaskStatus.QUEUED,
+                attempts=task.attempts - 1,
+                postponed_count=task.postponed_count + 1,
+                run_at=run_at,
+                queued_at=now,
+                worker_id=None,
+                lease_expires_at=None,
+                input_tokens=task.input_tokens + usage.input_tokens,
+                output_tokens=task.output_tokens + usage.output_tokens,
+                updated_at=now,
+            )
+            self._finish_run(run_id, RunStatus.POSTPONED, reason, None, usage, transcript, now)
+            return True
+
+    def find_pending(self, *, created_before: datetime, limit: int = 500) -> list[WaitingTask]:
+        with self._lock:
+            found = [
+                task
+                for task in self.tasks.values()
+                if task.status == TaskStatus.PENDING
+                and task.task_type == "adhoc"
+                and task.created_at < created_before
+            ]
+            return [
+                self._waiting(task, task.created_at)
+                for task in sorted(found, key=lambda t: t.created_at)[:limit]
+            ]
+
+    def find_queued(self, *, queued_before: datetime, limit: int = 1000) -> list[WaitingTask]:
+        with self._lock:
+            found = [
+                task
+                for task in self.tasks.values()
+                if task.status == TaskStatus.QUEUED
+                and task.queued_at is not None
+                and task.queued_at < queued_before
+            ]
+            found.sort(key=lambda t: (t.queued_at, t.id))
+            return [self._waiting(task, task.queued_at or task.created_at) for task in found[:limit]]
+
+    def _waiting(self, task: Task, since: datetime) -> WaitingTask:
+        agent = self.agents.get(task.agent_id)
+        return WaitingTask(task.id, agent.kind if agent else None, since)
+
+    def touch_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
+        with self._lock:
+            task = self.tasks.get(task_id)
+            if task is None or task.status != TaskStatus.QUEUED or task.queued_at != queued_at:
+                return False
+            self.tasks[task_id] = replace(task, queued_at=now, updated_at=now)
+            return True
+
+    def list_failed(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
+        with self._lock:
+            failed = [
+                t for t in self.tasks.values() if t.status == TaskStatus.FAILED and t.archived_at is None
+            ]
+        failed.sort(key=lambda t: (t.failed_at or t.updated_at, t.id), reverse=True)
+        return failed[offset : offset + limit]
 
     def _finish_run(
         self,
@@ -306,6 +447,7 @@ class InMemoryTaskStore:
                 task_id,
                 {TaskStatus.FAILED},
                 status=TaskStatus.QUEUED,
+                postponed_count=0,
                 attempts=0,
                 stalled_count=0,
                 error=None,

@@ -31,6 +31,10 @@ class RunStatus(enum.StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    #: Ended without consuming an attempt (rate limit, provider Retry-After); the task was re-queued.
+    POSTPONED = "postponed"
+    #: The worker stopped renewing its lease (crash, kill, cut off at shutdown).
+    STALLED = "stalled"
 
 
 TASK_TYPES = ("adhoc", "scheduled")
@@ -80,6 +84,9 @@ class Task:
     error: str | None
     run_at: datetime | None
     current_run_id: str | None
+    worker_id: str | None
+    lease_expires_at: datetime | None
+    postponed_count: int
     input_tokens: int
     output_tokens: int
     queued_at: datetime | None
@@ -117,6 +124,27 @@ class Claim:
     task: Task
     agent: Agent | None
     run_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class StalledTask:
+    """A running task whose lease expired, as recovered: re-queued, or failed past the stalled limit."""
+
+    task_id: str
+    kind: str | None
+    requeued: bool
+    stalled_count: int
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingTask:
+    """A pending or queued task found by reconciliation, with the agent kind that runs it."""
+
+    task_id: str
+    kind: str | None
+    #: ``queued_at`` for a queued task, ``created_at`` for a pending one.
+    since: datetime
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,8 +32,10 @@ from taskstore.models import (
     QueueCounts,
     RetentionPolicy,
     Run,
+    StalledTask,
     Task,
     Usage,
+    WaitingTask,
 )
 from taskstore.rows import (
     AGENT_COLUMNS,
@@ -44,6 +46,7 @@ from taskstore.rows import (
     task_from_row,
     unprefixed,
 )
+from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR
 from taskstore.schema import MIGRATIONS, MIGRATIONS_TABLE
 
 T = TypeVar("T")
@@ -58,6 +61,7 @@ _CLAIM = f"""
 WITH claimed AS (
     UPDATE ai_agent_tasks
        SET status = 'running', attempts = attempts + 1, current_run_id = %(run_id)s,
+           worker_id = %(worker_id)s, lease_expires_at = %(lease_until)s,
            started_at = %(now)s, run_at = NULL, updated_at = %(now)s
      WHERE id = %(id)s AND status = 'queued'
  RETURNING *
@@ -74,6 +78,7 @@ WITH task AS (
     UPDATE ai_agent_tasks
        SET status = {status}, {status_time}error = %(error)s, result = COALESCE(%(result)s, result),
            run_at = %(retry_at)s, archived_at = NULL, updated_at = %(now)s,
+           worker_id = NULL, lease_expires_at = NULL,
            input_tokens = input_tokens + %(input_tokens)s, output_tokens = output_tokens + %(output_tokens)s
      WHERE id = %(id)s AND status = 'running' AND current_run_id = %(run_id)s
  RETURNING id
@@ -83,6 +88,56 @@ UPDATE ai_agent_task_runs
        input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, transcript = %(transcript)s
  WHERE id = %(run_id)s AND EXISTS (SELECT 1 FROM task)
 RETURNING id
+"""
+
+_RECOVER_STALLED = """
+WITH expired AS (
+    SELECT id FROM ai_agent_tasks
+     WHERE status = 'running' AND lease_expires_at < %(now)s
+     ORDER BY lease_expires_at, id
+     LIMIT %(limit)s
+       FOR UPDATE SKIP LOCKED
+), recovered AS (
+    UPDATE ai_agent_tasks t
+       SET stalled_count = t.stalled_count + 1,
+           status = CASE WHEN t.stalled_count + 1 > %(max)s THEN 'failed' ELSE 'queued' END,
+           attempts = CASE WHEN t.stalled_count + 1 > %(max)s THEN t.attempts ELSE t.attempts - 1 END,
+           error = CASE WHEN t.stalled_count + 1 > %(max)s THEN %(limit_error)s ELSE %(error)s END,
+           failed_at = CASE WHEN t.stalled_count + 1 > %(max)s THEN %(now)s ELSE t.failed_at END,
+           run_at = CASE WHEN t.stalled_count + 1 > %(max)s THEN NULL ELSE %(now)s END,
+           queued_at = CASE WHEN t.stalled_count + 1 > %(max)s THEN t.queued_at ELSE %(now)s END,
+           worker_id = NULL, lease_expires_at = NULL, updated_at = %(now)s
+      FROM expired
+     WHERE t.id = expired.id AND t.status = 'running'
+ RETURNING t.id, t.status, t.stalled_count, t.attempts, t.agent_id, t.current_run_id
+), runs AS (
+    UPDATE ai_agent_task_runs r SET status = 'stalled', finished_at = %(now)s, error = %(error)s
+      FROM recovered WHERE r.id = recovered.current_run_id
+)
+SELECT recovered.*, a.kind FROM recovered LEFT JOIN ai_agents a ON a.id = recovered.agent_id
+"""
+
+_POSTPONE = """
+WITH task AS (
+    UPDATE ai_agent_tasks
+       SET status = 'queued', attempts = attempts - 1, postponed_count = postponed_count + 1,
+           run_at = %(run_at)s, queued_at = %(now)s, worker_id = NULL, lease_expires_at = NULL,
+           updated_at = %(now)s, input_tokens = input_tokens + %(input_tokens)s,
+           output_tokens = output_tokens + %(output_tokens)s
+     WHERE id = %(id)s AND status = 'running' AND current_run_id = %(run_id)s
+ RETURNING id
+)
+UPDATE ai_agent_task_runs
+   SET status = 'postponed', finished_at = %(now)s, error = %(error)s, input_tokens = %(input_tokens)s,
+       output_tokens = %(output_tokens)s, transcript = %(transcript)s
+ WHERE id = %(run_id)s AND EXISTS (SELECT 1 FROM task)
+RETURNING id
+"""
+
+_WAITING = """
+SELECT t.id, t.{column} AS since, a.kind FROM ai_agent_tasks t LEFT JOIN ai_agents a ON a.id = t.agent_id
+ WHERE t.status = %(status)s AND t.{column} < %(before)s {extra}
+ ORDER BY t.{column}, t.id LIMIT %(limit)s
 """
 
 _ARCHIVE = """
@@ -275,8 +330,17 @@ class PostgresTaskStore:
         )
         return bool(rows)
 
-    def claim(self, task_id: str, *, run_id: str, worker_id: str, now: datetime) -> Claim | None:
-        rows = self._fetch(_CLAIM, {"id": task_id, "run_id": run_id, "worker_id": worker_id, "now": now})
+    def claim(
+        self, task_id: str, *, run_id: str, worker_id: str, lease_until: datetime, now: datetime
+    ) -> Claim | None:
+        params = {
+            "id": task_id,
+            "run_id": run_id,
+            "worker_id": worker_id,
+            "now": now,
+            "lease_until": lease_until,
+        }
+        rows = self._fetch(_CLAIM, params)
         if not rows:
             return None
         agent_row = unprefixed(rows[0], "a_")
@@ -315,11 +379,83 @@ class PostgresTaskStore:
         final = retry_at is None
         query = sql.SQL(_FINISH).format(
             status=sql.Literal("failed" if final else "queued"),
-            status_time=sql.SQL("failed_at = %(now)s, " if final else ""),
+            status_time=sql.SQL("failed_at = %(now)s, " if final else "queued_at = %(now)s, "),
         )
         params = _finish_params(task_id, run_id, usage, transcript, now)
         params.update(error=error, stacktrace=stacktrace, retry_at=retry_at, run_status="failed")
         return bool(self._fetch(query, params))
+
+    def renew_leases(self, worker_id: str, *, lease_until: datetime, now: datetime) -> list[str]:
+        rows = self._fetch(
+            "UPDATE ai_agent_tasks SET lease_expires_at = %(until)s"
+            " WHERE status = 'running' AND worker_id = %(worker_id)s RETURNING id",
+            {"until": lease_until, "worker_id": worker_id},
+        )
+        return [row["id"] for row in rows]
+
+    def recover_stalled(
+        self, *, max_stalled_count: int, now: datetime, limit: int = 100
+    ) -> list[StalledTask]:
+        rows = self._fetch(
+            _RECOVER_STALLED,
+            {
+                "now": now,
+                "limit": limit,
+                "max": max_stalled_count,
+                "error": STALLED_ERROR,
+                "limit_error": STALLED_LIMIT_ERROR,
+            },
+        )
+        return [
+            StalledTask(
+                row["id"], row["kind"], row["status"] == "queued", row["stalled_count"], row["attempts"]
+            )
+            for row in rows
+        ]
+
+    def postpone(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        reason: str,
+        run_at: datetime,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        params = _finish_params(task_id, run_id, usage, transcript, now)
+        params.update(error=reason, run_at=run_at)
+        return bool(self._fetch(_POSTPONE, params))
+
+    def _waiting(
+        self, status: str, column: str, before: datetime, limit: int, extra: str = ""
+    ) -> list[WaitingTask]:
+        query = sql.SQL(_WAITING).format(column=sql.Identifier(column), extra=sql.SQL(extra))
+        rows = self._fetch(query, {"status": status, "before": before, "limit": limit})
+        return [WaitingTask(row["id"], row["kind"], row["since"]) for row in rows]
+
+    def find_pending(self, *, created_before: datetime, limit: int = 500) -> list[WaitingTask]:
+        return self._waiting("pending", "created_at", created_before, limit, "AND t.task_type = 'adhoc'")
+
+    def find_queued(self, *, queued_before: datetime, limit: int = 1000) -> list[WaitingTask]:
+        return self._waiting("queued", "queued_at", queued_before, limit)
+
+    def touch_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
+        rows = self._fetch(
+            "UPDATE ai_agent_tasks SET queued_at = %(now)s, updated_at = %(now)s"
+            " WHERE id = %(id)s AND status = 'queued' AND queued_at = %(queued_at)s RETURNING id",
+            {"id": task_id, "queued_at": queued_at, "now": now},
+        )
+        return bool(rows)
+
+    def list_failed(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
+        rows = self._fetch(
+            "SELECT * FROM ai_agent_tasks WHERE status = 'failed' AND archived_at IS NULL"
+            " ORDER BY failed_at DESC, id DESC LIMIT %(limit)s OFFSET %(offset)s",
+            {"limit": limit, "offset": offset},
+        )
+        return [task_from_row(row) for row in rows]
 
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
         return self._one(
@@ -332,6 +468,7 @@ class PostgresTaskStore:
     def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
         return self._one(
             "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0, error = NULL,"
+            " postponed_count = 0,"
             " run_at = %(run_at)s, queued_at = %(now)s, failed_at = NULL, archived_at = NULL,"
             " updated_at = %(now)s"
             " WHERE id = %(id)s AND status = 'failed' RETURNING *",

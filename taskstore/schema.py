@@ -178,6 +178,9 @@ TASKS = CreateTable(
         Column("error", "text"),
         Column("run_at", "timestamp"),
         Column("current_run_id", "uuid"),
+        Column("worker_id", "text"),
+        Column("lease_expires_at", "timestamp"),
+        Column("postponed_count", "int", nullable=False, default="0"),
         Column("input_tokens", "int", nullable=False, default="0"),
         Column("output_tokens", "int", nullable=False, default="0"),
         Column("queued_at", "timestamp"),
@@ -196,7 +199,12 @@ RUNS = CreateTable(
         Column("id", "uuid", primary_key=True, pg_default="gen_random_uuid()"),
         Column("task_id", "uuid", nullable=False, references="ai_agent_tasks (id) ON DELETE CASCADE"),
         Column("attempt", "int", nullable=False),
-        Column("status", "text", nullable=False, check="status IN ('running', 'completed', 'failed')"),
+        Column(
+            "status",
+            "text",
+            nullable=False,
+            check="status IN ('running', 'completed', 'failed', 'postponed', 'stalled')",
+        ),
         Column("worker_id", "text"),
         Column("started_at", "timestamp", nullable=False, default=_NOW),
         Column("finished_at", "timestamp"),
@@ -219,6 +227,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             RUNS,
             CreateIndex("ai_agents_organization_idx", "ai_agents", ("organization_id",)),
             CreateIndex("ai_agent_tasks_status_idx", "ai_agent_tasks", ("status", "run_at")),
+            CreateIndex(
+                "ai_agent_tasks_lease_idx",
+                "ai_agent_tasks",
+                ("lease_expires_at",),
+                where="status = 'running'",
+            ),
+            CreateIndex(
+                "ai_agent_tasks_pending_idx", "ai_agent_tasks", ("created_at",), where="status = 'pending'"
+            ),
+            CreateIndex(
+                "ai_agent_tasks_queued_idx", "ai_agent_tasks", ("queued_at",), where="status = 'queued'"
+            ),
             CreateIndex(
                 "ai_agent_tasks_organization_idx", "ai_agent_tasks", ("organization_id", "created_at")
             ),

@@ -29,10 +29,13 @@ from taskstore.models import (
     QueueCounts,
     RetentionPolicy,
     Run,
+    StalledTask,
     Task,
     Usage,
+    WaitingTask,
 )
 from taskstore.rows import agent_from_row, run_from_row, task_from_row
+from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR
 from taskstore.schema import AGENTS, MIGRATIONS, MIGRATIONS_TABLE, RUNS, TASKS, ColumnType, CreateTable
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -48,6 +51,12 @@ def _decode_time(value: str | None) -> datetime | None:
         return None
     parsed = datetime.fromisoformat(value)
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _since(value: str) -> datetime:
+    decoded = _decode_time(value)
+    assert decoded is not None  # the queries select NOT NULL columns
+    return decoded
 
 
 def _column_types(table: CreateTable) -> dict[str, ColumnType]:
@@ -265,14 +274,23 @@ class SqliteTaskStore:
         )
         return task is not None
 
-    def claim(self, task_id: str, *, run_id: str, worker_id: str, now: datetime) -> Claim | None:
+    def claim(
+        self, task_id: str, *, run_id: str, worker_id: str, lease_until: datetime, now: datetime
+    ) -> Claim | None:
         stamp = encode_time(now)
         with self._transaction() as conn:
             rows = conn.execute(
                 "UPDATE ai_agent_tasks SET status = 'running', attempts = attempts + 1,"
-                " current_run_id = :run_id, started_at = :now, run_at = NULL, updated_at = :now"
+                " current_run_id = :run_id, worker_id = :worker_id, lease_expires_at = :lease_until,"
+                " started_at = :now, run_at = NULL, updated_at = :now"
                 " WHERE id = :id AND status = 'queued' RETURNING *",
-                {"id": task_id, "run_id": run_id, "now": stamp},
+                {
+                    "id": task_id,
+                    "run_id": run_id,
+                    "worker_id": worker_id,
+                    "now": stamp,
+                    "lease_until": encode_time(lease_until),
+                },
             ).fetchall()
             if not rows:
                 return None
@@ -300,6 +318,7 @@ class SqliteTaskStore:
         with self._transaction() as conn:
             updated = conn.execute(
                 "UPDATE ai_agent_tasks SET status = 'completed', result = :result, error = NULL,"
+                " worker_id = NULL, lease_expires_at = NULL,"
                 " completed_at = :now, archived_at = NULL, updated_at = :now,"
                 " input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens"
                 " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
@@ -332,6 +351,8 @@ class SqliteTaskStore:
                 "UPDATE ai_agent_tasks SET"
                 " status = CASE WHEN :retry_at IS NULL THEN 'failed' ELSE 'queued' END,"
                 " failed_at = CASE WHEN :retry_at IS NULL THEN :now ELSE failed_at END,"
+                " queued_at = CASE WHEN :retry_at IS NULL THEN queued_at ELSE :now END,"
+                " worker_id = NULL, lease_expires_at = NULL,"
                 " error = :error, run_at = :retry_at, archived_at = NULL, updated_at = :now,"
                 " input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens"
                 " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
@@ -365,6 +386,120 @@ class SqliteTaskStore:
             {**params, "status": status},
         )
 
+    def renew_leases(self, worker_id: str, *, lease_until: datetime, now: datetime) -> list[str]:
+        with self._transaction() as conn:
+            rows = conn.execute(
+                "UPDATE ai_agent_tasks SET lease_expires_at = ? WHERE status = 'running' AND worker_id = ?"
+                " RETURNING id",
+                (encode_time(lease_until), worker_id),
+            ).fetchall()
+        return [row[0] for row in rows]
+
+    def recover_stalled(
+        self, *, max_stalled_count: int, now: datetime, limit: int = 100
+    ) -> list[StalledTask]:
+        stamp = encode_time(now)
+        recovered: list[StalledTask] = []
+        with self._transaction() as conn:
+            expired = conn.execute(
+                "SELECT t.id, t.current_run_id, t.stalled_count, t.attempts, a.kind FROM ai_agent_tasks t"
+                " LEFT JOIN ai_agents a ON a.id = t.agent_id"
+                " WHERE t.status = 'running' AND t.lease_expires_at < ?"
+                " ORDER BY t.lease_expires_at, t.id LIMIT ?",
+                (stamp, limit),
+            ).fetchall()
+            for row in expired:
+                stalled_count = row["stalled_count"] + 1
+                requeue = stalled_count <= max_stalled_count
+                conn.execute(
+                    "UPDATE ai_agent_tasks SET stalled_count = :stalled_count, worker_id = NULL,"
+                    " lease_expires_at = NULL, updated_at = :now, error = :error,"
+                    + (
+                        " status = 'queued', attempts = attempts - 1, run_at = :now, queued_at = :now"
+                        if requeue
+                        else " status = 'failed', failed_at = :now"
+                    )
+                    + " WHERE id = :id",
+                    {
+                        "id": row["id"],
+                        "stalled_count": stalled_count,
+                        "now": stamp,
+                        "error": STALLED_ERROR if requeue else STALLED_LIMIT_ERROR,
+                    },
+                )
+                conn.execute(
+                    "UPDATE ai_agent_task_runs SET status = 'stalled', finished_at = ?, error = ?"
+                    " WHERE id = ?",
+                    (stamp, STALLED_ERROR, row["current_run_id"]),
+                )
+                attempts = row["attempts"] - 1 if requeue else row["attempts"]
+                recovered.append(StalledTask(row["id"], row["kind"], requeue, stalled_count, attempts))
+        return recovered
+
+    def postpone(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        reason: str,
+        run_at: datetime,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            **self._finish_params(task_id, run_id, usage, transcript, now),
+            "error": reason,
+            "run_at": encode_time(run_at),
+        }
+        with self._transaction() as conn:
+            updated = conn.execute(
+                "UPDATE ai_agent_tasks SET status = 'queued', attempts = attempts - 1,"
+                " postponed_count = postponed_count + 1, run_at = :run_at, queued_at = :now,"
+                " worker_id = NULL, lease_expires_at = NULL, updated_at = :now,"
+                " input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens"
+                " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
+                params,
+            ).rowcount
+            if updated:
+                self._finish_run(conn, "postponed", params)
+        return bool(updated)
+
+    def find_pending(self, *, created_before: datetime, limit: int = 500) -> list[WaitingTask]:
+        rows = self._query(
+            "SELECT t.id, t.created_at AS since, a.kind FROM ai_agent_tasks t LEFT JOIN ai_agents a"
+            " ON a.id = t.agent_id WHERE t.status = 'pending' AND t.task_type = 'adhoc' AND t.created_at < ?"
+            " ORDER BY t.created_at LIMIT ?",
+            (encode_time(created_before), limit),
+        )
+        return [WaitingTask(row["id"], row["kind"], _since(row["since"])) for row in rows]
+
+    def find_queued(self, *, queued_before: datetime, limit: int = 1000) -> list[WaitingTask]:
+        rows = self._query(
+            "SELECT t.id, t.queued_at AS since, a.kind FROM ai_agent_tasks t LEFT JOIN ai_agents a"
+            " ON a.id = t.agent_id WHERE t.status = 'queued' AND t.queued_at < ?"
+            " ORDER BY t.queued_at, t.id LIMIT ?",
+            (encode_time(queued_before), limit),
+        )
+        return [WaitingTask(row["id"], row["kind"], _since(row["since"])) for row in rows]
+
+    def touch_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
+        with self._transaction() as conn:
+            updated = conn.execute(
+                "UPDATE ai_agent_tasks SET queued_at = ?, updated_at = ?"
+                " WHERE id = ? AND status = 'queued' AND queued_at = ?",
+                (encode_time(now), encode_time(now), task_id, encode_time(queued_at)),
+            ).rowcount
+        return bool(updated)
+
+    def list_failed(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
+        rows = self._query(
+            "SELECT * FROM ai_agent_tasks WHERE status = 'failed' AND archived_at IS NULL"
+            " ORDER BY failed_at DESC, id DESC LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [task_from_row(_decode(row)) for row in rows]
+
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
         return self._update_task(
             "UPDATE ai_agent_tasks SET status = 'cancelled', run_at = NULL, updated_at = :now"
@@ -375,6 +510,7 @@ class SqliteTaskStore:
     def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
         return self._update_task(
             "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0, error = NULL,"
+            " postponed_count = 0,"
             " run_at = :run_at, queued_at = :now, failed_at = NULL, archived_at = NULL, updated_at = :now"
             " WHERE id = :id AND status = 'failed' RETURNING *",
             {"id": task_id, "run_at": encode_time(run_at), "now": encode_time(now)},

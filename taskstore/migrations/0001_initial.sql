@@ -45,6 +45,9 @@ CREATE TABLE IF NOT EXISTS ai_agent_tasks (
     error text,
     run_at timestamptz,
     current_run_id uuid,
+    worker_id text,
+    lease_expires_at timestamptz,
+    postponed_count integer NOT NULL DEFAULT 0,
     input_tokens integer NOT NULL DEFAULT 0,
     output_tokens integer NOT NULL DEFAULT 0,
     queued_at timestamptz,
@@ -60,7 +63,7 @@ CREATE TABLE IF NOT EXISTS ai_agent_task_runs (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     task_id uuid NOT NULL REFERENCES ai_agent_tasks (id) ON DELETE CASCADE,
     attempt integer NOT NULL,
-    status text NOT NULL CHECK (status IN ('running', 'completed', 'failed')),
+    status text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'postponed', 'stalled')),
     worker_id text,
     started_at timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP,
     finished_at timestamptz,
@@ -75,6 +78,12 @@ CREATE TABLE IF NOT EXISTS ai_agent_task_runs (
 CREATE INDEX IF NOT EXISTS ai_agents_organization_idx ON ai_agents (organization_id);
 
 CREATE INDEX IF NOT EXISTS ai_agent_tasks_status_idx ON ai_agent_tasks (status, run_at);
+
+CREATE INDEX IF NOT EXISTS ai_agent_tasks_lease_idx ON ai_agent_tasks (lease_expires_at) WHERE status = 'running';
+
+CREATE INDEX IF NOT EXISTS ai_agent_tasks_pending_idx ON ai_agent_tasks (created_at) WHERE status = 'pending';
+
+CREATE INDEX IF NOT EXISTS ai_agent_tasks_queued_idx ON ai_agent_tasks (queued_at) WHERE status = 'queued';
 
 CREATE INDEX IF NOT EXISTS ai_agent_tasks_organization_idx ON ai_agent_tasks (organization_id, created_at);
 

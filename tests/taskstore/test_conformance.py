@@ -11,6 +11,7 @@ from taskstore import NewTask, RetentionPolicy, RunStatus, TaskStatus, TaskStore
 from tests.conftest import Clock, make_agent
 
 ORG = "22222222-2222-4222-8222-222222222222"
+LEASE = timedelta(seconds=30)
 
 
 def new_task(store: TaskStore, clock: Clock, **fields: object) -> str:
@@ -95,7 +96,7 @@ def test_claim_moves_queued_to_running_and_opens_a_run(store: TaskStore, clock: 
     task_id = queued_task(store, clock)
     run_id = new_id()
 
-    claim = store.claim(task_id, run_id=run_id, worker_id="w1", now=clock())
+    claim = store.claim(task_id, run_id=run_id, worker_id="w1", lease_until=clock() + LEASE, now=clock())
 
     assert claim is not None
     assert claim.task.status == TaskStatus.RUNNING and claim.task.attempts == 1
@@ -112,7 +113,7 @@ def test_only_one_of_many_concurrent_claims_wins(store: TaskStore, clock: Clock)
 
     def contend() -> None:
         barrier.wait(timeout=10)
-        results.append(store.claim(task_id, run_id=new_id(), worker_id="w", now=clock()))
+        results.append(store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()))
 
     threads = [threading.Thread(target=contend) for _ in range(8)]
     for thread in threads:
@@ -130,7 +131,7 @@ def test_claim_refuses_tasks_that_are_not_queued(store: TaskStore, clock: Clock,
     if status_setup != "pending":
         store.mark_queued(task_id, priority=None, run_at=clock(), now=clock())
     if status_setup in ("running", "completed"):
-        claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+        claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
         assert claim is not None
         if status_setup == "completed":
             store.complete(
@@ -139,12 +140,12 @@ def test_claim_refuses_tasks_that_are_not_queued(store: TaskStore, clock: Clock,
     if status_setup == "cancelled":
         store.cancel(task_id, now=clock())
 
-    assert store.claim(task_id, run_id=new_id(), worker_id="w", now=clock()) is None
+    assert store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()) is None
 
 
 def test_complete_records_result_usage_and_closes_the_run(store: TaskStore, clock: Clock) -> None:
     task_id = queued_task(store, clock)
-    claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
     assert claim is not None
     later = clock.advance(2)
 
@@ -170,7 +171,7 @@ def test_complete_records_result_usage_and_closes_the_run(store: TaskStore, cloc
 
 def test_finishing_is_refused_for_a_run_that_no_longer_holds_the_task(store: TaskStore, clock: Clock) -> None:
     task_id = queued_task(store, clock)
-    claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
     assert claim is not None
 
     assert store.complete(task_id, new_id(), result={}, usage=Usage(), transcript=None, now=clock()) is False
@@ -199,7 +200,7 @@ def test_finishing_is_refused_for_a_run_that_no_longer_holds_the_task(store: Tas
 
 def test_a_failed_attempt_with_retry_goes_back_to_queued(store: TaskStore, clock: Clock) -> None:
     task_id = queued_task(store, clock)
-    claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
     assert claim is not None
     retry_at = clock() + timedelta(seconds=2)
 
@@ -219,7 +220,7 @@ def test_a_failed_attempt_with_retry_goes_back_to_queued(store: TaskStore, clock
     assert (task.status, task.error, task.run_at, task.attempts) == (TaskStatus.QUEUED, "boom", retry_at, 1)
     [run] = store.get_runs(task_id)
     assert (run.status, run.error, run.stacktrace) == (RunStatus.FAILED, "boom", "Traceback ...")
-    second = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    second = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
     assert second is not None and second.task.attempts == 2
     assert [run.attempt for run in store.get_runs(task_id)] == [1, 2]
 
@@ -228,7 +229,7 @@ def test_a_final_failure_ends_failed_and_can_be_requeued_with_fresh_attempts(
     store: TaskStore, clock: Clock
 ) -> None:
     task_id = queued_task(store, clock)
-    claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
     assert claim is not None
 
     assert store.fail_attempt(
@@ -254,12 +255,12 @@ def test_cancel_applies_to_pending_and_queued_only(store: TaskStore, clock: Cloc
     pending = new_task(store, clock)
     queued = queued_task(store, clock)
     running = queued_task(store, clock)
-    assert store.claim(running, run_id=new_id(), worker_id="w", now=clock()) is not None
+    assert store.claim(running, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()) is not None
 
     assert store.cancel(pending, now=clock()) is not None
     assert store.cancel(queued, now=clock()) is not None
     assert store.cancel(running, now=clock()) is None
-    assert store.claim(queued, run_id=new_id(), worker_id="w", now=clock()) is None
+    assert store.claim(queued, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()) is None
     statuses = [store.get_task(task_id).status for task_id in (pending, queued, running)]  # type: ignore[union-attr]
     assert statuses == [TaskStatus.CANCELLED, TaskStatus.CANCELLED, TaskStatus.RUNNING]
 
@@ -270,13 +271,13 @@ def test_queue_counts_split_waiting_delayed_active_and_finished(store: TaskStore
     delayed = new_task(store, clock)
     store.mark_queued(delayed, priority=None, run_at=clock() + timedelta(seconds=60), now=clock())
     running = queued_task(store, clock)
-    store.claim(running, run_id=new_id(), worker_id="w", now=clock())
+    store.claim(running, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
     done = queued_task(store, clock)
-    claim = store.claim(done, run_id=new_id(), worker_id="w", now=clock())
+    claim = store.claim(done, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
     assert claim is not None
     store.complete(done, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock())
     bad = queued_task(store, clock)
-    claim = store.claim(bad, run_id=new_id(), worker_id="w", now=clock())
+    claim = store.claim(bad, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
     assert claim is not None
     store.fail_attempt(
         bad,
@@ -298,7 +299,7 @@ def test_queue_counts_split_waiting_delayed_active_and_finished(store: TaskStore
 
 def _finish(store: TaskStore, clock: Clock, *, fail: bool = False) -> str:
     task_id = queued_task(store, clock)
-    claim = store.claim(task_id, run_id=new_id(), worker_id="w", now=clock())
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
     assert claim is not None
     if fail:
         store.fail_attempt(
@@ -344,3 +345,145 @@ def test_cleanup_archives_by_age_and_count_but_never_deletes_tasks(store: TaskSt
 def test_migrate_is_idempotent(store: TaskStore) -> None:
     store.migrate()
     assert store.migrate() == []
+
+
+# --- leases, stalled tasks, postponements ---------------------------------------------------------
+
+
+def running_task(store: TaskStore, clock: Clock, worker: str = "w") -> tuple[str, str]:
+    task_id = queued_task(store, clock)
+    claim = store.claim(task_id, run_id=new_id(), worker_id=worker, lease_until=clock() + LEASE, now=clock())
+    assert claim is not None
+    return task_id, claim.run_id
+
+
+def test_a_claim_leases_the_task_to_its_worker_and_renewal_extends_only_that_workers_leases(
+    store: TaskStore, clock: Clock
+) -> None:
+    mine, _ = running_task(store, clock, "worker-a")
+    theirs, _ = running_task(store, clock, "worker-b")
+    later = clock() + timedelta(minutes=5)
+
+    renewed = store.renew_leases("worker-a", lease_until=later, now=clock())
+
+    assert renewed == [mine]
+    assert store.get_task(mine).lease_expires_at == later  # type: ignore[union-attr]
+    assert store.get_task(theirs).lease_expires_at == clock() + LEASE  # type: ignore[union-attr]
+    assert store.get_task(mine).worker_id == "worker-a"  # type: ignore[union-attr]
+
+
+def test_expired_leases_are_recovered_once_and_requeued_without_consuming_the_attempt(
+    store: TaskStore, clock: Clock
+) -> None:
+    task_id, run_id = running_task(store, clock, "dead-worker")
+    renewed, _ = running_task(store, clock, "live-worker")
+    clock.advance(31)
+    store.renew_leases("live-worker", lease_until=clock() + LEASE, now=clock())
+
+    first = store.recover_stalled(max_stalled_count=1, now=clock())
+    second = store.recover_stalled(max_stalled_count=1, now=clock())
+
+    assert [(item.task_id, item.kind, item.requeued, item.stalled_count) for item in first] == [
+        (task_id, "general", True, 1)
+    ]
+    assert second == []
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.QUEUED
+    assert (task.stalled_count, task.attempts, task.worker_id, task.lease_expires_at) == (1, 0, None, None)
+    [run] = store.get_runs(task_id)
+    assert run.id == run_id and run.status == RunStatus.STALLED
+    assert store.get_task(renewed).status == TaskStatus.RUNNING  # type: ignore[union-attr]
+
+
+def test_a_task_that_stalls_past_the_limit_fails_with_the_seed_reason(store: TaskStore, clock: Clock) -> None:
+    task_id, _ = running_task(store, clock)
+    clock.advance(31)
+    [first] = store.recover_stalled(max_stalled_count=1, now=clock())
+    assert first.requeued
+    store.claim(task_id, run_id=new_id(), worker_id="w2", lease_until=clock() + LEASE, now=clock())
+    clock.advance(31)
+
+    [second] = store.recover_stalled(max_stalled_count=1, now=clock())
+
+    assert not second.requeued and second.stalled_count == 2
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.FAILED
+    assert task.error == "job stalled more than allowable limit"
+    assert [run.status for run in store.get_runs(task_id)] == [RunStatus.STALLED, RunStatus.STALLED]
+
+
+def test_leases_still_valid_are_not_recovered(store: TaskStore, clock: Clock) -> None:
+    running_task(store, clock)
+    assert store.recover_stalled(max_stalled_count=1, now=clock() + timedelta(seconds=29)) == []
+
+
+def test_a_finished_run_gives_up_its_lease(store: TaskStore, clock: Clock) -> None:
+    task_id, run_id = running_task(store, clock)
+    store.complete(task_id, run_id, result={}, usage=Usage(), transcript=None, now=clock())
+    task = store.get_task(task_id)
+    assert task is not None and (task.worker_id, task.lease_expires_at) == (None, None)
+    assert store.recover_stalled(max_stalled_count=1, now=clock() + timedelta(hours=1)) == []
+
+
+def test_postponing_requeues_without_consuming_the_attempt(store: TaskStore, clock: Clock) -> None:
+    task_id, run_id = running_task(store, clock)
+    later = clock() + timedelta(seconds=20)
+
+    assert store.postpone(
+        task_id, run_id, reason="rate limited", run_at=later, usage=Usage(7, 0), transcript=None, now=clock()
+    )
+
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.QUEUED
+    assert (task.attempts, task.postponed_count, task.run_at, task.input_tokens) == (0, 1, later, 7)
+    [run] = store.get_runs(task_id)
+    assert run.status == RunStatus.POSTPONED and run.error == "rate limited"
+    assert store.postpone(
+        task_id, run_id, reason="again", run_at=later, usage=Usage(), transcript=None, now=clock()
+    ) is False
+    assert store.queue_counts(now=clock()).delayed == 1
+
+
+def test_a_retry_marks_when_it_was_requeued(store: TaskStore, clock: Clock) -> None:
+    task_id, run_id = running_task(store, clock)
+    clock.advance(5)
+    store.fail_attempt(task_id, run_id, error="x", stacktrace=None, usage=Usage(), transcript=None,
+                       retry_at=clock() + timedelta(seconds=2), now=clock())
+    assert store.get_task(task_id).queued_at == clock()  # type: ignore[union-attr]
+
+
+# --- reconciliation and dead letters -------------------------------------------------------------
+
+
+def test_find_pending_returns_old_adhoc_pending_tasks_with_their_kind(store: TaskStore, clock: Clock) -> None:
+    old = new_task(store, clock)
+    new_task(store, clock, task_type="scheduled")
+    clock.advance(60)
+    new_task(store, clock)
+
+    found = store.find_pending(created_before=clock() - timedelta(seconds=30))
+
+    assert [(item.task_id, item.kind) for item in found] == [(old, "general")]
+
+
+def test_find_queued_and_touch_queued_let_one_reconciler_win(store: TaskStore, clock: Clock) -> None:
+    old = queued_task(store, clock)
+    clock.advance(60)
+    queued_task(store, clock)
+
+    [found] = store.find_queued(queued_before=clock() - timedelta(seconds=30))
+
+    assert found.task_id == old and found.kind == "general"
+    assert store.touch_queued(old, queued_at=found.since, now=clock()) is True
+    assert store.touch_queued(old, queued_at=found.since, now=clock()) is False
+    assert store.find_queued(queued_before=clock() - timedelta(seconds=30)) == []
+
+
+def test_list_failed_lists_dead_letters_newest_first(store: TaskStore, clock: Clock) -> None:
+    first = _finish(store, clock, fail=True)
+    clock.advance(1)
+    second = _finish(store, clock, fail=True)
+    _finish(store, clock)
+
+    assert [task.id for task in store.list_failed()] == [second, first]
+    assert [task.id for task in store.list_failed(limit=1, offset=1)] == [first]

@@ -30,6 +30,7 @@ from taskstore import (
     TaskNotFound,
     TaskStatus,
     new_id,
+    utcnow,
 )
 from tests.harness import ORG, OTHER_ORG, Harness, stub_harness
 
@@ -373,7 +374,7 @@ def test_remove_job_cancels_a_waiting_job_so_the_worker_skips_it(app: Harness) -
 def test_remove_job_refuses_a_running_job_and_unknown_ids(app: Harness) -> None:
     task_id = app.task()
     app.queue.add_task(task_id)
-    app.store.claim(task_id, run_id=new_id(), worker_id="w", now=app.queue.clock())
+    app.store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=utcnow(), now=utcnow())
     with pytest.raises(InvalidTransition, match="it is running"):
         app.queue.remove_job(task_id)
     with pytest.raises(TaskNotFound):
