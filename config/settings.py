@@ -73,6 +73,22 @@ class Settings(BaseSettings):
     #: Dramatiq's time limit for one attempt, in milliseconds.
     task_time_limit_ms: PositiveInt = Field(default=600_000, validation_alias="AGENTQ_TASK_TIME_LIMIT_MS")
 
+    # --- Reliability ---
+    #: A running task's lease; a worker silent this long is presumed dead and its task stalled.
+    stalled_interval_ms: PositiveInt = Field(default=30_000, validation_alias="AGENTQ_STALLED_INTERVAL_MS")
+    #: Stalls allowed before a task fails with "job stalled more than allowable limit".
+    max_stalled_count: NonNegativeInt = Field(default=1, validation_alias="AGENTQ_MAX_STALLED_COUNT")
+    #: On SIGTERM/SIGINT, how long active tasks may run before they are cut off (and recovered as stalled).
+    shutdown_timeout_ms: PositiveInt = Field(default=30_000, validation_alias="AGENTQ_SHUTDOWN_TIMEOUT_MS")
+    #: How often one worker looks for tasks whose message was lost, and re-enqueues them.
+    reconcile_interval_ms: PositiveInt = Field(
+        default=30_000, validation_alias="AGENTQ_RECONCILE_INTERVAL_MS"
+    )
+    #: An ad-hoc task left ``pending`` this long (producer crashed before enqueueing) is enqueued; 0 = never.
+    pending_grace_ms: NonNegativeInt = Field(default=60_000, validation_alias="AGENTQ_PENDING_GRACE_MS")
+    #: Postponements (rate limits, provider Retry-After) a task may take before they count as failures.
+    max_postpones: NonNegativeInt = Field(default=20, validation_alias="AGENTQ_MAX_POSTPONES")
+
     # --- Retention (cleanup_jobs) ---
     keep_completed_age_s: NonNegativeInt = Field(
         default=86_400, validation_alias="AGENTQ_KEEP_COMPLETED_AGE_S"

@@ -2,23 +2,27 @@
 
 The stack (``before_*`` hooks run top to bottom, ``after_*`` bottom to top):
 
-=====================  ==========================================================
-name                   middleware
-=====================  ==========================================================
-``age_limit``          ``dramatiq.middleware.AgeLimit``
-``time_limit``         ``dramatiq.middleware.TimeLimit`` (``AGENTQ_TASK_TIME_LIMIT_MS``)
-``shutdown``           ``dramatiq.middleware.ShutdownNotifications``
-``callbacks``          ``dramatiq.middleware.Callbacks``
-``pipelines``          ``dramatiq.middleware.Pipelines``
-``retries``            :class:`middleware.retries.Retries` (ordinary actors only)
-``current_message``    ``dramatiq.middleware.CurrentMessage``
-(user middleware)      ``AGENTQ_MIDDLEWARE``: dotted paths, in the order given
-``task_lifecycle``        :class:`middleware.task_lifecycle.TaskLifecycle` — always last, always on
-=====================  ==========================================================
+=======================  ========================================================================
+name                     middleware
+=======================  ========================================================================
+(always)                 :class:`middleware.close_store.CloseStore` — closes DB connections last
+``age_limit``            ``dramatiq.middleware.AgeLimit``
+``time_limit``           ``dramatiq.middleware.TimeLimit`` (``AGENTQ_TASK_TIME_LIMIT_MS``)
+``shutdown``             ``dramatiq.middleware.ShutdownNotifications``
+``callbacks``            ``dramatiq.middleware.Callbacks``
+``pipelines``            ``dramatiq.middleware.Pipelines``
+``retries``              :class:`middleware.retries.Retries` (ordinary actors only)
+``current_message``      ``dramatiq.middleware.CurrentMessage``
+(user middleware)        ``AGENTQ_MIDDLEWARE``: dotted paths, in the order given
+``stalled_jobs``         :class:`middleware.stalled_jobs.StalledJobs` — leases, stalled recovery
+``shutdown_deadline``    :class:`middleware.shutdown_deadline.ShutdownDeadline`
+``reconciler``           :class:`middleware.reconciler.Reconciler` — lost messages, forgotten tasks
+(always)                 :class:`middleware.task_lifecycle.TaskLifecycle` — always last
+=======================  ========================================================================
 
-``AGENTQ_DISABLE_MIDDLEWARE`` names entries of :data:`OPTIONAL` to leave out.
-User middleware sits before ``task_lifecycle`` so a user's ``SkipMessage`` happens
-before the task is claimed.
+``AGENTQ_DISABLE_MIDDLEWARE`` names entries to leave out. User middleware sits
+before ``task_lifecycle`` so a user's ``SkipMessage`` happens before the task is
+claimed.
 """
 
 from __future__ import annotations
@@ -39,12 +43,17 @@ from dramatiq.middleware import (
 
 from config.errors import ConfigError
 from config.settings import Settings
+from middleware.attempts import AttemptRegistry
+from middleware.close_store import CloseStore
+from middleware.reconciler import Reconciler
 from middleware.retries import Retries
+from middleware.shutdown_deadline import ShutdownDeadline
+from middleware.stalled_jobs import StalledJobs
 from middleware.task_lifecycle import AttemptResult, EnqueueRejected, TaskLifecycle, current_claim
 from taskstore import TaskStore, utcnow
 
-#: Our middleware that can be switched off by name, in stack order, with their factories.
-OPTIONAL: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
+#: Dramatiq's middleware we use, switchable by name, in stack order.
+DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
     "age_limit": lambda settings: AgeLimit(),
     "time_limit": lambda settings: TimeLimit(time_limit=settings.task_time_limit_ms),
     "shutdown": lambda settings: ShutdownNotifications(),
@@ -53,23 +62,54 @@ OPTIONAL: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
     "retries": lambda settings: Retries(),
     "current_message": lambda settings: CurrentMessage(),
 }
+#: Our reliability middleware, switchable by name, in stack order (after the user's).
+RELIABILITY = ("stalled_jobs", "shutdown_deadline", "reconciler")
+#: Every name ``AGENTQ_DISABLE_MIDDLEWARE`` accepts.
+OPTIONAL = (*DRAMATIQ, *RELIABILITY)
 
 
 def build_middleware(
     settings: Settings, store: TaskStore, *, clock: Callable[[], datetime] = utcnow
 ) -> list[dramatiq.Middleware]:
     """The middleware stack for ``settings``, in the documented order."""
-    unknown = sorted(set(settings.disabled_middleware) - set(OPTIONAL))
+    disabled = set(settings.disabled_middleware)
+    unknown = sorted(disabled - set(OPTIONAL))
     if unknown:
         raise ConfigError(
             f"AGENTQ_DISABLE_MIDDLEWARE names unknown middleware {', '.join(map(repr, unknown))}"
             f" (known: {', '.join(OPTIONAL)})"
         )
-    stack = [
-        factory(settings) for name, factory in OPTIONAL.items() if name not in settings.disabled_middleware
-    ]
+    attempts = AttemptRegistry()
+    reliability: dict[str, dramatiq.Middleware] = {
+        "stalled_jobs": StalledJobs(
+            store,
+            attempts,
+            interval_ms=settings.stalled_interval_ms,
+            max_stalled_count=settings.max_stalled_count,
+            clock=clock,
+        ),
+        "shutdown_deadline": ShutdownDeadline(attempts, timeout_ms=settings.shutdown_timeout_ms),
+        "reconciler": Reconciler(
+            store,
+            interval_ms=settings.reconcile_interval_ms,
+            pending_grace_ms=settings.pending_grace_ms,
+            clock=clock,
+        ),
+    }
+    stack: list[dramatiq.Middleware] = [CloseStore(store)]
+    stack.extend(factory(settings) for name, factory in DRAMATIQ.items() if name not in disabled)
     stack.extend(load_middleware(path) for path in settings.extra_middleware)
-    stack.append(TaskLifecycle(store, backoff_ms=settings.backoff_ms, clock=clock))
+    stack.extend(middleware for name, middleware in reliability.items() if name not in disabled)
+    stack.append(
+        TaskLifecycle(
+            store,
+            backoff_ms=settings.backoff_ms,
+            lease_ms=settings.stalled_interval_ms,
+            max_postpones=settings.max_postpones,
+            clock=clock,
+            attempts=attempts,
+        )
+    )
     return stack
 
 
@@ -87,10 +127,16 @@ def load_middleware(path: str) -> dramatiq.Middleware:
 
 
 __all__ = [
+    "DRAMATIQ",
     "OPTIONAL",
+    "RELIABILITY",
     "AttemptResult",
+    "CloseStore",
     "EnqueueRejected",
+    "Reconciler",
     "Retries",
+    "ShutdownDeadline",
+    "StalledJobs",
     "TaskLifecycle",
     "build_middleware",
     "current_claim",

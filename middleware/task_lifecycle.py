@@ -4,11 +4,14 @@
   ``add_task`` and for a bare ``actor.send(task_id)`` alike. A send for a task
   that is missing, running or finished is refused before anything reaches Redis.
 * ``before_process_message`` (worker): ``queued → running`` by compare-and-set,
-  opening a run row. A message whose task is not queued — a duplicate delivery,
-  a cancelled or finished task — is skipped, never run.
-* ``after_process_message``: ``running → completed`` with the result, or the
-  attempt's failure recorded on its run and the task either re-queued with
-  exponential backoff (the same message, delayed) or ``failed`` (dead-lettered).
+  opening a run row and leasing the task to this worker process. A message whose
+  task is not queued — a duplicate delivery, a cancelled or finished task — is
+  skipped, never run.
+* ``after_process_message``: ``running → completed`` with the result; or, per
+  :mod:`middleware.failure_policy`, re-queued with backoff (the same message,
+  delayed), postponed without using the attempt, or ``failed`` (dead-lettered).
+  Status writes are retried while the database is unreachable; if it stays down,
+  the lease expires and the task is recovered as stalled.
 
 Position: last in the stack, so every middleware that may skip a message (pause,
 rate limits) runs its ``before_process_message`` before the claim, and this one's
@@ -18,27 +21,33 @@ messages alone (``middleware.retries.Retries`` does).
 
 from __future__ import annotations
 
-import contextvars
 import logging
-import os
-import socket
-import threading
+import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import dramatiq
 from dramatiq.broker import MessageProxy
-from dramatiq.middleware import MiddlewareError, SkipMessage
+from dramatiq.middleware import Interrupt, MiddlewareError, SkipMessage
 
 from config.errors import AgentQueueError
 from middleware.agent_messages import AGENT_KIND_OPTION, agent_kind, message_task_id
+from middleware.attempts import (
+    AttemptRegistry,
+    AttemptResult,
+    current_claim,
+    process_worker_id,
+    record_queued,
+    report_outcome,
+    take_queued,
+)
+from middleware.failure_policy import Outcome, decide, describe
 from taskstore import (
     Claim,
     InvalidTransition,
-    Task,
+    StoreUnavailable,
     TaskNotFound,
     TaskStatus,
     TaskStore,
@@ -49,6 +58,7 @@ from taskstore import (
 )
 
 logger = logging.getLogger("agentq.lifecycle")
+T = TypeVar("T")
 
 #: Message option: priority to store with the pending → queued transition (None keeps the row's).
 PRIORITY_OPTION = "agentq_priority"
@@ -57,18 +67,8 @@ ENQUEUED_AT_OPTION = "agentq_enqueued_at"
 #: Message option: set once the task is queued, so re-enqueues (retries, delayed moves) skip the database.
 QUEUED_OPTION = "agentq_queued"
 
-
-@dataclass
-class _Attempt:
-    """The claim a worker thread holds, and the outcome its actor reported."""
-
-    claim: Claim
-    outcome: AttemptResult | None = None
-
-
-_current: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("agentq_attempt", default=None)
-#: The task the last enqueue in this thread moved to ``queued`` (read back by ``AgentTaskQueue.add_task``).
-_last_queued: contextvars.ContextVar[Task | None] = contextvars.ContextVar("agentq_last_queued", default=None)
+#: Seconds between attempts to write a finished attempt while the database is unreachable.
+_STORE_RETRY_DELAYS = (0.2, 0.5, 1, 2, 4, 8, 15)
 
 
 class EnqueueRejected(AgentQueueError, MiddlewareError):
@@ -79,58 +79,8 @@ class EnqueueRejected(AgentQueueError, MiddlewareError):
         self.reason = reason
 
 
-class MissingClaim(AgentQueueError):
-    """An agent actor ran without a claimed task: the TaskLifecycle middleware is not installed."""
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    """What an agent kind produces: stored as the task's result, with usage and transcript."""
-
-    result: dict[str, Any]
-    usage: Usage = field(default_factory=Usage)
-    transcript: list[dict[str, Any]] | None = None
-
-
-def _attempt(task_id: str) -> _Attempt:
-    attempt = _current.get()
-    if attempt is None or attempt.claim.task.id != task_id:
-        raise MissingClaim(f"no claim for task {task_id!r}: is middleware.TaskLifecycle on the broker?")
-    return attempt
-
-
-def current_claim(task_id: str) -> Claim:
-    """The claim the worker holds for ``task_id`` in this thread."""
-    return _attempt(task_id).claim
-
-
-def take_queued(task_id: str) -> Task | None:
-    """The row that this thread's last send moved to ``queued``, if it was ``task_id``; cleared on read."""
-    task = _last_queued.get()
-    _last_queued.set(None)
-    return task if task is not None and task.id == task_id else None
-
-
-def report_outcome(task_id: str, outcome: AttemptResult) -> None:
-    """Hand the attempt's result to ``TaskLifecycle``, which stores it when the actor returns."""
-    _attempt(task_id).outcome = outcome
-
-
-def backoff_ms(attempt: int, base_ms: int) -> int:
-    """Delay before the attempt after ``attempt``: ``base * 2**(attempt-1)`` (2 s, 4 s, 8 s … for 2 s)."""
-    return int(base_ms * 2 ** max(attempt - 1, 0))
-
-
-def is_retryable(exception: BaseException) -> bool:
-    """Errors declare ``retryable``; anything else (timeouts, crashes in tools) is worth another attempt."""
-    retryable = getattr(exception, "retryable", True)
-    return retryable if isinstance(retryable, bool) else True
-
-
-def describe(exception: BaseException) -> str:
-    """The failure message stored and logged for ``exception``."""
-    text = str(exception).strip()
-    return text if text else type(exception).__name__
+class ShutdownCutOff(Interrupt):
+    """Raised into a worker thread whose task outlived the shutdown deadline (see ``ShutdownDeadline``)."""
 
 
 class TaskLifecycle(dramatiq.Middleware):
@@ -141,15 +91,19 @@ class TaskLifecycle(dramatiq.Middleware):
         store: TaskStore,
         *,
         backoff_ms: int = 2000,
+        lease_ms: int = 30_000,
+        max_postpones: int = 20,
         clock: Callable[[], datetime] = utcnow,
-        worker_id: Callable[[], str] | None = None,
+        worker_id: Callable[[], str] = process_worker_id,
+        attempts: AttemptRegistry | None = None,
     ) -> None:
         self.store = store
         self.backoff_ms = backoff_ms
+        self.lease_ms = lease_ms
+        self.max_postpones = max_postpones
         self.clock = clock
-        self.worker_id = worker_id or _process_worker_id
-        self._attempts: dict[str, _Attempt] = {}
-        self._lock = threading.Lock()
+        self.worker_id = worker_id
+        self.attempts = attempts or AttemptRegistry()
 
     @property
     def actor_options(self) -> set[str]:
@@ -180,7 +134,7 @@ class TaskLifecycle(dramatiq.Middleware):
         task = self.store.mark_queued(
             task_id, priority=priority, run_at=now + timedelta(milliseconds=delay_ms), now=now
         )
-        _last_queued.set(task)
+        record_queued(task)
         if task is not None:
             logger.info(
                 "[AgentTaskQueue] Task %s added to queue (priority: %s, delay: %sms)",
@@ -203,13 +157,19 @@ class TaskLifecycle(dramatiq.Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if agent_kind(broker, message) is None:
             return
-        raw_id = message_task_id(message)
         try:
-            task_id = normalize_id(raw_id)
+            task_id = normalize_id(message_task_id(message))
         except AgentQueueError as exc:
             logger.error("[AgentTaskQueue] Dropping message %s: %s", message.message_id, exc)
             raise SkipMessage(str(exc)) from exc
-        claim = self.store.claim(task_id, run_id=new_id(), worker_id=self.worker_id(), now=self.clock())
+        now = self.clock()
+        claim = self.store.claim(
+            task_id,
+            run_id=new_id(),
+            worker_id=self.worker_id(),
+            lease_until=now + timedelta(milliseconds=self.lease_ms),
+            now=now,
+        )
         if claim is None:
             task = self.store.get_task(task_id)
             if task is None:
@@ -219,13 +179,10 @@ class TaskLifecycle(dramatiq.Middleware):
             else:
                 logger.info("Skipping message for task %s: it is %s, not queued", task_id, task.status.value)
             raise SkipMessage(f"task {task_id} is not queued")
-        attempt = _Attempt(claim)
-        with self._lock:
-            self._attempts[message.message_id] = attempt
-        _current.set(attempt)
+        self.attempts.add(message.message_id, claim)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        self._release(message)
+        self.attempts.pop(message.message_id)
 
     def after_process_message(
         self,
@@ -235,8 +192,14 @@ class TaskLifecycle(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        attempt = self._release(message)
+        attempt = self.attempts.pop(message.message_id)
         if attempt is None:
+            return
+        if isinstance(exception, ShutdownCutOff):
+            logger.warning(
+                "[AgentTaskQueue] Job %s cut off by shutdown; it will be recovered as stalled",
+                attempt.task_id,
+            )
             return
         if exception is None:
             outcome = attempt.outcome or AttemptResult(result=_as_result(result))
@@ -244,19 +207,16 @@ class TaskLifecycle(dramatiq.Middleware):
         else:
             self._fail(broker, message, attempt.claim, exception)
 
-    def _release(self, message: MessageProxy) -> _Attempt | None:
-        _current.set(None)
-        with self._lock:
-            return self._attempts.pop(message.message_id, None)
-
     def _complete(self, claim: Claim, outcome: AttemptResult) -> None:
-        done = self.store.complete(
-            claim.task.id,
-            claim.run_id,
-            result=outcome.result,
-            usage=outcome.usage,
-            transcript=outcome.transcript,
-            now=self.clock(),
+        done = self._write(
+            lambda: self.store.complete(
+                claim.task.id,
+                claim.run_id,
+                result=outcome.result,
+                usage=outcome.usage,
+                transcript=outcome.transcript,
+                now=self.clock(),
+            )
         )
         if done:
             logger.info("[AgentTaskQueue] ✓ Job %s completed", claim.task.id)
@@ -270,41 +230,82 @@ class TaskLifecycle(dramatiq.Middleware):
     ) -> None:
         task = claim.task
         error = describe(exception)
-        max_attempts = self._max_attempts(broker, message, claim)
-        retry = is_retryable(exception) and task.attempts < max_attempts
-        delay_ms = backoff_ms(task.attempts, self.backoff_ms) if retry else 0
-        now = self.clock()
-        recorded = self.store.fail_attempt(
-            task.id,
-            claim.run_id,
-            error=error,
-            stacktrace="".join(traceback.format_exception(exception)),
-            usage=_usage_of(exception),
-            transcript=getattr(exception, "transcript", None),
-            retry_at=now + timedelta(milliseconds=delay_ms) if retry else None,
-            now=now,
+        decision = decide(
+            exception,
+            task,
+            max_attempts=self._max_attempts(broker, message, claim),
+            backoff_base_ms=self.backoff_ms,
+            max_postpones=self.max_postpones,
         )
+        now = self.clock()
+        due = now + timedelta(milliseconds=decision.delay_ms)
+        usage, transcript = _usage_of(exception), getattr(exception, "transcript", None)
+        if decision.outcome is Outcome.POSTPONE:
+            recorded = self._write(
+                lambda: self.store.postpone(
+                    task.id,
+                    claim.run_id,
+                    reason=error,
+                    run_at=due,
+                    usage=usage,
+                    transcript=transcript,
+                    now=now,
+                )
+            )
+        else:
+            stacktrace = "".join(traceback.format_exception(exception))
+            retry_at = due if decision.outcome is Outcome.RETRY else None
+            recorded = self._write(
+                lambda: self.store.fail_attempt(
+                    task.id,
+                    claim.run_id,
+                    error=error,
+                    stacktrace=stacktrace,
+                    usage=usage,
+                    transcript=transcript,
+                    retry_at=retry_at,
+                    now=now,
+                )
+            )
         if not recorded:
             logger.warning(
                 "[AgentTaskQueue] Job %s failed but is no longer held by run %s", task.id, claim.run_id
             )
             return
-        logger.error("[AgentTaskQueue] ✗ Job %s failed: %s", task.id, error)
-        if retry:
-            logger.info(
-                "Retrying job %s in %sms (attempt %s of %s)",
-                task.id,
-                delay_ms,
-                task.attempts + 1,
-                max_attempts,
-            )
-            broker.enqueue(message.copy(options={QUEUED_OPTION: True}), delay=delay_ms)
+        self._report(broker, message, task.id, task.attempts, error, decision.outcome, decision.delay_ms)
+
+    def _report(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        task_id: str,
+        attempts: int,
+        error: str,
+        outcome: Outcome,
+        delay_ms: int,
+    ) -> None:
+        if outcome is Outcome.POSTPONE:
+            logger.info("[AgentTaskQueue] Job %s postponed for %sms: %s", task_id, delay_ms, error)
         else:
+            logger.error("[AgentTaskQueue] ✗ Job %s failed: %s", task_id, error)
+        if outcome is Outcome.FAIL:
             logger.warning(
-                "[AgentTaskQueue] ⚠ Job %s moved to dead letter queue after %s attempts",
-                task.id,
-                task.attempts,
+                "[AgentTaskQueue] ⚠ Job %s moved to dead letter queue after %s attempts", task_id, attempts
             )
+            return
+        if outcome is Outcome.RETRY:
+            logger.info("Retrying job %s in %sms (attempt %s)", task_id, delay_ms, attempts + 1)
+        broker.enqueue(message.copy(options={QUEUED_OPTION: True}), delay=delay_ms)
+
+    def _write(self, write: Callable[[], T]) -> T:
+        """Run a status write, retrying while the database is unreachable (bounded)."""
+        for delay in _STORE_RETRY_DELAYS:
+            try:
+                return write()
+            except StoreUnavailable as exc:
+                logger.warning("Task store unavailable (%s); retrying in %ss", exc, delay)
+                time.sleep(delay)
+        return write()
 
     @staticmethod
     def _max_attempts(broker: dramatiq.Broker, message: MessageProxy, claim: Claim) -> int:
@@ -315,8 +316,10 @@ class TaskLifecycle(dramatiq.Middleware):
         return claim.task.max_attempts
 
 
-def _process_worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.current_thread().name}"
+def send_queued(broker: dramatiq.Broker, kind: str, task_id: str) -> None:
+    """Send a new message for a task that is already ``queued`` in the database."""
+    options: dict[str, Any] = {QUEUED_OPTION: True}
+    broker.get_actor(kind).send_with_options(args=(task_id,), **options)
 
 
 def _as_result(value: Any) -> dict[str, Any]:
@@ -329,6 +332,21 @@ def _as_result(value: Any) -> dict[str, Any]:
 
 def _usage_of(exception: BaseException) -> Usage:
     usage = getattr(exception, "usage", None)
-    if isinstance(usage, Usage):
-        return usage
-    return Usage()
+    if usage is None:
+        return Usage()
+    return Usage(int(getattr(usage, "input_tokens", 0)), int(getattr(usage, "output_tokens", 0)))
+
+
+__all__ = [
+    "ENQUEUED_AT_OPTION",
+    "PRIORITY_OPTION",
+    "QUEUED_OPTION",
+    "AttemptResult",
+    "EnqueueRejected",
+    "ShutdownCutOff",
+    "TaskLifecycle",
+    "current_claim",
+    "report_outcome",
+    "send_queued",
+    "take_queued",
+]

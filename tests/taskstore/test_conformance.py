@@ -113,7 +113,9 @@ def test_only_one_of_many_concurrent_claims_wins(store: TaskStore, clock: Clock)
 
     def contend() -> None:
         barrier.wait(timeout=10)
-        results.append(store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()))
+        results.append(
+            store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
+        )
 
     threads = [threading.Thread(target=contend) for _ in range(8)]
     for thread in threads:
@@ -140,7 +142,9 @@ def test_claim_refuses_tasks_that_are_not_queued(store: TaskStore, clock: Clock,
     if status_setup == "cancelled":
         store.cancel(task_id, now=clock())
 
-    assert store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()) is None
+    assert (
+        store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()) is None
+    )
 
 
 def test_complete_records_result_usage_and_closes_the_run(store: TaskStore, clock: Clock) -> None:
@@ -255,12 +259,17 @@ def test_cancel_applies_to_pending_and_queued_only(store: TaskStore, clock: Cloc
     pending = new_task(store, clock)
     queued = queued_task(store, clock)
     running = queued_task(store, clock)
-    assert store.claim(running, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()) is not None
+    assert (
+        store.claim(running, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
+        is not None
+    )
 
     assert store.cancel(pending, now=clock()) is not None
     assert store.cancel(queued, now=clock()) is not None
     assert store.cancel(running, now=clock()) is None
-    assert store.claim(queued, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()) is None
+    assert (
+        store.claim(queued, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()) is None
+    )
     statuses = [store.get_task(task_id).status for task_id in (pending, queued, running)]  # type: ignore[union-attr]
     assert statuses == [TaskStatus.CANCELLED, TaskStatus.CANCELLED, TaskStatus.RUNNING]
 
@@ -438,17 +447,28 @@ def test_postponing_requeues_without_consuming_the_attempt(store: TaskStore, clo
     assert (task.attempts, task.postponed_count, task.run_at, task.input_tokens) == (0, 1, later, 7)
     [run] = store.get_runs(task_id)
     assert run.status == RunStatus.POSTPONED and run.error == "rate limited"
-    assert store.postpone(
-        task_id, run_id, reason="again", run_at=later, usage=Usage(), transcript=None, now=clock()
-    ) is False
+    assert (
+        store.postpone(
+            task_id, run_id, reason="again", run_at=later, usage=Usage(), transcript=None, now=clock()
+        )
+        is False
+    )
     assert store.queue_counts(now=clock()).delayed == 1
 
 
 def test_a_retry_marks_when_it_was_requeued(store: TaskStore, clock: Clock) -> None:
     task_id, run_id = running_task(store, clock)
     clock.advance(5)
-    store.fail_attempt(task_id, run_id, error="x", stacktrace=None, usage=Usage(), transcript=None,
-                       retry_at=clock() + timedelta(seconds=2), now=clock())
+    store.fail_attempt(
+        task_id,
+        run_id,
+        error="x",
+        stacktrace=None,
+        usage=Usage(),
+        transcript=None,
+        retry_at=clock() + timedelta(seconds=2),
+        now=clock(),
+    )
     assert store.get_task(task_id).queued_at == clock()  # type: ignore[union-attr]
 
 

@@ -7,7 +7,7 @@ import pytest
 from dramatiq.middleware import TimeLimit
 
 from config.errors import ConfigError
-from middleware import OPTIONAL, Retries, TaskLifecycle, build_middleware
+from middleware import OPTIONAL, Reconciler, Retries, TaskLifecycle, build_middleware
 from taskstore import InMemoryTaskStore
 from tests.harness import harness_settings
 
@@ -24,6 +24,7 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
     stack = build_middleware(harness_settings(), InMemoryTaskStore())
 
     assert names(stack) == [
+        "CloseStore",
         "AgeLimit",
         "TimeLimit",
         "ShutdownNotifications",
@@ -31,17 +32,20 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
         "Pipelines",
         "Retries",
         "CurrentMessage",
+        "StalledJobs",
+        "ShutdownDeadline",
+        "Reconciler",
         "TaskLifecycle",
     ]
-    assert isinstance(stack[5], Retries) and isinstance(stack[-1], TaskLifecycle)
+    assert isinstance(stack[6], Retries) and isinstance(stack[-1], TaskLifecycle)
 
 
 def test_optional_middleware_can_be_switched_off_by_name() -> None:
     stack = build_middleware(
-        harness_settings(disabled_middleware=("time_limit", "retries")), InMemoryTaskStore()
+        harness_settings(disabled_middleware=("time_limit", "retries", "reconciler")), InMemoryTaskStore()
     )
 
-    assert not any(isinstance(middleware, TimeLimit | Retries) for middleware in stack)
+    assert not any(isinstance(middleware, TimeLimit | Retries | Reconciler) for middleware in stack)
     assert isinstance(stack[-1], TaskLifecycle)
 
 
@@ -56,7 +60,7 @@ def test_user_middleware_goes_before_the_task_lifecycle() -> None:
 
     stack = build_middleware(settings, InMemoryTaskStore())
 
-    assert names(stack)[-2:] == ["Recorder", "TaskLifecycle"]
+    assert names(stack)[-5:] == ["Recorder", "StalledJobs", "ShutdownDeadline", "Reconciler", "TaskLifecycle"]
 
 
 @pytest.mark.parametrize("path", ["no.such.module:Thing", "tests.unit.test_middleware_stack:names"])

@@ -1,0 +1,127 @@
+"""The attempts a worker process is running, shared by the middleware that watch them.
+
+``TaskLifecycle`` registers an attempt when it claims a task and removes it when
+the attempt ends; ``StalledJobs`` renews their leases and flags the ones whose
+lease was lost; ``ShutdownDeadline`` cuts off the ones still running at the
+deadline. The agent-kind actor reads its claim from here and reports its outcome.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.errors import AgentQueueError
+from taskstore import Claim, Task, Usage
+
+
+@dataclass(frozen=True)
+class AttemptResult:
+    """What an agent kind produces: stored as the task's result, with usage and transcript."""
+
+    result: dict[str, Any]
+    usage: Usage = field(default_factory=Usage)
+    transcript: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class Attempt:
+    """One claimed task being run by one worker thread."""
+
+    claim: Claim
+    thread_id: int
+    outcome: AttemptResult | None = None
+    #: Set when the lease was lost (another worker took the task over): stop as soon as possible.
+    lost: bool = False
+
+    @property
+    def task_id(self) -> str:
+        return self.claim.task.id
+
+
+class MissingClaim(AgentQueueError):
+    """An agent actor ran without a claimed task: the TaskLifecycle middleware is not installed."""
+
+
+class AttemptRegistry:
+    """Thread-safe registry of this process's running attempts, by message id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_message: dict[str, Attempt] = {}
+
+    def add(self, message_id: str, claim: Claim) -> Attempt:
+        attempt = Attempt(claim, threading.get_ident())
+        with self._lock:
+            self._by_message[message_id] = attempt
+        _current.set(attempt)
+        return attempt
+
+    def pop(self, message_id: str) -> Attempt | None:
+        _current.set(None)
+        with self._lock:
+            return self._by_message.pop(message_id, None)
+
+    def running(self) -> list[Attempt]:
+        with self._lock:
+            return list(self._by_message.values())
+
+    def mark_lost(self, held_task_ids: set[str]) -> list[Attempt]:
+        """Flag the running attempts whose task is not in ``held_task_ids``; returns the newly lost ones."""
+        lost = []
+        for attempt in self.running():
+            if attempt.task_id not in held_task_ids and not attempt.lost:
+                attempt.lost = True
+                lost.append(attempt)
+        return lost
+
+
+_current: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("agentq_attempt", default=None)
+#: The task the last enqueue in this thread moved to ``queued`` (read back by ``AgentTaskQueue.add_task``).
+_last_queued: contextvars.ContextVar[Task | None] = contextvars.ContextVar("agentq_last_queued", default=None)
+
+
+def current_attempt(task_id: str) -> Attempt:
+    """The attempt this thread runs for ``task_id``."""
+    attempt = _current.get()
+    if attempt is None or attempt.task_id != task_id:
+        raise MissingClaim(f"no claim for task {task_id!r}: is middleware.TaskLifecycle on the broker?")
+    return attempt
+
+
+def current_claim(task_id: str) -> Claim:
+    """The claim the worker holds for ``task_id`` in this thread."""
+    return current_attempt(task_id).claim
+
+
+def report_outcome(task_id: str, outcome: AttemptResult) -> None:
+    """Hand the attempt's result to ``TaskLifecycle``, which stores it when the actor returns."""
+    current_attempt(task_id).outcome = outcome
+
+
+def record_queued(task: Task | None) -> None:
+    """Remember the row this thread's enqueue moved to ``queued`` (see :func:`take_queued`)."""
+    _last_queued.set(task)
+
+
+def take_queued(task_id: str) -> Task | None:
+    """The row that this thread's last send moved to ``queued``, if it was ``task_id``; cleared on read."""
+    task = _last_queued.get()
+    _last_queued.set(None)
+    return task if task is not None and task.id == task_id else None
+
+
+_worker_ids: dict[int, str] = {}
+
+
+def process_worker_id() -> str:
+    """This process's worker identity (host, pid and a random suffix), stored with the tasks it leases."""
+    pid = os.getpid()
+    if pid not in _worker_ids:
+        _worker_ids[pid] = f"{socket.gethostname()}:{pid}:{uuid.uuid4().hex[:8]}"
+    return _worker_ids[pid]

@@ -1,0 +1,67 @@
+"""What happens to an attempt that raised: retry with backoff, postpone, or fail for good.
+
+* An exception that carries ``postpone_ms`` (an int; set by rate limits and providers'
+  Retry-After) postpones the task: it runs again after that delay and the attempt
+  does not count — up to ``max_postpones`` times, after which postponements count
+  as ordinary retryable failures, so a permanently throttled key still ends.
+* An exception whose ``retryable`` attribute is ``False`` fails the task at once.
+* Anything else is retried while attempts remain, after ``backoff * 2**(n-1)`` ms.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from taskstore import Task
+
+
+class Outcome(enum.Enum):
+    """What to do with a failed attempt."""
+
+    RETRY = "retry"
+    POSTPONE = "postpone"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An :class:`Outcome` and the delay before the task runs again (0 when it fails)."""
+
+    outcome: Outcome
+    delay_ms: int = 0
+
+
+def backoff_ms(attempt: int, base_ms: int) -> int:
+    """Delay before the attempt after ``attempt``: ``base * 2**(attempt-1)`` (2 s, 4 s, 8 s … for 2 s)."""
+    return int(base_ms * 2 ** max(attempt - 1, 0))
+
+
+def is_retryable(exception: BaseException) -> bool:
+    """Errors declare ``retryable``; anything else (timeouts, crashes in tools) is worth another attempt."""
+    retryable = getattr(exception, "retryable", True)
+    return retryable if isinstance(retryable, bool) else True
+
+
+def postpone_ms(exception: BaseException) -> int | None:
+    """The delay an exception asks the task to wait without using an attempt, if any."""
+    delay = getattr(exception, "postpone_ms", None)
+    return delay if isinstance(delay, int) and not isinstance(delay, bool) and delay >= 0 else None
+
+
+def describe(exception: BaseException) -> str:
+    """The failure message stored and logged for ``exception``."""
+    text = str(exception).strip()
+    return text if text else type(exception).__name__
+
+
+def decide(
+    exception: BaseException, task: Task, *, max_attempts: int, backoff_base_ms: int, max_postpones: int
+) -> Decision:
+    """The :class:`Decision` for ``task``'s attempt that raised ``exception``."""
+    delay = postpone_ms(exception)
+    if delay is not None and task.postponed_count < max_postpones:
+        return Decision(Outcome.POSTPONE, delay)
+    if is_retryable(exception) and task.attempts < max_attempts:
+        return Decision(Outcome.RETRY, backoff_ms(task.attempts, backoff_base_ms))
+    return Decision(Outcome.FAIL)

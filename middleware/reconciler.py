@@ -1,0 +1,156 @@
+"""Finds tasks whose message is gone and enqueues them again, exactly once (DESIGN §5).
+
+The database is the source of truth and Redis only transport, so one worker at a
+time (elected through a short-lived Redis key) compares the two every
+``AGENTQ_RECONCILE_INTERVAL_MS``:
+
+* Dramatiq's maintenance is forced on every agent queue, so messages held by a
+  dead worker go back to their queue now rather than on a random broker call.
+* ``pending`` ad-hoc tasks older than ``AGENTQ_PENDING_GRACE_MS`` — their producer
+  crashed between the insert and ``add_task``, or Redis was down — are enqueued
+  through the normal ``pending → queued`` path.
+* ``queued`` tasks, queued for longer than one interval, with no message left in
+  Redis (restarted without persistence, flushed, failed over) get a new one. The
+  winner of a compare-and-set on ``queued_at`` sends it, so two reconcilers never
+  both do; and a duplicate message could only ever be skipped by the claim.
+
+``running`` tasks of dead workers are the stalled-job detector's (``StalledJobs``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import dramatiq
+from dramatiq.brokers.redis import RedisBroker
+
+from config.errors import AgentQueueError
+from middleware.agent_messages import AGENT_KIND_OPTION
+from middleware.attempts import process_worker_id
+from middleware.redis_messages import requeue_dead_workers, task_ids_in_flight
+from middleware.task_lifecycle import send_queued
+from taskstore import StoreUnavailable, TaskStore, WaitingTask, utcnow
+
+logger = logging.getLogger("agentq.lifecycle")
+
+#: Redis key (under the broker's namespace) held by the worker currently reconciling.
+LEADER_KEY = "reconciler-leader"
+
+
+@dataclass(frozen=True)
+class ReconcileReport:
+    """What one pass did."""
+
+    enqueued_pending: int = 0
+    resent_queued: int = 0
+
+
+class Reconciler(dramatiq.Middleware):
+    """Periodically re-enqueues tasks whose message was lost; one worker at a time."""
+
+    def __init__(
+        self,
+        store: TaskStore,
+        *,
+        interval_ms: int = 30_000,
+        pending_grace_ms: int = 60_000,
+        clock: Callable[[], datetime] = utcnow,
+        worker_id: Callable[[], str] = process_worker_id,
+    ) -> None:
+        self.store = store
+        self.interval_s = interval_ms / 1000
+        self.pending_grace = timedelta(milliseconds=pending_grace_ms)
+        self.clock = clock
+        self.worker_id = worker_id
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=self._run, args=(broker,), name="agentq-reconciler", daemon=True
+        )
+        self._thread.start()
+
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self._stop.set()
+
+    def _run(self, broker: dramatiq.Broker) -> None:
+        while not self._stop.wait(self.interval_s * random.uniform(0.9, 1.1)):
+            try:
+                if self._lead(broker):
+                    self.reconcile(broker)
+            except StoreUnavailable as exc:
+                logger.warning("Reconciliation skipped: %s", exc)
+            except Exception:
+                logger.exception("Reconciliation failed")
+
+    def _lead(self, broker: dramatiq.Broker) -> bool:
+        """Take or keep the leader key; only its holder reconciles."""
+        if not isinstance(broker, RedisBroker):
+            return True
+        key, me, ttl_ms = f"{broker.namespace}:{LEADER_KEY}", self.worker_id(), int(self.interval_s * 2000)
+        if broker.client.set(key, me, nx=True, px=ttl_ms):
+            return True
+        holder = broker.client.get(key)
+        if holder is not None and (holder.decode() if isinstance(holder, bytes) else holder) == me:
+            broker.client.pexpire(key, ttl_ms)
+            return True
+        return False
+
+    def reconcile(self, broker: dramatiq.Broker) -> ReconcileReport:
+        """One pass: requeue dead workers' messages, enqueue forgotten pending tasks, resend lost messages."""
+        queues = _agent_queues(broker)
+        if isinstance(broker, RedisBroker):
+            requeue_dead_workers(broker, queues.values())
+        now = self.clock()
+        pending = 0
+        if self.pending_grace:
+            for task in self.store.find_pending(created_before=now - self.pending_grace):
+                pending += self._enqueue_pending(broker, task)
+        resent = 0
+        stale = self.store.find_queued(queued_before=now - timedelta(seconds=self.interval_s))
+        if stale and isinstance(broker, RedisBroker):
+            in_flight = task_ids_in_flight(broker, set(queues.values()))
+            for task in stale:
+                if task.task_id not in in_flight:
+                    resent += self._resend(broker, task)
+        return ReconcileReport(pending, resent)
+
+    def _enqueue_pending(self, broker: dramatiq.Broker, task: WaitingTask) -> int:
+        if task.kind is None:
+            return 0
+        logger.warning(
+            "[AgentTaskQueue] Job %s was left pending by its producer; enqueueing it", task.task_id
+        )
+        try:
+            broker.get_actor(task.kind).send(task.task_id)
+        except AgentQueueError as exc:  # enqueued meanwhile, or its kind has no actor
+            logger.info("Pending job %s not enqueued: %s", task.task_id, exc)
+            return 0
+        return 1
+
+    def _resend(self, broker: dramatiq.Broker, task: WaitingTask) -> int:
+        if task.kind is None or not self.store.touch_queued(
+            task.task_id, queued_at=task.since, now=self.clock()
+        ):
+            return 0
+        logger.warning("[AgentTaskQueue] Job %s lost its message; re-enqueued", task.task_id)
+        send_queued(broker, task.kind, task.task_id)
+        return 1
+
+
+def _agent_queues(broker: dramatiq.Broker) -> dict[str, str]:
+    """Agent kind → queue name, for every agent actor declared on ``broker``."""
+    queues = {}
+    for name in broker.get_declared_actors():
+        actor = broker.get_actor(name)
+        kind = actor.options.get(AGENT_KIND_OPTION)
+        if isinstance(kind, str):
+            queues[kind] = actor.queue_name
+    return queues
