@@ -92,6 +92,28 @@ def _remove(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dead_letters(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    if args.retry_all:
+        print(f"retried {agent_task_queue.retry_dead_letters()} dead-lettered job(s)")
+        return 0
+    jobs = agent_task_queue.list_dead_letters(limit=args.limit, offset=args.offset)
+    _print(
+        [
+            {
+                "id": job.id,
+                "title": job.task.title,
+                "attempts": job.attempts_made,
+                "failed_at": job.task.failed_at,
+                "failed_reason": job.failed_reason,
+            }
+            for job in jobs
+        ]
+    )
+    return 0
+
+
 def _cleanup(args: argparse.Namespace) -> int:
     from actors import agent_task_queue
 
@@ -102,8 +124,20 @@ def _cleanup(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from config.settings import load_settings
 
-    threads = str(load_settings().queue_concurrency)
-    command = [sys.executable, "-m", "dramatiq", "actors", "--threads", threads, *args.dramatiq_args]
+    settings = load_settings()
+    # Dramatiq's own shutdown wait is a backstop a little past ours (ShutdownDeadline cuts tasks off first).
+    backstop = str(settings.shutdown_timeout_ms + 10_000)
+    command = [
+        sys.executable,
+        "-m",
+        "dramatiq",
+        "actors",
+        "--threads",
+        str(settings.queue_concurrency),
+        "--worker-shutdown-timeout",
+        backstop,
+        *args.dramatiq_args,
+    ]
     os.execv(command[0], command)
 
 
@@ -132,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("id", help="job id (= task id)")
         sub.set_defaults(handler=handler)
+    dead = commands.add_parser("dead-letters", help="list failed jobs, or retry them all")
+    dead.add_argument("--limit", type=int, default=100)
+    dead.add_argument("--offset", type=int, default=0)
+    dead.add_argument("--retry-all", action="store_true", help="retry every dead-lettered job")
+    dead.set_defaults(handler=_dead_letters)
     worker = commands.add_parser("worker", help="run `dramatiq actors` with QUEUE_CONCURRENCY threads")
     worker.add_argument("dramatiq_args", nargs=argparse.REMAINDER, help="extra arguments for dramatiq")
     worker.set_defaults(handler=_worker)

@@ -203,6 +203,30 @@ class AgentTaskQueue:
         logger.info("[AgentTaskQueue] Job %s retried (priority: %s)", task_id, task.priority)
         return self._job(task_id)
 
+    def list_dead_letters(self, limit: int = 100, offset: int = 0) -> list[Job]:
+        """Failed jobs (attempts exhausted or non-retryable), most recent first; kept 7 days by retention."""
+        for name, value in (("limit", limit), ("offset", offset)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidArgument(f"{name} {value!r} must be a non-negative int")
+        return [
+            Job.from_task(task, self.store.get_runs(task.id))
+            for task in self.store.list_failed(limit=limit, offset=offset)
+        ]
+
+    def retry_dead_letters(self) -> int:
+        """Retry every dead-lettered job with a fresh set of attempts; returns how many were re-queued."""
+        retried = skipped = 0
+        # Retried jobs leave the failed list; the ones that cannot be retried stay, so skip past them.
+        while batch := self.store.list_failed(limit=500, offset=skipped):
+            for task in batch:
+                try:
+                    self.retry_job(task.id)
+                    retried += 1
+                except (InvalidTransition, AgentNotFound, AgentInactive, UnknownAgentKind) as exc:
+                    skipped += 1
+                    logger.warning("[AgentTaskQueue] Dead-lettered job %s not retried: %s", task.id, exc)
+        return retried
+
     # --- inspecting and removing ----------------------------------------------
 
     def get_job(self, job_id: str) -> Job | None:

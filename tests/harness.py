@@ -98,7 +98,21 @@ def declare_kinds(runtime: Runtime) -> dict[str, AgentActor]:
     def capped(job: AgentJob) -> AttemptResult:
         raise RuntimeError("always")
 
-    return {"general": general, "crashing": crashing, "capped": capped}
+    @declare(kind="throttled")
+    def throttled(job: AgentJob) -> AttemptResult:
+        if job.task.postponed_count < int(job.task.context.get("throttle", 0)):
+            raise Throttled(postpone_ms=int(job.task.context.get("postpone_ms", 10)))
+        return job.run_agent()
+
+    return {"general": general, "crashing": crashing, "capped": capped, "throttled": throttled}
+
+
+class Throttled(Exception):
+    """What a provider's 429 looks like to the queue: wait ``postpone_ms``, keep the attempt."""
+
+    def __init__(self, postpone_ms: int) -> None:
+        super().__init__(f"rate limited; retry after {postpone_ms}ms")
+        self.postpone_ms = postpone_ms
 
 
 def harness_settings(**overrides: Any) -> Settings:

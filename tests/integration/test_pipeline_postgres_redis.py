@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from dramatiq.brokers.redis import RedisBroker
 
 from actors.errors import BrokerUnavailable
 from middleware.task_lifecycle import QUEUED_OPTION
-from taskstore import InMemoryTaskStore, TaskStatus
+from taskstore import InMemoryTaskStore, TaskStatus, utcnow
 from taskstore.postgres import PostgresTaskStore
 from tests.harness import Harness, redis_harness, wait_until
 
@@ -83,3 +85,48 @@ def test_add_task_with_redis_down_raises_and_leaves_the_task_pending() -> None:
         with pytest.raises(BrokerUnavailable):
             app.kinds["general"].send(task_id)
         assert app.store.get_task(task_id).status == TaskStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_the_reconciler_resends_messages_lost_in_a_redis_flush_exactly_once(app: Harness) -> None:
+    from middleware import Reconciler
+
+    agent_id = app.agent()
+    lost = [app.task(agent_id) for _ in range(5)]
+    for task_id in lost:
+        app.queue.add_task(task_id)
+    assert isinstance(app.broker, RedisBroker)
+    app.broker.client.flushdb()  # Redis restarted without persistence: every message is gone
+    kept = app.task(agent_id)
+    app.queue.add_task(kept)
+    later = Reconciler(app.store, interval_ms=1000, clock=lambda: utcnow() + timedelta(seconds=5))
+
+    report = later.reconcile(app.broker)
+    again = later.reconcile(app.broker)
+
+    assert (report.resent_queued, again.resent_queued) == (5, 0)
+    with app.worker(threads=4):
+        wait_until(
+            lambda: set(statuses(app, [*lost, kept])) == {TaskStatus.COMPLETED}, what="every task to complete"
+        )
+    assert all(len(app.store.get_runs(task_id)) == 1 for task_id in [*lost, kept])
+
+
+def test_forced_maintenance_returns_a_dead_workers_messages_to_the_queue(app: Harness) -> None:
+    from middleware.redis_messages import requeue_dead_workers, task_ids_in_flight
+
+    task_id = app.task()
+    app.queue.add_task(task_id)
+    broker = app.broker
+    assert isinstance(broker, RedisBroker)
+    # A worker fetches the message, then dies: its id sits in its ack set, its heartbeat goes stale.
+    dead = RedisBroker(client=broker.client, namespace=broker.namespace, heartbeat_timeout=1)
+    consumer = dead.consume("general", prefetch=1, timeout=100)
+    assert next(consumer) is not None
+    broker.client.zadd(f"{broker.namespace}:__heartbeats__", {dead.broker_id: 0})
+    assert broker.client.llen(f"{broker.namespace}:general") == 0
+    assert task_id in task_ids_in_flight(broker, ["general"])
+
+    live = RedisBroker(client=broker.client, namespace=broker.namespace, heartbeat_timeout=1000)
+    requeue_dead_workers(live, ["general"])
+
+    assert broker.client.llen(f"{broker.namespace}:general") == 1
