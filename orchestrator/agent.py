@@ -2,20 +2,50 @@
 
 The loop is provider-agnostic and knows nothing of queues or storage: it takes an
 :class:`AgentSpec` and a :class:`TaskInput` and returns an :class:`AgentResult`, or raises
-an :class:`~orchestrator.errors.AgentRunError`. A tool outside ``allowed_tools`` is never
-executed: the model receives an error result and a warning is logged.
+an :class:`~orchestrator.errors.AgentRunError` carrying the usage, transcript and cost so
+far. A tool outside ``allowed_tools`` is never executed: the model receives an error result
+and a warning is logged.
+
+Limits: ``max_turns`` model calls; ``tool_timeout_s`` per tool call (the tool runs in a
+daemon thread, abandoned when it hangs); ``run_time_limit_s`` checked before every model and
+tool call and passed to the provider as the call's timeout, so a slow answer that runs past
+the limit ends the run with :class:`RunTimeLimitExceeded` (not retryable), while a provider
+timeout that leaves run time over is a retryable :class:`ProviderTimeout`.
+
+Fallback: when a model call fails with a *retryable* :class:`ProviderError` (rate limit
+included: a rate-limited primary is when a fallback helps most) and the agent has a
+``fallback_provider`` or ``fallback_model``, the same turn is retried once on the fallback
+and the run stays there; a ``{"type": "fallback"}`` transcript entry records the switch.
+Non-retryable errors (authentication, invalid request) never fall back: they are
+configuration mistakes to fix, not to hide. If the fallback fails too, its error ends the run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+import threading
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import Any
 
-from orchestrator.errors import InvalidAgentSpec, MaxTurnsExceeded, UnknownTool
-from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
+from orchestrator.errors import (
+    AgentRunError,
+    InvalidAgentSpec,
+    MaxTurnsExceeded,
+    ProviderError,
+    ProviderTimeout,
+    RunCancelled,
+    RunTimeLimitExceeded,
+    ToolTimeout,
+    UnknownProvider,
+    UnknownTool,
+)
+from orchestrator.hooks import OrchestratorHooks, call_hook
+from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
+from orchestrator.pricing import PriceTable
 from orchestrator.providers.registry import ProviderRegistry
 from orchestrator.tools import ToolOutcome, ToolRegistry, default_registry
 
@@ -43,13 +73,22 @@ class AgentSpec:
     Attributes:
         id: The agent's id.
         name: The agent's name, for logs.
-        provider: The provider name (e.g. ``"scripted"``).
+        provider: The provider name (e.g. ``"scripted"``, ``"openai"``, ``"anthropic"``).
         model: The model name, as the provider knows it.
         system_prompt: The system prompt, if any.
         allowed_tools: The only tools this agent may run.
         temperature: Sampling temperature, or None for the provider default.
         max_tokens: Output token limit per call, or None for the provider default.
         max_turns: The most model calls one run may make (at least 1).
+        base_url: This agent's API base URL for its own provider (any OpenAI-compatible
+            server), or None for the provider's configured one.
+        tool_timeout_s: Longest one tool call may run, in seconds.
+        run_time_limit_s: Longest the whole run may take, in seconds, or None for no limit.
+            Checked between steps; it also bounds each model call and tool call.
+        fallback_provider: Provider to switch to when a model call fails with a retryable
+            error; None means the same provider (with ``fallback_model``).
+        fallback_model: Model to switch to; None means the same model. No fallback when
+            both are None.
     """
 
     id: str
@@ -61,11 +100,29 @@ class AgentSpec:
     temperature: float | None = None
     max_tokens: int | None = None
     max_turns: int = 10
+    base_url: str | None = None
+    tool_timeout_s: float = 30.0
+    run_time_limit_s: float | None = None
+    fallback_provider: str | None = None
+    fallback_model: str | None = None
 
     def __post_init__(self) -> None:
         """Reject settings that cannot run."""
         if self.max_turns < 1:
             raise InvalidAgentSpec(f"agent {self.name!r}: max_turns must be at least 1, got {self.max_turns}")
+        if not self.tool_timeout_s > 0:
+            raise InvalidAgentSpec(
+                f"agent {self.name!r}: tool_timeout_s must be positive, got {self.tool_timeout_s}"
+            )
+        if self.run_time_limit_s is not None and not self.run_time_limit_s > 0:
+            raise InvalidAgentSpec(
+                f"agent {self.name!r}: run_time_limit_s must be positive or None, got {self.run_time_limit_s}"
+            )
+
+    @property
+    def has_fallback(self) -> bool:
+        """Whether a fallback provider or model is configured."""
+        return self.fallback_provider is not None or self.fallback_model is not None
 
 
 @dataclass(frozen=True)
@@ -93,8 +150,11 @@ class AgentResult:
         output: The final answer.
         turns: Model calls made.
         usage: Tokens used over all calls.
-        transcript: One JSON-friendly dict per model call and per tool call, strings clipped.
+        transcript: One JSON-friendly dict per model call, per tool call and per
+            fallback switch, strings clipped; model entries carry their ``cost_usd``.
         model: The model that gave the final answer.
+        cost_usd: The run's cost, or None when any call's model has no known price.
+        provider: The provider that gave the final answer.
     """
 
     output: str
@@ -102,6 +162,8 @@ class AgentResult:
     usage: Usage
     transcript: tuple[dict[str, Any], ...]
     model: str
+    cost_usd: Decimal | None = None
+    provider: str = ""
 
 
 def build_user_message(task: TaskInput) -> str:
@@ -129,15 +191,18 @@ def _clip(value: Any) -> Any:
     return value
 
 
-def _model_entry(turn: int, response: ModelResponse) -> dict[str, Any]:
+def _model_entry(turn: int, provider: str, response: ModelResponse, cost: Decimal | None) -> dict[str, Any]:
     return {
         "type": "model",
         "turn": turn,
+        "provider": provider,
+        "model": response.model,
         "content": _clip(response.content),
         "tool_calls": [
             _clip({"id": c.id, "name": c.name, "arguments": c.arguments}) for c in response.tool_calls
         ],
         "usage": response.usage.to_dict(),
+        "cost_usd": None if cost is None else str(cost),
         "finish_reason": response.finish_reason,
     }
 
@@ -148,99 +213,290 @@ def _tool_entry(turn: int, call: ToolCall, outcome: ToolOutcome) -> dict[str, An
         "turn": turn,
         "name": call.name,
         "call_id": call.id,
-        "arguments": _clip(call.arguments),
+        "arguments": _clip(call.arguments if call.raw_arguments is None else call.raw_arguments),
         "result": _clip(outcome.content),
         "is_error": outcome.is_error,
     }
 
 
 class Orchestrator:
-    """Runs agents on tasks.
+    """Runs agents on tasks. One instance serves many threads at once.
 
     Args:
         providers: Where providers are looked up; None means a default
             :class:`ProviderRegistry` (the ``scripted`` provider).
         tools: Where tools are looked up; None means :func:`default_registry`.
+        prices: Model prices for ``cost_usd``; None means :class:`PriceTable` defaults.
+        hooks: Hooks called by every run (a run's own ``hooks`` replace them).
+        clock: Monotonic clock in seconds, for the run time limit; tests pass a fake.
     """
 
-    def __init__(self, providers: ProviderRegistry | None = None, tools: ToolRegistry | None = None) -> None:
+    def __init__(
+        self,
+        providers: ProviderRegistry | None = None,
+        tools: ToolRegistry | None = None,
+        *,
+        prices: PriceTable | None = None,
+        hooks: OrchestratorHooks | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """Create an orchestrator; see the class docstring."""
         self.providers = providers if providers is not None else ProviderRegistry()
         self.tools = tools if tools is not None else default_registry()
+        self.prices = prices if prices is not None else PriceTable()
+        self.hooks = hooks if hooks is not None else OrchestratorHooks()
+        self.clock = clock
 
-    def run(self, agent: AgentSpec, task: TaskInput) -> AgentResult:
+    def run(
+        self,
+        agent: AgentSpec,
+        task: TaskInput,
+        *,
+        should_stop: Callable[[], bool] | None = None,
+        hooks: OrchestratorHooks | None = None,
+    ) -> AgentResult:
         """Run the agent on the task until it gives a final answer.
 
         Args:
             agent: The agent to run.
             task: The task to work on.
+            should_stop: Checked before each model call and each tool call; when it
+                returns True the run ends with :class:`RunCancelled`.
+            hooks: Hooks for this run; None means the orchestrator's.
 
         Returns:
-            The final answer, the turns used, the summed usage and the transcript.
+            The final answer, the turns used, the summed usage and cost, and the transcript.
 
         Raises:
-            UnknownProvider: The agent's provider is not registered.
-            ProviderError: The provider failed (see ``retryable``).
-            MaxTurnsExceeded: ``agent.max_turns`` model calls gave no final answer.
-            ScriptError: The scripted provider's script is malformed.
+            AgentRunError: Any failure; it carries ``usage``, ``transcript`` and ``cost_usd``
+                so far. Among them: UnknownProvider, ProviderError (and subclasses; see
+                ``retryable`` and ``postpone_ms``), MaxTurnsExceeded, ToolTimeout,
+                RunTimeLimitExceeded, RunCancelled, ScriptError.
         """
-        provider = self.providers.get(agent.provider)
-        specs = self.tools.specs(agent.allowed_tools)
-        messages: list[ChatMessage] = [ChatMessage(role="user", content=build_user_message(task))]
-        transcript: list[dict[str, Any]] = []
-        usage = Usage()
-        for turn in range(1, agent.max_turns + 1):
-            request = ModelRequest(
-                model=agent.model,
-                system_prompt=agent.system_prompt,
-                messages=tuple(messages),
-                tools=specs,
-                temperature=agent.temperature,
-                max_tokens=agent.max_tokens,
-                context=task.context,
-            )
-            response = provider.complete(request)
-            usage += response.usage
-            transcript.append(_model_entry(turn, response))
-            logger.debug(
-                "agent %s task %s turn %s: %s tool call(s)",
-                agent.name,
-                task.id,
-                turn,
-                len(response.tool_calls),
-            )
+        run = _Run(self, agent, task, should_stop, hooks if hooks is not None else self.hooks)
+        call_hook(run.hooks.on_run_start, agent, task)
+        try:
+            result = run.execute()
+        except AgentRunError as exc:
+            exc.usage, exc.transcript, exc.cost_usd = run.usage, list(run.transcript), run.cost
+            call_hook(run.hooks.on_run_end, None, exc)
+            raise
+        except BaseException as exc:
+            call_hook(run.hooks.on_run_end, None, exc)
+            raise
+        call_hook(run.hooks.on_run_end, result, None)
+        return result
+
+
+class _Run:
+    """The state of one run: conversation, usage, cost, deadline and current provider."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        agent: AgentSpec,
+        task: TaskInput,
+        should_stop: Callable[[], bool] | None,
+        hooks: OrchestratorHooks,
+    ) -> None:
+        self.orchestrator = orchestrator
+        self.agent = agent
+        self.task = task
+        self.should_stop = should_stop
+        self.hooks = hooks
+        self.clock = orchestrator.clock
+        limit = agent.run_time_limit_s
+        self.deadline = None if limit is None else self.clock() + limit
+        self.provider_name = agent.provider
+        self.model = agent.model
+        self.base_url = agent.base_url
+        self.switched = False
+        self.messages: list[ChatMessage] = [ChatMessage(role="user", content=build_user_message(task))]
+        self.transcript: list[dict[str, Any]] = []
+        self.usage = Usage()
+        self.cost: Decimal | None = Decimal(0)
+
+    # -- limits ------------------------------------------------------------------------------
+
+    def time_left(self) -> float | None:
+        """Seconds left before the run time limit, or None without a limit."""
+        return None if self.deadline is None else self.deadline - self.clock()
+
+    def check(self, where: str) -> None:
+        """Raise RunCancelled or RunTimeLimitExceeded when the run must not go on."""
+        if self.should_stop is not None and self.should_stop():
+            raise RunCancelled(where)
+        left = self.time_left()
+        if left is not None and left <= 0:
+            raise RunTimeLimitExceeded(self.agent.run_time_limit_s or 0)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def execute(self) -> AgentResult:
+        fallback = self.agent.fallback_provider
+        if fallback is not None and fallback not in self.orchestrator.providers:
+            raise UnknownProvider(fallback, self.orchestrator.providers.names())
+        specs = self.orchestrator.tools.specs(self.agent.allowed_tools)
+        for turn in range(1, self.agent.max_turns + 1):
+            self.check(f"before model call {turn}")
+            response = self.call_model(turn, specs)
+            self.record(turn, response)
             if not response.tool_calls:
                 return AgentResult(
                     output=response.content or "",
                     turns=turn,
-                    usage=usage,
-                    transcript=tuple(transcript),
+                    usage=self.usage,
+                    transcript=tuple(self.transcript),
                     model=response.model,
+                    cost_usd=self.cost,
+                    provider=self.provider_name,
                 )
-            messages.append(
+            self.messages.append(
                 ChatMessage(role="assistant", content=response.content or "", tool_calls=response.tool_calls)
             )
             for call in response.tool_calls:
-                outcome = self._run_tool(agent, task, call)
-                transcript.append(_tool_entry(turn, call, outcome))
-                messages.append(
+                self.check(f"before tool call {call.name!r} in turn {turn}")
+                outcome = self.run_tool(call)
+                self.transcript.append(_tool_entry(turn, call, outcome))
+                self.messages.append(
                     ChatMessage(
                         role="tool", content=outcome.content, tool_call_id=call.id, is_error=outcome.is_error
                     )
                 )
-        raise MaxTurnsExceeded(agent.max_turns)
+        raise MaxTurnsExceeded(self.agent.max_turns)
 
-    def _run_tool(self, agent: AgentSpec, task: TaskInput, call: ToolCall) -> ToolOutcome:
-        """Run one tool call, refusing tools the agent may not use."""
+    def record(self, turn: int, response: ModelResponse) -> None:
+        self.usage += response.usage
+        cost = self.orchestrator.prices.cost(response.model or self.model, response.usage)
+        self.cost = None if cost is None or self.cost is None else self.cost + cost
+        self.transcript.append(_model_entry(turn, self.provider_name, response, cost))
+        logger.debug(
+            "agent %s task %s turn %s: %s tool call(s)",
+            self.agent.name,
+            self.task.id,
+            turn,
+            len(response.tool_calls),
+        )
+
+    # -- model calls -------------------------------------------------------------------------
+
+    def call_model(self, turn: int, specs: tuple[ToolSpec, ...]) -> ModelResponse:
+        """One model call, retried once on the fallback after a retryable provider error."""
+        try:
+            return self.complete(specs)
+        except ProviderError as exc:
+            if not exc.retryable or self.switched or not self.agent.has_fallback:
+                raise
+            self.switch_to_fallback(turn, exc)
+        self.check(f"before fallback model call {turn}")
+        return self.complete(specs)
+
+    def switch_to_fallback(self, turn: int, error: ProviderError) -> None:
+        agent = self.agent
+        to_provider = agent.fallback_provider or agent.provider
+        to_model = agent.fallback_model or agent.model
+        logger.warning(
+            "agent %s task %s: %s/%s failed (%s); switching to fallback %s/%s",
+            agent.name,
+            self.task.id,
+            self.provider_name,
+            self.model,
+            error,
+            to_provider,
+            to_model,
+        )
+        self.transcript.append(
+            {
+                "type": "fallback",
+                "turn": turn,
+                "from_provider": self.provider_name,
+                "from_model": self.model,
+                "to_provider": to_provider,
+                "to_model": to_model,
+                "error": _clip(str(error)),
+            }
+        )
+        if to_provider != agent.provider:
+            self.base_url = None  # the agent's base URL belongs to its primary provider
+        self.provider_name, self.model, self.switched = to_provider, to_model, True
+
+    def complete(self, specs: tuple[ToolSpec, ...]) -> ModelResponse:
+        provider = self.orchestrator.providers.get(self.provider_name)
+        agent = self.agent
+        request = ModelRequest(
+            model=self.model,
+            system_prompt=agent.system_prompt,
+            messages=tuple(self.messages),
+            tools=specs,
+            temperature=agent.temperature,
+            max_tokens=agent.max_tokens,
+            context=self.task.context,
+            base_url=self.base_url,
+            timeout_s=self.time_left(),
+        )
+        call_hook(self.hooks.on_llm_start, request, provider=self.provider_name)
+        try:
+            response = provider.complete(request)
+        except BaseException as exc:
+            call_hook(self.hooks.on_llm_end, request, None, exc, provider=self.provider_name)
+            left = self.time_left()
+            if isinstance(exc, ProviderTimeout) and left is not None and left <= 0:
+                raise RunTimeLimitExceeded(agent.run_time_limit_s or 0) from exc
+            raise
+        call_hook(self.hooks.on_llm_end, request, response, None, provider=self.provider_name)
+        return response
+
+    # -- tool calls --------------------------------------------------------------------------
+
+    def run_tool(self, call: ToolCall) -> ToolOutcome:
+        """Run one tool call (never one the agent may not use), bounded by ``tool_timeout_s``."""
+        call_hook(self.hooks.on_tool_start, call)
+        try:
+            outcome = self.tool_outcome(call)
+        except BaseException as exc:
+            call_hook(self.hooks.on_tool_end, call, None, exc)
+            raise
+        call_hook(self.hooks.on_tool_end, call, outcome, None)
+        return outcome
+
+    def tool_outcome(self, call: ToolCall) -> ToolOutcome:
+        agent, tools = self.agent, self.orchestrator.tools
         if call.name not in agent.allowed_tools:
             logger.warning(
                 "agent %s (%s) tried tool %r, which it is not allowed to use, in task %s; not executed",
                 agent.name,
                 agent.id,
                 call.name,
-                task.id,
+                self.task.id,
             )
             return ToolOutcome(f"tool '{call.name}' is not allowed for this agent", is_error=True)
-        if call.name not in self.tools:
+        if call.argument_error is not None:
+            return ToolOutcome(
+                f"invalid arguments for tool {call.name!r}: {call.argument_error}", is_error=True
+            )
+        if call.name not in tools:
             return ToolOutcome(str(UnknownTool(call.name)), is_error=True)
-        return self.tools.execute(call.name, call.arguments)
+        return self.execute_with_timeout(call)
+
+    def execute_with_timeout(self, call: ToolCall) -> ToolOutcome:
+        """Run the tool in a daemon thread; a thread that hangs is abandoned, never joined."""
+        limit = self.agent.tool_timeout_s
+        left = self.time_left()
+        bound = limit if left is None else min(limit, left)
+        results: list[ToolOutcome] = []
+        done = threading.Event()
+
+        def target() -> None:
+            try:
+                results.append(self.orchestrator.tools.execute(call.name, call.arguments))
+            finally:
+                done.set()
+
+        threading.Thread(target=target, name=f"tool-{call.name}", daemon=True).start()
+        if not done.wait(bound):
+            if left is not None and left < limit:
+                raise RunTimeLimitExceeded(self.agent.run_time_limit_s or 0)
+            raise ToolTimeout(call.name, limit)
+        if not results:
+            return ToolOutcome(f"tool {call.name!r} stopped without a result", is_error=True)
+        return results[0]

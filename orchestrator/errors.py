@@ -2,27 +2,69 @@
 
 Every error here derives from :class:`config.errors.AgentQueueError`. Errors that end an
 agent run derive from :class:`AgentRunError`, which tells the caller whether trying the
-run again could help (``retryable``) and, when the provider said so, how long to wait
-(``retry_after_ms``). Messages always name the offending value.
+run again could help (``retryable``), how long to wait (``retry_after_ms``), whether to
+postpone the task without consuming an attempt (``postpone_ms``), and what the run did
+before it failed (``usage``, ``transcript``, ``cost_usd``). Messages always name the
+offending value.
+
+Retryable or not, at a glance:
+
+=============================  =========  ==============================================
+Error                          Retryable  Why
+=============================  =========  ==============================================
+ProviderRateLimited (429)      yes        also ``postpone_ms``: postpone, keep the attempt
+ProviderQuotaExceeded (429)    no         OpenAI ``insufficient_quota``: billing, not load
+ProviderUnavailable (5xx,      yes        the provider or the network is having a bad time
+408, 409, connection)
+ProviderTimeout                yes        (a subclass of ProviderUnavailable)
+ProviderAuthError (401, 403)   no         a wrong or missing key will stay wrong
+ProviderInvalidRequest (400,   no         the same request will be refused again
+404, 413, 422, other 4xx)
+ProviderNotConfigured          no         no API key configured; names the variable
+ToolTimeout                    yes        usually a slow dependency of the tool
+RunTimeLimitExceeded           no         the same work would take as long again
+MaxTurnsExceeded               no         the same agent would loop again
+RunCancelled                   no         somebody asked for it; mark ``cancelled``
+=============================  =========  ==============================================
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 from config.errors import AgentQueueError
+from orchestrator.messages import Usage
 
 
 class AgentRunError(AgentQueueError):
     """An agent run could not finish.
 
+    The orchestrator fills ``usage``, ``transcript`` and ``cost_usd`` with what the run did
+    before failing, so the caller can store them on the failed run.
+
     Attributes:
         retryable: Whether running the task again may succeed.
         retry_after_ms: How long to wait before retrying, when known.
+        postpone_ms: When set, postpone the task by this long without consuming an
+            attempt (a rate limit: the task itself is fine).
+        usage: Tokens used by the run before it failed.
+        transcript: The run's transcript up to the failure.
+        cost_usd: The run's cost up to the failure, or None when a model's price is unknown.
     """
 
     #: Whether running the task again may succeed; subclasses override it.
     retryable: bool = False
     #: Delay asked for before a retry, in milliseconds, when known.
     retry_after_ms: int | None = None
+    #: Postpone the task by this long without consuming an attempt, when set.
+    postpone_ms: int | None = None
+    #: Tokens used by the run before it failed (set by the orchestrator).
+    usage: Usage = Usage()
+    #: The transcript up to the failure (set by the orchestrator).
+    transcript: list[dict[str, Any]] = []
+    #: The cost up to the failure, None when unknown (set by the orchestrator).
+    cost_usd: Decimal | None = None
 
 
 class MaxTurnsExceeded(AgentRunError):
@@ -70,9 +112,22 @@ class UnknownTool(AgentRunError):
 
 
 class ProviderError(AgentRunError):
-    """A model provider failed to answer."""
+    """A model provider failed to answer.
 
-    def __init__(self, message: str, *, retryable: bool, retry_after_ms: int | None = None) -> None:
+    Attributes:
+        provider: The provider's name, when known.
+        status_code: The HTTP status the provider answered with, when there was one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after_ms: int | None = None,
+        provider: str | None = None,
+        status_code: int | None = None,
+    ) -> None:
         """Build the error.
 
         Args:
@@ -80,10 +135,173 @@ class ProviderError(AgentRunError):
             retryable: True for rate limits and server errors, False for bad requests
                 and authentication failures.
             retry_after_ms: The delay the provider asked for, when it gave one.
+            provider: The provider's name.
+            status_code: The HTTP status, when there was one.
         """
         self.retryable = retryable
         self.retry_after_ms = retry_after_ms
+        self.provider = provider
+        self.status_code = status_code
         super().__init__(message)
+
+
+class ProviderRateLimited(ProviderError):
+    """The provider rate-limited the call (HTTP 429): postpone the task, keep the attempt.
+
+    Attributes:
+        postpone_ms: The provider's Retry-After, or :data:`DEFAULT_POSTPONE_MS` without one.
+    """
+
+    #: Postponement used when a 429 carries no Retry-After, in milliseconds.
+    DEFAULT_POSTPONE_MS = 5_000
+
+    def __init__(
+        self, message: str, *, retry_after_ms: int | None, provider: str | None = None, status_code: int = 429
+    ) -> None:
+        """Build the error; see :class:`ProviderError`."""
+        super().__init__(
+            message, retryable=True, retry_after_ms=retry_after_ms, provider=provider, status_code=status_code
+        )
+        self.postpone_ms = retry_after_ms if retry_after_ms is not None else self.DEFAULT_POSTPONE_MS
+
+
+class ProviderQuotaExceeded(ProviderError):
+    """The account is out of credit (OpenAI's 429 ``insufficient_quota``); not retryable."""
+
+    def __init__(self, message: str, *, provider: str | None = None, status_code: int = 429) -> None:
+        """Build the error; see :class:`ProviderError`."""
+        super().__init__(message, retryable=False, provider=provider, status_code=status_code)
+
+
+class ProviderUnavailable(ProviderError):
+    """A server error (5xx, 408, 409) or a connection failure; retryable."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        status_code: int | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
+        """Build the error; see :class:`ProviderError`."""
+        super().__init__(
+            message, retryable=True, retry_after_ms=retry_after_ms, provider=provider, status_code=status_code
+        )
+
+
+class ProviderTimeout(ProviderUnavailable):
+    """The provider did not answer within the call's timeout; retryable.
+
+    Attributes:
+        timeout_s: The timeout that expired, in seconds.
+    """
+
+    def __init__(self, message: str, *, provider: str | None = None, timeout_s: float | None = None) -> None:
+        """Build the error; see :class:`ProviderError`."""
+        super().__init__(message, provider=provider)
+        self.timeout_s = timeout_s
+
+
+class ProviderAuthError(ProviderError):
+    """The provider refused the credentials (HTTP 401 or 403); not retryable."""
+
+    def __init__(self, message: str, *, provider: str | None = None, status_code: int | None = None) -> None:
+        """Build the error; see :class:`ProviderError`."""
+        super().__init__(message, retryable=False, provider=provider, status_code=status_code)
+
+
+class ProviderInvalidRequest(ProviderError):
+    """The provider refused the request itself (HTTP 400, 404, 422, other 4xx); not retryable."""
+
+    def __init__(self, message: str, *, provider: str | None = None, status_code: int | None = None) -> None:
+        """Build the error; see :class:`ProviderError`."""
+        super().__init__(message, retryable=False, provider=provider, status_code=status_code)
+
+
+class ProviderNotConfigured(ProviderError):
+    """A provider was used without the settings it needs (an API key); not retryable.
+
+    Attributes:
+        variable: The setting to provide, e.g. ``OPENAI_API_KEY``.
+    """
+
+    def __init__(self, provider: str, variable: str) -> None:
+        """Build the error.
+
+        Args:
+            provider: The provider's name.
+            variable: The environment variable or setting that is missing.
+        """
+        self.variable = variable
+        super().__init__(
+            f"provider {provider!r} has no API key; set {variable} for the worker",
+            retryable=False,
+            provider=provider,
+        )
+
+
+class ToolTimeout(AgentRunError):
+    """A tool ran longer than the agent's ``tool_timeout_s``.
+
+    Retryable: a hung tool usually waits on something slow that may recover. The tool's
+    thread cannot be killed; it is abandoned (a daemon thread) and its result ignored.
+
+    Attributes:
+        tool: The tool's name.
+        seconds: The timeout that expired.
+    """
+
+    retryable = True
+
+    def __init__(self, tool: str, seconds: float) -> None:
+        """Build the error.
+
+        Args:
+            tool: The tool's name.
+            seconds: The timeout that expired.
+        """
+        self.tool = tool
+        self.seconds = seconds
+        super().__init__(
+            f"tool {tool!r} did not finish within tool_timeout_s={seconds:g}; "
+            "raise the agent's tool_timeout_s or make the tool faster"
+        )
+
+
+class RunTimeLimitExceeded(AgentRunError):
+    """The run went past the agent's ``run_time_limit_s``; not retryable.
+
+    Attributes:
+        seconds: The limit that was reached.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        """Build the error.
+
+        Args:
+            seconds: The limit that was reached.
+        """
+        self.seconds = seconds
+        super().__init__(
+            f"agent run exceeded run_time_limit_s={seconds:g}; raise the limit or simplify the task"
+        )
+
+
+class RunCancelled(AgentRunError):
+    """The caller asked the run to stop (``should_stop`` returned True); not retryable.
+
+    Distinct from a failure: the caller marks the task ``cancelled``.
+    """
+
+    def __init__(self, where: str) -> None:
+        """Build the error.
+
+        Args:
+            where: Where the run stopped, e.g. ``"before model call 2"``.
+        """
+        self.where = where
+        super().__init__(f"agent run cancelled {where}")
 
 
 class ScriptError(AgentRunError):

@@ -36,12 +36,18 @@ class ToolCall:
     Attributes:
         id: The call's id, echoed back in the tool result message.
         name: The tool to call.
-        arguments: The arguments, not yet validated.
+        arguments: The arguments, not yet validated (empty when they could not be decoded).
+        raw_arguments: The arguments exactly as the model sent them, when they were not a
+            JSON object; echoed back to the provider unchanged.
+        argument_error: Why the arguments could not be decoded; such a call is never
+            executed, the model receives this as an error result.
     """
 
     id: str
     name: str
     arguments: dict[str, Any]
+    raw_arguments: str | None = None
+    argument_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,13 +73,26 @@ class ChatMessage:
 class Usage:
     """Token counts of one or more model calls.
 
+    All counts are totals: ``cached_input_tokens`` and ``cache_creation_input_tokens`` are
+    the parts of ``input_tokens`` read from or written to the provider's prompt cache, and
+    ``reasoning_tokens`` the part of ``output_tokens`` spent on hidden reasoning.
+
     Attributes:
-        input_tokens: Tokens sent to the model.
-        output_tokens: Tokens produced by the model.
+        input_tokens: Tokens sent to the model, cached ones included.
+        output_tokens: Tokens produced by the model, reasoning included.
+        cached_input_tokens: Input tokens read from the prompt cache (OpenAI
+            ``prompt_tokens_details.cached_tokens``, Anthropic ``cache_read_input_tokens``).
+        cache_creation_input_tokens: Input tokens written to the prompt cache (Anthropic
+            ``cache_creation_input_tokens``; billed above the plain input price).
+        reasoning_tokens: Output tokens spent on reasoning (OpenAI
+            ``completion_tokens_details.reasoning_tokens``, Anthropic ``thinking_tokens``).
     """
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    cache_creation_input_tokens: int = 0
+    reasoning_tokens: int = 0
 
     def __add__(self, other: Usage) -> Usage:
         """Sum two usages.
@@ -87,11 +106,20 @@ class Usage:
         return Usage(
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
+            cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
+            cache_creation_input_tokens=self.cache_creation_input_tokens + other.cache_creation_input_tokens,
+            reasoning_tokens=self.reasoning_tokens + other.reasoning_tokens,
         )
 
     def to_dict(self) -> dict[str, int]:
-        """Return the usage as a JSON-friendly dict."""
-        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+        """Return the usage as a JSON-friendly dict (every count, zeros included)."""
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_creation_input_tokens": self.cache_creation_input_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
 
 
 @dataclass(frozen=True)
@@ -106,6 +134,10 @@ class ModelRequest:
         temperature: Sampling temperature, or None for the provider default.
         max_tokens: Output token limit, or None for the provider default.
         context: The task's context (a scripted provider reads its script here).
+        base_url: The agent's base URL override for this provider, or None for the
+            provider's configured one.
+        timeout_s: The longest this call may take, in seconds, or None for the provider's
+            configured timeout (the loop passes the run's remaining time when it is shorter).
     """
 
     model: str
@@ -115,6 +147,8 @@ class ModelRequest:
     temperature: float | None
     max_tokens: int | None
     context: Mapping[str, Any] = field(default_factory=dict)
+    base_url: str | None = None
+    timeout_s: float | None = None
 
 
 @dataclass(frozen=True)

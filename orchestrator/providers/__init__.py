@@ -1,9 +1,24 @@
-"""Model providers behind one interface, and the registry that selects them by name."""
+"""Model providers behind one interface, and the registry that selects them by name.
+
+The SDK-backed providers live in :mod:`orchestrator.providers.openai` and
+:mod:`orchestrator.providers.anthropic`; they are imported when first built, so importing
+this package does not import the SDKs.
+"""
 
 from __future__ import annotations
 
 from orchestrator.providers.base import Provider, ProviderFactory
-from orchestrator.providers.registry import BUILTIN_PROVIDERS, ProviderRegistry
+from orchestrator.providers.registry import BUILTIN_PROVIDERS, SDK_PROVIDER_KINDS, ProviderRegistry
 from orchestrator.providers.scripted import ScriptedProvider
+from orchestrator.providers.settings import DEFAULT_MAX_TOKENS, ProviderSettings
 
-__all__ = ["BUILTIN_PROVIDERS", "Provider", "ProviderFactory", "ProviderRegistry", "ScriptedProvider"]
+__all__ = [
+    "BUILTIN_PROVIDERS",
+    "DEFAULT_MAX_TOKENS",
+    "SDK_PROVIDER_KINDS",
+    "Provider",
+    "ProviderFactory",
+    "ProviderRegistry",
+    "ProviderSettings",
+    "ScriptedProvider",
+]

@@ -1,0 +1,172 @@
+"""The ``anthropic`` provider: the Messages API through the official ``anthropic`` SDK.
+
+The system prompt goes in ``system=``; tools as ``{name, description, input_schema}``;
+``tool_use`` content blocks become tool calls; tool results go back as one user message
+of ``tool_result`` blocks ``{tool_use_id, content, is_error}``. ``max_tokens`` is required
+by the API: the agent's, else the settings' ``default_max_tokens`` (4096). Usage counts
+cache reads and cache writes as input tokens (Anthropic reports them apart from
+``input_tokens``), so input totals mean the same for every provider. The SDK's own retries
+are off (``max_retries=0``): the task queue owns retries.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anthropic
+
+from orchestrator.errors import ProviderError, ProviderNotConfigured, ProviderTimeout, ProviderUnavailable
+from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
+from orchestrator.providers._http import ClientCache, classify_status, error_code, error_message, redact
+from orchestrator.providers.settings import ProviderSettings
+
+__all__ = ["DEFAULT_ANTHROPIC_BASE_URL", "AnthropicProvider", "to_anthropic_messages"]
+
+#: The public API (the SDK appends ``/v1/messages``), used when no base URL is given.
+DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+
+
+def _assistant_blocks(message: ChatMessage) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    if message.content:
+        blocks.append({"type": "text", "text": message.content})
+    for call in message.tool_calls:
+        blocks.append({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments})
+    return blocks
+
+
+def to_anthropic_messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
+    """Render a conversation as Messages API messages; consecutive tool results share one user message."""
+    rendered: list[dict[str, Any]] = []
+    for message in messages:
+        if message.role == "tool":
+            block = {
+                "type": "tool_result",
+                "tool_use_id": message.tool_call_id,
+                "content": message.content,
+                "is_error": message.is_error,
+            }
+            previous = rendered[-1] if rendered else None
+            if previous is not None and previous["role"] == "user" and isinstance(previous["content"], list):
+                previous["content"].append(block)
+            else:
+                rendered.append({"role": "user", "content": [block]})
+        elif message.role == "assistant":
+            rendered.append({"role": "assistant", "content": _assistant_blocks(message) or message.content})
+        elif message.role == "user":
+            rendered.append({"role": "user", "content": message.content})
+        # "system" messages are carried by ``system=``, never in the list.
+    return rendered
+
+
+def _usage(raw: Any) -> Usage:
+    if raw is None:
+        return Usage()
+    cache_read = getattr(raw, "cache_read_input_tokens", None) or 0
+    cache_write = getattr(raw, "cache_creation_input_tokens", None) or 0
+    details = getattr(raw, "output_tokens_details", None)
+    return Usage(
+        input_tokens=(raw.input_tokens or 0) + cache_read + cache_write,
+        output_tokens=raw.output_tokens or 0,
+        cached_input_tokens=cache_read,
+        cache_creation_input_tokens=cache_write,
+        reasoning_tokens=getattr(details, "thinking_tokens", None) or 0,
+    )
+
+
+def _tool_call(block: Any) -> ToolCall:
+    arguments = block.input
+    if not isinstance(arguments, dict):
+        error = f"expected a JSON object, got {type(arguments).__name__}"
+        return ToolCall(block.id, block.name, {}, argument_error=error)
+    return ToolCall(block.id, block.name, dict(arguments))
+
+
+class AnthropicProvider:
+    """The Messages API via the official SDK.
+
+    Args:
+        settings: API key, base URL (without ``/v1``) and timeout.
+        name: The name agents select it by.
+    """
+
+    def __init__(self, settings: ProviderSettings, *, name: str = "anthropic") -> None:
+        """Create the provider; no client is built until the first call."""
+        self.name = name
+        self.settings = settings
+        self._clients: ClientCache[anthropic.Anthropic] = ClientCache(self._build_client)
+
+    def _build_client(self, base_url: str) -> anthropic.Anthropic:
+        return anthropic.Anthropic(
+            api_key=self.settings.api_key,
+            base_url=base_url,
+            timeout=self.settings.timeout_s,
+            max_retries=0,
+            default_headers=dict(self.settings.default_headers) or None,
+        )
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        """Run one Messages API call.
+
+        Raises:
+            ProviderNotConfigured: No API key in the settings.
+            ProviderError: The call failed; see :mod:`orchestrator.providers._http` for the classes.
+        """
+        if not self.settings.api_key:
+            raise ProviderNotConfigured(self.name, self.settings.api_key_variable or "ANTHROPIC_API_KEY")
+        client = self._clients.get(request.base_url or self.settings.base_url or DEFAULT_ANTHROPIC_BASE_URL)
+        params: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens or self.settings.default_max_tokens,
+            "messages": to_anthropic_messages(request.messages),
+        }
+        if request.system_prompt:
+            params["system"] = request.system_prompt
+        if request.tools:
+            params["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                for t in request.tools
+            ]
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        timeout = self.settings.timeout_s
+        if request.timeout_s is not None:
+            timeout = min(timeout, request.timeout_s)
+        try:
+            message = client.messages.create(**params, timeout=timeout)
+        except anthropic.AnthropicError as exc:
+            raise self._translate(exc, timeout) from exc
+        return self._response(message, request.model)
+
+    @staticmethod
+    def _response(message: Any, requested_model: str) -> ModelResponse:
+        texts = [block.text for block in message.content if getattr(block, "type", None) == "text"]
+        calls = tuple(
+            _tool_call(block) for block in message.content if getattr(block, "type", None) == "tool_use"
+        )
+        return ModelResponse(
+            content="".join(texts) if texts else None,
+            tool_calls=calls,
+            usage=_usage(message.usage),
+            model=message.model or requested_model,
+            finish_reason=message.stop_reason or ("tool_use" if calls else "end_turn"),
+        )
+
+    def _translate(self, exc: anthropic.AnthropicError, timeout: float) -> ProviderError:
+        key = self.settings.api_key
+        if isinstance(exc, anthropic.APITimeoutError):
+            return ProviderTimeout(
+                f"{self.name}: no answer within {timeout:g} s", provider=self.name, timeout_s=timeout
+            )
+        if isinstance(exc, anthropic.APIConnectionError):
+            return ProviderUnavailable(
+                f"{self.name}: connection failed: {redact(str(exc), key)}", provider=self.name
+            )
+        if isinstance(exc, anthropic.APIStatusError):
+            message = redact(error_message(exc.body, exc.message), key)
+            return classify_status(
+                self.name, exc.status_code, message, dict(exc.response.headers), error_code(exc.body)
+            )
+        if isinstance(exc, anthropic.APIError):
+            return ProviderError(f"{self.name}: {redact(str(exc), key)}", retryable=True, provider=self.name)
+        return ProviderError(f"{self.name}: {redact(str(exc), key)}", retryable=False, provider=self.name)

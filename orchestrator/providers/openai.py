@@ -1,0 +1,180 @@
+"""The ``openai`` provider: Chat Completions through the official ``openai`` SDK.
+
+Works with any OpenAI-compatible server through ``base_url`` (settings or per agent).
+Tools are sent as ``{"type": "function", "function": {name, description, parameters}}``;
+tool calls come back in ``message.tool_calls[].function`` with JSON-string arguments. A
+call whose arguments are not a JSON object is never executed: the model receives an error
+result for it. Tool results go back as ``{"role": "tool", "tool_call_id", "content"}``.
+The output limit is sent as ``max_completion_tokens``. The SDK's own retries are off
+(``max_retries=0``): the task queue owns retries.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import openai
+
+from orchestrator.errors import ProviderError, ProviderNotConfigured, ProviderTimeout, ProviderUnavailable
+from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
+from orchestrator.providers._http import ClientCache, classify_status, error_code, error_message, redact
+from orchestrator.providers.settings import ProviderSettings
+
+__all__ = ["DEFAULT_OPENAI_BASE_URL", "OpenAIProvider", "to_openai_messages"]
+
+#: The public API, used when neither the settings nor the agent give a base URL.
+DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+def _tool_call_param(call: ToolCall) -> dict[str, Any]:
+    arguments = call.raw_arguments if call.raw_arguments is not None else json.dumps(call.arguments)
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": arguments}}
+
+
+def to_openai_messages(system_prompt: str | None, messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
+    """Render a conversation as Chat Completions messages."""
+    rendered: list[dict[str, Any]] = []
+    if system_prompt:
+        rendered.append({"role": "system", "content": system_prompt})
+    for message in messages:
+        if message.role == "tool":
+            rendered.append(
+                {"role": "tool", "tool_call_id": message.tool_call_id, "content": message.content}
+            )
+        elif message.role == "assistant" and message.tool_calls:
+            rendered.append(
+                {
+                    "role": "assistant",
+                    "content": message.content or None,
+                    "tool_calls": [_tool_call_param(call) for call in message.tool_calls],
+                }
+            )
+        else:
+            rendered.append({"role": message.role, "content": message.content})
+    return rendered
+
+
+def _tool_call(raw: Any) -> ToolCall:
+    function = getattr(raw, "function", None)
+    if function is None:  # a "custom" tool call; we only declare function tools
+        name = str(getattr(getattr(raw, "custom", None), "name", "unknown"))
+        return ToolCall(
+            raw.id, name, {}, raw_arguments="", argument_error="only function tools are supported"
+        )
+    text = function.arguments or ""
+    try:
+        arguments = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        return ToolCall(
+            raw.id, function.name, {}, raw_arguments=text, argument_error=f"not valid JSON ({exc})"
+        )
+    if not isinstance(arguments, dict):
+        error = f"expected a JSON object, got {type(arguments).__name__}"
+        return ToolCall(raw.id, function.name, {}, raw_arguments=text, argument_error=error)
+    return ToolCall(raw.id, function.name, arguments)
+
+
+def _usage(raw: Any) -> Usage:
+    if raw is None:
+        return Usage()
+    prompt_details = getattr(raw, "prompt_tokens_details", None)
+    completion_details = getattr(raw, "completion_tokens_details", None)
+    return Usage(
+        input_tokens=raw.prompt_tokens or 0,
+        output_tokens=raw.completion_tokens or 0,
+        cached_input_tokens=(getattr(prompt_details, "cached_tokens", None) or 0),
+        reasoning_tokens=(getattr(completion_details, "reasoning_tokens", None) or 0),
+    )
+
+
+class OpenAIProvider:
+    """Chat Completions via the official SDK.
+
+    Args:
+        settings: API key, base URL and timeout.
+        name: The name agents select it by (``"openai"`` unless an OpenAI-compatible alias).
+    """
+
+    def __init__(self, settings: ProviderSettings, *, name: str = "openai") -> None:
+        """Create the provider; no client is built until the first call."""
+        self.name = name
+        self.settings = settings
+        self._clients: ClientCache[openai.OpenAI] = ClientCache(self._build_client)
+
+    def _build_client(self, base_url: str) -> openai.OpenAI:
+        return openai.OpenAI(
+            api_key=self.settings.api_key,
+            base_url=base_url,
+            timeout=self.settings.timeout_s,
+            max_retries=0,
+            default_headers=dict(self.settings.default_headers) or None,
+        )
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        """Run one Chat Completions call.
+
+        Raises:
+            ProviderNotConfigured: No API key in the settings.
+            ProviderError: The call failed; see :mod:`orchestrator.providers._http` for the classes.
+        """
+        if not self.settings.api_key:
+            raise ProviderNotConfigured(self.name, self.settings.api_key_variable or "OPENAI_API_KEY")
+        client = self._clients.get(request.base_url or self.settings.base_url or DEFAULT_OPENAI_BASE_URL)
+        params: dict[str, Any] = {
+            "model": request.model,
+            "messages": to_openai_messages(request.system_prompt, request.messages),
+        }
+        if request.tools:
+            params["tools"] = [
+                {
+                    "type": "function",
+                    "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+                }
+                for t in request.tools
+            ]
+        if request.temperature is not None:
+            params["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            params["max_completion_tokens"] = request.max_tokens
+        timeout = self.settings.timeout_s
+        if request.timeout_s is not None:
+            timeout = min(timeout, request.timeout_s)
+        try:
+            completion = client.chat.completions.create(**params, timeout=timeout)
+        except openai.OpenAIError as exc:
+            raise self._translate(exc, timeout) from exc
+        return self._response(completion, request.model)
+
+    def _response(self, completion: Any, requested_model: str) -> ModelResponse:
+        if not getattr(completion, "choices", None):
+            raise ProviderUnavailable(f"{self.name}: the answer had no choices", provider=self.name)
+        choice = completion.choices[0]
+        message = choice.message
+        calls = tuple(_tool_call(raw) for raw in (message.tool_calls or ()))
+        return ModelResponse(
+            content=message.content,
+            tool_calls=calls,
+            usage=_usage(completion.usage),
+            model=completion.model or requested_model,
+            finish_reason=choice.finish_reason or ("tool_calls" if calls else "stop"),
+        )
+
+    def _translate(self, exc: openai.OpenAIError, timeout: float) -> ProviderError:
+        key = self.settings.api_key
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderTimeout(
+                f"{self.name}: no answer within {timeout:g} s", provider=self.name, timeout_s=timeout
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return ProviderUnavailable(
+                f"{self.name}: connection failed: {redact(str(exc), key)}", provider=self.name
+            )
+        if isinstance(exc, openai.APIStatusError):
+            message = redact(error_message(exc.body, exc.message), key)
+            return classify_status(
+                self.name, exc.status_code, message, dict(exc.response.headers), error_code(exc.body)
+            )
+        if isinstance(exc, openai.APIError):  # e.g. an answer that does not match the schema
+            return ProviderError(f"{self.name}: {redact(str(exc), key)}", retryable=True, provider=self.name)
+        return ProviderError(f"{self.name}: {redact(str(exc), key)}", retryable=False, provider=self.name)
