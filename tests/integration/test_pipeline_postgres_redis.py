@@ -119,14 +119,14 @@ def test_forced_maintenance_returns_a_dead_workers_messages_to_the_queue(app: Ha
     broker = app.broker
     assert isinstance(broker, RedisBroker)
     # A worker fetches the message, then dies: its id sits in its ack set, its heartbeat goes stale.
-    dead = RedisBroker(client=broker.client, namespace=broker.namespace, heartbeat_timeout=1)
+    dead = RedisBroker(client=broker.client, namespace=broker.namespace, heartbeat_timeout=1)  # type: ignore[no-untyped-call]
     consumer = dead.consume("general", prefetch=1, timeout=100)
     assert next(consumer) is not None
     broker.client.zadd(f"{broker.namespace}:__heartbeats__", {dead.broker_id: 0})
     assert broker.client.llen(f"{broker.namespace}:general") == 0
     assert task_id in task_ids_in_flight(broker, ["general"])
 
-    live = RedisBroker(client=broker.client, namespace=broker.namespace, heartbeat_timeout=1000)
+    live = RedisBroker(client=broker.client, namespace=broker.namespace, heartbeat_timeout=1000)  # type: ignore[no-untyped-call]
     requeue_dead_workers(live, ["general"])
 
     assert broker.client.llen(f"{broker.namespace}:general") == 1
