@@ -1,0 +1,161 @@
+"""Soak under faults: N tasks through several workers while workers are SIGKILLed and Redis is flushed.
+
+    python -m benchmarks.soak [--tasks 2000] [--workers 3] [--kill-every 3] [--seed 7]
+
+Starts ``--workers`` separate ``dramatiq actors`` processes on the local Redis (db 11,
+flushed) and a fresh Postgres database, enqueues ``--tasks`` scripted tasks that each
+take 50-300 ms, then every few seconds SIGKILLs a random worker and starts a new one,
+and flushes Redis once a third of the way through. It ends when every task is
+finished (bounded by ``--timeout``) and checks, from the database, that every task
+completed exactly once: one completed run per task, none lost, none stuck. Exits 1
+otherwise. Prints the figures as a small table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import psycopg
+import redis
+
+from taskstore import NewAgent, utcnow
+from taskstore.postgres import PostgresTaskStore
+from tests.acceptance.processes import WorkerProcess, command_env
+from tests.services import temporary_database
+
+REDIS_URL = "redis://127.0.0.1:6379/11"
+ORG = "50a50a50-0000-4000-8000-000000000000"
+FAULT_SETTINGS = {
+    "AGENTQ_STALLED_INTERVAL_MS": "3000",
+    "AGENTQ_RECONCILE_INTERVAL_MS": "2000",
+    "AGENTQ_PENDING_GRACE_MS": "5000",
+    # Random kills may hit the same task twice; the default limit of 1 would rightly fail it.
+    "AGENTQ_MAX_STALLED_COUNT": "5",
+}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=2000)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--kill-every", type=float, default=3.0, help="seconds between kills (jittered)")
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--seed", type=int, default=7)
+    return parser.parse_args(argv)
+
+
+def _report(store_url: str, started: float, kills: int, flushed: bool) -> tuple[bool, str]:
+    with psycopg.connect(store_url) as conn:
+        statuses = dict(
+            conn.execute("SELECT status, count(*) FROM ai_agent_tasks GROUP BY status").fetchall()
+        )
+        runs = dict(
+            conn.execute("SELECT status, count(*) FROM ai_agent_task_runs GROUP BY status").fetchall()
+        )
+        completed_runs = Counter(
+            row[0]
+            for row in conn.execute(
+                "SELECT task_id FROM ai_agent_task_runs WHERE status = 'completed'"
+            ).fetchall()
+        )
+        (stalls,) = conn.execute("SELECT coalesce(sum(stalled_count), 0) FROM ai_agent_tasks").fetchone() or (
+            0,
+        )
+        (total,) = conn.execute("SELECT count(*) FROM ai_agent_tasks").fetchone() or (0,)
+    twice = sum(1 for count in completed_runs.values() if count > 1)
+    ok = statuses.get("completed", 0) == total and len(completed_runs) == total and twice == 0
+    lines = [
+        "| figure | value |",
+        "|---|---:|",
+        f"| tasks | {total} |",
+        f"| completed | {statuses.get('completed', 0)} |",
+        f"| other statuses | {({k: v for k, v in statuses.items() if k != 'completed'}) or 'none'} |",
+        f"| tasks with exactly one completed run | {sum(1 for c in completed_runs.values() if c == 1)} |",
+        f"| tasks completed more than once | {twice} |",
+        f"| runs by status | {dict(sorted(runs.items()))} |",
+        f"| workers SIGKILLed | {kills} |",
+        f"| stalls recovered (sum of stalled_count) | {stalls} |",
+        f"| Redis flushed mid-run | {'yes' if flushed else 'no'} |",
+        f"| wall time | {time.monotonic() - started:.1f} s |",
+        f"| verdict | {'PASS' if ok else 'FAIL'} |",
+    ]
+    return ok, "\n".join(lines)
+
+
+def _enqueue(store_url: str, tasks: int, rng: random.Random) -> list[str]:
+    # This script is an entry point: point the package's runtime at the soak's database and Redis.
+    os.environ.update(DATABASE_URL=store_url, REDIS_URL=REDIS_URL)
+    from actors import agent_task_queue, runtime
+
+    agent = runtime.store.create_agent(NewAgent(organization_id=ORG, name="soak"), now=utcnow())
+    ids = []
+    for index in range(tasks):
+        script = [{"answer": f"done {index}", "sleep_ms": rng.randint(50, 300)}]
+        task = agent_task_queue.create_task(
+            agent_id=agent.id, organization_id=ORG, title=f"soak {index}", context={"script": script}
+        )
+        ids.append(task.id)
+    for task_id in ids:
+        agent_task_queue.add_task(task_id)
+    runtime.store.close()
+    return ids
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    rng = random.Random(args.seed)
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    with temporary_database() as store_url, tempfile.TemporaryDirectory(prefix="agentq-soak-") as logs:
+        PostgresTaskStore(store_url).migrate()
+        env = command_env(DATABASE_URL=store_url, REDIS_URL=REDIS_URL, **FAULT_SETTINGS)
+        started = time.monotonic()
+        serial = 0
+
+        def start() -> WorkerProcess:
+            nonlocal serial
+            serial += 1
+            return WorkerProcess(env, Path(logs) / f"worker-{serial}.log", threads=args.threads)
+
+        pool = [start() for _ in range(args.workers)]
+        task_ids = _enqueue(store_url, args.tasks, rng)
+        print(
+            f"enqueued {len(task_ids)} tasks in {time.monotonic() - started:.1f} s; chaos begins", flush=True
+        )
+        kills, flushed = 0, False
+        checker = PostgresTaskStore(store_url, max_size=2)
+        next_kill = time.monotonic() + args.kill_every
+        while time.monotonic() - started < args.timeout:
+            counts = checker.queue_counts(now=utcnow())
+            done = counts.completed + counts.failed
+            if done >= args.tasks:
+                break
+            if not flushed and done >= args.tasks // 3:
+                client.flushdb()
+                flushed = True
+                print(f"flushed Redis at {done} finished tasks", flush=True)
+            if time.monotonic() >= next_kill and done < args.tasks * 0.9:
+                victim = pool.pop(rng.randrange(len(pool)))
+                victim.kill()
+                kills += 1
+                pool.append(start())
+                next_kill = time.monotonic() + args.kill_every * rng.uniform(0.6, 1.4)
+            time.sleep(0.25)
+        for worker in pool:
+            worker.terminate(timeout_s=120)
+        checker.close()
+        ok, table = _report(store_url, started, kills, flushed)
+    print(table)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
