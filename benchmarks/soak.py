@@ -54,10 +54,10 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def _report(store_url: str, started: float, kills: int, flushed: bool) -> tuple[bool, str]:
     with psycopg.connect(store_url) as conn:
-        statuses = dict(
+        statuses: dict[str, int] = dict(
             conn.execute("SELECT status, count(*) FROM ai_agent_tasks GROUP BY status").fetchall()
         )
-        runs = dict(
+        runs: dict[str, int] = dict(
             conn.execute("SELECT status, count(*) FROM ai_agent_task_runs GROUP BY status").fetchall()
         )
         completed_runs = Counter(
