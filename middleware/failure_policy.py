@@ -13,7 +13,12 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from dramatiq import RateLimitExceeded
+
 from taskstore import Task
+
+#: How long a task that hit one of Dramatiq's rate limiters waits before it runs again.
+RATE_LIMITED_DELAY_MS = 1000
 
 
 class Outcome(enum.Enum):
@@ -44,7 +49,13 @@ def is_retryable(exception: BaseException) -> bool:
 
 
 def postpone_ms(exception: BaseException) -> int | None:
-    """The delay an exception asks the task to wait without using an attempt, if any."""
+    """The delay an exception asks the task to wait without using an attempt, if any.
+
+    Dramatiq's own ``RateLimitExceeded`` (from its rate limiters, used inside an agent kind) postpones
+    by :data:`RATE_LIMITED_DELAY_MS`: waiting for a limiter is not a failure.
+    """
+    if isinstance(exception, RateLimitExceeded):
+        return RATE_LIMITED_DELAY_MS
     delay = getattr(exception, "postpone_ms", None)
     return delay if isinstance(delay, int) and not isinstance(delay, bool) and delay >= 0 else None
 

@@ -1,0 +1,63 @@
+"""The failure policy: retry with backoff, postpone without using the attempt, or fail."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from dramatiq import RateLimitExceeded
+
+from middleware.failure_policy import Outcome, backoff_ms, decide
+from taskstore import InMemoryTaskStore, NewTask, Task, utcnow
+from tests.conftest import make_agent
+
+ORG = "11111111-1111-4111-8111-111111111111"
+
+
+def task(**fields: object) -> Task:
+    store = InMemoryTaskStore()
+    created = store.create_task(
+        NewTask(agent_id=make_agent(store, utcnow()), organization_id=ORG, title="t"), now=utcnow()
+    )
+    return dataclasses.replace(created, **fields)  # type: ignore[arg-type]
+
+
+class Permanent(Exception):
+    retryable = False
+
+
+class Throttled(Exception):
+    postpone_ms = 1500
+
+
+@pytest.mark.parametrize(("attempt", "delay"), [(1, 2000), (2, 4000), (3, 8000), (4, 16000)])
+def test_backoff_doubles_from_the_base(attempt: int, delay: int) -> None:
+    assert backoff_ms(attempt, 2000) == delay
+
+
+def test_a_plain_error_retries_while_attempts_remain_then_fails() -> None:
+    first = decide(RuntimeError("x"), task(attempts=1), max_attempts=3, backoff_base_ms=2000, max_postpones=5)
+    last = decide(RuntimeError("x"), task(attempts=3), max_attempts=3, backoff_base_ms=2000, max_postpones=5)
+    assert (first.outcome, first.delay_ms) == (Outcome.RETRY, 2000)
+    assert last.outcome is Outcome.FAIL
+
+
+def test_a_non_retryable_error_fails_at_once() -> None:
+    decision = decide(Permanent(), task(attempts=1), max_attempts=3, backoff_base_ms=2000, max_postpones=5)
+    assert decision.outcome is Outcome.FAIL
+
+
+def test_postponements_keep_the_attempt_until_the_cap() -> None:
+    throttled = Throttled()
+    kept = decide(throttled, task(attempts=3), max_attempts=3, backoff_base_ms=2000, max_postpones=5)
+    capped = decide(
+        throttled, task(attempts=1, postponed_count=5), max_attempts=3, backoff_base_ms=2000, max_postpones=5
+    )
+    assert (kept.outcome, kept.delay_ms) == (Outcome.POSTPONE, 1500)
+    assert capped.outcome is Outcome.RETRY
+
+
+def test_dramatiqs_rate_limit_exceeded_postpones_instead_of_burning_an_attempt() -> None:
+    limited = RateLimitExceeded("busy")  # type: ignore[no-untyped-call]
+    decision = decide(limited, task(attempts=1), max_attempts=3, backoff_base_ms=2000, max_postpones=5)
+    assert decision.outcome is Outcome.POSTPONE
