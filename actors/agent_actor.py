@@ -14,22 +14,18 @@ the orchestrator) and returns the result, usually ``job.run_agent()``::
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
 import dramatiq
 import redis
 
+from actors.budget import BudgetPolicy
 from actors.errors import AgentUnavailable, BrokerUnavailable
 from middleware.agent_messages import AGENT_KIND_OPTION
-from middleware.task_lifecycle import (
-    ENQUEUED_AT_OPTION,
-    AttemptResult,
-    EnqueueRejected,
-    current_claim,
-    report_outcome,
-)
+from middleware.attempts import Attempt, current_attempt
+from middleware.task_lifecycle import ENQUEUED_AT_OPTION, AttemptResult, EnqueueRejected, report_outcome
 from orchestrator import AgentSpec, Orchestrator, TaskInput
 from taskstore import Agent, Claim, Task, TaskStore, Usage, normalize_id, utcnow
 
@@ -40,16 +36,23 @@ AgentFunction = Callable[["AgentJob"], AttemptResult]
 class AgentJob:
     """One attempt at a task, as seen by an agent kind's function."""
 
-    claim: Claim
+    state: Attempt
     orchestrator: Orchestrator
+    store: TaskStore
+    budget: BudgetPolicy = field(default_factory=BudgetPolicy)
+
+    @property
+    def claim(self) -> Claim:
+        return self.state.claim
 
     @property
     def task(self) -> Task:
-        return self.claim.task
+        return self.state.claim.task
 
     @property
     def attempt(self) -> int:
-        return self.claim.task.attempts
+        """This attempt's number, from 1."""
+        return self.state.claim.task.attempts
 
     def agent(self) -> Agent:
         """The task's agent; :class:`AgentUnavailable` (not retryable) if it vanished or is inactive."""
@@ -60,9 +63,19 @@ class AgentJob:
             raise AgentUnavailable(f"agent {agent.id!r} of task {self.task.id!r} is inactive")
         return agent
 
+    def should_stop(self) -> bool:
+        """True once the run must end: ``remove_job`` asked, or another worker took the task over."""
+        return self.state.lost or self.store.cancel_requested(self.task.id)
+
     def run_agent(self, *, instructions: str | None = None) -> AttemptResult:
-        """Run the agent loop for this task; ``instructions`` are appended to the agent's system prompt."""
+        """Run the agent loop for this task; ``instructions`` are appended to the agent's system prompt.
+
+        Raises:
+            AgentUnavailable, BudgetExceeded: Before any model request; not retryable.
+            AgentRunError: From the loop, carrying the usage, transcript and cost so far.
+        """
         agent = self.agent()
+        self.budget.check(self.store, self.task, utcnow())
         prompt = "\n\n".join(part for part in (agent.system_prompt, instructions) if part) or None
         spec = AgentSpec(
             id=agent.id,
@@ -74,6 +87,11 @@ class AgentJob:
             temperature=agent.temperature,
             max_tokens=agent.max_tokens,
             max_turns=agent.max_turns,
+            base_url=agent.base_url,
+            tool_timeout_s=agent.tool_timeout_s,
+            run_time_limit_s=agent.run_time_limit_s,
+            fallback_provider=agent.fallback_provider,
+            fallback_model=agent.fallback_model,
         )
         task = TaskInput(
             id=self.task.id,
@@ -81,10 +99,17 @@ class AgentJob:
             description=self.task.description,
             context=self.task.context,
         )
-        outcome = self.orchestrator.run(spec, task)
+        outcome = self.orchestrator.run(spec, task, should_stop=self.should_stop)
+        usage = outcome.usage
         return AttemptResult(
             result={"output": outcome.output, "turns": outcome.turns, "model": outcome.model},
-            usage=Usage(outcome.usage.input_tokens, outcome.usage.output_tokens),
+            usage=Usage(
+                usage.input_tokens,
+                usage.output_tokens,
+                cached_input_tokens=usage.cached_input_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                cost_usd=outcome.cost_usd,
+            ),
             transcript=list(outcome.transcript),
         )
 
@@ -138,6 +163,7 @@ def agent_actor(
     broker: dramatiq.Broker | None = None,
     queue_name: str | None = None,
     clock: Callable[[], datetime] = utcnow,
+    budget: BudgetPolicy | None = None,
     **options: Any,
 ) -> Callable[[AgentFunction], AgentActor]:
     """Declare the agent kind ``kind`` as an actor on ``broker`` (default: the global broker).
@@ -146,14 +172,17 @@ def agent_actor(
         kind: The ``ai_agents.kind`` this actor runs; also the actor's name.
         store: The task store the actor reverts enqueues in when Redis refuses a message.
         orchestrator: Returns the orchestrator that runs the agent loop (called per attempt).
+        budget: The organizations' monthly spending caps (default: none).
         broker: The broker to declare on.
         queue_name: Redis queue for this kind (default: the kind).
         **options: Dramatiq actor options (``time_limit``, ``max_retries`` caps attempts, ``priority`` …).
     """
 
+    policy = budget or BudgetPolicy()
+
     def decorator(fn: AgentFunction) -> AgentActor:
         def run(task_id: str) -> None:
-            report_outcome(task_id, fn(AgentJob(current_claim(task_id), orchestrator())))
+            report_outcome(task_id, fn(AgentJob(current_attempt(task_id), orchestrator(), store, policy)))
 
         run.__name__ = fn.__name__
         run.__qualname__ = fn.__qualname__

@@ -42,5 +42,9 @@ dramatiq.set_broker(runtime.broker)
 
 #: ``@agent_kind(kind=...)``: ``agent_actor`` bound to this process's store, orchestrator and broker.
 agent_kind = partial(
-    agent_actor, store=runtime.store, orchestrator=runtime.orchestrator, broker=runtime.broker
+    agent_actor,
+    store=runtime.store,
+    orchestrator=runtime.orchestrator,
+    broker=runtime.broker,
+    budget=runtime.budget,
 )

@@ -7,11 +7,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import dramatiq
+from pydantic import SecretStr
 
 from actors.broker import build_broker
+from actors.budget import BudgetPolicy
 from actors.task_queue import AgentTaskQueue
+from config.errors import ConfigError
 from config.settings import Settings
-from orchestrator import Orchestrator
+from orchestrator import Orchestrator, PriceTable, ProviderRegistry, ProviderSettings
 from taskstore import RetentionPolicy, TaskStore, build_store, utcnow
 
 
@@ -23,13 +26,39 @@ class Runtime:
     store: TaskStore
     broker: dramatiq.Broker
     queue: AgentTaskQueue
-    _orchestrator: Orchestrator | None = field(default=None, repr=False)
+    budget: BudgetPolicy = field(default_factory=BudgetPolicy)
+    _orchestrator: Orchestrator = field(default_factory=Orchestrator, repr=False)
 
     def orchestrator(self) -> Orchestrator:
-        """The orchestrator, built on first use."""
-        if self._orchestrator is None:
-            self._orchestrator = Orchestrator()
+        """The orchestrator (its SDK clients connect on their first call)."""
         return self._orchestrator
+
+
+def build_orchestrator(settings: Settings) -> Orchestrator:
+    """An orchestrator with the OpenAI and Anthropic providers and the price table from ``settings``."""
+    providers = ProviderRegistry.from_settings(
+        {
+            "openai": ProviderSettings(
+                api_key=_secret(settings.openai_api_key),
+                base_url=settings.openai_base_url,
+                timeout_s=settings.provider_timeout_s,
+            ),
+            "anthropic": ProviderSettings(
+                api_key=_secret(settings.anthropic_api_key),
+                base_url=settings.anthropic_base_url,
+                timeout_s=settings.provider_timeout_s,
+            ),
+        }
+    )
+    try:
+        prices = PriceTable.from_mapping(settings.model_prices)
+    except ValueError as exc:
+        raise ConfigError(f"AGENTQ_MODEL_PRICES_JSON: {exc}") from exc
+    return Orchestrator(providers, prices=prices)
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
 
 
 def build_runtime(
@@ -56,4 +85,12 @@ def build_runtime(
         retention=retention,
         clock=clock,
     )
-    return Runtime(settings=settings, store=store, broker=broker, queue=queue)
+    budget = BudgetPolicy.from_settings(settings.monthly_budget_usd, settings.organization_budgets)
+    return Runtime(
+        settings=settings,
+        store=store,
+        broker=broker,
+        queue=queue,
+        budget=budget,
+        _orchestrator=build_orchestrator(settings),
+    )

@@ -238,20 +238,21 @@ class AgentTaskQueue:
         return Job.from_task(task, self.store.get_runs(task_id))
 
     def remove_job(self, job_id: str) -> None:
-        """Cancel a waiting or delayed job (status ``cancelled``). A finished or cancelled job is left as is.
+        """Cancel a job: a waiting or delayed one at once; a running one stops before its next model or
+        tool call. Either way it ends ``cancelled``. A finished or cancelled job is left as is.
 
         Raises:
             TaskNotFound: No such job.
-            InvalidTransition: The job is running.
         """
         task_id = normalize_id(job_id, "job id")
         now = self.clock()
         if self.store.cancel(task_id, now=now) is not None:
             logger.info("[AgentTaskQueue] Job %s removed", task_id)
             return
-        task = self._task(task_id)
-        if task.status == TaskStatus.RUNNING:
-            raise InvalidTransition(task_id, task.status.value, TaskStatus.CANCELLED.value, "it is running")
+        if self.store.request_cancel(task_id, now=now) is not None:
+            logger.info("[AgentTaskQueue] Job %s asked to stop; it ends cancelled at its next step", task_id)
+            return
+        self._task(task_id)  # raises TaskNotFound for an unknown id
 
     def get_queue_stats(self) -> QueueStats:
         """Exact counts of waiting, active, completed, failed and delayed jobs."""

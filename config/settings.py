@@ -8,11 +8,13 @@ value (secrets are never echoed).
 
 from __future__ import annotations
 
+import json
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.errors import ConfigError
@@ -45,6 +47,27 @@ NonNegativeInt = Annotated[int, AfterValidator(_not_negative)]
 DottedPaths = Annotated[tuple[str, ...], NoDecode]
 
 
+def _positive_float(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be a positive number")
+    return value
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"is not valid JSON ({exc.msg} at position {exc.pos})") from None
+    if not isinstance(value, dict):
+        raise ValueError("must be a JSON object")
+    return value
+
+
+PositiveFloat = Annotated[float, AfterValidator(_positive_float)]
+JsonObject = Annotated[dict[str, Any], NoDecode, BeforeValidator(_json_object)]
+
+
 class Settings(BaseSettings):
     """Every setting of the project, with the environment variable that sets it."""
 
@@ -63,6 +86,21 @@ class Settings(BaseSettings):
     sqlite_path: Path = Field(default=Path("agentq.db"), validation_alias="AGENTQ_SQLITE_PATH")
     #: Largest Postgres connection pool per process; 0 sizes it from QUEUE_CONCURRENCY.
     db_pool_size: NonNegativeInt = Field(default=0, validation_alias="AGENTQ_DB_POOL_SIZE")
+
+    # --- Model providers (the SDKs' own variable names) ---
+    openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(default=None, validation_alias="OPENAI_BASE_URL")
+    anthropic_api_key: SecretStr | None = Field(default=None, validation_alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(default=None, validation_alias="ANTHROPIC_BASE_URL")
+    #: Longest one model call may take, in seconds (a run's time limit shortens it).
+    provider_timeout_s: PositiveFloat = Field(default=120.0, validation_alias="AGENTQ_PROVIDER_TIMEOUT_S")
+    #: Prices in USD per million tokens, JSON: {"model": {"input": 2.5, "output": 10, "cached_input": 1.25}}.
+    model_prices: JsonObject = Field(default_factory=dict, validation_alias="AGENTQ_MODEL_PRICES_JSON")
+
+    # --- Spending caps (USD per calendar month, UTC) ---
+    monthly_budget_usd: Decimal | None = Field(default=None, validation_alias="AGENTQ_MONTHLY_BUDGET_USD")
+    #: Per-organization caps overriding the default, JSON: {"<organization uuid>": 250}.
+    organization_budgets: JsonObject = Field(default_factory=dict, validation_alias="AGENTQ_ORG_BUDGETS_JSON")
 
     # --- Task semantics ---
     max_attempts: PositiveInt = Field(default=3, validation_alias="AGENTQ_MAX_ATTEMPTS")
@@ -113,6 +151,13 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("monthly_budget_usd")
+    @classmethod
+    def _budget(cls, value: Decimal | None) -> Decimal | None:
+        if value is not None and value < 0:
+            raise ValueError("must not be negative")
+        return value
+
     @field_validator("log_level")
     @classmethod
     def _log_level(cls, value: str) -> str:
@@ -155,7 +200,7 @@ class Settings(BaseSettings):
         return self.db_pool_size or self.queue_concurrency + 4
 
 
-_SECRET_FIELDS = {"REDIS_URL", "REDIS_PASSWORD", "DATABASE_URL"}
+_SECRET_FIELDS = {"REDIS_URL", "REDIS_PASSWORD", "DATABASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
 
 
 def _describe(error: Any) -> str:

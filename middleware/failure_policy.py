@@ -4,6 +4,8 @@
   Retry-After) postpones the task: it runs again after that delay and the attempt
   does not count — up to ``max_postpones`` times, after which postponements count
   as ordinary retryable failures, so a permanently throttled key still ends.
+* An exception whose ``cancels_task`` attribute is ``True`` (the orchestrator's ``RunCancelled``)
+  ends the task ``cancelled``.
 * An exception whose ``retryable`` attribute is ``False`` fails the task at once.
 * Anything else is retried while attempts remain, after ``backoff * 2**(n-1)`` ms.
 """
@@ -27,6 +29,8 @@ class Outcome(enum.Enum):
     RETRY = "retry"
     POSTPONE = "postpone"
     FAIL = "fail"
+    #: The run stopped because it was asked to (``cancels_task``): the task ends ``cancelled``.
+    CANCEL = "cancel"
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,8 @@ def decide(
     exception: BaseException, task: Task, *, max_attempts: int, backoff_base_ms: int, max_postpones: int
 ) -> Decision:
     """The :class:`Decision` for ``task``'s attempt that raised ``exception``."""
+    if getattr(exception, "cancels_task", False) is True:
+        return Decision(Outcome.CANCEL)
     delay = postpone_ms(exception)
     if delay is not None and task.postponed_count < max_postpones:
         return Decision(Outcome.POSTPONE, delay)

@@ -26,6 +26,7 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import dramatiq
@@ -43,7 +44,7 @@ from middleware.attempts import (
     report_outcome,
     take_queued,
 )
-from middleware.failure_policy import Outcome, decide, describe
+from middleware.failure_policy import Decision, Outcome, decide, describe
 from taskstore import (
     Claim,
     InvalidTransition,
@@ -229,7 +230,6 @@ class TaskLifecycle(dramatiq.Middleware):
         self, broker: dramatiq.Broker, message: MessageProxy, claim: Claim, exception: BaseException
     ) -> None:
         task = claim.task
-        error = describe(exception)
         decision = decide(
             exception,
             task,
@@ -237,65 +237,52 @@ class TaskLifecycle(dramatiq.Middleware):
             backoff_base_ms=self.backoff_ms,
             max_postpones=self.max_postpones,
         )
-        now = self.clock()
-        due = now + timedelta(milliseconds=decision.delay_ms)
-        usage, transcript = _usage_of(exception), getattr(exception, "transcript", None)
+        if not self._write(lambda: self._record(claim, exception, decision)):
+            logger.warning(
+                "[AgentTaskQueue] Job %s ended but is no longer held by run %s", task.id, claim.run_id
+            )
+            return
+        error = describe(exception)
+        if decision.outcome is Outcome.CANCEL:
+            logger.info("[AgentTaskQueue] Job %s cancelled", task.id)
+            return
         if decision.outcome is Outcome.POSTPONE:
-            recorded = self._write(
-                lambda: self.store.postpone(
-                    task.id,
-                    claim.run_id,
-                    reason=error,
-                    run_at=due,
-                    usage=usage,
-                    transcript=transcript,
-                    now=now,
-                )
-            )
+            logger.info("[AgentTaskQueue] Job %s postponed for %sms: %s", task.id, decision.delay_ms, error)
         else:
-            stacktrace = "".join(traceback.format_exception(exception))
-            retry_at = due if decision.outcome is Outcome.RETRY else None
-            recorded = self._write(
-                lambda: self.store.fail_attempt(
-                    task.id,
-                    claim.run_id,
-                    error=error,
-                    stacktrace=stacktrace,
-                    usage=usage,
-                    transcript=transcript,
-                    retry_at=retry_at,
-                    now=now,
-                )
-            )
-        if not recorded:
+            logger.error("[AgentTaskQueue] ✗ Job %s failed: %s", task.id, error)
+        if decision.outcome is Outcome.FAIL:
             logger.warning(
-                "[AgentTaskQueue] Job %s failed but is no longer held by run %s", task.id, claim.run_id
+                "[AgentTaskQueue] ⚠ Job %s moved to dead letter queue after %s attempts",
+                task.id,
+                task.attempts,
             )
             return
-        self._report(broker, message, task.id, task.attempts, error, decision.outcome, decision.delay_ms)
+        if decision.outcome is Outcome.RETRY:
+            logger.info("Retrying job %s in %sms (attempt %s)", task.id, decision.delay_ms, task.attempts + 1)
+        broker.enqueue(message.copy(options={QUEUED_OPTION: True}), delay=decision.delay_ms)
 
-    def _report(
-        self,
-        broker: dramatiq.Broker,
-        message: MessageProxy,
-        task_id: str,
-        attempts: int,
-        error: str,
-        outcome: Outcome,
-        delay_ms: int,
-    ) -> None:
-        if outcome is Outcome.POSTPONE:
-            logger.info("[AgentTaskQueue] Job %s postponed for %sms: %s", task_id, delay_ms, error)
-        else:
-            logger.error("[AgentTaskQueue] ✗ Job %s failed: %s", task_id, error)
-        if outcome is Outcome.FAIL:
-            logger.warning(
-                "[AgentTaskQueue] ⚠ Job %s moved to dead letter queue after %s attempts", task_id, attempts
+    def _record(self, claim: Claim, exception: BaseException, decision: Decision) -> bool:
+        """Write the attempt's end as ``decision`` says; ``False`` if the run no longer holds the task."""
+        task_id, run_id, now = claim.task.id, claim.run_id, self.clock()
+        usage, transcript = _usage_of(exception), _transcript_of(exception)
+        due = now + timedelta(milliseconds=decision.delay_ms)
+        if decision.outcome is Outcome.CANCEL:
+            return self.store.finish_cancelled(task_id, run_id, usage=usage, transcript=transcript, now=now)
+        if decision.outcome is Outcome.POSTPONE:
+            reason = describe(exception)
+            return self.store.postpone(
+                task_id, run_id, reason=reason, run_at=due, usage=usage, transcript=transcript, now=now
             )
-            return
-        if outcome is Outcome.RETRY:
-            logger.info("Retrying job %s in %sms (attempt %s)", task_id, delay_ms, attempts + 1)
-        broker.enqueue(message.copy(options={QUEUED_OPTION: True}), delay=delay_ms)
+        return self.store.fail_attempt(
+            task_id,
+            run_id,
+            error=describe(exception),
+            stacktrace="".join(traceback.format_exception(exception)),
+            usage=usage,
+            transcript=transcript,
+            retry_at=due if decision.outcome is Outcome.RETRY else None,
+            now=now,
+        )
 
     def _write(self, write: Callable[[], T]) -> T:
         """Run a status write, retrying while the database is unreachable (bounded)."""
@@ -322,6 +309,11 @@ def send_queued(broker: dramatiq.Broker, kind: str, task_id: str) -> None:
     broker.get_actor(kind).send_with_options(args=(task_id,), **options)
 
 
+def _transcript_of(exception: BaseException) -> list[dict[str, Any]] | None:
+    transcript = getattr(exception, "transcript", None)
+    return list(transcript) if isinstance(transcript, list | tuple) else None
+
+
 def _as_result(value: Any) -> dict[str, Any]:
     if isinstance(value, AttemptResult):
         return value.result
@@ -331,10 +323,18 @@ def _as_result(value: Any) -> dict[str, Any]:
 
 
 def _usage_of(exception: BaseException) -> Usage:
+    """The tokens and cost a failed run used, when its error carries them (the orchestrator's do)."""
     usage = getattr(exception, "usage", None)
+    cost = getattr(exception, "cost_usd", None)
     if usage is None:
-        return Usage()
-    return Usage(int(getattr(usage, "input_tokens", 0)), int(getattr(usage, "output_tokens", 0)))
+        return Usage(cost_usd=cost if isinstance(cost, Decimal) else None)
+    return Usage(
+        int(getattr(usage, "input_tokens", 0)),
+        int(getattr(usage, "output_tokens", 0)),
+        cached_input_tokens=int(getattr(usage, "cached_input_tokens", 0)),
+        reasoning_tokens=int(getattr(usage, "reasoning_tokens", 0)),
+        cost_usd=cost if isinstance(cost, Decimal) else None,
+    )
 
 
 __all__ = [

@@ -294,6 +294,9 @@ class RunCancelled(AgentRunError):
     Distinct from a failure: the caller marks the task ``cancelled``.
     """
 
+    #: Tells the queue to end the task ``cancelled`` rather than failed.
+    cancels_task = True
+
     def __init__(self, where: str) -> None:
         """Build the error.
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
 
 from taskstore.errors import InvalidTaskId
@@ -153,6 +154,30 @@ class TaskStore(Protocol):
     ) -> bool:
         """Record run ``run_id`` as failed: ``running → queued`` (due at ``retry_at``) or, when ``retry_at``
         is ``None``, ``running → failed``. ``False`` if that run no longer holds the task."""
+        ...
+
+    def request_cancel(self, task_id: str, *, now: datetime) -> Task | None:
+        """Ask a ``running`` task to stop; it ends ``cancelled`` at its next step. ``None`` if not running."""
+        ...
+
+    def cancel_requested(self, task_id: str) -> bool:
+        """Whether a stop was asked for the task (cheap: checked before every model and tool call)."""
+        ...
+
+    def finish_cancelled(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        """``running → cancelled`` for run ``run_id`` (which ends ``cancelled``)."""
+        ...
+
+    def organization_spend(self, organization_id: str, *, since: datetime) -> Decimal:
+        """USD spent on the organization's runs started since ``since`` (runs of unknown price count 0)."""
         ...
 
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:

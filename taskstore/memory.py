@@ -10,6 +10,7 @@ import copy
 import threading
 from dataclasses import replace
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from taskstore.base import new_id
@@ -75,6 +76,11 @@ class InMemoryTaskStore:
             is_active=agent.is_active,
             created_at=now,
             updated_at=now,
+            base_url=agent.base_url,
+            tool_timeout_s=agent.tool_timeout_s,
+            run_time_limit_s=agent.run_time_limit_s,
+            fallback_provider=agent.fallback_provider,
+            fallback_model=agent.fallback_model,
         )
         with self._lock:
             self.agents[record.id] = record
@@ -111,6 +117,10 @@ class InMemoryTaskStore:
             postponed_count=0,
             input_tokens=0,
             output_tokens=0,
+            cached_input_tokens=0,
+            reasoning_tokens=0,
+            cost_usd=Decimal(0),
+            cancel_requested_at=None,
             queued_at=None,
             started_at=None,
             completed_at=None,
@@ -208,6 +218,9 @@ class InMemoryTaskStore:
                 stacktrace=None,
                 input_tokens=0,
                 output_tokens=0,
+                cached_input_tokens=0,
+                reasoning_tokens=0,
+                cost_usd=None,
                 transcript=None,
                 trace_id=None,
             )
@@ -241,8 +254,7 @@ class InMemoryTaskStore:
                 result=copy.deepcopy(result),
                 error=None,
                 completed_at=now,
-                input_tokens=task.input_tokens + usage.input_tokens,
-                output_tokens=task.output_tokens + usage.output_tokens,
+                **_added_usage(task, usage),
                 archived_at=None,
                 updated_at=now,
             )
@@ -275,8 +287,7 @@ class InMemoryTaskStore:
                 worker_id=None,
                 lease_expires_at=None,
                 failed_at=now if final else task.failed_at,
-                input_tokens=task.input_tokens + usage.input_tokens,
-                output_tokens=task.output_tokens + usage.output_tokens,
+                **_added_usage(task, usage),
                 archived_at=None,
                 updated_at=now,
             )
@@ -356,8 +367,7 @@ class InMemoryTaskStore:
                 queued_at=now,
                 worker_id=None,
                 lease_expires_at=None,
-                input_tokens=task.input_tokens + usage.input_tokens,
-                output_tokens=task.output_tokens + usage.output_tokens,
+                **_added_usage(task, usage),
                 updated_at=now,
             )
             self._finish_run(run_id, RunStatus.POSTPONED, reason, None, usage, transcript, now)
@@ -428,8 +438,59 @@ class InMemoryTaskStore:
             finished_at=now,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
+            cached_input_tokens=usage.cached_input_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_usd=usage.cost_usd,
             transcript=copy.deepcopy(transcript),
         )
+
+    def request_cancel(self, task_id: str, *, now: datetime) -> Task | None:
+        with self._lock:
+            return self._swap(task_id, {TaskStatus.RUNNING}, cancel_requested_at=now, updated_at=now)
+
+    def cancel_requested(self, task_id: str) -> bool:
+        with self._lock:
+            task = self.tasks.get(task_id)
+            return task is not None and task.cancel_requested_at is not None
+
+    def finish_cancelled(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        with self._lock:
+            task = self._holds(task_id, run_id)
+            if task is None:
+                return False
+            self.tasks[task_id] = replace(
+                task,
+                status=TaskStatus.CANCELLED,
+                worker_id=None,
+                lease_expires_at=None,
+                run_at=None,
+                updated_at=now,
+                **_added_usage(task, usage),
+            )
+            self._finish_run(
+                run_id, RunStatus.CANCELLED, "cancelled on request", None, usage, transcript, now
+            )
+            return True
+
+    def organization_spend(self, organization_id: str, *, since: datetime) -> Decimal:
+        with self._lock:
+            tasks = {task.id for task in self.tasks.values() if task.organization_id == organization_id}
+            return sum(
+                (
+                    run.cost_usd or Decimal(0)
+                    for run in self.runs.values()
+                    if run.task_id in tasks and run.started_at >= since
+                ),
+                Decimal(0),
+            )
 
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
         with self._lock:
@@ -448,6 +509,7 @@ class InMemoryTaskStore:
                 {TaskStatus.FAILED},
                 status=TaskStatus.QUEUED,
                 postponed_count=0,
+                cancel_requested_at=None,
                 attempts=0,
                 stalled_count=0,
                 error=None,
@@ -501,3 +563,14 @@ class InMemoryTaskStore:
         for task_id in doomed:
             self.tasks[task_id] = replace(self.tasks[task_id], archived_at=now, updated_at=now)
         return doomed
+
+
+def _added_usage(task: Task, usage: Usage) -> dict[str, Any]:
+    """The task's usage columns with a run's usage added."""
+    return {
+        "input_tokens": task.input_tokens + usage.input_tokens,
+        "output_tokens": task.output_tokens + usage.output_tokens,
+        "cached_input_tokens": task.cached_input_tokens + usage.cached_input_tokens,
+        "reasoning_tokens": task.reasoning_tokens + usage.reasoning_tokens,
+        "cost_usd": task.cost_usd + (usage.cost_usd or 0),
+    }

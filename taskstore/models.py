@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 
@@ -28,6 +29,8 @@ class TaskStatus(enum.StrEnum):
 class RunStatus(enum.StrEnum):
     """Outcome of one attempt."""
 
+    #: Stopped on request (``remove_job`` of a running task); the task is ``cancelled``.
+    CANCELLED = "cancelled"
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
@@ -58,6 +61,11 @@ class Agent:
     is_active: bool
     created_at: datetime
     updated_at: datetime
+    base_url: str | None = None
+    tool_timeout_s: float = 30.0
+    run_time_limit_s: float | None = None
+    fallback_provider: str | None = None
+    fallback_model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,10 @@ class Task:
     postponed_count: int
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int
+    reasoning_tokens: int
+    cost_usd: Decimal
+    cancel_requested_at: datetime | None
     queued_at: datetime | None
     started_at: datetime | None
     completed_at: datetime | None
@@ -113,6 +125,9 @@ class Run:
     stacktrace: str | None
     input_tokens: int
     output_tokens: int
+    cached_input_tokens: int
+    reasoning_tokens: int
+    cost_usd: Decimal | None
     transcript: list[dict[str, Any]] | None
     trace_id: str | None
 
@@ -162,6 +177,11 @@ class NewAgent:
     max_tokens: int | None = None
     max_turns: int = 10
     is_active: bool = True
+    base_url: str | None = None
+    tool_timeout_s: float = 30.0
+    run_time_limit_s: float | None = None
+    fallback_provider: str | None = None
+    fallback_model: str | None = None
     id: str | None = None
 
 
@@ -183,10 +203,13 @@ class NewTask:
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Token counts of one attempt."""
+    """Tokens and cost of one attempt (``cost_usd`` None: a model's price is unknown)."""
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost_usd: Decimal | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import psycopg
@@ -46,7 +47,7 @@ from taskstore.rows import (
     task_from_row,
     unprefixed,
 )
-from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR
+from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, run_usage_sql, task_usage_sql
 from taskstore.schema import MIGRATIONS, MIGRATIONS_TABLE
 
 T = TypeVar("T")
@@ -73,19 +74,22 @@ SELECT {prefixed("t_", TASK_COLUMNS, "t")}, {prefixed("a_", AGENT_COLUMNS, "a")}
   FROM claimed t LEFT JOIN ai_agents a ON a.id = t.agent_id
 """
 
+_TASK_USAGE = task_usage_sql("%({})s")
+_RUN_USAGE = run_usage_sql("%({})s")
+
 _FINISH = """
 WITH task AS (
     UPDATE ai_agent_tasks
        SET status = {status}, {status_time}error = %(error)s, result = COALESCE(%(result)s, result),
            run_at = %(retry_at)s, archived_at = NULL, updated_at = %(now)s,
            worker_id = NULL, lease_expires_at = NULL,
-           input_tokens = input_tokens + %(input_tokens)s, output_tokens = output_tokens + %(output_tokens)s
+           {task_usage}
      WHERE id = %(id)s AND status = 'running' AND current_run_id = %(run_id)s
  RETURNING id
 )
 UPDATE ai_agent_task_runs
    SET status = %(run_status)s, finished_at = %(now)s, error = %(error)s, stacktrace = %(stacktrace)s,
-       input_tokens = %(input_tokens)s, output_tokens = %(output_tokens)s, transcript = %(transcript)s
+       {run_usage}, transcript = %(transcript)s
  WHERE id = %(run_id)s AND EXISTS (SELECT 1 FROM task)
 RETURNING id
 """
@@ -117,19 +121,18 @@ WITH expired AS (
 SELECT recovered.*, a.kind FROM recovered LEFT JOIN ai_agents a ON a.id = recovered.agent_id
 """
 
-_POSTPONE = """
+_POSTPONE = f"""
 WITH task AS (
     UPDATE ai_agent_tasks
        SET status = 'queued', attempts = attempts - 1, postponed_count = postponed_count + 1,
            run_at = %(run_at)s, queued_at = %(now)s, worker_id = NULL, lease_expires_at = NULL,
-           updated_at = %(now)s, input_tokens = input_tokens + %(input_tokens)s,
-           output_tokens = output_tokens + %(output_tokens)s
+           updated_at = %(now)s, {_TASK_USAGE}
      WHERE id = %(id)s AND status = 'running' AND current_run_id = %(run_id)s
  RETURNING id
 )
 UPDATE ai_agent_task_runs
-   SET status = 'postponed', finished_at = %(now)s, error = %(error)s, input_tokens = %(input_tokens)s,
-       output_tokens = %(output_tokens)s, transcript = %(transcript)s
+   SET status = 'postponed', finished_at = %(now)s, error = %(error)s, {_RUN_USAGE},
+       transcript = %(transcript)s
  WHERE id = %(run_id)s AND EXISTS (SELECT 1 FROM task)
 RETURNING id
 """
@@ -264,6 +267,11 @@ class PostgresTaskStore:
             "max_tokens": agent.max_tokens,
             "max_turns": agent.max_turns,
             "is_active": agent.is_active,
+            "base_url": agent.base_url,
+            "tool_timeout_s": agent.tool_timeout_s,
+            "run_time_limit_s": agent.run_time_limit_s,
+            "fallback_provider": agent.fallback_provider,
+            "fallback_model": agent.fallback_model,
             "created_at": now,
             "updated_at": now,
         }
@@ -357,9 +365,7 @@ class PostgresTaskStore:
         transcript: list[dict[str, Any]] | None,
         now: datetime,
     ) -> bool:
-        query = sql.SQL(_FINISH).format(
-            status=sql.Literal("completed"), status_time=sql.SQL("completed_at = %(now)s, ")
-        )
+        query = _finish_query("completed", "completed_at")
         params = _finish_params(task_id, run_id, usage, transcript, now)
         params.update(result=Jsonb(result), run_status="completed")
         return bool(self._fetch(query, params))
@@ -377,10 +383,7 @@ class PostgresTaskStore:
         now: datetime,
     ) -> bool:
         final = retry_at is None
-        query = sql.SQL(_FINISH).format(
-            status=sql.Literal("failed" if final else "queued"),
-            status_time=sql.SQL("failed_at = %(now)s, " if final else "queued_at = %(now)s, "),
-        )
+        query = _finish_query("failed" if final else "queued", "failed_at" if final else "queued_at")
         params = _finish_params(task_id, run_id, usage, transcript, now)
         params.update(error=error, stacktrace=stacktrace, retry_at=retry_at, run_status="failed")
         return bool(self._fetch(query, params))
@@ -457,6 +460,43 @@ class PostgresTaskStore:
         )
         return [task_from_row(row) for row in rows]
 
+    def request_cancel(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._one(
+            "UPDATE ai_agent_tasks SET cancel_requested_at = %(now)s, updated_at = %(now)s"
+            " WHERE id = %(id)s AND status = 'running' RETURNING *",
+            {"id": task_id, "now": now},
+            task_from_row,
+        )
+
+    def cancel_requested(self, task_id: str) -> bool:
+        rows = self._fetch(
+            "SELECT cancel_requested_at IS NOT NULL AS requested FROM ai_agent_tasks WHERE id = %(id)s",
+            {"id": task_id},
+        )
+        return bool(rows and rows[0]["requested"])
+
+    def finish_cancelled(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        params = _finish_params(task_id, run_id, usage, transcript, now)
+        params.update(error="cancelled on request", run_status="cancelled")
+        return bool(self._fetch(_finish_query("cancelled", None), params))
+
+    def organization_spend(self, organization_id: str, *, since: datetime) -> Decimal:
+        rows = self._fetch(
+            "SELECT COALESCE(SUM(r.cost_usd), 0) AS spent FROM ai_agent_task_runs r"
+            " JOIN ai_agent_tasks t ON t.id = r.task_id"
+            " WHERE t.organization_id = %(org)s AND r.started_at >= %(since)s",
+            {"org": organization_id, "since": since},
+        )
+        return Decimal(rows[0]["spent"])
+
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
         return self._one(
             "UPDATE ai_agent_tasks SET status = 'cancelled', run_at = NULL, updated_at = %(now)s"
@@ -468,7 +508,7 @@ class PostgresTaskStore:
     def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
         return self._one(
             "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0, error = NULL,"
-            " postponed_count = 0,"
+            " postponed_count = 0, cancel_requested_at = NULL,"
             " run_at = %(run_at)s, queued_at = %(now)s, failed_at = NULL, archived_at = NULL,"
             " updated_at = %(now)s"
             " WHERE id = %(id)s AND status = 'failed' RETURNING *",
@@ -511,6 +551,17 @@ class PostgresTaskStore:
         return CleanupResult(counts[0], counts[1], deleted)
 
 
+def _finish_query(status: str, status_time: str | None) -> sql.Composed:
+    """The finishing statement: the task becomes ``status``, stamping ``status_time`` if given."""
+    stamp = sql.SQL("{} = %(now)s, ").format(sql.Identifier(status_time)) if status_time else sql.SQL("")
+    return sql.SQL(_FINISH).format(
+        status=sql.Literal(status),
+        status_time=stamp,
+        task_usage=sql.SQL(_TASK_USAGE),
+        run_usage=sql.SQL(_RUN_USAGE),
+    )
+
+
 def _finish_params(
     task_id: str, run_id: str, usage: Usage, transcript: list[dict[str, Any]] | None, now: datetime
 ) -> dict[str, Any]:
@@ -524,5 +575,8 @@ def _finish_params(
         "retry_at": None,
         "input_tokens": usage.input_tokens,
         "output_tokens": usage.output_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cost_usd": usage.cost_usd,
         "transcript": Jsonb(transcript) if transcript is not None else None,
     }

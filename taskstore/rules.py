@@ -6,3 +6,21 @@ from __future__ import annotations
 STALLED_ERROR = "job stalled - worker may have crashed (lease expired)"
 #: Error that fails a task once it stalled more often than allowed.
 STALLED_LIMIT_ERROR = "job stalled more than allowable limit"
+
+#: Usage columns a finished run records and its task accumulates.
+USAGE_COLUMNS = ("input_tokens", "output_tokens", "cached_input_tokens", "reasoning_tokens")
+
+
+def task_usage_sql(param: str) -> str:
+    """``SET`` clause adding a run's usage (parameters named like the columns) to its task.
+
+    Args:
+        param: The driver's placeholder for a name, e.g. ``":{}"`` (SQLite) or ``"%({})s"`` (psycopg).
+    """
+    tokens = ", ".join(f"{column} = {column} + {param.format(column)}" for column in USAGE_COLUMNS)
+    return f"{tokens}, cost_usd = cost_usd + COALESCE({param.format('cost_usd')}, 0)"
+
+
+def run_usage_sql(param: str) -> str:
+    """``SET`` clause storing a run's usage; see :func:`task_usage_sql`."""
+    return ", ".join(f"{column} = {param.format(column)}" for column in (*USAGE_COLUMNS, "cost_usd"))

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 Dialect = Literal["postgres", "sqlite"]
-ColumnType = Literal["uuid", "text", "int", "real", "bool", "json", "timestamp", "text_array"]
+ColumnType = Literal["uuid", "text", "int", "real", "money", "bool", "json", "timestamp", "text_array"]
 
 #: Directory holding the rendered Postgres migrations.
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -26,6 +26,7 @@ _TYPES: dict[ColumnType, tuple[str, str]] = {
     "text": ("text", "TEXT"),
     "int": ("integer", "INTEGER"),
     "real": ("double precision", "REAL"),
+    "money": ("numeric(16, 8)", "NUMERIC"),
     "bool": ("boolean", "INTEGER"),
     "json": ("jsonb", "TEXT"),
     "timestamp": ("timestamptz", "TEXT"),
@@ -143,6 +144,11 @@ AGENTS = CreateTable(
         Column("temperature", "real"),
         Column("max_tokens", "int", check="max_tokens IS NULL OR max_tokens > 0"),
         Column("max_turns", "int", nullable=False, default="10", check="max_turns > 0"),
+        Column("base_url", "text"),
+        Column("tool_timeout_s", "real", nullable=False, default="30", check="tool_timeout_s > 0"),
+        Column("run_time_limit_s", "real", check="run_time_limit_s IS NULL OR run_time_limit_s > 0"),
+        Column("fallback_provider", "text"),
+        Column("fallback_model", "text"),
         Column("is_active", "bool", nullable=False, default="TRUE"),
         Column("created_at", "timestamp", nullable=False, default=_NOW),
         Column("updated_at", "timestamp", nullable=False, default=_NOW),
@@ -183,6 +189,10 @@ TASKS = CreateTable(
         Column("postponed_count", "int", nullable=False, default="0"),
         Column("input_tokens", "int", nullable=False, default="0"),
         Column("output_tokens", "int", nullable=False, default="0"),
+        Column("cached_input_tokens", "int", nullable=False, default="0"),
+        Column("reasoning_tokens", "int", nullable=False, default="0"),
+        Column("cost_usd", "money", nullable=False, default="0"),
+        Column("cancel_requested_at", "timestamp"),
         Column("queued_at", "timestamp"),
         Column("started_at", "timestamp"),
         Column("completed_at", "timestamp"),
@@ -203,7 +213,7 @@ RUNS = CreateTable(
             "status",
             "text",
             nullable=False,
-            check="status IN ('running', 'completed', 'failed', 'postponed', 'stalled')",
+            check="status IN ('running', 'completed', 'failed', 'postponed', 'stalled', 'cancelled')",
         ),
         Column("worker_id", "text"),
         Column("started_at", "timestamp", nullable=False, default=_NOW),
@@ -212,6 +222,10 @@ RUNS = CreateTable(
         Column("stacktrace", "text"),
         Column("input_tokens", "int", nullable=False, default="0"),
         Column("output_tokens", "int", nullable=False, default="0"),
+        Column("cached_input_tokens", "int", nullable=False, default="0"),
+        Column("reasoning_tokens", "int", nullable=False, default="0"),
+        #: NULL when a model's price is unknown (no cost rather than a wrong one).
+        Column("cost_usd", "money"),
         Column("transcript", "json"),
         Column("trace_id", "text"),
     ),
@@ -252,6 +266,7 @@ MIGRATIONS: tuple[Migration, ...] = (
                 "ai_agent_tasks_failed_idx", "ai_agent_tasks", ("failed_at",), where="status = 'failed'"
             ),
             CreateIndex("ai_agent_task_runs_task_idx", "ai_agent_task_runs", ("task_id", "attempt")),
+            CreateIndex("ai_agent_task_runs_started_idx", "ai_agent_task_runs", ("started_at",)),
         ),
     ),
 )

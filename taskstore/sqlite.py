@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,12 @@ from taskstore.models import (
     WaitingTask,
 )
 from taskstore.rows import agent_from_row, run_from_row, task_from_row
-from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR
+from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, run_usage_sql, task_usage_sql
 from taskstore.schema import AGENTS, MIGRATIONS, MIGRATIONS_TABLE, RUNS, TASKS, ColumnType, CreateTable
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+_TASK_USAGE = task_usage_sql(":{}")
+_RUN_USAGE = run_usage_sql(":{}")
 
 
 def encode_time(value: datetime | None) -> str | None:
@@ -68,6 +71,7 @@ _DECODERS: dict[ColumnType, Any] = {
     "json": lambda value: None if value is None else json.loads(value),
     "text_array": lambda value: json.loads(value) if value else [],
     "bool": lambda value: None if value is None else bool(value),
+    "money": lambda value: None if value is None else Decimal(str(value)),
 }
 _TYPES = {**_column_types(AGENTS), **_column_types(TASKS), **_column_types(RUNS)}
 
@@ -81,6 +85,16 @@ def _decode(row: sqlite3.Row, prefix: str = "") -> dict[str, Any]:
         decoder = _DECODERS.get(_TYPES.get(name, "text"))
         values[name] = decoder(row[key]) if decoder else row[key]
     return values
+
+
+def _usage_params(usage: Usage) -> dict[str, Any]:
+    return {
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cached_input_tokens": usage.cached_input_tokens,
+        "reasoning_tokens": usage.reasoning_tokens,
+        "cost_usd": None if usage.cost_usd is None else str(usage.cost_usd),
+    }
 
 
 def _json(value: Any) -> str | None:
@@ -203,6 +217,11 @@ class SqliteTaskStore:
             "max_tokens": agent.max_tokens,
             "max_turns": agent.max_turns,
             "is_active": int(agent.is_active),
+            "base_url": agent.base_url,
+            "tool_timeout_s": agent.tool_timeout_s,
+            "run_time_limit_s": agent.run_time_limit_s,
+            "fallback_provider": agent.fallback_provider,
+            "fallback_model": agent.fallback_model,
             "created_at": stamp,
             "updated_at": stamp,
         }
@@ -320,7 +339,7 @@ class SqliteTaskStore:
                 "UPDATE ai_agent_tasks SET status = 'completed', result = :result, error = NULL,"
                 " worker_id = NULL, lease_expires_at = NULL,"
                 " completed_at = :now, archived_at = NULL, updated_at = :now,"
-                " input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens"
+                f" {_TASK_USAGE}"
                 " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
                 {**params, "result": _json(result)},
             ).rowcount
@@ -354,7 +373,7 @@ class SqliteTaskStore:
                 " queued_at = CASE WHEN :retry_at IS NULL THEN queued_at ELSE :now END,"
                 " worker_id = NULL, lease_expires_at = NULL,"
                 " error = :error, run_at = :retry_at, archived_at = NULL, updated_at = :now,"
-                " input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens"
+                f" {_TASK_USAGE}"
                 " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
                 params,
             ).rowcount
@@ -370,8 +389,7 @@ class SqliteTaskStore:
             "id": task_id,
             "run_id": run_id,
             "now": encode_time(now),
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
+            **_usage_params(usage),
             "transcript": _json(transcript),
             "error": None,
             "stacktrace": None,
@@ -381,8 +399,7 @@ class SqliteTaskStore:
     def _finish_run(conn: sqlite3.Connection, status: str, params: dict[str, Any]) -> None:
         conn.execute(
             "UPDATE ai_agent_task_runs SET status = :status, finished_at = :now, error = :error,"
-            " stacktrace = :stacktrace, input_tokens = :input_tokens, output_tokens = :output_tokens,"
-            " transcript = :transcript WHERE id = :run_id",
+            f" stacktrace = :stacktrace, {_RUN_USAGE}, transcript = :transcript WHERE id = :run_id",
             {**params, "status": status},
         )
 
@@ -457,7 +474,7 @@ class SqliteTaskStore:
                 "UPDATE ai_agent_tasks SET status = 'queued', attempts = attempts - 1,"
                 " postponed_count = postponed_count + 1, run_at = :run_at, queued_at = :now,"
                 " worker_id = NULL, lease_expires_at = NULL, updated_at = :now,"
-                " input_tokens = input_tokens + :input_tokens, output_tokens = output_tokens + :output_tokens"
+                f" {_TASK_USAGE}"
                 " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
                 params,
             ).rowcount
@@ -500,6 +517,51 @@ class SqliteTaskStore:
         )
         return [task_from_row(_decode(row)) for row in rows]
 
+    def request_cancel(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._update_task(
+            "UPDATE ai_agent_tasks SET cancel_requested_at = :now, updated_at = :now"
+            " WHERE id = :id AND status = 'running' RETURNING *",
+            {"id": task_id, "now": encode_time(now)},
+        )
+
+    def cancel_requested(self, task_id: str) -> bool:
+        rows = self._query(
+            "SELECT cancel_requested_at IS NOT NULL FROM ai_agent_tasks WHERE id = ?", (task_id,)
+        )
+        return bool(rows and rows[0][0])
+
+    def finish_cancelled(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            **self._finish_params(task_id, run_id, usage, transcript, now),
+            "error": "cancelled on request",
+        }
+        with self._transaction() as conn:
+            updated = conn.execute(
+                "UPDATE ai_agent_tasks SET status = 'cancelled', worker_id = NULL, lease_expires_at = NULL,"
+                f" run_at = NULL, updated_at = :now, {_TASK_USAGE}"
+                " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
+                params,
+            ).rowcount
+            if updated:
+                self._finish_run(conn, "cancelled", params)
+        return bool(updated)
+
+    def organization_spend(self, organization_id: str, *, since: datetime) -> Decimal:
+        rows = self._query(
+            "SELECT COALESCE(SUM(r.cost_usd), 0) FROM ai_agent_task_runs r JOIN ai_agent_tasks t"
+            " ON t.id = r.task_id WHERE t.organization_id = ? AND r.started_at >= ?",
+            (organization_id, encode_time(since)),
+        )
+        return Decimal(str(rows[0][0]))
+
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
         return self._update_task(
             "UPDATE ai_agent_tasks SET status = 'cancelled', run_at = NULL, updated_at = :now"
@@ -510,7 +572,7 @@ class SqliteTaskStore:
     def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
         return self._update_task(
             "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0, error = NULL,"
-            " postponed_count = 0,"
+            " postponed_count = 0, cancel_requested_at = NULL,"
             " run_at = :run_at, queued_at = :now, failed_at = NULL, archived_at = NULL, updated_at = :now"
             " WHERE id = :id AND status = 'failed' RETURNING *",
             {"id": task_id, "run_at": encode_time(run_at), "now": encode_time(now)},

@@ -83,7 +83,11 @@ class Harness:
 def declare_kinds(runtime: Runtime) -> dict[str, AgentActor]:
     """The kinds the tests use: ``general`` runs the agent; ``flaky`` raises plain exceptions."""
     declare = partial(
-        agent_actor, store=runtime.store, orchestrator=runtime.orchestrator, broker=runtime.broker
+        agent_actor,
+        store=runtime.store,
+        orchestrator=runtime.orchestrator,
+        broker=runtime.broker,
+        budget=runtime.budget,
     )
 
     @declare(kind="general")

@@ -19,6 +19,11 @@ CREATE TABLE IF NOT EXISTS ai_agents (
     temperature double precision,
     max_tokens integer CHECK (max_tokens IS NULL OR max_tokens > 0),
     max_turns integer NOT NULL DEFAULT 10 CHECK (max_turns > 0),
+    base_url text,
+    tool_timeout_s double precision NOT NULL DEFAULT 30 CHECK (tool_timeout_s > 0),
+    run_time_limit_s double precision CHECK (run_time_limit_s IS NULL OR run_time_limit_s > 0),
+    fallback_provider text,
+    fallback_model text,
     is_active boolean NOT NULL DEFAULT TRUE,
     created_at timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP,
     updated_at timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP
@@ -50,6 +55,10 @@ CREATE TABLE IF NOT EXISTS ai_agent_tasks (
     postponed_count integer NOT NULL DEFAULT 0,
     input_tokens integer NOT NULL DEFAULT 0,
     output_tokens integer NOT NULL DEFAULT 0,
+    cached_input_tokens integer NOT NULL DEFAULT 0,
+    reasoning_tokens integer NOT NULL DEFAULT 0,
+    cost_usd numeric(16, 8) NOT NULL DEFAULT 0,
+    cancel_requested_at timestamptz,
     queued_at timestamptz,
     started_at timestamptz,
     completed_at timestamptz,
@@ -63,7 +72,7 @@ CREATE TABLE IF NOT EXISTS ai_agent_task_runs (
     id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     task_id uuid NOT NULL REFERENCES ai_agent_tasks (id) ON DELETE CASCADE,
     attempt integer NOT NULL,
-    status text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'postponed', 'stalled')),
+    status text NOT NULL CHECK (status IN ('running', 'completed', 'failed', 'postponed', 'stalled', 'cancelled')),
     worker_id text,
     started_at timestamptz NOT NULL DEFAULT CURRENT_TIMESTAMP,
     finished_at timestamptz,
@@ -71,6 +80,9 @@ CREATE TABLE IF NOT EXISTS ai_agent_task_runs (
     stacktrace text,
     input_tokens integer NOT NULL DEFAULT 0,
     output_tokens integer NOT NULL DEFAULT 0,
+    cached_input_tokens integer NOT NULL DEFAULT 0,
+    reasoning_tokens integer NOT NULL DEFAULT 0,
+    cost_usd numeric(16, 8),
     transcript jsonb,
     trace_id text
 );
@@ -92,5 +104,7 @@ CREATE INDEX IF NOT EXISTS ai_agent_tasks_completed_idx ON ai_agent_tasks (compl
 CREATE INDEX IF NOT EXISTS ai_agent_tasks_failed_idx ON ai_agent_tasks (failed_at) WHERE status = 'failed';
 
 CREATE INDEX IF NOT EXISTS ai_agent_task_runs_task_idx ON ai_agent_task_runs (task_id, attempt);
+
+CREATE INDEX IF NOT EXISTS ai_agent_task_runs_started_idx ON ai_agent_task_runs (started_at);
 
 INSERT INTO agentq_schema_migrations (name) VALUES ('0001_initial') ON CONFLICT (name) DO NOTHING;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from datetime import timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -507,3 +508,96 @@ def test_list_failed_lists_dead_letters_newest_first(store: TaskStore, clock: Cl
 
     assert [task.id for task in store.list_failed()] == [second, first]
     assert [task.id for task in store.list_failed(limit=1, offset=1)] == [first]
+
+
+# --- usage, cost, budgets, cancellation -----------------------------------------------------------
+
+
+def test_usage_and_cost_accumulate_per_task_and_are_kept_per_run(store: TaskStore, clock: Clock) -> None:
+    task_id, run_id = running_task(store, clock)
+    store.fail_attempt(
+        task_id,
+        run_id,
+        error="x",
+        stacktrace=None,
+        transcript=None,
+        retry_at=clock(),
+        now=clock(),
+        usage=Usage(100, 20, cached_input_tokens=40, reasoning_tokens=5, cost_usd=Decimal("0.00125")),
+    )
+    second = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
+    assert second is not None
+    store.complete(
+        task_id, second.run_id, result={}, transcript=None, now=clock(), usage=Usage(10, 2, cost_usd=None)
+    )  # an unknown model's price records no cost
+
+    task = store.get_task(task_id)
+    assert task is not None
+    assert (task.input_tokens, task.output_tokens, task.cached_input_tokens, task.reasoning_tokens) == (
+        110,
+        22,
+        40,
+        5,
+    )
+    assert task.cost_usd == Decimal("0.00125")
+    first_run, second_run = store.get_runs(task_id)
+    assert first_run.cost_usd == Decimal("0.00125") and second_run.cost_usd is None
+    assert (first_run.cached_input_tokens, first_run.reasoning_tokens) == (40, 5)
+
+
+def test_organization_spend_sums_the_organizations_runs_since_a_moment(
+    store: TaskStore, clock: Clock
+) -> None:
+    month_start = clock()
+    for cost in ("0.50", "1.25"):
+        task_id, run_id = running_task(store, clock)
+        store.complete(
+            task_id,
+            run_id,
+            result={},
+            transcript=None,
+            now=clock(),
+            usage=Usage(1, 1, cost_usd=Decimal(cost)),
+        )
+
+    assert store.organization_spend(ORG, since=month_start) == Decimal("1.75")
+    assert store.organization_spend(ORG, since=clock() + timedelta(seconds=1)) == 0
+    assert store.organization_spend("99999999-9999-4999-8999-999999999999", since=month_start) == 0
+
+
+def test_a_running_task_can_be_asked_to_stop_and_ends_cancelled(store: TaskStore, clock: Clock) -> None:
+    task_id, run_id = running_task(store, clock)
+    assert store.cancel_requested(task_id) is False
+
+    assert store.request_cancel(task_id, now=clock()) is not None
+    assert store.cancel_requested(task_id) is True
+    assert store.finish_cancelled(task_id, run_id, usage=Usage(3, 1), transcript=None, now=clock()) is True
+
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.CANCELLED and task.input_tokens == 3
+    [run] = store.get_runs(task_id)
+    assert run.status == RunStatus.CANCELLED
+    assert store.request_cancel(task_id, now=clock()) is None  # no longer running
+    assert store.finish_cancelled(task_id, run_id, usage=Usage(), transcript=None, now=clock()) is False
+
+
+def test_agents_keep_their_limits_base_url_and_fallback(store: TaskStore, clock: Clock) -> None:
+    agent_id = make_agent(
+        store,
+        clock(),
+        provider="openai",
+        model="gpt-4o-mini",
+        base_url="http://127.0.0.1:9/v1",
+        tool_timeout_s=5.0,
+        run_time_limit_s=120.0,
+        fallback_provider="anthropic",
+        fallback_model="claude-haiku-4-5",
+    )
+    agent = store.get_agent(agent_id)
+    assert agent is not None
+    assert (agent.base_url, agent.tool_timeout_s, agent.run_time_limit_s) == (
+        "http://127.0.0.1:9/v1",
+        5.0,
+        120.0,
+    )
+    assert (agent.fallback_provider, agent.fallback_model) == ("anthropic", "claude-haiku-4-5")

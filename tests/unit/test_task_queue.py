@@ -371,12 +371,14 @@ def test_remove_job_cancels_a_waiting_job_so_the_worker_skips_it(app: Harness) -
     assert app.queue.get_queue_stats().delayed == 0
 
 
-def test_remove_job_refuses_a_running_job_and_unknown_ids(app: Harness) -> None:
+def test_remove_job_asks_a_running_job_to_stop_and_refuses_unknown_ids(app: Harness) -> None:
     task_id = app.task()
     app.queue.add_task(task_id)
     app.store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=utcnow(), now=utcnow())
-    with pytest.raises(InvalidTransition, match="it is running"):
-        app.queue.remove_job(task_id)
+
+    app.queue.remove_job(task_id)
+
+    assert app.store.cancel_requested(task_id) is True
     with pytest.raises(TaskNotFound):
         app.queue.remove_job(new_id())
     with pytest.raises(InvalidTaskId):
