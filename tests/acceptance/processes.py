@@ -43,6 +43,13 @@ class WorkerProcess:
             start_new_session=True,
         )
 
+    @staticmethod
+    def run_python(env: dict[str, str], code: str) -> subprocess.CompletedProcess[str]:
+        """Run ``code`` in a fresh interpreter from the repository root (a producer process)."""
+        return subprocess.run(
+            [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
