@@ -21,6 +21,9 @@ from taskstore.models import (
     Agent,
     Claim,
     CleanupResult,
+    DueSchedule,
+    FiredSchedule,
+    Firing,
     NewAgent,
     NewTask,
     QueueCounts,
@@ -178,6 +181,30 @@ class TaskStore(Protocol):
 
     def organization_spend(self, organization_id: str, *, since: datetime) -> Decimal:
         """USD spent on the organization's runs started since ``since`` (runs of unknown price count 0)."""
+        ...
+
+    def set_schedule(
+        self, task_id: str, *, cron: str, timezone: str, next_run_at: datetime, now: datetime
+    ) -> Task | None:
+        """Store a ``scheduled`` task's schedule. ``None`` if no such scheduled task exists."""
+        ...
+
+    def clear_schedule(self, task_id: str, *, now: datetime) -> Task | None:
+        """Remove a task's schedule (no future firings). ``None`` if it had none."""
+        ...
+
+    def due_schedules(self, *, now: datetime, limit: int = 1000) -> list[DueSchedule]:
+        """Schedules whose ``next_run_at`` is at or before ``now``, earliest first."""
+        ...
+
+    def fire_schedules(self, firings: list[Firing], *, now: datetime) -> list[FiredSchedule]:
+        """Fire each schedule whose ``next_run_at`` still equals its ``due_at`` (compare-and-set, so two
+        schedulers never fire one twice): ``next_run_at`` moves on and, unless the previous run is still
+        queued or running, the task is ``queued`` with a fresh set of attempts."""
+        ...
+
+    def list_schedules(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
+        """Tasks with a schedule, soonest ``next_run_at`` first."""
         ...
 
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:

@@ -18,6 +18,9 @@ from taskstore.models import (
     Agent,
     Claim,
     CleanupResult,
+    DueSchedule,
+    FiredSchedule,
+    Firing,
     NewAgent,
     NewTask,
     QueueCounts,
@@ -491,6 +494,74 @@ class InMemoryTaskStore:
                 ),
                 Decimal(0),
             )
+
+    def set_schedule(
+        self, task_id: str, *, cron: str, timezone: str, next_run_at: datetime, now: datetime
+    ) -> Task | None:
+        with self._lock:
+            task = self.tasks.get(task_id)
+            if task is None or task.task_type != "scheduled":
+                return None
+            updated = replace(
+                task, schedule_cron=cron, schedule_timezone=timezone, next_run_at=next_run_at, updated_at=now
+            )
+            self.tasks[task_id] = updated
+            return updated
+
+    def clear_schedule(self, task_id: str, *, now: datetime) -> Task | None:
+        with self._lock:
+            task = self.tasks.get(task_id)
+            if task is None or task.schedule_cron is None:
+                return None
+            updated = replace(task, schedule_cron=None, next_run_at=None, updated_at=now)
+            self.tasks[task_id] = updated
+            return updated
+
+    def due_schedules(self, *, now: datetime, limit: int = 1000) -> list[DueSchedule]:
+        with self._lock:
+            due = [
+                task
+                for task in self.tasks.values()
+                if task.schedule_cron is not None and task.next_run_at is not None and task.next_run_at <= now
+            ]
+        due.sort(key=lambda t: (t.next_run_at, t.id))
+        return [
+            DueSchedule(t.id, t.schedule_cron or "", t.schedule_timezone or "UTC", t.next_run_at or now)
+            for t in due[:limit]
+        ]
+
+    def fire_schedules(self, firings: list[Firing], *, now: datetime) -> list[FiredSchedule]:
+        fired: list[FiredSchedule] = []
+        with self._lock:
+            for firing in firings:
+                task = self.tasks.get(firing.task_id)
+                if task is None or task.schedule_cron is None or task.next_run_at != firing.due_at:
+                    continue
+                busy = task.status in (TaskStatus.QUEUED, TaskStatus.RUNNING)
+                changes: dict[str, Any] = {"next_run_at": firing.next_run_at, "updated_at": now}
+                if not busy:
+                    changes.update(
+                        status=TaskStatus.QUEUED,
+                        last_run_at=now,
+                        queued_at=now,
+                        run_at=now,
+                        attempts=0,
+                        stalled_count=0,
+                        postponed_count=0,
+                        error=None,
+                        cancel_requested_at=None,
+                        archived_at=None,
+                    )
+                self.tasks[task.id] = replace(task, **changes)
+                agent = self.agents.get(task.agent_id)
+                fired.append(FiredSchedule(task.id, agent.kind if agent else None, not busy, task.priority))
+        return fired
+
+    def list_schedules(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
+        with self._lock:
+            scheduled = [task for task in self.tasks.values() if task.schedule_cron is not None]
+        scheduled.sort(key=lambda t: (t.next_run_at is None, t.next_run_at or t.created_at, t.id))
+        return scheduled[offset : offset + limit]
 
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
         with self._lock:

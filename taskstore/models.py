@@ -163,6 +163,36 @@ class WaitingTask:
 
 
 @dataclass(frozen=True, slots=True)
+class DueSchedule:
+    """A scheduled task whose ``next_run_at`` has come."""
+
+    task_id: str
+    cron: str
+    timezone: str
+    next_run_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Firing:
+    """Fire schedule ``task_id`` if its ``next_run_at`` is still ``due_at``; move it to ``next_run_at``."""
+
+    task_id: str
+    due_at: datetime
+    next_run_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class FiredSchedule:
+    """A firing that won its compare-and-set: ``started`` (queued a run), or skipped because the
+    previous run was still queued or running (only ``next_run_at`` moved)."""
+
+    task_id: str
+    kind: str | None
+    started: bool
+    priority: int
+
+
+@dataclass(frozen=True, slots=True)
 class NewAgent:
     """Fields for creating an agent; the store fills in ids and timestamps."""
 

@@ -28,6 +28,9 @@ from taskstore.models import (
     Agent,
     Claim,
     CleanupResult,
+    DueSchedule,
+    FiredSchedule,
+    Firing,
     NewAgent,
     NewTask,
     QueueCounts,
@@ -141,6 +144,33 @@ _WAITING = """
 SELECT t.id, t.{column} AS since, a.kind FROM ai_agent_tasks t LEFT JOIN ai_agents a ON a.id = t.agent_id
  WHERE t.status = %(status)s AND t.{column} < %(before)s {extra}
  ORDER BY t.{column}, t.id LIMIT %(limit)s
+"""
+
+_FIRE_SCHEDULES = """
+WITH firing AS (
+    SELECT * FROM unnest(%(ids)s::uuid[], %(due)s::timestamptz[], %(next)s::timestamptz[]) AS f(id, due, next)
+), target AS (
+    SELECT t.id, f.next, t.status IN ('queued', 'running') AS busy
+      FROM ai_agent_tasks t JOIN firing f ON f.id = t.id
+     WHERE t.schedule_cron IS NOT NULL AND t.next_run_at = f.due
+       FOR UPDATE OF t
+), fired AS (
+    UPDATE ai_agent_tasks t
+       SET next_run_at = target.next, updated_at = %(now)s,
+           status = CASE WHEN target.busy THEN t.status ELSE 'queued' END,
+           last_run_at = CASE WHEN target.busy THEN t.last_run_at ELSE %(now)s END,
+           queued_at = CASE WHEN target.busy THEN t.queued_at ELSE %(now)s END,
+           run_at = CASE WHEN target.busy THEN t.run_at ELSE %(now)s END,
+           attempts = CASE WHEN target.busy THEN t.attempts ELSE 0 END,
+           stalled_count = CASE WHEN target.busy THEN t.stalled_count ELSE 0 END,
+           postponed_count = CASE WHEN target.busy THEN t.postponed_count ELSE 0 END,
+           error = CASE WHEN target.busy THEN t.error ELSE NULL END,
+           cancel_requested_at = CASE WHEN target.busy THEN t.cancel_requested_at ELSE NULL END,
+           archived_at = CASE WHEN target.busy THEN t.archived_at ELSE NULL END
+      FROM target WHERE t.id = target.id
+ RETURNING t.id, t.agent_id, t.priority, target.busy
+)
+SELECT fired.id, fired.priority, fired.busy, a.kind FROM fired LEFT JOIN ai_agents a ON a.id = fired.agent_id
 """
 
 _ARCHIVE = """
@@ -496,6 +526,55 @@ class PostgresTaskStore:
             {"org": organization_id, "since": since},
         )
         return Decimal(rows[0]["spent"])
+
+    def set_schedule(
+        self, task_id: str, *, cron: str, timezone: str, next_run_at: datetime, now: datetime
+    ) -> Task | None:
+        return self._one(
+            "UPDATE ai_agent_tasks SET schedule_cron = %(cron)s, schedule_timezone = %(tz)s,"
+            " next_run_at = %(next)s, updated_at = %(now)s WHERE id = %(id)s AND task_type = 'scheduled'"
+            " RETURNING *",
+            {"id": task_id, "cron": cron, "tz": timezone, "next": next_run_at, "now": now},
+            task_from_row,
+        )
+
+    def clear_schedule(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._one(
+            "UPDATE ai_agent_tasks SET schedule_cron = NULL, next_run_at = NULL, updated_at = %(now)s"
+            " WHERE id = %(id)s AND schedule_cron IS NOT NULL RETURNING *",
+            {"id": task_id, "now": now},
+            task_from_row,
+        )
+
+    def due_schedules(self, *, now: datetime, limit: int = 1000) -> list[DueSchedule]:
+        rows = self._fetch(
+            "SELECT id, schedule_cron, COALESCE(schedule_timezone, 'UTC') AS tz, next_run_at"
+            " FROM ai_agent_tasks"
+            " WHERE schedule_cron IS NOT NULL AND next_run_at <= %(now)s"
+            " ORDER BY next_run_at, id LIMIT %(limit)s",
+            {"now": now, "limit": limit},
+        )
+        return [DueSchedule(row["id"], row["schedule_cron"], row["tz"], row["next_run_at"]) for row in rows]
+
+    def fire_schedules(self, firings: list[Firing], *, now: datetime) -> list[FiredSchedule]:
+        if not firings:
+            return []
+        params = {
+            "ids": [firing.task_id for firing in firings],
+            "due": [firing.due_at for firing in firings],
+            "next": [firing.next_run_at for firing in firings],
+            "now": now,
+        }
+        rows = self._fetch(_FIRE_SCHEDULES, params)
+        return [FiredSchedule(row["id"], row["kind"], not row["busy"], row["priority"]) for row in rows]
+
+    def list_schedules(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
+        rows = self._fetch(
+            "SELECT * FROM ai_agent_tasks WHERE schedule_cron IS NOT NULL"
+            " ORDER BY next_run_at NULLS LAST, id LIMIT %(limit)s OFFSET %(offset)s",
+            {"limit": limit, "offset": offset},
+        )
+        return [task_from_row(row) for row in rows]
 
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
         return self._one(

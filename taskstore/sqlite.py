@@ -25,6 +25,9 @@ from taskstore.models import (
     Agent,
     Claim,
     CleanupResult,
+    DueSchedule,
+    FiredSchedule,
+    Firing,
     NewAgent,
     NewTask,
     QueueCounts,
@@ -36,7 +39,7 @@ from taskstore.models import (
     WaitingTask,
 )
 from taskstore.rows import agent_from_row, run_from_row, task_from_row
-from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, run_usage_sql, task_usage_sql
+from taskstore.rules import FIRING_RESETS, STALLED_ERROR, STALLED_LIMIT_ERROR, run_usage_sql, task_usage_sql
 from taskstore.schema import AGENTS, MIGRATIONS, MIGRATIONS_TABLE, RUNS, TASKS, ColumnType, CreateTable
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -561,6 +564,68 @@ class SqliteTaskStore:
             (organization_id, encode_time(since)),
         )
         return Decimal(str(rows[0][0]))
+
+    def set_schedule(
+        self, task_id: str, *, cron: str, timezone: str, next_run_at: datetime, now: datetime
+    ) -> Task | None:
+        return self._update_task(
+            "UPDATE ai_agent_tasks SET schedule_cron = :cron, schedule_timezone = :tz, next_run_at = :next,"
+            " updated_at = :now WHERE id = :id AND task_type = 'scheduled' RETURNING *",
+            {
+                "id": task_id,
+                "cron": cron,
+                "tz": timezone,
+                "next": encode_time(next_run_at),
+                "now": encode_time(now),
+            },
+        )
+
+    def clear_schedule(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._update_task(
+            "UPDATE ai_agent_tasks SET schedule_cron = NULL, next_run_at = NULL, updated_at = :now"
+            " WHERE id = :id AND schedule_cron IS NOT NULL RETURNING *",
+            {"id": task_id, "now": encode_time(now)},
+        )
+
+    def due_schedules(self, *, now: datetime, limit: int = 1000) -> list[DueSchedule]:
+        rows = self._query(
+            "SELECT id, schedule_cron, COALESCE(schedule_timezone, 'UTC') AS tz, next_run_at"
+            " FROM ai_agent_tasks"
+            " WHERE schedule_cron IS NOT NULL AND next_run_at <= ? ORDER BY next_run_at, id LIMIT ?",
+            (encode_time(now), limit),
+        )
+        return [DueSchedule(row[0], row[1], row[2], _since(row[3])) for row in rows]
+
+    def fire_schedules(self, firings: list[Firing], *, now: datetime) -> list[FiredSchedule]:
+        stamp = encode_time(now)
+        fired: list[FiredSchedule] = []
+        with self._transaction() as conn:
+            for firing in firings:
+                rows = conn.execute(
+                    "SELECT t.status, t.priority, a.kind FROM ai_agent_tasks t LEFT JOIN ai_agents a"
+                    " ON a.id = t.agent_id"
+                    " WHERE t.id = ? AND t.schedule_cron IS NOT NULL AND t.next_run_at = ?",
+                    (firing.task_id, encode_time(firing.due_at)),
+                ).fetchall()
+                if not rows:
+                    continue
+                busy = rows[0]["status"] in ("queued", "running")
+                resets = "" if busy else ", " + FIRING_RESETS.format(now=":now")
+                conn.execute(
+                    f"UPDATE ai_agent_tasks SET next_run_at = :next, updated_at = :now{resets}"
+                    " WHERE id = :id",
+                    {"id": firing.task_id, "next": encode_time(firing.next_run_at), "now": stamp},
+                )
+                fired.append(FiredSchedule(firing.task_id, rows[0]["kind"], not busy, rows[0]["priority"]))
+        return fired
+
+    def list_schedules(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
+        rows = self._query(
+            "SELECT * FROM ai_agent_tasks WHERE schedule_cron IS NOT NULL"
+            " ORDER BY next_run_at IS NULL, next_run_at, id LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [task_from_row(_decode(row)) for row in rows]
 
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
         return self._update_task(

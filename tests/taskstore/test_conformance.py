@@ -8,7 +8,7 @@ from decimal import Decimal
 
 import pytest
 
-from taskstore import NewTask, RetentionPolicy, RunStatus, TaskStatus, TaskStore, Usage, new_id
+from taskstore import Firing, NewTask, RetentionPolicy, RunStatus, TaskStatus, TaskStore, Usage, new_id
 from tests.conftest import Clock, make_agent
 
 ORG = "22222222-2222-4222-8222-222222222222"
@@ -601,3 +601,99 @@ def test_agents_keep_their_limits_base_url_and_fallback(store: TaskStore, clock:
         120.0,
     )
     assert (agent.fallback_provider, agent.fallback_model) == ("anthropic", "claude-haiku-4-5")
+
+
+# --- schedules ----------------------------------------------------------------------------------------
+
+
+def scheduled_task(store: TaskStore, clock: Clock, next_run_at: timedelta = timedelta(0)) -> str:
+    task_id = new_task(store, clock, task_type="scheduled")
+    assert store.set_schedule(
+        task_id, cron="* * * * *", timezone="Europe/Paris", next_run_at=clock() + next_run_at, now=clock()
+    )
+    return task_id
+
+
+def test_a_schedule_is_stored_only_on_a_scheduled_task_and_can_be_cleared(
+    store: TaskStore, clock: Clock
+) -> None:
+    adhoc = new_task(store, clock)
+    assert (
+        store.set_schedule(adhoc, cron="0 9 * * 1", timezone="UTC", next_run_at=clock(), now=clock()) is None
+    )
+    task_id = scheduled_task(store, clock)
+    task = store.get_task(task_id)
+    assert task is not None and (task.schedule_cron, task.schedule_timezone) == ("* * * * *", "Europe/Paris")
+
+    assert store.clear_schedule(task_id, now=clock()) is not None
+    assert store.clear_schedule(task_id, now=clock()) is None
+    assert store.get_task(task_id).next_run_at is None  # type: ignore[union-attr]
+    assert store.list_schedules() == []
+
+
+def test_due_schedules_are_fired_once_even_when_two_schedulers_race(store: TaskStore, clock: Clock) -> None:
+    due = [scheduled_task(store, clock) for _ in range(3)]
+    scheduled_task(store, clock, timedelta(minutes=5))  # not due yet
+    found = store.due_schedules(now=clock())
+    assert sorted(item.task_id for item in found) == sorted(due)
+    firings = [Firing(item.task_id, item.next_run_at, clock() + timedelta(minutes=1)) for item in found]
+
+    first = store.fire_schedules(firings, now=clock())
+    second = store.fire_schedules(firings, now=clock())  # the other scheduler, same tick
+
+    assert sorted(item.task_id for item in first) == sorted(due)
+    assert all(item.started and item.kind == "general" for item in first)
+    assert second == []
+    task = store.get_task(due[0])
+    assert task is not None and task.status == TaskStatus.QUEUED and task.last_run_at == clock()
+    assert task.next_run_at == clock() + timedelta(minutes=1) and task.attempts == 0
+    assert store.due_schedules(now=clock()) == []
+
+
+def test_a_firing_while_the_previous_run_is_active_only_moves_the_schedule(
+    store: TaskStore, clock: Clock
+) -> None:
+    task_id = scheduled_task(store, clock)
+    [due] = store.due_schedules(now=clock())
+    store.fire_schedules([Firing(task_id, due.next_run_at, clock() + timedelta(minutes=1))], now=clock())
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
+    assert claim is not None
+    clock.advance(60)
+
+    [again] = store.fire_schedules([Firing(task_id, clock(), clock() + timedelta(minutes=1))], now=clock())
+
+    assert again.started is False
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.RUNNING and task.current_run_id == claim.run_id
+    assert task.next_run_at == clock() + timedelta(minutes=1)
+
+
+def test_a_finished_scheduled_task_fires_again_with_fresh_attempts(store: TaskStore, clock: Clock) -> None:
+    task_id = scheduled_task(store, clock)
+    [due] = store.due_schedules(now=clock())
+    store.fire_schedules([Firing(task_id, due.next_run_at, clock() + timedelta(minutes=1))], now=clock())
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
+    assert claim is not None
+    store.fail_attempt(
+        task_id,
+        claim.run_id,
+        error="x",
+        stacktrace=None,
+        usage=Usage(),
+        transcript=None,
+        retry_at=None,
+        now=clock(),
+    )
+    clock.advance(60)
+
+    [fired] = store.fire_schedules([Firing(task_id, clock(), clock() + timedelta(minutes=1))], now=clock())
+
+    task = store.get_task(task_id)
+    assert fired.started and task is not None
+    assert (task.status, task.attempts, task.error) == (TaskStatus.QUEUED, 0, None)
+
+
+def test_list_schedules_orders_by_next_run(store: TaskStore, clock: Clock) -> None:
+    later = scheduled_task(store, clock, timedelta(hours=2))
+    sooner = scheduled_task(store, clock, timedelta(hours=1))
+    assert [task.id for task in store.list_schedules()] == [sooner, later]
