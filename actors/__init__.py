@@ -13,9 +13,18 @@ from __future__ import annotations
 
 from actors.app import runtime
 from actors.kinds import financial_report, general, member_retention
+from actors.scheduler import schedule_tick
 
 #: The configured :class:`~actors.task_queue.AgentTaskQueue`.
 agent_task_queue = runtime.queue
 broker = runtime.broker
 
-__all__ = ["agent_task_queue", "broker", "financial_report", "general", "member_retention", "runtime"]
+__all__ = [
+    "agent_task_queue",
+    "broker",
+    "financial_report",
+    "general",
+    "member_retention",
+    "runtime",
+    "schedule_tick",
+]

@@ -5,7 +5,10 @@ agentq schema               print the Postgres migration SQL
 agentq stats                queue statistics (JSON)
 agentq job ID               one job, with its runs
 agentq retry ID             retry a failed job
-agentq remove ID            cancel a waiting or delayed job
+agentq dead-letters         list failed jobs (``--retry-all`` retries them all)
+agentq remove ID            cancel a job (a running one stops at its next step; a schedule ends)
+agentq schedule ID CRON     put a scheduled task on a cron schedule (``--timezone``)
+agentq schedules            list schedules with their next run in UTC and in their own zone
 agentq cleanup              apply the retention policy
 agentq worker [ARGS…]       run ``dramatiq actors`` with QUEUE_CONCURRENCY threads
 agentq demo                 the embedded demo: a worker runs a handful of tasks end to end
@@ -114,6 +117,46 @@ def _dead_letters(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    job = agent_task_queue.add_scheduled_task(args.id, args.cron, args.timezone)
+    _print(
+        {
+            "id": job.id,
+            "cron": job.task.schedule_cron,
+            "timezone": job.task.schedule_timezone,
+            "next_run_at": job.task.next_run_at,
+        }
+    )
+    return 0
+
+
+def _schedules(args: argparse.Namespace) -> int:
+    from zoneinfo import ZoneInfo
+
+    from actors import agent_task_queue
+
+    rows = []
+    for task in agent_task_queue.list_schedules(limit=args.limit, offset=args.offset):
+        zone = task.schedule_timezone or "UTC"
+        next_run = task.next_run_at
+        rows.append(
+            {
+                "id": task.id,
+                "title": task.title,
+                "cron": task.schedule_cron,
+                "timezone": zone,
+                "status": task.status,
+                "next_run_utc": next_run,
+                "next_run_local": next_run.astimezone(ZoneInfo(zone)) if next_run else None,
+                "last_run_at": task.last_run_at,
+            }
+        )
+    _print(rows)
+    return 0
+
+
 def _cleanup(args: argparse.Namespace) -> int:
     from actors import agent_task_queue
 
@@ -166,6 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("id", help="job id (= task id)")
         sub.set_defaults(handler=handler)
+    schedule = commands.add_parser("schedule", help="put a scheduled task on a cron schedule")
+    schedule.add_argument("id", help="task id (a task created with task_type='scheduled')")
+    schedule.add_argument("cron", help="5-field cron expression, e.g. '0 9 * * 1'")
+    schedule.add_argument("--timezone", default=None, help="IANA time zone (default: the task's, then UTC)")
+    schedule.set_defaults(handler=_schedule)
+    schedules = commands.add_parser(
+        "schedules", help="list schedules with their next run in UTC and local time"
+    )
+    schedules.add_argument("--limit", type=int, default=100)
+    schedules.add_argument("--offset", type=int, default=0)
+    schedules.set_defaults(handler=_schedules)
     dead = commands.add_parser("dead-letters", help="list failed jobs, or retry them all")
     dead.add_argument("--limit", type=int, default=100)
     dead.add_argument("--offset", type=int, default=0)

@@ -13,10 +13,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import dramatiq
 
 from actors.agent_actor import AgentActor
+from actors.cron import parse_schedule
 from actors.errors import (
     AgentInactive,
     AgentOrganizationMismatch,
@@ -183,6 +185,53 @@ class AgentTaskQueue:
             return self._job(task_id)
         return Job.from_task(queued, self.store.get_runs(task_id) if queued.attempts else [])
 
+    def add_scheduled_task(self, task_id: str, cron_expression: str, timezone: str | None = None) -> Job:
+        """Run a ``scheduled`` task on a cron schedule in a time zone (default: the row's, then UTC).
+
+        Standard 5-field cron (``*``, lists, ranges, steps, month and weekday names, day-of-week
+        0 and 7 both Sunday, ``@hourly`` … ``@yearly``); see :mod:`actors.cron` for daylight saving.
+        Replaces any schedule the task had. The first firing is the next slot after now.
+
+        Raises:
+            InvalidTaskId, TaskNotFound: No such task.
+            InvalidCronExpression, UnknownTimezone: Nothing was stored.
+            InvalidArgument: The task is ad hoc (created with ``task_type="adhoc"``).
+            AgentNotFound, AgentInactive, UnknownAgentKind: Nothing could run it.
+        """
+        task_id = normalize_id(task_id)
+        task = self._task(task_id)
+        schedule = parse_schedule(
+            cron_expression, timezone if timezone is not None else task.schedule_timezone
+        )
+        if task.task_type != "scheduled":
+            raise InvalidArgument(
+                f"task {task_id!r} is an ad-hoc task; only a task created with task_type='scheduled' can have"
+                " a schedule"
+            )
+        self._actor_for(task)
+        now = self.clock()
+        next_run = schedule.next_after(now)
+        updated = self.store.set_schedule(
+            task_id, cron=schedule.expression, timezone=schedule.timezone, next_run_at=next_run, now=now
+        )
+        if updated is None:
+            raise TaskNotFound(task_id)
+        local = next_run.astimezone(ZoneInfo(schedule.timezone))
+        logger.info(
+            '[AgentTaskQueue] Task %s scheduled with "%s" (%s); next run at %s (%s)',
+            task_id,
+            schedule.expression,
+            schedule.timezone,
+            next_run.isoformat(),
+            local.isoformat(),
+        )
+        return Job.from_task(updated, self.store.get_runs(task_id))
+
+    def list_schedules(self, limit: int = 100, offset: int = 0) -> list[Task]:
+        """Tasks with a schedule, soonest next run first."""
+        _check_page(limit, offset)
+        return self.store.list_schedules(limit=limit, offset=offset)
+
     def retry_job(self, job_id: str) -> Job:
         """Queue a ``failed`` task again with a fresh set of attempts."""
         task_id = normalize_id(job_id, "job id")
@@ -205,9 +254,7 @@ class AgentTaskQueue:
 
     def list_dead_letters(self, limit: int = 100, offset: int = 0) -> list[Job]:
         """Failed jobs (attempts exhausted or non-retryable), most recent first; kept 7 days by retention."""
-        for name, value in (("limit", limit), ("offset", offset)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise InvalidArgument(f"{name} {value!r} must be a non-negative int")
+        _check_page(limit, offset)
         return [
             Job.from_task(task, self.store.get_runs(task.id))
             for task in self.store.list_failed(limit=limit, offset=offset)
@@ -239,13 +286,16 @@ class AgentTaskQueue:
 
     def remove_job(self, job_id: str) -> None:
         """Cancel a job: a waiting or delayed one at once; a running one stops before its next model or
-        tool call. Either way it ends ``cancelled``. A finished or cancelled job is left as is.
+        tool call. Either way it ends ``cancelled``. A scheduled job's schedule is removed, so it never
+        fires again. A finished or cancelled job is otherwise left as is.
 
         Raises:
             TaskNotFound: No such job.
         """
         task_id = normalize_id(job_id, "job id")
         now = self.clock()
+        if self.store.clear_schedule(task_id, now=now) is not None:
+            logger.info("[AgentTaskQueue] Job %s will not fire again: its schedule was removed", task_id)
         if self.store.cancel(task_id, now=now) is not None:
             logger.info("[AgentTaskQueue] Job %s removed", task_id)
             return
@@ -319,6 +369,12 @@ class AgentTaskQueue:
             raise InvalidContext(f"context is {size} bytes of JSON; the limit is {self.max_context_bytes}")
         decoded: dict[str, Any] = json.loads(encoded)
         return decoded
+
+
+def _check_page(limit: object, offset: object) -> None:
+    for name, value in (("limit", limit), ("offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgument(f"{name} {value!r} must be a non-negative int")
 
 
 def _check_priority(priority: object) -> None:

@@ -13,6 +13,7 @@ name                     middleware
 ``pipelines``            ``dramatiq.middleware.Pipelines``
 ``retries``              :class:`middleware.retries.Retries` (ordinary actors only)
 ``current_message``      ``dramatiq.middleware.CurrentMessage``
+``periodiq``             ``periodiq.PeriodiqMiddleware`` — skips minute ticks older than 30 s
 (user middleware)        ``AGENTQ_MIDDLEWARE``: dotted paths, in the order given
 ``stalled_jobs``         :class:`middleware.stalled_jobs.StalledJobs` — leases, stalled recovery
 ``shutdown_deadline``    :class:`middleware.shutdown_deadline.ShutdownDeadline`
@@ -40,6 +41,7 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
+from periodiq import PeriodiqMiddleware
 
 from config.errors import ConfigError
 from config.settings import Settings
@@ -61,6 +63,7 @@ DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
     "pipelines": lambda settings: Pipelines(),
     "retries": lambda settings: Retries(),
     "current_message": lambda settings: CurrentMessage(),
+    "periodiq": lambda settings: PeriodiqMiddleware(skip_delay=30),
 }
 #: Our reliability middleware, switchable by name, in stack order (after the user's).
 RELIABILITY = ("stalled_jobs", "shutdown_deadline", "reconciler")
