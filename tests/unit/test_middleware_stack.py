@@ -32,6 +32,7 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
         "Pipelines",
         "Retries",
         "CurrentMessage",
+        "PeriodiqMiddleware",
         "StalledJobs",
         "ShutdownDeadline",
         "Reconciler",
