@@ -42,7 +42,7 @@ def app(clock: Clock) -> Iterator[Harness]:
 
 
 def messages_waiting(app: Harness) -> int:
-    return sum(len(queue.queue) for queue in app.broker.queues.values())  # type: ignore[attr-defined]
+    return sum(len(queue.queue) for queue in app.broker.queues.values())
 
 
 def test_add_scheduled_task_stores_the_schedule_and_logs_the_next_run(
