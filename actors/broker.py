@@ -7,8 +7,8 @@ from datetime import datetime
 
 import dramatiq
 import redis
-from dramatiq.brokers.redis import RedisBroker
 
+from actors.lanes import LaneBroker
 from config.settings import Settings
 from middleware import build_middleware
 from taskstore import TaskStore, utcnow
@@ -34,9 +34,9 @@ def build_broker(
     *,
     middleware: Sequence[dramatiq.Middleware] | None = None,
     clock: Callable[[], datetime] = utcnow,
-) -> RedisBroker:
-    """The Redis broker with our middleware stack (see ``middleware``)."""
+) -> LaneBroker:
+    """The Redis broker (priority lanes, fair turns, blocking fetch) with our middleware stack."""
     stack = list(middleware) if middleware is not None else build_middleware(settings, store, clock=clock)
-    return RedisBroker(  # type: ignore[no-untyped-call]
-        client=redis_client(settings), middleware=stack, namespace=NAMESPACE
+    return LaneBroker(
+        fair=settings.fair_ordering, client=redis_client(settings), middleware=stack, namespace=NAMESPACE
     )

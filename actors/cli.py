@@ -10,6 +10,7 @@ agentq remove ID            cancel a job (a running one stops at its next step; 
 agentq schedule ID CRON     put a scheduled task on a cron schedule (``--timezone``)
 agentq schedules            list schedules with their next run in UTC and in their own zone
 agentq cleanup              apply the retention policy
+agentq pause | resume       stop / restart task starts on every worker
 agentq worker [ARGS…]       run ``dramatiq actors`` with QUEUE_CONCURRENCY threads
 agentq demo                 the embedded demo: a worker runs a handful of tasks end to end
 """
@@ -157,6 +158,20 @@ def _schedules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pause(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    agent_task_queue.pause_queue()
+    return 0
+
+
+def _resume(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    agent_task_queue.resume_queue()
+    return 0
+
+
 def _cleanup(args: argparse.Namespace) -> int:
     from actors import agent_task_queue
 
@@ -198,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
         "schema": (_schema, "print the Postgres migration SQL (what a Supabase user applies)"),
         "stats": (_stats, "print queue statistics"),
         "cleanup": (_cleanup, "apply the retention policy to finished jobs"),
+        "pause": (_pause, "stop every worker from starting tasks (active ones finish)"),
+        "resume": (_resume, "let workers start tasks again"),
     }
     for name, (handler, help_text) in simple.items():
         commands.add_parser(name, help=help_text).set_defaults(handler=handler)

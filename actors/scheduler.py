@@ -70,7 +70,13 @@ def dispatch_due_schedules(
             elif fired.kind is None:
                 logger.error("[AgentTaskQueue] Scheduled task %s has no agent; not enqueued", fired.task_id)
             else:
-                send_queued(broker, fired.kind, fired.task_id)
+                send_queued(
+                    broker,
+                    fired.kind,
+                    fired.task_id,
+                    priority=fired.priority,
+                    organization_id=fired.organization_id,
+                )
                 started += 1
                 logger.info(
                     "[AgentTaskQueue] Task %s added to queue (priority: %s, delay: 0ms)",

@@ -28,6 +28,7 @@ from actors.errors import (
     InvalidPriority,
     UnknownAgentKind,
 )
+from middleware.pause import pause_switch
 from middleware.task_lifecycle import ENQUEUED_AT_OPTION, PRIORITY_OPTION, QUEUED_OPTION, take_queued
 from taskstore import (
     AgentNotFound,
@@ -60,7 +61,7 @@ class QueueStats:
     completed: int
     failed: int
     delayed: int
-    #: Jobs held back by a paused queue (the queue is never paused without ``pause_queue``).
+    #: Jobs that would be waiting but the queue is paused (``waiting`` is 0 while paused).
     paused: int = 0
 
 
@@ -304,9 +305,32 @@ class AgentTaskQueue:
             return
         self._task(task_id)  # raises TaskNotFound for an unknown id
 
+    def pause_queue(self) -> None:
+        """Stop every worker, current and future, from starting tasks; active ones finish."""
+        pause_switch(self.broker).pause()
+        logger.info("[AgentTaskQueue] Queue paused")
+
+    def resume_queue(self) -> None:
+        """Let workers start tasks again, where they stopped."""
+        pause_switch(self.broker).resume()
+        logger.info("[AgentTaskQueue] Queue resumed")
+
+    def is_paused(self) -> bool:
+        """Whether the queue is paused."""
+        return pause_switch(self.broker).is_paused()
+
     def get_queue_stats(self) -> QueueStats:
-        """Exact counts of waiting, active, completed, failed and delayed jobs."""
+        """Exact counts from the database; while the queue is paused, waiting jobs count as ``paused``."""
         counts = self.store.queue_counts(now=self.clock())
+        if self.is_paused():
+            return QueueStats(
+                waiting=0,
+                active=counts.active,
+                completed=counts.completed,
+                failed=counts.failed,
+                delayed=counts.delayed,
+                paused=counts.waiting,
+            )
         return QueueStats(
             waiting=counts.waiting,
             active=counts.active,

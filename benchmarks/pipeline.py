@@ -481,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
         "BENCH_REDIS_URL": args.redis_url,
         "DATABASE_URL": database_url,
         "QUEUE_CONCURRENCY": str(max(threads for _, threads in CONFIGS)),
+        # Throughput is measured without the start rate limit (its default is 100 a minute).
+        "AGENTQ_RATE_LIMIT_MAX": "0",
     }
     # ``actors`` builds its runtime from the environment at import; the bare broker reads BENCH_REDIS_URL.
     os.environ.update(env)

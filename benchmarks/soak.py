@@ -36,6 +36,7 @@ FAULT_SETTINGS = {
     "AGENTQ_STALLED_INTERVAL_MS": "3000",
     "AGENTQ_RECONCILE_INTERVAL_MS": "2000",
     "AGENTQ_PENDING_GRACE_MS": "5000",
+    "AGENTQ_RATE_LIMIT_MAX": "0",
     # Random kills may hit the same task twice; the default limit of 1 would rightly fail it.
     "AGENTQ_MAX_STALLED_COUNT": "5",
 }

@@ -111,6 +111,17 @@ class Settings(BaseSettings):
     #: Dramatiq's time limit for one attempt, in milliseconds.
     task_time_limit_ms: PositiveInt = Field(default=600_000, validation_alias="AGENTQ_TASK_TIME_LIMIT_MS")
 
+    # --- Queue semantics ---
+    #: Task starts allowed per window across all workers (0 = no limit).
+    rate_limit_max: NonNegativeInt = Field(default=100, validation_alias="AGENTQ_RATE_LIMIT_MAX")
+    rate_limit_window_ms: PositiveInt = Field(default=60_000, validation_alias="AGENTQ_RATE_LIMIT_WINDOW_MS")
+    #: Per agent kind limits, JSON: {"financial_report": {"max": 10, "window_ms": 2000}} (max 0 = none).
+    kind_rate_limits: JsonObject = Field(default_factory=dict, validation_alias="AGENTQ_RATE_LIMITS_JSON")
+    #: Running tasks allowed per organization at once (0 = no cap).
+    org_concurrency: NonNegativeInt = Field(default=0, validation_alias="AGENTQ_ORG_CONCURRENCY")
+    #: Organizations take turns within each priority (a tenant's burst does not hold back the others).
+    fair_ordering: bool = Field(default=True, validation_alias="AGENTQ_FAIR_ORDERING")
+
     # --- Reliability ---
     #: A running task's lease; a worker silent this long is presumed dead and its task stalled.
     stalled_interval_ms: PositiveInt = Field(default=30_000, validation_alias="AGENTQ_STALLED_INTERVAL_MS")

@@ -18,6 +18,8 @@ name                     middleware
 ``stalled_jobs``         :class:`middleware.stalled_jobs.StalledJobs` — leases, stalled recovery
 ``shutdown_deadline``    :class:`middleware.shutdown_deadline.ShutdownDeadline`
 ``reconciler``           :class:`middleware.reconciler.Reconciler` — lost messages, forgotten tasks
+``pause``                :class:`middleware.pause.Pause` — holds prefetched messages while paused
+``rate_limit``           :class:`middleware.start_limit.StartRateLimit` — task starts per window
 (always)                 :class:`middleware.task_lifecycle.TaskLifecycle` — always last
 =======================  ========================================================================
 
@@ -47,10 +49,12 @@ from config.errors import ConfigError
 from config.settings import Settings
 from middleware.attempts import AttemptRegistry
 from middleware.close_store import CloseStore
+from middleware.pause import Pause
 from middleware.reconciler import Reconciler
 from middleware.retries import Retries
 from middleware.shutdown_deadline import ShutdownDeadline
 from middleware.stalled_jobs import StalledJobs
+from middleware.start_limit import Limit, StartRateLimit, parse_kind_limits
 from middleware.task_lifecycle import AttemptResult, EnqueueRejected, TaskLifecycle, current_claim
 from taskstore import TaskStore, utcnow
 
@@ -65,8 +69,8 @@ DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
     "current_message": lambda settings: CurrentMessage(),
     "periodiq": lambda settings: PeriodiqMiddleware(skip_delay=30),
 }
-#: Our reliability middleware, switchable by name, in stack order (after the user's).
-RELIABILITY = ("stalled_jobs", "shutdown_deadline", "reconciler")
+#: Our middleware after the user's, switchable by name, in stack order.
+RELIABILITY = ("stalled_jobs", "shutdown_deadline", "reconciler", "pause", "rate_limit")
 #: Every name ``AGENTQ_DISABLE_MIDDLEWARE`` accepts.
 OPTIONAL = (*DRAMATIQ, *RELIABILITY)
 
@@ -83,6 +87,7 @@ def build_middleware(
             f" (known: {', '.join(OPTIONAL)})"
         )
     attempts = AttemptRegistry()
+    limit = Limit(settings.rate_limit_max, settings.rate_limit_window_ms) if settings.rate_limit_max else None
     reliability: dict[str, dramatiq.Middleware] = {
         "stalled_jobs": StalledJobs(
             store,
@@ -98,6 +103,11 @@ def build_middleware(
             pending_grace_ms=settings.pending_grace_ms,
             clock=clock,
         ),
+        "pause": Pause(),
+        "rate_limit": StartRateLimit(
+            limit=limit,
+            per_kind=parse_kind_limits(settings.kind_rate_limits),
+        ),
     }
     stack: list[dramatiq.Middleware] = [CloseStore(store)]
     stack.extend(factory(settings) for name, factory in DRAMATIQ.items() if name not in disabled)
@@ -109,6 +119,7 @@ def build_middleware(
             backoff_ms=settings.backoff_ms,
             lease_ms=settings.stalled_interval_ms,
             max_postpones=settings.max_postpones,
+            org_concurrency=settings.org_concurrency,
             clock=clock,
             attempts=attempts,
         )

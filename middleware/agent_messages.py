@@ -10,6 +10,11 @@ from dramatiq.broker import MessageProxy
 #: Actor option that marks an actor as an agent kind (set by ``actors.agent_actor``).
 AGENT_KIND_OPTION = "agent_kind"
 
+#: Message option: the message's priority lane (0-10), read by the lane broker.
+LANE_OPTION = "agentq_lane"
+#: Message option: the organization whose turn the message waits for.
+ORG_OPTION = "agentq_org"
+
 #: A message as producers (``Message``) and workers (``MessageProxy``) see it.
 AnyMessage = dramatiq.Message[Any] | MessageProxy
 

@@ -22,6 +22,7 @@ messages alone (``middleware.retries.Retries`` does).
 from __future__ import annotations
 
 import logging
+import random
 import time
 import traceback
 from collections.abc import Callable
@@ -34,7 +35,13 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Interrupt, MiddlewareError, SkipMessage
 
 from config.errors import AgentQueueError
-from middleware.agent_messages import AGENT_KIND_OPTION, agent_kind, message_task_id
+from middleware.agent_messages import (
+    AGENT_KIND_OPTION,
+    LANE_OPTION,
+    ORG_OPTION,
+    agent_kind,
+    message_task_id,
+)
 from middleware.attempts import (
     AttemptRegistry,
     AttemptResult,
@@ -45,6 +52,7 @@ from middleware.attempts import (
     take_queued,
 )
 from middleware.failure_policy import Decision, Outcome, decide, describe
+from middleware.pause import put_back
 from taskstore import (
     Claim,
     InvalidTransition,
@@ -68,6 +76,8 @@ ENQUEUED_AT_OPTION = "agentq_enqueued_at"
 #: Message option: set once the task is queued, so re-enqueues (retries, delayed moves) skip the database.
 QUEUED_OPTION = "agentq_queued"
 
+#: Base delay before a message held back by its organization's concurrency cap is offered again.
+ORG_CAP_RETRY_MS = 500
 #: Seconds between attempts to write a finished attempt while the database is unreachable.
 _STORE_RETRY_DELAYS = (0.2, 0.5, 1, 2, 4, 8, 15)
 
@@ -94,6 +104,7 @@ class TaskLifecycle(dramatiq.Middleware):
         backoff_ms: int = 2000,
         lease_ms: int = 30_000,
         max_postpones: int = 20,
+        org_concurrency: int = 0,
         clock: Callable[[], datetime] = utcnow,
         worker_id: Callable[[], str] = process_worker_id,
         attempts: AttemptRegistry | None = None,
@@ -102,6 +113,7 @@ class TaskLifecycle(dramatiq.Middleware):
         self.backoff_ms = backoff_ms
         self.lease_ms = lease_ms
         self.max_postpones = max_postpones
+        self.org_concurrency = org_concurrency
         self.clock = clock
         self.worker_id = worker_id
         self.attempts = attempts or AttemptRegistry()
@@ -119,13 +131,26 @@ class TaskLifecycle(dramatiq.Middleware):
     def before_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
     ) -> None:
-        if message.options.get(QUEUED_OPTION) or agent_kind(broker, message) is None:
+        if agent_kind(broker, message) is None:
+            return
+        if message.options.get(QUEUED_OPTION):
+            if LANE_OPTION not in message.options:
+                self._set_lane_from_store(message)
             return
         try:
             self._mark_queued(message, delay or 0)
         except AgentQueueError as exc:
             raise EnqueueRejected(exc) from exc
         message.options[QUEUED_OPTION] = True
+
+    def _set_lane_from_store(self, message: dramatiq.Message[Any]) -> None:
+        """A re-send that does not know the task's lane (stalled recovery, reconciliation): read it."""
+        try:
+            task = self.store.get_task(normalize_id(message_task_id(message)))
+        except AgentQueueError:
+            return
+        if task is not None:
+            set_lane(message.options, task.priority, task.organization_id)
 
     def _mark_queued(self, message: dramatiq.Message[Any], delay_ms: int) -> None:
         task_id = normalize_id(message_task_id(message))
@@ -137,6 +162,7 @@ class TaskLifecycle(dramatiq.Middleware):
         )
         record_queued(task)
         if task is not None:
+            set_lane(message.options, task.priority, task.organization_id)
             logger.info(
                 "[AgentTaskQueue] Task %s added to queue (priority: %s, delay: %sms)",
                 task_id,
@@ -150,6 +176,7 @@ class TaskLifecycle(dramatiq.Middleware):
         if current.status != TaskStatus.QUEUED:
             hint = "use retry_job for a failed task" if current.status == TaskStatus.FAILED else ""
             raise InvalidTransition(task_id, current.status.value, TaskStatus.QUEUED.value, hint)
+        set_lane(message.options, current.priority, current.organization_id)
         # Already queued: a duplicate send. Harmless: only one message can claim the task.
         logger.debug("Task %s is already queued; sending another message for it", task_id)
 
@@ -170,9 +197,14 @@ class TaskLifecycle(dramatiq.Middleware):
             worker_id=self.worker_id(),
             lease_until=now + timedelta(milliseconds=self.lease_ms),
             now=now,
+            max_running_in_org=self.org_concurrency or None,
         )
         if claim is None:
             task = self.store.get_task(task_id)
+            if task is not None and task.status == TaskStatus.QUEUED and self.org_concurrency:
+                # Its organization runs its maximum: try again shortly, without using an attempt.
+                put_back(broker, message, delay_ms=ORG_CAP_RETRY_MS + random.randint(0, ORG_CAP_RETRY_MS))
+                raise SkipMessage(f"organization {task.organization_id} at its concurrency cap")
             if task is None:
                 logger.warning(
                     "[AgentTaskQueue] Skipping message for task %s: the task no longer exists", task_id
@@ -303,9 +335,24 @@ class TaskLifecycle(dramatiq.Middleware):
         return claim.task.max_attempts
 
 
-def send_queued(broker: dramatiq.Broker, kind: str, task_id: str) -> None:
-    """Send a new message for a task that is already ``queued`` in the database."""
+def set_lane(options: dict[str, Any], priority: int, organization_id: str) -> None:
+    """Record the message's priority lane and organization (read by the lane broker)."""
+    options[LANE_OPTION] = priority
+    options[ORG_OPTION] = organization_id
+
+
+def send_queued(
+    broker: dramatiq.Broker,
+    kind: str,
+    task_id: str,
+    *,
+    priority: int | None = None,
+    organization_id: str | None = None,
+) -> None:
+    """Send a new message for a task already ``queued`` in the database (lane looked up if not given)."""
     options: dict[str, Any] = {QUEUED_OPTION: True}
+    if priority is not None and organization_id is not None:
+        set_lane(options, priority, organization_id)
     broker.get_actor(kind).send_with_options(args=(task_id,), **options)
 
 

@@ -83,10 +83,18 @@ class TaskStore(Protocol):
         ...
 
     def claim(
-        self, task_id: str, *, run_id: str, worker_id: str, lease_until: datetime, now: datetime
+        self,
+        task_id: str,
+        *,
+        run_id: str,
+        worker_id: str,
+        lease_until: datetime,
+        now: datetime,
+        max_running_in_org: int | None = None,
     ) -> Claim | None:
         """``queued → running``: counts an attempt, inserts run ``run_id`` and leases the task to
-        ``worker_id`` until ``lease_until``. ``None`` if the task was not queued."""
+        ``worker_id`` until ``lease_until``. ``None`` if the task was not queued, or if its organization
+        already runs ``max_running_in_org`` tasks (checked atomically with the claim)."""
         ...
 
     def renew_leases(self, worker_id: str, *, lease_until: datetime, now: datetime) -> list[str]:

@@ -191,10 +191,25 @@ class InMemoryTaskStore:
             )
 
     def claim(
-        self, task_id: str, *, run_id: str, worker_id: str, lease_until: datetime, now: datetime
+        self,
+        task_id: str,
+        *,
+        run_id: str,
+        worker_id: str,
+        lease_until: datetime,
+        now: datetime,
+        max_running_in_org: int | None = None,
     ) -> Claim | None:
         with self._lock:
             task = self.tasks.get(task_id)
+            if task is not None and max_running_in_org is not None:
+                running = sum(
+                    1
+                    for other in self.tasks.values()
+                    if other.organization_id == task.organization_id and other.status == TaskStatus.RUNNING
+                )
+                if running >= max_running_in_org:
+                    return None
             claimed = self._swap(
                 task_id,
                 {TaskStatus.QUEUED},
@@ -554,7 +569,11 @@ class InMemoryTaskStore:
                     )
                 self.tasks[task.id] = replace(task, **changes)
                 agent = self.agents.get(task.agent_id)
-                fired.append(FiredSchedule(task.id, agent.kind if agent else None, not busy, task.priority))
+                fired.append(
+                    FiredSchedule(
+                        task.id, agent.kind if agent else None, not busy, task.priority, task.organization_id
+                    )
+                )
         return fired
 
     def list_schedules(self, *, limit: int = 100, offset: int = 0) -> list[Task]:

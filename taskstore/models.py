@@ -190,6 +190,7 @@ class FiredSchedule:
     kind: str | None
     started: bool
     priority: int
+    organization_id: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,9 +168,10 @@ WITH firing AS (
            cancel_requested_at = CASE WHEN target.busy THEN t.cancel_requested_at ELSE NULL END,
            archived_at = CASE WHEN target.busy THEN t.archived_at ELSE NULL END
       FROM target WHERE t.id = target.id
- RETURNING t.id, t.agent_id, t.priority, target.busy
+ RETURNING t.id, t.agent_id, t.priority, t.organization_id, target.busy
 )
-SELECT fired.id, fired.priority, fired.busy, a.kind FROM fired LEFT JOIN ai_agents a ON a.id = fired.agent_id
+SELECT fired.id, fired.priority, fired.organization_id, fired.busy, a.kind
+  FROM fired LEFT JOIN ai_agents a ON a.id = fired.agent_id
 """
 
 _ARCHIVE = """
@@ -369,7 +370,14 @@ class PostgresTaskStore:
         return bool(rows)
 
     def claim(
-        self, task_id: str, *, run_id: str, worker_id: str, lease_until: datetime, now: datetime
+        self,
+        task_id: str,
+        *,
+        run_id: str,
+        worker_id: str,
+        lease_until: datetime,
+        now: datetime,
+        max_running_in_org: int | None = None,
     ) -> Claim | None:
         params = {
             "id": task_id,
@@ -378,12 +386,33 @@ class PostgresTaskStore:
             "now": now,
             "lease_until": lease_until,
         }
-        rows = self._fetch(_CLAIM, params)
+        if max_running_in_org is None:
+            rows = self._fetch(_CLAIM, params)
+        else:
+            rows = self._claim_capped(params, max_running_in_org)
         if not rows:
             return None
         agent_row = unprefixed(rows[0], "a_")
         agent = agent_from_row(agent_row) if agent_row["id"] is not None else None
         return Claim(task=task_from_row(unprefixed(rows[0], "t_")), agent=agent, run_id=run_id)
+
+    def _claim_capped(self, params: dict[str, Any], cap: int) -> list[Row]:
+        """Claim under a per-organization cap: the organization's advisory lock serialises its claims,
+        and the count is read after taking it (a fresh snapshot), so the cap holds under concurrency."""
+        with self._connection() as conn, conn.transaction():
+            org = conn.execute(
+                "SELECT organization_id FROM ai_agent_tasks WHERE id = %(id)s AND status = 'queued'", params
+            ).fetchone()
+            if org is None:
+                return []
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s::text))", (org["organization_id"],))
+            running = conn.execute(
+                "SELECT count(*) AS n FROM ai_agent_tasks WHERE organization_id = %s AND status = 'running'",
+                (org["organization_id"],),
+            ).fetchone()
+            if running is not None and running["n"] >= cap:
+                return []
+            return conn.execute(_CLAIM, params).fetchall()
 
     def complete(
         self,
@@ -566,7 +595,10 @@ class PostgresTaskStore:
             "now": now,
         }
         rows = self._fetch(_FIRE_SCHEDULES, params)
-        return [FiredSchedule(row["id"], row["kind"], not row["busy"], row["priority"]) for row in rows]
+        return [
+            FiredSchedule(row["id"], row["kind"], not row["busy"], row["priority"], row["organization_id"])
+            for row in rows
+        ]
 
     def list_schedules(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
         rows = self._fetch(

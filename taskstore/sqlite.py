@@ -59,6 +59,16 @@ def _decode_time(value: str | None) -> datetime | None:
     return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
+def _org_at_capacity(conn: sqlite3.Connection, task_id: str, cap: int) -> bool:
+    """Whether the task's organization already runs ``cap`` tasks (inside the claim's transaction)."""
+    row = conn.execute(
+        "SELECT count(*) FROM ai_agent_tasks WHERE status = 'running' AND organization_id ="
+        " (SELECT organization_id FROM ai_agent_tasks WHERE id = ?)",
+        (task_id,),
+    ).fetchone()
+    return bool(row and row[0] >= cap)
+
+
 def _since(value: str) -> datetime:
     decoded = _decode_time(value)
     assert decoded is not None  # the queries select NOT NULL columns
@@ -297,10 +307,19 @@ class SqliteTaskStore:
         return task is not None
 
     def claim(
-        self, task_id: str, *, run_id: str, worker_id: str, lease_until: datetime, now: datetime
+        self,
+        task_id: str,
+        *,
+        run_id: str,
+        worker_id: str,
+        lease_until: datetime,
+        now: datetime,
+        max_running_in_org: int | None = None,
     ) -> Claim | None:
         stamp = encode_time(now)
         with self._transaction() as conn:
+            if max_running_in_org is not None and _org_at_capacity(conn, task_id, max_running_in_org):
+                return None
             rows = conn.execute(
                 "UPDATE ai_agent_tasks SET status = 'running', attempts = attempts + 1,"
                 " current_run_id = :run_id, worker_id = :worker_id, lease_expires_at = :lease_until,"
@@ -602,7 +621,8 @@ class SqliteTaskStore:
         with self._transaction() as conn:
             for firing in firings:
                 rows = conn.execute(
-                    "SELECT t.status, t.priority, a.kind FROM ai_agent_tasks t LEFT JOIN ai_agents a"
+                    "SELECT t.status, t.priority, t.organization_id, a.kind FROM ai_agent_tasks t"
+                    " LEFT JOIN ai_agents a"
                     " ON a.id = t.agent_id"
                     " WHERE t.id = ? AND t.schedule_cron IS NOT NULL AND t.next_run_at = ?",
                     (firing.task_id, encode_time(firing.due_at)),
@@ -616,7 +636,12 @@ class SqliteTaskStore:
                     " WHERE id = :id",
                     {"id": firing.task_id, "next": encode_time(firing.next_run_at), "now": stamp},
                 )
-                fired.append(FiredSchedule(firing.task_id, rows[0]["kind"], not busy, rows[0]["priority"]))
+                row = rows[0]
+                fired.append(
+                    FiredSchedule(
+                        firing.task_id, row["kind"], not busy, row["priority"], row["organization_id"]
+                    )
+                )
         return fired
 
     def list_schedules(self, *, limit: int = 100, offset: int = 0) -> list[Task]:

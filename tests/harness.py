@@ -120,7 +120,8 @@ class Throttled(Exception):
 
 
 def harness_settings(**overrides: Any) -> Settings:
-    values: dict[str, Any] = {"backoff_ms": 10}
+    # No start rate limit unless a test asks for one (the default, 100 a minute, would slow many tests).
+    values: dict[str, Any] = {"backoff_ms": 10, "rate_limit_max": 0}
     values.update(overrides)
     return load_settings(**values)
 

@@ -10,6 +10,7 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 
 from actors.errors import BrokerUnavailable
+from actors.lanes import LaneBroker
 from middleware.task_lifecycle import QUEUED_OPTION
 from taskstore import InMemoryTaskStore, TaskStatus, utcnow
 from taskstore.postgres import PostgresTaskStore
@@ -119,7 +120,7 @@ def test_forced_maintenance_returns_a_dead_workers_messages_to_the_queue(app: Ha
     broker = app.broker
     assert isinstance(broker, RedisBroker)
     # A worker fetches the message, then dies: its id sits in its ack set, its heartbeat goes stale.
-    dead = RedisBroker(client=broker.client, namespace=broker.namespace, heartbeat_timeout=1)  # type: ignore[no-untyped-call]
+    dead = LaneBroker(client=broker.client, namespace=broker.namespace, heartbeat_timeout=1)
     consumer = dead.consume("general", prefetch=1, timeout=100)
     assert next(consumer) is not None
     broker.client.zadd(f"{broker.namespace}:__heartbeats__", {dead.broker_id: 0})

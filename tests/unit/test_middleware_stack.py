@@ -36,6 +36,8 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
         "StalledJobs",
         "ShutdownDeadline",
         "Reconciler",
+        "Pause",
+        "StartRateLimit",
         "TaskLifecycle",
     ]
     assert isinstance(stack[6], Retries) and isinstance(stack[-1], TaskLifecycle)
@@ -61,7 +63,15 @@ def test_user_middleware_goes_before_the_task_lifecycle() -> None:
 
     stack = build_middleware(settings, InMemoryTaskStore())
 
-    assert names(stack)[-5:] == ["Recorder", "StalledJobs", "ShutdownDeadline", "Reconciler", "TaskLifecycle"]
+    assert names(stack)[-7:] == [
+        "Recorder",
+        "StalledJobs",
+        "ShutdownDeadline",
+        "Reconciler",
+        "Pause",
+        "StartRateLimit",
+        "TaskLifecycle",
+    ]
 
 
 @pytest.mark.parametrize("path", ["no.such.module:Thing", "tests.unit.test_middleware_stack:names"])
