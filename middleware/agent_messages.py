@@ -15,6 +15,9 @@ LANE_OPTION = "agentq_lane"
 #: Message option: the organization whose turn the message waits for.
 ORG_OPTION = "agentq_org"
 
+#: Message option: when the start rate limit admitted the message (ms since the epoch, Redis's clock).
+ADMITTED_AT_OPTION = "agentq_admitted_at_ms"
+
 #: A message as producers (``Message``) and workers (``MessageProxy``) see it.
 AnyMessage = dramatiq.Message[Any] | MessageProxy
 

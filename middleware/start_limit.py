@@ -25,14 +25,14 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import SkipMessage
 
 from config.errors import ConfigError
-from middleware.agent_messages import agent_kind
+from middleware.agent_messages import ADMITTED_AT_OPTION, agent_kind
 from middleware.pause import put_back
 
 logger = logging.getLogger("agentq.lifecycle")
 
 # KEYS: one sorted set per limit. ARGV: member, then (max, window_ms) per key. Time is Redis's own
-# (one clock for every worker machine). Returns 0 when the start is admitted (recorded in every set),
-# else the milliseconds until the fullest window has room.
+# (one clock for every worker machine). Returns {0, now_ms} when the start is admitted (recorded in
+# every set), else {ms until the fullest window has room, now_ms}.
 _ADMIT = """
 local clock = redis.call("TIME")
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
@@ -49,13 +49,13 @@ for i, key in ipairs(KEYS) do
     end
 end
 if wait > 0 then
-    return wait
+    return {wait, now}
 end
 for i, key in ipairs(KEYS) do
     redis.call("zadd", key, now, ARGV[1])
     redis.call("pexpire", key, tonumber(ARGV[1 + 2 * i]))
 end
-return 0
+return {0, now}
 """
 
 
@@ -103,18 +103,22 @@ class StartRateLimit(dramatiq.Middleware):
             limits.append((f"{broker.namespace}:starts.{kind}", self.per_kind[kind]))
         if not limits:
             return
-        wait_ms = self._admit(broker, limits)
-        if wait_ms:
-            delay = int(wait_ms) + random.randint(1, 50)
-            logger.debug("Rate limit: message %s waits %sms", message.message_id, delay)
-            put_back(broker, message, delay_ms=delay)
-            raise SkipMessage("rate limited")
+        wait_ms, admitted_at_ms = self._admit(broker, limits)
+        if not wait_ms:
+            # The claim records this instant as ``started_at``, so the limit holds on the stored starts too.
+            message.options[ADMITTED_AT_OPTION] = admitted_at_ms
+            return
+        delay = wait_ms + random.randint(1, 50)
+        logger.debug("Rate limit: message %s waits %sms", message.message_id, delay)
+        put_back(broker, message, delay_ms=delay)
+        raise SkipMessage("rate limited")
 
-    def _admit(self, broker: RedisBroker, limits: list[tuple[str, Limit]]) -> int:
+    def _admit(self, broker: RedisBroker, limits: list[tuple[str, Limit]]) -> tuple[int, int]:
         script = self._scripts.get(id(broker))
         if script is None:
             script = self._scripts[id(broker)] = broker.client.register_script(_ADMIT)
         args: list[Any] = [uuid.uuid4().hex]
         for _, limit in limits:
             args += [limit.max, limit.window_ms]
-        return int(script(keys=[key for key, _ in limits], args=args))
+        wait, now = script(keys=[key for key, _ in limits], args=args)
+        return int(wait), int(now)

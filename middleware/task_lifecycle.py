@@ -26,7 +26,7 @@ import random
 import time
 import traceback
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -36,6 +36,7 @@ from dramatiq.middleware import Interrupt, MiddlewareError, SkipMessage
 
 from config.errors import AgentQueueError
 from middleware.agent_messages import (
+    ADMITTED_AT_OPTION,
     AGENT_KIND_OPTION,
     LANE_OPTION,
     ORG_OPTION,
@@ -190,7 +191,8 @@ class TaskLifecycle(dramatiq.Middleware):
         except AgentQueueError as exc:
             logger.error("[AgentTaskQueue] Dropping message %s: %s", message.message_id, exc)
             raise SkipMessage(str(exc)) from exc
-        now = self.clock()
+        admitted = message.options.get(ADMITTED_AT_OPTION)
+        now = datetime.fromtimestamp(admitted / 1000, UTC) if isinstance(admitted, int) else self.clock()
         claim = self.store.claim(
             task_id,
             run_id=new_id(),

@@ -1,0 +1,187 @@
+"""Priority lanes, fair turns, start rate limits, pause/resume and the per-organization cap, on real Redis."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import timedelta
+from typing import Any
+
+import dramatiq
+import pytest
+
+from actors.lanes import LaneBroker
+from middleware.agent_messages import LANE_OPTION, ORG_OPTION
+from taskstore import InMemoryTaskStore, TaskStatus, utcnow
+from tests.harness import OTHER_ORG, Harness, redis_harness, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def store() -> InMemoryTaskStore:
+    return InMemoryTaskStore()
+
+
+def started_order(app: Harness, task_ids: list[str]) -> list[str]:
+    tasks = [app.store.get_task(task_id) for task_id in task_ids]
+    started = [task for task in tasks if task is not None and task.started_at is not None]
+    return [task.id for task in sorted(started, key=lambda task: task.started_at or task.created_at)]
+
+
+def all_completed(app: Harness, task_ids: list[str]) -> bool:
+    return all(app.store.get_task(task_id).status == TaskStatus.COMPLETED for task_id in task_ids)  # type: ignore[union-attr]
+
+
+def sleepy(ms: int) -> dict[str, Any]:
+    return {"script": [{"answer": "ok", "sleep_ms": ms}]}
+
+
+def test_lanes_are_fetched_by_priority_then_plain_list_at_five(
+    redis_url: str, store: InMemoryTaskStore
+) -> None:
+    with redis_harness(store, redis_url) as app:
+        broker = app.broker
+        assert isinstance(broker, LaneBroker)
+        actor = app.kinds["general"]
+        sent: list[tuple[int | None, str]] = []
+        for lane in (1, 10, None, 5, 7):
+            options: dict[str, Any] = {"agentq_queued": True}
+            if lane is not None:
+                options.update({LANE_OPTION: lane, ORG_OPTION: "org"})
+            message = actor.message_with_options(
+                args=("00000000-0000-4000-8000-00000000000" + str(len(sent)),), **options
+            )
+            broker.enqueue(message)
+            sent.append((lane, message.message_id))
+
+        fetched = [dramatiq.Message.decode(data) for data in broker.fetch("general", 10)]
+
+    lanes = {message_id: lane for lane, message_id in sent}
+    assert [lanes[message.message_id] for message in fetched] == [10, 7, 5, None, 1]
+
+
+def test_organizations_take_turns_within_a_priority(redis_url: str, store: InMemoryTaskStore) -> None:
+    with redis_harness(store, redis_url) as app:
+        broker = app.broker
+        assert isinstance(broker, LaneBroker)
+        actor = app.kinds["general"]
+        for org, count in (("big", 6), ("small", 2)):
+            for n in range(count):
+                options: dict[str, Any] = {"agentq_queued": True, LANE_OPTION: 5, ORG_OPTION: org, "n": n}
+                broker.enqueue(actor.message_with_options(args=(f"{org}-{n}",), **options))
+
+        fetched = [dramatiq.Message.decode(data).args[0] for data in broker.fetch("general", 8)]
+
+    assert fetched[:4] == ["big-0", "small-0", "big-1", "small-1"]
+    assert fetched[4:] == ["big-2", "big-3", "big-4", "big-5"]
+
+
+@pytest.mark.parametrize(("backlog_priority", "urgent_priority"), [(1, 10), (3, 7)])
+def test_a_higher_priority_task_overtakes_a_running_backlog(
+    redis_url: str, store: InMemoryTaskStore, backlog_priority: int, urgent_priority: int
+) -> None:
+    threads, prefetch = 2, 4  # Dramatiq prefetches 2 messages per thread
+    with redis_harness(store, redis_url) as app:
+        agent = app.agent()
+        backlog = [app.task(agent, priority=backlog_priority, context=sleepy(20)) for _ in range(80)]
+        for task_id in backlog:
+            app.queue.add_task(task_id)
+
+        with app.worker(threads=threads):
+            wait_until(lambda: len(started_order(app, backlog)) >= 10, what="the backlog to be under way")
+            urgent = app.task(agent, priority=urgent_priority, context=sleepy(20))
+            added_at = app.queue.add_task(urgent).task.queued_at
+            wait_until(lambda: all_completed(app, [urgent]), timeout_s=30, what="the urgent task")
+
+        assert added_at is not None
+        urgent_start = app.store.get_task(urgent).started_at  # type: ignore[union-attr]
+        assert urgent_start is not None
+        starts = [app.store.get_task(task_id).started_at for task_id in backlog]  # type: ignore[union-attr]
+        overtaken_by = [start for start in starts if start is not None and added_at <= start < urgent_start]
+        assert len(overtaken_by) <= threads + prefetch, len(overtaken_by)
+        assert sum(start is None for start in starts) > 0  # the backlog was still waiting: it was overtaken
+
+
+def test_another_tenants_tasks_do_not_wait_for_a_burst(redis_url: str, store: InMemoryTaskStore) -> None:
+    with redis_harness(store, redis_url) as app:
+        agent_a = app.agent()
+        burst = [app.task(agent_a, context=sleepy(10)) for _ in range(150)]
+        for task_id in burst:
+            app.queue.add_task(task_id)
+        agent_b = app.agent(organization_id=OTHER_ORG)
+        small = [app.task(agent_b, organization_id=OTHER_ORG, context=sleepy(10)) for _ in range(5)]
+        for task_id in small:
+            app.queue.add_task(task_id)
+
+        with app.worker(threads=2):
+            wait_until(
+                lambda: all_completed(app, [*burst, *small]), timeout_s=60, what="both tenants to finish"
+            )
+
+        order = started_order(app, [*burst, *small])
+        last_of_b = max(order.index(task_id) for task_id in small)
+        assert last_of_b < 20, f"B's last task started {last_of_b}th of {len(order)}"
+
+
+def test_starts_never_exceed_the_rate_limit_in_any_window(redis_url: str, store: InMemoryTaskStore) -> None:
+    with redis_harness(store, redis_url, rate_limit_max=5, rate_limit_window_ms=1000) as app:
+        agent = app.agent()
+        ids = [app.task(agent) for _ in range(16)]
+        for task_id in ids:
+            app.queue.add_task(task_id)
+
+        with app.worker(threads=4):
+            wait_until(lambda: all_completed(app, ids), timeout_s=30, what="the limited tasks")
+
+        starts = sorted(app.store.get_task(task_id).started_at or utcnow() for task_id in ids)  # type: ignore[union-attr]
+        assert (starts[-1] - starts[0]).total_seconds() >= 2.9  # 16 starts at 5 a second
+        # No 1-second window of started_at holds 6 starts (started_at is the limiter's admission time).
+        window = timedelta(seconds=1)
+        assert all(starts[i + 5] - starts[i] >= window for i in range(len(starts) - 5))
+        assert all(app.store.get_task(task_id).attempts == 1 for task_id in ids)  # type: ignore[union-attr]
+
+
+def test_pausing_stops_new_starts_everywhere_and_resuming_runs_each_task_once(
+    redis_url: str, store: InMemoryTaskStore
+) -> None:
+    with redis_harness(store, redis_url) as app:
+        agent = app.agent()
+        active = [app.task(agent, context=sleepy(800)) for _ in range(2)]
+        for task_id in active:
+            app.queue.add_task(task_id)
+        waiting = [app.task(agent, context=sleepy(10)) for _ in range(20)]
+
+        with app.worker(threads=2):
+            wait_until(
+                lambda: all(app.store.get_task(t).status == TaskStatus.RUNNING for t in active),  # type: ignore[union-attr]
+                what="the active tasks to start",
+            )
+            app.queue.pause_queue()
+            for task_id in waiting:
+                app.queue.add_task(task_id)
+            wait_until(lambda: all_completed(app, active), what="the active tasks to finish")
+            stats = app.queue.get_queue_stats()
+            assert app.queue.is_paused() and (stats.waiting, stats.paused) == (0, 20)
+            assert all(app.store.get_task(task_id).started_at is None for task_id in waiting)  # type: ignore[union-attr]
+
+            app.queue.resume_queue()
+            wait_until(lambda: all_completed(app, waiting), timeout_s=30, what="the held tasks after resume")
+
+        assert all(len(app.store.get_runs(task_id)) == 1 for task_id in waiting)
+        assert not app.queue.is_paused()
+
+
+def test_an_organization_never_runs_more_than_its_cap(redis_url: str, store: InMemoryTaskStore) -> None:
+    with redis_harness(store, redis_url, org_concurrency=1) as app:
+        agent = app.agent()
+        ids = [app.task(agent, context=sleepy(150)) for _ in range(5)]
+        for task_id in ids:
+            app.queue.add_task(task_id)
+
+        with app.worker(threads=4):
+            wait_until(lambda: all_completed(app, ids), timeout_s=30, what="the capped tasks")
+
+        runs = sorted((app.store.get_runs(task_id)[0] for task_id in ids), key=lambda run: run.started_at)
+        for earlier, later in itertools.pairwise(runs):
+            assert earlier.finished_at is not None and earlier.finished_at <= later.started_at
+        assert all(app.store.get_task(task_id).attempts == 1 for task_id in ids)  # type: ignore[union-attr]
