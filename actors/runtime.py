@@ -15,6 +15,7 @@ from actors.task_queue import AgentTaskQueue
 from config.errors import ConfigError
 from config.settings import Settings
 from orchestrator import Orchestrator, PriceTable, ProviderRegistry, ProviderSettings
+from orchestrator.tracing import TracingHooks
 from taskstore import RetentionPolicy, TaskStore, build_store, utcnow
 
 
@@ -54,7 +55,8 @@ def build_orchestrator(settings: Settings) -> Orchestrator:
         prices = PriceTable.from_mapping(settings.model_prices)
     except ValueError as exc:
         raise ConfigError(f"AGENTQ_MODEL_PRICES_JSON: {exc}") from exc
-    return Orchestrator(providers, prices=prices)
+    hooks = TracingHooks(record_content=settings.trace_content)
+    return Orchestrator(providers, prices=prices, hooks=hooks)
 
 
 def _secret(value: SecretStr | None) -> str | None:

@@ -6,6 +6,7 @@ The stack (``before_*`` hooks run top to bottom, ``after_*`` bottom to top):
 name                     middleware
 =======================  ========================================================================
 (always)                 :class:`middleware.close_store.CloseStore` — closes DB connections last
+``tracing``              :class:`middleware.tracing.Tracing` — publish/process spans around everything
 ``age_limit``            ``dramatiq.middleware.AgeLimit``
 ``time_limit``           ``dramatiq.middleware.TimeLimit`` (``AGENTQ_TASK_TIME_LIMIT_MS``)
 ``shutdown``             ``dramatiq.middleware.ShutdownNotifications``
@@ -21,7 +22,9 @@ name                     middleware
 (always)                 :class:`middleware.task_lifecycle.TaskLifecycle` — always last
 =======================  ========================================================================
 
-``AGENTQ_DISABLE_MIDDLEWARE`` names entries to leave out. User middleware sits
+``tracing`` is second so its ``before_*`` hooks run before every other (its span covers
+skips, the claim, the run and the status writes) and its ``after_*`` hooks after every
+other but ``CloseStore``. ``AGENTQ_DISABLE_MIDDLEWARE`` names entries to leave out. User middleware sits
 before ``task_lifecycle`` so a user's ``SkipMessage`` happens before the task is
 claimed.
 """
@@ -31,6 +34,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 import dramatiq
 from dramatiq.middleware import (
@@ -41,6 +45,7 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
+from opentelemetry.trace import TracerProvider
 from periodiq import PeriodiqMiddleware
 
 from config.errors import ConfigError
@@ -52,6 +57,8 @@ from middleware.retries import Retries
 from middleware.shutdown_deadline import ShutdownDeadline
 from middleware.stalled_jobs import StalledJobs
 from middleware.task_lifecycle import AttemptResult, EnqueueRejected, TaskLifecycle, current_claim
+from middleware.telemetry import configure_tracing, shutdown_tracing
+from middleware.tracing import Tracing
 from taskstore import TaskStore, utcnow
 
 #: Dramatiq's middleware we use, switchable by name, in stack order.
@@ -67,14 +74,20 @@ DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
 }
 #: Our reliability middleware, switchable by name, in stack order (after the user's).
 RELIABILITY = ("stalled_jobs", "shutdown_deadline", "reconciler")
+#: Our observability middleware, switchable by name (right after ``CloseStore``).
+OBSERVABILITY = ("tracing",)
 #: Every name ``AGENTQ_DISABLE_MIDDLEWARE`` accepts.
-OPTIONAL = (*DRAMATIQ, *RELIABILITY)
+OPTIONAL = (*OBSERVABILITY, *DRAMATIQ, *RELIABILITY)
 
 
 def build_middleware(
-    settings: Settings, store: TaskStore, *, clock: Callable[[], datetime] = utcnow
+    settings: Settings,
+    store: TaskStore,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    tracer_provider: TracerProvider | None = None,
 ) -> list[dramatiq.Middleware]:
-    """The middleware stack for ``settings``, in the documented order."""
+    """The middleware stack for ``settings``, in the documented order (``tracer_provider``: tests)."""
     disabled = set(settings.disabled_middleware)
     unknown = sorted(disabled - set(OPTIONAL))
     if unknown:
@@ -100,6 +113,14 @@ def build_middleware(
         ),
     }
     stack: list[dramatiq.Middleware] = [CloseStore(store)]
+    if "tracing" not in disabled:
+        tracing = Tracing(
+            attempts,
+            tracer_provider=tracer_provider,
+            setup=partial(configure_tracing, settings),
+            shutdown=shutdown_tracing,
+        )
+        stack.append(tracing)
     stack.extend(factory(settings) for name, factory in DRAMATIQ.items() if name not in disabled)
     stack.extend(load_middleware(path) for path in settings.extra_middleware)
     stack.extend(middleware for name, middleware in reliability.items() if name not in disabled)
@@ -131,6 +152,7 @@ def load_middleware(path: str) -> dramatiq.Middleware:
 
 __all__ = [
     "DRAMATIQ",
+    "OBSERVABILITY",
     "OPTIONAL",
     "RELIABILITY",
     "AttemptResult",
@@ -141,6 +163,7 @@ __all__ = [
     "ShutdownDeadline",
     "StalledJobs",
     "TaskLifecycle",
+    "Tracing",
     "build_middleware",
     "current_claim",
     "load_middleware",
