@@ -7,6 +7,7 @@ name                     middleware
 =======================  ========================================================================
 (always)                 :class:`middleware.close_store.CloseStore` — closes DB connections last
 ``tracing``              :class:`middleware.tracing.Tracing` — publish/process spans around everything
+``sentry``               :class:`middleware.sentry.Sentry` — scope, tags, one event per dead letter
 ``age_limit``            ``dramatiq.middleware.AgeLimit``
 ``time_limit``           ``dramatiq.middleware.TimeLimit`` (``AGENTQ_TASK_TIME_LIMIT_MS``)
 ``shutdown``             ``dramatiq.middleware.ShutdownNotifications``
@@ -54,6 +55,7 @@ from middleware.attempts import AttemptRegistry
 from middleware.close_store import CloseStore
 from middleware.reconciler import Reconciler
 from middleware.retries import Retries
+from middleware.sentry import Sentry
 from middleware.shutdown_deadline import ShutdownDeadline
 from middleware.stalled_jobs import StalledJobs
 from middleware.task_lifecycle import AttemptResult, EnqueueRejected, TaskLifecycle, current_claim
@@ -74,8 +76,8 @@ DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
 }
 #: Our reliability middleware, switchable by name, in stack order (after the user's).
 RELIABILITY = ("stalled_jobs", "shutdown_deadline", "reconciler")
-#: Our observability middleware, switchable by name (right after ``CloseStore``).
-OBSERVABILITY = ("tracing",)
+#: Our observability middleware, switchable by name (right after ``CloseStore``; sentry only with a DSN).
+OBSERVABILITY = ("tracing", "sentry")
 #: Every name ``AGENTQ_DISABLE_MIDDLEWARE`` accepts.
 OPTIONAL = (*OBSERVABILITY, *DRAMATIQ, *RELIABILITY)
 
@@ -121,6 +123,8 @@ def build_middleware(
             shutdown=shutdown_tracing,
         )
         stack.append(tracing)
+    if settings.sentry_dsn is not None and "sentry" not in disabled:
+        stack.append(Sentry(settings, store, attempts))
     stack.extend(factory(settings) for name, factory in DRAMATIQ.items() if name not in disabled)
     stack.extend(load_middleware(path) for path in settings.extra_middleware)
     stack.extend(middleware for name, middleware in reliability.items() if name not in disabled)
@@ -160,6 +164,7 @@ __all__ = [
     "EnqueueRejected",
     "Reconciler",
     "Retries",
+    "Sentry",
     "ShutdownDeadline",
     "StalledJobs",
     "TaskLifecycle",
