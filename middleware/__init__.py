@@ -8,6 +8,7 @@ name                     middleware
 (always)                 :class:`middleware.close_store.CloseStore` — closes DB connections last
 ``tracing``              :class:`middleware.tracing.Tracing` — publish/process spans around everything
 ``sentry``               :class:`middleware.sentry.Sentry` — scope, tags, one event per dead letter
+``metrics``              :class:`middleware.metrics.Metrics` — Prometheus endpoint per process
 ``age_limit``            ``dramatiq.middleware.AgeLimit``
 ``time_limit``           ``dramatiq.middleware.TimeLimit`` (``AGENTQ_TASK_TIME_LIMIT_MS``)
 ``shutdown``             ``dramatiq.middleware.ShutdownNotifications``
@@ -53,6 +54,7 @@ from config.errors import ConfigError
 from config.settings import Settings
 from middleware.attempts import AttemptRegistry
 from middleware.close_store import CloseStore
+from middleware.metrics import Metrics
 from middleware.reconciler import Reconciler
 from middleware.retries import Retries
 from middleware.sentry import Sentry
@@ -76,8 +78,8 @@ DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
 }
 #: Our reliability middleware, switchable by name, in stack order (after the user's).
 RELIABILITY = ("stalled_jobs", "shutdown_deadline", "reconciler")
-#: Our observability middleware, switchable by name (right after ``CloseStore``; sentry only with a DSN).
-OBSERVABILITY = ("tracing", "sentry")
+#: Our observability middleware, after ``CloseStore`` (sentry with a DSN, metrics with a port).
+OBSERVABILITY = ("tracing", "sentry", "metrics")
 #: Every name ``AGENTQ_DISABLE_MIDDLEWARE`` accepts.
 OPTIONAL = (*OBSERVABILITY, *DRAMATIQ, *RELIABILITY)
 
@@ -125,6 +127,8 @@ def build_middleware(
         stack.append(tracing)
     if settings.sentry_dsn is not None and "sentry" not in disabled:
         stack.append(Sentry(settings, store, attempts))
+    if settings.metrics_port is not None and "metrics" not in disabled:
+        stack.append(Metrics(settings.metrics_port, attempts))
     stack.extend(factory(settings) for name, factory in DRAMATIQ.items() if name not in disabled)
     stack.extend(load_middleware(path) for path in settings.extra_middleware)
     stack.extend(middleware for name, middleware in reliability.items() if name not in disabled)
@@ -162,6 +166,7 @@ __all__ = [
     "AttemptResult",
     "CloseStore",
     "EnqueueRejected",
+    "Metrics",
     "Reconciler",
     "Retries",
     "Sentry",
