@@ -61,7 +61,7 @@ from middleware.sentry import Sentry
 from middleware.shutdown_deadline import ShutdownDeadline
 from middleware.stalled_jobs import StalledJobs
 from middleware.task_lifecycle import AttemptResult, EnqueueRejected, TaskLifecycle, current_claim
-from middleware.telemetry import configure_tracing, shutdown_tracing
+from middleware.telemetry import JsonLogs, configure_tracing, shutdown_tracing
 from middleware.tracing import Tracing
 from taskstore import TaskStore, utcnow
 
@@ -127,6 +127,8 @@ def build_middleware(
         stack.append(tracing)
     if settings.sentry_dsn is not None and "sentry" not in disabled:
         stack.append(Sentry(settings, store, attempts))
+    if settings.log_format == "json":
+        stack.append(JsonLogs())
     if settings.metrics_port is not None and "metrics" not in disabled:
         stack.append(Metrics(settings.metrics_port, attempts))
     stack.extend(factory(settings) for name, factory in DRAMATIQ.items() if name not in disabled)

@@ -21,8 +21,10 @@ from __future__ import annotations
 import logging
 import threading
 
+import dramatiq
 from opentelemetry import trace
 
+from config.logs import use_json
 from config.settings import Settings
 
 logger = logging.getLogger("agentq.telemetry")
@@ -75,4 +77,11 @@ def shutdown_tracing() -> None:
         provider.shutdown()
 
 
-__all__ = ["DEFAULT_SERVICE_NAME", "configure_tracing", "shutdown_tracing"]
+class JsonLogs(dramatiq.Middleware):
+    """``AGENTQ_LOG_FORMAT=json`` in ``dramatiq actors``: JSON log lines from each worker process."""
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        use_json()
+
+
+__all__ = ["DEFAULT_SERVICE_NAME", "JsonLogs", "configure_tracing", "shutdown_tracing"]
