@@ -43,12 +43,16 @@ PROCESSES, THREADS = 1, 8
 
 def noop_overhead_us(iterations: int = 20_000) -> float:
     """Microseconds the Tracing hooks add per message (publish + process) with the no-op tracer."""
+    import dramatiq
     from dramatiq import Message
     from dramatiq.brokers.stub import StubBroker
 
     from middleware.tracing import Tracing
 
     broker = StubBroker(middleware=[])
+    broker.declare_actor(
+        dramatiq.Actor(lambda: None, broker=broker, actor_name="a", queue_name="q", priority=0, options={})
+    )
     tracing = Tracing()
     tracing._set_up = True
 

@@ -93,11 +93,16 @@ class Tracing(dramatiq.Middleware):
         shutdown: Callable[[], None] | None = None,
     ) -> None:
         self.tracer = _tracer(tracer_provider)
+        self._own_provider = tracer_provider is not None
         self._setup = setup
         self._shutdown = shutdown
         self._set_up = False
         if attempts is not None:
             attempts.observe(self)
+
+    def _off(self) -> bool:
+        """True while no tracer provider is installed: every hook returns at once (the no-op path)."""
+        return not self._own_provider and isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider)
 
     def _ensure_setup(self) -> None:
         if not self._set_up:
@@ -120,6 +125,8 @@ class Tracing(dramatiq.Middleware):
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
     ) -> None:
         self._ensure_setup()
+        if self._off():
+            return
         abandon_publish(RuntimeError("enqueue did not complete"))
         current = trace.get_current_span().get_span_context()
         if TRACE_OPTION in message.options and not current.is_valid:
@@ -139,6 +146,8 @@ class Tracing(dramatiq.Middleware):
     def after_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
     ) -> None:
+        if self._off():
+            return
         pending: tuple[str, Span] | None = getattr(_local, "publish", None)
         if pending is not None and pending[0] == message.message_id:
             _local.publish = None
@@ -147,6 +156,8 @@ class Tracing(dramatiq.Middleware):
     # --- worker side --------------------------------------------------------
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        if self._off():
+            return
         carrier = message.options.get(TRACE_OPTION)
         parent = propagate.extract(carrier if isinstance(carrier, dict) else {})
         span = self.tracer.start_span(
