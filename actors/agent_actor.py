@@ -26,6 +26,7 @@ from actors.errors import AgentUnavailable, BrokerUnavailable
 from middleware.agent_messages import AGENT_KIND_OPTION
 from middleware.attempts import Attempt, current_attempt
 from middleware.task_lifecycle import ENQUEUED_AT_OPTION, AttemptResult, EnqueueRejected, report_outcome
+from middleware.tracing import abandon_publish
 from orchestrator import AgentSpec, Orchestrator, TaskInput
 from taskstore import Agent, Claim, Task, TaskStore, Usage, normalize_id, utcnow
 
@@ -145,8 +146,10 @@ class AgentActor(dramatiq.Actor[[str], None]):
         try:
             return super().send_with_options(args=(task_id,), delay=delay, **options)
         except EnqueueRejected as exc:
+            abandon_publish(exc.reason)
             raise exc.reason from exc
         except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
+            abandon_publish(exc)
             queued_at = datetime.fromisoformat(options[ENQUEUED_AT_OPTION])
             if self.store is not None:
                 self.store.revert_queued(task_id, queued_at=queued_at, now=self.clock())

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -253,12 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``agentq`` console script."""
+    from config.logs import configure_logging
     from config.settings import load_settings
 
     args = build_parser().parse_args(argv)
     try:
         settings = load_settings()
-        logging.basicConfig(level=settings.log_level, format="%(message)s")
+        configure_logging(settings)
         result: int = args.handler(args)
     except AgentQueueError as exc:
         print(f"agentq: {exc}", file=sys.stderr)

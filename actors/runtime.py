@@ -14,7 +14,10 @@ from actors.budget import BudgetPolicy
 from actors.task_queue import AgentTaskQueue
 from config.errors import ConfigError
 from config.settings import Settings
+from middleware.metrics import LLMMetrics
 from orchestrator import Orchestrator, PriceTable, ProviderRegistry, ProviderSettings
+from orchestrator.hooks import CompositeHooks, OrchestratorHooks
+from orchestrator.tracing import TracingHooks
 from taskstore import RetentionPolicy, TaskStore, build_store, utcnow
 
 
@@ -54,7 +57,10 @@ def build_orchestrator(settings: Settings) -> Orchestrator:
         prices = PriceTable.from_mapping(settings.model_prices)
     except ValueError as exc:
         raise ConfigError(f"AGENTQ_MODEL_PRICES_JSON: {exc}") from exc
-    return Orchestrator(providers, prices=prices)
+    hooks: OrchestratorHooks = TracingHooks(record_content=settings.trace_content)
+    if settings.metrics_port is not None:
+        hooks = CompositeHooks(hooks, LLMMetrics(prices))
+    return Orchestrator(providers, prices=prices, hooks=hooks)
 
 
 def _secret(value: SecretStr | None) -> str | None:

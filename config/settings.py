@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import quote
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator
@@ -154,12 +154,39 @@ class Settings(BaseSettings):
 
     # --- Logging ---
     log_level: str = Field(default="INFO", validation_alias="AGENTQ_LOG_LEVEL")
+    #: ``text`` (DESIGN §9 lines as they are) or ``json`` (one object per line, with trace and span ids).
+    log_format: Literal["text", "json"] = Field(default="text", validation_alias="AGENTQ_LOG_FORMAT")
+
+    # --- Observability (the OTEL_* names are OpenTelemetry's own; the SDK reads the rest itself) ---
+    otel_sdk_disabled: bool = Field(default=False, validation_alias="OTEL_SDK_DISABLED")
+    otel_exporter_otlp_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT"
+    )
+    otel_exporter_otlp_traces_endpoint: str | None = Field(
+        default=None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
+    otel_traces_exporter: str = Field(default="otlp", validation_alias="OTEL_TRACES_EXPORTER")
+    otel_service_name: str | None = Field(default=None, validation_alias="OTEL_SERVICE_NAME")
+    #: Record prompts, model output and tool arguments/results in spans (and Sentry). Off by default.
+    trace_content: bool = Field(default=False, validation_alias="AGENTQ_TRACE_CONTENT")
+    sentry_dsn: SecretStr | None = Field(default=None, validation_alias="SENTRY_DSN")
+    #: Share of task attempts and enqueues sent to Sentry as performance transactions (0 = none).
+    sentry_traces_sample_rate: float = Field(default=0.0, validation_alias="SENTRY_TRACES_SAMPLE_RATE")
+    #: Prometheus endpoint of each worker process: the first free port from this one (None = off).
+    metrics_port: Port | None = Field(default=None, validation_alias="AGENTQ_METRICS_PORT")
 
     @field_validator("extra_middleware", "disabled_middleware", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("sentry_traces_sample_rate")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        if not 0.0 <= value <= 1.0:
+            raise ValueError("must be between 0 and 1")
         return value
 
     @field_validator("monthly_budget_usd")
@@ -202,6 +229,11 @@ class Settings(BaseSettings):
             auth = ":" + quote(self.redis_password.get_secret_value(), safe="") + "@"
         return f"redis://{auth}{self.redis_host}:{self.redis_port}/0"
 
+    def tracing_enabled(self) -> bool:
+        """Whether to export spans: an OTLP endpoint is set, the SDK is enabled, the exporter is not none."""
+        endpoint = self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
+        return bool(endpoint) and not self.otel_sdk_disabled and self.otel_traces_exporter.strip() != "none"
+
     def store_backend(self) -> str:
         """Which task store the settings select: ``postgres`` or ``sqlite``."""
         return "postgres" if self.database_url is not None else "sqlite"
@@ -211,7 +243,14 @@ class Settings(BaseSettings):
         return self.db_pool_size or self.queue_concurrency + 4
 
 
-_SECRET_FIELDS = {"REDIS_URL", "REDIS_PASSWORD", "DATABASE_URL", "OPENAI_API_KEY", "ANTHROPIC_API_KEY"}
+_SECRET_FIELDS = {
+    "REDIS_URL",
+    "REDIS_PASSWORD",
+    "DATABASE_URL",
+    "OPENAI_API_KEY",
+    "ANTHROPIC_API_KEY",
+    "SENTRY_DSN",
+}
 
 
 def _describe(error: Any) -> str:

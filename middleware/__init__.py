@@ -6,6 +6,9 @@ The stack (``before_*`` hooks run top to bottom, ``after_*`` bottom to top):
 name                     middleware
 =======================  ========================================================================
 (always)                 :class:`middleware.close_store.CloseStore` — closes DB connections last
+``tracing``              :class:`middleware.tracing.Tracing` — publish/process spans around everything
+``sentry``               :class:`middleware.sentry.Sentry` — scope, tags, one event per dead letter
+``metrics``              :class:`middleware.metrics.Metrics` — Prometheus endpoint per process
 ``age_limit``            ``dramatiq.middleware.AgeLimit``
 ``time_limit``           ``dramatiq.middleware.TimeLimit`` (``AGENTQ_TASK_TIME_LIMIT_MS``)
 ``shutdown``             ``dramatiq.middleware.ShutdownNotifications``
@@ -23,7 +26,9 @@ name                     middleware
 (always)                 :class:`middleware.task_lifecycle.TaskLifecycle` — always last
 =======================  ========================================================================
 
-``AGENTQ_DISABLE_MIDDLEWARE`` names entries to leave out. User middleware sits
+``tracing`` is second so its ``before_*`` hooks run before every other (its span covers
+skips, the claim, the run and the status writes) and its ``after_*`` hooks after every
+other but ``CloseStore``. ``AGENTQ_DISABLE_MIDDLEWARE`` names entries to leave out. User middleware sits
 before ``task_lifecycle`` so a user's ``SkipMessage`` happens before the task is
 claimed.
 """
@@ -33,6 +38,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from datetime import datetime
+from functools import partial
 
 import dramatiq
 from dramatiq.middleware import (
@@ -43,19 +49,24 @@ from dramatiq.middleware import (
     ShutdownNotifications,
     TimeLimit,
 )
+from opentelemetry.trace import TracerProvider
 from periodiq import PeriodiqMiddleware
 
 from config.errors import ConfigError
 from config.settings import Settings
 from middleware.attempts import AttemptRegistry
 from middleware.close_store import CloseStore
+from middleware.metrics import Metrics
 from middleware.pause import Pause
 from middleware.reconciler import Reconciler
 from middleware.retries import Retries
+from middleware.sentry import Sentry
 from middleware.shutdown_deadline import ShutdownDeadline
 from middleware.stalled_jobs import StalledJobs
 from middleware.start_limit import Limit, StartRateLimit, parse_kind_limits
 from middleware.task_lifecycle import AttemptResult, EnqueueRejected, TaskLifecycle, current_claim
+from middleware.telemetry import JsonLogs, configure_tracing, shutdown_tracing
+from middleware.tracing import Tracing
 from taskstore import TaskStore, utcnow
 
 #: Dramatiq's middleware we use, switchable by name, in stack order.
@@ -71,14 +82,20 @@ DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
 }
 #: Our middleware after the user's, switchable by name, in stack order.
 RELIABILITY = ("stalled_jobs", "shutdown_deadline", "reconciler", "pause", "rate_limit")
+#: Our observability middleware, after ``CloseStore`` (sentry with a DSN, metrics with a port).
+OBSERVABILITY = ("tracing", "sentry", "metrics")
 #: Every name ``AGENTQ_DISABLE_MIDDLEWARE`` accepts.
-OPTIONAL = (*DRAMATIQ, *RELIABILITY)
+OPTIONAL = (*OBSERVABILITY, *DRAMATIQ, *RELIABILITY)
 
 
 def build_middleware(
-    settings: Settings, store: TaskStore, *, clock: Callable[[], datetime] = utcnow
+    settings: Settings,
+    store: TaskStore,
+    *,
+    clock: Callable[[], datetime] = utcnow,
+    tracer_provider: TracerProvider | None = None,
 ) -> list[dramatiq.Middleware]:
-    """The middleware stack for ``settings``, in the documented order."""
+    """The middleware stack for ``settings``, in the documented order (``tracer_provider``: tests)."""
     disabled = set(settings.disabled_middleware)
     unknown = sorted(disabled - set(OPTIONAL))
     if unknown:
@@ -110,6 +127,20 @@ def build_middleware(
         ),
     }
     stack: list[dramatiq.Middleware] = [CloseStore(store)]
+    if "tracing" not in disabled:
+        tracing = Tracing(
+            attempts,
+            tracer_provider=tracer_provider,
+            setup=partial(configure_tracing, settings),
+            shutdown=shutdown_tracing,
+        )
+        stack.append(tracing)
+    if settings.sentry_dsn is not None and "sentry" not in disabled:
+        stack.append(Sentry(settings, store, attempts))
+    if settings.log_format == "json":
+        stack.append(JsonLogs())
+    if settings.metrics_port is not None and "metrics" not in disabled:
+        stack.append(Metrics(settings.metrics_port, attempts))
     stack.extend(factory(settings) for name, factory in DRAMATIQ.items() if name not in disabled)
     stack.extend(load_middleware(path) for path in settings.extra_middleware)
     stack.extend(middleware for name, middleware in reliability.items() if name not in disabled)
@@ -142,16 +173,20 @@ def load_middleware(path: str) -> dramatiq.Middleware:
 
 __all__ = [
     "DRAMATIQ",
+    "OBSERVABILITY",
     "OPTIONAL",
     "RELIABILITY",
     "AttemptResult",
     "CloseStore",
     "EnqueueRejected",
+    "Metrics",
     "Reconciler",
     "Retries",
+    "Sentry",
     "ShutdownDeadline",
     "StalledJobs",
     "TaskLifecycle",
+    "Tracing",
     "build_middleware",
     "current_claim",
     "load_middleware",

@@ -9,12 +9,14 @@ deadline. The agent-kind actor reads its claim from here and reports its outcome
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import socket
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from config.errors import AgentQueueError
 from taskstore import Claim, Task, Usage
@@ -38,6 +40,8 @@ class Attempt:
     outcome: AttemptResult | None = None
     #: Set when the lease was lost (another worker took the task over): stop as soon as possible.
     lost: bool = False
+    #: ``time.monotonic()`` when the task was claimed.
+    started: float = field(default_factory=time.monotonic)
 
     @property
     def task_id(self) -> str:
@@ -48,19 +52,43 @@ class MissingClaim(AgentQueueError):
     """An agent actor ran without a claimed task: the TaskLifecycle middleware is not installed."""
 
 
+class AttemptObserver(Protocol):
+    """Told when an attempt starts (right after the claim) and how it ended, in the worker thread.
+
+    Tracing, metrics and Sentry observe attempts this way; an observer that raises is logged and ignored.
+    """
+
+    def attempt_started(self, attempt: Attempt) -> None: ...
+
+    def attempt_ended(self, attempt: Attempt, outcome: str, error: BaseException | None) -> None:
+        """``outcome``: completed, retried, postponed, failed (dead-lettered), cancelled, lost or cut_off."""
+
+
 class AttemptRegistry:
     """Thread-safe registry of this process's running attempts, by message id."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_message: dict[str, Attempt] = {}
+        self._observers: list[AttemptObserver] = []
+
+    def observe(self, observer: AttemptObserver) -> None:
+        """Call ``observer`` when attempts start and end (see :class:`AttemptObserver`)."""
+        self._observers.append(observer)
 
     def add(self, message_id: str, claim: Claim) -> Attempt:
         attempt = Attempt(claim, threading.get_ident())
         with self._lock:
             self._by_message[message_id] = attempt
         _current.set(attempt)
+        for observer in self._observers:
+            _notify(observer.attempt_started, attempt)
         return attempt
+
+    def ended(self, attempt: Attempt, outcome: str, error: BaseException | None = None) -> None:
+        """Tell the observers how ``attempt`` ended (called by ``TaskLifecycle`` once it has decided)."""
+        for observer in self._observers:
+            _notify(observer.attempt_ended, attempt, outcome, error)
 
     def pop(self, message_id: str) -> Attempt | None:
         _current.set(None)
@@ -79,6 +107,13 @@ class AttemptRegistry:
                 attempt.lost = True
                 lost.append(attempt)
         return lost
+
+
+def _notify(hook: Any, *args: Any) -> None:
+    try:
+        hook(*args)
+    except Exception:
+        logging.getLogger("agentq.attempts").exception("attempt observer %r raised; ignored", hook)
 
 
 _current: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("agentq_attempt", default=None)

@@ -235,14 +235,16 @@ class TaskLifecycle(dramatiq.Middleware):
                 "[AgentTaskQueue] Job %s cut off by shutdown; it will be recovered as stalled",
                 attempt.task_id,
             )
+            self.attempts.ended(attempt, "cut_off", exception)
             return
         if exception is None:
             outcome = attempt.outcome or AttemptResult(result=_as_result(result))
-            self._complete(attempt.claim, outcome)
+            ended = "completed" if self._complete(attempt.claim, outcome) else "lost"
         else:
-            self._fail(broker, message, attempt.claim, exception)
+            ended = self._fail(broker, message, attempt.claim, exception)
+        self.attempts.ended(attempt, ended, exception)
 
-    def _complete(self, claim: Claim, outcome: AttemptResult) -> None:
+    def _complete(self, claim: Claim, outcome: AttemptResult) -> bool:
         done = self._write(
             lambda: self.store.complete(
                 claim.task.id,
@@ -259,10 +261,12 @@ class TaskLifecycle(dramatiq.Middleware):
             logger.warning(
                 "[AgentTaskQueue] Job %s finished but no longer held by run %s", claim.task.id, claim.run_id
             )
+        return bool(done)
 
     def _fail(
         self, broker: dramatiq.Broker, message: MessageProxy, claim: Claim, exception: BaseException
-    ) -> None:
+    ) -> str:
+        """Record a failed attempt as the failure policy decides; returns the outcome's name."""
         task = claim.task
         decision = decide(
             exception,
@@ -275,11 +279,11 @@ class TaskLifecycle(dramatiq.Middleware):
             logger.warning(
                 "[AgentTaskQueue] Job %s ended but is no longer held by run %s", task.id, claim.run_id
             )
-            return
+            return "lost"
         error = describe(exception)
         if decision.outcome is Outcome.CANCEL:
             logger.info("[AgentTaskQueue] Job %s cancelled", task.id)
-            return
+            return "cancelled"
         if decision.outcome is Outcome.POSTPONE:
             logger.info("[AgentTaskQueue] Job %s postponed for %sms: %s", task.id, decision.delay_ms, error)
         else:
@@ -290,10 +294,11 @@ class TaskLifecycle(dramatiq.Middleware):
                 task.id,
                 task.attempts,
             )
-            return
+            return "failed"
         if decision.outcome is Outcome.RETRY:
             logger.info("Retrying job %s in %sms (attempt %s)", task.id, decision.delay_ms, task.attempts + 1)
         broker.enqueue(message.copy(options={QUEUED_OPTION: True}), delay=decision.delay_ms)
+        return "retried" if decision.outcome is Outcome.RETRY else "postponed"
 
     def _record(self, claim: Claim, exception: BaseException, decision: Decision) -> bool:
         """Write the attempt's end as ``decision`` says; ``False`` if the run no longer holds the task."""

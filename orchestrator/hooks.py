@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from orchestrator.agent import AgentResult, AgentSpec, TaskInput
     from orchestrator.tools import ToolOutcome
 
-__all__ = ["OrchestratorHooks", "call_hook"]
+__all__ = ["CompositeHooks", "OrchestratorHooks", "call_hook"]
 
 logger = logging.getLogger("orchestrator.hooks")
 
@@ -57,3 +57,41 @@ def call_hook(hook: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         hook(*args, **kwargs)
     except Exception:
         logger.exception("orchestrator hook %s raised; ignored", getattr(hook, "__qualname__", hook))
+
+
+class CompositeHooks(OrchestratorHooks):
+    """Calls several hooks in order (e.g. tracing, then metrics); each one's failure is logged and ignored."""
+
+    def __init__(self, *hooks: OrchestratorHooks) -> None:
+        self.hooks = hooks
+
+    def on_run_start(self, agent: AgentSpec, task: TaskInput) -> None:
+        for hook in self.hooks:
+            call_hook(hook.on_run_start, agent, task)
+
+    def on_llm_start(self, request: ModelRequest, *, provider: str) -> None:
+        for hook in self.hooks:
+            call_hook(hook.on_llm_start, request, provider=provider)
+
+    def on_llm_end(
+        self,
+        request: ModelRequest,
+        response: ModelResponse | None,
+        error: BaseException | None,
+        *,
+        provider: str,
+    ) -> None:
+        for hook in reversed(self.hooks):
+            call_hook(hook.on_llm_end, request, response, error, provider=provider)
+
+    def on_tool_start(self, call: ToolCall) -> None:
+        for hook in self.hooks:
+            call_hook(hook.on_tool_start, call)
+
+    def on_tool_end(self, call: ToolCall, outcome: ToolOutcome | None, error: BaseException | None) -> None:
+        for hook in reversed(self.hooks):
+            call_hook(hook.on_tool_end, call, outcome, error)
+
+    def on_run_end(self, result: AgentResult | None, error: BaseException | None) -> None:
+        for hook in reversed(self.hooks):
+            call_hook(hook.on_run_end, result, error)

@@ -7,7 +7,7 @@ import pytest
 from dramatiq.middleware import TimeLimit
 
 from config.errors import ConfigError
-from middleware import OPTIONAL, Reconciler, Retries, TaskLifecycle, build_middleware
+from middleware import OPTIONAL, Reconciler, Retries, TaskLifecycle, Tracing, build_middleware
 from taskstore import InMemoryTaskStore
 from tests.harness import harness_settings
 
@@ -25,6 +25,7 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
 
     assert names(stack) == [
         "CloseStore",
+        "Tracing",
         "AgeLimit",
         "TimeLimit",
         "ShutdownNotifications",
@@ -40,7 +41,21 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
         "StartRateLimit",
         "TaskLifecycle",
     ]
-    assert isinstance(stack[6], Retries) and isinstance(stack[-1], TaskLifecycle)
+    assert isinstance(stack[7], Retries) and isinstance(stack[-1], TaskLifecycle)
+
+
+def test_tracing_wraps_every_other_hook_but_close_store() -> None:
+    # Given the stack: before_* hooks run in list order, after_* in reverse
+    stack = build_middleware(harness_settings(), InMemoryTaskStore())
+
+    # Then Tracing's before_process_message runs before the claim and its after hooks after the status writes
+    assert isinstance(stack[1], Tracing)
+    assert stack.index(stack[1]) < names(stack).index("TaskLifecycle")
+    assert "tracing" in OPTIONAL
+    assert not any(
+        isinstance(m, Tracing)
+        for m in build_middleware(harness_settings(disabled_middleware=("tracing",)), InMemoryTaskStore())
+    )
 
 
 def test_optional_middleware_can_be_switched_off_by_name() -> None:
@@ -53,8 +68,8 @@ def test_optional_middleware_can_be_switched_off_by_name() -> None:
 
 
 def test_unknown_switch_names_are_a_config_error_naming_them() -> None:
-    with pytest.raises(ConfigError, match="'tracing'"):
-        build_middleware(harness_settings(disabled_middleware=("tracing",)), InMemoryTaskStore())
+    with pytest.raises(ConfigError, match="'tracin'"):
+        build_middleware(harness_settings(disabled_middleware=("tracin",)), InMemoryTaskStore())
     assert "time_limit" in OPTIONAL
 
 

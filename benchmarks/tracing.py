@@ -1,0 +1,143 @@
+"""Pipeline throughput with tracing exporting to a local OTLP receiver vs tracing off, side by side.
+
+Run from the repository root::
+
+    python -m benchmarks.tracing              # N=1000, 3 repeats, 1 process x 8 threads
+    python -m benchmarks.tracing --quick      # N=300, 1 repeat
+
+Each repeat drains N tasks through ``dramatiq actors`` (full middleware stack, Postgres,
+``scripted`` provider) twice, interleaved: **off** (no ``OTEL_*``: the API's no-op tracer)
+and **on** (``OTEL_EXPORTER_OTLP_ENDPOINT`` pointing at :class:`tests.fakes.otlp_receiver.OTLPReceiver`
+in this process; 4 spans per task: process, invoke_agent, chat, plus the retry-free publish
+context). The ratio of median throughputs is the figure of merit (target ≥ 0.85).
+Also times the no-op tracer path of one message's hooks (micro-benchmark).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import statistics
+import sys
+import tempfile
+import time
+import timeit
+from pathlib import Path
+
+import redis
+from psycopg import sql
+
+from benchmarks.pipeline import (
+    DB_PREFIX,
+    DEFAULT_PG_ADMIN_URL,
+    DEFAULT_REDIS_URL,
+    ROOT,
+    Bench,
+    _admin,
+    _database_url,
+)
+
+PROCESSES, THREADS = 1, 8
+
+
+def noop_overhead_us(iterations: int = 20_000) -> float:
+    """Microseconds the Tracing hooks add per message (publish + process) with the no-op tracer."""
+    import dramatiq
+    from dramatiq import Message
+    from dramatiq.brokers.stub import StubBroker
+
+    from middleware.tracing import Tracing
+
+    broker = StubBroker(middleware=[])
+    broker.declare_actor(
+        dramatiq.Actor(lambda: None, broker=broker, actor_name="a", queue_name="q", priority=0, options={})
+    )
+    tracing = Tracing()
+    tracing._set_up = True
+
+    def one() -> None:
+        message: Message[None] = Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={})
+        tracing.before_enqueue(broker, message, None)
+        tracing.after_enqueue(broker, message, None)
+        tracing.before_process_message(broker, message)  # type: ignore[arg-type]
+        tracing.after_process_message(broker, message)  # type: ignore[arg-type]
+
+    baseline = min(
+        timeit.repeat(
+            lambda: Message(queue_name="q", actor_name="a", args=(), kwargs={}, options={}),
+            number=iterations,
+            repeat=3,
+        )
+    )
+    traced = min(timeit.repeat(one, number=iterations, repeat=3))
+    return (traced - baseline) / iterations * 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.tracing")
+    parser.add_argument("--tasks", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument("--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN_URL))
+    args = parser.parse_args(argv)
+    tasks = args.tasks or (300 if args.quick else 1000)
+    repeats = args.repeats or (1 if args.quick else 3)
+
+    from tests.fakes.otlp_receiver import OTLPReceiver
+
+    print(f"no-op tracer: {noop_overhead_us():.2f} µs per message (publish + process hooks)")
+    db_name = f"{DB_PREFIX}{secrets.token_hex(4)}"
+    database_url = _database_url(args.pg_admin_url, db_name)
+    log_dir = Path(tempfile.mkdtemp(prefix="agentq-bench-tracing-"))
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "REDIS_URL": args.redis_url,
+        "DATABASE_URL": database_url,
+        "QUEUE_CONCURRENCY": str(THREADS),
+    }
+    os.environ.update(env)
+    for key in [k for k in os.environ if k.startswith("OTEL_")]:
+        del os.environ[key]
+    redis_client = redis.Redis.from_url(args.redis_url)
+    _admin(args.pg_admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
+    throughput: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        from actors import runtime
+        from taskstore import NewAgent, utcnow
+
+        store = runtime.store
+        store.migrate()
+        org = "00000000-0000-4000-8000-00000000be00"
+        agent = store.create_agent(NewAgent(organization_id=org, name="bench", kind="general"), now=utcnow())
+        with OTLPReceiver() as receiver:
+            variants = {"off": env, "on": {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}}
+            for repeat in range(1, repeats + 1):
+                for name, variant_env in variants.items():
+                    bench = Bench(
+                        redis_client, database_url, runtime.queue, store, agent.id, org, variant_env, log_dir
+                    )
+                    result = bench.run_pipeline(PROCESSES, THREADS, tasks)
+                    throughput[name].append(result.throughput)
+                    print(f"repeat {repeat} tracing {name}: {result.throughput:.1f} tasks/s", file=sys.stderr)
+            time.sleep(1)  # let the last batch arrive before counting
+            spans = len(receiver.spans())
+        store.close()
+    finally:
+        redis_client.flushdb()
+        _admin(
+            args.pg_admin_url,
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db_name)),
+        )
+    off, on = statistics.median(throughput["off"]), statistics.median(throughput["on"])
+    print(f"{PROCESSES}x{THREADS}, N={tasks}, repeats={repeats}")
+    print(f"tracing off: {off:.1f} tasks/s  (runs: {', '.join(f'{v:.1f}' for v in throughput['off'])})")
+    print(f"tracing on:  {on:.1f} tasks/s  (runs: {', '.join(f'{v:.1f}' for v in throughput['on'])})")
+    print(f"ratio on/off: {on / off:.3f}  (target >= 0.85); spans received: {spans}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Log output: DESIGN §9's lines as they are (``text``), or one JSON object per line (``json``).
+
+``AGENTQ_LOG_FORMAT=json`` makes each record ``{"time", "level", "logger", "message",
+"trace_id", "span_id", "process", "thread"}`` (plus ``exc_info`` when there is one); the
+ids are the current OpenTelemetry span's, so a log line leads to its trace. The ``agentq``
+CLI calls :func:`configure_logging`; ``dramatiq actors`` configures logging itself, so
+its worker processes switch their root handlers' formatter at boot
+(:class:`middleware.telemetry.JsonLogs`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+
+from opentelemetry import trace
+
+from config.settings import Settings
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, carrying the current trace and span ids."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+            "thread": record.threadName,
+        }
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            entry["trace_id"] = format(context.trace_id, "032x")
+            entry["span_id"] = format(context.span_id, "016x")
+        if record.exc_info:
+            entry["exc_info"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def use_json(root: logging.Logger | None = None) -> None:
+    """Give every handler of ``root`` (default: the root logger) the JSON formatter."""
+    for handler in (root or logging.getLogger()).handlers:
+        handler.setFormatter(JsonFormatter())
+
+
+def configure_logging(settings: Settings) -> None:
+    """Configure the root logger for a command: level from the settings, text or JSON lines."""
+    logging.basicConfig(level=settings.log_level, format="%(message)s")
+    if settings.log_format == "json":
+        use_json()
+
+
+__all__ = ["JsonFormatter", "configure_logging", "use_json"]
