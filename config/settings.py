@@ -89,7 +89,9 @@ class Settings(BaseSettings):
     db_pool_size: NonNegativeInt = Field(default=0, validation_alias="AGENTQ_DB_POOL_SIZE")
     #: Prepared statements on Postgres connections. Unset: on, except through a transaction-mode
     #: pooler (DATABASE_URL on port 6543, Supabase's Supavisor), which cannot keep them.
-    db_prepared_statements: bool | None = Field(default=None, validation_alias="AGENTQ_DB_PREPARED_STATEMENTS")
+    db_prepared_statements: bool | None = Field(
+        default=None, validation_alias="AGENTQ_DB_PREPARED_STATEMENTS"
+    )
     #: Supabase project URL; with a service key it selects the Supabase store (DESIGN §10).
     supabase_url: str | None = Field(default=None, validation_alias="SUPABASE_URL")
     supabase_service_role_key: SecretStr | None = Field(

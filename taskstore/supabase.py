@@ -188,7 +188,9 @@ class SupabaseTaskStore:
                 return earlier
         return result
 
-    def _rpc(self, function: str, params: dict[str, Any], applied: Callable[[], T | None] | None = None) -> Any:
+    def _rpc(
+        self, function: str, params: dict[str, Any], applied: Callable[[], T | None] | None = None
+    ) -> Any:
         return self._write(lambda: self._get_client().rpc(function, params).execute(), applied)
 
     def _read(self, build: Callable[[], Any]) -> list[Row]:
@@ -289,7 +291,13 @@ class SupabaseTaskStore:
 
     def get_runs(self, task_id: str) -> list[Run]:
         rows = self._read(
-            lambda: self._table(RUNS_TABLE).select("*").eq("task_id", task_id).order("attempt").order("started_at")
+            lambda: (
+                self._table(RUNS_TABLE)
+                .select("*")
+                .eq("task_id", task_id)
+                .order("attempt")
+                .order("started_at")
+            )
         )
         return [run_from_row(_run_row(row)) for row in rows]
 
@@ -464,7 +472,9 @@ class SupabaseTaskStore:
             run_id=run_id,
         )
 
-    def _run_ended(self, task_id: str, run_id: str, status: RunStatus, now: datetime) -> Callable[[], bool | None]:
+    def _run_ended(
+        self, task_id: str, run_id: str, status: RunStatus, now: datetime
+    ) -> Callable[[], bool | None]:
         def applied() -> bool | None:
             ended = any(
                 run.id == run_id and run.status == status and run.finished_at == now
@@ -599,13 +609,17 @@ class SupabaseTaskStore:
             },
         )
         return [
-            StalledTask(row["id"], row["kind"], row["status"] == "queued", row["stalled_count"], row["attempts"])
+            StalledTask(
+                row["id"], row["kind"], row["status"] == "queued", row["stalled_count"], row["attempts"]
+            )
             for row in rows or []
         ]
 
     def _waiting(self, function: str, before: datetime, limit: int) -> list[WaitingTask]:
         rows = self._rpc(function, {"p_before": _time(before), "p_limit": limit})
-        return [WaitingTask(row["id"], row["kind"], datetime.fromisoformat(row["since"])) for row in rows or []]
+        return [
+            WaitingTask(row["id"], row["kind"], datetime.fromisoformat(row["since"])) for row in rows or []
+        ]
 
     def find_pending(self, *, created_before: datetime, limit: int = 500) -> list[WaitingTask]:
         return self._waiting("agentq_find_pending", created_before, limit)
@@ -656,26 +670,30 @@ class SupabaseTaskStore:
 
     def list_failed(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
         rows = self._read(
-            lambda: self._table(TASKS_TABLE)
-            .select("*")
-            .eq("status", "failed")
-            .is_("archived_at", "null")
-            .order("failed_at", desc=True)
-            .order("id", desc=True)
-            .limit(limit)
-            .offset(offset)
+            lambda: (
+                self._table(TASKS_TABLE)
+                .select("*")
+                .eq("status", "failed")
+                .is_("archived_at", "null")
+                .order("failed_at", desc=True)
+                .order("id", desc=True)
+                .limit(limit)
+                .offset(offset)
+            )
         )
         return [task_from_row(_task_row(row)) for row in rows]
 
     def due_schedules(self, *, now: datetime, limit: int = 1000) -> list[DueSchedule]:
         rows = self._read(
-            lambda: self._table(TASKS_TABLE)
-            .select("id,schedule_cron,schedule_timezone,next_run_at")
-            .not_.is_("schedule_cron", "null")
-            .lte("next_run_at", _time(now))
-            .order("next_run_at")
-            .order("id")
-            .limit(limit)
+            lambda: (
+                self._table(TASKS_TABLE)
+                .select("id,schedule_cron,schedule_timezone,next_run_at")
+                .not_.is_("schedule_cron", "null")
+                .lte("next_run_at", _time(now))
+                .order("next_run_at")
+                .order("id")
+                .limit(limit)
+            )
         )
         return [
             DueSchedule(
@@ -689,12 +707,14 @@ class SupabaseTaskStore:
 
     def list_schedules(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
         rows = self._read(
-            lambda: self._table(TASKS_TABLE)
-            .select("*")
-            .not_.is_("schedule_cron", "null")
-            .order("next_run_at", nullsfirst=False)
-            .order("id")
-            .limit(limit)
-            .offset(offset)
+            lambda: (
+                self._table(TASKS_TABLE)
+                .select("*")
+                .not_.is_("schedule_cron", "null")
+                .order("next_run_at", nullsfirst=False)
+                .order("id")
+                .limit(limit)
+                .offset(offset)
+            )
         )
         return [task_from_row(_task_row(row)) for row in rows]

@@ -13,7 +13,7 @@ by ids the caller generated (task id, run id) and the caller's ``now``.
 from __future__ import annotations
 
 #: ``auth.uid()`` and Supabase's API roles, created only where missing (a plain PostgreSQL).
-SUPABASE_COMPAT = r"""-- Supabase compatibility: on a plain PostgreSQL create what Supabase provides (skipped on Supabase).
+SUPABASE_COMPAT = r"""-- Supabase compatibility: on a plain PostgreSQL, create what Supabase provides.
 DO $agentq$
 DECLARE
     role_name text;

@@ -124,7 +124,7 @@ CREATE INDEX IF NOT EXISTS ai_agent_tasks_worker_idx ON ai_agent_tasks (worker_i
 
 CREATE INDEX IF NOT EXISTS ai_agent_tasks_agent_idx ON ai_agent_tasks (agent_id);
 
--- Supabase compatibility: on a plain PostgreSQL create what Supabase provides (skipped on Supabase).
+-- Supabase compatibility: on a plain PostgreSQL, create what Supabase provides.
 DO $agentq$
 DECLARE
     role_name text;

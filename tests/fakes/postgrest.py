@@ -38,7 +38,16 @@ from psycopg_pool import ConnectionPool
 
 __all__ = ["FakePostgrest", "PostgrestError"]
 
-_COMPARISONS = {"eq": "=", "neq": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">=", "like": "LIKE", "ilike": "ILIKE"}
+_COMPARISONS = {
+    "eq": "=",
+    "neq": "<>",
+    "lt": "<",
+    "lte": "<=",
+    "gt": ">",
+    "gte": ">=",
+    "like": "LIKE",
+    "ilike": "ILIKE",
+}
 _IS_VALUES = {"null": "NULL", "true": "TRUE", "false": "FALSE", "unknown": "UNKNOWN"}
 _RESERVED = {"select", "order", "limit", "offset", "columns", "on_conflict"}
 _STATUS_BY_SQLSTATE = {
@@ -61,7 +70,9 @@ _STATUS_BY_SQLSTATE = {
 class PostgrestError(Exception):
     """An error answer: HTTP status and PostgREST's JSON error body."""
 
-    def __init__(self, status: int, code: str, message: str, details: str | None = None, hint: str | None = None):
+    def __init__(
+        self, status: int, code: str, message: str, details: str | None = None, hint: str | None = None
+    ):
         super().__init__(message)
         self.status = status
         self.body = {"code": code, "message": message, "details": details, "hint": hint}
@@ -133,13 +144,16 @@ class FakePostgrest:
             open=False,
             timeout=30,
             kwargs={"autocommit": True},
-            configure=lambda conn: conn.execute("SET TIME ZONE 'UTC'"),
+            configure=_configure,
             name="fake-postgrest",
         )
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-postgrest", daemon=True
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.02},
+            name="fake-postgrest",
+            daemon=True,
         )
 
     @property
@@ -184,15 +198,15 @@ class FakePostgrest:
             raise PostgrestError(404, "PGRST125", f"Invalid path specified in request URL: {request.path}")
         with self._pool.connection() as conn, conn.transaction():
             conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)))
-            conn.execute(
-                "SELECT set_config('request.jwt.claims', %s, true)", (json.dumps({"role": role}),)
-            )
+            conn.execute("SELECT set_config('request.jwt.claims', %s, true)", (json.dumps({"role": role}),))
             if parts[2] == "rpc" and len(parts) == 4:
                 if request.method != "POST":
                     raise PostgrestError(405, "PGRST101", "only POST is implemented for functions here")
                 return self._rpc(conn, parts[3], request)
             if len(parts) != 3:
-                raise PostgrestError(404, "PGRST125", f"Invalid path specified in request URL: {request.path}")
+                raise PostgrestError(
+                    404, "PGRST125", f"Invalid path specified in request URL: {request.path}"
+                )
             table = parts[2]
             if request.method == "GET":
                 return self._select(conn, table, request)
@@ -270,7 +284,9 @@ class FakePostgrest:
             return sql.SQL("")
         return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions)
 
-    def _select_list(self, table: str, columns: dict[str, str], request: Request, source: str) -> sql.Composable:
+    def _select_list(
+        self, table: str, columns: dict[str, str], request: Request, source: str
+    ) -> sql.Composable:
         select = dict(request.query).get("select", "*")
         items: list[sql.Composable] = []
         for item in (part.strip() for part in select.split(",")):
@@ -281,7 +297,9 @@ class FakePostgrest:
             if "(" in name or "::" in name:
                 raise PostgrestError(400, "PGRST100", f"unsupported select item {item!r} in this test double")
             self._column(table, columns, name)
-            items.append(sql.SQL("{} AS {}").format(sql.Identifier(source, name), sql.Identifier(alias or name)))
+            items.append(
+                sql.SQL("{} AS {}").format(sql.Identifier(source, name), sql.Identifier(alias or name))
+            )
         return sql.SQL(", ").join(items)
 
     def _order(self, table: str, columns: dict[str, str], request: Request) -> sql.Composable:
@@ -311,7 +329,12 @@ class FakePostgrest:
             raise PostgrestError(400, "PGRST100", f'"failed to parse {name} ({value})"') from None
 
     def _respond_rows(
-        self, conn: psycopg.Connection[Any], query: sql.Composable, params: list[Any], request: Request, status: int
+        self,
+        conn: psycopg.Connection[Any],
+        query: sql.Composed,
+        params: list[Any],
+        request: Request,
+        status: int,
     ) -> tuple[int, dict[str, str], bytes]:
         row = conn.execute(query, params).fetchone()
         rows = json.loads(row[0]) if row and row[0] is not None else []
@@ -321,19 +344,24 @@ class FakePostgrest:
         if request.headers.get("accept", "").startswith("application/vnd.pgrst.object+json"):
             if len(rows) != 1:
                 raise PostgrestError(
-                    406, "PGRST116", "JSON object requested, multiple (or no) rows returned",
+                    406,
+                    "PGRST116",
+                    "JSON object requested, multiple (or no) rows returned",
                     details=f"The result contains {len(rows)} rows",
                 )
             return status, headers, json.dumps(rows[0]).encode()
         return status, headers, json.dumps(rows).encode()
 
-    def _select(self, conn: psycopg.Connection[Any], table: str, request: Request) -> tuple[int, dict[str, str], bytes]:
+    def _select(
+        self, conn: psycopg.Connection[Any], table: str, request: Request
+    ) -> tuple[int, dict[str, str], bytes]:
         columns = self._table_columns(conn, table)
         params: list[Any] = []
         where = self._where(table, columns, request, params)
         limit, offset = self._int_param(request, "limit"), self._int_param(request, "offset") or 0
         query = sql.SQL(
-            "SELECT json_agg(r)::text FROM (SELECT {select} FROM {table}{where}{order}{limit} OFFSET {offset}) r"
+            "SELECT json_agg(r)::text FROM"
+            " (SELECT {select} FROM {table}{where}{order}{limit} OFFSET {offset}) r"
         ).format(
             select=self._select_list(table, columns, request, table),
             table=sql.Identifier(table),
@@ -351,17 +379,24 @@ class FakePostgrest:
         headers["content-range"] = f"{offset}-{offset + shown - 1}/{total}" if shown else f"*/{total}"
         return status, headers, body
 
-    def _insert(self, conn: psycopg.Connection[Any], table: str, request: Request) -> tuple[int, dict[str, str], bytes]:
+    def _insert(
+        self, conn: psycopg.Connection[Any], table: str, request: Request
+    ) -> tuple[int, dict[str, str], bytes]:
         columns = self._table_columns(conn, table)
         body = request.body
         rows = body if isinstance(body, list) else [body]
         if not rows or not all(isinstance(row, dict) for row in rows):
             raise PostgrestError(400, "PGRST102", "Empty or invalid json")
         listed = dict(request.query).get("columns")
-        names = [name.strip('"') for name in listed.split(",")] if listed else list(dict.fromkeys(k for r in rows for k in r))
+        names = (
+            [name.strip('"') for name in listed.split(",")]
+            if listed
+            else list(dict.fromkeys(k for r in rows for k in r))
+        )
         targets = [sql.Identifier(name) for name in names if self._column(table, columns, name)]
         query = sql.SQL(
-            "WITH r AS (INSERT INTO {table} ({targets}) SELECT {targets} FROM jsonb_populate_recordset(NULL::{table}, %s)"
+            "WITH r AS (INSERT INTO {table} ({targets})"
+            " SELECT {targets} FROM jsonb_populate_recordset(NULL::{table}, %s)"
             " RETURNING *) SELECT json_agg(s)::text FROM (SELECT {select} FROM r) s"
         ).format(
             table=sql.Identifier(table),
@@ -370,7 +405,9 @@ class FakePostgrest:
         )
         return self._respond_rows(conn, query, [Jsonb(rows)], request, 201)
 
-    def _update(self, conn: psycopg.Connection[Any], table: str, request: Request) -> tuple[int, dict[str, str], bytes]:
+    def _update(
+        self, conn: psycopg.Connection[Any], table: str, request: Request
+    ) -> tuple[int, dict[str, str], bytes]:
         columns = self._table_columns(conn, table)
         if not isinstance(request.body, dict) or not request.body:
             raise PostgrestError(400, "PGRST102", "Empty or invalid json")
@@ -382,7 +419,8 @@ class FakePostgrest:
         ]
         where = self._where(table, columns, request, params)
         query = sql.SQL(
-            "WITH r AS (UPDATE {table} SET {assignments} FROM jsonb_populate_record(NULL::{table}, %s) p{where}"
+            "WITH r AS (UPDATE {table} SET {assignments}"
+            " FROM jsonb_populate_record(NULL::{table}, %s) p{where}"
             " RETURNING {table}.*) SELECT json_agg(s)::text FROM (SELECT {select} FROM r) s"
         ).format(
             table=sql.Identifier(table),
@@ -392,16 +430,23 @@ class FakePostgrest:
         )
         return self._respond_rows(conn, query, params, request, 200)
 
-    def _delete(self, conn: psycopg.Connection[Any], table: str, request: Request) -> tuple[int, dict[str, str], bytes]:
+    def _delete(
+        self, conn: psycopg.Connection[Any], table: str, request: Request
+    ) -> tuple[int, dict[str, str], bytes]:
         columns = self._table_columns(conn, table)
         params: list[Any] = []
         where = self._where(table, columns, request, params)
         query = sql.SQL(
-            "WITH r AS (DELETE FROM {table}{where} RETURNING *) SELECT json_agg(s)::text FROM (SELECT {select} FROM r) s"
-        ).format(table=sql.Identifier(table), where=where, select=self._select_list(table, columns, request, "r"))
+            "WITH r AS (DELETE FROM {table}{where} RETURNING *)"
+            " SELECT json_agg(s)::text FROM (SELECT {select} FROM r) s"
+        ).format(
+            table=sql.Identifier(table), where=where, select=self._select_list(table, columns, request, "r")
+        )
         return self._respond_rows(conn, query, params, request, 200)
 
-    def _rpc(self, conn: psycopg.Connection[Any], function: str, request: Request) -> tuple[int, dict[str, str], bytes]:
+    def _rpc(
+        self, conn: psycopg.Connection[Any], function: str, request: Request
+    ) -> tuple[int, dict[str, str], bytes]:
         args = request.body if isinstance(request.body, dict) else {}
         candidates = conn.execute(
             "SELECT p.proretset, COALESCE(p.proargnames, '{}'),"
@@ -410,16 +455,18 @@ class FakePostgrest:
             " WHERE n.nspname = 'public' AND p.proname = %s",
             (function,),
         ).fetchall()
-        for returns_set, names, types, defaults in candidates:
+        for candidate_returns_set, names, types, defaults in candidates:
             signature = dict(zip(names, types, strict=False))
             required = set(names[: len(names) - defaults])
             if set(args) <= set(signature) and required <= set(args):
+                returns_set = candidate_returns_set
                 break
         else:
             raise PostgrestError(
                 404,
                 "PGRST202",
-                f"Could not find the function public.{function}({', '.join(sorted(args))}) in the schema cache",
+                f"Could not find the function public.{function}({', '.join(sorted(args))})"
+                " in the schema cache",
             )
         params: list[Any] = []
         named: list[sql.Composable] = []
@@ -432,7 +479,9 @@ class FakePostgrest:
                 params.append([None if v is None else str(v) for v in value] if value is not None else None)
                 cast = sql.SQL("CAST(CAST(%s AS text[]) AS {})").format(sql.SQL(type_name))
             else:
-                params.append(None if value is None else (str(value).lower() if isinstance(value, bool) else str(value)))
+                params.append(
+                    None if value is None else (str(value).lower() if isinstance(value, bool) else str(value))
+                )
                 cast = sql.SQL("CAST(CAST(%s AS text) AS {})").format(sql.SQL(type_name))
             named.append(sql.SQL("{} => {}").format(sql.Identifier(name), cast))
         call = sql.SQL("{}({})").format(sql.Identifier("public", function), sql.SQL(", ").join(named))
@@ -459,10 +508,18 @@ class FakePostgrest:
                 headers = {key.lower(): value for key, value in self.headers.items()}
                 try:
                     body = json.loads(raw) if raw else None
-                    request = Request(self.command, split.path, parse_qsl(split.query, keep_blank_values=True), headers, body)
+                    request = Request(
+                        self.command,
+                        split.path,
+                        parse_qsl(split.query, keep_blank_values=True),
+                        headers,
+                        body,
+                    )
                     status, reply_headers, payload = server.handle(request)
                 except json.JSONDecodeError as exc:
-                    status, reply_headers, payload = self._error(PostgrestError(400, "PGRST102", f"Invalid JSON: {exc}"))
+                    status, reply_headers, payload = self._error(
+                        PostgrestError(400, "PGRST102", f"Invalid JSON: {exc}")
+                    )
                 except PostgrestError as exc:
                     status, reply_headers, payload = self._error(exc)
                 except psycopg.Error as exc:
@@ -483,7 +540,11 @@ class FakePostgrest:
 
             @staticmethod
             def _error(exc: PostgrestError) -> tuple[int, dict[str, str], bytes]:
-                return exc.status, {"content-type": "application/json; charset=utf-8"}, json.dumps(exc.body).encode()
+                return (
+                    exc.status,
+                    {"content-type": "application/json; charset=utf-8"},
+                    json.dumps(exc.body).encode(),
+                )
 
             do_GET = do_POST = do_PATCH = do_DELETE = _serve
 
@@ -493,12 +554,18 @@ class FakePostgrest:
         return Handler
 
 
+def _configure(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("SET TIME ZONE 'UTC'")
+
+
 def _from_database(exc: psycopg.Error) -> PostgrestError:
     """PostgREST's answer to a database error: its SQLSTATE as ``code`` and the mapped HTTP status."""
     code = exc.sqlstate or "XX000"
     diag = exc.diag
     status = _STATUS_BY_SQLSTATE.get(code, 500 if code.startswith(("XX", "53", "58")) else 400)
-    return PostgrestError(status, code, diag.message_primary or str(exc), diag.message_detail, diag.message_hint)
+    return PostgrestError(
+        status, code, diag.message_primary or str(exc), diag.message_detail, diag.message_hint
+    )
 
 
 def iter_rpc_functions(conn: psycopg.Connection[Any]) -> Iterator[str]:

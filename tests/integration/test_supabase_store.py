@@ -51,7 +51,8 @@ def rls_db(postgres_url: str) -> Iterator[dict[str, str]]:
                 (ids[f"task_{suffix}"], ids[f"agent_{suffix}"], org),
             )
             conn.execute(
-                "INSERT INTO ai_agent_task_runs (id, task_id, attempt, status) VALUES (%s, %s, 1, 'completed')",
+                "INSERT INTO ai_agent_task_runs (id, task_id, attempt, status)"
+                " VALUES (%s, %s, 1, 'completed')",
                 (ids[f"run_{suffix}"], ids[f"task_{suffix}"]),
             )
     yield ids
@@ -84,20 +85,24 @@ def test_a_member_cannot_insert_or_update_another_organizations_tasks(
     postgres_url: str, rls_db: dict[str, str]
 ) -> None:
     with psycopg.connect(postgres_url) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-            with conn.transaction():
-                as_role(conn, "authenticated", ALICE)
-                conn.execute(
-                    "INSERT INTO ai_agent_tasks (agent_id, organization_id, title) VALUES (%s, %s, 'x')",
-                    (rls_db["agent_b"], ORG_B),
-                )
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-            with conn.transaction():  # their own org, but another org's agent
-                as_role(conn, "authenticated", ALICE)
-                conn.execute(
-                    "INSERT INTO ai_agent_tasks (agent_id, organization_id, title) VALUES (%s, %s, 'x')",
-                    (rls_db["agent_b"], ORG_A),
-                )
+        with (
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"),
+            conn.transaction(),
+        ):
+            as_role(conn, "authenticated", ALICE)
+            conn.execute(
+                "INSERT INTO ai_agent_tasks (agent_id, organization_id, title) VALUES (%s, %s, 'x')",
+                (rls_db["agent_b"], ORG_B),
+            )
+        with (  # their own org, but another org's agent
+            pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"),
+            conn.transaction(),
+        ):
+            as_role(conn, "authenticated", ALICE)
+            conn.execute(
+                "INSERT INTO ai_agent_tasks (agent_id, organization_id, title) VALUES (%s, %s, 'x')",
+                (rls_db["agent_b"], ORG_A),
+            )
         with conn.transaction():
             as_role(conn, "authenticated", ALICE)
             updated = conn.execute(
@@ -141,9 +146,13 @@ def test_the_migration_applies_twice_on_a_plain_postgres_and_ships_every_rpc_fun
         assert names == ["0001_initial", "0002_supabase"]
 
 
-def test_updated_at_is_maintained_when_an_update_leaves_it_alone(postgres_url: str, rls_db: dict[str, str]) -> None:
+def test_updated_at_is_maintained_when_an_update_leaves_it_alone(
+    postgres_url: str, rls_db: dict[str, str]
+) -> None:
     with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute("UPDATE ai_agent_tasks SET updated_at = '2000-01-01Z' WHERE id = %s", (rls_db["task_a"],))
+        conn.execute(
+            "UPDATE ai_agent_tasks SET updated_at = '2000-01-01Z' WHERE id = %s", (rls_db["task_a"],)
+        )
         conn.execute("UPDATE ai_agent_tasks SET title = 'renamed' WHERE id = %s", (rls_db["task_a"],))
         row = conn.execute(
             "SELECT updated_at > now() - interval '1 minute' FROM ai_agent_tasks WHERE id = %s",
@@ -161,14 +170,18 @@ def test_writes_whose_response_was_lost_are_applied_exactly_once(
     agent = supabase_store.create_agent(NewAgent(organization_id=ORG_A, name="a"), now=clock())
 
     fake_postgrest.drop_responses("POST", "/rest/v1/ai_agent_tasks")
-    task = supabase_store.create_task(NewTask(agent_id=agent.id, organization_id=ORG_A, title="t"), now=clock())
+    task = supabase_store.create_task(
+        NewTask(agent_id=agent.id, organization_id=ORG_A, title="t"), now=clock()
+    )
     fake_postgrest.drop_responses("PATCH", "/rest/v1/ai_agent_tasks")
     queued = supabase_store.mark_queued(task.id, priority=None, run_at=clock(), now=clock())
     fake_postgrest.drop_responses("POST", "/rpc/agentq_claim")
     claim = supabase_store.claim(task.id, run_id=new_id(), worker_id="w", lease_until=clock(), now=clock())
     fake_postgrest.drop_responses("POST", "/rpc/agentq_finish")
     assert claim is not None
-    done = supabase_store.complete(task.id, claim.run_id, result={"output": "x"}, usage=Usage(), transcript=None, now=clock())
+    done = supabase_store.complete(
+        task.id, claim.run_id, result={"output": "x"}, usage=Usage(), transcript=None, now=clock()
+    )
 
     assert queued is not None and queued.status == TaskStatus.QUEUED
     assert claim.task.attempts == 1 and claim.agent is not None and claim.agent.id == agent.id
@@ -177,20 +190,27 @@ def test_writes_whose_response_was_lost_are_applied_exactly_once(
     assert final is not None and final.status == TaskStatus.COMPLETED and final.attempts == 1
     assert len(supabase_store.get_runs(task.id)) == 1
     # Without a lost response, the compare-and-set still refuses a second finish.
-    assert not supabase_store.complete(task.id, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock())
+    assert not supabase_store.complete(
+        task.id, claim.run_id, result={}, usage=Usage(), transcript=None, now=clock()
+    )
 
 
 def test_a_lost_claim_response_does_not_hand_another_workers_claim_over(
     supabase_store: SupabaseTaskStore, fake_postgrest: FakePostgrest, clock: Clock
 ) -> None:
     agent = supabase_store.create_agent(NewAgent(organization_id=ORG_A, name="a"), now=clock())
-    task = supabase_store.create_task(NewTask(agent_id=agent.id, organization_id=ORG_A, title="t"), now=clock())
+    task = supabase_store.create_task(
+        NewTask(agent_id=agent.id, organization_id=ORG_A, title="t"), now=clock()
+    )
     supabase_store.mark_queued(task.id, priority=None, run_at=clock(), now=clock())
     winner = supabase_store.claim(task.id, run_id=new_id(), worker_id="w1", lease_until=clock(), now=clock())
     assert winner is not None
 
     fake_postgrest.drop_responses("POST", "/rpc/agentq_claim")
-    assert supabase_store.claim(task.id, run_id=new_id(), worker_id="w2", lease_until=clock(), now=clock()) is None
+    assert (
+        supabase_store.claim(task.id, run_id=new_id(), worker_id="w2", lease_until=clock(), now=clock())
+        is None
+    )
 
 
 def test_a_missing_schema_is_reported_with_the_file_to_apply(postgres_url: str) -> None:
@@ -226,7 +246,9 @@ def test_a_task_inserted_through_supabase_py_and_added_completes_under_dramatiq_
         worker.wait_ready()
         # The application's side, exactly as the seed does it: insert the row, then add_task.
         client = create_client(
-            fake_postgrest.url, FAKE_SERVICE_KEY, ClientOptions(auto_refresh_token=False, persist_session=False)
+            fake_postgrest.url,
+            FAKE_SERVICE_KEY,
+            ClientOptions(auto_refresh_token=False, persist_session=False),
         )
         inserted = (
             client.table("ai_agent_tasks")
@@ -242,7 +264,9 @@ def test_a_task_inserted_through_supabase_py_and_added_completes_under_dramatiq_
             )
             .execute()
         )
-        task_id = inserted.data[0]["id"]
+        row = inserted.data[0]
+        assert isinstance(row, dict)
+        task_id = str(row["id"])
         producer = WorkerProcess.run_python(
             env, f"from actors import agent_task_queue\nagent_task_queue.add_task({task_id!r})\n"
         )
