@@ -15,7 +15,7 @@ from taskstore import NewAgent, NewTask, TaskStatus, Usage, new_id, utcnow
 from taskstore.schema import render_all
 from taskstore.supabase import SupabaseTaskStore
 from taskstore.supabase_sql import RPC_FUNCTIONS
-from tests.acceptance.processes import WorkerProcess, command_env
+from tests.acceptance.processes import ThrowawayRedis, WorkerProcess, command_env
 from tests.conftest import FAKE_SERVICE_KEY, TRUNCATE, Clock
 from tests.fakes.postgrest import FakePostgrest, iter_rpc_functions
 from tests.harness import wait_until
@@ -230,13 +230,16 @@ def test_a_missing_schema_is_reported_with_the_file_to_apply(postgres_url: str) 
 # supabase-py 2.34's own default client passes postgrest-py deprecated timeout/verify arguments.
 @pytest.mark.filterwarnings("ignore:The '.*' parameter is deprecated:DeprecationWarning")
 def test_a_task_inserted_through_supabase_py_and_added_completes_under_dramatiq_actors(
-    supabase_store: SupabaseTaskStore, fake_postgrest: FakePostgrest, redis_url: str, tmp_path: Path
+    supabase_store: SupabaseTaskStore, fake_postgrest: FakePostgrest, tmp_path: Path
 ) -> None:
     from supabase import ClientOptions, create_client
 
     agent = supabase_store.create_agent(NewAgent(organization_id=ORG_A, name="reporter"), now=utcnow())
+    redis_server = ThrowawayRedis()  # private: the shared test Redis database is flushed by other runs
     env = command_env(
-        SUPABASE_URL=fake_postgrest.url, SUPABASE_SERVICE_ROLE_KEY=FAKE_SERVICE_KEY, REDIS_URL=redis_url
+        SUPABASE_URL=fake_postgrest.url,
+        SUPABASE_SERVICE_ROLE_KEY=FAKE_SERVICE_KEY,
+        REDIS_URL=redis_server.url,
     )
     for name in ("SUPABASE_SECRET_KEY", "DATABASE_URL", "AGENTQ_SQLITE_PATH"):
         env.pop(name, None)
@@ -288,3 +291,4 @@ def test_a_task_inserted_through_supabase_py_and_added_completes_under_dramatiq_
         assert any(path.startswith("/rest/v1/rpc/agentq_claim") for _, path in fake_postgrest.requests)
     finally:
         worker.close()
+        redis_server.close()
