@@ -8,11 +8,12 @@ value (secrets are never echoed).
 
 from __future__ import annotations
 
+import contextlib
 import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -86,6 +87,17 @@ class Settings(BaseSettings):
     sqlite_path: Path = Field(default=Path("agentq.db"), validation_alias="AGENTQ_SQLITE_PATH")
     #: Largest Postgres connection pool per process; 0 sizes it from QUEUE_CONCURRENCY.
     db_pool_size: NonNegativeInt = Field(default=0, validation_alias="AGENTQ_DB_POOL_SIZE")
+    #: Prepared statements on Postgres connections. Unset: on, except through a transaction-mode
+    #: pooler (DATABASE_URL on port 6543, Supabase's Supavisor), which cannot keep them.
+    db_prepared_statements: bool | None = Field(
+        default=None, validation_alias="AGENTQ_DB_PREPARED_STATEMENTS"
+    )
+    #: Supabase project URL; with a service key it selects the Supabase store (DESIGN §10).
+    supabase_url: str | None = Field(default=None, validation_alias="SUPABASE_URL")
+    supabase_service_role_key: SecretStr | None = Field(
+        default=None, validation_alias="SUPABASE_SERVICE_ROLE_KEY"
+    )
+    supabase_secret_key: SecretStr | None = Field(default=None, validation_alias="SUPABASE_SECRET_KEY")
 
     # --- Model providers (the SDKs' own variable names) ---
     openai_api_key: SecretStr | None = Field(default=None, validation_alias="OPENAI_API_KEY")
@@ -220,6 +232,31 @@ class Settings(BaseSettings):
             raise ValueError("is not a postgresql:// URL")
         return value
 
+    @field_validator("supabase_url")
+    @classmethod
+    def _supabase_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError("is not an http(s):// URL such as https://<project>.supabase.co")
+        return value.strip().rstrip("/")
+
+    def supabase_key(self) -> SecretStr | None:
+        """The worker's Supabase key: ``SUPABASE_SERVICE_ROLE_KEY``, else ``SUPABASE_SECRET_KEY``."""
+        return self.supabase_service_role_key or self.supabase_secret_key
+
+    def db_prepare_threshold(self) -> int | None:
+        """psycopg's ``prepare_threshold``: ``None`` (no prepared statements) for a transaction pooler."""
+        enabled = self.db_prepared_statements
+        if enabled is None:
+            port = None
+            if self.database_url is not None:
+                with contextlib.suppress(ValueError):
+                    port = urlsplit(self.database_url.get_secret_value()).port
+            enabled = port != 6543
+        return 5 if enabled else None
+
     def redis_connection_url(self) -> str:
         """The Redis URL to connect to: ``REDIS_URL``, else one built from host, port and password."""
         if self.redis_url is not None:
@@ -235,7 +272,9 @@ class Settings(BaseSettings):
         return bool(endpoint) and not self.otel_sdk_disabled and self.otel_traces_exporter.strip() != "none"
 
     def store_backend(self) -> str:
-        """Which task store the settings select: ``postgres`` or ``sqlite``."""
+        """Which task store the settings select: ``supabase``, ``postgres`` or ``sqlite`` (DESIGN §10)."""
+        if self.supabase_url is not None and self.supabase_key() is not None:
+            return "supabase"
         return "postgres" if self.database_url is not None else "sqlite"
 
     def db_pool_max(self) -> int:
@@ -250,6 +289,8 @@ _SECRET_FIELDS = {
     "OPENAI_API_KEY",
     "ANTHROPIC_API_KEY",
     "SENTRY_DSN",
+    "SUPABASE_SERVICE_ROLE_KEY",
+    "SUPABASE_SECRET_KEY",
 }
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from taskstore import supabase_sql
+
 Dialect = Literal["postgres", "sqlite"]
 ColumnType = Literal["uuid", "text", "int", "real", "money", "bool", "json", "timestamp", "text_array"]
 
@@ -90,7 +92,18 @@ class CreateIndex:
         return f"CREATE INDEX IF NOT EXISTS {self.name} ON {self.table} ({', '.join(self.columns)}){where};"
 
 
-Operation = CreateTable | CreateIndex
+@dataclass(frozen=True)
+class RawSQL:
+    """Dialect-specific SQL written by hand; a dialect given ``None`` skips it (e.g. SQLite has no RLS)."""
+
+    postgres: str | None = None
+    sqlite: str | None = None
+
+    def render(self, dialect: Dialect) -> str:
+        return (self.postgres if dialect == "postgres" else self.sqlite) or ""
+
+
+Operation = CreateTable | CreateIndex | RawSQL
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,7 @@ class Migration:
             f"-- Agent Task Queue schema migration {self.name} ({dialect}).",
             "-- Generated from taskstore/schema.py; applying it twice is safe.",
             _migrations_table(dialect),
-            *(operation.render(dialect) for operation in self.operations),
+            *(text for text in (operation.render(dialect) for operation in self.operations) if text),
             f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES ('{self.name}') ON CONFLICT (name) DO NOTHING;",
         ]
         return "\n\n".join(statements) + "\n"
@@ -267,6 +280,29 @@ MIGRATIONS: tuple[Migration, ...] = (
             ),
             CreateIndex("ai_agent_task_runs_task_idx", "ai_agent_task_runs", ("task_id", "attempt")),
             CreateIndex("ai_agent_task_runs_started_idx", "ai_agent_task_runs", ("started_at",)),
+        ),
+    ),
+    Migration(
+        "0002_supabase",
+        (
+            # Indexes for the remaining worker queries: due/listed schedules, lease renewal, the FK.
+            CreateIndex(
+                "ai_agent_tasks_schedule_idx",
+                "ai_agent_tasks",
+                ("next_run_at",),
+                where="schedule_cron IS NOT NULL",
+            ),
+            CreateIndex(
+                "ai_agent_tasks_worker_idx", "ai_agent_tasks", ("worker_id",), where="status = 'running'"
+            ),
+            CreateIndex("ai_agent_tasks_agent_idx", "ai_agent_tasks", ("agent_id",)),
+            # Postgres only (SQLite skips these): Supabase roles, RLS, and the store's RPC functions.
+            RawSQL(postgres=supabase_sql.SUPABASE_COMPAT),
+            RawSQL(postgres=supabase_sql.MEMBERS_TABLE),
+            RawSQL(postgres=supabase_sql.UPDATED_AT_TRIGGER),
+            RawSQL(postgres=supabase_sql.ROW_LEVEL_SECURITY),
+            RawSQL(postgres=supabase_sql.FUNCTIONS),
+            RawSQL(postgres=supabase_sql.GRANTS),
         ),
     ),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,9 +14,14 @@ import redis
 from taskstore import InMemoryTaskStore, NewAgent, TaskStore
 from taskstore.postgres import PostgresTaskStore
 from taskstore.sqlite import SqliteTaskStore
+from taskstore.supabase import SupabaseTaskStore
+from tests.fakes.postgrest import FakePostgrest
 from tests.services import redis_client, temporary_database
 
 TRUNCATE = "TRUNCATE ai_agent_task_runs, ai_agent_tasks, ai_agents"
+#: The service key the PostgREST test double accepts (a made-up secret key).
+FAKE_SERVICE_KEY = "sb_secret_test_only_not_a_real_key"
+FAKE_ANON_KEY = "sb_publishable_test_only"
 
 
 class Clock:
@@ -63,7 +69,63 @@ def sqlite_store(tmp_path) -> Iterator[SqliteTaskStore]:  # type: ignore[no-unty
     store.close()
 
 
-@pytest.fixture(params=["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+@pytest.fixture
+def postgres_unprepared_store(postgres_url: str) -> Iterator[PostgresTaskStore]:
+    """The Postgres store as configured for Supabase's transaction pooler: no prepared statements."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(TRUNCATE)
+    store = PostgresTaskStore(postgres_url, max_size=8, prepare_threshold=None)
+    yield store
+    store.close()
+
+
+@pytest.fixture(scope="session")
+def fake_postgrest(postgres_url: str) -> Iterator[FakePostgrest]:
+    """A PostgREST double on the session's migrated database (service key: ``FAKE_SERVICE_KEY``)."""
+    with FakePostgrest(postgres_url, service_key=FAKE_SERVICE_KEY, anon_key=FAKE_ANON_KEY) as server:
+        yield server
+
+
+@pytest.fixture
+def supabase_store(fake_postgrest: FakePostgrest, postgres_url: str) -> Iterator[SupabaseTaskStore]:
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(TRUNCATE)
+    store = SupabaseTaskStore(fake_postgrest.url, FAKE_SERVICE_KEY)
+    yield store
+    store.close()
+
+
+@pytest.fixture
+def supabase_live_store(request: pytest.FixtureRequest) -> Iterator[SupabaseTaskStore]:
+    """The Supabase store on a real project (opt-in: ``-m supabase_live`` with ``SUPABASE_URL`` set).
+
+    It deletes every row of the three tables first: use a throwaway project.
+    """
+    if "supabase_live" not in (request.config.getoption("-m") or ""):
+        pytest.skip("runs only when selected with -m supabase_live (it empties the project's tables)")
+    url = os.environ.get("SUPABASE_URL")
+    key = os.environ.get("SUPABASE_SERVICE_ROLE_KEY") or os.environ.get("SUPABASE_SECRET_KEY")
+    if not url or not key:
+        pytest.skip("set SUPABASE_URL and SUPABASE_SERVICE_ROLE_KEY (or SUPABASE_SECRET_KEY) to run")
+    store = SupabaseTaskStore(url, key)
+    store.migrate()
+    client = store._get_client()
+    for table in ("ai_agent_task_runs", "ai_agent_tasks", "ai_agents"):
+        client.table(table).delete().neq("id", "00000000-0000-0000-0000-000000000000").execute()
+    yield store
+    store.close()
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.integration),
+        pytest.param("postgres_unprepared", marks=pytest.mark.integration),
+        pytest.param("supabase", marks=pytest.mark.integration),
+        pytest.param("supabase_live", marks=pytest.mark.supabase_live),
+    ]
+)
 def store(request: pytest.FixtureRequest) -> TaskStore:
     """Every task store implementation, for the conformance suite."""
     if request.param == "memory":

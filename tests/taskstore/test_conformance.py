@@ -697,3 +697,21 @@ def test_list_schedules_orders_by_next_run(store: TaskStore, clock: Clock) -> No
     later = scheduled_task(store, clock, timedelta(hours=2))
     sooner = scheduled_task(store, clock, timedelta(hours=1))
     assert [task.id for task in store.list_schedules()] == [sooner, later]
+
+
+def test_a_claim_under_an_organization_cap_waits_for_a_running_task_to_end(
+    store: TaskStore, clock: Clock
+) -> None:
+    first, first_run = running_task(store, clock)
+    second = queued_task(store, clock)
+
+    refused = store.claim(
+        second, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock(), max_running_in_org=1
+    )
+    assert refused is None and store.get_task(second).status == TaskStatus.QUEUED  # type: ignore[union-attr]
+
+    store.complete(first, first_run, result={}, usage=Usage(), transcript=None, now=clock())
+    claimed = store.claim(
+        second, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock(), max_running_in_org=1
+    )
+    assert claimed is not None

@@ -32,3 +32,12 @@ def test_the_sqlite_rendering_applies_twice_and_records_itself() -> None:
         "max_attempts",
         "attempts",
     } <= columns
+
+
+def test_the_supabase_cli_migration_is_every_migration_rendered_for_postgres() -> None:
+    from pathlib import Path
+
+    shipped = Path(__file__).resolve().parents[2] / "supabase" / "migrations" / "20260101000000_agentq.sql"
+    assert shipped.read_text(encoding="utf-8") == render_all("postgres"), (
+        f"{shipped} is stale: regenerate it with render_all('postgres') from taskstore/schema.py"
+    )
