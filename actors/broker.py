@@ -18,14 +18,22 @@ NAMESPACE = "agentq"
 
 
 def redis_client(settings: Settings) -> redis.Redis:
-    """A Redis client for the configured server, pooled for every worker thread plus headroom."""
-    return redis.Redis.from_url(
+    """A Redis client for the configured server.
+
+    The pool *blocks* when all its connections are in use (up to 20 s) instead of failing: with
+    redis-py's default pool, more worker threads than connections make acks fail with
+    "Too many connections" and the worker stalls. Its size covers every thread plus the blocking
+    consumers; ``dramatiq --threads`` larger than ``QUEUE_CONCURRENCY`` only waits a little.
+    """
+    pool = redis.BlockingConnectionPool.from_url(
         settings.redis_connection_url(),
-        max_connections=max(settings.queue_concurrency * 2 + 16, 64),
+        max_connections=max(settings.queue_concurrency * 2 + 16, 128),
+        timeout=20,
         socket_connect_timeout=5,
         socket_keepalive=True,
         health_check_interval=30,
     )
+    return redis.Redis(connection_pool=pool)
 
 
 def build_broker(

@@ -53,3 +53,13 @@ def noop() -> None:
     pipe.incr(DONE_KEY)
     pipe.set(LAST_KEY, now)
     pipe.execute()
+
+
+#: Start latencies of :func:`stamp`, in milliseconds.
+LATENCY_KEY = f"{NAMESPACE}:latency"
+
+
+@dramatiq.actor(broker=broker, queue_name=QUEUE_NAME, max_retries=0)
+def stamp(sent_at: float) -> None:
+    """Record how long after ``sent_at`` (the producer's ``time.time()``) this message started."""
+    client.rpush(LATENCY_KEY, repr((time.time() - sent_at) * 1000))

@@ -56,6 +56,8 @@ from taskstore.schema import MIGRATIONS, MIGRATIONS_TABLE
 T = TypeVar("T")
 Row = dict[str, Any]
 
+#: Most connections a worker process opens on its own account (``AGENTQ_DB_POOL_SIZE`` may set more).
+MAX_POOL = 32
 #: Connections beyond one per worker thread (producers, the stats query, the main thread).
 _HEADROOM = 4
 #: Advisory lock key held while migrating, so concurrent ``agentq migrate`` runs serialise.
@@ -270,9 +272,12 @@ class PostgresTaskStore:
 
     def reserve_connections(self, count: int) -> None:
         with self._lock:
-            if count + _HEADROOM <= self._max_size:
+            # Threads hold a connection only for one statement, so past MAX_POOL they take turns
+            # rather than exhaust the server's max_connections (100 by default).
+            wanted = min(count + _HEADROOM, max(self._max_size, MAX_POOL))
+            if wanted <= self._max_size:
                 return
-            self._max_size = count + _HEADROOM
+            self._max_size = wanted
             if self._pool is not None:
                 self._pool.resize(min_size=1, max_size=self._max_size)
 
