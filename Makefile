@@ -41,8 +41,18 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)
+# The BullMQ replica needs the `bullmq` package, which pins exact versions of its own
+# dependencies: it gets a virtualenv of its own.
+.venv-bench/.installed:
+	$(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/python -m pip install --quiet bullmq 'psycopg[binary]' psycopg-pool
+	touch .venv-bench/.installed
+
+bench: $(STAMP) .venv-bench/.installed
 	$(BIN)/python -m benchmarks.pipeline
+	$(BIN)/python -m benchmarks.latency
+	$(BIN)/python -m benchmarks.schedules
+	$(BIN)/python -m benchmarks.tracing
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

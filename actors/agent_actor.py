@@ -13,6 +13,7 @@ the orchestrator) and returns the result, usually ``job.run_agent()``::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,6 +32,9 @@ from orchestrator import AgentSpec, Orchestrator, TaskInput
 from taskstore import Agent, Claim, Task, TaskStore, Usage, normalize_id, utcnow
 
 AgentFunction = Callable[["AgentJob"], AttemptResult]
+
+#: Least time between two database checks for a cancellation request during one run.
+CANCEL_CHECK_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,19 @@ class AgentJob:
         return agent
 
     def should_stop(self) -> bool:
-        """True once the run must end: ``remove_job`` asked, or another worker took the task over."""
-        return self.state.lost or self.store.cancel_requested(self.task.id)
+        """True once the run must end: ``remove_job`` asked, or another worker took the task over.
+
+        Called before every model and tool call. The database is asked at most every
+        :data:`CANCEL_CHECK_S` (and not right after the claim), so a fast loop does not add a
+        round trip per step; a cancellation is seen within that long of the next step.
+        """
+        if self.state.lost:
+            return True
+        now = time.monotonic()
+        if now - self.state.cancel_checked_at < CANCEL_CHECK_S:
+            return False
+        self.state.cancel_checked_at = now
+        return self.store.cancel_requested(self.task.id)
 
     def run_agent(self, *, instructions: str | None = None) -> AttemptResult:
         """Run the agent loop for this task; ``instructions`` are appended to the agent's system prompt.

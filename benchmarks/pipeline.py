@@ -195,6 +195,28 @@ def run_worker(
         worker.stop_s = _stop(proc)
 
 
+@contextlib.contextmanager
+def run_processes(
+    command: list[str], processes: int, env: dict[str, str], log_path: Path
+) -> Iterator[Worker]:
+    """``processes`` copies of ``command`` under one shell (one process tree), SIGTERM'd on exit."""
+    script = " & ".join([subprocess.list2cmdline(command)] * processes) + " & wait"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            ["bash", "-c", f"trap 'kill -TERM 0' TERM; {script}"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = Worker(proc, log_path)
+    try:
+        yield worker
+    finally:
+        worker.stop_s = _stop(proc)
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> float:
     """SIGTERM the worker and wait for it; SIGKILL its process group after ``STOP_TIMEOUT_S``."""
     started = time.monotonic()
@@ -333,6 +355,34 @@ class Bench:
             "pipeline", processes, threads, tasks, enqueue_s, drain_s, worker_ms, server_ms, worker
         )
 
+    def run_bullmq(self, python: Path, processes: int, threads: int, tasks: int) -> RunResult:
+        """The seed's architecture: ``bullmq`` jobs doing two status UPDATEs (see ``bullmq_replica``)."""
+        self.redis_client.flushdb()
+        script = str(ROOT / "benchmarks" / "bullmq_replica.py")
+        common = ["--redis", self.env["REDIS_URL"], "--database", self.database_url]
+        started = time.perf_counter()
+        subprocess.run(
+            [str(python), script, "enqueue", *common, "--tasks", str(tasks)], check=True, timeout=300
+        )
+        enqueue_s = time.perf_counter() - started
+        with psycopg.connect(self.database_url, autocommit=True) as conn:
+
+            def progress() -> int:
+                row = conn.execute("SELECT count(*) FROM replica_tasks WHERE status = 'completed'").fetchone()
+                return int(row[0]) if row else 0
+
+            log = self.log_path("bullmq", processes, threads)
+            command = [str(python), script, "work", *common, "--concurrency", str(threads)]
+            with run_processes(command, processes, self.env, log) as worker:
+                first, last = _drain(worker, tasks, progress, _deadline_s(tasks))
+            row = conn.execute("SELECT min(started_at), max(completed_at) FROM replica_tasks").fetchone()
+        assert row is not None and row[0] is not None and row[1] is not None
+        drain_s = (row[1] - row[0]).total_seconds()
+        worker_ms, server_ms = _per_task_ms(first, last, tasks)
+        return self._record(
+            "bullmq", processes, threads, tasks, enqueue_s, drain_s, worker_ms, server_ms, worker
+        )
+
     def _record(
         self,
         kind: str,
@@ -393,21 +443,25 @@ def render(runs: list[RunResult], tasks: int, repeats: int, machine: list[str], 
         *machine,
         f"- total benchmark wall time: {wall_s:.0f} s",
         "",
-        "| configuration | bare tasks/s | pipeline tasks/s | ratio pipeline/bare | bare enqueue tasks/s"
+        "| configuration | bare tasks/s | pipeline tasks/s | BullMQ replica tasks/s | pipeline/bare"
+        " | pipeline/BullMQ | bare enqueue tasks/s"
         " | pipeline enqueue tasks/s (create+add_task) | worker CPU ms/task bare / pipeline"
         " | pg+redis CPU ms/task bare / pipeline |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for processes, threads in CONFIGS:
         cell = {
             kind: [r for r in runs if r.kind == kind and (r.processes, r.threads) == (processes, threads)]
-            for kind in ("bare", "pipeline")
+            for kind in ("bare", "pipeline", "bullmq")
         }
         bare = _median([r.throughput for r in cell["bare"]])
         pipe = _median([r.throughput for r in cell["pipeline"]])
+        bull = _median([r.throughput for r in cell["bullmq"]])
         ratio = pipe / bare if pipe is not None and bare else None
+        versus = pipe / bull if pipe is not None and bull else None
         lines.append(
-            f"| {processes} process(es) x {threads} threads | {_fmt(bare)} | {_fmt(pipe)} | {_fmt(ratio, 3)}"
+            f"| {processes} process(es) x {threads} threads | {_fmt(bare)} | {_fmt(pipe)} | {_fmt(bull)}"
+            f" | {_fmt(ratio, 3)} | {_fmt(versus, 3)}"
             f" | {_fmt(_median([r.enqueue_rate for r in cell['bare']]))}"
             f" | {_fmt(_median([r.enqueue_rate for r in cell['pipeline']]))}"
             f" | {_fmt(_median([r.worker_cpu_ms for r in cell['bare']]), 2)}"
@@ -455,6 +509,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="runs per cell (default 3; 1 with --quick)")
     parser.add_argument("--quick", action="store_true", help="smoke run: N=300, 1 repeat")
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL))
+    parser.add_argument(
+        "--bullmq-python",
+        type=Path,
+        default=ROOT / ".venv-bench" / "bin" / "python",
+        help="interpreter with the bullmq package for the BullMQ replica (skipped when missing; `make bench`"
+        " creates it)",
+    )
     parser.add_argument("--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN_URL))
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--keep-logs", action="store_true", help="keep the worker logs even on success")
@@ -513,6 +574,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 bench.run_bare(processes, threads, args.tasks)
                 bench.run_pipeline(processes, threads, args.tasks)
+                if args.bullmq_python.exists():
+                    bench.run_bullmq(args.bullmq_python, processes, threads, args.tasks)
         report = render(
             bench.runs,
             args.tasks,

@@ -42,6 +42,8 @@ class Attempt:
     lost: bool = False
     #: ``time.monotonic()`` when the task was claimed.
     started: float = field(default_factory=time.monotonic)
+    #: When the run last asked the database whether it was cancelled (monotonic); the claim counts.
+    cancel_checked_at: float = field(default_factory=time.monotonic)
 
     @property
     def task_id(self) -> str:

@@ -3,7 +3,9 @@
 The switch is one Redis key, ``<namespace>:paused``. While it exists the lane broker's
 fetch returns nothing, so no worker takes new messages (and their heartbeats go on, so
 nothing is requeued twice), and this middleware puts back any message a worker had
-already prefetched: it goes to the front of its lane and starts after the resume.
+already prefetched: it goes to the front of its lane and starts after the resume. A
+worker re-reads the flag at most every :data:`CACHE_S`, so a message it had prefetched
+before the pause may still start within that long of ``pause_queue`` returning.
 Active tasks finish. Dramatiq's own ``Worker.pause()`` is not used: it stops the
 heartbeats, after which other workers would requeue the prefetched messages.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any
 
 import dramatiq
@@ -25,6 +28,8 @@ logger = logging.getLogger("agentq.lifecycle")
 
 #: Key (under the broker's namespace) whose existence pauses the queue.
 PAUSED_KEY = "paused"
+#: How long a worker trusts its last reading of the flag for messages it had already prefetched.
+CACHE_S = 0.25
 
 
 class PauseSwitch:
@@ -33,6 +38,7 @@ class PauseSwitch:
     def __init__(self, broker: dramatiq.Broker) -> None:
         self.broker = broker
         self._local = threading.Event()
+        self._cached: tuple[float, bool] = (0.0, False)
 
     def _key(self, broker: RedisBroker) -> str:
         return f"{broker.namespace}:{PAUSED_KEY}"
@@ -57,6 +63,15 @@ class PauseSwitch:
             return bool(self.broker.client.exists(self._key(self.broker)))
         return self._local.is_set()
 
+    def recently_paused(self, max_age_s: float = CACHE_S) -> bool:
+        """:meth:`is_paused`, read from Redis at most every ``max_age_s`` (a worker's per-message check)."""
+        read_at, paused = self._cached
+        now = time.monotonic()
+        if now - read_at >= max_age_s:
+            paused = self.is_paused()
+            self._cached = (now, paused)
+        return paused
+
 
 def pause_switch(broker: dramatiq.Broker) -> PauseSwitch:
     """The switch of ``broker`` (one per broker object, so tests with a stub broker share it)."""
@@ -71,7 +86,7 @@ class Pause(dramatiq.Middleware):
     """Holds back prefetched agent messages while the queue is paused."""
 
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
-        if agent_kind(broker, message) is None or not pause_switch(broker).is_paused():
+        if agent_kind(broker, message) is None or not pause_switch(broker).recently_paused():
             return
         logger.debug("Queue paused: message %s goes back to its lane", message.message_id)
         put_back(broker, message, delay_ms=None)

@@ -13,7 +13,8 @@ from taskstore.postgres import PostgresTaskStore
 from tests.acceptance.processes import ROOT, WorkerProcess, command_env
 from tests.harness import ORG, redis_harness, wait_until
 
-pytestmark = [pytest.mark.acceptance, pytest.mark.integration, pytest.mark.slow]
+# Real cron minutes: up to two minutes of waiting, so more than the suite's 120 s per-test timeout.
+pytestmark = [pytest.mark.acceptance, pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(300)]
 
 PERIODIQ = str(Path(sys.executable).with_name("periodiq"))
 
