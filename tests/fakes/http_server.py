@@ -58,6 +58,12 @@ class RecordedRequest:
     body: Any
 
 
+class _Server(ThreadingHTTPServer):
+    """Accepts a deep backlog of connections (hundreds of concurrent clients in the benchmarks)."""
+
+    request_queue_size = 1024
+
+
 class FakeServer:
     """The server; use as a context manager. ``url`` is ``http://127.0.0.1:PORT``."""
 
@@ -67,7 +73,7 @@ class FakeServer:
         self._replies: deque[FakeReply] = deque()
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
+        self._server = _Server(("127.0.0.1", 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-http", daemon=True
