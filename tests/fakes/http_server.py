@@ -124,6 +124,9 @@ class FakeServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            #: Keep connections alive between requests, as the real APIs do (every reply has a length).
+            protocol_version = "HTTP/1.1"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
