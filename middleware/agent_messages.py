@@ -35,3 +35,12 @@ def agent_kind(broker: dramatiq.Broker, message: AnyMessage) -> str | None:
 def message_task_id(message: AnyMessage) -> object:
     """The task id argument of an agent message (validated by the caller)."""
     return message.args[0] if len(message.args) == 1 and not message.kwargs else message.args
+
+
+def put_back(broker: dramatiq.Broker, message: MessageProxy, *, delay_ms: int | None) -> None:
+    """Enqueue a copy of ``message`` (same lane and options) to run later; the original is then acked.
+
+    How a middleware defers a message without failing it: pause, rate limits, organization caps.
+    """
+    copy: dramatiq.Message[Any] = message.copy()
+    broker.enqueue(copy, delay=delay_ms)

@@ -15,14 +15,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 import dramatiq
 from dramatiq.broker import MessageProxy
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import SkipMessage
 
-from middleware.agent_messages import agent_kind
+from middleware.agent_messages import agent_kind, put_back
 
 logger = logging.getLogger("agentq.lifecycle")
 
@@ -91,9 +90,3 @@ class Pause(dramatiq.Middleware):
         logger.debug("Queue paused: message %s goes back to its lane", message.message_id)
         put_back(broker, message, delay_ms=None)
         raise SkipMessage("queue paused")
-
-
-def put_back(broker: dramatiq.Broker, message: MessageProxy, *, delay_ms: int | None) -> None:
-    """Enqueue a copy of ``message`` (same lane and options) to run later; the original is then acked."""
-    copy: dramatiq.Message[Any] = message.copy()
-    broker.enqueue(copy, delay=delay_ms)

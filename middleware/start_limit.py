@@ -25,8 +25,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import SkipMessage
 
 from config.errors import ConfigError
-from middleware.agent_messages import ADMITTED_AT_OPTION, agent_kind
-from middleware.pause import put_back
+from middleware.agent_messages import ADMITTED_AT_OPTION, agent_kind, put_back
 
 logger = logging.getLogger("agentq.lifecycle")
 

@@ -42,6 +42,7 @@ from middleware.agent_messages import (
     ORG_OPTION,
     agent_kind,
     message_task_id,
+    put_back,
 )
 from middleware.attempts import (
     AttemptRegistry,
@@ -53,7 +54,6 @@ from middleware.attempts import (
     take_queued,
 )
 from middleware.failure_policy import Decision, Outcome, decide, describe
-from middleware.pause import put_back
 from taskstore import (
     Claim,
     InvalidTransition,
