@@ -1,0 +1,145 @@
+"""Postgres claims and completions written in batches keep every per-task rule of the single statements."""
+
+from __future__ import annotations
+
+import threading
+from decimal import Decimal
+
+import pytest
+from psycopg.types.json import Jsonb
+
+from taskstore import RunStatus, TaskStatus, Usage, new_id
+from taskstore.postgres import PostgresTaskStore, _finish_params
+from tests.conftest import Clock
+from tests.taskstore.test_conformance import LEASE, new_task, queued_task
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=["postgres", "postgres_unprepared"])
+def pg(request: pytest.FixtureRequest) -> PostgresTaskStore:
+    return request.getfixturevalue(f"{request.param}_store")  # type: ignore[no-any-return]
+
+
+def claim_params(task_id: str, clock: Clock, worker: str = "w1") -> dict[str, object]:
+    return {
+        "id": task_id,
+        "run_id": new_id(),
+        "worker_id": worker,
+        "now": clock(),
+        "lease_until": clock() + LEASE,
+    }
+
+
+def test_a_batch_claims_only_queued_tasks_and_each_task_once(pg: PostgresTaskStore, clock: Clock) -> None:
+    first, second = queued_task(pg, clock), queued_task(pg, clock)
+    pending = new_task(pg, clock)
+    twice = [claim_params(second, clock, "w1"), claim_params(second, clock, "w2")]
+    odd_worker = 'host "a", {b}\\c NULL'
+    batch = [
+        claim_params(first, clock, odd_worker),
+        claim_params(pending, clock),
+        *twice,
+        claim_params(new_id(), clock),
+    ]
+
+    claims = pg._claim_many(batch)
+
+    assert claims[0] is not None and claims[0].task.id == first and claims[0].run_id == batch[0]["run_id"]
+    assert claims[0].task.status == TaskStatus.RUNNING and claims[0].task.attempts == 1
+    assert claims[0].agent is not None and claims[0].task.worker_id == odd_worker
+    assert claims[0].task.started_at == clock() and claims[0].task.lease_expires_at == clock() + LEASE
+    assert claims[1] is None and claims[4] is None
+    won = [claim for claim in claims[2:4] if claim is not None]
+    assert len(won) == 1 and won[0].task.id == second
+    runs = pg.get_runs(second)
+    assert [(run.id, run.status) for run in runs] == [(won[0].run_id, RunStatus.RUNNING)]
+    task = pg.get_task(pending)
+    assert task is not None and task.status == TaskStatus.PENDING
+
+
+def test_a_batch_completes_only_current_runs_and_adds_usage(pg: PostgresTaskStore, clock: Clock) -> None:
+    ids = [queued_task(pg, clock) for _ in range(3)]
+    claims = pg._claim_many([claim_params(task_id, clock) for task_id in ids])
+    assert all(claim is not None for claim in claims)
+    run_ids = [claim.run_id for claim in claims if claim is not None]
+    clock.advance(2)
+    usage = Usage(input_tokens=10, output_tokens=5, cost_usd=Decimal("0.25"))
+    batch = [
+        _complete_params(ids[0], run_ids[0], clock, usage, {"output": "a"}),
+        _complete_params(ids[1], new_id(), clock, usage, {"output": "stale run"}),
+        _complete_params(ids[2], run_ids[2], clock, Usage(), {"output": "c"}),
+    ]
+
+    assert pg._complete_many(batch) == [True, False, True]
+
+    done = pg.get_task(ids[0])
+    assert done is not None and done.status == TaskStatus.COMPLETED and done.result == {"output": "a"}
+    assert done.completed_at == clock() and done.lease_expires_at is None
+    assert (done.input_tokens, done.output_tokens, done.cost_usd) == (10, 5, Decimal("0.25"))
+    [run] = pg.get_runs(ids[0])
+    assert run.status == RunStatus.COMPLETED and run.cost_usd == Decimal("0.25")
+    assert run.transcript == [{"role": "user", "content": "hi"}] and run.finished_at == clock()
+    still = pg.get_task(ids[1])
+    assert still is not None and still.status == TaskStatus.RUNNING
+    free = pg.get_task(ids[2])
+    assert free is not None and free.status == TaskStatus.COMPLETED and free.cost_usd == 0
+
+
+def test_concurrent_claims_and_completions_are_exact(pg: PostgresTaskStore, clock: Clock) -> None:
+    """16 threads, two messages per task: each task is claimed once, completed once, usage counted once."""
+    ids = [queued_task(pg, clock) for _ in range(60)]
+    pg.reserve_connections(16)
+    work = [task_id for task_id in ids for _ in range(2)]
+    lock = threading.Lock()
+    claimed: list[str] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            while True:
+                with lock:
+                    if not work:
+                        return
+                    task_id = work.pop()
+                claim = pg.claim(
+                    task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()
+                )
+                if claim is None:
+                    continue
+                with lock:
+                    claimed.append(task_id)
+                usage = Usage(input_tokens=3)
+                assert pg.complete(
+                    task_id,
+                    claim.run_id,
+                    result={"output": task_id},
+                    usage=usage,
+                    transcript=None,
+                    now=clock(),
+                )
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive()
+
+    assert errors == []
+    assert sorted(claimed) == sorted(ids)
+    for task_id in ids:
+        task = pg.get_task(task_id)
+        assert task is not None and task.status == TaskStatus.COMPLETED
+        assert task.input_tokens == 3 and task.result == {"output": task_id}
+        assert [run.status for run in pg.get_runs(task_id)] == [RunStatus.COMPLETED]
+
+
+def _complete_params(
+    task_id: str, run_id: str, clock: Clock, usage: Usage, result: dict[str, object]
+) -> dict[str, object]:
+    params = _finish_params(task_id, run_id, usage, [{"role": "user", "content": "hi"}], clock())
+    params.update(result=Jsonb(result), run_status="completed")
+    return params
