@@ -15,6 +15,8 @@ ring of organizations, each with its own list of message ids:
   so a new message starts within milliseconds and an idle worker costs almost nothing.
 * **Pause**: while ``<ns>:paused`` exists, fetches return nothing (heartbeats continue,
   so no worker is ever taken for dead and nothing is requeued twice).
+* **Batches**: :meth:`LaneBroker.enqueue_many` sends many messages in one ``MULTI/EXEC``
+  round trip (``AgentTaskQueue.add_tasks``), so all of them land or none does.
 
 Payloads, ack sets, heartbeats, delayed queues (``.DQ``) and dead letters keep
 Dramatiq's own layout and scripts, so acks, nacks, maintenance and the delayed-message
@@ -29,7 +31,7 @@ lower priority waits as long as higher priorities have messages in Redis.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import uuid4
 
@@ -41,6 +43,7 @@ from dramatiq.common import current_millis, dq_name
 from dramatiq.errors import ConnectionClosed
 
 from middleware.agent_messages import LANE_OPTION, ORG_OPTION
+from middleware.batches import enqueue_batch
 
 #: Organization of messages that carry none.
 NO_ORG = "-"
@@ -134,6 +137,15 @@ def lane_of(message: dramatiq.Message[Any] | MessageProxy) -> tuple[int, str] | 
     return lane, org if isinstance(org, str) and org else NO_ORG
 
 
+def _stamp(message: dramatiq.Message[Any], delay: int | None) -> dramatiq.Message[Any]:
+    """``message`` as Dramatiq's Redis broker enqueues it: a fresh Redis id; if delayed, an eta and
+    its queue's delay queue."""
+    message = message.copy(options={"redis_message_id": str(uuid4())})
+    if delay is None:
+        return message
+    return message.copy(queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay})
+
+
 class LaneBroker(RedisBroker):
     """Dramatiq's Redis broker with priority lanes, per-organization turns and a blocking fetch."""
 
@@ -153,29 +165,63 @@ class LaneBroker(RedisBroker):
 
     def enqueue(self, message: dramatiq.Message[Any], *, delay: int | None = None) -> dramatiq.Message[Any]:
         """Dramatiq's ``RedisBroker.enqueue``, putting an undelayed message in its lane."""
-        queue_name = message.queue_name
-        message = message.copy(options={"redis_message_id": str(uuid4())})
-        if delay is not None:
-            queue_name = dq_name(queue_name)
-            message = message.copy(queue_name=queue_name, options={"eta": current_millis() + delay})
+        message = _stamp(message, delay)
         self.emit_before("enqueue", message, delay)
         lane = None if delay is not None else lane_of(message)
         if lane is None:
-            self.do_enqueue(queue_name, message.options["redis_message_id"], message.encode())
+            self.do_enqueue(message.queue_name, message.options["redis_message_id"], message.encode())
         else:
-            priority, org = lane
-            self.lane_scripts["enqueue"](
-                args=[
-                    self._base(queue_name),
-                    message.options["redis_message_id"],
-                    message.encode(),
-                    priority,
-                    org if self.fair else NO_ORG,
-                    BELL_MAX,
-                ]
-            )
+            self.lane_scripts["enqueue"](args=self._lane_args(message, lane))
         self.emit_after("enqueue", message, delay)
         return message
+
+    def enqueue_many(
+        self, messages: Sequence[dramatiq.Message[Any]], *, delay: int | None = None
+    ) -> list[dramatiq.Message[Any]]:
+        """Enqueue ``messages`` in one round trip, a ``MULTI/EXEC`` transaction: all land or none do.
+
+        Every message passes the middleware's ``before_enqueue`` (all of them first, as one
+        :func:`~middleware.batches.enqueue_batch`) and, once they have landed, ``after_enqueue``, as
+        with :meth:`enqueue`. Undelayed messages go to their lanes; delayed ones to their queue's delay
+        queue (``.DQ``), as Dramatiq's own enqueue command puts them there.
+
+        Raises:
+            redis.RedisError: Redis refused the transaction or was unreachable: nothing was enqueued.
+        """
+        stamped = [_stamp(message, delay) for message in messages]
+        if not stamped:
+            return []
+        with enqueue_batch():
+            for message in stamped:
+                self.emit_before("enqueue", message, delay)
+        with self.client.pipeline(transaction=True) as pipe:
+            lane_script = self.lane_scripts["enqueue"]
+            pipe.script_load(lane_script.script)  # in the transaction, so no EVALSHA below can miss it
+            for message in stamped:
+                lane = None if delay is not None else lane_of(message)
+                redis_id = message.options["redis_message_id"]
+                if lane is None:
+                    base = self._base(message.queue_name)
+                    pipe.hset(f"{base}.msgs", redis_id, message.encode())
+                    pipe.rpush(base, redis_id)
+                else:
+                    pipe.evalsha(lane_script.sha, 0, *self._lane_args(message, lane))
+            pipe.execute()
+        for message in stamped:
+            self.emit_after("enqueue", message, delay)
+        return stamped
+
+    def _lane_args(self, message: dramatiq.Message[Any], lane: tuple[int, str]) -> list[Any]:
+        """Arguments of the lane enqueue script for ``message``."""
+        priority, org = lane
+        return [
+            self._base(message.queue_name),
+            message.options["redis_message_id"],
+            message.encode(),
+            priority,
+            org if self.fair else NO_ORG,
+            BELL_MAX,
+        ]
 
     def fetch(self, queue_name: str, count: int) -> list[bytes]:
         """Up to ``count`` payloads, highest priority first, organizations taking turns."""

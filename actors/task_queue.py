@@ -9,27 +9,46 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import dramatiq
+import redis
 
 from actors.agent_actor import AgentActor
+from actors.arguments import MAX_DELAY_MS as MAX_DELAY_MS
+from actors.arguments import (
+    check_agent,
+    check_delay,
+    check_ids,
+    check_page,
+    check_pending,
+    check_priority,
+    item,
+    task_fields,
+)
 from actors.cron import parse_schedule
 from actors.errors import (
     AgentInactive,
-    AgentOrganizationMismatch,
+    BrokerUnavailable,
     InvalidArgument,
     InvalidContext,
-    InvalidDelay,
-    InvalidPriority,
     UnknownAgentKind,
 )
+from actors.lanes import LaneBroker
+from config.errors import AgentQueueError
 from middleware.pause import pause_switch
-from middleware.task_lifecycle import ENQUEUED_AT_OPTION, PRIORITY_OPTION, QUEUED_OPTION, take_queued
+from middleware.task_lifecycle import (
+    ENQUEUED_AT_OPTION,
+    PRIORITY_OPTION,
+    QUEUED_OPTION,
+    queued_options,
+    take_queued,
+)
+from middleware.tracing import abandon_publish
 from taskstore import (
     AgentNotFound,
     CleanupResult,
@@ -47,9 +66,6 @@ from taskstore import (
 from taskstore.models import TASK_TYPES
 
 logger = logging.getLogger("agentq.lifecycle")
-
-#: Longest delay Dramatiq's Redis broker accepts (7 days).
-MAX_DELAY_MS = 7 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -131,34 +147,41 @@ class AgentTaskQueue:
         task_type: str = "adhoc",
     ) -> Task:
         """Insert a ``pending`` task for an active agent of the same organization."""
-        agent_id = normalize_id(agent_id, "agent id")
-        organization_id = normalize_id(organization_id, "organization id")
-        _check_priority(priority)
-        if not isinstance(title, str) or not title.strip():
-            raise InvalidArgument(f"title {title!r} must be a non-empty string")
-        if description is not None and not isinstance(description, str):
-            raise InvalidArgument(f"description {description!r} must be a string or None")
-        if task_type not in TASK_TYPES:
-            raise InvalidArgument(f"task_type {task_type!r} is not one of {', '.join(TASK_TYPES)}")
-        checked_context = self._check_context(context)
-        agent = self.store.get_agent(agent_id)
-        if agent is None:
-            raise AgentNotFound(agent_id)
-        if not agent.is_active:
-            raise AgentInactive(agent_id)
-        if agent.organization_id != organization_id:
-            raise AgentOrganizationMismatch(agent_id, organization_id)
-        new = NewTask(
+        new = self._new_task(
             agent_id=agent_id,
             organization_id=organization_id,
             title=title,
             description=description,
-            task_type=task_type,
-            context=checked_context,
+            context=context,
             priority=priority,
-            max_attempts=self.max_attempts,
+            task_type=task_type,
         )
+        check_agent(self.store.get_agent(new.agent_id), new)
         return self.store.create_task(new, now=self.clock())
+
+    def create_tasks(self, tasks: Sequence[Mapping[str, Any]]) -> list[Task]:
+        """Insert many ``pending`` tasks at once, all or none; each mapping holds ``create_task``'s arguments.
+
+        Every item is checked first, as ``create_task`` checks it (the error names the item, e.g.
+        ``tasks[3]: title '' must be a non-empty string``); each distinct agent is read once; then all
+        rows are inserted in one statement. Returns the tasks in the given order.
+        """
+        if isinstance(tasks, str | bytes | Mapping) or not isinstance(tasks, Sequence):
+            raise InvalidArgument(
+                f"tasks {tasks!r} must be a sequence of mappings of create_task's arguments"
+            )
+        batch: list[NewTask] = []
+        for index, fields in enumerate(tasks):
+            with item("tasks", index):
+                batch.append(self._new_task(**task_fields(fields)))
+        if not batch:
+            return []
+        agent_ids = dict.fromkeys(new.agent_id for new in batch)
+        agents = {agent_id: self.store.get_agent(agent_id) for agent_id in agent_ids}
+        for index, new in enumerate(batch):
+            with item("tasks", index):
+                check_agent(agents[new.agent_id], new)
+        return self.store.create_tasks(batch, now=self.clock())
 
     def add_task(self, task_id: str, priority: int | None = None, delay_ms: int = 0) -> Job:
         """Queue a ``pending`` task, now or after ``delay_ms``; ``priority`` None keeps the row's.
@@ -171,13 +194,10 @@ class AgentTaskQueue:
         """
         task_id = normalize_id(task_id)
         if priority is not None:
-            _check_priority(priority)
-        if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 <= delay_ms <= MAX_DELAY_MS:
-            raise InvalidDelay(delay_ms)
+            check_priority(priority)
+        check_delay(delay_ms)
         task = self._task(task_id)
-        if task.status != TaskStatus.PENDING:
-            hint = "use retry_job for a failed task" if task.status == TaskStatus.FAILED else ""
-            raise InvalidTransition(task_id, task.status.value, TaskStatus.QUEUED.value, hint)
+        check_pending(task)
         actor = self._actor_for(task)
         options: dict[str, Any] = {PRIORITY_OPTION: priority}
         actor.send_with_options(args=(task_id,), delay=delay_ms or None, **options)
@@ -185,6 +205,66 @@ class AgentTaskQueue:
         if queued is None:  # queued concurrently by another producer: read what is there now
             return self._job(task_id)
         return Job.from_task(queued, self.store.get_runs(task_id) if queued.attempts else [])
+
+    def add_tasks(self, task_ids: Sequence[str], priority: int | None = None, delay_ms: int = 0) -> list[Job]:
+        """Queue many ``pending`` tasks at once, all or none: the bulk :meth:`add_task`.
+
+        Everything is checked before anything changes: the ids (no id twice), ``priority``,
+        ``delay_ms``, and that every task exists, is pending and has an agent kind with an actor
+        (each distinct agent is read once). Then one store call moves them all ``pending → queued``
+        and one Redis transaction enqueues their messages (on the :class:`~actors.lanes.LaneBroker`;
+        another broker gets one enqueue per message). Logs ``added to queue`` per task.
+
+        Raises:
+            InvalidTaskId, InvalidArgument, InvalidPriority, InvalidDelay: Bad arguments.
+            TaskNotFound, AgentNotFound, AgentInactive, UnknownAgentKind: For the first task concerned.
+            InvalidTransition: A task is not pending (also if it stopped being pending meanwhile).
+            BrokerUnavailable: Redis is down; every task stays ``pending``.
+        """
+        ids = check_ids(task_ids)
+        if priority is not None:
+            check_priority(priority)
+        check_delay(delay_ms)
+        if not ids:
+            return []
+        found = {task.id: task for task in self.store.get_tasks(ids)}
+        actors: dict[str, AgentActor] = {}
+        for task_id in ids:
+            task = found.get(task_id)
+            if task is None:
+                raise TaskNotFound(task_id)
+            check_pending(task)
+            if task.agent_id not in actors:
+                actors[task.agent_id] = self._actor_for(task)
+        now = self.clock()
+        due = now + timedelta(milliseconds=delay_ms)
+        queued = self.store.mark_queued_many(ids, priority=priority, run_at=due, now=now)
+        if queued is None:
+            raise self._changed_meanwhile(ids)
+        messages = [
+            actors[task.agent_id].message_with_options(
+                args=(task.id,), **queued_options(task.priority, task.organization_id, enqueued_at=now)
+            )
+            for task in queued
+        ]
+        try:
+            self._enqueue_all(messages, delay_ms or None)
+        except Exception as exc:
+            abandon_publish(exc)
+            self.store.revert_queued_many(ids, queued_at=now, now=self.clock())
+            if isinstance(exc, redis.RedisError | dramatiq.errors.BrokerConnectionError):
+                raise BrokerUnavailable(
+                    f"Redis did not accept the {len(ids)} tasks; they stay pending: {exc}"
+                ) from exc
+            raise
+        for task in queued:
+            logger.info(
+                "[AgentTaskQueue] Task %s added to queue (priority: %s, delay: %sms)",
+                task.id,
+                task.priority,
+                delay_ms,
+            )
+        return [Job.from_task(task, self.store.get_runs(task.id) if task.attempts else []) for task in queued]
 
     def add_scheduled_task(self, task_id: str, cron_expression: str, timezone: str | None = None) -> Job:
         """Run a ``scheduled`` task on a cron schedule in a time zone (default: the row's, then UTC).
@@ -230,7 +310,7 @@ class AgentTaskQueue:
 
     def list_schedules(self, limit: int = 100, offset: int = 0) -> list[Task]:
         """Tasks with a schedule, soonest next run first."""
-        _check_page(limit, offset)
+        check_page(limit, offset)
         return self.store.list_schedules(limit=limit, offset=offset)
 
     def retry_job(self, job_id: str) -> Job:
@@ -255,7 +335,7 @@ class AgentTaskQueue:
 
     def list_dead_letters(self, limit: int = 100, offset: int = 0) -> list[Job]:
         """Failed jobs (attempts exhausted or non-retryable), most recent first; kept 7 days by retention."""
-        _check_page(limit, offset)
+        check_page(limit, offset)
         return [
             Job.from_task(task, self.store.get_runs(task.id))
             for task in self.store.list_failed(limit=limit, offset=offset)
@@ -360,6 +440,64 @@ class AgentTaskQueue:
     def _job(self, task_id: str) -> Job:
         return Job.from_task(self._task(task_id), self.store.get_runs(task_id))
 
+    def _new_task(
+        self,
+        *,
+        agent_id: str,
+        organization_id: str,
+        title: str,
+        description: str | None = None,
+        context: Mapping[str, Any] | None = None,
+        priority: int = 5,
+        task_type: str = "adhoc",
+    ) -> NewTask:
+        """``create_task``'s arguments, checked (all but the agent, which needs the store)."""
+        agent_id = normalize_id(agent_id, "agent id")
+        organization_id = normalize_id(organization_id, "organization id")
+        check_priority(priority)
+        if not isinstance(title, str) or not title.strip():
+            raise InvalidArgument(f"title {title!r} must be a non-empty string")
+        if description is not None and not isinstance(description, str):
+            raise InvalidArgument(f"description {description!r} must be a string or None")
+        if task_type not in TASK_TYPES:
+            raise InvalidArgument(f"task_type {task_type!r} is not one of {', '.join(TASK_TYPES)}")
+        return NewTask(
+            agent_id=agent_id,
+            organization_id=organization_id,
+            title=title,
+            description=description,
+            task_type=task_type,
+            context=self._check_context(context),
+            priority=priority,
+            max_attempts=self.max_attempts,
+        )
+
+    def _enqueue_all(self, messages: list[dramatiq.Message[Any]], delay: int | None) -> None:
+        """All messages in one Redis transaction on the lane broker; one by one on any other broker."""
+        if isinstance(self.broker, LaneBroker):
+            self.broker.enqueue_many(messages, delay=delay)
+            return
+        for message in messages:
+            self.broker.enqueue(message, delay=delay)
+
+    def _changed_meanwhile(self, task_ids: list[str]) -> AgentQueueError:
+        """The error for a batch whose tasks stopped being pending between the check and the update."""
+        current = {task.id: task for task in self.store.get_tasks(task_ids)}
+        for task_id in task_ids:
+            task = current.get(task_id)
+            if task is None:
+                return TaskNotFound(task_id)
+            if task.status != TaskStatus.PENDING:
+                return InvalidTransition(
+                    task_id,
+                    task.status.value,
+                    TaskStatus.QUEUED.value,
+                    "changed concurrently; nothing queued",
+                )
+        return InvalidTransition(
+            task_ids[0], TaskStatus.PENDING.value, TaskStatus.QUEUED.value, "a concurrent change; try again"
+        )
+
     def _actor_for(self, task: Task) -> AgentActor:
         agent = self.store.get_agent(task.agent_id)
         if agent is None:
@@ -393,14 +531,3 @@ class AgentTaskQueue:
             raise InvalidContext(f"context is {size} bytes of JSON; the limit is {self.max_context_bytes}")
         decoded: dict[str, Any] = json.loads(encoded)
         return decoded
-
-
-def _check_page(limit: object, offset: object) -> None:
-    for name, value in (("limit", limit), ("offset", offset)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidArgument(f"{name} {value!r} must be a non-negative int")
-
-
-def _check_priority(priority: object) -> None:
-    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 10:
-        raise InvalidPriority(priority)

@@ -363,6 +363,14 @@ def send_queued(
     broker.get_actor(kind).send_with_options(args=(task_id,), **options)
 
 
+def queued_options(priority: int, organization_id: str, *, enqueued_at: datetime) -> dict[str, Any]:
+    """Options of a message for a task the producer already moved to ``queued`` (``add_tasks``): the
+    middleware sends it in its lane without touching the database."""
+    options: dict[str, Any] = {QUEUED_OPTION: True, ENQUEUED_AT_OPTION: enqueued_at.isoformat()}
+    set_lane(options, priority, organization_id)
+    return options
+
+
 def _transcript_of(exception: BaseException) -> list[dict[str, Any]] | None:
     transcript = getattr(exception, "transcript", None)
     return list(transcript) if isinstance(transcript, list | tuple) else None
@@ -400,6 +408,7 @@ __all__ = [
     "ShutdownCutOff",
     "TaskLifecycle",
     "current_claim",
+    "queued_options",
     "report_outcome",
     "send_queued",
     "take_queued",

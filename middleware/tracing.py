@@ -3,7 +3,8 @@
 * ``before_enqueue`` starts a PRODUCER span and injects its W3C trace context into
   ``message.options[TRACE_OPTION]``; ``after_enqueue`` ends it. An enqueue that fails
   (task refused, Redis down) ends it with an error status on the thread's next enqueue,
-  or at once through :func:`abandon_publish`.
+  or at once through :func:`abandon_publish`. A batch (``LaneBroker.enqueue_many``) keeps
+  one span per message open until the whole batch has landed.
 * ``before_process_message`` extracts that context and starts a CONSUMER span, made
   current (attached) for the whole attempt: the claim, the actor, the agent's ``chat``
   and ``execute_tool`` spans, the status write and any retry enqueue happen inside it.
@@ -46,6 +47,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from middleware.agent_messages import AnyMessage, agent_kind, message_task_id
 from middleware.attempts import Attempt, AttemptRegistry
+from middleware.batches import current_batch
 
 #: Message option holding the W3C trace context (``traceparent``/``tracestate``) of the publish span.
 TRACE_OPTION = "agentq_trace"
@@ -60,12 +62,20 @@ def _tracer(provider: trace.TracerProvider | None) -> trace.Tracer:
 
 
 def abandon_publish(error: BaseException) -> None:
-    """End this thread's open publish span with ``error``: its enqueue failed (called by the actor)."""
-    pending: tuple[str, Span] | None = getattr(_local, "publish", None)
-    _local.publish = None
-    if pending is not None:
-        _fail(pending[1], error)
-        pending[1].end()
+    """End this thread's open publish spans with ``error``: their enqueue failed (called by the actor)."""
+    pending = _publishing()
+    _local.publish = {}
+    for span in pending.values():
+        _fail(span, error)
+        span.end()
+
+
+def _publishing() -> dict[str, Span]:
+    """This thread's publish spans whose enqueue has not completed yet, by message id."""
+    publishing: dict[str, Span] | None = getattr(_local, "publish", None)
+    if publishing is None:
+        publishing = _local.publish = {}
+    return publishing
 
 
 def _fail(span: Span, error: BaseException) -> None:
@@ -127,7 +137,11 @@ class Tracing(dramatiq.Middleware):
         self._ensure_setup()
         if self._off():
             return
-        abandon_publish(RuntimeError("enqueue did not complete"))
+        batch = current_batch()
+        if batch is None or batch is not getattr(_local, "batch", None):
+            # Spans still open are not this batch's messages in flight: their enqueue failed.
+            abandon_publish(RuntimeError("enqueue did not complete"))
+        _local.batch = batch
         current = trace.get_current_span().get_span_context()
         if TRACE_OPTION in message.options and not current.is_valid:
             return  # a delayed message moved back to its queue: keep its trace, add nothing
@@ -141,17 +155,16 @@ class Tracing(dramatiq.Middleware):
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         if carrier:
             message.options[TRACE_OPTION] = carrier
-        _local.publish = (message.message_id, span)
+        _publishing()[message.message_id] = span
 
     def after_enqueue(
         self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
     ) -> None:
         if self._off():
             return
-        pending: tuple[str, Span] | None = getattr(_local, "publish", None)
-        if pending is not None and pending[0] == message.message_id:
-            _local.publish = None
-            pending[1].end()
+        span = _publishing().pop(message.message_id, None)
+        if span is not None:
+            span.end()
 
     # --- worker side --------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from taskstore.base import TaskStore, new_id, normalize_id, utcnow
 from taskstore.errors import (
     AgentNotFound,
+    DuplicateTask,
     InvalidTaskId,
     InvalidTransition,
     StoreUnavailable,
@@ -39,6 +40,7 @@ __all__ = [
     "Claim",
     "CleanupResult",
     "DueSchedule",
+    "DuplicateTask",
     "FiredSchedule",
     "Firing",
     "InMemoryTaskStore",

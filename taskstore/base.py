@@ -12,6 +12,7 @@ All timestamps are timezone-aware UTC ``datetime`` values passed in by the calle
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
@@ -68,6 +69,14 @@ class TaskStore(Protocol):
         """The task, or ``None``."""
         ...
 
+    def create_tasks(self, tasks: Sequence[NewTask], *, now: datetime) -> list[Task]:
+        """Insert tasks in status ``pending``, all or none (one transaction); returned in the given order."""
+        ...
+
+    def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
+        """The tasks among ``task_ids`` that exist, in the order of ``task_ids``."""
+        ...
+
     def get_runs(self, task_id: str) -> list[Run]:
         """The task's runs, oldest attempt first."""
         ...
@@ -80,6 +89,17 @@ class TaskStore(Protocol):
 
     def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
         """``queued → pending`` for the enqueue made at ``queued_at``, when the broker refused its message."""
+        ...
+
+    def mark_queued_many(
+        self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
+    ) -> list[Task] | None:
+        """``pending → queued`` for every one of the distinct ``task_ids`` at once, or for none: ``None`` (and
+        nothing changed) if any of them is missing or not pending. Returned in the order of ``task_ids``."""
+        ...
+
+    def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
+        """:meth:`revert_queued` for many tasks in one call; returns how many went back to ``pending``."""
         ...
 
     def claim(

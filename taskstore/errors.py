@@ -33,6 +33,10 @@ class AgentNotFound(TaskStoreError, LookupError):
         self.agent_id = agent_id
 
 
+class DuplicateTask(TaskStoreError):
+    """An insert whose task id already exists (or is given twice); nothing was inserted."""
+
+
 class InvalidTransition(TaskStoreError):
     """A status change that the task's current status does not allow."""
 

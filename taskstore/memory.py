@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 from taskstore.base import new_id
+from taskstore.errors import DuplicateTask
 from taskstore.models import (
     Agent,
     Claim,
@@ -94,51 +96,28 @@ class InMemoryTaskStore:
             return self.agents.get(agent_id)
 
     def create_task(self, task: NewTask, *, now: datetime) -> Task:
-        record = Task(
-            id=task.id or new_id(),
-            agent_id=task.agent_id,
-            organization_id=task.organization_id,
-            title=task.title,
-            description=task.description,
-            task_type=task.task_type,
-            context=copy.deepcopy(task.context),
-            status=TaskStatus.PENDING,
-            priority=task.priority,
-            schedule_cron=None,
-            schedule_timezone=task.schedule_timezone,
-            next_run_at=None,
-            last_run_at=None,
-            max_attempts=task.max_attempts,
-            attempts=0,
-            stalled_count=0,
-            result=None,
-            error=None,
-            run_at=None,
-            current_run_id=None,
-            worker_id=None,
-            lease_expires_at=None,
-            postponed_count=0,
-            input_tokens=0,
-            output_tokens=0,
-            cached_input_tokens=0,
-            reasoning_tokens=0,
-            cost_usd=Decimal(0),
-            cancel_requested_at=None,
-            queued_at=None,
-            started_at=None,
-            completed_at=None,
-            failed_at=None,
-            archived_at=None,
-            created_at=now,
-            updated_at=now,
-        )
+        record = _new_record(task, now)
         with self._lock:
             self.tasks[record.id] = record
         return record
 
+    def create_tasks(self, tasks: Sequence[NewTask], *, now: datetime) -> list[Task]:
+        records = [_new_record(task, now) for task in tasks]
+        with self._lock:
+            if len({record.id for record in records}) < len(records) or any(
+                record.id in self.tasks for record in records
+            ):
+                raise DuplicateTask("a task id is given twice or already exists; nothing was inserted")
+            self.tasks.update((record.id, record) for record in records)
+        return records
+
     def get_task(self, task_id: str) -> Task | None:
         with self._lock:
             return self.tasks.get(task_id)
+
+    def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
+        with self._lock:
+            return [self.tasks[task_id] for task_id in task_ids if task_id in self.tasks]
 
     def get_runs(self, task_id: str) -> list[Run]:
         with self._lock:
@@ -189,6 +168,33 @@ class InMemoryTaskStore:
                 )
                 is not None
             )
+
+    def mark_queued_many(
+        self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
+    ) -> list[Task] | None:
+        with self._lock:
+            marked: list[Task] = []
+            for task_id in task_ids:
+                task = self.tasks.get(task_id)
+                if task is None or task.status != TaskStatus.PENDING:
+                    return None
+                marked.append(
+                    replace(
+                        task,
+                        status=TaskStatus.QUEUED,
+                        priority=task.priority if priority is None else priority,
+                        run_at=run_at,
+                        queued_at=now,
+                        archived_at=None,
+                        updated_at=now,
+                    )
+                )
+            self.tasks.update((task.id, task) for task in marked)
+            return marked
+
+    def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
+        with self._lock:
+            return sum(self.revert_queued(task_id, queued_at=queued_at, now=now) for task_id in task_ids)
 
     def claim(
         self,
@@ -664,3 +670,45 @@ def _added_usage(task: Task, usage: Usage) -> dict[str, Any]:
         "reasoning_tokens": task.reasoning_tokens + usage.reasoning_tokens,
         "cost_usd": task.cost_usd + (usage.cost_usd or 0),
     }
+
+
+def _new_record(task: NewTask, now: datetime) -> Task:
+    """A new ``pending`` task row."""
+    return Task(
+        id=task.id or new_id(),
+        agent_id=task.agent_id,
+        organization_id=task.organization_id,
+        title=task.title,
+        description=task.description,
+        task_type=task.task_type,
+        context=copy.deepcopy(task.context),
+        status=TaskStatus.PENDING,
+        priority=task.priority,
+        schedule_cron=None,
+        schedule_timezone=task.schedule_timezone,
+        next_run_at=None,
+        last_run_at=None,
+        max_attempts=task.max_attempts,
+        attempts=0,
+        stalled_count=0,
+        result=None,
+        error=None,
+        run_at=None,
+        current_run_id=None,
+        worker_id=None,
+        lease_expires_at=None,
+        postponed_count=0,
+        input_tokens=0,
+        output_tokens=0,
+        cached_input_tokens=0,
+        reasoning_tokens=0,
+        cost_usd=Decimal(0),
+        cancel_requested_at=None,
+        queued_at=None,
+        started_at=None,
+        completed_at=None,
+        failed_at=None,
+        archived_at=None,
+        created_at=now,
+        updated_at=now,
+    )

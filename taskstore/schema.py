@@ -305,6 +305,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             RawSQL(postgres=supabase_sql.GRANTS),
         ),
     ),
+    Migration(
+        "0003_bulk_enqueue",
+        (
+            # Postgres only: the Supabase store's functions for create_tasks/add_tasks, then the
+            # grants again so the new functions are callable by service_role only.
+            RawSQL(postgres=supabase_sql.BULK_ENQUEUE_FUNCTIONS),
+            RawSQL(postgres=supabase_sql.GRANTS),
+        ),
+    ),
 )
 
 

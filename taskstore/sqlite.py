@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from taskstore.base import new_id
-from taskstore.errors import StoreUnavailable
+from taskstore.errors import DuplicateTask, StoreUnavailable
 from taskstore.models import (
     Agent,
     Claim,
@@ -43,6 +43,24 @@ from taskstore.rules import FIRING_RESETS, STALLED_ERROR, STALLED_LIMIT_ERROR, r
 from taskstore.schema import AGENTS, MIGRATIONS, MIGRATIONS_TABLE, RUNS, TASKS, ColumnType, CreateTable
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+#: Columns a bulk insert takes from each task; the rest are defaults.
+_NEW_TASK_COLUMNS = (
+    "id",
+    "agent_id",
+    "organization_id",
+    "title",
+    "description",
+    "task_type",
+    "context",
+    "priority",
+    "max_attempts",
+    "schedule_timezone",
+)
+_EXTRACTS = ", ".join(f"json_extract(value, '$.{name}')" for name in _NEW_TASK_COLUMNS)
+_INSERT_TASKS = (
+    f"INSERT INTO ai_agent_tasks ({', '.join(_NEW_TASK_COLUMNS)}, status, created_at, updated_at)"
+    f" SELECT {_EXTRACTS}, 'pending', :now, :now FROM json_each(:rows) RETURNING *"
+)
 _TASK_USAGE = task_usage_sql(":{}")
 _RUN_USAGE = run_usage_sql(":{}")
 
@@ -275,6 +293,47 @@ class SqliteTaskStore:
         rows = self._query("SELECT * FROM ai_agent_tasks WHERE id = ?", (task_id,))
         return task_from_row(_decode(rows[0])) if rows else None
 
+    def create_tasks(self, tasks: Sequence[NewTask], *, now: datetime) -> list[Task]:
+        """One ``INSERT … SELECT FROM json_each(:rows)`` statement: all rows or none."""
+        if not tasks:
+            return []
+        ids = [task.id or new_id() for task in tasks]
+        rows = [
+            {
+                "id": task_id,
+                "agent_id": task.agent_id,
+                "organization_id": task.organization_id,
+                "title": task.title,
+                "description": task.description,
+                "task_type": task.task_type,
+                "context": task.context,
+                "priority": task.priority,
+                "max_attempts": task.max_attempts,
+                "schedule_timezone": task.schedule_timezone,
+            }
+            for task_id, task in zip(ids, tasks, strict=True)
+        ]
+        params = {"rows": json.dumps(rows, separators=(",", ":")), "now": encode_time(now)}
+        with self._transaction() as conn:
+            try:
+                inserted = conn.execute(_INSERT_TASKS, params).fetchall()
+            except sqlite3.IntegrityError as exc:
+                if "UNIQUE" not in str(exc):
+                    raise
+                raise DuplicateTask(
+                    f"a task id is given twice or already exists ({exc}); nothing inserted"
+                ) from exc
+        by_id = {task.id: task for task in (task_from_row(_decode(row)) for row in inserted)}
+        return [by_id[task_id] for task_id in ids]
+
+    def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
+        rows = self._query(
+            "SELECT * FROM ai_agent_tasks WHERE id IN (SELECT value FROM json_each(?))",
+            (json.dumps(task_ids),),
+        )
+        by_id = {task.id: task for task in (task_from_row(_decode(row)) for row in rows)}
+        return [by_id[task_id] for task_id in task_ids if task_id in by_id]
+
     def get_runs(self, task_id: str) -> list[Run]:
         rows = self._query(
             "SELECT * FROM ai_agent_task_runs WHERE task_id = ? ORDER BY attempt, started_at", (task_id,)
@@ -305,6 +364,42 @@ class SqliteTaskStore:
             {"id": task_id, "queued_at": encode_time(queued_at), "now": encode_time(now)},
         )
         return task is not None
+
+    def mark_queued_many(
+        self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
+    ) -> list[Task] | None:
+        """A count of the pending ones, then one ``UPDATE``, in one write transaction: all or none."""
+        ids = json.dumps(list(task_ids))
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM ai_agent_tasks"
+                " WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'",
+                (ids,),
+            ).fetchone()
+            if row is None or row[0] != len(task_ids):
+                return None
+            updated = conn.execute(
+                "UPDATE ai_agent_tasks SET status = 'queued', priority = COALESCE(:priority, priority),"
+                " run_at = :run_at, queued_at = :now, archived_at = NULL, updated_at = :now"
+                " WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending' RETURNING *",
+                {"ids": ids, "priority": priority, "run_at": encode_time(run_at), "now": encode_time(now)},
+            ).fetchall()
+        by_id = {task.id: task for task in (task_from_row(_decode(row)) for row in updated)}
+        return [by_id[task_id] for task_id in task_ids]
+
+    def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
+        with self._transaction() as conn:
+            reverted = conn.execute(
+                "UPDATE ai_agent_tasks SET status = 'pending', run_at = NULL, queued_at = NULL,"
+                " updated_at = :now WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'queued'"
+                " AND queued_at = :queued_at RETURNING id",
+                {
+                    "ids": json.dumps(list(task_ids)),
+                    "queued_at": encode_time(queued_at),
+                    "now": encode_time(now),
+                },
+            ).fetchall()
+        return len(reverted)
 
     def claim(
         self,

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 import httpx
 
 from taskstore.base import new_id
-from taskstore.errors import StoreUnavailable, TaskStoreError
+from taskstore.errors import DuplicateTask, StoreUnavailable, TaskStoreError
 from taskstore.models import (
     Agent,
     Claim,
@@ -111,6 +111,25 @@ def _usage(usage: Usage, transcript: list[dict[str, Any]] | None) -> dict[str, A
         # Exact decimal text: a JSON number would round-trip through a float.
         "p_cost_usd": str(usage.cost_usd) if usage.cost_usd is not None else None,
         "p_transcript": transcript,
+    }
+
+
+def _new_task_row(task: NewTask, now: datetime) -> Row:
+    """The JSON of a new ``pending`` task row."""
+    return {
+        "id": task.id or new_id(),
+        "agent_id": task.agent_id,
+        "organization_id": task.organization_id,
+        "title": task.title,
+        "description": task.description,
+        "task_type": task.task_type,
+        "context": task.context,
+        "status": "pending",
+        "priority": task.priority,
+        "max_attempts": task.max_attempts,
+        "schedule_timezone": task.schedule_timezone,
+        "created_at": _time(now),
+        "updated_at": _time(now),
     }
 
 
@@ -267,27 +286,79 @@ class SupabaseTaskStore:
         return agent_from_row(_agent_row(rows[0])) if rows else None
 
     def create_task(self, task: NewTask, *, now: datetime) -> Task:
-        row = {
-            "id": task.id or new_id(),
-            "agent_id": task.agent_id,
-            "organization_id": task.organization_id,
-            "title": task.title,
-            "description": task.description,
-            "task_type": task.task_type,
-            "context": task.context,
-            "status": "pending",
-            "priority": task.priority,
-            "max_attempts": task.max_attempts,
-            "schedule_timezone": task.schedule_timezone,
-            "created_at": _time(now),
-            "updated_at": _time(now),
-        }
-        created = self._insert(TASKS_TABLE, row, self.get_task)
+        created = self._insert(TASKS_TABLE, _new_task_row(task, now), self.get_task)
         return created if isinstance(created, Task) else task_from_row(_task_row(created))
 
     def get_task(self, task_id: str) -> Task | None:
         rows = self._read(lambda: self._table(TASKS_TABLE).select("*").eq("id", task_id).limit(1))
         return task_from_row(_task_row(rows[0])) if rows else None
+
+    # --- many tasks at once (bulk enqueue, migration 0003) ----------------------
+
+    def create_tasks(self, tasks: Sequence[NewTask], *, now: datetime) -> list[Task]:
+        """One POST of a JSON array (PostgREST inserts it in one statement: all rows or none).
+
+        A lost response is re-sent once; if the re-send finds the ids taken and every row is there,
+        the first send was applied and its rows are returned.
+        """
+        from postgrest.exceptions import APIError
+
+        if not tasks:
+            return []
+        rows = [_new_task_row(task, now) for task in tasks]
+        ids = [row["id"] for row in rows]
+
+        def insert() -> Any:
+            return self._table(TASKS_TABLE).insert(rows).execute()
+
+        try:
+            try:
+                created = self._send(insert)
+            except StoreUnavailable as first:
+                logger.warning("Supabase insert failed in transit (%s); re-sending it once", first)
+                created = self._send(insert)
+        except APIError as exc:
+            if exc.code != _UNIQUE_VIOLATION:
+                raise
+            existing = self.get_tasks(ids)
+            if len(existing) == len(ids) and all(task.created_at == now for task in existing):
+                return existing  # the first send was applied: same caller-generated ids
+            raise DuplicateTask(
+                f"a task id is given twice or already exists; nothing inserted ({exc.message})"
+            ) from None
+        by_id = {task.id: task for task in (task_from_row(_task_row(row)) for row in created)}
+        return [by_id[task_id] for task_id in ids]
+
+    def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
+        rows = self._rpc("agentq_get_tasks", {"p_task_ids": list(task_ids)}) or []
+        by_id = {task.id: task for task in (task_from_row(_task_row(row)) for row in rows)}
+        return [by_id[task_id] for task_id in task_ids if task_id in by_id]
+
+    def mark_queued_many(
+        self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
+    ) -> list[Task] | None:
+        """``agentq_mark_queued_many``: all of them or none, in one round trip."""
+        ids = list(task_ids)
+
+        def applied() -> list[Row] | None:
+            # The re-send found nothing pending: the first send was applied if every task shows its effect.
+            rows = list(self._rpc("agentq_get_tasks", {"p_task_ids": ids}) or [])
+            tasks = [task_from_row(_task_row(row)) for row in rows]
+            mine = len(tasks) == len(ids) and all(
+                task.status == TaskStatus.QUEUED and task.queued_at == now for task in tasks
+            )
+            return rows if mine else None
+
+        params = {"p_task_ids": ids, "p_priority": priority, "p_run_at": _time(run_at), "p_now": _time(now)}
+        rows = self._rpc("agentq_mark_queued_many", params, applied) or []
+        if len(rows) != len(ids):
+            return None
+        by_id = {task.id: task for task in (task_from_row(_task_row(row)) for row in rows)}
+        return [by_id[task_id] for task_id in ids]
+
+    def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
+        params = {"p_task_ids": list(task_ids), "p_queued_at": _time(queued_at), "p_now": _time(now)}
+        return int(self._rpc("agentq_revert_queued_many", params) or 0)
 
     def get_runs(self, task_id: str) -> list[Run]:
         rows = self._read(

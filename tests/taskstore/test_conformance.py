@@ -8,7 +8,17 @@ from decimal import Decimal
 
 import pytest
 
-from taskstore import Firing, NewTask, RetentionPolicy, RunStatus, TaskStatus, TaskStore, Usage, new_id
+from taskstore import (
+    DuplicateTask,
+    Firing,
+    NewTask,
+    RetentionPolicy,
+    RunStatus,
+    TaskStatus,
+    TaskStore,
+    Usage,
+    new_id,
+)
 from tests.conftest import Clock, make_agent
 
 ORG = "22222222-2222-4222-8222-222222222222"
@@ -91,6 +101,136 @@ def test_revert_queued_only_undoes_the_same_enqueue(store: TaskStore, clock: Clo
     assert store.revert_queued(task_id, queued_at=queued.queued_at, now=clock()) is True
     task = store.get_task(task_id)
     assert task is not None and task.status == TaskStatus.PENDING
+
+
+# --- many tasks at once (bulk enqueue) ---------------------------------------------------------
+
+
+def new_tasks(store: TaskStore, clock: Clock, count: int, **fields: object) -> list[str]:
+    agent_id = make_agent(store, clock())
+    batch = [
+        NewTask(agent_id=agent_id, organization_id=ORG, title=f"Report {n}", **fields)  # type: ignore[arg-type]
+        for n in range(count)
+    ]
+    return [task.id for task in store.create_tasks(batch, now=clock())]
+
+
+def statuses(store: TaskStore, task_ids: list[str]) -> list[TaskStatus]:
+    return [task.status for task in store.get_tasks(task_ids)]
+
+
+def test_create_tasks_inserts_every_task_pending_in_the_given_order(store: TaskStore, clock: Clock) -> None:
+    agent_id = make_agent(store, clock())
+    batch = [
+        NewTask(agent_id=agent_id, organization_id=ORG, title="First", context={"week": 47, "tags": ["a"]}),
+        NewTask(agent_id=agent_id, organization_id=ORG, title="Second", description="Revenue", priority=9),
+        NewTask(agent_id=agent_id, organization_id=ORG, title="Third", task_type="scheduled", max_attempts=5),
+    ]
+
+    created = store.create_tasks(batch, now=clock())
+
+    assert [task.title for task in created] == ["First", "Second", "Third"]
+    assert created == [store.get_task(task.id) for task in created]
+    first, second, third = created
+    assert first.context == {"week": 47, "tags": ["a"]} and first.priority == 5 and first.description is None
+    assert (second.description, second.priority, second.context) == ("Revenue", 9, {})
+    assert (third.task_type, third.max_attempts, third.attempts) == ("scheduled", 5, 0)
+    assert {task.status for task in created} == {TaskStatus.PENDING}
+    assert {task.created_at for task in created} == {clock()}
+    assert store.create_tasks([], now=clock()) == []
+
+
+def test_create_tasks_inserts_nothing_when_one_row_is_refused(store: TaskStore, clock: Clock) -> None:
+    existing = new_task(store, clock)
+    agent_id = make_agent(store, clock())
+    fresh = [new_id(), new_id()]
+    batch = [
+        NewTask(agent_id=agent_id, organization_id=ORG, title="ok", id=fresh[0]),
+        NewTask(agent_id=agent_id, organization_id=ORG, title="taken id", id=existing),
+        NewTask(agent_id=agent_id, organization_id=ORG, title="ok too", id=fresh[1]),
+    ]
+
+    with pytest.raises(DuplicateTask):
+        store.create_tasks(batch, now=clock())
+
+    assert store.get_tasks(fresh) == []
+    task = store.get_task(existing)
+    assert task is not None and task.title == "Weekly report"
+
+
+def test_get_tasks_reads_the_existing_ones_in_the_given_order(store: TaskStore, clock: Clock) -> None:
+    first, second = new_tasks(store, clock, 2)
+
+    tasks = store.get_tasks([second, new_id(), first])
+
+    assert [task.id for task in tasks] == [second, first]
+    assert store.get_tasks([]) == []
+
+
+def test_mark_queued_many_queues_every_task_at_once(store: TaskStore, clock: Clock) -> None:
+    kept = new_tasks(store, clock, 3, priority=2)
+    overridden = new_tasks(store, clock, 2)
+    due = clock() + timedelta(seconds=5)
+
+    queued = store.mark_queued_many(kept, priority=None, run_at=due, now=clock())
+    again = store.mark_queued_many(overridden, priority=8, run_at=clock(), now=clock())
+
+    assert queued is not None and [task.id for task in queued] == kept
+    assert {(task.status, task.priority, task.run_at, task.queued_at) for task in queued} == {
+        (TaskStatus.QUEUED, 2, due, clock())
+    }
+    assert queued == store.get_tasks(kept)
+    assert again is not None and {task.priority for task in store.get_tasks(overridden)} == {8}
+
+
+def test_mark_queued_many_changes_nothing_when_one_task_is_not_pending(
+    store: TaskStore, clock: Clock
+) -> None:
+    pending = new_tasks(store, clock, 3)
+    already = queued_task(store, clock)
+
+    assert store.mark_queued_many([*pending, already], priority=9, run_at=clock(), now=clock()) is None
+    assert store.mark_queued_many([*pending, new_id()], priority=9, run_at=clock(), now=clock()) is None
+
+    assert statuses(store, pending) == [TaskStatus.PENDING] * 3
+    assert {task.priority for task in store.get_tasks(pending)} == {5}
+
+
+def test_of_two_overlapping_batches_racing_exactly_one_is_queued(store: TaskStore, clock: Clock) -> None:
+    ids = new_tasks(store, clock, 9)
+    batches = [ids[:5], ids[4:]]  # both hold ids[4]
+    results: dict[int, object] = {}
+    barrier = threading.Barrier(2)
+
+    def mark(index: int) -> None:
+        barrier.wait(timeout=10)
+        results[index] = store.mark_queued_many(batches[index], priority=None, run_at=clock(), now=clock())
+
+    threads = [threading.Thread(target=mark, args=(index,)) for index in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    winners = [index for index, result in results.items() if result is not None]
+    assert len(winners) == 1
+    loser = 1 - winners[0]
+    assert statuses(store, batches[winners[0]]) == [TaskStatus.QUEUED] * 5
+    assert statuses(store, [i for i in batches[loser] if i != ids[4]]) == [TaskStatus.PENDING] * 4
+
+
+def test_revert_queued_many_only_undoes_the_same_enqueue(store: TaskStore, clock: Clock) -> None:
+    mine = new_tasks(store, clock, 3)
+    assert store.mark_queued_many(mine, priority=None, run_at=clock(), now=clock()) is not None
+    clock.advance(1)
+    other = queued_task(store, clock)  # queued by another enqueue, at another time
+
+    reverted = store.revert_queued_many([*mine, other], queued_at=clock() - timedelta(seconds=1), now=clock())
+
+    assert reverted == 3
+    assert statuses(store, mine) == [TaskStatus.PENDING] * 3
+    assert {task.queued_at for task in store.get_tasks(mine)} == {None}
+    assert statuses(store, [other]) == [TaskStatus.QUEUED]
 
 
 def test_claim_moves_queued_to_running_and_opens_a_run(store: TaskStore, clock: Clock) -> None:

@@ -34,10 +34,24 @@ def test_the_sqlite_rendering_applies_twice_and_records_itself() -> None:
     } <= columns
 
 
-def test_the_supabase_cli_migration_is_every_migration_rendered_for_postgres() -> None:
+#: The Supabase CLI's migration files, oldest first, and the migrations each renders: every schema change
+#: ships as a new file, so a project that applied the earlier ones gets only what is new.
+SUPABASE_FILES = {
+    "20260101000000_agentq.sql": ("0001_initial", "0002_supabase"),
+    "20261128000000_bulk_enqueue_agentq.sql": ("0003_bulk_enqueue",),
+}
+
+
+def test_the_supabase_cli_migrations_render_every_migration_once_in_order() -> None:
     from pathlib import Path
 
-    shipped = Path(__file__).resolve().parents[2] / "supabase" / "migrations" / "20260101000000_agentq.sql"
-    assert shipped.read_text(encoding="utf-8") == render_all("postgres"), (
-        f"{shipped} is stale: regenerate it with render_all('postgres') from taskstore/schema.py"
-    )
+    folder = Path(__file__).resolve().parents[2] / "supabase" / "migrations"
+    by_name = {migration.name: migration for migration in MIGRATIONS}
+
+    assert sorted(path.name for path in folder.glob("*.sql")) == list(SUPABASE_FILES)
+    assert [name for names in SUPABASE_FILES.values() for name in names] == list(by_name)
+    for file, names in SUPABASE_FILES.items():
+        rendered = render_all("postgres", [by_name[name] for name in names])
+        assert (folder / file).read_text(encoding="utf-8") == rendered, (
+            f"{folder / file} is stale: regenerate it with render_all('postgres', …) from taskstore/schema.py"
+        )

@@ -15,9 +15,11 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from actors.runtime import build_runtime
 from middleware import build_middleware
-from middleware.tracing import TRACE_OPTION
+from middleware.batches import enqueue_batch
+from middleware.task_lifecycle import QUEUED_OPTION
+from middleware.tracing import TRACE_OPTION, abandon_publish
 from orchestrator.tracing import TracingHooks
-from taskstore import InMemoryTaskStore, TaskStatus
+from taskstore import InMemoryTaskStore, TaskStatus, new_id
 from tests.harness import ORG, Harness, declare_kinds, harness_settings
 
 
@@ -162,3 +164,52 @@ def test_a_delayed_message_moved_back_keeps_its_context_and_gets_no_new_span(
 
     assert decoded.options[TRACE_OPTION] == carrier
     assert len(by_name(spans.get_finished_spans(), "general publish")) == 1
+
+
+#: Options of a message for a task already marked queued (what ``add_tasks`` sends).
+QUEUED: dict[str, Any] = {QUEUED_OPTION: True}
+
+
+def test_a_batch_keeps_one_publish_span_per_message_open_until_it_has_landed(
+    traced: tuple[Harness, TracerProvider], spans: InMemorySpanExporter
+) -> None:
+    # Given three messages sent as one batch (their before_enqueue hooks all run before any after_enqueue)
+    harness, _ = traced
+    actor = harness.kinds["general"]
+    batch = [actor.message_with_options(args=(new_id(),), **QUEUED) for _ in range(3)]
+    with enqueue_batch():
+        for message in batch:
+            harness.broker.emit_before("enqueue", message, None)
+
+    # When they have landed
+    for message in batch:
+        harness.broker.emit_after("enqueue", message, None)
+
+    # Then each has its own publish span, ended without error
+    publishes = by_name(spans.get_finished_spans(), "general publish")
+    assert len(publishes) == 3
+    assert {span.status.status_code for span in publishes} == {StatusCode.UNSET}
+    assert {dict(span.attributes or {})["messaging.message.id"] for span in publishes} == {
+        message.message_id for message in batch
+    }
+
+
+def test_a_batch_that_failed_ends_every_open_span_with_the_error(
+    traced: tuple[Harness, TracerProvider], spans: InMemorySpanExporter
+) -> None:
+    harness, _ = traced
+    actor = harness.kinds["general"]
+    stale = actor.message_with_options(args=(new_id(),), **QUEUED)
+    harness.broker.emit_before("enqueue", stale, None)  # a single enqueue that never completed
+    batch = [actor.message_with_options(args=(new_id(),), **QUEUED) for _ in range(2)]
+    with enqueue_batch():
+        for message in batch:
+            harness.broker.emit_before("enqueue", message, None)
+    assert [span.status.status_code for span in spans.get_finished_spans()] == [StatusCode.ERROR]
+
+    abandon_publish(ConnectionError("Redis is down"))
+
+    publishes = by_name(spans.get_finished_spans(), "general publish")
+    assert len(publishes) == 3
+    assert {span.status.status_code for span in publishes} == {StatusCode.ERROR}
+    assert "Redis is down" in (publishes[-1].status.description or "")

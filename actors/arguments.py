@@ -1,0 +1,108 @@
+"""Checks of the queue's public arguments (DESIGN §11).
+
+Each check raises an :class:`~config.errors.AgentQueueError` subclass naming the bad value; a check of
+one item of a list argument names the item too (``tasks[3]: …``), keeping the error's type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from actors.errors import (
+    AgentInactive,
+    AgentOrganizationMismatch,
+    InvalidArgument,
+    InvalidDelay,
+    InvalidPriority,
+)
+from config.errors import AgentQueueError
+from taskstore import Agent, AgentNotFound, InvalidTransition, NewTask, Task, TaskStatus, normalize_id
+
+#: Longest delay Dramatiq's Redis broker accepts (7 days).
+MAX_DELAY_MS = 7 * 24 * 3600 * 1000
+
+
+#: ``create_task``'s keyword arguments: what each item of ``create_tasks`` may hold.
+TASK_FIELDS = ("agent_id", "organization_id", "title", "description", "context", "priority", "task_type")
+_REQUIRED_TASK_FIELDS = ("agent_id", "organization_id", "title")
+
+
+def task_fields(fields: object) -> dict[str, Any]:
+    """One item of ``create_tasks``: a mapping of ``create_task``'s keyword arguments."""
+    if not isinstance(fields, Mapping):
+        raise InvalidArgument(f"{fields!r} is not a mapping of create_task's arguments")
+    unknown = sorted(repr(name) for name in fields if name not in TASK_FIELDS)
+    if unknown:
+        raise InvalidArgument(
+            f"unknown argument(s) {', '.join(unknown)}; create_task takes {', '.join(TASK_FIELDS)}"
+        )
+    missing = [name for name in _REQUIRED_TASK_FIELDS if name not in fields]
+    if missing:
+        raise InvalidArgument(f"missing argument(s) {', '.join(missing)}")
+    return dict(fields)
+
+
+@contextmanager
+def item(name: str, index: int) -> Iterator[None]:
+    """Name the item of a list argument in the error raised for it: ``tasks[3]: …`` (same error type)."""
+    try:
+        yield
+    except AgentQueueError as exc:
+        exc.args = (f"{name}[{index}]: {exc}", *exc.args[1:])
+        raise
+
+
+def check_ids(task_ids: object) -> list[str]:
+    """``add_tasks``' ids, each normalized; an id given twice is an error."""
+    if isinstance(task_ids, str | bytes) or not isinstance(task_ids, Sequence):
+        raise InvalidArgument(f"task_ids {task_ids!r} must be a sequence of task ids")
+    ids: list[str] = []
+    seen: dict[str, int] = {}
+    for index, value in enumerate(task_ids):
+        with item("task_ids", index):
+            task_id = normalize_id(value)
+            if task_id in seen:
+                raise InvalidArgument(
+                    f"task id {task_id!r} is given twice (also at task_ids[{seen[task_id]}])"
+                )
+        seen[task_id] = index
+        ids.append(task_id)
+    return ids
+
+
+def check_agent(agent: Agent | None, task: NewTask) -> None:
+    """The agent of a new task: it exists, is active, and belongs to the task's organization."""
+    if agent is None:
+        raise AgentNotFound(task.agent_id)
+    if not agent.is_active:
+        raise AgentInactive(task.agent_id)
+    if agent.organization_id != task.organization_id:
+        raise AgentOrganizationMismatch(task.agent_id, task.organization_id)
+
+
+def check_pending(task: Task) -> None:
+    """The task can be queued: it is ``pending``."""
+    if task.status != TaskStatus.PENDING:
+        hint = "use retry_job for a failed task" if task.status == TaskStatus.FAILED else ""
+        raise InvalidTransition(task.id, task.status.value, TaskStatus.QUEUED.value, hint)
+
+
+def check_delay(delay_ms: object) -> None:
+    """A delay in milliseconds: an int from 0 to 7 days."""
+    if isinstance(delay_ms, bool) or not isinstance(delay_ms, int) or not 0 <= delay_ms <= MAX_DELAY_MS:
+        raise InvalidDelay(delay_ms)
+
+
+def check_page(limit: object, offset: object) -> None:
+    """Paging arguments: non-negative ints."""
+    for name, value in (("limit", limit), ("offset", offset)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise InvalidArgument(f"{name} {value!r} must be a non-negative int")
+
+
+def check_priority(priority: object) -> None:
+    """A priority: an int from 0 to 10."""
+    if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 10:
+        raise InvalidPriority(priority)
