@@ -34,10 +34,22 @@ from orchestrator.errors import (
     ProviderUnavailable,
 )
 
-__all__ = ["ClientCache", "classify_status", "error_message", "parse_retry_after_ms"]
+__all__ = [
+    "MAX_CLIENTS",
+    "THREADS_PER_CLIENT",
+    "ClientCache",
+    "classify_status",
+    "error_message",
+    "parse_retry_after_ms",
+]
 
 #: Longest provider error message kept, in characters.
 MAX_ERROR_CHARS = 500
+
+#: Threads that share one SDK client (one HTTP connection pool); see :class:`ClientCache`.
+THREADS_PER_CLIENT = 32
+#: Most SDK clients per base URL in one process; more threads share them round-robin.
+MAX_CLIENTS = 32
 
 ClientT = TypeVar("ClientT")
 
@@ -120,24 +132,65 @@ def classify_status(
 
 
 class ClientCache(Generic[ClientT]):
-    """SDK clients built lazily, once per base URL, safely from many threads."""
+    """SDK clients built lazily, one per base URL and group of threads, safely from many threads.
 
-    def __init__(self, build: Callable[[str], ClientT]) -> None:
+    A thread is given its group the first time it asks: the first :data:`THREADS_PER_CLIENT`
+    threads share client 0, the next ones client 1, and so on, up to :data:`MAX_CLIENTS` per
+    base URL (then the groups wrap round). One client for hundreds of threads costs CPU on every
+    call: httpx's connection pool walks all of its in-flight requests and connections under one
+    lock when a request starts and when its response is closed. With 512 threads on one client a
+    call took 2.9-3.4 ms of CPU against 1.9-2.0 ms with groups of 32, and the pool's keep-alive
+    limit (100 idle connections) made a fifth of the calls open a new connection when answers
+    arrived together (``benchmarks/README.md``, I/O-bound agents). A worker with at most
+    :data:`THREADS_PER_CLIENT` threads keeps one client per base URL, as before.
+
+    Args:
+        build: Makes a client for a base URL.
+        threads_per_client: Threads that share one client.
+        max_clients: Most clients per base URL.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[str], ClientT],
+        *,
+        threads_per_client: int = THREADS_PER_CLIENT,
+        max_clients: int = MAX_CLIENTS,
+    ) -> None:
         """Create the cache; ``build(base_url)`` makes a client."""
+        if threads_per_client < 1 or max_clients < 1:
+            raise ValueError(
+                "threads_per_client and max_clients must be at least 1,"
+                f" got {threads_per_client} and {max_clients}"
+            )
         self._build = build
-        self._clients: dict[str, ClientT] = {}
+        self._threads_per_client = threads_per_client
+        self._max_clients = max_clients
+        self._clients: dict[tuple[str, int], ClientT] = {}
         self._lock = threading.Lock()
+        self._threads_seen = 0
+        self._local = threading.local()
+
+    def _group(self) -> int:
+        group: int | None = getattr(self._local, "group", None)
+        if group is None:
+            with self._lock:
+                seen, self._threads_seen = self._threads_seen, self._threads_seen + 1
+            group = (seen // self._threads_per_client) % self._max_clients
+            self._local.group = group
+        return group
 
     def get(self, base_url: str) -> ClientT:
-        """Return the client for ``base_url``, building it on first use."""
-        client = self._clients.get(base_url)
+        """Return the calling thread's client for ``base_url``, building it on first use."""
+        key = (base_url, self._group())
+        client = self._clients.get(key)
         if client is not None:
             return client
         with self._lock:
-            client = self._clients.get(base_url)
+            client = self._clients.get(key)
             if client is None:
                 client = self._build(base_url)
-                self._clients[base_url] = client
+                self._clients[key] = client
             return client
 
     def __len__(self) -> int:
