@@ -17,10 +17,13 @@ ring of organizations, each with its own list of message ids:
   so no worker is ever taken for dead and nothing is requeued twice).
 * **Batches**: :meth:`LaneBroker.enqueue_many` sends many messages in one ``MULTI/EXEC``
   round trip (``AgentTaskQueue.add_tasks``), so all of them land or none does.
+* **Grouped acks**: acks that worker threads make while another is in flight are written
+  together, one round trip for all (:class:`taskstore.group_commit.GroupCommit`); each
+  does what Dramatiq's ``ack`` does.
 
 Payloads, ack sets, heartbeats, delayed queues (``.DQ``) and dead letters keep
-Dramatiq's own layout and scripts, so acks, nacks, maintenance and the delayed-message
-consumer work unchanged.
+Dramatiq's own layout (and, but for acks, its scripts), so nacks, maintenance and the
+delayed-message consumer work unchanged.
 
 Guarantee: a message of priority p is fetched before any message of a lower priority
 that is still in Redis. Messages already prefetched by a worker (at most
@@ -44,6 +47,7 @@ from dramatiq.errors import ConnectionClosed
 
 from middleware.agent_messages import LANE_OPTION, ORG_OPTION
 from middleware.batches import enqueue_batch
+from taskstore.group_commit import GroupCommit
 
 #: Organization of messages that carry none.
 NO_ORG = "-"
@@ -128,6 +132,19 @@ return 1
 """
 
 
+_ACK = """
+local ns, worker, now = ARGV[1], ARGV[2], ARGV[3]
+redis.call("zadd", ns .. ":__heartbeats__", now, worker)
+for i = 4, #ARGV, 2 do
+    local queue, id = ARGV[i], ARGV[i + 1]
+    if redis.call("srem", ns .. ":__acks__." .. worker .. "." .. queue, id) > 0 then
+        redis.call("hdel", ns .. ":" .. queue .. ".msgs", id)
+    end
+end
+return 1
+"""
+
+
 def lane_of(message: dramatiq.Message[Any] | MessageProxy) -> tuple[int, str] | None:
     """The (priority, organization) lane a message waits in, or ``None`` for Dramatiq's plain list."""
     lane = message.options.get(LANE_OPTION)
@@ -154,8 +171,19 @@ class LaneBroker(RedisBroker):
         self.fair = fair
         self.lane_scripts = {
             name: self.client.register_script(script)
-            for name, script in (("enqueue", _ENQUEUE), ("fetch", _FETCH), ("requeue", _REQUEUE))
+            for name, script in (
+                ("enqueue", _ENQUEUE),
+                ("fetch", _FETCH),
+                ("requeue", _REQUEUE),
+                ("ack", _ACK),
+            )
         }
+        self._acks: GroupCommit[tuple[str, str], None] = GroupCommit(
+            self._ack_one,
+            self._ack_many,
+            unreachable=(redis.ConnectionError,),
+            abandoned=redis.ConnectionError,
+        )
 
     def consume(self, queue_name: str, prefetch: int = 1, timeout: int = 5000) -> Consumer:
         """Lanes for a queue; Dramatiq's polling consumer for its delayed-message queue (``.DQ``)."""
@@ -230,6 +258,21 @@ class LaneBroker(RedisBroker):
         )
         return [data for data in result if data is not None]
 
+    def ack(self, queue_name: str, redis_message_id: str) -> None:
+        """Acknowledge a processed message: Dramatiq's ``ack``, written together with the acks other
+        worker threads make at the same moment (one round trip for all of them)."""
+        self._acks.submit((queue_name, redis_message_id))
+
+    def _ack_one(self, ack: tuple[str, str]) -> None:
+        self._ack_many([ack])
+
+    def _ack_many(self, acks: Sequence[tuple[str, str]]) -> list[None]:
+        args: list[Any] = [self.namespace, self.broker_id, current_millis()]
+        for queue_name, redis_message_id in acks:
+            args += [queue_name, redis_message_id]
+        self.lane_scripts["ack"](args=args)
+        return [None] * len(acks)
+
     def requeue_lanes(self, queue_name: str, messages: Iterable[MessageProxy]) -> None:
         """Put fetched-but-unprocessed messages back at the front of their lanes."""
         args: list[Any] = [self.namespace, queue_name, self.broker_id]
@@ -277,7 +320,7 @@ class LaneConsumer(Consumer):
 
     def ack(self, message: MessageProxy) -> None:
         try:
-            self.broker.do_ack(self.queue_name, message.options["redis_message_id"])
+            self.broker.ack(self.queue_name, message.options["redis_message_id"])
         except redis.ConnectionError as exc:
             raise ConnectionClosed(exc) from None  # type: ignore[no-untyped-call]
         finally:

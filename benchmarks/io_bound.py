@@ -56,6 +56,7 @@ import psycopg
 import redis
 
 from benchmarks.pipeline import Worker, _all_procs, _proc_stat, _tree_cpu, run_worker
+from benchmarks.summary import Figure
 from taskstore import NewAgent, utcnow
 from taskstore.postgres import PostgresTaskStore
 from tests.fakes.fast_openai_server import FastOpenAIServer
@@ -390,6 +391,25 @@ def render(ceiling: list[dict[str, Any]], rows: list[dict[str, Any]], quick: boo
         "",
     ]
     return "\n".join(lines)
+
+
+def figures(rows: list[dict[str, Any]]) -> list[Figure]:
+    """Throughput over ideal per case (target 0.9 from 64 threads up) and peak RSS (target 250 MB)."""
+    found = []
+    for row in rows:
+        targeted = row["threads"] >= 64
+        found.append(
+            Figure(
+                "I/O-bound agents",
+                f"{row['case']}, {row['threads']} threads",
+                f"{row['tasks_per_s']:,.0f} tasks/s, ratio {row['ratio']:.2f};"
+                f" peak RSS {row['peak_rss_mb']:.0f} MB",
+                f"ideal {row['ideal']:,.0f} tasks/s (threads ÷ latency)",
+                "ratio ≥ 0.9, RSS ≤ 250 MB" if targeted else "RSS ≤ 250 MB",
+                (row["ratio"] >= 0.9 or not targeted) and row["peak_rss_mb"] <= 250,
+            )
+        )
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,7 @@ import psycopg
 import redis
 
 from benchmarks.pipeline import _all_procs, _tree_cpu, run_worker
+from benchmarks.summary import Figure
 from taskstore import NewAgent, utcnow
 from taskstore.postgres import PostgresTaskStore
 from tests.services import temporary_database
@@ -154,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady", type=int, default=200)
     parser.add_argument("--sparse", type=int, default=15)
     args = parser.parse_args(argv)
+    pipeline, bare = run(args.steady, args.sparse)
+    table = render(pipeline, bare, args.steady, args.sparse)
+    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
+    OUTPUT.write_text(table, encoding="utf-8")
+    print(table)
+    return 0
+
+
+def run(steady: int, sparse: int) -> tuple[dict[str, object], dict[str, object]]:
+    """Latency percentiles and idle CPU of the pipeline and of bare Dramatiq, one after the other."""
     redis.Redis.from_url(REDIS_URL).flushdb()
     with temporary_database() as url, tempfile.TemporaryDirectory(prefix="agentq-latency-") as tmp:
         PostgresTaskStore(url).migrate()
@@ -167,13 +178,40 @@ def main(argv: list[str] | None = None) -> int:
             "QUEUE_CONCURRENCY": "8",
         }
         os.environ.update(env)  # an entry point: the producer's runtime reads the same settings
-        pipeline = measure_pipeline(env, url, Path(tmp), args.steady, args.sparse)
-        bare = measure_bare(env, Path(tmp), args.steady, args.sparse)
-    table = render(pipeline, bare, args.steady, args.sparse)
-    OUTPUT.parent.mkdir(parents=True, exist_ok=True)
-    OUTPUT.write_text(table, encoding="utf-8")
-    print(table)
-    return 0
+        pipeline = measure_pipeline(env, url, Path(tmp), steady, sparse)
+        bare = measure_bare(env, Path(tmp), steady, sparse)
+    return pipeline, bare
+
+
+def figures(pipeline: dict[str, object], bare: dict[str, object]) -> list[Figure]:
+    """p50 and p99 start latency per pattern (targets 5 and 25 ms) and idle CPU (target 2 %)."""
+    found = []
+    for key, label in (("steady", "one task every 50 ms"), ("sparse", "one task every 1.5 s")):
+        mine, theirs = pipeline[key], bare[key]
+        assert isinstance(mine, tuple) and isinstance(theirs, tuple)
+        found.append(
+            Figure(
+                "start latency",
+                label,
+                f"p50 {mine[0]:.1f} / p95 {mine[1]:.1f} / p99 {mine[2]:.1f} ms",
+                f"bare Dramatiq p50 {theirs[0]:.1f} / p99 {theirs[2]:.1f} ms",
+                "p50 ≤ 5 ms, p99 ≤ 25 ms",
+                mine[0] <= 5 and mine[2] <= 25,
+            )
+        )
+    idle, idle_bare = pipeline["idle_cpu"], bare["idle_cpu"]
+    assert isinstance(idle, float) and isinstance(idle_bare, float)
+    found.append(
+        Figure(
+            "idle worker CPU",
+            "1 process x 8 threads, 10 s idle",
+            f"{idle:.2f} % of a core",
+            f"bare Dramatiq {idle_bare:.2f} %",
+            "≤ 2 %",
+            idle <= 2,
+        )
+    )
+    return found
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ import psycopg
 import redis
 from psycopg import sql
 
+from benchmarks.summary import Figure, rate
+
 if TYPE_CHECKING:
     from actors.task_queue import AgentTaskQueue
     from taskstore import TaskStore
@@ -317,7 +319,12 @@ class Bench:
             "bare", processes, threads, tasks, enqueue_s, drain_s, worker_ms, server_ms, worker
         )
 
-    def run_pipeline(self, processes: int, threads: int, tasks: int) -> RunResult:
+    def run_pipeline(
+        self, processes: int, threads: int, tasks: int, *, group_commit: bool = True
+    ) -> RunResult:
+        """The full pipeline; ``group_commit=False`` writes every claim and completion alone."""
+        kind = "pipeline" if group_commit else "pipeline-solo"
+        env = {**self.env, "AGENTQ_DB_GROUP_COMMIT": "true" if group_commit else "false"}
         self.redis_client.flushdb()
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute("TRUNCATE ai_agent_task_runs, ai_agent_tasks")
@@ -339,8 +346,8 @@ class Bench:
                     raise BenchmarkError(f"{row[1]} task(s) failed; see the worker log")
                 return int(row[0])
 
-            log = self.log_path("pipeline", processes, threads)
-            with run_worker("actors", processes, threads, self.env, log) as worker:
+            log = self.log_path(kind, processes, threads)
+            with run_worker("actors", processes, threads, env, log) as worker:
                 first, last = _drain(worker, tasks, progress, _deadline_s(tasks))
             row = conn.execute(
                 "SELECT min(started_at), max(completed_at), count(*) FROM ai_agent_tasks"
@@ -351,9 +358,7 @@ class Bench:
             raise BenchmarkError(f"expected {tasks} completed tasks, found {row[2]}")
         drain_s = (row[1] - row[0]).total_seconds()
         worker_ms, server_ms = _per_task_ms(first, last, tasks)
-        return self._record(
-            "pipeline", processes, threads, tasks, enqueue_s, drain_s, worker_ms, server_ms, worker
-        )
+        return self._record(kind, processes, threads, tasks, enqueue_s, drain_s, worker_ms, server_ms, worker)
 
     def run_bullmq(self, python: Path, processes: int, threads: int, tasks: int) -> RunResult:
         """The seed's architecture: ``bullmq`` jobs doing two status UPDATEs (see ``bullmq_replica``)."""
@@ -416,6 +421,11 @@ def _fmt(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
 
+def _cpu(runs: list[RunResult], field: str) -> str:
+    """The median of a CPU-per-task field over ``runs``, formatted."""
+    return _fmt(_median([getattr(r, field) for r in runs]), 2)
+
+
 def _median(values: list[float | None]) -> float | None:
     present = [value for value in values if value is not None]
     return statistics.median(present) if present else None
@@ -469,6 +479,32 @@ def render(runs: list[RunResult], tasks: int, repeats: int, machine: list[str], 
             f" | {_fmt(_median([r.server_cpu_ms for r in cell['bare']]), 2)}"
             f" / {_fmt(_median([r.server_cpu_ms for r in cell['pipeline']]), 2)} |"
         )
+    if any(r.kind == "pipeline-solo" for r in runs):
+        lines += [
+            "",
+            "Group commit on (default) vs off (`AGENTQ_DB_GROUP_COMMIT=false`, every claim and completion"
+            " written alone), interleaved in the same run:",
+            "",
+            "| configuration | on tasks/s | off tasks/s | on/off | worker CPU ms/task on / off"
+            " | pg+redis CPU ms/task on / off |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for processes, threads in CONFIGS:
+            on = [
+                r for r in runs if r.kind == "pipeline" and (r.processes, r.threads) == (processes, threads)
+            ]
+            off = [
+                r
+                for r in runs
+                if r.kind == "pipeline-solo" and (r.processes, r.threads) == (processes, threads)
+            ]
+            on_rate, off_rate = _median([r.throughput for r in on]), _median([r.throughput for r in off])
+            lines.append(
+                f"| {processes} process(es) x {threads} threads | {_fmt(on_rate)} | {_fmt(off_rate)}"
+                f" | {_fmt(on_rate / off_rate if on_rate and off_rate else None, 3)}"
+                f" | {_cpu(on, 'worker_cpu_ms')} / {_cpu(off, 'worker_cpu_ms')}"
+                f" | {_cpu(on, 'server_cpu_ms')} / {_cpu(off, 'server_cpu_ms')} |"
+            )
     lines += [
         "",
         "Every run, in order:",
@@ -519,6 +555,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN_URL))
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument("--keep-logs", action="store_true", help="keep the worker logs even on success")
+    parser.add_argument(
+        "--solo",
+        action="store_true",
+        help="also run the pipeline with AGENTQ_DB_GROUP_COMMIT=false (every write alone), interleaved",
+    )
     args = parser.parse_args(argv)
     args.tasks = args.tasks or (300 if args.quick else 2000)
     args.repeats = args.repeats or (1 if args.quick else 3)
@@ -531,6 +572,21 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
+    _, report = run(args)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(report)
+    print(report)
+    print(f"written to {args.output}", file=sys.stderr)
+    return 0
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The options of ``argv`` (for the combined runner)."""
+    return _parse(argv)
+
+
+def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
+    """Every run of every cell, and the markdown report of them."""
     wall = time.monotonic()
     db_name = f"{DB_PREFIX}{secrets.token_hex(4)}"
     database_url = _database_url(args.pg_admin_url, db_name)
@@ -574,6 +630,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 bench.run_bare(processes, threads, args.tasks)
                 bench.run_pipeline(processes, threads, args.tasks)
+                if args.solo:
+                    bench.run_pipeline(processes, threads, args.tasks, group_commit=False)
                 if args.bullmq_python.exists():
                     bench.run_bullmq(args.bullmq_python, processes, threads, args.tasks)
         report = render(
@@ -583,10 +641,6 @@ def main(argv: list[str] | None = None) -> int:
             _machine(redis_client, database_url),
             time.monotonic() - wall,
         )
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(report)
-        print(report)
-        print(f"written to {args.output}", file=sys.stderr)
         ok = True
     finally:
         if store is not None:
@@ -602,7 +656,43 @@ def main(argv: list[str] | None = None) -> int:
             log_dir.rmdir()
         else:
             print(f"worker logs kept in {log_dir}", file=sys.stderr)
-    return 0
+    return bench.runs, report
+
+
+def figures(runs: list[RunResult]) -> list[Figure]:
+    """Pipeline vs bare Dramatiq and vs the BullMQ replica, per configuration (targets at 2 x 8)."""
+    found = []
+    for processes, threads in CONFIGS:
+        medians = {
+            kind: _median(
+                [
+                    r.throughput
+                    for r in runs
+                    if r.kind == kind and (r.processes, r.threads) == (processes, threads)
+                ]
+            )
+            for kind in ("bare", "pipeline", "bullmq")
+        }
+        pipe = medians["pipeline"]
+        if pipe is None:
+            continue
+        targeted = processes == 2
+        case = f"{processes} process(es) x {threads} threads"
+        for kind, label, target in (("bare", "bare Dramatiq", 0.5), ("bullmq", "BullMQ replica", 1.0)):
+            peer = medians[kind]
+            if peer is None:
+                continue
+            found.append(
+                Figure(
+                    "pipeline throughput",
+                    case,
+                    rate(pipe),
+                    f"{label} {rate(peer)}: ratio {pipe / peer:.2f}",
+                    f"≥ {target:g} of {label}" if targeted else "(targets at 2 processes)",
+                    pipe / peer >= target if targeted else None,
+                )
+            )
+    return found
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 import timeit
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis
@@ -37,6 +38,7 @@ from benchmarks.pipeline import (
     _admin,
     _database_url,
 )
+from benchmarks.summary import Figure, rate
 
 PROCESSES, THREADS = 1, 8
 
@@ -74,6 +76,35 @@ def noop_overhead_us(iterations: int = 20_000) -> float:
     return (traced - baseline) / iterations * 1e6
 
 
+@dataclass(frozen=True)
+class TracingResult:
+    """Throughput of each run with tracing off and on, and the spans the receiver got."""
+
+    tasks: int
+    off: list[float]
+    on: list[float]
+    spans: int
+
+    @property
+    def ratio(self) -> float:
+        return statistics.median(self.on) / statistics.median(self.off)
+
+
+def figures(result: TracingResult) -> list[Figure]:
+    """Throughput with tracing exporting over throughput with it off (target 0.85)."""
+    on, off = statistics.median(result.on), statistics.median(result.off)
+    return [
+        Figure(
+            "tracing overhead",
+            f"{PROCESSES} x {THREADS}, {result.tasks:,} tasks, exporting over OTLP/HTTP",
+            rate(on),
+            f"tracing off {rate(off)}: ratio {result.ratio:.2f}",
+            "≥ 0.85 of off",
+            result.ratio >= 0.85,
+        )
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tracing")
     parser.add_argument("--tasks", type=int, default=None)
@@ -84,25 +115,41 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     tasks = args.tasks or (300 if args.quick else 1000)
     repeats = args.repeats or (1 if args.quick else 3)
+    print(f"no-op tracer: {noop_overhead_us():.2f} µs per message (publish + process hooks)")
+    result = run(tasks, repeats, redis_url=args.redis_url, pg_admin_url=args.pg_admin_url)
+    off, on = statistics.median(result.off), statistics.median(result.on)
+    print(f"{PROCESSES}x{THREADS}, N={tasks}, repeats={repeats}")
+    print(f"tracing off: {off:.1f} tasks/s  (runs: {', '.join(f'{v:.1f}' for v in result.off)})")
+    print(f"tracing on:  {on:.1f} tasks/s  (runs: {', '.join(f'{v:.1f}' for v in result.on)})")
+    print(f"ratio on/off: {result.ratio:.3f}  (target >= 0.85); spans received: {result.spans}")
+    return 0
 
+
+def run(
+    tasks: int,
+    repeats: int,
+    *,
+    redis_url: str = DEFAULT_REDIS_URL,
+    pg_admin_url: str = DEFAULT_PG_ADMIN_URL,
+) -> TracingResult:
+    """``repeats`` interleaved pairs of drains of ``tasks`` tasks, tracing off then on."""
     from tests.fakes.otlp_receiver import OTLPReceiver
 
-    print(f"no-op tracer: {noop_overhead_us():.2f} µs per message (publish + process hooks)")
     db_name = f"{DB_PREFIX}{secrets.token_hex(4)}"
-    database_url = _database_url(args.pg_admin_url, db_name)
+    database_url = _database_url(pg_admin_url, db_name)
     log_dir = Path(tempfile.mkdtemp(prefix="agentq-bench-tracing-"))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-        "REDIS_URL": args.redis_url,
+        "REDIS_URL": redis_url,
         "DATABASE_URL": database_url,
         "QUEUE_CONCURRENCY": str(THREADS),
     }
     os.environ.update(env)
     for key in [k for k in os.environ if k.startswith("OTEL_")]:
         del os.environ[key]
-    redis_client = redis.Redis.from_url(args.redis_url)
-    _admin(args.pg_admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
+    redis_client = redis.Redis.from_url(redis_url)
+    _admin(pg_admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
     throughput: dict[str, list[float]] = {"off": [], "on": []}
     try:
         from actors import runtime
@@ -128,15 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         redis_client.flushdb()
         _admin(
-            args.pg_admin_url,
+            pg_admin_url,
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db_name)),
         )
-    off, on = statistics.median(throughput["off"]), statistics.median(throughput["on"])
-    print(f"{PROCESSES}x{THREADS}, N={tasks}, repeats={repeats}")
-    print(f"tracing off: {off:.1f} tasks/s  (runs: {', '.join(f'{v:.1f}' for v in throughput['off'])})")
-    print(f"tracing on:  {on:.1f} tasks/s  (runs: {', '.join(f'{v:.1f}' for v in throughput['on'])})")
-    print(f"ratio on/off: {on / off:.3f}  (target >= 0.85); spans received: {spans}")
-    return 0
+    return TracingResult(tasks, throughput["off"], throughput["on"], spans)
 
 
 if __name__ == "__main__":

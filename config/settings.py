@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     db_prepared_statements: bool | None = Field(
         default=None, validation_alias="AGENTQ_DB_PREPARED_STATEMENTS"
     )
+    #: Claims and completions that worker threads make at the same moment share one Postgres
+    #: statement (``taskstore.group_commit``); off writes each alone.
+    db_group_commit: bool = Field(default=True, validation_alias="AGENTQ_DB_GROUP_COMMIT")
     #: Supabase project URL; with a service key it selects the Supabase store (DESIGN §10).
     supabase_url: str | None = Field(default=None, validation_alias="SUPABASE_URL")
     supabase_service_role_key: SecretStr | None = Field(
@@ -278,9 +281,14 @@ class Settings(BaseSettings):
         return "postgres" if self.database_url is not None else "sqlite"
 
     def db_pool_max(self) -> int:
-        """Connections per process for the Postgres pool: one per worker thread plus headroom."""
-        return self.db_pool_size or self.queue_concurrency + 4
+        """Connections per process for the Postgres pool: ``AGENTQ_DB_POOL_SIZE``, else one per worker
+        thread plus headroom, at most :data:`DB_POOL_CAP` (threads hold one only per statement)."""
+        return self.db_pool_size or min(self.queue_concurrency + 4, DB_POOL_CAP)
 
+
+#: Most Postgres connections a worker process opens unless ``AGENTQ_DB_POOL_SIZE`` says more: past it,
+#: threads take turns instead of exhausting the server's ``max_connections`` (100 by default).
+DB_POOL_CAP = 32
 
 _SECRET_FIELDS = {
     "REDIS_URL",

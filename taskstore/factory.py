@@ -25,6 +25,7 @@ def build_store(settings: Settings) -> TaskStore:
             settings.database_url.get_secret_value(),
             max_size=settings.db_pool_max(),
             prepare_threshold=settings.db_prepare_threshold(),
+            group_commit=settings.db_group_commit,
         )
     from taskstore.sqlite import SqliteTaskStore
 

@@ -3,19 +3,21 @@
 A worker runs many threads, and under load several of them claim or finish a task at
 once. Each such write costs Postgres a transaction (parse, plan, WAL flush) and the
 worker a round trip; written together they cost little more than one. The first thread
-to submit becomes the *leader*: it writes its own item at once, alone, with the ordinary
-single-row statement, so an idle system pays nothing. Items submitted while a write is in
-flight wait; when it ends, the leader hands over to the oldest waiter, which writes every
-waiting item in one batch statement. There is no timer and no background thread: a batch
-is exactly what arrived during the previous write.
+to submit becomes a *leader*: it writes its own item at once, alone, with the ordinary
+single-row statement, so an idle system pays nothing. Up to ``max_in_flight`` writes run
+at once; items submitted while that many are in flight wait, and when a write ends its
+leader hands over to the oldest waiter, which writes every waiting item in one batch
+statement. There is no timer and no background thread: a batch is exactly what arrived
+while the writes before it were in flight.
 
 Every caller gets its own item's result or exception. When a batch fails for a reason
-other than the database being unreachable (bad data in one item, say), each item is
+other than the server being unreachable (bad data in one item, say), each item is
 retried alone so one bad item cannot fail the others.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -28,6 +30,8 @@ Out = TypeVar("Out")
 
 #: Most items written by one batch statement.
 MAX_BATCH = 64
+#: Writes in flight at once before items start to wait for a batch.
+MAX_IN_FLIGHT = 1
 
 
 class _Slot(Generic[In, Out]):
@@ -57,6 +61,10 @@ class GroupCommit(Generic[In, Out]):
         write_one: Writes one item; used when an item has the database to itself.
         write_many: Writes several items in one statement; returns their results in order.
         max_batch: Most items per ``write_many`` call.
+        max_in_flight: Writes running at once before submitted items wait to be batched.
+        unreachable: Errors of ``write_many`` that every item would meet alone (the server is
+            down): each caller gets a copy instead of a retry of its item.
+        abandoned: The error for items whose writing thread was interrupted mid-write.
     """
 
     def __init__(
@@ -65,24 +73,31 @@ class GroupCommit(Generic[In, Out]):
         write_many: Callable[[Sequence[In]], list[Out]],
         *,
         max_batch: int = MAX_BATCH,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        unreachable: tuple[type[Exception], ...] = (StoreUnavailable,),
+        abandoned: Callable[[str], Exception] = StoreUnavailable,
     ) -> None:
         self._write_one = write_one
         self._write_many = write_many
         self._max_batch = max_batch
+        self._max_in_flight = max_in_flight
+        self._unreachable = unreachable
+        self._abandoned = abandoned
         self._lock = threading.Lock()
         self._waiting: deque[_Slot[In, Out]] = deque()
-        self._busy = False
+        self._in_flight = 0
 
     def submit(self, item: In) -> Out:
         """Write ``item`` (possibly together with other threads' items) and return its result."""
         slot: _Slot[In, Out] = _Slot(item)
         with self._lock:
-            if self._busy:
+            if self._in_flight >= self._max_in_flight:
                 slot.wakeup = threading.Lock()
                 slot.wakeup.acquire()
                 self._waiting.append(slot)
             else:
-                self._busy = slot.lead = True
+                self._in_flight += 1
+                slot.lead = True
         if not slot.lead:
             self._wait(slot)
             if not slot.lead:
@@ -101,7 +116,7 @@ class GroupCommit(Generic[In, Out]):
                     self._waiting.remove(slot)
                     raise
             if slot.lead:
-                slot.error = StoreUnavailable("write abandoned: its thread was interrupted")
+                slot.error = self._abandoned("write abandoned: its thread was interrupted")
                 self._hand_over([])
             raise
 
@@ -121,12 +136,12 @@ class GroupCommit(Generic[In, Out]):
         with self._lock:
             successor = self._waiting.popleft() if self._waiting else None
             if successor is None:
-                self._busy = False
+                self._in_flight = 0
             else:
                 successor.lead = True
         for other in finished:
             if not other.done:
-                other.error = StoreUnavailable("write abandoned: the thread writing it was interrupted")
+                other.error = self._abandoned("write abandoned: the thread writing it was interrupted")
             _wake(other)
         if successor is not None:
             _wake(successor)
@@ -136,10 +151,9 @@ class GroupCommit(Generic[In, Out]):
         if len(batch) > 1:
             try:
                 results = self._write_many([slot.item for slot in batch])
-            except StoreUnavailable as exc:
+            except self._unreachable as exc:
                 for slot in batch:
-                    slot.error, slot.done = StoreUnavailable(str(exc)), True
-                    slot.error.__cause__ = exc
+                    slot.error, slot.done = copy.copy(exc), True
                 return
             except Exception:  # one bad item: give each its own outcome
                 pass

@@ -23,9 +23,10 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from config.settings import DB_POOL_CAP
 from taskstore.base import new_id
 from taskstore.errors import DuplicateTask, StoreUnavailable
-from taskstore.group_commit import GroupCommit
+from taskstore.group_commit import MAX_IN_FLIGHT, GroupCommit
 from taskstore.models import (
     Agent,
     Claim,
@@ -50,7 +51,6 @@ from taskstore.rows import (
     prefixed,
     run_from_row,
     task_from_row,
-    unprefixed,
 )
 from taskstore.rules import (
     STALLED_ERROR,
@@ -65,7 +65,7 @@ T = TypeVar("T")
 Row = dict[str, Any]
 
 #: Most connections a worker process opens on its own account (``AGENTQ_DB_POOL_SIZE`` may set more).
-MAX_POOL = 32
+MAX_POOL = DB_POOL_CAP
 #: Connections beyond one per worker thread (producers, the stats query, the main thread).
 _HEADROOM = 4
 #: Advisory lock key held while migrating, so concurrent ``agentq migrate`` runs serialise.
@@ -99,7 +99,7 @@ WITH wanted AS (
            worker_id = w.worker_id, lease_expires_at = w.lease_until,
            started_at = w.now, run_at = NULL, updated_at = w.now
       FROM wanted w
-     WHERE t.id = w.id AND t.status = 'queued'
+     WHERE t.id = ANY(%(id)s::uuid[]) AND t.id = w.id AND t.status = 'queued'
  RETURNING t.*
 ), run AS (
     INSERT INTO ai_agent_task_runs (id, task_id, attempt, status, worker_id, started_at)
@@ -143,14 +143,15 @@ WITH done AS (
            {", ".join(f"{c} = t.{c} + d.{c}" for c in USAGE_COLUMNS)},
            cost_usd = t.cost_usd + COALESCE(d.cost_usd, 0)
       FROM done d
-     WHERE t.id = d.id AND t.status = 'running' AND t.current_run_id = d.run_id
+     WHERE t.id = ANY(%(id)s::uuid[]) AND t.id = d.id
+       AND t.status = 'running' AND t.current_run_id = d.run_id
  RETURNING t.current_run_id AS run_id
 )
 UPDATE ai_agent_task_runs r
    SET status = 'completed', finished_at = d.now, error = NULL, stacktrace = NULL,
        {", ".join(f"{c} = d.{c}" for c in USAGE_COLUMNS)}, cost_usd = d.cost_usd, transcript = d.transcript
   FROM done d JOIN task ON task.run_id = d.run_id
- WHERE r.id = d.run_id
+ WHERE r.id = ANY(%(run_id)s::uuid[]) AND r.id = d.run_id
 RETURNING r.id
 """
 
@@ -297,6 +298,7 @@ class PostgresTaskStore:
         max_size: int = 10,
         prepare_threshold: int | None = 5,
         timeout_s: float = 30.0,
+        group_commit: bool = True,
     ) -> None:
         self._conninfo = conninfo
         self._max_size = max_size
@@ -304,8 +306,10 @@ class PostgresTaskStore:
         self._timeout_s = timeout_s
         self._pool: ConnectionPool[psycopg.Connection[Row]] | None = None
         self._lock = threading.Lock()
-        self._claims = GroupCommit(self._claim_one, self._claim_many)
-        self._completions = GroupCommit(self._complete_one, self._complete_many)
+        self._claims = GroupCommit(self._claim_one, self._claim_many, max_in_flight=_in_flight(group_commit))
+        self._completions = GroupCommit(
+            self._complete_one, self._complete_many, max_in_flight=_in_flight(group_commit)
+        )
 
     def __repr__(self) -> str:
         return f"PostgresTaskStore(max_size={self._max_size})"
@@ -838,6 +842,11 @@ class PostgresTaskStore:
         return CleanupResult(counts[0], counts[1], deleted)
 
 
+def _in_flight(group_commit: bool) -> int:
+    """Writes in flight before threads batch theirs: without group commit, never batch."""
+    return MAX_IN_FLIGHT if group_commit else 2**31
+
+
 def _array(values: list[Any]) -> str:
     """A Postgres array literal of ``values`` (str, datetime, int, Decimal or None), cast in the query.
 
@@ -855,9 +864,8 @@ def _array(values: list[Any]) -> str:
 
 
 def _claim_from_row(row: Row) -> Claim:
-    agent_row = unprefixed(row, "a_")
-    agent = agent_from_row(agent_row) if agent_row["id"] is not None else None
-    task = task_from_row(unprefixed(row, "t_"))
+    agent = agent_from_row(row, "a_") if row["a_id"] is not None else None
+    task = task_from_row(row, "t_")
     assert task.current_run_id is not None
     return Claim(task=task, agent=agent, run_id=task.current_run_id)
 

@@ -17,17 +17,17 @@ AGENT_COLUMNS = table_columns(AGENTS)
 RUN_COLUMNS = table_columns(RUNS)
 
 
-def agent_from_row(row: Mapping[str, Any]) -> Agent:
-    """An :class:`Agent` from a decoded ``ai_agents`` row."""
-    values = {name: row[name] for name in AGENT_COLUMNS}
+def agent_from_row(row: Mapping[str, Any], prefix: str = "") -> Agent:
+    """An :class:`Agent` from a decoded ``ai_agents`` row (its columns named ``prefix`` + column)."""
+    values = {name: row[prefix + name] for name in AGENT_COLUMNS}
     values["allowed_tools"] = tuple(values["allowed_tools"] or ())
     values["is_active"] = bool(values["is_active"])
     return Agent(**values)
 
 
-def task_from_row(row: Mapping[str, Any]) -> Task:
-    """A :class:`Task` from a decoded ``ai_agent_tasks`` row."""
-    values = {name: row[name] for name in TASK_COLUMNS}
+def task_from_row(row: Mapping[str, Any], prefix: str = "") -> Task:
+    """A :class:`Task` from a decoded ``ai_agent_tasks`` row (its columns named ``prefix`` + column)."""
+    values = {name: row[prefix + name] for name in TASK_COLUMNS}
     values["status"] = TaskStatus(values["status"])
     values["context"] = values["context"] if values["context"] is not None else {}
     return Task(**values)
@@ -43,8 +43,3 @@ def run_from_row(row: Mapping[str, Any]) -> Run:
 def prefixed(prefix: str, columns: tuple[str, ...], alias: str) -> str:
     """``alias.col AS prefix_col, …`` for selecting two tables' columns side by side."""
     return ", ".join(f"{alias}.{column} AS {prefix}{column}" for column in columns)
-
-
-def unprefixed(row: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """The columns of ``row`` that start with ``prefix``, with the prefix removed."""
-    return {key[len(prefix) :]: value for key, value in row.items() if key.startswith(prefix)}

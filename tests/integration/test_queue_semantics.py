@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -185,3 +186,45 @@ def test_an_organization_never_runs_more_than_its_cap(redis_url: str, store: InM
         for earlier, later in itertools.pairwise(runs):
             assert earlier.finished_at is not None and earlier.finished_at <= later.started_at
         assert all(app.store.get_task(task_id).attempts == 1 for task_id in ids)  # type: ignore[union-attr]
+
+
+def test_grouped_acks_remove_exactly_the_acked_messages(redis_url: str, store: InMemoryTaskStore) -> None:
+    """Acks from many threads at once (written together) clear each message's payload and ack entry."""
+    with redis_harness(store, redis_url) as app:
+        broker = app.broker
+        assert isinstance(broker, LaneBroker)
+        actor = app.kinds["general"]
+        options: dict[str, Any] = {"agentq_queued": True, LANE_OPTION: 5, ORG_OPTION: "org"}
+        for index in range(60):
+            message = actor.message_with_options(args=(f"00000000-0000-4000-8000-{index:012d}",), **options)
+            broker.enqueue(message)
+        fetched = [dramatiq.Message.decode(data) for data in broker.fetch("general", 60)]
+        ids = [message.options["redis_message_id"] for message in fetched]
+        kept = ids[50:]
+        acked = iter(ids[:50])
+        lock = threading.Lock()
+
+        def ack_some() -> None:
+            while True:
+                with lock:
+                    redis_id = next(acked, None)
+                if redis_id is None:
+                    return
+                broker.ack("general", redis_id)
+
+        threads = [threading.Thread(target=ack_some) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+            assert not thread.is_alive()
+
+        client, ns = broker.client, broker.namespace
+        assert sorted(_text(key) for key in client.hkeys(f"{ns}:general.msgs")) == sorted(kept)
+        pending = client.smembers(f"{ns}:__acks__.{broker.broker_id}.general")
+        assert sorted(_text(key) for key in pending) == sorted(kept)
+        assert client.zscore(f"{ns}:__heartbeats__", broker.broker_id) is not None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

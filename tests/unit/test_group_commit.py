@@ -80,7 +80,7 @@ def _wait_until(condition: Callable[[], bool]) -> None:
 
 def test_an_item_alone_is_written_by_itself() -> None:
     recorder = Recorder()
-    commit = GroupCommit(recorder.write_one, recorder.write_many)
+    commit = GroupCommit(recorder.write_one, recorder.write_many, max_in_flight=1)
 
     assert commit.submit(21) == 42
     assert commit.submit(5) == 10
@@ -90,7 +90,7 @@ def test_an_item_alone_is_written_by_itself() -> None:
 
 def test_items_arriving_during_a_write_share_the_next_one() -> None:
     recorder = Recorder()
-    commit = GroupCommit(recorder.write_one, recorder.write_many)
+    commit = GroupCommit(recorder.write_one, recorder.write_many, max_in_flight=1)
 
     outcomes = submit_while_held(recorder, commit, [1, 2, 3, 4, 5])
 
@@ -101,7 +101,7 @@ def test_items_arriving_during_a_write_share_the_next_one() -> None:
 
 def test_batches_are_capped() -> None:
     recorder = Recorder()
-    commit = GroupCommit(recorder.write_one, recorder.write_many, max_batch=2)
+    commit = GroupCommit(recorder.write_one, recorder.write_many, max_batch=2, max_in_flight=1)
 
     outcomes = submit_while_held(recorder, commit, [1, 2, 3, 4, 5])
 
@@ -113,7 +113,7 @@ def test_batches_are_capped() -> None:
 
 def test_a_bad_item_fails_alone() -> None:
     recorder = Recorder(bad=3)
-    commit = GroupCommit(recorder.write_one, recorder.write_many)
+    commit = GroupCommit(recorder.write_one, recorder.write_many, max_in_flight=1)
 
     outcomes = submit_while_held(recorder, commit, [1, 2, 3, 4])
 
@@ -124,7 +124,7 @@ def test_a_bad_item_fails_alone() -> None:
 
 def test_an_unreachable_database_fails_the_whole_batch_without_retrying_each() -> None:
     recorder = Recorder(fail_many=StoreUnavailable("Postgres unavailable: connection refused"))
-    commit = GroupCommit(recorder.write_one, recorder.write_many)
+    commit = GroupCommit(recorder.write_one, recorder.write_many, max_in_flight=1)
 
     outcomes = submit_while_held(recorder, commit, [1, 2, 3])
 
@@ -137,7 +137,7 @@ def test_an_unreachable_database_fails_the_whole_batch_without_retrying_each() -
 
 def test_a_single_writes_error_reaches_its_caller() -> None:
     recorder = Recorder(bad=7)
-    commit = GroupCommit(recorder.write_one, recorder.write_many)
+    commit = GroupCommit(recorder.write_one, recorder.write_many, max_in_flight=1)
 
     with pytest.raises(ValueError, match="bad item 7"):
         commit.submit(7)
@@ -165,4 +165,44 @@ def test_many_threads_each_get_their_own_result() -> None:
 
     assert len(results) == 16 * 200
     assert all(value == item * 2 for item, value in results.items())
-    assert not commit._busy and not commit._waiting
+    assert commit._in_flight == 0 and not commit._waiting
+
+
+def test_writes_run_side_by_side_up_to_the_in_flight_limit() -> None:
+    """With two writes allowed in flight, a second item is written at once; a third waits and is batched."""
+    inside = threading.Semaphore(0)
+    gates = {item: threading.Event() for item in range(4)}
+    many: list[list[int]] = []
+
+    def write_one(item: int) -> int:
+        inside.release()
+        assert gates[item].wait(WAIT_S)
+        return item
+
+    def write_many(items: Sequence[int]) -> list[int]:
+        many.append(list(items))
+        return list(items)
+
+    commit = GroupCommit(write_one, write_many, max_in_flight=2)
+    results: dict[int, int] = {}
+
+    def call(item: int) -> None:
+        results[item] = commit.submit(item)
+
+    threads = [threading.Thread(target=call, args=(item,)) for item in range(4)]
+    threads[0].start()
+    threads[1].start()
+    assert inside.acquire(timeout=WAIT_S) and inside.acquire(timeout=WAIT_S)  # both writing at once
+    threads[2].start()
+    threads[3].start()
+    _wait_until(lambda: len(commit._waiting) == 2)
+    gates[0].set()  # the first write ends: its leader hands over to the waiters, written together
+    threads[2].join(WAIT_S)
+    threads[3].join(WAIT_S)
+    gates[1].set()
+    for thread in threads:
+        thread.join(WAIT_S)
+        assert not thread.is_alive()
+
+    assert results == {0: 0, 1: 1, 2: 2, 3: 3}
+    assert [sorted(batch) for batch in many] == [[2, 3]]

@@ -78,3 +78,18 @@ def test_secrets_never_appear_in_errors_or_reprs(monkeypatch: pytest.MonkeyPatch
 def test_extra_middleware_is_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AGENTQ_MIDDLEWARE", "pkg.mod:One, pkg.other.Two")
     assert load_settings().extra_middleware == ("pkg.mod:One", "pkg.other.Two")
+
+
+def test_the_postgres_pool_follows_threads_up_to_a_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUEUE_CONCURRENCY", "8")
+    assert load_settings().db_pool_max() == 12
+    monkeypatch.setenv("QUEUE_CONCURRENCY", "512")
+    assert load_settings().db_pool_max() == 32  # never past the server's max_connections on its own
+    monkeypatch.setenv("AGENTQ_DB_POOL_SIZE", "80")
+    assert load_settings().db_pool_max() == 80
+
+
+def test_group_commit_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().db_group_commit is True
+    monkeypatch.setenv("AGENTQ_DB_GROUP_COMMIT", "false")
+    assert load_settings().db_group_commit is False
