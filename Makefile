@@ -48,11 +48,9 @@ typecheck: $(STAMP)
 	.venv-bench/bin/python -m pip install --quiet bullmq 'psycopg[binary]' psycopg-pool
 	touch .venv-bench/.installed
 
+## The performance suite: one table in benchmarks/results/latest.md (about 15 minutes on 2 cores).
 bench: $(STAMP) .venv-bench/.installed
-	$(BIN)/python -m benchmarks.pipeline
-	$(BIN)/python -m benchmarks.latency
-	$(BIN)/python -m benchmarks.schedules
-	$(BIN)/python -m benchmarks.tracing
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

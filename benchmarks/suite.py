@@ -29,7 +29,7 @@ OUTPUT = RESULTS / "latest.md"
 def pipeline(quick: bool) -> list[Figure]:
     from benchmarks import pipeline as bench
 
-    args = bench.parse(["--quick"] if quick else [])
+    args = bench.parse(["--quick", "--solo"] if quick else ["--solo"])
     runs, report = bench.run(args)
     args.output.write_text(report)
     return bench.figures(runs)
