@@ -70,7 +70,7 @@ def schedules(quick: bool) -> list[Figure]:
 def tracing(quick: bool) -> list[Figure]:
     from benchmarks import tracing as bench
 
-    return bench.figures(bench.run(300 if quick else 1_000, 1 if quick else 3))
+    return bench.figures(bench.run(300 if quick else 1_000, 1 if quick else 3, sample_ratio=0.1))
 
 
 #: Every benchmark of the suite, in the order it runs.

@@ -23,7 +23,7 @@ import sys
 import tempfile
 import time
 import timeit
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -84,6 +84,9 @@ class TracingResult:
     off: list[float]
     on: list[float]
     spans: int
+    #: Throughput with tracing exporting a sampled share of traces (``sample_ratio``), if measured.
+    sampled: list[float] = field(default_factory=list)
+    sample_ratio: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -101,7 +104,21 @@ def figures(result: TracingResult) -> list[Figure]:
             f"tracing off {rate(off)}: ratio {result.ratio:.2f}",
             "≥ 0.85 of off",
             result.ratio >= 0.85,
-        )
+        ),
+        *(
+            [
+                Figure(
+                    "tracing overhead",
+                    f"same, {result.sample_ratio:.0%} of traces sampled (`OTEL_TRACES_SAMPLER`)",
+                    rate(statistics.median(result.sampled)),
+                    f"tracing off {rate(off)}: ratio {statistics.median(result.sampled) / off:.2f}",
+                    "(sampling: information only)",
+                    None,
+                )
+            ]
+            if result.sampled and result.sample_ratio is not None
+            else []
+        ),
     ]
 
 
@@ -110,18 +127,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument(
+        "--sample-ratio", type=float, default=None, help="also run with this share of traces sampled"
+    )
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL))
     parser.add_argument("--pg-admin-url", default=os.environ.get("BENCH_PG_ADMIN_URL", DEFAULT_PG_ADMIN_URL))
     args = parser.parse_args(argv)
     tasks = args.tasks or (300 if args.quick else 1000)
     repeats = args.repeats or (1 if args.quick else 3)
     print(f"no-op tracer: {noop_overhead_us():.2f} µs per message (publish + process hooks)")
-    result = run(tasks, repeats, redis_url=args.redis_url, pg_admin_url=args.pg_admin_url)
+    result = run(
+        tasks,
+        repeats,
+        redis_url=args.redis_url,
+        pg_admin_url=args.pg_admin_url,
+        sample_ratio=args.sample_ratio,
+    )
     off, on = statistics.median(result.off), statistics.median(result.on)
     print(f"{PROCESSES}x{THREADS}, N={tasks}, repeats={repeats}")
     print(f"tracing off: {off:.1f} tasks/s  (runs: {', '.join(f'{v:.1f}' for v in result.off)})")
     print(f"tracing on:  {on:.1f} tasks/s  (runs: {', '.join(f'{v:.1f}' for v in result.on)})")
     print(f"ratio on/off: {result.ratio:.3f}  (target >= 0.85); spans received: {result.spans}")
+    if result.sampled:
+        print(f"sampled {args.sample_ratio}: {statistics.median(result.sampled) / off:.3f} of off")
     return 0
 
 
@@ -131,6 +159,7 @@ def run(
     *,
     redis_url: str = DEFAULT_REDIS_URL,
     pg_admin_url: str = DEFAULT_PG_ADMIN_URL,
+    sample_ratio: float | None = None,
 ) -> TracingResult:
     """``repeats`` interleaved pairs of drains of ``tasks`` tasks, tracing off then on."""
     from tests.fakes.otlp_receiver import OTLPReceiver
@@ -152,7 +181,7 @@ def run(
         del os.environ[key]
     redis_client = redis.Redis.from_url(redis_url)
     _admin(pg_admin_url, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db_name)))
-    throughput: dict[str, list[float]] = {"off": [], "on": []}
+    throughput: dict[str, list[float]] = {"off": [], "on": [], "sampled": []}
     try:
         from actors import runtime
         from taskstore import NewAgent, utcnow
@@ -162,7 +191,14 @@ def run(
         org = "00000000-0000-4000-8000-00000000be00"
         agent = store.create_agent(NewAgent(organization_id=org, name="bench", kind="general"), now=utcnow())
         with OTLPReceiver() as receiver:
-            variants = {"off": env, "on": {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}}
+            exporting = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
+            variants = {"off": env, "on": exporting}
+            if sample_ratio is not None:
+                variants["sampled"] = {
+                    **exporting,
+                    "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                    "OTEL_TRACES_SAMPLER_ARG": str(sample_ratio),
+                }
             for repeat in range(1, repeats + 1):
                 for name, variant_env in variants.items():
                     bench = Bench(
@@ -180,7 +216,9 @@ def run(
             pg_admin_url,
             sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db_name)),
         )
-    return TracingResult(tasks, throughput["off"], throughput["on"], spans)
+    return TracingResult(
+        tasks, throughput["off"], throughput["on"], spans, throughput["sampled"], sample_ratio
+    )
 
 
 if __name__ == "__main__":
