@@ -32,9 +32,5 @@ def table(figures: list[Figure]) -> str:
     return "\n".join([HEADER, *(figure.row() for figure in figures)])
 
 
-def at_least(value: float, target: float) -> bool:
-    return value >= target
-
-
 def rate(value: float) -> str:
     return f"{value:,.0f} tasks/s"

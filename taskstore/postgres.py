@@ -26,7 +26,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from config.settings import DB_POOL_CAP
 from taskstore.base import new_id
 from taskstore.errors import DuplicateTask, StoreUnavailable
-from taskstore.group_commit import MAX_IN_FLIGHT, GroupCommit
+from taskstore.group_commit import GroupCommit
 from taskstore.models import (
     Agent,
     Claim,
@@ -48,6 +48,7 @@ from taskstore.rows import (
     AGENT_COLUMNS,
     TASK_COLUMNS,
     agent_from_row,
+    in_order,
     prefixed,
     run_from_row,
     task_from_row,
@@ -306,10 +307,12 @@ class PostgresTaskStore:
         self._timeout_s = timeout_s
         self._pool: ConnectionPool[psycopg.Connection[Row]] | None = None
         self._lock = threading.Lock()
-        self._claims = GroupCommit(self._claim_one, self._claim_many, max_in_flight=_in_flight(group_commit))
-        self._completions = GroupCommit(
-            self._complete_one, self._complete_many, max_in_flight=_in_flight(group_commit)
-        )
+        # Without group commit every write goes straight to its single-row statement.
+        self._claim: Callable[[dict[str, Any]], Claim | None] = self._claim_one
+        self._complete: Callable[[dict[str, Any]], bool] = self._complete_one
+        if group_commit:
+            self._claim = GroupCommit(self._claim_one, self._claim_many).submit
+            self._complete = GroupCommit(self._complete_one, self._complete_many).submit
 
     def __repr__(self) -> str:
         return f"PostgresTaskStore(max_size={self._max_size})"
@@ -477,13 +480,11 @@ class PostgresTaskStore:
             raise DuplicateTask(
                 f"a task id is given twice or already exists; nothing inserted ({exc})"
             ) from exc
-        by_id = {task.id: task for task in map(task_from_row, rows)}
-        return [by_id[task_id] for task_id in ids]
+        return in_order(map(task_from_row, rows), ids)
 
     def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
         rows = self._fetch("SELECT * FROM ai_agent_tasks WHERE id = ANY(%(ids)s::uuid[])", {"ids": task_ids})
-        by_id = {task.id: task for task in map(task_from_row, rows)}
-        return [by_id[task_id] for task_id in task_ids if task_id in by_id]
+        return in_order(map(task_from_row, rows), task_ids, missing_ok=True)
 
     def mark_queued_many(
         self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
@@ -494,8 +495,7 @@ class PostgresTaskStore:
         )
         if len(rows) != len(task_ids):
             return None
-        by_id = {task.id: task for task in map(task_from_row, rows)}
-        return [by_id[task_id] for task_id in task_ids]
+        return in_order(map(task_from_row, rows), task_ids)
 
     def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
         rows = self._fetch(
@@ -546,7 +546,7 @@ class PostgresTaskStore:
             "lease_until": lease_until,
         }
         if max_running_in_org is None:
-            return self._claims.submit(params)
+            return self._claim(params)
         rows = self._claim_capped(params, max_running_in_org)
         return _claim_from_row(rows[0]) if rows else None
 
@@ -593,7 +593,7 @@ class PostgresTaskStore:
     ) -> bool:
         params = _finish_params(task_id, run_id, usage, transcript, now)
         params.update(result=Jsonb(result), run_status="completed")
-        return self._completions.submit(params)
+        return self._complete(params)
 
     def _complete_one(self, params: dict[str, Any]) -> bool:
         return bool(self._fetch(_finish_query("completed", "completed_at"), params))
@@ -840,11 +840,6 @@ class PostgresTaskStore:
                 {"now": now},
             ).rowcount
         return CleanupResult(counts[0], counts[1], deleted)
-
-
-def _in_flight(group_commit: bool) -> int:
-    """Writes in flight before threads batch theirs: without group commit, never batch."""
-    return MAX_IN_FLIGHT if group_commit else 2**31
 
 
 def _array(values: list[Any]) -> str:

@@ -6,7 +6,7 @@ dicts and lists); each store owns the decoding of its own driver's values.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from taskstore.models import Agent, Run, RunStatus, Task, TaskStatus
@@ -43,3 +43,12 @@ def run_from_row(row: Mapping[str, Any]) -> Run:
 def prefixed(prefix: str, columns: tuple[str, ...], alias: str) -> str:
     """``alias.col AS prefix_col, …`` for selecting two tables' columns side by side."""
     return ", ".join(f"{alias}.{column} AS {prefix}{column}" for column in columns)
+
+
+def in_order(tasks: Iterable[Task], ids: Sequence[str], *, missing_ok: bool = False) -> list[Task]:
+    """``tasks`` in the order of ``ids`` (a bulk statement returns rows in any order).
+
+    Raises KeyError for an id without a task unless ``missing_ok`` (then it is left out).
+    """
+    by_id = {task.id: task for task in tasks}
+    return [by_id[task_id] for task_id in ids if not missing_ok or task_id in by_id]

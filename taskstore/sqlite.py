@@ -38,7 +38,7 @@ from taskstore.models import (
     Usage,
     WaitingTask,
 )
-from taskstore.rows import agent_from_row, run_from_row, task_from_row
+from taskstore.rows import agent_from_row, in_order, run_from_row, task_from_row
 from taskstore.rules import FIRING_RESETS, STALLED_ERROR, STALLED_LIMIT_ERROR, run_usage_sql, task_usage_sql
 from taskstore.schema import AGENTS, MIGRATIONS, MIGRATIONS_TABLE, RUNS, TASKS, ColumnType, CreateTable
 
@@ -323,16 +323,14 @@ class SqliteTaskStore:
                 raise DuplicateTask(
                     f"a task id is given twice or already exists ({exc}); nothing inserted"
                 ) from exc
-        by_id = {task.id: task for task in (task_from_row(_decode(row)) for row in inserted)}
-        return [by_id[task_id] for task_id in ids]
+        return in_order((task_from_row(_decode(row)) for row in inserted), ids)
 
     def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
         rows = self._query(
             "SELECT * FROM ai_agent_tasks WHERE id IN (SELECT value FROM json_each(?))",
             (json.dumps(task_ids),),
         )
-        by_id = {task.id: task for task in (task_from_row(_decode(row)) for row in rows)}
-        return [by_id[task_id] for task_id in task_ids if task_id in by_id]
+        return in_order((task_from_row(_decode(row)) for row in rows), task_ids, missing_ok=True)
 
     def get_runs(self, task_id: str) -> list[Run]:
         rows = self._query(
@@ -384,8 +382,7 @@ class SqliteTaskStore:
                 " WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending' RETURNING *",
                 {"ids": ids, "priority": priority, "run_at": encode_time(run_at), "now": encode_time(now)},
             ).fetchall()
-        by_id = {task.id: task for task in (task_from_row(_decode(row)) for row in updated)}
-        return [by_id[task_id] for task_id in task_ids]
+        return in_order((task_from_row(_decode(row)) for row in updated), task_ids)
 
     def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
         with self._transaction() as conn:

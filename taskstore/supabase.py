@@ -52,7 +52,7 @@ from taskstore.models import (
     Usage,
     WaitingTask,
 )
-from taskstore.rows import agent_from_row, run_from_row, task_from_row
+from taskstore.rows import agent_from_row, in_order, run_from_row, task_from_row
 from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR
 from taskstore.schema import AGENTS, MIGRATIONS, RUNS, TASKS, CreateTable
 
@@ -326,13 +326,11 @@ class SupabaseTaskStore:
             raise DuplicateTask(
                 f"a task id is given twice or already exists; nothing inserted ({exc.message})"
             ) from None
-        by_id = {task.id: task for task in (task_from_row(_task_row(row)) for row in created)}
-        return [by_id[task_id] for task_id in ids]
+        return in_order((task_from_row(_task_row(row)) for row in created), ids)
 
     def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
         rows = self._rpc("agentq_get_tasks", {"p_task_ids": list(task_ids)}) or []
-        by_id = {task.id: task for task in (task_from_row(_task_row(row)) for row in rows)}
-        return [by_id[task_id] for task_id in task_ids if task_id in by_id]
+        return in_order((task_from_row(_task_row(row)) for row in rows), task_ids, missing_ok=True)
 
     def mark_queued_many(
         self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
@@ -353,8 +351,7 @@ class SupabaseTaskStore:
         rows = self._rpc("agentq_mark_queued_many", params, applied) or []
         if len(rows) != len(ids):
             return None
-        by_id = {task.id: task for task in (task_from_row(_task_row(row)) for row in rows)}
-        return [by_id[task_id] for task_id in ids]
+        return in_order((task_from_row(_task_row(row)) for row in rows), ids)
 
     def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
         params = {"p_task_ids": list(task_ids), "p_queued_at": _time(queued_at), "p_now": _time(now)}

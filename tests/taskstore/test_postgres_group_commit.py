@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -86,8 +87,21 @@ def test_a_batch_completes_only_current_runs_and_adds_usage(pg: PostgresTaskStor
     assert free is not None and free.status == TaskStatus.COMPLETED and free.cost_usd == 0
 
 
-def test_concurrent_claims_and_completions_are_exact(pg: PostgresTaskStore, clock: Clock) -> None:
+@pytest.fixture
+def solo_store(postgres_url: str, postgres_store: PostgresTaskStore) -> Iterator[PostgresTaskStore]:
+    """A Postgres store with group commit off (``AGENTQ_DB_GROUP_COMMIT=false``), on the emptied tables."""
+    store = PostgresTaskStore(postgres_url, max_size=8, group_commit=False)
+    yield store
+    store.close()
+
+
+@pytest.mark.parametrize("variant", ["grouped", "solo"])
+def test_concurrent_claims_and_completions_are_exact(
+    variant: str, request: pytest.FixtureRequest, clock: Clock
+) -> None:
     """16 threads, two messages per task: each task is claimed once, completed once, usage counted once."""
+    fixture = "postgres_store" if variant == "grouped" else "solo_store"
+    pg: PostgresTaskStore = request.getfixturevalue(fixture)
     ids = [queued_task(pg, clock) for _ in range(60)]
     pg.reserve_connections(16)
     work = [task_id for task_id in ids for _ in range(2)]
