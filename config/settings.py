@@ -79,6 +79,13 @@ class Settings(BaseSettings):
     redis_host: str = Field(default="localhost", validation_alias="REDIS_HOST")
     redis_port: Port = Field(default=6379, validation_alias="REDIS_PORT")
     redis_password: SecretStr | None = Field(default=None, validation_alias="REDIS_PASSWORD")
+    #: TLS to Redis when the URL is built from ``REDIS_HOST``/``REDIS_PORT`` (managed Redis); a
+    #: ``rediss://`` ``REDIS_URL`` uses TLS on its own.
+    redis_tls: bool = Field(default=False, validation_alias="REDIS_TLS")
+    #: Seconds a Redis command may wait for its reply before the connection is given up.
+    redis_socket_timeout_s: PositiveFloat = Field(
+        default=30.0, validation_alias="AGENTQ_REDIS_SOCKET_TIMEOUT_S"
+    )
     #: Worker threads per process (``dramatiq --threads``).
     queue_concurrency: PositiveInt = Field(default=5, validation_alias="QUEUE_CONCURRENCY")
 
@@ -95,6 +102,10 @@ class Settings(BaseSettings):
     #: Claims and completions that worker threads make at the same moment share one Postgres
     #: statement (``taskstore.group_commit``); off writes each alone.
     db_group_commit: bool = Field(default=True, validation_alias="AGENTQ_DB_GROUP_COMMIT")
+    #: Postgres ``statement_timeout`` for the store's connections, in milliseconds (0 = none).
+    db_statement_timeout_ms: NonNegativeInt = Field(
+        default=30_000, validation_alias="AGENTQ_DB_STATEMENT_TIMEOUT_MS"
+    )
     #: Supabase project URL; with a service key it selects the Supabase store (DESIGN §10).
     supabase_url: str | None = Field(default=None, validation_alias="SUPABASE_URL")
     supabase_service_role_key: SecretStr | None = Field(
@@ -111,6 +122,13 @@ class Settings(BaseSettings):
     provider_timeout_s: PositiveFloat = Field(default=120.0, validation_alias="AGENTQ_PROVIDER_TIMEOUT_S")
     #: Prices in USD per million tokens, JSON: {"model": {"input": 2.5, "output": 10, "cached_input": 1.25}}.
     model_prices: JsonObject = Field(default_factory=dict, validation_alias="AGENTQ_MODEL_PRICES_JSON")
+    #: URL prefixes an agent's own ``base_url`` may use (comma-separated). Empty: agents may not
+    #: override the base URL, so the platform's API key only goes to the configured provider URL.
+    allowed_base_urls: DottedPaths = Field(default=(), validation_alias="AGENTQ_ALLOWED_BASE_URLS")
+    #: Run agents whose provider is ``scripted`` in a worker (the demo and tests set it).
+    allow_scripted: bool = Field(default=False, validation_alias="AGENTQ_ALLOW_SCRIPTED")
+    #: Longest postponement a provider's Retry-After or rate-limit reset header can cause, in ms.
+    max_postpone_ms: PositiveInt = Field(default=900_000, validation_alias="AGENTQ_MAX_POSTPONE_MS")
 
     # --- Spending caps (USD per calendar month, UTC) ---
     monthly_budget_usd: Decimal | None = Field(default=None, validation_alias="AGENTQ_MONTHLY_BUDGET_USD")
@@ -190,7 +208,7 @@ class Settings(BaseSettings):
     #: Prometheus endpoint of each worker process: the first free port from this one (None = off).
     metrics_port: Port | None = Field(default=None, validation_alias="AGENTQ_METRICS_PORT")
 
-    @field_validator("extra_middleware", "disabled_middleware", mode="before")
+    @field_validator("extra_middleware", "disabled_middleware", "allowed_base_urls", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
