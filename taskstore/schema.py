@@ -314,6 +314,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             RawSQL(postgres=supabase_sql.GRANTS),
         ),
     ),
+    Migration(
+        "0004_hardening",
+        (
+            # Postgres only: members write only their own columns, as pending tasks, with agents of
+            # the task's organization (column privileges, WITH CHECK policies and a trigger).
+            RawSQL(postgres=supabase_sql.MEMBER_TASK_WRITES),
+            # New agents default to a real provider. SQLite cannot change a column default without
+            # rebuilding the table, and every store writes provider and model explicitly from
+            # NewAgent, so its default is never read: SQLite keeps the 0001 default.
+            RawSQL(postgres=supabase_sql.AGENT_PROVIDER_DEFAULTS),
+        ),
+    ),
 )
 
 

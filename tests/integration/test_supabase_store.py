@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from taskstore import NewAgent, NewTask, TaskStatus, Usage, new_id, utcnow
-from taskstore.schema import render_all
+from taskstore.schema import MIGRATIONS, render_all
 from taskstore.supabase import SupabaseTaskStore
 from taskstore.supabase_sql import RPC_FUNCTIONS
 from tests.acceptance.processes import ThrowawayRedis, WorkerProcess, command_env
@@ -143,7 +143,7 @@ def test_the_migration_applies_twice_on_a_plain_postgres_and_ships_every_rpc_fun
         conn.execute(script.encode())
         assert set(RPC_FUNCTIONS) <= set(iter_rpc_functions(conn))
         names = [row[0] for row in conn.execute("SELECT name FROM agentq_schema_migrations ORDER BY 1")]
-        assert names == ["0001_initial", "0002_supabase", "0003_bulk_enqueue"]
+        assert names == [migration.name for migration in MIGRATIONS]
 
 
 def test_updated_at_is_maintained_when_an_update_leaves_it_alone(

@@ -39,6 +39,7 @@ def test_the_sqlite_rendering_applies_twice_and_records_itself() -> None:
 SUPABASE_FILES = {
     "20260101000000_agentq.sql": ("0001_initial", "0002_supabase"),
     "20261128000000_bulk_enqueue_agentq.sql": ("0003_bulk_enqueue",),
+    "20261201000000_hardening_agentq.sql": ("0004_hardening",),
 }
 
 
