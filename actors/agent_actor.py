@@ -60,13 +60,28 @@ class AgentJob:
         return self.state.claim.task.attempts
 
     def agent(self) -> Agent:
-        """The task's agent; :class:`AgentUnavailable` (not retryable) if it vanished or is inactive."""
+        """The task's agent; :class:`AgentUnavailable` (not retryable) if it vanished, is inactive or
+        belongs to another organization than the task."""
         agent = self.claim.agent
         if agent is None:
             raise AgentUnavailable(f"agent {self.task.agent_id!r} of task {self.task.id!r} does not exist")
+        self.check_organization()
         if not agent.is_active:
             raise AgentUnavailable(f"agent {agent.id!r} of task {self.task.id!r} is inactive")
         return agent
+
+    def check_organization(self) -> None:
+        """Refuse (not retryable) to run another organization's agent on this task.
+
+        ``create_task`` checks this too, but a row written past it (a member's direct insert or
+        update, an older migration's looser policies) reaches the worker unchecked.
+        """
+        agent, task = self.claim.agent, self.task
+        if agent is not None and agent.organization_id != task.organization_id:
+            raise AgentUnavailable(
+                f"task {task.id!r} of organization {task.organization_id!r} names agent {agent.id!r} "
+                f"of organization {agent.organization_id!r}: a task runs only its own organization's agents"
+            )
 
     def should_stop(self) -> bool:
         """True once the run must end: ``remove_job`` asked, or another worker took the task over.
@@ -200,7 +215,9 @@ def agent_actor(
 
     def decorator(fn: AgentFunction) -> AgentActor:
         def run(task_id: str) -> None:
-            report_outcome(task_id, fn(AgentJob(current_attempt(task_id), orchestrator(), store, policy)))
+            job = AgentJob(current_attempt(task_id), orchestrator(), store, policy)
+            job.check_organization()  # before the kind's function, whatever it does
+            report_outcome(task_id, fn(job))
 
         run.__name__ = fn.__name__
         run.__qualname__ = fn.__qualname__
