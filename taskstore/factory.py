@@ -26,6 +26,7 @@ def build_store(settings: Settings) -> TaskStore:
             max_size=settings.db_pool_max(),
             prepare_threshold=settings.db_prepare_threshold(),
             group_commit=settings.db_group_commit,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
         )
     from taskstore.sqlite import SqliteTaskStore
 

@@ -12,7 +12,9 @@ while the writes before it were in flight.
 
 Every caller gets its own item's result or exception. When a batch fails for a reason
 other than the server being unreachable (bad data in one item, say), each item is
-retried alone so one bad item cannot fail the others.
+retried alone so one bad item cannot fail the others. A waiter waits at most
+``wait_timeout_s`` for the writes ahead of it: past that (a leader's statement hangs) it
+gets the ``abandoned`` error instead of blocking for ever.
 """
 
 from __future__ import annotations
@@ -64,7 +66,10 @@ class GroupCommit(Generic[In, Out]):
         max_in_flight: Writes running at once before submitted items wait to be batched.
         unreachable: Errors of ``write_many`` that every item would meet alone (the server is
             down): each caller gets a copy instead of a retry of its item.
-        abandoned: The error for items whose writing thread was interrupted mid-write.
+        abandoned: The error for items whose writing thread was interrupted mid-write, or that
+            waited longer than ``wait_timeout_s``.
+        wait_timeout_s: Longest a submitted item waits for other threads' writes (``None``: no limit).
+            Its write may still land afterwards, as after any timeout.
     """
 
     def __init__(
@@ -76,6 +81,7 @@ class GroupCommit(Generic[In, Out]):
         max_in_flight: int = MAX_IN_FLIGHT,
         unreachable: tuple[type[Exception], ...] = (StoreUnavailable,),
         abandoned: Callable[[str], Exception] = StoreUnavailable,
+        wait_timeout_s: float | None = None,
     ) -> None:
         self._write_one = write_one
         self._write_many = write_many
@@ -83,6 +89,7 @@ class GroupCommit(Generic[In, Out]):
         self._max_in_flight = max_in_flight
         self._unreachable = unreachable
         self._abandoned = abandoned
+        self._wait_timeout_s = wait_timeout_s
         self._lock = threading.Lock()
         self._waiting: deque[_Slot[In, Out]] = deque()
         self._in_flight = 0
@@ -108,7 +115,7 @@ class GroupCommit(Generic[In, Out]):
     def _wait(self, slot: _Slot[In, Out]) -> None:
         assert slot.wakeup is not None
         try:
-            slot.wakeup.acquire()
+            woken = slot.wakeup.acquire(timeout=-1 if self._wait_timeout_s is None else self._wait_timeout_s)
         except BaseException:
             # Interrupted (e.g. a time limit): leave the queue if not yet taken, hand on a lead.
             with self._lock:
@@ -119,6 +126,17 @@ class GroupCommit(Generic[In, Out]):
                 slot.error = self._abandoned("write abandoned: its thread was interrupted")
                 self._hand_over([])
             raise
+        if not woken:
+            self._give_up(slot)
+
+    def _give_up(self, slot: _Slot[In, Out]) -> None:
+        """After ``wait_timeout_s``: leave the queue, or stop waiting for the batch that took ``slot``."""
+        with self._lock:
+            if slot.lead or slot.done:
+                return  # written, or handed the lead, just as the wait ended
+            if slot in self._waiting:
+                self._waiting.remove(slot)
+        raise self._abandoned(f"no result within {self._wait_timeout_s:g} s: the write ahead of it hangs")
 
     def _lead(self, slot: _Slot[In, Out]) -> None:
         """Write ``slot`` and, if it was handed the lead, everything that waited with it."""

@@ -19,13 +19,14 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from config.settings import DB_POOL_CAP
 from taskstore.base import new_id
-from taskstore.errors import DuplicateTask, StoreUnavailable
+from taskstore.errors import DuplicateTask, StoreUnavailable, TaskStoreError
 from taskstore.group_commit import GroupCommit
 from taskstore.models import (
     Agent,
@@ -71,6 +72,18 @@ MAX_POOL = DB_POOL_CAP
 _HEADROOM = 4
 #: Advisory lock key held while migrating, so concurrent ``agentq migrate`` runs serialise.
 _MIGRATION_LOCK = 0x6167656E7471  # "agentq"
+#: TCP keepalives on every store connection, unless ``DATABASE_URL`` sets its own: a server that
+#: vanished mid-statement is noticed within about a minute instead of never.
+KEEPALIVES = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+#: Seconds the keepalives above take to declare a silent connection dead (idle + interval * count).
+_KEEPALIVE_DEAD_S = 60
+#: Seconds to open a connection, unless ``DATABASE_URL`` sets ``connect_timeout``.
+CONNECT_TIMEOUT_S = 10
 
 _CLAIM = f"""
 WITH claimed AS (
@@ -289,8 +302,47 @@ def _configure(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SET TIME ZONE 'UTC'")
 
 
+def pool_conninfo(
+    conninfo: str, *, statement_timeout_ms: int, connect_timeout_s: int = CONNECT_TIMEOUT_S
+) -> str:
+    """``conninfo`` plus the store's keepalives, connect timeout and statement timeout.
+
+    A parameter that ``conninfo`` (``DATABASE_URL``) already sets wins; ``sslmode`` and every other
+    parameter pass through unchanged. The statement timeout travels in the startup ``options``
+    (``-c statement_timeout=…``), not as a ``SET``, which a transaction-mode pooler would not keep.
+    ``statement_timeout_ms=0`` adds none.
+    """
+    try:
+        given = conninfo_to_dict(conninfo)
+    except psycopg.ProgrammingError as exc:
+        raise TaskStoreError(f"DATABASE_URL is not a valid Postgres URL or conninfo: {exc}") from None
+    defaults = {**KEEPALIVES, "connect_timeout": str(connect_timeout_s)}
+    extra = {key: value for key, value in defaults.items() if key not in given}
+    options = str(given.get("options") or "")
+    if statement_timeout_ms and "statement_timeout" not in options:
+        extra["options"] = f"{options} -c statement_timeout={statement_timeout_ms}".strip()
+    return make_conninfo(conninfo, **extra)
+
+
+def waiter_timeout_s(pool_timeout_s: float, statement_timeout_ms: int) -> float:
+    """Longest a group-commit waiter waits for other threads' writes: two writes, each a connection
+    wait plus a statement (bounded by the statement timeout, else by the keepalives), and a margin."""
+    statement_s = statement_timeout_ms / 1000 if statement_timeout_ms else _KEEPALIVE_DEAD_S
+    return 2 * (pool_timeout_s + statement_s) + 5
+
+
 class PostgresTaskStore:
-    """Task store on PostgreSQL (or Supabase's Postgres), shared by any number of processes."""
+    """Task store on PostgreSQL (or Supabase's Postgres), shared by any number of processes.
+
+    Args:
+        conninfo: A ``postgresql://`` URL or libpq conninfo; its own parameters win over ours.
+        max_size: Most pooled connections.
+        prepare_threshold: psycopg's; ``None`` for a transaction-mode pooler.
+        timeout_s: Longest wait for a pooled connection.
+        group_commit: Batch the claims and completions of concurrent threads.
+        statement_timeout_ms: Postgres ``statement_timeout`` of every connection (0 = none); a
+            statement cancelled by it raises :class:`StoreUnavailable`, as an outage does.
+    """
 
     def __init__(
         self,
@@ -300,19 +352,24 @@ class PostgresTaskStore:
         prepare_threshold: int | None = 5,
         timeout_s: float = 30.0,
         group_commit: bool = True,
+        statement_timeout_ms: int = 30_000,
     ) -> None:
-        self._conninfo = conninfo
+        self._conninfo = pool_conninfo(conninfo, statement_timeout_ms=statement_timeout_ms)
         self._max_size = max_size
         self._prepare_threshold = prepare_threshold
         self._timeout_s = timeout_s
+        self._statement_timeout_ms = statement_timeout_ms
         self._pool: ConnectionPool[psycopg.Connection[Row]] | None = None
         self._lock = threading.Lock()
         # Without group commit every write goes straight to its single-row statement.
         self._claim: Callable[[dict[str, Any]], Claim | None] = self._claim_one
         self._complete: Callable[[dict[str, Any]], bool] = self._complete_one
         if group_commit:
-            self._claim = GroupCommit(self._claim_one, self._claim_many).submit
-            self._complete = GroupCommit(self._complete_one, self._complete_many).submit
+            wait_s = waiter_timeout_s(timeout_s, statement_timeout_ms)
+            self._claim = GroupCommit(self._claim_one, self._claim_many, wait_timeout_s=wait_s).submit
+            self._complete = GroupCommit(
+                self._complete_one, self._complete_many, wait_timeout_s=wait_s
+            ).submit
 
     def __repr__(self) -> str:
         return f"PostgresTaskStore(max_size={self._max_size})"
@@ -347,6 +404,9 @@ class PostgresTaskStore:
                 yield conn
         except PoolTimeout as exc:
             raise StoreUnavailable(f"no Postgres connection within {self._timeout_s:g} s: {exc}") from exc
+        except psycopg.errors.QueryCanceled as exc:
+            timeout = f"statement_timeout {self._statement_timeout_ms} ms"
+            raise StoreUnavailable(f"Postgres statement cancelled ({timeout}): {exc}") from exc
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"Postgres unavailable: {exc}") from exc
 
@@ -361,6 +421,7 @@ class PostgresTaskStore:
     def migrate(self) -> list[str]:
         applied: list[str] = []
         with self._connection() as conn, conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 0")  # waiting for another migrator, long DDL
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
             exists = conn.execute("SELECT to_regclass(%s) IS NOT NULL AS ok", (MIGRATIONS_TABLE,)).fetchone()
             done: set[str] = set()

@@ -206,3 +206,61 @@ def test_writes_run_side_by_side_up_to_the_in_flight_limit() -> None:
 
     assert results == {0: 0, 1: 1, 2: 2, 3: 3}
     assert [sorted(batch) for batch in many] == [[2, 3]]
+
+
+def test_a_waiter_behind_a_hung_write_gives_up_after_its_timeout() -> None:
+    """A leader whose statement hangs does not freeze the threads queued behind it."""
+    recorder = Recorder()
+    commit = GroupCommit(recorder.write_one, recorder.write_many, wait_timeout_s=0.2)
+    recorder.gate.clear()
+    leader = threading.Thread(target=commit.submit, args=(0,))
+    leader.start()
+    assert recorder.in_write.wait(WAIT_S)
+
+    with pytest.raises(StoreUnavailable, match=r"no result within 0\.2 s"):
+        commit.submit(1)
+
+    assert not commit._waiting
+    recorder.gate.set()
+    leader.join(WAIT_S)
+    assert not leader.is_alive()
+    assert commit.submit(2) == 4 and commit._in_flight == 0
+    assert 1 not in recorder.one and not recorder.many
+
+
+def test_a_waiter_whose_batch_hangs_gives_up_and_the_batch_still_finishes() -> None:
+    many_gate = threading.Event()
+    in_many = threading.Event()
+
+    def write_many(items: Sequence[int]) -> list[int]:
+        in_many.set()
+        assert many_gate.wait(WAIT_S)
+        return [item * 2 for item in items]
+
+    recorder = Recorder()
+    commit = GroupCommit(recorder.write_one, write_many, wait_timeout_s=0.5)
+    outcomes: dict[int, object] = {}
+
+    def call(item: int) -> None:
+        try:
+            outcomes[item] = commit.submit(item)
+        except Exception as exc:  # recorded for the assertions
+            outcomes[item] = exc
+
+    recorder.gate.clear()
+    threads = [threading.Thread(target=call, args=(item,)) for item in range(3)]
+    threads[0].start()
+    assert recorder.in_write.wait(WAIT_S)
+    threads[1].start()
+    threads[2].start()
+    _wait_until(lambda: len(commit._waiting) == 2)
+    recorder.gate.set()  # item 1 leads the batch [1, 2], whose statement hangs
+    threads[2].join(WAIT_S)
+    assert not threads[2].is_alive()
+    assert isinstance(outcomes[2], StoreUnavailable)
+    many_gate.set()
+    for thread in threads:
+        thread.join(WAIT_S)
+        assert not thread.is_alive()
+    assert outcomes[0] == 0 and outcomes[1] == 2
+    assert commit.submit(5) == 10 and commit._in_flight == 0 and not commit._waiting
