@@ -501,10 +501,21 @@ RPC_FUNCTIONS = (
 )
 
 #: Migration ``0004_hardening``: the columns of ``ai_agent_tasks`` a member (``authenticated``) may
-#: write. Everything else (status, attempts, max_attempts, schedules, leases, results, usage, cancel
-#: and time stamps) belongs to the workers and the application's service-role calls: a schedule is
-#: made by ``create_task(schedule=…)``, which validates the cron expression and time zone.
-MEMBER_INSERT_COLUMNS = ("id", "agent_id", "organization_id", "title", "description", "context", "priority")
+#: write; ``status`` and ``task_type`` only as ``'pending'`` and ``'adhoc'``, on insert. Everything else
+#: (attempts, max_attempts, schedules, leases, results, usage, cancel fields, time stamps) belongs to
+#: the workers and the application's service-role calls: a schedule is made by
+#: ``create_task(schedule=…)``, which validates the cron expression and time zone.
+MEMBER_INSERT_COLUMNS = (
+    "id",
+    "agent_id",
+    "organization_id",
+    "title",
+    "description",
+    "context",
+    "priority",
+    "status",
+    "task_type",
+)
 MEMBER_UPDATE_COLUMNS = ("agent_id", "organization_id", "title", "description", "context", "priority")
 
 #: The columns a member's update may change (``updated_at`` is kept by its trigger), as SQL.

@@ -68,7 +68,7 @@ BEGIN
     IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'authenticated') THEN
         -- Revoking the table privilege also drops earlier column grants, so this applies twice.
         REVOKE INSERT, UPDATE ON ai_agent_tasks FROM authenticated;
-        GRANT INSERT (id, agent_id, organization_id, title, description, context, priority)
+        GRANT INSERT (id, agent_id, organization_id, title, description, context, priority, status, task_type)
             ON ai_agent_tasks TO authenticated;
         GRANT UPDATE (agent_id, organization_id, title, description, context, priority)
             ON ai_agent_tasks TO authenticated;

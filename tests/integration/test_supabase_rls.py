@@ -134,6 +134,8 @@ def test_a_member_cannot_write_worker_owned_columns(
     ("columns", "values"),
     [
         ("status", "'queued'"),
+        ("status", "'running'"),
+        ("task_type", "'scheduled'"),
         ("status, queued_at", "'queued', now()"),
         ("attempts", "0"),
         ("max_attempts", "50"),
@@ -170,8 +172,9 @@ def test_a_member_creates_a_pending_task_and_edits_its_own_columns(rls: tuple[Co
     with conn.transaction():
         as_member(conn)
         row = conn.execute(
-            "INSERT INTO ai_agent_tasks (agent_id, organization_id, title, description, context, priority)"
-            " VALUES (%s, %s, 'mine', 'd', '{\"week\": 47}', 7) RETURNING id, status",
+            "INSERT INTO ai_agent_tasks (agent_id, organization_id, title, description, context, priority,"
+            " status, task_type) VALUES (%s, %s, 'mine', 'd', '{\"week\": 47}', 7, 'pending', 'adhoc')"
+            " RETURNING id, status",
             (ids["agent_a"], ORG_A),
         ).fetchone()
         assert row is not None and row[1] == "pending"
