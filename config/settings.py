@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, Validati
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.errors import ConfigError
+from config.redaction import redact
 
 #: Largest task ``context`` accepted, in bytes of its JSON encoding.
 DEFAULT_MAX_CONTEXT_BYTES = 64 * 1024
@@ -82,6 +83,9 @@ class Settings(BaseSettings):
     #: TLS to Redis when the URL is built from ``REDIS_HOST``/``REDIS_PORT`` (managed Redis); a
     #: ``rediss://`` ``REDIS_URL`` uses TLS on its own.
     redis_tls: bool = Field(default=False, validation_alias="REDIS_TLS")
+    #: CA bundle (PEM file) that a TLS Redis server's certificate must chain to, with ``REDIS_TLS``;
+    #: unset: the system's CAs. A ``REDIS_URL`` gives it as ``?ssl_ca_certs=PATH`` instead.
+    redis_tls_ca_certs: Path | None = Field(default=None, validation_alias="REDIS_TLS_CA_CERTS")
     #: Seconds a Redis command may wait for its reply before the connection is given up.
     redis_socket_timeout_s: PositiveFloat = Field(
         default=30.0, validation_alias="AGENTQ_REDIS_SOCKET_TIMEOUT_S"
@@ -279,13 +283,20 @@ class Settings(BaseSettings):
         return 5 if enabled else None
 
     def redis_connection_url(self) -> str:
-        """The Redis URL to connect to: ``REDIS_URL``, else one built from host, port and password."""
+        """The Redis URL to connect to: ``REDIS_URL``, else one built from host, port and password
+        (``rediss://`` with ``REDIS_TLS``, verifying against ``REDIS_TLS_CA_CERTS`` when set)."""
         if self.redis_url is not None:
             return self.redis_url.get_secret_value()
         auth = ""
         if self.redis_password is not None:
             auth = ":" + quote(self.redis_password.get_secret_value(), safe="") + "@"
-        return f"redis://{auth}{self.redis_host}:{self.redis_port}/0"
+        scheme, query = ("rediss", self._redis_tls_query()) if self.redis_tls else ("redis", "")
+        return f"{scheme}://{auth}{self.redis_host}:{self.redis_port}/0{query}"
+
+    def _redis_tls_query(self) -> str:
+        if self.redis_tls_ca_certs is None:
+            return ""
+        return "?ssl_ca_certs=" + quote(str(self.redis_tls_ca_certs), safe="/")
 
     def tracing_enabled(self) -> bool:
         """Whether to export spans: an OTLP endpoint is set, the SDK is enabled, the exporter is not none."""
@@ -326,7 +337,7 @@ def _describe(error: Any) -> str:
     if error.get("type") == "int_parsing":
         message = "is not a port number" if name.endswith("_PORT") else "is not an integer"
     value = "<hidden>" if name in _SECRET_FIELDS else repr(error.get("input"))
-    return f"{name}={value} {message}"
+    return redact(f"{name}={value} {message}")
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -93,3 +93,28 @@ def test_group_commit_is_on_unless_switched_off(monkeypatch: pytest.MonkeyPatch)
     assert load_settings().db_group_commit is True
     monkeypatch.setenv("AGENTQ_DB_GROUP_COMMIT", "false")
     assert load_settings().db_group_commit is False
+
+
+def test_redis_tls_builds_a_rediss_url_from_the_seed_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("REDIS_TLS_CA_CERTS", raising=False)
+    monkeypatch.setenv("REDIS_TLS", "true")
+    monkeypatch.setenv("REDIS_HOST", "cache.example")
+    monkeypatch.setenv("REDIS_PORT", "6380")
+    monkeypatch.setenv("REDIS_PASSWORD", "p@ss")
+    assert load_settings().redis_connection_url() == "rediss://:p%40ss@cache.example:6380/0"
+
+    monkeypatch.setenv("REDIS_TLS_CA_CERTS", "/etc/my certs/ca.pem")
+    url = load_settings().redis_connection_url()
+    assert url == "rediss://:p%40ss@cache.example:6380/0?ssl_ca_certs=/etc/my%20certs/ca.pem"
+
+    monkeypatch.setenv("REDIS_URL", "redis://plain.example:6379/1")
+    assert load_settings().redis_connection_url() == "redis://plain.example:6379/1"
+
+
+def test_redis_tls_off_keeps_a_plain_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("REDIS_URL", "REDIS_PASSWORD", "REDIS_TLS_CA_CERTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REDIS_TLS", "false")
+    monkeypatch.setenv("REDIS_HOST", "cache.example")
+    assert load_settings().redis_connection_url() == "redis://cache.example:6379/0"
