@@ -22,6 +22,7 @@ from typing import Any
 
 import redis
 
+from config.redaction import redact
 from config.settings import load_settings
 
 #: The demo's organization; agent ids derive from it, so reruns reuse the same agents.
@@ -69,7 +70,7 @@ def _redis_available(url: str) -> Iterator[str | None]:
                 yield None
                 return
             time.sleep(0.05)
-        print(f"No Redis at {url}: started a throwaway redis-server on port {port}")
+        print(f"No Redis at {redact(url)}: started a throwaway redis-server on port {port}")
         yield throwaway
     finally:
         process.terminate()
@@ -211,7 +212,7 @@ def run_demo(*, timeout_s: float = 120.0) -> int:
     with _redis_available(configured) as url:
         if url is None:
             print(
-                f"No Redis answers at {configured} and no redis-server is installed.\n"
+                f"No Redis answers at {redact(configured)} and no redis-server is installed.\n"
                 "Install one (Debian/Ubuntu: sudo apt-get install redis-server; macOS: brew install redis)\n"
                 "or point REDIS_URL at a running server, then run this command again.",
                 file=sys.stderr,

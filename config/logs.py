@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from opentelemetry import trace
 
+from config.redaction import install_redaction
 from config.settings import Settings
 
 
@@ -36,7 +37,8 @@ class JsonFormatter(logging.Formatter):
             entry["trace_id"] = format(context.trace_id, "032x")
             entry["span_id"] = format(context.span_id, "016x")
         if record.exc_info:
-            entry["exc_info"] = self.formatException(record.exc_info)
+            # ``exc_text`` when set: already formatted (and redacted) by ``config.redaction``.
+            entry["exc_info"] = record.exc_text or self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
@@ -51,6 +53,7 @@ def configure_logging(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level, format="%(message)s")
     if settings.log_format == "json":
         use_json()
+    install_redaction(settings)
 
 
 __all__ = ["JsonFormatter", "configure_logging", "use_json"]

@@ -65,7 +65,7 @@ from middleware.shutdown_deadline import ShutdownDeadline
 from middleware.stalled_jobs import StalledJobs
 from middleware.start_limit import Limit, StartRateLimit, parse_kind_limits
 from middleware.task_lifecycle import AttemptResult, EnqueueRejected, TaskLifecycle, current_claim
-from middleware.telemetry import JsonLogs, configure_tracing, shutdown_tracing
+from middleware.telemetry import JsonLogs, Redaction, configure_tracing, shutdown_tracing
 from middleware.tracing import Tracing
 from taskstore import TaskStore, utcnow
 
@@ -135,6 +135,7 @@ def build_middleware(
             shutdown=shutdown_tracing,
         )
         stack.append(tracing)
+    stack.append(Redaction(settings))
     if settings.sentry_dsn is not None and "sentry" not in disabled:
         stack.append(Sentry(settings, store, attempts))
     if settings.log_format == "json":

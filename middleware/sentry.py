@@ -8,9 +8,10 @@ per failed attempt. Instead:
 * ``send_default_pii=False``, no local variables, ``auto_enabling_integrations=False`` (the
   OpenAI/Anthropic/Redis/… integrations stay off, so no prompt is ever recorded), and
   logging as breadcrumbs only (an ERROR log line is not an event);
-* a ``before_send``/``before_send_transaction``/``before_breadcrumb`` scrubber replaces
-  every configured secret (API keys, Redis and database passwords/URLs, the DSN's key) and
-  anything shaped like an API key or a URL password with ``[Filtered]``.
+* a ``before_send``/``before_send_transaction``/``before_breadcrumb`` scrubber passes every
+  field through :mod:`config.redaction`: configured secrets (API and Supabase keys, Redis and
+  database passwords, the DSN's key) and anything shaped like a key, a bearer token, a
+  ``password=``/``token=`` pair or a URL password become ``[Filtered]``.
 
 Per attempt (``Sentry`` middleware, an :class:`~middleware.attempts.AttemptObserver`): each
 message runs in its own isolation scope that continues the OpenTelemetry trace (the
@@ -29,7 +30,6 @@ fingerprinted by kind and exception type (the same bug in many tasks is one issu
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from typing import Any
 
@@ -39,81 +39,27 @@ from dramatiq.broker import MessageProxy
 from dramatiq.common import q_name
 from opentelemetry import trace
 
+from config.redaction import FILTERED, redact_data, register_settings
 from config.settings import Settings
 from middleware.attempts import Attempt, AttemptRegistry
 from taskstore import TaskStore
 
 logger = logging.getLogger("agentq.sentry")
 
-FILTERED = "[Filtered]"
-#: Shapes of secrets scrubbed even when not configured here: API keys, bearer tokens, URL passwords.
-_PATTERNS = (
-    re.compile(r"\b(sk|rk|pk)-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"\bsk-ant-[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"\bsb_secret_[A-Za-z0-9_\-]{8,}"),
-    re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._\-]{8,}"),
-    re.compile(r"(?<=://)([^:/@\s]*):([^@/\s]+)@"),
-)
-
 _lock = threading.Lock()
 _configured = False
 _local = threading.local()
 
 
-def _secrets(settings: Settings) -> list[str]:
-    values = [
-        settings.openai_api_key,
-        settings.anthropic_api_key,
-        settings.redis_password,
-        settings.redis_url,
-        settings.database_url,
-    ]
-    found = [value.get_secret_value() for value in values if value is not None]
-    if settings.sentry_dsn is not None:
-        key = re.match(r"\w+://([^@:]+)", settings.sentry_dsn.get_secret_value())
-        found.extend([key.group(1)] if key else [])
-    for url in (settings.redis_url, settings.database_url):
-        password = re.search(r"://[^:/@]*:([^@]+)@", url.get_secret_value()) if url is not None else None
-        found.extend([password.group(1)] if password else [])
-    return sorted({value for value in found if len(value) >= 4}, key=len, reverse=True)
-
-
 class Scrubber:
-    """Replaces secrets anywhere in an event (strings, dict keys' values, lists), recursively."""
-
-    def __init__(self, secrets: list[str]) -> None:
-        self.secrets = secrets
-
-    def text(self, value: str) -> str:
-        for secret in self.secrets:
-            value = value.replace(secret, FILTERED)
-        for pattern in _PATTERNS:
-            value = pattern.sub(_replacement, value)
-        return value
-
-    def scrub(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.text(value)
-        if isinstance(value, dict):
-            return {key: self.scrub(item) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return [self.scrub(item) for item in value]
-        return value
+    """Sentry's ``before_send``/``before_send_transaction``/``before_breadcrumb``: every string in the
+    event or breadcrumb, in any field, goes through :func:`config.redaction.redact`."""
 
     def event(self, event: Any, hint: Any) -> Any:
-        return self.scrub(event)
+        return redact_data(event)
 
     def breadcrumb(self, crumb: Any, hint: Any) -> Any:
-        return self.scrub(crumb)
-
-
-def _replacement(match: re.Match[str]) -> str:
-    text = match.group(0)
-    if text.endswith("@"):
-        return f"{match.group(1)}:{FILTERED}@"
-    if match.lastindex and match.re.pattern.startswith("(?i)(bearer"):
-        return match.group(1) + FILTERED
-    return FILTERED
+        return redact_data(crumb)
 
 
 def configure_sentry(settings: Settings) -> bool:
@@ -125,7 +71,8 @@ def configure_sentry(settings: Settings) -> bool:
         _configured = True
         from sentry_sdk.integrations.logging import LoggingIntegration
 
-        scrubber = Scrubber(_secrets(settings))
+        register_settings(settings)
+        scrubber = Scrubber()
         sentry_sdk.init(
             dsn=settings.sentry_dsn.get_secret_value(),
             send_default_pii=False,

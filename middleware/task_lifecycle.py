@@ -24,7 +24,6 @@ from __future__ import annotations
 import logging
 import random
 import time
-import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -35,6 +34,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Interrupt, MiddlewareError, SkipMessage
 
 from config.errors import AgentQueueError
+from config.redaction import redact, redacted_traceback
 from middleware.agent_messages import (
     ADMITTED_AT_OPTION,
     AGENT_KIND_OPTION,
@@ -280,7 +280,7 @@ class TaskLifecycle(dramatiq.Middleware):
                 "[AgentTaskQueue] Job %s ended but is no longer held by run %s", task.id, claim.run_id
             )
             return "lost"
-        error = describe(exception)
+        error = redact(describe(exception))
         if decision.outcome is Outcome.CANCEL:
             logger.info("[AgentTaskQueue] Job %s cancelled", task.id)
             return "cancelled"
@@ -308,15 +308,15 @@ class TaskLifecycle(dramatiq.Middleware):
         if decision.outcome is Outcome.CANCEL:
             return self.store.finish_cancelled(task_id, run_id, usage=usage, transcript=transcript, now=now)
         if decision.outcome is Outcome.POSTPONE:
-            reason = describe(exception)
+            reason = redact(describe(exception))
             return self.store.postpone(
                 task_id, run_id, reason=reason, run_at=due, usage=usage, transcript=transcript, now=now
             )
         return self.store.fail_attempt(
             task_id,
             run_id,
-            error=describe(exception),
-            stacktrace="".join(traceback.format_exception(exception)),
+            error=redact(describe(exception)),
+            stacktrace=redacted_traceback(exception),
             usage=usage,
             transcript=transcript,
             retry_at=due if decision.outcome is Outcome.RETRY else None,

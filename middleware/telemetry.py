@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import dramatiq
 from opentelemetry import trace
 
 from config.logs import use_json
+from config.redaction import install_redaction, register_settings
 from config.settings import Settings
 
 logger = logging.getLogger("agentq.telemetry")
@@ -44,6 +46,7 @@ def configure_tracing(settings: Settings) -> bool:
         if _configured:
             return _provider is not None
         _configured = True
+        register_settings(settings)
         if not settings.tracing_enabled():
             return False
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -77,6 +80,25 @@ def shutdown_tracing() -> None:
         provider.shutdown()
 
 
+class Redaction(dramatiq.Middleware):
+    """Secrets stay in: at worker boot (and a producer's first enqueue) register the configured
+    secrets with :mod:`config.redaction` and redact every line the root logger's handlers write."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._registered = False
+
+    def after_process_boot(self, broker: dramatiq.Broker) -> None:
+        install_redaction(self.settings)
+
+    def before_enqueue(
+        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
+    ) -> None:
+        if not self._registered:
+            self._registered = True
+            register_settings(self.settings)
+
+
 class JsonLogs(dramatiq.Middleware):
     """``AGENTQ_LOG_FORMAT=json`` in ``dramatiq actors``: JSON log lines from each worker process."""
 
@@ -84,4 +106,4 @@ class JsonLogs(dramatiq.Middleware):
         use_json()
 
 
-__all__ = ["DEFAULT_SERVICE_NAME", "JsonLogs", "configure_tracing", "shutdown_tracing"]
+__all__ = ["DEFAULT_SERVICE_NAME", "JsonLogs", "Redaction", "configure_tracing", "shutdown_tracing"]

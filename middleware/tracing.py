@@ -45,6 +45,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from config.redaction import describe_error, exception_attributes
 from middleware.agent_messages import AnyMessage, agent_kind, message_task_id
 from middleware.attempts import Attempt, AttemptRegistry
 from middleware.batches import current_batch
@@ -79,8 +80,9 @@ def _publishing() -> dict[str, Span]:
 
 
 def _fail(span: Span, error: BaseException) -> None:
-    span.record_exception(error)
-    span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+    """Mark ``span`` failed by ``error``: a redacted ``exception`` event and status description."""
+    span.add_event("exception", exception_attributes(error))
+    span.set_status(Status(StatusCode.ERROR, describe_error(error)))
 
 
 class Tracing(dramatiq.Middleware):

@@ -29,6 +29,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from config.redaction import describe_error, exception_attributes
 from orchestrator.hooks import OrchestratorHooks
 from orchestrator.messages import ModelRequest, ModelResponse, ToolCall
 
@@ -77,8 +78,8 @@ class TracingHooks(OrchestratorHooks):
             return None
         span, token = stack.pop()
         if error is not None:
-            span.record_exception(error)
-            span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            span.add_event("exception", exception_attributes(error))  # not record_exception: redacted
+            span.set_status(Status(StatusCode.ERROR, describe_error(error)))
             span.set_attribute("error.type", type(error).__qualname__)
         span.end()
         otel_context.detach(token)  # type: ignore[arg-type]

@@ -26,6 +26,7 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
     assert names(stack) == [
         "CloseStore",
         "Tracing",
+        "Redaction",
         "AgeLimit",
         "TimeLimit",
         "ShutdownNotifications",
@@ -41,7 +42,7 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
         "StartRateLimit",
         "TaskLifecycle",
     ]
-    assert isinstance(stack[7], Retries) and isinstance(stack[-1], TaskLifecycle)
+    assert isinstance(stack[8], Retries) and isinstance(stack[-1], TaskLifecycle)
 
 
 def test_tracing_wraps_every_other_hook_but_close_store() -> None:
