@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-unit test-integration lint format typecheck bench clean
+.PHONY: install demo test test-unit test-integration lint format typecheck lock bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ format: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+## requirements.lock: the exact versions (with hashes) the Docker image installs; refresh after
+## changing pyproject.toml's dependencies.
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes \
+		--quiet --output-file requirements.lock
 
 # The BullMQ replica needs the `bullmq` package, which pins exact versions of its own
 # dependencies: it gets a virtualenv of its own.
