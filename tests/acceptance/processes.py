@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -136,3 +139,101 @@ class ThrowawayRedis:
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.kill()
+
+
+class TcpProxy:
+    """A TCP proxy to a service (Postgres by default) that a test cuts and restores.
+
+    It makes a database outage for the processes connected through it without touching
+    the shared server: :meth:`cut` closes every open connection and drops new ones at
+    once; :meth:`restore` forwards again. Use as a context manager, or call :meth:`close`.
+    """
+
+    def __init__(self, target_port: int = 5432, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.1)
+        self.port = int(self._listener.getsockname()[1])
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._cut = threading.Event()
+        self._stopping = threading.Event()
+        #: Connections forwarded and dropped so far (a test may assert the outage was felt).
+        self.forwarded = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._accept_loop, name="tcp-proxy", daemon=True)
+        self._thread.start()
+
+    def through(self, url: str) -> str:
+        """``url`` (e.g. a ``postgresql://`` URL) with its host and port replaced by the proxy's."""
+        parts = urlsplit(url)
+        userinfo, at, _ = parts.netloc.rpartition("@")
+        return urlunsplit(parts._replace(netloc=f"{userinfo}{at}127.0.0.1:{self.port}"))
+
+    def cut(self) -> None:
+        """Close every open connection; new ones are closed as soon as accepted."""
+        self._cut.set()
+        with self._lock:
+            victims = list(self._open)
+            self._open.clear()
+        for sock in victims:
+            _close(sock)
+
+    def restore(self) -> None:
+        """Forward new connections again."""
+        self._cut.clear()
+
+    def close(self) -> None:
+        """Stop listening and close every connection."""
+        self._stopping.set()
+        self.cut()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+    def __enter__(self) -> TcpProxy:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _accept_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self._cut.is_set():
+                self.dropped += 1
+                _close(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                _close(client)
+                continue
+            client.settimeout(None)
+            upstream.settimeout(None)
+            with self._lock:
+                self._open.update((client, upstream))
+                self.forwarded += 1
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        with self._lock:
+            self._open.difference_update((source, sink))
+        _close(source)
+        _close(sink)
+
+
+def _close(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    sock.close()
