@@ -4,8 +4,9 @@ sink holds one — database columns, Redis, the worker's log, Sentry envelopes, 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -58,19 +59,20 @@ def _database_text(postgres_url: str) -> str:
 def _redis_text(url: str) -> str:
     """Every key of the Redis database with its value, read by type."""
     client = redis.Redis.from_url(url, socket_timeout=5)
-    readers = {
-        b"string": client.get,
-        b"hash": client.hgetall,
-        b"list": lambda key: client.lrange(key, 0, -1),
-        b"set": client.smembers,
-        b"zset": lambda key: client.zrange(key, 0, -1, withscores=True),
-        b"stream": client.xrange,
+    readers: dict[str, Callable[[Any], Any]] = {
+        "string": client.get,
+        "hash": client.hgetall,
+        "list": lambda key: client.lrange(key, 0, -1),
+        "set": client.smembers,
+        "zset": lambda key: client.zrange(key, 0, -1, withscores=True),
+        "stream": client.xrange,
     }
     dump = []
     try:
         for key in client.scan_iter(count=1000):
             kind = client.type(key)
-            dump.append(f"{key!r} {kind!r} {readers[kind](key)!r}")
+            name = kind.decode() if isinstance(kind, bytes) else str(kind)
+            dump.append(f"{key!r} {name} {readers[name](key)!r}")
     finally:
         client.close()
     return "\n".join(dump)
