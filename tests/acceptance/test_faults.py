@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,28 +24,8 @@ FAST = {"AGENTQ_STALLED_INTERVAL_MS": "2000", "AGENTQ_RECONCILE_INTERVAL_MS": "1
 
 
 @pytest.fixture
-def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    started: list[WorkerProcess] = []
-
-    def start(env: dict[str, str], name: str = "worker") -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"{name}-{len(started)}.log")
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.close()
-
-
-@pytest.fixture
 def env(postgres_url: str, redis_url: str) -> dict[str, str]:
     return command_env(DATABASE_URL=postgres_url, REDIS_URL=redis_url, **FAST)
-
-
-@pytest.fixture
-def app(postgres_store: PostgresTaskStore, redis_url: str) -> Iterator[Harness]:
-    with redis_harness(postgres_store, redis_url) as harness:
-        yield harness
 
 
 def status_of(store: TaskStore, task_id: str) -> TaskStatus | None:
