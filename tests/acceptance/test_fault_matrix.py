@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from taskstore import NewAgent, RunStatus, TaskStatus, utcnow
+from taskstore import NewAgent, RunStatus, Task, TaskStatus, utcnow
 from taskstore.postgres import PostgresTaskStore
 from tests.acceptance.processes import TcpProxy, WorkerProcess, command_env
 from tests.acceptance.test_faults import FAST, sleepy, status_of
@@ -65,6 +65,24 @@ def run_statuses(store: PostgresTaskStore, task_id: str) -> list[RunStatus]:
     return [run.status for run in store.get_runs(task_id)]
 
 
+def wait_for(
+    store: PostgresTaskStore,
+    task_id: str,
+    worker: WorkerProcess,
+    statuses: tuple[TaskStatus, ...] = (TaskStatus.COMPLETED, TaskStatus.FAILED),
+    *,
+    timeout_s: float = 45,
+) -> Task:
+    """Wait until the task reaches one of ``statuses``; fail with the worker's log otherwise."""
+    try:
+        wait_until(lambda: status_of(store, task_id) in statuses, timeout_s=timeout_s, what=f"task {task_id}")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; worker log:\n{worker.log()[-4000:]}") from exc
+    task = store.get_task(task_id)
+    assert task is not None, task_id
+    return task
+
+
 def hold(seconds: float) -> None:
     """Keep a fault in place for ``seconds`` (the fault's length, not a wait for a condition)."""
     time.sleep(seconds)
@@ -91,11 +109,8 @@ def test_a_45_s_postgres_outage_during_the_final_write_ends_with_the_task_comple
     assert status_of(app.store, task_id) == TaskStatus.RUNNING
     proxy.restore()
 
-    wait_until(
-        lambda: status_of(app.store, task_id) == TaskStatus.COMPLETED,
-        timeout_s=120,
-        what=f"the task to complete after the outage (worker log:\n{worker.log()[-3000:]})",
-    )
+    task = wait_for(postgres_store, task_id, worker, (TaskStatus.COMPLETED,), timeout_s=120)
+    assert task.status == TaskStatus.COMPLETED
     assert run_statuses(postgres_store, task_id).count(RunStatus.COMPLETED) == 1
     assert worker.process.poll() is None
 
@@ -130,13 +145,8 @@ def test_a_postgres_outage_during_the_claim_puts_the_message_back(
     assert status_of(app.store, task_id) == TaskStatus.QUEUED
     proxy.restore()
 
-    wait_until(
-        lambda: status_of(app.store, task_id) == TaskStatus.COMPLETED,
-        timeout_s=60,
-        what=f"the put-back message to run the task (worker log:\n{worker.log()[-3000:]})",
-    )
-    task = postgres_store.get_task(task_id)
-    assert task is not None and task.attempts == 1
+    task = wait_for(postgres_store, task_id, worker, (TaskStatus.COMPLETED,), timeout_s=60)
+    assert task.attempts == 1
     assert run_statuses(postgres_store, task_id) == [RunStatus.COMPLETED]
 
 
@@ -149,16 +159,11 @@ def test_a_nul_in_the_model_answer_is_removed_and_the_task_completes(
     workers: Callable[..., WorkerProcess],
 ) -> None:
     openai.enqueue(openai_text("before\u0000after"))
-    workers(openai_env(postgres_url, redis_url, openai))
+    worker = workers(openai_env(postgres_url, redis_url, openai))
     _, task_id = openai_task(app)
 
-    wait_until(
-        lambda: status_of(app.store, task_id) in (TaskStatus.COMPLETED, TaskStatus.FAILED),
-        timeout_s=45,
-        what="the task to finish",
-    )
-    task = postgres_store.get_task(task_id)
-    assert task is not None and task.status == TaskStatus.COMPLETED, task and task.error
+    task = wait_for(postgres_store, task_id, worker)
+    assert task.status == TaskStatus.COMPLETED, task.error
     assert task.result is not None and task.result["output"] == "beforeafter"
     assert run_statuses(postgres_store, task_id) == [RunStatus.COMPLETED]
 
@@ -178,19 +183,14 @@ def test_a_429_with_an_absurd_retry_after_postpones_by_the_cap_and_completes(
     worker = workers(openai_env(postgres_url, redis_url, openai, AGENTQ_MAX_POSTPONE_MS="2000"))
     _, task_id = openai_task(app)
 
-    wait_until(
-        lambda: status_of(app.store, task_id) in (TaskStatus.COMPLETED, TaskStatus.FAILED),
-        timeout_s=45,
-        what=f"the task to finish (worker log:\n{worker.log()[-3000:]})",
-    )
-    task = postgres_store.get_task(task_id)
-    assert task is not None, task_id
+    task = wait_for(postgres_store, task_id, worker)
     assert task.status == TaskStatus.COMPLETED, task.error
     assert task.attempts == 1 and task.postponed_count == 1
     assert task.result is not None and task.result["output"] == "made it"
     assert len(openai.requests) == 2
     log = worker.log()
-    assert "OverflowError" not in log and "Traceback" not in log
+    assert "OverflowError" not in log
+    assert f"Job {task_id} postponed for 2000ms" in log  # clamped to AGENTQ_MAX_POSTPONE_MS
 
 
 def test_provider_5xx_answers_are_retried_with_backoff_until_the_task_completes(
@@ -206,16 +206,10 @@ def test_provider_5xx_answers_are_retried_with_backoff_until_the_task_completes(
         openai_error(503, "overloaded"),
         openai_text("third time lucky"),
     )
-    workers(openai_env(postgres_url, redis_url, openai, AGENTQ_BACKOFF_MS="500"))
+    worker = workers(openai_env(postgres_url, redis_url, openai, AGENTQ_BACKOFF_MS="500"))
     _, task_id = openai_task(app)
 
-    wait_until(
-        lambda: status_of(app.store, task_id) in (TaskStatus.COMPLETED, TaskStatus.FAILED),
-        timeout_s=45,
-        what="the task to finish",
-    )
-    task = postgres_store.get_task(task_id)
-    assert task is not None, task_id
+    task = wait_for(postgres_store, task_id, worker)
     assert task.status == TaskStatus.COMPLETED, task.error
     assert task.attempts == 3 and task.result is not None and task.result["output"] == "third time lucky"
     runs = postgres_store.get_runs(task_id)
@@ -237,16 +231,11 @@ def test_a_foreign_base_url_fails_the_task_at_once_and_the_key_is_never_sent(
     with FakeOpenAIServer() as foreign:
         foreign.enqueue(openai_text("I have your key now"))
         env = openai_env(postgres_url, redis_url, openai, AGENTQ_ALLOWED_BASE_URLS=openai.url)
-        workers(env)
+        worker = workers(env)
         agent_id, task_id = openai_task(app, name="exfiltrator", base_url=foreign.base_url)
 
-        wait_until(
-            lambda: status_of(app.store, task_id) in (TaskStatus.COMPLETED, TaskStatus.FAILED),
-            timeout_s=45,
-            what="the task to finish",
-        )
-        task = postgres_store.get_task(task_id)
-        assert task is not None and task.status == TaskStatus.FAILED
+        task = wait_for(postgres_store, task_id, worker)
+        assert task.status == TaskStatus.FAILED, task.result
         assert task.attempts == 1
         assert task.error is not None and foreign.base_url in task.error
         assert agent_id in task.error or "exfiltrator" in task.error, task.error
@@ -273,18 +262,17 @@ def test_a_task_of_an_unknown_kind_is_failed_and_the_reconciler_pass_goes_on(
                 " WHERE id = %s",
                 (10 + age, task_id),
             )
-    workers(command_env(DATABASE_URL=postgres_url, REDIS_URL=redis_url, **FAST, **SCRIPTED))
+    worker = workers(command_env(DATABASE_URL=postgres_url, REDIS_URL=redis_url, **FAST, **SCRIPTED))
 
     wait_until(
         lambda: all(status_of(app.store, task_id) == TaskStatus.COMPLETED for task_id in good),
         timeout_s=45,
         what="the good tasks to be re-enqueued and completed",
     )
-    wait_until(lambda: status_of(app.store, bad) == TaskStatus.FAILED, timeout_s=20, what="the bad task")
-    task = postgres_store.get_task(bad)
-    assert task is not None, bad
+    task = wait_for(postgres_store, bad, worker, (TaskStatus.FAILED,), timeout_s=20)
     assert task.error is not None and "no_such_kind" in task.error, task.error
     assert postgres_store.get_runs(bad) == []
+    assert "Reconciliation failed" not in worker.log()  # no pass was cut short by the bad row
 
 
 def test_a_redis_flush_loses_no_task_and_runs_none_twice(
