@@ -67,11 +67,16 @@ class AttemptObserver(Protocol):
 
 
 class AttemptRegistry:
-    """Thread-safe registry of this process's running attempts, by message id."""
+    """Thread-safe registry of this process's attempts, by message id.
+
+    An attempt is *running* from its claim until its actor returns, then *finishing* while its end
+    is written. The process holds the leases of both (:meth:`held`), and only of those.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_message: dict[str, Attempt] = {}
+        self._finishing: dict[int, Attempt] = {}
         self._observers: list[AttemptObserver] = []
 
     def observe(self, observer: AttemptObserver) -> None:
@@ -93,18 +98,40 @@ class AttemptRegistry:
             _notify(observer.attempt_ended, attempt, outcome, error)
 
     def pop(self, message_id: str) -> Attempt | None:
+        """Forget the attempt of ``message_id`` (its lease is no longer renewed)."""
         _current.set(None)
         with self._lock:
             return self._by_message.pop(message_id, None)
 
+    def finishing(self, message_id: str) -> Attempt | None:
+        """The actor of ``message_id`` returned: its attempt stops *running* but stays held (its lease
+        renewed) until :meth:`release`, while its end is written."""
+        attempt = self.pop(message_id)
+        if attempt is not None:
+            with self._lock:
+                self._finishing[id(attempt)] = attempt
+        return attempt
+
+    def release(self, attempt: Attempt) -> None:
+        """Stop holding ``attempt``: its lease is no longer renewed."""
+        with self._lock:
+            self._finishing.pop(id(attempt), None)
+
     def running(self) -> list[Attempt]:
+        """The attempts whose actor is still running."""
         with self._lock:
             return list(self._by_message.values())
 
-    def mark_lost(self, held_task_ids: set[str]) -> list[Attempt]:
-        """Flag the running attempts whose task is not in ``held_task_ids``; returns the newly lost ones."""
+    def held(self) -> list[Attempt]:
+        """The attempts whose lease this process holds: running and finishing ones."""
+        with self._lock:
+            return [*self._by_message.values(), *self._finishing.values()]
+
+    def mark_lost(self, checked: list[Attempt], held_task_ids: set[str]) -> list[Attempt]:
+        """Flag the attempts among ``checked`` whose task is not in ``held_task_ids`` (the renewal's
+        answer for them); returns the newly lost ones."""
         lost = []
-        for attempt in self.running():
+        for attempt in checked:
             if attempt.task_id not in held_task_ids and not attempt.lost:
                 attempt.lost = True
                 lost.append(attempt)

@@ -2,7 +2,8 @@
 
 Every worker process runs one background thread that
 
-* renews the lease of every task it runs, every third of ``AGENTQ_STALLED_INTERVAL_MS``
+* renews the lease of every attempt it holds in memory (never merely every row stored under
+  its worker id), every third of ``AGENTQ_STALLED_INTERVAL_MS``
   (one UPDATE for all of them). A task missing from the renewal was taken over
   elsewhere: its attempt is flagged ``lost`` so the agent stops at its next step;
 * looks for running tasks whose lease expired — their worker was killed, ran out of
@@ -26,7 +27,7 @@ from datetime import datetime, timedelta
 
 import dramatiq
 
-from middleware.attempts import AttemptRegistry, process_worker_id
+from middleware.attempts import AttemptRegistry
 from middleware.task_lifecycle import send_queued
 from taskstore import StalledTask, StoreUnavailable, TaskStore, utcnow
 
@@ -44,14 +45,12 @@ class StalledJobs(dramatiq.Middleware):
         interval_ms: int = 30_000,
         max_stalled_count: int = 1,
         clock: Callable[[], datetime] = utcnow,
-        worker_id: Callable[[], str] = process_worker_id,
     ) -> None:
         self.store = store
         self.attempts = attempts
         self.interval_s = interval_ms / 1000
         self.max_stalled_count = max_stalled_count
         self.clock = clock
-        self.worker_id = worker_id
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -82,12 +81,17 @@ class StalledJobs(dramatiq.Middleware):
                 logger.exception("Lease upkeep failed")
 
     def renew(self) -> None:
-        """Extend this worker's leases; flag attempts whose task was taken over elsewhere."""
+        """Extend the leases of the attempts this process holds; flag those taken over elsewhere."""
+        attempts = self.attempts.held()
+        if not attempts:
+            return
         now = self.clock()
-        held = self.store.renew_leases(
-            self.worker_id(), lease_until=now + timedelta(seconds=self.interval_s), now=now
+        renewed = self.store.renew_leases(
+            [(attempt.task_id, attempt.claim.run_id) for attempt in attempts],
+            lease_until=now + timedelta(seconds=self.interval_s),
+            now=now,
         )
-        for attempt in self.attempts.mark_lost(set(held)):
+        for attempt in self.attempts.mark_lost(attempts, set(renewed)):
             logger.warning("[AgentTaskQueue] Job %s lost its lease; stopping its run", attempt.task_id)
 
     def recover(self, broker: dramatiq.Broker) -> list[StalledTask]:

@@ -117,8 +117,12 @@ class TaskStore(Protocol):
         already runs ``max_running_in_org`` tasks (checked atomically with the claim)."""
         ...
 
-    def renew_leases(self, worker_id: str, *, lease_until: datetime, now: datetime) -> list[str]:
-        """Extend the lease of every task ``worker_id`` runs; returns their ids (a missing one was lost)."""
+    def renew_leases(
+        self, held: Sequence[tuple[str, str]], *, lease_until: datetime, now: datetime
+    ) -> list[str]:
+        """Extend the leases of the attempts a worker holds, given as ``(task_id, run_id)`` pairs: only a
+        task still ``running`` under that run is renewed. Returns the ids of the tasks renewed; a task
+        left out was lost (recovered as stalled, finished or claimed by another run)."""
         ...
 
     def recover_stalled(

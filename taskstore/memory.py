@@ -36,6 +36,7 @@ from taskstore.models import (
     WaitingTask,
 )
 from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR
+from taskstore.storable import storable_json, storable_text
 
 
 class InMemoryTaskStore:
@@ -275,7 +276,7 @@ class InMemoryTaskStore:
                 worker_id=None,
                 lease_expires_at=None,
                 status=TaskStatus.COMPLETED,
-                result=copy.deepcopy(result),
+                result=storable_json(copy.deepcopy(result)),
                 error=None,
                 completed_at=now,
                 **_added_usage(task, usage),
@@ -305,7 +306,7 @@ class InMemoryTaskStore:
             self.tasks[task_id] = replace(
                 task,
                 status=TaskStatus.FAILED if final else TaskStatus.QUEUED,
-                error=error,
+                error=storable_text(error),
                 run_at=retry_at,
                 queued_at=task.queued_at if final else now,
                 worker_id=None,
@@ -318,16 +319,14 @@ class InMemoryTaskStore:
             self._finish_run(run_id, RunStatus.FAILED, error, stacktrace, usage, transcript, now)
             return True
 
-    def renew_leases(self, worker_id: str, *, lease_until: datetime, now: datetime) -> list[str]:
+    def renew_leases(
+        self, held: Sequence[tuple[str, str]], *, lease_until: datetime, now: datetime
+    ) -> list[str]:
         with self._lock:
-            held = [
-                task.id
-                for task in self.tasks.values()
-                if task.status == TaskStatus.RUNNING and task.worker_id == worker_id
-            ]
-            for task_id in held:
+            renewed = [task_id for task_id, run_id in held if self._holds(task_id, run_id)]
+            for task_id in renewed:
                 self.tasks[task_id] = replace(self.tasks[task_id], lease_expires_at=lease_until)
-            return held
+            return renewed
 
     def recover_stalled(
         self, *, max_stalled_count: int, now: datetime, limit: int = 100
@@ -457,15 +456,15 @@ class InMemoryTaskStore:
         self.runs[run_id] = replace(
             run,
             status=status,
-            error=error,
-            stacktrace=stacktrace,
+            error=storable_text(error),
+            stacktrace=storable_text(stacktrace),
             finished_at=now,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cached_input_tokens=usage.cached_input_tokens,
             reasoning_tokens=usage.reasoning_tokens,
             cost_usd=usage.cost_usd,
-            transcript=copy.deepcopy(transcript),
+            transcript=storable_json(copy.deepcopy(transcript)),
         )
 
     def request_cancel(self, task_id: str, *, now: datetime) -> Task | None:

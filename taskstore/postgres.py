@@ -62,6 +62,7 @@ from taskstore.rules import (
     task_usage_sql,
 )
 from taskstore.schema import MIGRATIONS, MIGRATIONS_TABLE
+from taskstore.storable import storable_json, storable_text
 
 T = TypeVar("T")
 Row = dict[str, Any]
@@ -653,7 +654,7 @@ class PostgresTaskStore:
         now: datetime,
     ) -> bool:
         params = _finish_params(task_id, run_id, usage, transcript, now)
-        params.update(result=Jsonb(result), run_status="completed")
+        params.update(result=Jsonb(storable_json(result)), run_status="completed")
         return self._complete(params)
 
     def _complete_one(self, params: dict[str, Any]) -> bool:
@@ -685,16 +686,30 @@ class PostgresTaskStore:
         final = retry_at is None
         query = _finish_query("failed" if final else "queued", "failed_at" if final else "queued_at")
         params = _finish_params(task_id, run_id, usage, transcript, now)
-        params.update(error=error, stacktrace=stacktrace, retry_at=retry_at, run_status="failed")
+        params.update(
+            error=storable_text(error),
+            stacktrace=storable_text(stacktrace),
+            retry_at=retry_at,
+            run_status="failed",
+        )
         return bool(self._fetch(query, params))
 
-    def renew_leases(self, worker_id: str, *, lease_until: datetime, now: datetime) -> list[str]:
+    def renew_leases(
+        self, held: Sequence[tuple[str, str]], *, lease_until: datetime, now: datetime
+    ) -> list[str]:
+        if not held:
+            return []
         rows = self._fetch(
             "UPDATE ai_agent_tasks SET lease_expires_at = %(until)s"
-            " WHERE status = 'running' AND worker_id = %(worker_id)s RETURNING id",
-            {"until": lease_until, "worker_id": worker_id},
+            " WHERE id = ANY(%(ids)s::uuid[]) AND current_run_id = ANY(%(runs)s::uuid[])"
+            " AND status = 'running' RETURNING id",
+            {
+                "until": lease_until,
+                "ids": _array([task_id for task_id, _ in held]),
+                "runs": _array([run_id for _, run_id in held]),
+            },
         )
-        return [row["id"] for row in rows]
+        return [str(row["id"]) for row in rows]
 
     def recover_stalled(
         self, *, max_stalled_count: int, now: datetime, limit: int = 100
@@ -728,7 +743,7 @@ class PostgresTaskStore:
         now: datetime,
     ) -> bool:
         params = _finish_params(task_id, run_id, usage, transcript, now)
-        params.update(error=reason, run_at=run_at)
+        params.update(error=storable_text(reason), run_at=run_at)
         return bool(self._fetch(_POSTPONE, params))
 
     def _waiting(
@@ -961,5 +976,5 @@ def _finish_params(
         "cached_input_tokens": usage.cached_input_tokens,
         "reasoning_tokens": usage.reasoning_tokens,
         "cost_usd": usage.cost_usd,
-        "transcript": Jsonb(transcript) if transcript is not None else None,
+        "transcript": Jsonb(storable_json(transcript)) if transcript is not None else None,
     }

@@ -41,6 +41,7 @@ from taskstore.models import (
 from taskstore.rows import agent_from_row, in_order, run_from_row, task_from_row
 from taskstore.rules import FIRING_RESETS, STALLED_ERROR, STALLED_LIMIT_ERROR, run_usage_sql, task_usage_sql
 from taskstore.schema import AGENTS, MIGRATIONS, MIGRATIONS_TABLE, RUNS, TASKS, ColumnType, CreateTable
+from taskstore.storable import storable_json, storable_text
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
 #: Columns a bulk insert takes from each task; the rest are defaults.
@@ -455,7 +456,7 @@ class SqliteTaskStore:
                 " completed_at = :now, archived_at = NULL, updated_at = :now,"
                 f" {_TASK_USAGE}"
                 " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
-                {**params, "result": _json(result)},
+                {**params, "result": _json(storable_json(result))},
             ).rowcount
             if updated:
                 self._finish_run(conn, "completed", params)
@@ -475,8 +476,8 @@ class SqliteTaskStore:
     ) -> bool:
         params = {
             **self._finish_params(task_id, run_id, usage, transcript, now),
-            "error": error,
-            "stacktrace": stacktrace,
+            "error": storable_text(error),
+            "stacktrace": storable_text(stacktrace),
             "retry_at": encode_time(retry_at),
         }
         with self._transaction() as conn:
@@ -504,7 +505,7 @@ class SqliteTaskStore:
             "run_id": run_id,
             "now": encode_time(now),
             **_usage_params(usage),
-            "transcript": _json(transcript),
+            "transcript": _json(storable_json(transcript)),
             "error": None,
             "stacktrace": None,
         }
@@ -517,14 +518,23 @@ class SqliteTaskStore:
             {**params, "status": status},
         )
 
-    def renew_leases(self, worker_id: str, *, lease_until: datetime, now: datetime) -> list[str]:
+    def renew_leases(
+        self, held: Sequence[tuple[str, str]], *, lease_until: datetime, now: datetime
+    ) -> list[str]:
+        if not held:
+            return []
+        renewed: list[str] = []
         with self._transaction() as conn:
-            rows = conn.execute(
-                "UPDATE ai_agent_tasks SET lease_expires_at = ? WHERE status = 'running' AND worker_id = ?"
-                " RETURNING id",
-                (encode_time(lease_until), worker_id),
-            ).fetchall()
-        return [row[0] for row in rows]
+            for task_id, run_id in held:
+                renewed += [
+                    row[0]
+                    for row in conn.execute(
+                        "UPDATE ai_agent_tasks SET lease_expires_at = ?"
+                        " WHERE id = ? AND current_run_id = ? AND status = 'running' RETURNING id",
+                        (encode_time(lease_until), task_id, run_id),
+                    ).fetchall()
+                ]
+        return renewed
 
     def recover_stalled(
         self, *, max_stalled_count: int, now: datetime, limit: int = 100
@@ -580,7 +590,7 @@ class SqliteTaskStore:
     ) -> bool:
         params = {
             **self._finish_params(task_id, run_id, usage, transcript, now),
-            "error": reason,
+            "error": storable_text(reason),
             "run_at": encode_time(run_at),
         }
         with self._transaction() as conn:

@@ -55,6 +55,7 @@ from taskstore.models import (
 from taskstore.rows import agent_from_row, in_order, run_from_row, task_from_row
 from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR
 from taskstore.schema import AGENTS, MIGRATIONS, RUNS, TASKS, CreateTable
+from taskstore.storable import storable_json, storable_text
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _usage(usage: Usage, transcript: list[dict[str, Any]] | None) -> dict[str, A
         "p_reasoning_tokens": usage.reasoning_tokens,
         # Exact decimal text: a JSON number would round-trip through a float.
         "p_cost_usd": str(usage.cost_usd) if usage.cost_usd is not None else None,
-        "p_transcript": transcript,
+        "p_transcript": storable_json(transcript),
     }
 
 
@@ -432,11 +433,20 @@ class SupabaseTaskStore:
         )
         return bool(rows)
 
-    def renew_leases(self, worker_id: str, *, lease_until: datetime, now: datetime) -> list[str]:
-        # Idempotent (no condition on the old lease): a re-send returns the same ids.
+    def renew_leases(
+        self, held: Sequence[tuple[str, str]], *, lease_until: datetime, now: datetime
+    ) -> list[str]:
+        if not held:
+            return []
+        task_ids = [task_id for task_id, _ in held]
+        run_ids = [run_id for _, run_id in held]
+        # Idempotent (no condition on the old lease): a re-send returns the same ids. Run ids are
+        # unique, so a task matches only under the run that holds it.
         rows = self._update(
             {"lease_expires_at": _time(lease_until)},
-            lambda q: q.eq("status", "running").eq("worker_id", worker_id).select("id"),
+            lambda q: (
+                q.in_("id", task_ids).in_("current_run_id", run_ids).eq("status", "running").select("id")
+            ),
         )
         return [row["id"] for row in rows]
 
@@ -601,7 +611,7 @@ class SupabaseTaskStore:
             usage=usage,
             transcript=transcript,
             now=now,
-            p_result=result,
+            p_result=storable_json(result),
         )
 
     def fail_attempt(
@@ -624,8 +634,8 @@ class SupabaseTaskStore:
             usage=usage,
             transcript=transcript,
             now=now,
-            p_error=error,
-            p_stacktrace=stacktrace,
+            p_error=storable_text(error),
+            p_stacktrace=storable_text(stacktrace),
             p_retry_at=_time(retry_at),
         )
 
@@ -663,7 +673,7 @@ class SupabaseTaskStore:
         params = {
             "p_task_id": task_id,
             "p_run_id": run_id,
-            "p_reason": reason,
+            "p_reason": storable_text(reason),
             "p_run_at": _time(run_at),
             "p_now": _time(now),
             **_usage(usage, transcript),

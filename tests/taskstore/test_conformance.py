@@ -507,28 +507,60 @@ def running_task(store: TaskStore, clock: Clock, worker: str = "w") -> tuple[str
     return task_id, claim.run_id
 
 
-def test_a_claim_leases_the_task_to_its_worker_and_renewal_extends_only_that_workers_leases(
+def test_a_claim_leases_the_task_to_its_worker_and_renewal_extends_only_the_held_attempts(
     store: TaskStore, clock: Clock
 ) -> None:
-    mine, _ = running_task(store, clock, "worker-a")
+    mine, my_run = running_task(store, clock, "worker-a")
     theirs, _ = running_task(store, clock, "worker-b")
     later = clock() + timedelta(minutes=5)
 
-    renewed = store.renew_leases("worker-a", lease_until=later, now=clock())
+    renewed = store.renew_leases([(mine, my_run)], lease_until=later, now=clock())
 
     assert renewed == [mine]
     assert store.get_task(mine).lease_expires_at == later  # type: ignore[union-attr]
     assert store.get_task(theirs).lease_expires_at == clock() + LEASE  # type: ignore[union-attr]
     assert store.get_task(mine).worker_id == "worker-a"  # type: ignore[union-attr]
+    assert store.renew_leases([], lease_until=later, now=clock()) == []
+
+
+def test_a_running_row_of_the_same_worker_that_is_not_held_is_not_renewed_and_expires(
+    store: TaskStore, clock: Clock
+) -> None:
+    held, held_run = running_task(store, clock, "worker-a")
+    orphan, _ = running_task(store, clock, "worker-a")  # its attempt ended without its final write
+    clock.advance(20)
+
+    renewed = store.renew_leases([(held, held_run)], lease_until=clock() + LEASE, now=clock())
+    clock.advance(20)
+
+    assert renewed == [held]
+    recovered = store.recover_stalled(max_stalled_count=1, now=clock())
+    assert [(item.task_id, item.requeued) for item in recovered] == [(orphan, True)]
+    assert store.get_task(held).status == TaskStatus.RUNNING  # type: ignore[union-attr]
+
+
+def test_renewal_skips_a_task_now_held_by_another_run(store: TaskStore, clock: Clock) -> None:
+    task_id, old_run = running_task(store, clock, "worker-a")
+    clock.advance(31)
+    store.recover_stalled(max_stalled_count=5, now=clock())
+    new_claim = store.claim(
+        task_id, run_id=new_id(), worker_id="worker-a", lease_until=clock() + LEASE, now=clock()
+    )
+    assert new_claim is not None
+
+    renewed = store.renew_leases([(task_id, old_run)], lease_until=clock() + 10 * LEASE, now=clock())
+
+    assert renewed == []
+    assert store.get_task(task_id).lease_expires_at == clock() + LEASE  # type: ignore[union-attr]
 
 
 def test_expired_leases_are_recovered_once_and_requeued_without_consuming_the_attempt(
     store: TaskStore, clock: Clock
 ) -> None:
     task_id, run_id = running_task(store, clock, "dead-worker")
-    renewed, _ = running_task(store, clock, "live-worker")
+    renewed, live_run = running_task(store, clock, "live-worker")
     clock.advance(31)
-    store.renew_leases("live-worker", lease_until=clock() + LEASE, now=clock())
+    store.renew_leases([(renewed, live_run)], lease_until=clock() + LEASE, now=clock())
 
     first = store.recover_stalled(max_stalled_count=1, now=clock())
     second = store.recover_stalled(max_stalled_count=1, now=clock())

@@ -11,7 +11,7 @@ from dramatiq import Worker
 
 from middleware import Reconciler, StalledJobs
 from middleware.attempts import AttemptRegistry
-from taskstore import InMemoryTaskStore, RunStatus, TaskStatus, new_id, utcnow
+from taskstore import Claim, InMemoryTaskStore, RunStatus, TaskStatus, new_id, utcnow
 from tests.harness import Harness, stub_harness, wait_until
 
 LIFECYCLE = "agentq.lifecycle"
@@ -109,7 +109,7 @@ def test_renewal_keeps_leases_alive_and_flags_runs_taken_over_elsewhere(app: Har
     task_id = app.task()
     app.queue.add_task(task_id)
     attempts = AttemptRegistry()
-    stalled = StalledJobs(app.store, attempts, interval_ms=60_000, worker_id=lambda: "me")
+    stalled = StalledJobs(app.store, attempts, interval_ms=60_000)
     claim = app.store.claim(task_id, run_id=new_id(), worker_id="me", lease_until=utcnow(), now=utcnow())
     assert claim is not None
     attempt = attempts.add("message-1", claim)
@@ -198,3 +198,45 @@ def test_a_task_outliving_the_shutdown_deadline_is_cut_off_and_recovered_as_stal
         )
         recovered = app.store.recover_stalled(max_stalled_count=1, now=utcnow() + timedelta(minutes=1))
         assert [(item.task_id, item.requeued) for item in recovered] == [(task_id, True)]
+
+
+def claimed_by(app: Harness, worker_id: str) -> Claim:
+    task_id = app.task()
+    app.queue.add_task(task_id)
+    claim = app.store.claim(task_id, run_id=new_id(), worker_id=worker_id, lease_until=utcnow(), now=utcnow())
+    assert claim is not None
+    return claim
+
+
+def test_renewal_leaves_alone_a_running_row_of_this_worker_whose_attempt_it_no_longer_holds(
+    app: Harness,
+) -> None:
+    """An attempt whose final write failed is gone from memory: its row must expire and be recovered."""
+    attempts = AttemptRegistry()
+    stalled = StalledJobs(app.store, attempts, interval_ms=60_000)
+    held, orphan = claimed_by(app, "me"), claimed_by(app, "me")
+    attempts.add("held", held)
+
+    stalled.renew()
+
+    recovered = app.store.recover_stalled(max_stalled_count=5, now=utcnow() + timedelta(seconds=1))
+    assert [item.task_id for item in recovered] == [orphan.task.id]
+    assert app.store.get_task(held.task.id).status == TaskStatus.RUNNING  # type: ignore[union-attr]
+
+
+def test_a_finishing_attempt_stays_renewed_until_released(app: Harness) -> None:
+    attempts = AttemptRegistry()
+    stalled = StalledJobs(app.store, attempts, interval_ms=60_000)
+    claim = claimed_by(app, "me")
+    attempts.add("message-1", claim)
+    finishing = attempts.finishing("message-1")
+    assert finishing is not None and attempts.running() == []
+
+    stalled.renew()
+    renewed_until = app.store.get_task(claim.task.id).lease_expires_at  # type: ignore[union-attr]
+    attempts.release(finishing)
+    stalled.renew()
+
+    assert renewed_until is not None and renewed_until > utcnow() + timedelta(seconds=50)
+    assert app.store.get_task(claim.task.id).lease_expires_at == renewed_until  # type: ignore[union-attr]
+    assert attempts.held() == []
