@@ -314,6 +314,73 @@ def test_complete_records_result_usage_and_closes_the_run(store: TaskStore, cloc
     assert (run.input_tokens, run.output_tokens) == (10, 5)
 
 
+#: What Postgres refuses: NUL in text/jsonb, lone surrogates, and NaN/Infinity in jsonb.
+REFUSED = "a\x00b\ud800c"
+STORED = "ab\ufffdc"
+
+
+def test_values_postgres_refuses_are_stripped_the_same_way_by_every_store(
+    store: TaskStore, clock: Clock
+) -> None:
+    done_id = queued_task(store, clock)
+    done = store.claim(done_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
+    failed_id = queued_task(store, clock)
+    failed = store.claim(failed_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
+    assert done is not None and failed is not None
+    transcript = [{"type": "model", REFUSED: [REFUSED, float("nan"), float("inf"), 1.5]}]
+
+    assert store.complete(
+        done_id,
+        done.run_id,
+        result={"output": REFUSED, "score": float("-inf"), "nested": {"k": [REFUSED]}},
+        usage=Usage(),
+        transcript=transcript,
+        now=clock(),
+    )
+    assert store.fail_attempt(
+        failed_id,
+        failed.run_id,
+        error=f"boom {REFUSED}",
+        stacktrace=f"Traceback {REFUSED}",
+        usage=Usage(),
+        transcript=transcript,
+        retry_at=None,
+        now=clock(),
+    )
+
+    cleaned = [{"type": "model", STORED: [STORED, None, None, 1.5]}]
+    task = store.get_task(done_id)
+    assert task is not None and task.status == TaskStatus.COMPLETED
+    assert task.result == {"output": STORED, "score": None, "nested": {"k": [STORED]}}
+    [run] = store.get_runs(done_id)
+    assert run.transcript == cleaned
+    failed_task = store.get_task(failed_id)
+    assert failed_task is not None and failed_task.status == TaskStatus.FAILED
+    assert failed_task.error == f"boom {STORED}"
+    [failed_run] = store.get_runs(failed_id)
+    assert (failed_run.error, failed_run.stacktrace) == (f"boom {STORED}", f"Traceback {STORED}")
+    assert failed_run.transcript == cleaned
+
+
+def test_a_postponement_reason_postgres_refuses_is_stripped(store: TaskStore, clock: Clock) -> None:
+    task_id = queued_task(store, clock)
+    claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
+    assert claim is not None
+
+    assert store.postpone(
+        task_id,
+        claim.run_id,
+        reason=f"wait {REFUSED}",
+        run_at=clock(),
+        usage=Usage(),
+        transcript=[{"content": REFUSED}],
+        now=clock(),
+    )
+
+    [run] = store.get_runs(task_id)
+    assert run.error == f"wait {STORED}" and run.transcript == [{"content": STORED}]
+
+
 def test_finishing_is_refused_for_a_run_that_no_longer_holds_the_task(store: TaskStore, clock: Clock) -> None:
     task_id = queued_task(store, clock)
     claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
