@@ -158,6 +158,14 @@ class TaskStore(Protocol):
         """Compare-and-set ``queued_at`` from ``queued_at`` to ``now``: the winner re-sends the message."""
         ...
 
+    def fail_unrunnable(
+        self, task_id: str, *, error: str, now: datetime, idle_too: bool = False
+    ) -> Task | None:
+        """``pending/queued → failed`` with ``error``, for a task nothing can run (its agent is gone, its
+        kind has no actor, its schedule is unusable): no run, no attempt used. ``idle_too`` also fails a
+        ``completed`` or ``failed`` one (a schedule between firings). ``None`` if in another status."""
+        ...
+
     def list_failed(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
         """Dead-lettered tasks (``failed``, not archived), most recently failed first."""
         ...

@@ -35,7 +35,7 @@ from taskstore.models import (
     Usage,
     WaitingTask,
 )
-from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR
+from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, unrunnable_statuses
 from taskstore.storable import storable_json, storable_text
 
 
@@ -433,6 +433,20 @@ class InMemoryTaskStore:
                 return False
             self.tasks[task_id] = replace(task, queued_at=now, updated_at=now)
             return True
+
+    def fail_unrunnable(
+        self, task_id: str, *, error: str, now: datetime, idle_too: bool = False
+    ) -> Task | None:
+        with self._lock:
+            return self._swap(
+                task_id,
+                {TaskStatus(status) for status in unrunnable_statuses(idle_too)},
+                status=TaskStatus.FAILED,
+                error=storable_text(error),
+                run_at=None,
+                failed_at=now,
+                updated_at=now,
+            )
 
     def list_failed(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
         with self._lock:

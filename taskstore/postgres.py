@@ -60,6 +60,7 @@ from taskstore.rules import (
     USAGE_COLUMNS,
     run_usage_sql,
     task_usage_sql,
+    unrunnable_statuses,
 )
 from taskstore.schema import MIGRATIONS, MIGRATIONS_TABLE
 from taskstore.storable import storable_json, storable_text
@@ -766,6 +767,22 @@ class PostgresTaskStore:
             {"id": task_id, "queued_at": queued_at, "now": now},
         )
         return bool(rows)
+
+    def fail_unrunnable(
+        self, task_id: str, *, error: str, now: datetime, idle_too: bool = False
+    ) -> Task | None:
+        return self._one(
+            "UPDATE ai_agent_tasks SET status = 'failed', error = %(error)s, run_at = NULL,"
+            " failed_at = %(now)s, updated_at = %(now)s"
+            " WHERE id = %(id)s AND status = ANY(%(statuses)s::text[]) RETURNING *",
+            {
+                "id": task_id,
+                "error": storable_text(error),
+                "now": now,
+                "statuses": list(unrunnable_statuses(idle_too)),
+            },
+            task_from_row,
+        )
 
     def list_failed(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
         rows = self._fetch(

@@ -31,3 +31,8 @@ FIRING_RESETS = (
     "status = 'queued', last_run_at = {now}, queued_at = {now}, run_at = {now}, attempts = 0,"
     " stalled_count = 0, postponed_count = 0, error = NULL, cancel_requested_at = NULL, archived_at = NULL"
 )
+
+
+def unrunnable_statuses(idle_too: bool) -> tuple[str, ...]:
+    """Statuses ``fail_unrunnable`` moves to ``failed``: waiting ones, plus finished ones if ``idle_too``."""
+    return ("pending", "queued", "completed", "failed") if idle_too else ("pending", "queued")

@@ -39,7 +39,14 @@ from taskstore.models import (
     WaitingTask,
 )
 from taskstore.rows import agent_from_row, in_order, run_from_row, task_from_row
-from taskstore.rules import FIRING_RESETS, STALLED_ERROR, STALLED_LIMIT_ERROR, run_usage_sql, task_usage_sql
+from taskstore.rules import (
+    FIRING_RESETS,
+    STALLED_ERROR,
+    STALLED_LIMIT_ERROR,
+    run_usage_sql,
+    task_usage_sql,
+    unrunnable_statuses,
+)
 from taskstore.schema import AGENTS, MIGRATIONS, MIGRATIONS_TABLE, RUNS, TASKS, ColumnType, CreateTable
 from taskstore.storable import storable_json, storable_text
 
@@ -632,6 +639,21 @@ class SqliteTaskStore:
                 (encode_time(now), encode_time(now), task_id, encode_time(queued_at)),
             ).rowcount
         return bool(updated)
+
+    def fail_unrunnable(
+        self, task_id: str, *, error: str, now: datetime, idle_too: bool = False
+    ) -> Task | None:
+        return self._update_task(
+            "UPDATE ai_agent_tasks SET status = 'failed', error = :error, run_at = NULL,"
+            " failed_at = :now, updated_at = :now"
+            " WHERE id = :id AND status IN (SELECT value FROM json_each(:statuses)) RETURNING *",
+            {
+                "id": task_id,
+                "error": storable_text(error),
+                "now": encode_time(now),
+                "statuses": json.dumps(unrunnable_statuses(idle_too)),
+            },
+        )
 
     def list_failed(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
         rows = self._query(

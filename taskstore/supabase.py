@@ -53,7 +53,7 @@ from taskstore.models import (
     WaitingTask,
 )
 from taskstore.rows import agent_from_row, in_order, run_from_row, task_from_row
-from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR
+from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, unrunnable_statuses
 from taskstore.schema import AGENTS, MIGRATIONS, RUNS, TASKS, CreateTable
 from taskstore.storable import storable_json, storable_text
 
@@ -756,6 +756,23 @@ class SupabaseTaskStore:
         )
 
     # --- lists --------------------------------------------------------------
+
+    def fail_unrunnable(
+        self, task_id: str, *, error: str, now: datetime, idle_too: bool = False
+    ) -> Task | None:
+        rows = self._update(
+            {
+                "status": "failed",
+                "error": storable_text(error),
+                "run_at": None,
+                "failed_at": _time(now),
+                "updated_at": _time(now),
+            },
+            lambda q: q.eq("id", task_id).in_("status", list(unrunnable_statuses(idle_too))),
+            lambda t: t.status == TaskStatus.FAILED and t.failed_at == now,
+            task_id,
+        )
+        return self._one_task(rows)
 
     def list_failed(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
         rows = self._read(
