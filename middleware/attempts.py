@@ -63,7 +63,8 @@ class AttemptObserver(Protocol):
     def attempt_started(self, attempt: Attempt) -> None: ...
 
     def attempt_ended(self, attempt: Attempt, outcome: str, error: BaseException | None) -> None:
-        """``outcome``: completed, retried, postponed, failed (dead-lettered), cancelled, lost or cut_off."""
+        """``outcome``: completed, retried, postponed, failed (dead-lettered), cancelled, lost, cut_off or
+        released (its end could not be stored; it will be recovered as stalled)."""
 
 
 class AttemptRegistry:

@@ -45,6 +45,7 @@ from middleware.agent_messages import (
     put_back,
 )
 from middleware.attempts import (
+    Attempt,
     AttemptRegistry,
     AttemptResult,
     current_claim,
@@ -79,8 +80,12 @@ QUEUED_OPTION = "agentq_queued"
 
 #: Base delay before a message held back by its organization's concurrency cap is offered again.
 ORG_CAP_RETRY_MS = 500
+#: Base delay before a message whose claim found the database unreachable is offered again.
+CLAIM_RETRY_MS = 2000
 #: Seconds between attempts to write a finished attempt while the database is unreachable.
 _STORE_RETRY_DELAYS = (0.2, 0.5, 1, 2, 4, 8, 15)
+#: Most characters of a database error quoted in the error stored for the attempt.
+_MAX_QUOTED_ERROR = 500
 
 
 class EnqueueRejected(AgentQueueError, MiddlewareError):
@@ -93,6 +98,19 @@ class EnqueueRejected(AgentQueueError, MiddlewareError):
 
 class ShutdownCutOff(Interrupt):
     """Raised into a worker thread whose task outlived the shutdown deadline (see ``ShutdownDeadline``)."""
+
+
+class OutcomeNotStored(AgentQueueError):
+    """The task store refused (other than by being unreachable) to write how an attempt ended."""
+
+    def __init__(self, task_id: str, error: Exception) -> None:
+        text = str(error).strip()
+        if len(text) > _MAX_QUOTED_ERROR:
+            text = text[:_MAX_QUOTED_ERROR] + "…"
+        super().__init__(
+            f"the end of this attempt of task {task_id} could not be stored: {type(error).__name__}: {text}"
+        )
+        self.task_id = task_id
 
 
 class TaskLifecycle(dramatiq.Middleware):
@@ -187,6 +205,23 @@ class TaskLifecycle(dramatiq.Middleware):
         if agent_kind(broker, message) is None:
             return
         try:
+            self._claim_message(broker, message)
+        except StoreUnavailable as exc:
+            # No attempt was counted: offer the message again shortly instead of running it unclaimed.
+            delay_ms = CLAIM_RETRY_MS + random.randint(0, CLAIM_RETRY_MS)
+            logger.warning(
+                "[AgentTaskQueue] Could not claim the task of message %s: task store unavailable (%s);"
+                " message put back for %sms",
+                message.message_id,
+                exc,
+                delay_ms,
+            )
+            put_back(broker, message, delay_ms=delay_ms)
+            raise SkipMessage(f"task store unavailable: {exc}") from exc
+
+    def _claim_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+        """Claim the message's task and register the attempt, or raise :class:`SkipMessage`."""
+        try:
             task_id = normalize_id(message_task_id(message))
         except AgentQueueError as exc:
             logger.error("[AgentTaskQueue] Dropping message %s: %s", message.message_id, exc)
@@ -227,25 +262,66 @@ class TaskLifecycle(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        attempt = self.attempts.pop(message.message_id)
+        attempt = self.attempts.finishing(message.message_id)
         if attempt is None:
             return
+        try:
+            ended = self._end(broker, message, attempt, result, exception)
+        finally:
+            self.attempts.release(attempt)
+        self.attempts.ended(attempt, ended, exception)
+
+    def _end(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        attempt: Attempt,
+        result: Any,
+        exception: BaseException | None,
+    ) -> str:
+        """Write how ``attempt`` ended; returns the outcome's name (see :class:`AttemptObserver`)."""
         if isinstance(exception, ShutdownCutOff):
             logger.warning(
                 "[AgentTaskQueue] Job %s cut off by shutdown; it will be recovered as stalled",
                 attempt.task_id,
             )
-            self.attempts.ended(attempt, "cut_off", exception)
-            return
-        if exception is None:
-            outcome = attempt.outcome or AttemptResult(result=_as_result(result))
-            ended = "completed" if self._complete(attempt.claim, outcome) else "lost"
-        else:
-            ended = self._fail(broker, message, attempt.claim, exception)
-        self.attempts.ended(attempt, ended, exception)
+            return "cut_off"
+        try:
+            if exception is None:
+                outcome = attempt.outcome or AttemptResult(result=_as_result(result))
+                return "completed" if self._complete(attempt.claim, outcome) else "lost"
+            return self._fail(broker, message, attempt.claim, exception)
+        except StoreUnavailable as exc:
+            return self._release(attempt, exc)
+        except OutcomeNotStored as exc:
+            refused = exc
+        logger.error(
+            "[AgentTaskQueue] ✗ Job %s: the task store refused to record how run %s ended (%s);"
+            " recording a failed attempt instead",
+            attempt.task_id,
+            attempt.claim.run_id,
+            redact(str(refused.__cause__)),
+        )
+        try:
+            return self._fail(broker, message, attempt.claim, refused)
+        except (StoreUnavailable, OutcomeNotStored) as again:
+            return self._release(attempt, again)
+
+    @staticmethod
+    def _release(attempt: Attempt, error: Exception) -> str:
+        """The attempt's end cannot be written: stop holding it, so the stalled-job path takes over."""
+        logger.error(
+            "[AgentTaskQueue] ✗ Job %s: could not store how run %s ended (%s); released: it will be"
+            " recovered as stalled when its lease expires",
+            attempt.task_id,
+            attempt.claim.run_id,
+            redact(str(error)),
+        )
+        return "released"
 
     def _complete(self, claim: Claim, outcome: AttemptResult) -> bool:
         done = self._write(
+            claim.task.id,
             lambda: self.store.complete(
                 claim.task.id,
                 claim.run_id,
@@ -253,7 +329,7 @@ class TaskLifecycle(dramatiq.Middleware):
                 usage=outcome.usage,
                 transcript=outcome.transcript,
                 now=self.clock(),
-            )
+            ),
         )
         if done:
             logger.info("[AgentTaskQueue] ✓ Job %s completed", claim.task.id)
@@ -275,7 +351,7 @@ class TaskLifecycle(dramatiq.Middleware):
             backoff_base_ms=self.backoff_ms,
             max_postpones=self.max_postpones,
         )
-        if not self._write(lambda: self._record(claim, exception, decision)):
+        if not self._write(task.id, lambda: self._record(claim, exception, decision)):
             logger.warning(
                 "[AgentTaskQueue] Job %s ended but is no longer held by run %s", task.id, claim.run_id
             )
@@ -323,15 +399,21 @@ class TaskLifecycle(dramatiq.Middleware):
             now=now,
         )
 
-    def _write(self, write: Callable[[], T]) -> T:
-        """Run a status write, retrying while the database is unreachable (bounded)."""
+    @staticmethod
+    def _write(task_id: str, write: Callable[[], T]) -> T:
+        """Run a status write, retrying while the database is unreachable (bounded).
+
+        Raises:
+            StoreUnavailable: The database stayed unreachable through every retry.
+            OutcomeNotStored: The store refused the write for another reason (e.g. a value it rejects).
+        """
         for delay in _STORE_RETRY_DELAYS:
             try:
-                return write()
+                return _refusal_raised(task_id, write)
             except StoreUnavailable as exc:
                 logger.warning("Task store unavailable (%s); retrying in %ss", exc, delay)
                 time.sleep(delay)
-        return write()
+        return _refusal_raised(task_id, write)
 
     @staticmethod
     def _max_attempts(broker: dramatiq.Broker, message: MessageProxy, claim: Claim) -> int:
@@ -371,6 +453,16 @@ def queued_options(priority: int, organization_id: str, *, enqueued_at: datetime
     return options
 
 
+def _refusal_raised(task_id: str, write: Callable[[], T]) -> T:
+    """``write()``, any failure but :class:`StoreUnavailable` raised as :class:`OutcomeNotStored`."""
+    try:
+        return write()
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        raise OutcomeNotStored(task_id, exc) from exc
+
+
 def _transcript_of(exception: BaseException) -> list[dict[str, Any]] | None:
     transcript = getattr(exception, "transcript", None)
     return list(transcript) if isinstance(transcript, list | tuple) else None
@@ -405,6 +497,7 @@ __all__ = [
     "QUEUED_OPTION",
     "AttemptResult",
     "EnqueueRejected",
+    "OutcomeNotStored",
     "ShutdownCutOff",
     "TaskLifecycle",
     "current_claim",
