@@ -25,9 +25,12 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config.errors import AgentQueueError
+
+if TYPE_CHECKING:
+    from taskstore import Task
 
 
 def _jsonable(value: Any) -> Any:
@@ -133,28 +136,46 @@ def _schedule(args: argparse.Namespace) -> int:
 
 
 def _schedules(args: argparse.Namespace) -> int:
-    from zoneinfo import ZoneInfo
-
     from actors import agent_task_queue
 
-    rows = []
-    for task in agent_task_queue.list_schedules(limit=args.limit, offset=args.offset):
-        zone = task.schedule_timezone or "UTC"
-        next_run = task.next_run_at
-        rows.append(
-            {
-                "id": task.id,
-                "title": task.title,
-                "cron": task.schedule_cron,
-                "timezone": zone,
-                "status": task.status,
-                "next_run_utc": next_run,
-                "next_run_local": next_run.astimezone(ZoneInfo(zone)) if next_run else None,
-                "last_run_at": task.last_run_at,
-            }
-        )
-    _print(rows)
+    _print(
+        [
+            _schedule_row(task)
+            for task in agent_task_queue.list_schedules(limit=args.limit, offset=args.offset)
+        ]
+    )
     return 0
+
+
+def _schedule_row(task: Task) -> dict[str, Any]:
+    """One row of ``agentq schedules``.
+
+    A schedule whose stored cron expression or time zone is unusable (written to the table directly)
+    is listed with ``error`` naming the task and the bad value, and reported once on stderr; the
+    listing goes on. It is not failed here: listing is read-only, and the scheduler's next tick
+    disables it and fails the task.
+    """
+    from actors.cron import ScheduleError, parse_schedule
+
+    row: dict[str, Any] = {
+        "id": task.id,
+        "title": task.title,
+        "cron": task.schedule_cron,
+        "timezone": "UTC" if task.schedule_timezone is None else task.schedule_timezone,
+        "status": task.status,
+        "next_run_utc": task.next_run_at,
+        "next_run_local": None,
+        "last_run_at": task.last_run_at,
+    }
+    try:
+        schedule = parse_schedule(task.schedule_cron or "", task.schedule_timezone)
+    except ScheduleError as exc:
+        row["error"] = f"schedule of task {task.id} is unusable: {exc}"
+        print(f"agentq: {row['error']}", file=sys.stderr)
+        return row
+    if task.next_run_at is not None:
+        row["next_run_local"] = schedule.local(task.next_run_at)
+    return row
 
 
 def _pause(args: argparse.Namespace) -> int:

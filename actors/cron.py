@@ -285,6 +285,10 @@ class CronSchedule:
         object.__setattr__(self, "_cron", cron)
         object.__setattr__(self, "_zone", zone)
 
+    def local(self, moment: datetime) -> datetime:
+        """An aware ``moment`` as wall-clock time in this schedule's zone."""
+        return moment.astimezone(self._zone)
+
     def next_after(self, moment: datetime) -> datetime:
         """The first firing strictly after ``moment`` (aware, any zone), as an aware UTC datetime."""
         given: object = moment  # typed datetime, but callers may pass anything

@@ -11,11 +11,14 @@ in the database, so adding, changing or removing one needs no restart.
   first slot after *now*, not after the missed one, so missed slots collapse.
 * **No overlap**: a firing while the previous run is still queued or running is
   skipped (logged); the schedule just moves on to its next slot.
+* **One bad row never stops a tick**: see :func:`dispatch_due_schedules`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,8 +27,10 @@ from periodiq import cron
 
 from actors.app import runtime
 from actors.cron import ScheduleError, parse_schedule
+from config.errors import AgentQueueError
+from middleware.reconciler import agent_queues, fail_unrunnable, unrunnable
 from middleware.task_lifecycle import send_queued
-from taskstore import Firing, TaskStore, utcnow
+from taskstore import DueSchedule, FiredSchedule, Firing, TaskStore, utcnow
 
 logger = logging.getLogger("agentq.lifecycle")
 
@@ -42,50 +47,76 @@ class DispatchReport:
     started: int = 0
     skipped: int = 0
     disabled: int = 0
+    #: Fired tasks nothing can run (agent gone, kind without an actor): failed, not enqueued.
+    failed: int = 0
 
 
 def dispatch_due_schedules(
     store: TaskStore, broker: dramatiq.Broker, *, now: datetime | None = None, batch_size: int = BATCH_SIZE
 ) -> DispatchReport:
-    """Fire every schedule due at ``now`` (default: the current time); see the module docstring."""
+    """Fire every schedule due at ``now`` (default: the current time); see the module docstring.
+
+    Each schedule is handled on its own, so one bad row never stops a tick:
+
+    * an unusable cron expression or time zone (written to the table directly) disables the schedule
+      (it cannot say when to fire next) and fails the task with an error naming the bad value, unless
+      the task is running (then the error is only logged: failing it would cut its run short);
+    * a fired task whose agent is gone or whose kind has no actor is failed with an error naming the
+      kind; its schedule stays, so it fires (and fails) again at its next slot until the agent is fixed;
+    * a fired task whose message cannot be sent (other than Redis being down) stays ``queued``, and
+      the reconciler sends it later.
+    """
     now = now or utcnow()
-    started = skipped = disabled = 0
+    kinds = agent_queues(broker)
+    counts = Counter[str]()
     while due := store.due_schedules(now=now, limit=batch_size):
-        firings = []
-        for item in due:
-            try:
-                schedule = parse_schedule(item.cron, item.timezone)
-            except ScheduleError as exc:
-                logger.error("[AgentTaskQueue] Schedule of task %s disabled: %s", item.task_id, exc)
-                store.clear_schedule(item.task_id, now=now)
-                disabled += 1
-                continue
-            firings.append(Firing(item.task_id, item.next_run_at, schedule.next_after(now)))
+        firings = [firing for item in due if (firing := _firing(store, item, now)) is not None]
+        counts["disabled"] += len(due) - len(firings)
         for fired in store.fire_schedules(firings, now=now):
-            if not fired.started:
-                skipped += 1
-                logger.info(
-                    "Scheduled task %s is still queued or running; this firing is skipped", fired.task_id
-                )
-            elif fired.kind is None:
-                logger.error("[AgentTaskQueue] Scheduled task %s has no agent; not enqueued", fired.task_id)
-            else:
-                send_queued(
-                    broker,
-                    fired.kind,
-                    fired.task_id,
-                    priority=fired.priority,
-                    organization_id=fired.organization_id,
-                )
-                started += 1
-                logger.info(
-                    "[AgentTaskQueue] Task %s added to queue (priority: %s, delay: 0ms)",
-                    fired.task_id,
-                    fired.priority,
-                )
+            counts[_dispatch(store, broker, fired, kinds, now)] += 1
         if len(due) < batch_size:
             break
-    return DispatchReport(started, skipped, disabled)
+    return DispatchReport(counts["started"], counts["skipped"], counts["disabled"], counts["failed"])
+
+
+def _firing(store: TaskStore, item: DueSchedule, now: datetime) -> Firing | None:
+    """The firing of a due schedule, or ``None`` once an unusable one is disabled (and its task failed)."""
+    try:
+        next_run = parse_schedule(item.cron, item.timezone).next_after(now)
+    except ScheduleError as exc:
+        store.clear_schedule(item.task_id, now=now)
+        error = f"task {item.task_id} cannot run: its schedule is disabled: {exc}"
+        failed = store.fail_unrunnable(item.task_id, error=error, now=now, idle_too=True) is not None
+        logger.error("[AgentTaskQueue] %s%s", error, "" if failed else " (the task keeps its status)")
+        return None
+    return Firing(item.task_id, item.next_run_at, next_run)
+
+
+def _dispatch(
+    store: TaskStore, broker: dramatiq.Broker, fired: FiredSchedule, kinds: Collection[str], now: datetime
+) -> str:
+    """Send a fired task's message; returns what happened: started, skipped, failed or unsent."""
+    if not fired.started:
+        logger.info("Scheduled task %s is still queued or running; this firing is skipped", fired.task_id)
+        return "skipped"
+    problem = unrunnable(fired.kind, kinds)
+    if problem is not None:
+        fail_unrunnable(store, fired.task_id, problem, now=now)
+        return "failed"
+    assert fired.kind is not None
+    try:
+        send_queued(
+            broker, fired.kind, fired.task_id, priority=fired.priority, organization_id=fired.organization_id
+        )
+    except AgentQueueError as exc:
+        logger.error(
+            "[AgentTaskQueue] Scheduled task %s not enqueued (the reconciler will): %s", fired.task_id, exc
+        )
+        return "unsent"
+    logger.info(
+        "[AgentTaskQueue] Task %s added to queue (priority: %s, delay: 0ms)", fired.task_id, fired.priority
+    )
+    return "started"
 
 
 @dramatiq.actor(
@@ -99,10 +130,11 @@ def dispatch_due_schedules(
 def schedule_tick() -> None:
     """Periodiq's minute tick: enqueue the scheduled tasks that are due."""
     report = dispatch_due_schedules(runtime.store, runtime.broker)
-    if report.started or report.skipped or report.disabled:
+    if report.started or report.skipped or report.disabled or report.failed:
         logger.info(
-            "Schedule tick: %s started, %s skipped, %s disabled",
+            "Schedule tick: %s started, %s skipped, %s disabled, %s failed",
             report.started,
             report.skipped,
             report.disabled,
+            report.failed,
         )

@@ -50,6 +50,7 @@ from middleware.task_lifecycle import (
 )
 from middleware.tracing import abandon_publish
 from taskstore import (
+    Agent,
     AgentNotFound,
     CleanupResult,
     InvalidTransition,
@@ -146,7 +147,12 @@ class AgentTaskQueue:
         priority: int = 5,
         task_type: str = "adhoc",
     ) -> Task:
-        """Insert a ``pending`` task for an active agent of the same organization."""
+        """Insert a ``pending`` task for an active agent of the same organization.
+
+        Raises:
+            AgentNotFound, AgentInactive, AgentOrganizationMismatch: No such agent for the organization.
+            UnknownAgentKind: The agent's kind has no actor: nothing could ever run the task.
+        """
         new = self._new_task(
             agent_id=agent_id,
             organization_id=organization_id,
@@ -156,7 +162,7 @@ class AgentTaskQueue:
             priority=priority,
             task_type=task_type,
         )
-        check_agent(self.store.get_agent(new.agent_id), new)
+        self._check_new_agent(self.store.get_agent(new.agent_id), new)
         return self.store.create_task(new, now=self.clock())
 
     def create_tasks(self, tasks: Sequence[Mapping[str, Any]]) -> list[Task]:
@@ -180,7 +186,7 @@ class AgentTaskQueue:
         agents = {agent_id: self.store.get_agent(agent_id) for agent_id in agent_ids}
         for index, new in enumerate(batch):
             with item("tasks", index):
-                check_agent(agents[new.agent_id], new)
+                self._check_new_agent(agents[new.agent_id], new)
         return self.store.create_tasks(batch, now=self.clock())
 
     def add_task(self, task_id: str, priority: int | None = None, delay_ms: int = 0) -> Job:
@@ -504,13 +510,23 @@ class AgentTaskQueue:
             raise AgentNotFound(task.agent_id)
         if not agent.is_active:
             raise AgentInactive(agent.id)
+        return self._actor_of_kind(agent.kind)
+
+    def _actor_of_kind(self, kind: str) -> AgentActor:
+        """The actor of agent kind ``kind``; :class:`UnknownAgentKind` (naming it) if it has none."""
         try:
-            actor = self.broker.get_actor(agent.kind)
+            actor = self.broker.get_actor(kind)
         except dramatiq.errors.ActorNotFound:
             actor = None
         if not isinstance(actor, AgentActor):
-            raise UnknownAgentKind(agent.kind, sorted(self.agent_kinds()))
+            raise UnknownAgentKind(kind, sorted(self.agent_kinds()))
         return actor
+
+    def _check_new_agent(self, agent: Agent | None, new: NewTask) -> None:
+        """``check_agent``, and that the agent's kind has an actor: a task nothing could run is refused."""
+        check_agent(agent, new)
+        if agent is not None:
+            self._actor_of_kind(agent.kind)
 
     def agent_kinds(self) -> dict[str, AgentActor]:
         """Declared agent kinds by name."""

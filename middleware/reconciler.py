@@ -13,6 +13,9 @@ time (elected through a short-lived Redis key) compares the two every
   Redis (restarted without persistence, flushed, failed over) get a new one. The
   winner of a compare-and-set on ``queued_at`` sends it, so two reconcilers never
   both do; and a duplicate message could only ever be skipped by the claim.
+* A task nothing can run — its agent is gone, or its kind has no actor in this
+  deployment — is failed with an error naming the task and the kind, once, and the
+  pass goes on with the others.
 
 ``running`` tasks of dead workers are the stalled-job detector's (``StalledJobs``).
 """
@@ -22,12 +25,14 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
+from dramatiq.errors import BrokerConnectionError
+from redis import RedisError
 
 from config.errors import AgentQueueError
 from middleware.agent_messages import AGENT_KIND_OPTION
@@ -48,6 +53,8 @@ class ReconcileReport:
 
     enqueued_pending: int = 0
     resent_queued: int = 0
+    #: Tasks failed because nothing can run them (agent gone, kind without an actor).
+    failed_unrunnable: int = 0
 
 
 class Reconciler(dramatiq.Middleware):
@@ -104,48 +111,93 @@ class Reconciler(dramatiq.Middleware):
         return False
 
     def reconcile(self, broker: dramatiq.Broker) -> ReconcileReport:
-        """One pass: requeue dead workers' messages, enqueue forgotten pending tasks, resend lost messages."""
-        queues = _agent_queues(broker)
+        """One pass: requeue dead workers' messages, enqueue forgotten pending tasks, resend lost messages.
+
+        Each task is handled on its own: one that nothing can run (its agent is gone or its kind has no
+        actor here) is failed with an error naming it, and the pass goes on. An unreachable store or
+        Redis ends the pass (every other task would fail the same way); the next pass tries again.
+        """
+        queues = agent_queues(broker)
         if isinstance(broker, RedisBroker):
             requeue_dead_workers(broker, queues.values())
         now = self.clock()
-        pending = 0
+        pending = failed = 0
         if self.pending_grace:
             for task in self.store.find_pending(created_before=now - self.pending_grace):
-                pending += self._enqueue_pending(broker, task)
+                sent = self._each(broker, task, queues, self._enqueue_pending)
+                pending, failed = pending + (sent > 0), failed + (sent < 0)
         resent = 0
         stale = self.store.find_queued(queued_before=now - timedelta(seconds=self.interval_s))
         if stale and isinstance(broker, RedisBroker):
             in_flight = task_ids_in_flight(broker, set(queues.values()))
             for task in stale:
                 if task.task_id not in in_flight:
-                    resent += self._resend(broker, task)
-        return ReconcileReport(pending, resent)
+                    sent = self._each(broker, task, queues, self._resend)
+                    resent, failed = resent + (sent > 0), failed + (sent < 0)
+        return ReconcileReport(pending, resent, failed)
 
-    def _enqueue_pending(self, broker: dramatiq.Broker, task: WaitingTask) -> int:
-        if task.kind is None:
+    def _each(
+        self,
+        broker: dramatiq.Broker,
+        task: WaitingTask,
+        queues: Mapping[str, str],
+        send: Callable[[dramatiq.Broker, WaitingTask, str], int],
+    ) -> int:
+        """``send`` one task if it can run: 1 if sent, 0 if not, -1 if failed as unrunnable."""
+        problem = unrunnable(task.kind, queues)
+        if problem is not None:
+            return -1 if fail_unrunnable(self.store, task.task_id, problem, now=self.clock()) else 0
+        assert task.kind is not None
+        try:
+            return send(broker, task, task.kind)
+        except (StoreUnavailable, BrokerConnectionError, RedisError):
+            raise
+        except Exception:
+            logger.exception("[AgentTaskQueue] Reconciling job %s failed; the pass goes on", task.task_id)
             return 0
+
+    def _enqueue_pending(self, broker: dramatiq.Broker, task: WaitingTask, kind: str) -> int:
         logger.warning(
             "[AgentTaskQueue] Job %s was left pending by its producer; enqueueing it", task.task_id
         )
         try:
-            broker.get_actor(task.kind).send(task.task_id)
-        except AgentQueueError as exc:  # enqueued meanwhile, or its kind has no actor
+            broker.get_actor(kind).send(task.task_id)
+        except AgentQueueError as exc:  # enqueued or cancelled meanwhile
             logger.info("Pending job %s not enqueued: %s", task.task_id, exc)
             return 0
         return 1
 
-    def _resend(self, broker: dramatiq.Broker, task: WaitingTask) -> int:
-        if task.kind is None or not self.store.touch_queued(
-            task.task_id, queued_at=task.since, now=self.clock()
-        ):
+    def _resend(self, broker: dramatiq.Broker, task: WaitingTask, kind: str) -> int:
+        if not self.store.touch_queued(task.task_id, queued_at=task.since, now=self.clock()):
             return 0
         logger.warning("[AgentTaskQueue] Job %s lost its message; re-enqueued", task.task_id)
-        send_queued(broker, task.kind, task.task_id)
+        send_queued(broker, kind, task.task_id)
         return 1
 
 
-def _agent_queues(broker: dramatiq.Broker) -> dict[str, str]:
+def unrunnable(kind: str | None, kinds: Collection[str]) -> str | None:
+    """Why a task whose agent has ``kind`` (``None``: the agent is gone) cannot run here, or ``None``."""
+    if kind is None:
+        return "its agent no longer exists"
+    if kind not in kinds:
+        return f"agent kind {kind!r} has no actor (known kinds: {', '.join(sorted(kinds)) or 'none'})"
+    return None
+
+
+def fail_unrunnable(
+    store: TaskStore, task_id: str, problem: str, *, now: datetime, idle_too: bool = False
+) -> bool:
+    """Fail ``task_id`` with an error naming it and ``problem``, logged once.
+
+    ``False`` if it was no longer in a status to fail (it moved on meanwhile)."""
+    error = f"task {task_id} cannot run: {problem}"
+    if store.fail_unrunnable(task_id, error=error, now=now, idle_too=idle_too) is None:
+        return False
+    logger.error("[AgentTaskQueue] ✗ Job %s failed: %s", task_id, error)
+    return True
+
+
+def agent_queues(broker: dramatiq.Broker) -> dict[str, str]:
     """Agent kind → queue name, for every agent actor declared on ``broker``."""
     queues = {}
     for name in broker.get_declared_actors():

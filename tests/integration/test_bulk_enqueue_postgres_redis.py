@@ -7,6 +7,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 import dramatiq
+import psycopg
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -115,14 +116,19 @@ def test_delayed_tasks_wait_in_the_delay_queue_then_run(app: Harness) -> None:
 
 
 @pytest.mark.parametrize("problem", ["queued", "missing", "malformed", "unknown_kind", "repeated"])
-def test_one_bad_task_anywhere_in_the_list_changes_nothing(app: Harness, problem: str) -> None:
+def test_one_bad_task_anywhere_in_the_list_changes_nothing(
+    app: Harness, postgres_url: str, problem: str
+) -> None:
     task_ids = create(app, 5)
     bad: Any
     if problem == "queued":
         bad = create(app, 1)[0]
         app.queue.add_task(bad)
     elif problem == "unknown_kind":
-        bad = create(app, 1, app.agent(kind="astrology"))[0]
+        agent_id = app.agent()
+        bad = create(app, 1, agent_id)[0]
+        with psycopg.connect(postgres_url, autocommit=True) as conn:  # its kind changed after the insert
+            conn.execute("UPDATE ai_agents SET kind = 'astrology' WHERE id = %s", (agent_id,))
     else:
         bad = {"missing": new_id(), "malformed": "not-a-task-id", "repeated": task_ids[0]}[problem]
     error = {

@@ -52,6 +52,13 @@ def deactivate(app: Harness, agent_id: str) -> None:
     store.agents[agent_id] = dataclasses.replace(store.agents[agent_id], is_active=False)
 
 
+def change_kind(app: Harness, agent_id: str, kind: str) -> None:
+    """The agent's kind changes after its tasks were created (e.g. to one this deployment lacks)."""
+    store = app.store
+    assert isinstance(store, InMemoryTaskStore)
+    store.agents[agent_id] = dataclasses.replace(store.agents[agent_id], kind=kind)
+
+
 def messages_waiting(app: Harness) -> int:
     return sum(len(queue.queue) for queue in app.broker.queues.values())
 
@@ -136,13 +143,35 @@ def test_add_task_rejects_malformed_and_unknown_ids(app: Harness) -> None:
 
 
 def test_add_task_refuses_an_agent_kind_without_actor(app: Harness) -> None:
-    task_id = app.task(app.agent(kind="astrology"))
+    agent_id = app.agent()
+    task_id = app.task(agent_id)
+    change_kind(app, agent_id, "astrology")
 
     with pytest.raises(UnknownAgentKind, match="'astrology'"):
         app.queue.add_task(task_id)
 
     assert app.store.get_task(task_id).status == TaskStatus.PENDING  # type: ignore[union-attr]
     assert messages_waiting(app) == 0
+
+
+def test_create_task_and_create_tasks_refuse_an_agent_kind_without_actor_and_insert_nothing(
+    app: Harness,
+) -> None:
+    store = app.store
+    assert isinstance(store, InMemoryTaskStore)
+    astrologer, general = app.agent(kind="astrology"), app.agent()
+
+    with pytest.raises(UnknownAgentKind, match=r"agent kind 'astrology' has no actor .*general"):
+        app.queue.create_task(agent_id=astrologer, organization_id=ORG, title="Horoscope")
+    with pytest.raises(UnknownAgentKind, match=r"^tasks\[1\]: agent kind 'astrology' has no actor"):
+        app.queue.create_tasks(
+            [
+                {"agent_id": general, "organization_id": ORG, "title": "Fine"},
+                {"agent_id": astrologer, "organization_id": ORG, "title": "Horoscope"},
+            ]
+        )
+
+    assert store.tasks == {}
 
 
 def test_add_task_refuses_an_agent_deactivated_after_the_task_was_created(app: Harness) -> None:
