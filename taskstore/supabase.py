@@ -144,6 +144,8 @@ class SupabaseTaskStore:
         self._client: Any = None
         self._http: httpx.Client | None = None
         self._lock = threading.Lock()
+        #: The HTTP status of this thread's last response (an ``APIError`` does not carry it).
+        self._status = threading.local()
 
     def __repr__(self) -> str:
         return f"SupabaseTaskStore(url={self._url!r})"
@@ -156,7 +158,11 @@ class SupabaseTaskStore:
                 from supabase import ClientOptions, create_client
 
                 # Our own httpx client carries the timeout (supabase-py's timeout option is deprecated).
-                self._http = httpx.Client(timeout=self._timeout_s, follow_redirects=True)
+                self._http = httpx.Client(
+                    timeout=self._timeout_s,
+                    follow_redirects=True,
+                    event_hooks={"response": [self._note_status]},
+                )
                 options = ClientOptions(
                     auto_refresh_token=False, persist_session=False, httpx_client=self._http
                 )
@@ -175,10 +181,16 @@ class SupabaseTaskStore:
     def _table(self, name: str) -> Any:
         return self._get_client().table(name)
 
+    def _note_status(self, response: httpx.Response) -> None:
+        self._status.code = response.status_code
+
     def _send(self, request: Callable[[], Any]) -> Any:
-        """Run a built request; PostgREST errors and unreachable servers become :class:`StoreUnavailable`."""
+        """Run a built request. An unreachable server or an HTTP 5xx answer (PostgREST without its
+        database, a gateway's 502/503/504) raises :class:`StoreUnavailable`; a 4xx stays an ``APIError``.
+        """
         from postgrest.exceptions import APIError
 
+        self._status.code = None
         try:
             return request().data
         except APIError as exc:
@@ -187,6 +199,11 @@ class SupabaseTaskStore:
                     f"the Supabase schema is missing ({exc.code}: {exc.message}); apply the migration "
                     "supabase/migrations/*_agentq.sql (supabase db push, or psql -f)"
                 ) from None
+            status = getattr(self._status, "code", None)
+            if isinstance(status, int) and status >= 500:
+                raise StoreUnavailable(
+                    f"Supabase answered HTTP {status} at {self._url}: {exc.code}: {exc.message}"
+                ) from exc
             raise
         except httpx.TransportError as exc:
             raise StoreUnavailable(f"Supabase unreachable at {self._url}: {type(exc).__name__}") from exc

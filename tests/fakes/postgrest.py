@@ -76,6 +76,8 @@ class PostgrestError(Exception):
         super().__init__(message)
         self.status = status
         self.body = {"code": code, "message": message, "details": details, "hint": hint}
+        #: A gateway's HTML page sent instead of the JSON body, when set.
+        self.page: str | None = None
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class FakePostgrest:
         self.requests: list[tuple[str, str]] = []
         self._lock = threading.Lock()
         self._drops: list[tuple[str, str, int]] = []
+        self._failures: list[PostgrestError] = []
         self._columns: dict[str, dict[str, str]] = {}
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
             database_url,
@@ -179,6 +182,15 @@ class FakePostgrest:
         with self._lock:
             self._drops.append((method, path_suffix, count))
 
+    def fail_requests(self, status: int, count: int = 1, *, gateway: bool = False) -> None:
+        """Answer the next ``count`` requests with ``status`` without applying them (0 clears): PostgREST's
+        JSON error for a database it cannot reach, or, with ``gateway``, an HTML page as a proxy sends."""
+        error = PostgrestError(status, "PGRST000", "Could not connect with the database")
+        if gateway:
+            error.page = f"<html><body><h1>{status} Gateway error</h1></body></html>"
+        with self._lock:
+            self._failures = [error] * count
+
     def _should_drop(self, method: str, path: str) -> bool:
         with self._lock:
             for index, (want_method, suffix, count) in enumerate(self._drops):
@@ -192,6 +204,8 @@ class FakePostgrest:
     def handle(self, request: Request) -> tuple[int, dict[str, str], bytes]:
         with self._lock:
             self.requests.append((request.method, request.path))
+            if self._failures:
+                raise self._failures.pop()
         role = self._role(request.headers)
         parts = [part for part in request.path.split("/") if part]
         if parts[:2] != ["rest", "v1"] or len(parts) < 3:
@@ -540,6 +554,8 @@ class FakePostgrest:
 
             @staticmethod
             def _error(exc: PostgrestError) -> tuple[int, dict[str, str], bytes]:
+                if exc.page is not None:
+                    return exc.status, {"content-type": "text/html"}, exc.page.encode()
                 return (
                     exc.status,
                     {"content-type": "application/json; charset=utf-8"},
