@@ -151,6 +151,7 @@ def build_middleware(
             backoff_ms=settings.backoff_ms,
             lease_ms=settings.stalled_interval_ms,
             max_postpones=settings.max_postpones,
+            max_postpone_ms=settings.max_postpone_ms,
             org_concurrency=settings.org_concurrency,
             clock=clock,
             attempts=attempts,

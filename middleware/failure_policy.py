@@ -3,7 +3,9 @@
 * An exception that carries ``postpone_ms`` (an int; set by rate limits and providers'
   Retry-After) postpones the task: it runs again after that delay and the attempt
   does not count — up to ``max_postpones`` times, after which postponements count
-  as ordinary retryable failures, so a permanently throttled key still ends.
+  as ordinary retryable failures, so a permanently throttled key still ends. The delay is
+  cut to ``max_postpone_ms`` (``AGENTQ_MAX_POSTPONE_MS``, default 15 minutes), so no provider
+  header can push a task out for days or overflow a timestamp.
 * An exception whose ``cancels_task`` attribute is ``True`` (the orchestrator's ``RunCancelled``)
   ends the task ``cancelled``.
 * An exception whose ``retryable`` attribute is ``False`` fails the task at once.
@@ -21,6 +23,8 @@ from taskstore import Task
 
 #: How long a task that hit one of Dramatiq's rate limiters waits before it runs again.
 RATE_LIMITED_DELAY_MS = 1000
+#: Longest postponement when the caller gives no cap (``AGENTQ_MAX_POSTPONE_MS``'s default, 15 minutes).
+DEFAULT_MAX_POSTPONE_MS = 900_000
 
 
 class Outcome(enum.Enum):
@@ -71,14 +75,23 @@ def describe(exception: BaseException) -> str:
 
 
 def decide(
-    exception: BaseException, task: Task, *, max_attempts: int, backoff_base_ms: int, max_postpones: int
+    exception: BaseException,
+    task: Task,
+    *,
+    max_attempts: int,
+    backoff_base_ms: int,
+    max_postpones: int,
+    max_postpone_ms: int = DEFAULT_MAX_POSTPONE_MS,
 ) -> Decision:
-    """The :class:`Decision` for ``task``'s attempt that raised ``exception``."""
+    """The :class:`Decision` for ``task``'s attempt that raised ``exception``.
+
+    A postponement waits ``min(postpone_ms, max_postpone_ms)``.
+    """
     if getattr(exception, "cancels_task", False) is True:
         return Decision(Outcome.CANCEL)
     delay = postpone_ms(exception)
     if delay is not None and task.postponed_count < max_postpones:
-        return Decision(Outcome.POSTPONE, delay)
+        return Decision(Outcome.POSTPONE, min(delay, max_postpone_ms))
     if is_retryable(exception) and task.attempts < max_attempts:
         return Decision(Outcome.RETRY, backoff_ms(task.attempts, backoff_base_ms))
     return Decision(Outcome.FAIL)

@@ -54,7 +54,7 @@ from middleware.attempts import (
     report_outcome,
     take_queued,
 )
-from middleware.failure_policy import Decision, Outcome, decide, describe
+from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Decision, Outcome, decide, describe
 from taskstore import (
     Claim,
     InvalidTransition,
@@ -123,6 +123,7 @@ class TaskLifecycle(dramatiq.Middleware):
         backoff_ms: int = 2000,
         lease_ms: int = 30_000,
         max_postpones: int = 20,
+        max_postpone_ms: int = DEFAULT_MAX_POSTPONE_MS,
         org_concurrency: int = 0,
         clock: Callable[[], datetime] = utcnow,
         worker_id: Callable[[], str] = process_worker_id,
@@ -132,6 +133,7 @@ class TaskLifecycle(dramatiq.Middleware):
         self.backoff_ms = backoff_ms
         self.lease_ms = lease_ms
         self.max_postpones = max_postpones
+        self.max_postpone_ms = max_postpone_ms
         self.org_concurrency = org_concurrency
         self.clock = clock
         self.worker_id = worker_id
@@ -350,6 +352,7 @@ class TaskLifecycle(dramatiq.Middleware):
             max_attempts=self._max_attempts(broker, message, claim),
             backoff_base_ms=self.backoff_ms,
             max_postpones=self.max_postpones,
+            max_postpone_ms=self.max_postpone_ms,
         )
         if not self._write(task.id, lambda: self._record(claim, exception, decision)):
             logger.warning(

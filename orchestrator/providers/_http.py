@@ -7,7 +7,7 @@ Both official SDKs raise the same shapes: ``APIStatusError`` (with ``status_code
 ======================  ==========================  =========
 Status / failure        Error                       Retryable
 ======================  ==========================  =========
-429                     ProviderRateLimited         yes, postponed by Retry-After (default 5 s)
+429                     ProviderRateLimited         yes, postponed by Retry-After (default 5 s, capped)
 429 insufficient_quota  ProviderQuotaExceeded       no
 408, 409, 5xx           ProviderUnavailable         yes
 timeout                 ProviderTimeout             yes
@@ -20,6 +20,8 @@ connection error        ProviderUnavailable         yes
 from __future__ import annotations
 
 import email.utils
+import math
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -36,6 +38,7 @@ from orchestrator.errors import (
 
 __all__ = [
     "MAX_CLIENTS",
+    "MAX_RETRY_AFTER_MS",
     "THREADS_PER_CLIENT",
     "ClientCache",
     "classify_status",
@@ -51,37 +54,80 @@ THREADS_PER_CLIENT = 32
 #: Most SDK clients per base URL in one process; more threads share them round-robin.
 MAX_CLIENTS = 32
 
+#: Longest delay a provider's ``retry-after``/``retry-after-ms``/``x-ratelimit-reset-*`` header
+#: may ask for, in milliseconds (24 h); longer values are cut to it. The worker's failure policy
+#: caps it further by ``AGENTQ_MAX_POSTPONE_MS`` (default 15 minutes).
+MAX_RETRY_AFTER_MS = 24 * 3600 * 1000
+#: Reset headers read when a 429 carries no ``retry-after`` (OpenAI's; the longest one wins).
+RATE_LIMIT_RESET_HEADERS = ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+
 ClientT = TypeVar("ClientT")
 
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+_UNIT_MS = {"h": 3_600_000.0, "m": 60_000.0, "s": 1000.0, "ms": 1.0}
 
-def parse_retry_after_ms(headers: Mapping[str, str], *, now: float | None = None) -> int | None:
-    """Return the delay asked for by ``retry-after-ms`` or ``retry-after``, in milliseconds.
 
-    ``retry-after`` may be seconds (integer or decimal) or an HTTP date. Negative or
-    unparsable values count as absent.
+def _clamped_ms(value_ms: float) -> int | None:
+    """``value_ms`` rounded and cut to :data:`MAX_RETRY_AFTER_MS`; None when negative or not a number."""
+    if math.isnan(value_ms) or value_ms < 0:
+        return None
+    return round(min(value_ms, MAX_RETRY_AFTER_MS))
+
+
+def _number(raw: str) -> float | None:
+    try:
+        return float(raw)
+    except ValueError:
+        return None
+
+
+def _duration_ms(raw: str) -> float | None:
+    """A reset header's value in ms: seconds (``"1.5"``) or a duration (``"6m0s"``, ``"250ms"``)."""
+    seconds = _number(raw)
+    if seconds is not None:
+        return seconds * 1000
+    text = raw.strip().lower()
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        return None
+    return sum(float(number) * _UNIT_MS[unit] for number, unit in parts)
+
+
+def _retry_after_ms(raw: str, now: float | None) -> int | None:
+    seconds = _number(raw)
+    if seconds is None:
+        try:
+            when = email.utils.parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        seconds = max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return _clamped_ms(seconds * 1000)
+
+
+def parse_retry_after_ms(
+    headers: Mapping[str, str], *, now: float | None = None, resets: bool = False
+) -> int | None:
+    """Return the delay a provider asked for, in milliseconds, at most :data:`MAX_RETRY_AFTER_MS`.
+
+    Read in order: ``retry-after-ms``; ``retry-after`` (seconds, integer or decimal, or an HTTP
+    date); then, with ``resets`` (a 429), the longest of :data:`RATE_LIMIT_RESET_HEADERS`
+    (seconds or ``"6m0s"``). Negative, unparsable or NaN values count as absent; huge or
+    infinite ones are cut to the maximum.
     """
     lowered = {key.lower(): value for key, value in headers.items()}
     raw_ms = lowered.get("retry-after-ms")
     if raw_ms is not None:
-        try:
-            value = float(raw_ms)
-        except ValueError:
-            value = -1
-        if value >= 0:
-            return round(value)
+        value = _number(raw_ms)
+        if value is not None and (delay := _clamped_ms(value)) is not None:
+            return delay
     raw = lowered.get("retry-after")
-    if raw is None:
+    if raw is not None:
+        return _retry_after_ms(raw, now)
+    if not resets:
         return None
-    try:
-        seconds = float(raw)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - (time.time() if now is None else now)
-        return max(0, round(seconds * 1000))
-    return round(seconds * 1000) if seconds >= 0 else None
+    values = [_duration_ms(lowered[name]) for name in RATE_LIMIT_RESET_HEADERS if name in lowered]
+    delays = [delay for value in values if value is not None and (delay := _clamped_ms(value)) is not None]
+    return max(delays) if delays else None
 
 
 def error_message(body: object, fallback: str) -> str:
@@ -121,7 +167,9 @@ def classify_status(
     if status == 429:
         if code == "insufficient_quota":
             return ProviderQuotaExceeded(f"{text} (out of credit; check billing)", provider=provider)
-        return ProviderRateLimited(text, retry_after_ms=parse_retry_after_ms(headers), provider=provider)
+        return ProviderRateLimited(
+            text, retry_after_ms=parse_retry_after_ms(headers, resets=True), provider=provider
+        )
     if status in (408, 409) or status >= 500:
         return ProviderUnavailable(
             text, provider=provider, status_code=status, retry_after_ms=parse_retry_after_ms(headers)

@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 from dramatiq import RateLimitExceeded
 
-from middleware.failure_policy import Outcome, backoff_ms, decide
+from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Outcome, backoff_ms, decide
 from taskstore import InMemoryTaskStore, NewTask, Task, utcnow
 from tests.conftest import make_agent
 
@@ -61,3 +61,26 @@ def test_dramatiqs_rate_limit_exceeded_postpones_instead_of_burning_an_attempt()
     limited = RateLimitExceeded("busy")  # type: ignore[no-untyped-call]
     decision = decide(limited, task(attempts=1), max_attempts=3, backoff_base_ms=2000, max_postpones=5)
     assert decision.outcome is Outcome.POSTPONE
+
+
+class AbsurdRetryAfter(Exception):
+    postpone_ms = 100_000_000_000  # a provider's ``Retry-After: 100000000`` in ms
+
+
+def test_a_postponement_is_cut_to_max_postpone_ms() -> None:
+    decision = decide(
+        AbsurdRetryAfter(),
+        task(attempts=1),
+        max_attempts=3,
+        backoff_base_ms=2000,
+        max_postpones=5,
+        max_postpone_ms=900_000,
+    )
+    assert (decision.outcome, decision.delay_ms) == (Outcome.POSTPONE, 900_000)
+
+
+def test_without_a_cap_the_default_of_fifteen_minutes_applies() -> None:
+    decision = decide(
+        AbsurdRetryAfter(), task(attempts=1), max_attempts=3, backoff_base_ms=2000, max_postpones=5
+    )
+    assert decision.delay_ms == DEFAULT_MAX_POSTPONE_MS == 15 * 60 * 1000
