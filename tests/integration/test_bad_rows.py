@@ -37,7 +37,7 @@ def app(postgres_store: PostgresTaskStore, redis_url: str) -> Iterator[Harness]:
 
 def sql(url: str, statement: str, *params: object) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(statement, params)  # type: ignore[arg-type]
+        conn.execute(statement, params)
 
 
 def set_kind(url: str, agent_id: str, kind: str) -> None:
