@@ -6,12 +6,15 @@
 * ``before_process_message`` (worker): ``queued → running`` by compare-and-set,
   opening a run row and leasing the task to this worker process. A message whose
   task is not queued — a duplicate delivery, a cancelled or finished task — is
-  skipped, never run.
+  skipped, never run. A claim that finds the database unreachable puts the message
+  back (2–4 s) without using an attempt.
 * ``after_process_message``: ``running → completed`` with the result; or, per
   :mod:`middleware.failure_policy`, re-queued with backoff (the same message,
   delayed), postponed without using the attempt, or ``failed`` (dead-lettered).
   Status writes are retried while the database is unreachable; if it stays down,
-  the lease expires and the task is recovered as stalled.
+  the attempt is released (its lease no longer renewed), so it expires and the
+  task is recovered as stalled. A write the store refuses for another reason is
+  recorded as a failed attempt whose error says why.
 
 Position: last in the stack, so every middleware that may skip a message (pause,
 rate limits) runs its ``before_process_message`` before the claim, and this one's
