@@ -11,9 +11,10 @@ import dramatiq
 import pytest
 
 from actors.lanes import LaneBroker
+from middleware import build_middleware
 from middleware.agent_messages import LANE_OPTION, ORG_OPTION
 from taskstore import InMemoryTaskStore, TaskStatus, utcnow
-from tests.harness import OTHER_ORG, Harness, redis_harness, wait_until
+from tests.harness import OTHER_ORG, Harness, harness_settings, redis_harness, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +141,56 @@ def test_starts_never_exceed_the_rate_limit_in_any_window(redis_url: str, store:
         window = timedelta(seconds=1)
         assert all(starts[i + 5] - starts[i] >= window for i in range(len(starts) - 5))
         assert all(app.store.get_task(task_id).attempts == 1 for task_id in ids)  # type: ignore[union-attr]
+
+
+class SkipCounter(dramatiq.Middleware):
+    """Counts messages skipped by the middleware (a capped organization's put-backs among them)."""
+
+    def __init__(self) -> None:
+        self.skipped = 0
+
+    def after_skip_message(self, broker: dramatiq.Broker, message: Any) -> None:
+        self.skipped += 1
+
+
+def test_a_capped_organization_takes_no_start_slot_from_the_others(
+    redis_url: str, store: InMemoryTaskStore
+) -> None:
+    """5 starts a minute; org A (cap 1) has 20 tasks waiting, retried every 0.5-1 s: B's 3 still start."""
+    with redis_harness(
+        store, redis_url, org_concurrency=1, rate_limit_max=5, rate_limit_window_ms=60_000
+    ) as app:
+        skips = SkipCounter()
+        app.broker.add_middleware(skips)
+        agent_a = app.agent()
+        capped = [app.task(agent_a, context=sleepy(2500)) for _ in range(20)]
+        for task_id in capped:
+            app.queue.add_task(task_id)
+        agent_b = app.agent(organization_id=OTHER_ORG)
+        others = [app.task(agent_b, organization_id=OTHER_ORG, context=sleepy(10)) for _ in range(3)]
+
+        with app.worker(threads=4):
+            # Without refunds, these put-backs alone would use up the window's 5 slots.
+            wait_until(lambda: skips.skipped >= 12, timeout_s=30, what="A's held-back tasks to be retried")
+            for task_id in others:
+                app.queue.add_task(task_id)
+            wait_until(lambda: all_completed(app, others), timeout_s=20, what="B's tasks within the window")
+        started = [t for t in app.store.get_tasks([*capped, *others]) if t.started_at is not None]
+
+        assert skips.skipped >= 12
+        assert all(task.attempts == 1 for task in started)
+        # Slots used in the window are the tasks that really started, no more.
+        assert app.broker.client.zcard("agentq:starts") == len(started)  # type: ignore[attr-defined]
+        assert len(started) <= 5
+
+
+def test_pause_comes_before_the_rate_limit() -> None:
+    """A paused message is put back before it could take a start slot."""
+    stack = [
+        type(m).__name__ for m in build_middleware(harness_settings(rate_limit_max=5), InMemoryTaskStore())
+    ]
+
+    assert stack.index("Pause") < stack.index("StartRateLimit") < stack.index("TaskLifecycle")
 
 
 def test_pausing_stops_new_starts_everywhere_and_resuming_runs_each_task_once(
