@@ -152,3 +152,28 @@ def test_a_claim_while_the_database_is_unreachable_puts_the_message_back(
     assert task.attempts == 1 and len(postgres_store.get_runs(task_id)) == 1  # no attempt consumed
     put_back = next(m for m in caplog.messages if PUT_BACK in m)
     assert put_back.startswith("[AgentTaskQueue] Could not claim the task of message ")
+
+
+def test_a_model_answer_with_a_nul_completes_on_postgres_without_it(
+    postgres_store: PostgresTaskStore,
+) -> None:
+    answer = "forty\x00two \ud800"
+    with stub_harness(postgres_store) as app:
+
+        @declare(app, "nul_answer")
+        def nul_answer(job: AgentJob) -> AttemptResult:
+            return AttemptResult(
+                result={"output": answer, "score": float("nan")},
+                transcript=[{"type": "model", "content": answer}],
+            )
+
+        task_id = app.task(app.agent(kind="nul_answer"))
+        app.queue.add_task(task_id)
+        with app.worker() as worker:
+            app.drain(worker)
+
+    task = postgres_store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.COMPLETED, task
+    assert task.result == {"output": "fortytwo \ufffd", "score": None}
+    [run] = postgres_store.get_runs(task_id)
+    assert run.transcript == [{"type": "model", "content": "fortytwo \ufffd"}]
