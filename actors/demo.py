@@ -134,6 +134,8 @@ def _setup_tasks() -> list[str]:
                 id=agent_id,
                 organization_id=DEMO_ORG,
                 name=f"Demo {kind.replace('_', ' ')} agent",
+                provider="scripted",  # offline and deterministic: the worker below allows it
+                model="scripted-1",
                 kind=kind,
                 allowed_tools=tools,
                 system_prompt="You are a helpful assistant for a small business.",
@@ -231,7 +233,8 @@ def _run(timeout_s: float) -> int:
     threads = str(load_settings().queue_concurrency)
     print(f"\nStarting a worker: dramatiq actors --processes 1 --threads {threads}\n")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", threads]
+        [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", threads],
+        env={**os.environ, "AGENTQ_ALLOW_SCRIPTED": "true"},  # the demo's agents are scripted
     )
     try:
         finished = _wait_for(task_ids, worker, timeout_s)

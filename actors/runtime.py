@@ -17,6 +17,7 @@ from config.settings import Settings
 from middleware.metrics import LLMMetrics
 from orchestrator import Orchestrator, PriceTable, ProviderRegistry, ProviderSettings
 from orchestrator.hooks import CompositeHooks, OrchestratorHooks
+from orchestrator.providers.base_urls import BaseUrlPolicy, InvalidBaseUrlPrefix
 from orchestrator.tracing import TracingHooks
 from taskstore import RetentionPolicy, TaskStore, build_store, utcnow
 
@@ -38,7 +39,11 @@ class Runtime:
 
 
 def build_orchestrator(settings: Settings) -> Orchestrator:
-    """An orchestrator with the OpenAI and Anthropic providers and the price table from ``settings``."""
+    """An orchestrator with the OpenAI and Anthropic providers and the price table from ``settings``.
+
+    ``scripted`` runs only with ``AGENTQ_ALLOW_SCRIPTED=true``, and an agent's own ``base_url`` only
+    under a prefix of ``AGENTQ_ALLOWED_BASE_URLS``; otherwise their tasks fail at once.
+    """
     providers = ProviderRegistry.from_settings(
         {
             "openai": ProviderSettings(
@@ -51,16 +56,21 @@ def build_orchestrator(settings: Settings) -> Orchestrator:
                 base_url=settings.anthropic_base_url,
                 timeout_s=settings.provider_timeout_s,
             ),
-        }
+        },
+        allow_scripted=settings.allow_scripted,
     )
     try:
         prices = PriceTable.from_mapping(settings.model_prices)
     except ValueError as exc:
         raise ConfigError(f"AGENTQ_MODEL_PRICES_JSON: {exc}") from exc
+    try:
+        base_urls = BaseUrlPolicy(settings.allowed_base_urls)
+    except InvalidBaseUrlPrefix as exc:
+        raise ConfigError(f"AGENTQ_ALLOWED_BASE_URLS: {exc}") from exc
     hooks: OrchestratorHooks = TracingHooks(record_content=settings.trace_content)
     if settings.metrics_port is not None:
         hooks = CompositeHooks(hooks, LLMMetrics(prices))
-    return Orchestrator(providers, prices=prices, hooks=hooks)
+    return Orchestrator(providers, prices=prices, hooks=hooks, base_urls=base_urls)
 
 
 def _secret(value: SecretStr | None) -> str | None:

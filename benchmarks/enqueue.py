@@ -99,7 +99,9 @@ def run(
         def general(job: AgentJob) -> AttemptResult:  # declares the kind the bench agent names
             return job.run_agent()
 
-        agent_id = runtime.store.create_agent(NewAgent(organization_id=ORG, name="bench"), now=utcnow()).id
+        agent_id = runtime.store.create_agent(
+            NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="bench"), now=utcnow()
+        ).id
         rows: list[dict[str, Any]] = []
         for case, batch in CASES:
             _reset(database_url, client)

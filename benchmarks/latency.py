@@ -77,7 +77,9 @@ def measure_pipeline(
 ) -> dict[str, object]:
     from actors import agent_task_queue, runtime
 
-    agent = runtime.store.create_agent(NewAgent(organization_id=ORG, name="latency"), now=utcnow())
+    agent = runtime.store.create_agent(
+        NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="latency"), now=utcnow()
+    )
     log = logs / "pipeline.log"
     results: dict[str, object] = {}
     with run_worker("actors", 1, 8, env, log) as worker:
@@ -175,6 +177,7 @@ def run(steady: int, sparse: int) -> tuple[dict[str, object], dict[str, object]]
             "REDIS_URL": REDIS_URL,
             "BENCH_REDIS_URL": REDIS_URL,
             "AGENTQ_RATE_LIMIT_MAX": "0",
+            "AGENTQ_ALLOW_SCRIPTED": "true",
             "QUEUE_CONCURRENCY": "8",
         }
         os.environ.update(env)  # an entry point: the producer's runtime reads the same settings

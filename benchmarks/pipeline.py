@@ -600,6 +600,7 @@ def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
         "QUEUE_CONCURRENCY": str(max(threads for _, threads in CONFIGS)),
         # Throughput is measured without the start rate limit (its default is 100 a minute).
         "AGENTQ_RATE_LIMIT_MAX": "0",
+        "AGENTQ_ALLOW_SCRIPTED": "true",
     }
     # ``actors`` builds its runtime from the environment at import; the bare broker reads BENCH_REDIS_URL.
     os.environ.update(env)
@@ -617,7 +618,14 @@ def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
         store.migrate()
         organization_id = "00000000-0000-4000-8000-00000000be00"
         agent = store.create_agent(
-            NewAgent(organization_id=organization_id, name="bench", kind="general"), now=utcnow()
+            NewAgent(
+                provider="scripted",
+                model="scripted-1",
+                organization_id=organization_id,
+                name="bench",
+                kind="general",
+            ),
+            now=utcnow(),
         )
         bench = Bench(
             redis_client, database_url, runtime.queue, store, agent.id, organization_id, env, log_dir

@@ -245,13 +245,18 @@ def main(argv: list[str] | None = None) -> int:
             "DATABASE_URL": url,
             "REDIS_URL": REDIS_URL,
             "AGENTQ_RATE_LIMIT_MAX": "0",
+            "AGENTQ_ALLOW_SCRIPTED": "true",
             "QUEUE_CONCURRENCY": str(THREADS),
         }
         os.environ.update(env)  # an entry point: the producer's runtime reads the same settings
         from actors import runtime
 
-        agent_a = runtime.store.create_agent(NewAgent(organization_id=ORG_A, name="a"), now=utcnow()).id
-        agent_b = runtime.store.create_agent(NewAgent(organization_id=ORG_B, name="b"), now=utcnow()).id
+        agent_a = runtime.store.create_agent(
+            NewAgent(provider="scripted", model="scripted-1", organization_id=ORG_A, name="a"), now=utcnow()
+        ).id
+        agent_b = runtime.store.create_agent(
+            NewAgent(provider="scripted", model="scripted-1", organization_id=ORG_B, name="b"), now=utcnow()
+        ).id
         logs = Path(tmp)
         lines = ["| measurement | result |", "|---|---|"]
         lines += priority(url, client, env, logs, agent_a)

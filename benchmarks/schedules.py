@@ -65,11 +65,15 @@ def run(schedules: int) -> DispatchResult:
     client.flushdb()
     with temporary_database() as url:
         PostgresTaskStore(url).migrate()
-        os.environ.update(DATABASE_URL=url, REDIS_URL=REDIS_URL)  # an entry point: aim the runtime here
+        os.environ.update(
+            DATABASE_URL=url, REDIS_URL=REDIS_URL, AGENTQ_ALLOW_SCRIPTED="true"
+        )  # an entry point: aim the runtime here
         from actors import runtime
         from actors.scheduler import dispatch_due_schedules
 
-        agent = runtime.store.create_agent(NewAgent(organization_id=ORG, name="bench"), now=utcnow())
+        agent = runtime.store.create_agent(
+            NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="bench"), now=utcnow()
+        )
         _seed(url, agent.id, schedules)
         reports = []
         start = time.perf_counter()

@@ -3,15 +3,15 @@ and Postgres is cut off.
 
     python -m benchmarks.soak [--tasks 2000] [--workers 3] [--kill-every 3] [--outage 45] [--seed 7]
 
-Starts ``--workers`` separate ``dramatiq actors`` processes on the local Redis (db 11 unless
-``--redis-url`` says otherwise; flushed) and a fresh Postgres database, which the workers
-reach through a TCP proxy. It enqueues ``--tasks`` scripted tasks that each take
-50-300 ms, then every few seconds SIGKILLs a random worker and starts a new one, flushes
-Redis once a third of the way through, and halfway through cuts the proxy for
-``--outage`` seconds (every worker loses the database; no kills meanwhile). It ends
-when every task is finished (bounded by ``--timeout``) and checks, from the database,
-that every task completed exactly once: one completed run per task, none lost, none
-stuck. Exits 1 otherwise. Prints the figures as a small table.
+Enqueues ``--tasks`` scripted tasks that each take 50-300 ms on the local Redis (db 11
+unless ``--redis-url`` says otherwise; flushed) and a fresh Postgres database, then starts
+``--workers`` separate ``dramatiq actors`` processes, which reach the database through a
+TCP proxy. Every few seconds it SIGKILLs a random worker and starts a new one, flushes
+Redis a third of the way through, and halfway through cuts the proxy for ``--outage``
+seconds (every worker loses the database; no kills meanwhile). It ends when every task
+is finished (bounded by ``--timeout``) and checks, from the database, that every task
+completed exactly once: one completed run per task, none lost, none stuck. Exits 1
+otherwise. Prints the figures as a small table.
 """
 
 from __future__ import annotations
@@ -103,7 +103,9 @@ def _enqueue(store_url: str, redis_url: str, tasks: int, rng: random.Random) -> 
     os.environ.update(DATABASE_URL=store_url, REDIS_URL=redis_url)
     from actors import agent_task_queue, runtime
 
-    agent = runtime.store.create_agent(NewAgent(organization_id=ORG, name="soak"), now=utcnow())
+    agent = runtime.store.create_agent(
+        NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="soak"), now=utcnow()
+    )
     ids = []
     for index in range(tasks):
         script = [{"answer": f"done {index}", "sleep_ms": rng.randint(50, 300)}]
@@ -169,8 +171,9 @@ def main(argv: list[str] | None = None) -> int:
             serial += 1
             return WorkerProcess(env, Path(logs) / f"worker-{serial}.log", threads=args.threads)
 
-        pool = [start() for _ in range(args.workers)]
+        # Workers start once every task is enqueued, so the faults fall on the whole run.
         task_ids = _enqueue(store_url, args.redis_url, args.tasks, rng)
+        pool = [start() for _ in range(args.workers)]
         print(
             f"enqueued {len(task_ids)} tasks in {time.monotonic() - started:.1f} s; chaos begins", flush=True
         )

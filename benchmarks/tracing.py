@@ -175,6 +175,7 @@ def run(
         "QUEUE_CONCURRENCY": str(THREADS),
         # Throughput is measured without the start rate limit (its default is 100 a minute).
         "AGENTQ_RATE_LIMIT_MAX": "0",
+        "AGENTQ_ALLOW_SCRIPTED": "true",
     }
     os.environ.update(env)
     for key in [k for k in os.environ if k.startswith("OTEL_")]:
@@ -189,7 +190,12 @@ def run(
         store = runtime.store
         store.migrate()
         org = "00000000-0000-4000-8000-00000000be00"
-        agent = store.create_agent(NewAgent(organization_id=org, name="bench", kind="general"), now=utcnow())
+        agent = store.create_agent(
+            NewAgent(
+                provider="scripted", model="scripted-1", organization_id=org, name="bench", kind="general"
+            ),
+            now=utcnow(),
+        )
         with OTLPReceiver() as receiver:
             exporting = {**env, "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint}
             variants = {"off": env, "on": exporting}

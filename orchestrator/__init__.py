@@ -8,6 +8,7 @@ from __future__ import annotations
 from orchestrator.agent import AgentResult, AgentSpec, Orchestrator, TaskInput, build_user_message
 from orchestrator.errors import (
     AgentRunError,
+    BaseUrlNotAllowed,
     DuplicateProvider,
     DuplicateTool,
     InvalidAgentSpec,
@@ -22,6 +23,7 @@ from orchestrator.errors import (
     ProviderUnavailable,
     RunCancelled,
     RunTimeLimitExceeded,
+    ScriptedNotAllowed,
     ScriptError,
     ToolTimeout,
     UnknownProvider,
@@ -31,6 +33,7 @@ from orchestrator.hooks import OrchestratorHooks
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from orchestrator.pricing import DEFAULT_PRICES, ModelPrice, PriceTable
 from orchestrator.providers import (
+    BaseUrlPolicy,
     Provider,
     ProviderFactory,
     ProviderRegistry,
@@ -44,6 +47,8 @@ __all__ = [
     "AgentResult",
     "AgentRunError",
     "AgentSpec",
+    "BaseUrlNotAllowed",
+    "BaseUrlPolicy",
     "ChatMessage",
     "DuplicateProvider",
     "DuplicateTool",
@@ -70,6 +75,7 @@ __all__ = [
     "RunCancelled",
     "RunTimeLimitExceeded",
     "ScriptError",
+    "ScriptedNotAllowed",
     "ScriptedProvider",
     "TaskInput",
     "Tool",

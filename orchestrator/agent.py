@@ -33,6 +33,7 @@ from typing import Any
 
 from orchestrator.errors import (
     AgentRunError,
+    BaseUrlNotAllowed,
     InvalidAgentSpec,
     MaxTurnsExceeded,
     ProviderError,
@@ -46,6 +47,7 @@ from orchestrator.errors import (
 from orchestrator.hooks import OrchestratorHooks, call_hook
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from orchestrator.pricing import PriceTable
+from orchestrator.providers.base_urls import BaseUrlPolicy
 from orchestrator.providers.registry import ProviderRegistry
 from orchestrator.tools import ToolOutcome, ToolRegistry, default_registry
 
@@ -229,6 +231,8 @@ class Orchestrator:
         prices: Model prices for ``cost_usd``; None means :class:`PriceTable` defaults.
         hooks: Hooks called by every run (a run's own ``hooks`` replace them).
         clock: Monotonic clock in seconds, for the run time limit; tests pass a fake.
+        base_urls: The base URLs an agent's own ``base_url`` may use; None allows none (an agent
+            with a ``base_url`` then fails with :class:`BaseUrlNotAllowed` before any request).
     """
 
     def __init__(
@@ -239,6 +243,7 @@ class Orchestrator:
         prices: PriceTable | None = None,
         hooks: OrchestratorHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
+        base_urls: BaseUrlPolicy | None = None,
     ) -> None:
         """Create an orchestrator; see the class docstring."""
         self.providers = providers if providers is not None else ProviderRegistry()
@@ -246,6 +251,7 @@ class Orchestrator:
         self.prices = prices if prices is not None else PriceTable()
         self.hooks = hooks if hooks is not None else OrchestratorHooks()
         self.clock = clock
+        self.base_urls = base_urls if base_urls is not None else BaseUrlPolicy()
 
     def run(
         self,
@@ -330,9 +336,16 @@ class _Run:
         if left is not None and left <= 0:
             raise RunTimeLimitExceeded(self.agent.run_time_limit_s or 0)
 
+    def check_base_url(self) -> None:
+        """Raise BaseUrlNotAllowed when the agent's own base URL is not allowed (before any request)."""
+        agent, policy = self.agent, self.orchestrator.base_urls
+        if agent.base_url is not None and not policy.allows(agent.base_url):
+            raise BaseUrlNotAllowed(agent.id, agent.name, agent.base_url, policy.prefixes)
+
     # -- the loop ----------------------------------------------------------------------------
 
     def execute(self) -> AgentResult:
+        self.check_base_url()
         fallback = self.agent.fallback_provider
         if fallback is not None and fallback not in self.orchestrator.providers:
             raise UnknownProvider(fallback, self.orchestrator.providers.names())

@@ -21,6 +21,8 @@ ProviderAuthError (401, 403)   no         a wrong or missing key will stay wrong
 ProviderInvalidRequest (400,   no         the same request will be refused again
 404, 413, 422, other 4xx)
 ProviderNotConfigured          no         no API key configured; names the variable
+ScriptedNotAllowed             no         a worker without AGENTQ_ALLOW_SCRIPTED=true
+BaseUrlNotAllowed              no         the agent's base_url is not in AGENTQ_ALLOWED_BASE_URLS
 ToolTimeout                    yes        usually a slow dependency of the tool
 RunTimeLimitExceeded           no         the same work would take as long again
 MaxTurnsExceeded               no         the same agent would loop again
@@ -33,7 +35,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from config.errors import AgentQueueError
+from config.errors import AgentQueueError, short_repr
 from orchestrator.messages import Usage
 
 
@@ -238,6 +240,44 @@ class ProviderNotConfigured(ProviderError):
             f"provider {provider!r} has no API key; set {variable} for the worker",
             retryable=False,
             provider=provider,
+        )
+
+
+class ScriptedNotAllowed(AgentRunError):
+    """An agent uses the ``scripted`` provider in a worker that does not allow it; not retryable."""
+
+    def __init__(self) -> None:
+        """Build the error."""
+        super().__init__(
+            "provider 'scripted' is for the demo and tests only and is off in this worker;"
+            " set AGENTQ_ALLOW_SCRIPTED=true to run it, or give the agent a real provider"
+        )
+
+
+class BaseUrlNotAllowed(AgentRunError):
+    """An agent's ``base_url`` is not under an allowed prefix; not retryable, and no request is made.
+
+    Attributes:
+        agent: The agent, as ``'name' (id)``.
+        url: The refused base URL.
+    """
+
+    def __init__(self, agent_id: str, agent_name: str, url: str, allowed: tuple[str, ...]) -> None:
+        """Build the error.
+
+        Args:
+            agent_id: The agent's id.
+            agent_name: The agent's name.
+            url: The agent's base URL.
+            allowed: The configured prefixes, for the hint.
+        """
+        self.agent = f"{short_repr(agent_name)} ({agent_id})"
+        self.url = url
+        now = ", ".join(short_repr(prefix) for prefix in allowed) if allowed else "empty"
+        super().__init__(
+            f"agent {self.agent} has base_url {short_repr(url)}, which AGENTQ_ALLOWED_BASE_URLS"
+            f" (now {now}) does not allow; the platform's API key is sent only to allowed URLs."
+            " Add the URL's prefix to AGENTQ_ALLOWED_BASE_URLS or clear the agent's base_url"
         )
 
 

@@ -199,8 +199,8 @@ class NewAgent:
 
     organization_id: str
     name: str
-    provider: str = "scripted"
-    model: str = "scripted-1"
+    provider: str = "openai"
+    model: str = "gpt-4o-mini"
     kind: str = "general"
     system_prompt: str | None = None
     allowed_tools: tuple[str, ...] = ()

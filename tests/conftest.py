@@ -147,10 +147,12 @@ def redis_url() -> Iterator[str]:
 
 
 def make_agent(store: TaskStore, now: datetime, **fields: object) -> str:
-    """Create an agent with sensible defaults; returns its id."""
+    """Create an agent with sensible defaults (the offline ``scripted`` provider); returns its id."""
     values: dict[str, object] = {
         "organization_id": "11111111-1111-4111-8111-111111111111",
         "name": "Test agent",
+        "provider": "scripted",
+        "model": "scripted-1",
     }
     values.update(fields)
     return store.create_agent(NewAgent(**values), now=now).id  # type: ignore[arg-type]

@@ -47,6 +47,8 @@ class Harness:
         values: dict[str, Any] = {
             "organization_id": ORG,
             "name": "Test agent",
+            "provider": "scripted",
+            "model": "scripted-1",
             "allowed_tools": ("calculate", "get_current_time"),
         }
         values.update(fields)
@@ -120,8 +122,9 @@ class Throttled(Exception):
 
 
 def harness_settings(**overrides: Any) -> Settings:
-    # No start rate limit unless a test asks for one (the default, 100 a minute, would slow many tests).
-    values: dict[str, Any] = {"backoff_ms": 10, "rate_limit_max": 0}
+    # No start rate limit unless a test asks for one (the default, 100 a minute, would slow many tests);
+    # the tests' agents are scripted, which a worker runs only when allowed.
+    values: dict[str, Any] = {"backoff_ms": 10, "rate_limit_max": 0, "allow_scripted": True}
     values.update(overrides)
     return load_settings(**values)
 

@@ -8,6 +8,7 @@ this package does not import the SDKs.
 from __future__ import annotations
 
 from orchestrator.providers.base import Provider, ProviderFactory
+from orchestrator.providers.base_urls import BaseUrlPolicy
 from orchestrator.providers.registry import BUILTIN_PROVIDERS, SDK_PROVIDER_KINDS, ProviderRegistry
 from orchestrator.providers.scripted import ScriptedProvider
 from orchestrator.providers.settings import DEFAULT_MAX_TOKENS, ProviderSettings
@@ -16,6 +17,7 @@ __all__ = [
     "BUILTIN_PROVIDERS",
     "DEFAULT_MAX_TOKENS",
     "SDK_PROVIDER_KINDS",
+    "BaseUrlPolicy",
     "Provider",
     "ProviderFactory",
     "ProviderRegistry",

@@ -20,10 +20,12 @@ connection error        ProviderUnavailable         yes
 from __future__ import annotations
 
 import email.utils
+import logging
 import math
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
@@ -37,6 +39,7 @@ from orchestrator.errors import (
 )
 
 __all__ = [
+    "MAX_BASE_URLS",
     "MAX_CLIENTS",
     "MAX_RETRY_AFTER_MS",
     "THREADS_PER_CLIENT",
@@ -53,6 +56,8 @@ MAX_ERROR_CHARS = 500
 THREADS_PER_CLIENT = 32
 #: Most SDK clients per base URL in one process; more threads share them round-robin.
 MAX_CLIENTS = 32
+#: Most base URLs with SDK clients in one process; the least recently used one is closed beyond.
+MAX_BASE_URLS = 32
 
 #: Longest delay a provider's ``retry-after``/``retry-after-ms``/``x-ratelimit-reset-*`` header
 #: may ask for, in milliseconds (24 h); longer values are cut to it. The worker's failure policy
@@ -62,6 +67,8 @@ MAX_RETRY_AFTER_MS = 24 * 3600 * 1000
 RATE_LIMIT_RESET_HEADERS = ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
 
 ClientT = TypeVar("ClientT")
+
+logger = logging.getLogger("orchestrator")
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_MS = {"h": 3_600_000.0, "m": 60_000.0, "s": 1000.0, "ms": 1.0}
@@ -192,10 +199,15 @@ class ClientCache(Generic[ClientT]):
     arrived together (``benchmarks/README.md``, I/O-bound agents). A worker with at most
     :data:`THREADS_PER_CLIENT` threads keeps one client per base URL, as before.
 
+    At most :data:`MAX_BASE_URLS` base URLs keep clients: asking for one more evicts the least
+    recently used base URL and closes its clients (a call still running on one may then fail
+    as a retryable connection error).
+
     Args:
         build: Makes a client for a base URL.
         threads_per_client: Threads that share one client.
         max_clients: Most clients per base URL.
+        max_base_urls: Most base URLs with clients at once.
     """
 
     def __init__(
@@ -204,17 +216,19 @@ class ClientCache(Generic[ClientT]):
         *,
         threads_per_client: int = THREADS_PER_CLIENT,
         max_clients: int = MAX_CLIENTS,
+        max_base_urls: int = MAX_BASE_URLS,
     ) -> None:
         """Create the cache; ``build(base_url)`` makes a client."""
-        if threads_per_client < 1 or max_clients < 1:
+        if threads_per_client < 1 or max_clients < 1 or max_base_urls < 1:
             raise ValueError(
-                "threads_per_client and max_clients must be at least 1,"
-                f" got {threads_per_client} and {max_clients}"
+                "threads_per_client, max_clients and max_base_urls must be at least 1,"
+                f" got {threads_per_client}, {max_clients} and {max_base_urls}"
             )
         self._build = build
         self._threads_per_client = threads_per_client
         self._max_clients = max_clients
-        self._clients: dict[tuple[str, int], ClientT] = {}
+        self._max_base_urls = max_base_urls
+        self._urls: OrderedDict[str, dict[int, ClientT]] = OrderedDict()
         self._lock = threading.Lock()
         self._threads_seen = 0
         self._local = threading.local()
@@ -230,17 +244,34 @@ class ClientCache(Generic[ClientT]):
 
     def get(self, base_url: str) -> ClientT:
         """Return the calling thread's client for ``base_url``, building it on first use."""
-        key = (base_url, self._group())
-        client = self._clients.get(key)
-        if client is not None:
-            return client
+        group = self._group()
+        evicted: list[ClientT] = []
         with self._lock:
-            client = self._clients.get(key)
+            clients = self._urls.get(base_url)
+            if clients is None:
+                clients = self._urls[base_url] = {}
+                while len(self._urls) > self._max_base_urls:
+                    evicted.extend(self._urls.popitem(last=False)[1].values())
+            else:
+                self._urls.move_to_end(base_url)
+            client = clients.get(group)
             if client is None:
-                client = self._build(base_url)
-                self._clients[key] = client
-            return client
+                client = clients[group] = self._build(base_url)
+        for old in evicted:
+            _close(old)
+        return client
 
     def __len__(self) -> int:
-        """Return how many clients were built."""
-        return len(self._clients)
+        """Return how many clients are held."""
+        with self._lock:
+            return sum(len(clients) for clients in self._urls.values())
+
+
+def _close(client: object) -> None:
+    """Close an evicted client (its connection pool), if it can be closed."""
+    close = getattr(client, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # closing is best effort; the client is dropped either way
+            logger.warning("closing an evicted SDK client failed", exc_info=True)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 from orchestrator.errors import DuplicateProvider, UnknownProvider
 from orchestrator.providers.base import Provider, ProviderFactory
-from orchestrator.providers.scripted import ScriptedProvider
+from orchestrator.providers.scripted import DisabledScriptedProvider, ScriptedProvider
 from orchestrator.providers.settings import ProviderSettings
 
 __all__ = ["BUILTIN_PROVIDERS", "SDK_PROVIDER_KINDS", "ProviderRegistry"]
@@ -66,6 +66,7 @@ class ProviderRegistry:
         settings: Mapping[str, ProviderSettings],
         *,
         extra: Mapping[str, ProviderFactory] | None = None,
+        allow_scripted: bool = True,
     ) -> ProviderRegistry:
         """Build a registry of :data:`BUILTIN_PROVIDERS` plus one SDK provider per settings entry.
 
@@ -75,12 +76,15 @@ class ProviderRegistry:
                 An entry without an API key still registers; runs using it fail with
                 :class:`~orchestrator.errors.ProviderNotConfigured`.
             extra: More factories to register (e.g. test doubles).
+            allow_scripted: False replaces ``scripted`` by a provider whose every call fails
+                with :class:`~orchestrator.errors.ScriptedNotAllowed` (a worker without
+                ``AGENTQ_ALLOW_SCRIPTED=true``).
 
         Raises:
             ValueError: A kind is not ``openai`` or ``anthropic``.
             DuplicateProvider: A name is given twice (e.g. ``scripted`` in ``settings``).
         """
-        registry = cls()
+        registry = cls(None if allow_scripted else {ScriptedProvider.name: DisabledScriptedProvider})
         for name, entry in settings.items():
             kind = entry.kind or name
             build = SDK_PROVIDER_KINDS.get(kind)

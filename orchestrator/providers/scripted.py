@@ -28,10 +28,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.errors import ProviderError, ScriptError
+from orchestrator.errors import ProviderError, ScriptedNotAllowed, ScriptError
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
 
-__all__ = ["MAX_SLEEP_MS", "ScriptedProvider"]
+__all__ = ["MAX_SLEEP_MS", "DisabledScriptedProvider", "ScriptedProvider"]
 
 #: Longest ``sleep_ms`` a step may ask for.
 MAX_SLEEP_MS = 600_000
@@ -209,3 +209,17 @@ class ScriptedProvider:
         if turn >= len(steps):
             return _Step(answer=_fallback_answer(messages))
         return steps[turn]
+
+
+class DisabledScriptedProvider:
+    """Stands in for ``scripted`` where it is not allowed: every call fails, not retryable."""
+
+    name = "scripted"
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        """Refuse the call.
+
+        Raises:
+            ScriptedNotAllowed: Always; it says to set ``AGENTQ_ALLOW_SCRIPTED=true``.
+        """
+        raise ScriptedNotAllowed()

@@ -27,6 +27,7 @@ def command_env(**values: str) -> dict[str, str]:
         if not key.startswith(("AGENTQ_", "DATABASE_", "REDIS_"))
     }
     env["PYTHONPATH"] = str(ROOT)
+    env["AGENTQ_ALLOW_SCRIPTED"] = "true"  # the tests' agents are scripted
     env.update(values)
     return env
 

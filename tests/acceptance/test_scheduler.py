@@ -23,7 +23,9 @@ def test_an_every_minute_schedule_runs_once_per_minute_under_two_schedulers(
     postgres_store: PostgresTaskStore, postgres_url: str, redis_url: str, tmp_path: Path
 ) -> None:
     env = command_env(DATABASE_URL=postgres_url, REDIS_URL=redis_url)
-    agent = postgres_store.create_agent(NewAgent(organization_id=ORG, name="cron"), now=utcnow())
+    agent = postgres_store.create_agent(
+        NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="cron"), now=utcnow()
+    )
     task = postgres_store.create_task(
         NewTask(agent_id=agent.id, organization_id=ORG, title="Every minute", task_type="scheduled"),
         now=utcnow(),

@@ -63,9 +63,14 @@ def test_dramatiq_actors_runs_tasks_another_process_added_and_sent(
     tmp_path: Path,
 ) -> None:
     now = utcnow()
-    general = postgres_store.create_agent(NewAgent(organization_id=ORG, name="g"), now=now)
+    general = postgres_store.create_agent(
+        NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="g"), now=now
+    )
     finance = postgres_store.create_agent(
-        NewAgent(organization_id=ORG, name="f", kind="financial_report"), now=now
+        NewAgent(
+            provider="scripted", model="scripted-1", organization_id=ORG, name="f", kind="financial_report"
+        ),
+        now=now,
     )
     added = postgres_store.create_task(
         NewTask(agent_id=general.id, organization_id=ORG, title="added"), now=now

@@ -14,7 +14,9 @@ pytestmark = pytest.mark.integration
 def test_the_pool_grows_to_the_worker_thread_count_up_to_a_cap_and_never_shrinks(postgres_url: str) -> None:
     store = PostgresTaskStore(postgres_url, max_size=6)
     try:
-        store.create_agent(NewAgent(organization_id=ORG, name="a"), now=utcnow())  # opens the pool
+        store.create_agent(
+            NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="a"), now=utcnow()
+        )  # opens the pool
         store.reserve_connections(20)
         store.reserve_connections(2)
         assert store._get_pool().get_stats()["pool_max"] == 24

@@ -158,7 +158,9 @@ def test_dramatiq_actors_runs_a_task_over_redis_tls_from_the_seed_variables(
         QUEUE_CONCURRENCY="2",
     )
     now = utcnow()
-    agent = postgres_store.create_agent(NewAgent(organization_id=ORG, name="tls"), now=now)
+    agent = postgres_store.create_agent(
+        NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="tls"), now=now
+    )
     task = postgres_store.create_task(NewTask(agent_id=agent.id, organization_id=ORG, title="tls"), now=now)
     worker = WorkerProcess(env, tmp_path / "worker.log", threads=2)
     try:

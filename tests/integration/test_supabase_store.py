@@ -167,7 +167,9 @@ def test_updated_at_is_maintained_when_an_update_leaves_it_alone(
 def test_writes_whose_response_was_lost_are_applied_exactly_once(
     supabase_store: SupabaseTaskStore, fake_postgrest: FakePostgrest, clock: Clock
 ) -> None:
-    agent = supabase_store.create_agent(NewAgent(organization_id=ORG_A, name="a"), now=clock())
+    agent = supabase_store.create_agent(
+        NewAgent(provider="scripted", model="scripted-1", organization_id=ORG_A, name="a"), now=clock()
+    )
 
     fake_postgrest.drop_responses("POST", "/rest/v1/ai_agent_tasks")
     task = supabase_store.create_task(
@@ -198,7 +200,9 @@ def test_writes_whose_response_was_lost_are_applied_exactly_once(
 def test_a_lost_claim_response_does_not_hand_another_workers_claim_over(
     supabase_store: SupabaseTaskStore, fake_postgrest: FakePostgrest, clock: Clock
 ) -> None:
-    agent = supabase_store.create_agent(NewAgent(organization_id=ORG_A, name="a"), now=clock())
+    agent = supabase_store.create_agent(
+        NewAgent(provider="scripted", model="scripted-1", organization_id=ORG_A, name="a"), now=clock()
+    )
     task = supabase_store.create_task(
         NewTask(agent_id=agent.id, organization_id=ORG_A, title="t"), now=clock()
     )
@@ -234,7 +238,10 @@ def test_a_task_inserted_through_supabase_py_and_added_completes_under_dramatiq_
 ) -> None:
     from supabase import ClientOptions, create_client
 
-    agent = supabase_store.create_agent(NewAgent(organization_id=ORG_A, name="reporter"), now=utcnow())
+    agent = supabase_store.create_agent(
+        NewAgent(provider="scripted", model="scripted-1", organization_id=ORG_A, name="reporter"),
+        now=utcnow(),
+    )
     redis_server = ThrowawayRedis()  # private: the shared test Redis database is flushed by other runs
     env = command_env(
         SUPABASE_URL=fake_postgrest.url,

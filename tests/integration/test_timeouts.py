@@ -53,7 +53,9 @@ def test_a_claim_stuck_behind_a_lock_another_session_holds_is_cancelled(
 ) -> None:
     """A worker's claim waiting on a row that a hung session locked gives up and can be retried."""
     now = utcnow()
-    agent = small_timeout_store.create_agent(NewAgent(organization_id=ORG, name="a"), now=now)
+    agent = small_timeout_store.create_agent(
+        NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="a"), now=now
+    )
     task = small_timeout_store.create_task(
         NewTask(agent_id=agent.id, organization_id=ORG, title="t"), now=now
     )

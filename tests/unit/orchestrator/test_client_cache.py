@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from orchestrator.providers._http import THREADS_PER_CLIENT, ClientCache
+from orchestrator.providers._http import MAX_BASE_URLS, THREADS_PER_CLIENT, ClientCache
 
 
 class Built:
@@ -14,6 +14,10 @@ class Built:
 
     def __init__(self, base_url: str) -> None:
         self.base_url = base_url
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def _in_new_thread(cache: ClientCache[Built], base_url: str) -> Built:
@@ -57,7 +61,33 @@ def test_a_small_worker_keeps_one_client_per_base_url() -> None:
     assert len(clients) == 1
 
 
-@pytest.mark.parametrize(("threads_per_client", "max_clients"), [(0, 1), (1, 0)])
-def test_group_sizes_below_one_are_rejected(threads_per_client: int, max_clients: int) -> None:
+@pytest.mark.parametrize(
+    ("threads_per_client", "max_clients", "max_base_urls"), [(0, 1, 1), (1, 0, 1), (1, 1, 0)]
+)
+def test_sizes_below_one_are_rejected(threads_per_client: int, max_clients: int, max_base_urls: int) -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        ClientCache(Built, threads_per_client=threads_per_client, max_clients=max_clients)
+        ClientCache(
+            Built, threads_per_client=threads_per_client, max_clients=max_clients, max_base_urls=max_base_urls
+        )
+
+
+def test_the_least_recently_used_base_url_is_evicted_and_its_client_closed() -> None:
+    cache = ClientCache(Built, max_base_urls=2)
+    a, b = cache.get("http://a/v1"), cache.get("http://b/v1")
+    assert cache.get("http://a/v1") is a  # a is now the most recently used
+
+    c = cache.get("http://c/v1")
+
+    assert [a.closed, b.closed, c.closed] == [False, True, False]
+    assert len(cache) == 2
+    assert cache.get("http://b/v1") is not b  # built afresh, evicting a
+    assert [a.closed, c.closed] == [True, False]
+    assert len(cache) == 2
+
+
+def test_a_flood_of_base_urls_keeps_the_default_bound() -> None:
+    cache = ClientCache(Built)
+    built = [cache.get(f"http://host-{index}/v1") for index in range(MAX_BASE_URLS * 3)]
+
+    assert len(cache) == MAX_BASE_URLS == 32
+    assert sum(client.closed for client in built) == MAX_BASE_URLS * 2

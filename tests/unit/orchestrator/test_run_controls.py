@@ -31,6 +31,7 @@ from orchestrator import (
     default_registry,
 )
 from orchestrator.providers._http import classify_status, parse_retry_after_ms
+from orchestrator.providers.base_urls import BaseUrlPolicy
 from tests.fakes.anthropic_server import FakeAnthropicServer, anthropic_text, anthropic_tool_uses
 from tests.fakes.openai_server import FakeOpenAIServer, openai_error, openai_text, openai_tool_calls
 
@@ -112,7 +113,8 @@ def test_a_fallback_model_on_the_same_provider_keeps_the_agent_base_url(
         {"openai": ProviderSettings(api_key=API_KEY, base_url="http://127.0.0.1:9/v1")}
     )
 
-    result = Orchestrator(registry).run(spec(base_url=openai_server.base_url, fallback_model="gpt-4o"), TASK)
+    orchestrator = Orchestrator(registry, base_urls=BaseUrlPolicy([openai_server.base_url]))
+    result = orchestrator.run(spec(base_url=openai_server.base_url, fallback_model="gpt-4o"), TASK)
 
     assert result.output == "ok"
     assert [r.body["model"] for r in openai_server.requests] == ["gpt-4o-mini", "gpt-4o"]

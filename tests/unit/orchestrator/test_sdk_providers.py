@@ -29,6 +29,7 @@ from orchestrator import (
     Usage,
     default_registry,
 )
+from orchestrator.providers.base_urls import BaseUrlPolicy
 from tests.fakes.anthropic_server import (
     FakeAnthropicServer,
     anthropic_error,
@@ -361,7 +362,8 @@ def test_an_agent_base_url_overrides_the_provider_settings(backend: Backend) -> 
     settings = {
         backend.name: ProviderSettings(api_key=API_KEY, base_url="http://127.0.0.1:9/v1", timeout_s=5)
     }
-    orchestrator = Orchestrator(ProviderRegistry.from_settings(settings))
+    allowed = BaseUrlPolicy([backend.base_url])
+    orchestrator = Orchestrator(ProviderRegistry.from_settings(settings), base_urls=allowed)
     backend.server.enqueue(backend.text("hi"), backend.text("again"))
 
     first = orchestrator.run(agent(backend, base_url=backend.base_url), TASK)
