@@ -266,7 +266,12 @@ def run_case(
         for title in [WARM_UP] * threads + [MEASURED] * tasks:
             task = agent_task_queue.create_task(agent_id=agent.id, organization_id=ORG, title=title)
             agent_task_queue.add_task(task.id)
-        worker_env = {**env, "OPENAI_API_KEY": "sk-bench", "QUEUE_CONCURRENCY": str(threads)}
+        worker_env = {
+            **env,
+            "OPENAI_API_KEY": "sk-bench",
+            "QUEUE_CONCURRENCY": str(threads),
+            "AGENTQ_ALLOWED_BASE_URLS": server.base_url,  # the agent's own base_url
+        }
         profile = profile_dir / f"io-{threads}.txt" if profile_dir is not None else None
         with (
             run_worker("actors", 1, threads, worker_env, logs / f"io-{threads}.log") as worker,
