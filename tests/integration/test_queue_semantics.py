@@ -13,6 +13,7 @@ import pytest
 from actors.lanes import LaneBroker
 from middleware import build_middleware
 from middleware.agent_messages import LANE_OPTION, ORG_OPTION
+from middleware.task_lifecycle import send_queued
 from taskstore import InMemoryTaskStore, TaskStatus, utcnow
 from tests.harness import OTHER_ORG, Harness, harness_settings, redis_harness, wait_until
 
@@ -182,6 +183,22 @@ def test_a_capped_organization_takes_no_start_slot_from_the_others(
         # Slots used in the window are the tasks that really started, no more.
         assert app.broker.client.zcard("agentq:starts") == len(started)  # type: ignore[attr-defined]
         assert len(started) <= 5
+
+
+def test_a_duplicate_message_gives_its_start_slot_back(redis_url: str, store: InMemoryTaskStore) -> None:
+    with redis_harness(store, redis_url, rate_limit_max=5, rate_limit_window_ms=60_000) as app:
+        skips = SkipCounter()
+        app.broker.add_middleware(skips)
+        task_id = app.task()
+        app.queue.add_task(task_id)
+        with app.worker(threads=2):
+            wait_until(lambda: all_completed(app, [task_id]), what="the task")
+            for _ in range(3):  # redeliveries of a finished task: each is skipped at the claim
+                send_queued(app.broker, "general", task_id)
+            wait_until(lambda: skips.skipped == 3, what="the duplicates to be skipped")
+
+        assert app.broker.client.zcard("agentq:starts") == 1  # type: ignore[attr-defined]
+        assert len(app.store.get_runs(task_id)) == 1
 
 
 def test_pause_comes_before_the_rate_limit() -> None:
