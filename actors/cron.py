@@ -98,7 +98,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from config.errors import AgentQueueError
+from config.errors import AgentQueueError, short_repr
 
 __all__ = [
     "DEFAULT_TIMEZONE",
@@ -163,7 +163,7 @@ class InvalidCronExpression(ScheduleError):
     """The expression is not standard 5-field cron (or names a date that never exists)."""
 
     def __init__(self, expression: object, reason: str) -> None:
-        super().__init__(f"cron expression {expression!r} is invalid: {reason}")
+        super().__init__(f"cron expression {short_repr(expression)} is invalid: {reason}")
         self.expression = expression
         self.reason = reason
 
@@ -173,7 +173,8 @@ class UnknownTimezone(ScheduleError):
 
     def __init__(self, timezone: object) -> None:
         super().__init__(
-            f"time zone {timezone!r} is not an IANA time zone (for example 'UTC' or 'America/New_York')"
+            f"time zone {short_repr(timezone)} is not an IANA time zone"
+            " (for example 'UTC' or 'America/New_York')"
         )
         self.timezone = timezone
 

@@ -34,7 +34,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.errors import BrokerConnectionError
 from redis import RedisError
 
-from config.errors import AgentQueueError
+from config.errors import AgentQueueError, short_repr
 from middleware.agent_messages import AGENT_KIND_OPTION
 from middleware.attempts import process_worker_id
 from middleware.redis_messages import requeue_dead_workers, task_ids_in_flight
@@ -180,7 +180,9 @@ def unrunnable(kind: str | None, kinds: Collection[str]) -> str | None:
     if kind is None:
         return "its agent no longer exists"
     if kind not in kinds:
-        return f"agent kind {kind!r} has no actor (known kinds: {', '.join(sorted(kinds)) or 'none'})"
+        return (
+            f"agent kind {short_repr(kind)} has no actor (known kinds: {', '.join(sorted(kinds)) or 'none'})"
+        )
     return None
 
 

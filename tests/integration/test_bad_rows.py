@@ -198,3 +198,16 @@ def test_create_task_refuses_an_agent_kind_without_actor_and_inserts_nothing(
 
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT count(*) FROM ai_agent_tasks").fetchone() == (0,)
+
+
+def test_a_huge_bad_time_zone_is_named_without_being_echoed_whole(app: Harness, postgres_url: str) -> None:
+    task_id = app.task(task_type="scheduled")
+    app.queue.add_scheduled_task(task_id, "* * * * *")
+    huge = "Mars/" + "x" * 100_000
+    sql(postgres_url, "UPDATE ai_agent_tasks SET schedule_timezone = %s WHERE id = %s", huge, task_id)
+
+    report = dispatch_due_schedules(app.store, app.broker, now=utcnow() + timedelta(minutes=2))
+
+    error = task(app, task_id).error
+    assert report.disabled == 1 and error is not None
+    assert task_id in error and "'Mars/xxx" in error and "(100005 characters)" in error and len(error) < 500
