@@ -17,11 +17,19 @@ from actors.errors import (
     InvalidDelay,
     InvalidPriority,
 )
-from config.errors import AgentQueueError
+from config.errors import AgentQueueError, short_repr
 from taskstore import Agent, AgentNotFound, InvalidTransition, NewTask, Task, TaskStatus, normalize_id
 
 #: Longest delay Dramatiq's Redis broker accepts (7 days).
 MAX_DELAY_MS = 7 * 24 * 3600 * 1000
+#: Longest task ``title``, in characters: a title is a short label, shown in lists and logs.
+MAX_TITLE_CHARS = 500
+#: Longest task ``description``, in characters (about 5,000 tokens of prompt); larger inputs
+#: belong in ``context`` (bounded by ``AGENTQ_MAX_CONTEXT_BYTES``) or behind a tool.
+MAX_DESCRIPTION_CHARS = 20_000
+#: Most items in one ``create_tasks`` or ``add_tasks`` call (one statement, one Redis transaction);
+#: split larger batches.
+MAX_BATCH = 1_000
 
 
 #: ``create_task``'s keyword arguments: what each item of ``create_tasks`` may hold.
@@ -32,8 +40,8 @@ _REQUIRED_TASK_FIELDS = ("agent_id", "organization_id", "title")
 def task_fields(fields: object) -> dict[str, Any]:
     """One item of ``create_tasks``: a mapping of ``create_task``'s keyword arguments."""
     if not isinstance(fields, Mapping):
-        raise InvalidArgument(f"{fields!r} is not a mapping of create_task's arguments")
-    unknown = sorted(repr(name) for name in fields if name not in TASK_FIELDS)
+        raise InvalidArgument(f"{short_repr(fields)} is not a mapping of create_task's arguments")
+    unknown = sorted(short_repr(name) for name in fields if name not in TASK_FIELDS)
     if unknown:
         raise InvalidArgument(
             f"unknown argument(s) {', '.join(unknown)}; create_task takes {', '.join(TASK_FIELDS)}"
@@ -54,10 +62,40 @@ def item(name: str, index: int) -> Iterator[None]:
         raise
 
 
+def check_batch(name: str, items: object, what: str) -> Sequence[Any]:
+    """A bulk call's list argument: a sequence (not a str or mapping) of at most :data:`MAX_BATCH` items."""
+    if isinstance(items, str | bytes | Mapping) or not isinstance(items, Sequence):
+        raise InvalidArgument(f"{name} {short_repr(items)} must be a sequence of {what}")
+    if len(items) > MAX_BATCH:
+        raise InvalidArgument(f"{name} has {len(items)} items; at most {MAX_BATCH} per call, split the batch")
+    return items
+
+
+def check_title(title: object) -> None:
+    """A task title: a non-blank string of at most :data:`MAX_TITLE_CHARS` characters."""
+    if not isinstance(title, str) or not title.strip():
+        raise InvalidArgument(f"title {short_repr(title)} must be a non-empty string")
+    if len(title) > MAX_TITLE_CHARS:
+        raise InvalidArgument(
+            f"title {short_repr(title)} is longer than {MAX_TITLE_CHARS} characters;"
+            " put the details in description or context"
+        )
+
+
+def check_description(description: object) -> None:
+    """A task description: None or a string of at most :data:`MAX_DESCRIPTION_CHARS` characters."""
+    if description is not None and not isinstance(description, str):
+        raise InvalidArgument(f"description {short_repr(description)} must be a string or None")
+    if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
+        raise InvalidArgument(
+            f"description {short_repr(description)} is longer than {MAX_DESCRIPTION_CHARS} characters;"
+            " put large inputs in context or behind a tool"
+        )
+
+
 def check_ids(task_ids: object) -> list[str]:
-    """``add_tasks``' ids, each normalized; an id given twice is an error."""
-    if isinstance(task_ids, str | bytes) or not isinstance(task_ids, Sequence):
-        raise InvalidArgument(f"task_ids {task_ids!r} must be a sequence of task ids")
+    """``add_tasks``' ids (at most :data:`MAX_BATCH`), each normalized; an id given twice is an error."""
+    task_ids = check_batch("task_ids", task_ids, "task ids")
     ids: list[str] = []
     seen: dict[str, int] = {}
     for index, value in enumerate(task_ids):
@@ -99,7 +137,7 @@ def check_page(limit: object, offset: object) -> None:
     """Paging arguments: non-negative ints."""
     for name, value in (("limit", limit), ("offset", offset)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise InvalidArgument(f"{name} {value!r} must be a non-negative int")
+            raise InvalidArgument(f"{name} {short_repr(value)} must be a non-negative int")
 
 
 def check_priority(priority: object) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.errors import AgentQueueError
+from config.errors import AgentQueueError, short_repr
 
 
 class InvalidArgument(AgentQueueError, ValueError):
@@ -13,7 +13,7 @@ class InvalidPriority(InvalidArgument):
     """Priority must be an int from 0 to 10."""
 
     def __init__(self, value: object) -> None:
-        super().__init__(f"priority {value!r} is not an int from 0 to 10 (higher = more urgent)")
+        super().__init__(f"priority {short_repr(value)} is not an int from 0 to 10 (higher = more urgent)")
         self.value = value
 
 
@@ -21,7 +21,9 @@ class InvalidDelay(InvalidArgument):
     """Delay must be a non-negative int of milliseconds, at most 7 days."""
 
     def __init__(self, value: object) -> None:
-        super().__init__(f"delay_ms {value!r} is not an int of milliseconds from 0 to 604800000 (7 days)")
+        super().__init__(
+            f"delay_ms {short_repr(value)} is not an int of milliseconds from 0 to 604800000 (7 days)"
+        )
         self.value = value
 
 

@@ -22,11 +22,14 @@ from actors.agent_actor import AgentActor
 from actors.arguments import MAX_DELAY_MS as MAX_DELAY_MS
 from actors.arguments import (
     check_agent,
+    check_batch,
     check_delay,
+    check_description,
     check_ids,
     check_page,
     check_pending,
     check_priority,
+    check_title,
     item,
     task_fields,
 )
@@ -39,7 +42,7 @@ from actors.errors import (
     UnknownAgentKind,
 )
 from actors.lanes import LaneBroker
-from config.errors import AgentQueueError
+from config.errors import AgentQueueError, short_repr
 from middleware.pause import pause_switch
 from middleware.task_lifecycle import (
     ENQUEUED_AT_OPTION,
@@ -149,7 +152,11 @@ class AgentTaskQueue:
     ) -> Task:
         """Insert a ``pending`` task for an active agent of the same organization.
 
+        ``title`` is 1 to :data:`~actors.arguments.MAX_TITLE_CHARS` (500) characters, ``description``
+        at most :data:`~actors.arguments.MAX_DESCRIPTION_CHARS` (20,000).
+
         Raises:
+            InvalidArgument: A bad argument (e.g. a title or description over its limit).
             AgentNotFound, AgentInactive, AgentOrganizationMismatch: No such agent for the organization.
             UnknownAgentKind: The agent's kind has no actor: nothing could ever run the task.
         """
@@ -170,12 +177,10 @@ class AgentTaskQueue:
 
         Every item is checked first, as ``create_task`` checks it (the error names the item, e.g.
         ``tasks[3]: title '' must be a non-empty string``); each distinct agent is read once; then all
-        rows are inserted in one statement. Returns the tasks in the given order.
+        rows are inserted in one statement. Returns the tasks in the given order. At most
+        :data:`~actors.arguments.MAX_BATCH` (1,000) tasks per call.
         """
-        if isinstance(tasks, str | bytes | Mapping) or not isinstance(tasks, Sequence):
-            raise InvalidArgument(
-                f"tasks {tasks!r} must be a sequence of mappings of create_task's arguments"
-            )
+        tasks = check_batch("tasks", tasks, "mappings of create_task's arguments")
         batch: list[NewTask] = []
         for index, fields in enumerate(tasks):
             with item("tasks", index):
@@ -217,7 +222,8 @@ class AgentTaskQueue:
 
         Everything is checked before anything changes: the ids (no id twice), ``priority``,
         ``delay_ms``, and that every task exists, is pending and has an agent kind with an actor
-        (each distinct agent is read once). Then one store call moves them all ``pending → queued``
+        (each distinct agent is read once); at most :data:`~actors.arguments.MAX_BATCH` (1,000) ids.
+        Then one store call moves them all ``pending → queued``
         and one Redis transaction enqueues their messages (on the :class:`~actors.lanes.LaneBroker`;
         another broker gets one enqueue per message). Logs ``added to queue`` per task.
 
@@ -461,12 +467,10 @@ class AgentTaskQueue:
         agent_id = normalize_id(agent_id, "agent id")
         organization_id = normalize_id(organization_id, "organization id")
         check_priority(priority)
-        if not isinstance(title, str) or not title.strip():
-            raise InvalidArgument(f"title {title!r} must be a non-empty string")
-        if description is not None and not isinstance(description, str):
-            raise InvalidArgument(f"description {description!r} must be a string or None")
+        check_title(title)
+        check_description(description)
         if task_type not in TASK_TYPES:
-            raise InvalidArgument(f"task_type {task_type!r} is not one of {', '.join(TASK_TYPES)}")
+            raise InvalidArgument(f"task_type {short_repr(task_type)} is not one of {', '.join(TASK_TYPES)}")
         return NewTask(
             agent_id=agent_id,
             organization_id=organization_id,
@@ -537,7 +541,7 @@ class AgentTaskQueue:
         if context is None:
             return {}
         if not isinstance(context, Mapping):
-            raise InvalidContext(f"context {context!r} must be a JSON object (a mapping)")
+            raise InvalidContext(f"context {short_repr(context)} must be a JSON object (a mapping)")
         try:
             encoded = json.dumps(context, allow_nan=False)
         except (TypeError, ValueError) as exc:

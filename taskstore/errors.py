@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from config.errors import AgentQueueError
+from config.errors import AgentQueueError, short_repr
 
 
 class TaskStoreError(AgentQueueError):
@@ -13,7 +13,7 @@ class InvalidTaskId(TaskStoreError, ValueError):
     """A task or agent id that is not a UUID."""
 
     def __init__(self, value: object, what: str = "task id") -> None:
-        super().__init__(f"{what} {value!r} is not a UUID")
+        super().__init__(f"{what} {short_repr(value)} is not a UUID")
         self.value = value
 
 
