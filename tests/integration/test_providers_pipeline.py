@@ -223,3 +223,59 @@ def test_cancelling_a_running_multi_turn_task_stops_it_before_its_next_model_cal
     assert len(server.requests) == 1
     [run] = app.store.get_runs(task_id)
     assert run.status == RunStatus.CANCELLED
+
+
+def test_an_absurd_retry_after_postpones_by_the_cap_and_the_task_completes(
+    provider: Provider, server: FakeServer, postgres_store: PostgresTaskStore, redis_url: str
+) -> None:
+    # A provider asking to wait 100,000,000 s (3 years) is postponed by AGENTQ_MAX_POSTPONE_MS only
+    server.enqueue(
+        provider.error(429, "slow down", type="rate_limit_error", headers={"retry-after": "100000000"}),
+        provider.text("made it"),
+    )
+    settings = {**settings_for(provider, server), "max_postpone_ms": 1500}
+    with redis_harness(postgres_store, redis_url, **settings) as app:
+        task_id = app.task(agent_for(app, provider))
+        run_to_end(app, task_id)
+
+        job = app.queue.get_job(task_id)
+    assert job is not None and job.status == TaskStatus.COMPLETED, job and job.failed_reason
+    assert job.attempts_made == 1 and job.task.postponed_count == 1
+    postponed, completed = job.runs
+    assert (postponed.status, completed.status) == (RunStatus.POSTPONED, RunStatus.COMPLETED)
+    gap_s = (completed.started_at - postponed.started_at).total_seconds()
+    assert 1.5 <= gap_s < 15, gap_s
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("trick", ["foreign", "userinfo"])
+def test_a_base_url_outside_the_allowed_prefixes_fails_at_once_and_the_key_never_leaves(
+    provider: Provider, server: FakeServer, postgres_store: PostgresTaskStore, redis_url: str, trick: str
+) -> None:
+    # Given: the operator allows the real (fake) provider server; a second server is foreign
+    with provider.server() as foreign:
+        foreign.enqueue(provider.text("I have your key now"))
+        server.enqueue(provider.text("allowed"))
+        allowed_url: str = server.base_url  # type: ignore[attr-defined]
+        foreign_url: str = foreign.base_url  # type: ignore[attr-defined]
+        if trick == "userinfo":  # reads as "starts with the allowed URL", but its host is the foreign one
+            foreign_url = foreign_url.replace("http://", f"http://{allowed_url.removeprefix('http://')}@")
+        settings = {**settings_for(provider, server), "allowed_base_urls": (allowed_url,)}
+        with redis_harness(postgres_store, redis_url, **settings) as app:
+            good_agent = agent_for(app, provider, name="allowed agent", base_url=allowed_url)
+            bad_agent = agent_for(app, provider, name="exfiltrator", base_url=foreign_url)
+            good_task, bad_task = app.task(good_agent), app.task(bad_agent)
+            app.queue.add_task(good_task)
+            run_to_end(app, bad_task)
+            wait_until(lambda: app.store.get_task(good_task).status == TaskStatus.COMPLETED, what="good task")  # type: ignore[union-attr]
+
+            bad = app.queue.get_job(bad_task)
+        # Then: the foreign URL got nothing; the task failed on its first attempt, naming agent and URL
+        assert foreign.requests == []
+        assert len(server.requests) == 1
+        assert bad is not None and bad.status == TaskStatus.FAILED and bad.attempts_made == 1
+        reason = bad.failed_reason or ""
+        assert f"'exfiltrator' ({bad_agent})" in reason
+        assert foreign_url.split("@")[-1] in reason  # user info in a URL is redacted as a password
+        assert "AGENTQ_ALLOWED_BASE_URLS" in reason
+        assert [run.status for run in bad.runs] == [RunStatus.FAILED]
