@@ -8,13 +8,16 @@ the orchestrator) and returns the result, usually ``job.run_agent()``::
     def financial_report(job: AgentJob) -> AttemptResult:
         return job.run_agent(instructions="Answer with a short financial summary.")
 
-``ai_agents.kind`` selects the actor: the actor's name is the kind.
+``ai_agents.kind`` selects the actor: the actor's name is the kind. The actor returns the
+function's :class:`~middleware.outcome.AttemptResult` to Dramatiq, which hands it to
+``TaskLifecycle.after_process_message`` as ``result``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -26,10 +29,11 @@ from actors.budget import BudgetPolicy
 from actors.errors import AgentUnavailable, BrokerUnavailable
 from middleware.agent_messages import AGENT_KIND_OPTION
 from middleware.attempts import Attempt, current_attempt
-from middleware.task_lifecycle import ENQUEUED_AT_OPTION, AttemptResult, EnqueueRejected, report_outcome
+from middleware.outcome import AttemptResult, stored_usage
+from middleware.task_lifecycle import ENQUEUED_AT_OPTION, QUEUED_OPTION, EnqueueRejected
 from middleware.tracing import abandon_publish
 from orchestrator import AgentSpec, Orchestrator, TaskInput
-from taskstore import Agent, Claim, Task, TaskStore, Usage, normalize_id, utcnow
+from taskstore import Agent, Claim, Task, TaskStore, normalize_id, utcnow
 
 AgentFunction = Callable[["AgentJob"], AttemptResult]
 
@@ -131,21 +135,49 @@ class AgentJob:
             context=self.task.context,
         )
         outcome = self.orchestrator.run(spec, task, should_stop=self.should_stop)
-        usage = outcome.usage
         return AttemptResult(
             result={"output": outcome.output, "turns": outcome.turns, "model": outcome.model},
-            usage=Usage(
-                usage.input_tokens,
-                usage.output_tokens,
-                cached_input_tokens=usage.cached_input_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                cost_usd=outcome.cost_usd,
-            ),
+            usage=stored_usage(outcome.usage, outcome.cost_usd),
             transcript=list(outcome.transcript),
         )
 
 
-class AgentActor(dramatiq.Actor[[str], None]):
+@contextmanager
+def pending_again_on_failure(
+    store: TaskStore | None,
+    task_ids: Sequence[str],
+    *,
+    queued_at: datetime | None,
+    clock: Callable[[], datetime],
+) -> Iterator[None]:
+    """Undo the ``pending → queued`` move of ``task_ids`` (made at ``queued_at``) if the block raises.
+
+    The one rollback of a failed enqueue, for ``add_task``, ``add_tasks``, ``retry_job`` and a bare
+    ``send``: the tasks this enqueue queued are ``pending`` again (a later enqueue of them is left
+    alone); ``queued_at`` None: the tasks were queued before (a re-send), nothing to undo. A Redis
+    failure is raised as :class:`BrokerUnavailable`. A send the middleware refused
+    (:class:`EnqueueRejected`) queued nothing and passes through untouched.
+    """
+    try:
+        yield
+    except EnqueueRejected:
+        raise
+    except Exception as exc:
+        abandon_publish(exc)
+        if store is not None and queued_at is not None:
+            if len(task_ids) == 1:
+                store.revert_queued(task_ids[0], queued_at=queued_at, now=clock())
+            else:
+                store.revert_queued_many(task_ids, queued_at=queued_at, now=clock())
+        if isinstance(exc, redis.RedisError | dramatiq.errors.BrokerConnectionError):
+            one = len(task_ids) == 1
+            tasks = f"task {task_ids[0]!r}; it stays" if one else f"the {len(task_ids)} tasks; they stay"
+            state = "pending" if queued_at is not None else "queued (the reconciler sends it again)"
+            raise BrokerUnavailable(f"Redis did not accept {tasks} {state}: {exc}") from exc
+        raise
+
+
+class AgentActor(dramatiq.Actor[[str], AttemptResult]):
     """The actor of one agent kind. Sending validates the task id and reports Redis outages clearly."""
 
     store: TaskStore | None = None
@@ -162,8 +194,11 @@ class AgentActor(dramatiq.Actor[[str], None]):
         kwargs: dict[str, Any] | None = None,
         delay: Any = None,
         **options: Any,
-    ) -> dramatiq.Message[None]:
+    ) -> dramatiq.Message[AttemptResult]:
         """Send a message for a task id, moving the task ``pending → queued`` (see ``TaskLifecycle``).
+
+        A message marked :data:`~middleware.task_lifecycle.QUEUED_OPTION` is for a task already
+        ``queued`` (``AgentTaskQueue``, retries, recoveries) and is only sent.
 
         Raises:
             InvalidTaskId, TaskNotFound, InvalidTransition: The task cannot be queued; nothing was sent.
@@ -172,20 +207,15 @@ class AgentActor(dramatiq.Actor[[str], None]):
         if kwargs or len(args) != 1:
             raise TypeError(f"agent actor {self.actor_name!r} takes exactly one argument, the task id")
         task_id = normalize_id(args[0])
-        options.setdefault(ENQUEUED_AT_OPTION, self.clock().isoformat())
+        queued_at = None
+        if not options.get(QUEUED_OPTION):  # a bare send: TaskLifecycle queues the task at this time
+            queued_at = options[ENQUEUED_AT_OPTION] = self.clock()
         try:
-            return super().send_with_options(args=(task_id,), delay=delay, **options)
+            with pending_again_on_failure(self.store, [task_id], queued_at=queued_at, clock=self.clock):
+                return super().send_with_options(args=(task_id,), delay=delay, **options)
         except EnqueueRejected as exc:
             abandon_publish(exc.reason)
             raise exc.reason from exc
-        except (redis.RedisError, dramatiq.errors.BrokerConnectionError) as exc:
-            abandon_publish(exc)
-            queued_at = datetime.fromisoformat(options[ENQUEUED_AT_OPTION])
-            if self.store is not None:
-                self.store.revert_queued(task_id, queued_at=queued_at, now=self.clock())
-            raise BrokerUnavailable(
-                f"Redis did not accept task {task_id!r}; it stays pending: {exc}"
-            ) from exc
 
 
 def agent_actor(
@@ -214,10 +244,10 @@ def agent_actor(
     policy = budget or BudgetPolicy()
 
     def decorator(fn: AgentFunction) -> AgentActor:
-        def run(task_id: str) -> None:
+        def run(task_id: str) -> AttemptResult:
             job = AgentJob(current_attempt(task_id), orchestrator(), store, policy)
             job.check_organization()  # before the kind's function, whatever it does
-            report_outcome(task_id, fn(job))
+            return fn(job)
 
         run.__name__ = fn.__name__
         run.__qualname__ = fn.__qualname__

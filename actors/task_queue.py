@@ -1,8 +1,9 @@
-"""``AgentTaskQueue``: the application's handle on the queue (DESIGN §6).
+"""``AgentTaskQueue``: the application's handle on the queue (see docs/architecture.md, *Producer path*).
 
 Every method validates its input first and raises an :class:`~config.errors.AgentQueueError`
 subclass naming the bad value, having changed and enqueued nothing. A job's id
-is its task's id; the database is the source of truth for every answer.
+is its task's id; the database is the source of truth for every answer. Enqueueing is done
+here: the compare-and-set in the store, then the message, marked as already queued.
 """
 
 from __future__ import annotations
@@ -16,9 +17,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import dramatiq
-import redis
 
-from actors.agent_actor import AgentActor
+from actors.agent_actor import AgentActor, pending_again_on_failure
 from actors.arguments import MAX_DELAY_MS as MAX_DELAY_MS
 from actors.arguments import (
     check_agent,
@@ -36,7 +36,6 @@ from actors.arguments import (
 from actors.cron import parse_schedule
 from actors.errors import (
     AgentInactive,
-    BrokerUnavailable,
     InvalidArgument,
     InvalidContext,
     UnknownAgentKind,
@@ -44,14 +43,7 @@ from actors.errors import (
 from actors.lanes import LaneBroker
 from config.errors import AgentQueueError, short_repr
 from middleware.pause import pause_switch
-from middleware.task_lifecycle import (
-    ENQUEUED_AT_OPTION,
-    PRIORITY_OPTION,
-    QUEUED_OPTION,
-    queued_options,
-    take_queued,
-)
-from middleware.tracing import abandon_publish
+from middleware.task_lifecycle import queued_options
 from taskstore import (
     Agent,
     AgentNotFound,
@@ -210,11 +202,13 @@ class AgentTaskQueue:
         task = self._task(task_id)
         check_pending(task)
         actor = self._actor_for(task)
-        options: dict[str, Any] = {PRIORITY_OPTION: priority}
-        actor.send_with_options(args=(task_id,), delay=delay_ms or None, **options)
-        queued = take_queued(task_id)
-        if queued is None:  # queued concurrently by another producer: read what is there now
-            return self._job(task_id)
+        now = self.clock()
+        due = now + timedelta(milliseconds=delay_ms)
+        queued = self.store.mark_queued(task_id, priority=priority, run_at=due, now=now)
+        if queued is None:
+            return self._not_queued(task_id)
+        self._send([(actor, queued)], delay_ms, queued_at=now)
+        _log_added(queued, delay_ms)
         return Job.from_task(queued, self.store.get_runs(task_id) if queued.attempts else [])
 
     def add_tasks(self, task_ids: Sequence[str], priority: int | None = None, delay_ms: int = 0) -> list[Job]:
@@ -253,29 +247,9 @@ class AgentTaskQueue:
         queued = self.store.mark_queued_many(ids, priority=priority, run_at=due, now=now)
         if queued is None:
             raise self._changed_meanwhile(ids)
-        messages = [
-            actors[task.agent_id].message_with_options(
-                args=(task.id,), **queued_options(task.priority, task.organization_id, enqueued_at=now)
-            )
-            for task in queued
-        ]
-        try:
-            self._enqueue_all(messages, delay_ms or None)
-        except Exception as exc:
-            abandon_publish(exc)
-            self.store.revert_queued_many(ids, queued_at=now, now=self.clock())
-            if isinstance(exc, redis.RedisError | dramatiq.errors.BrokerConnectionError):
-                raise BrokerUnavailable(
-                    f"Redis did not accept the {len(ids)} tasks; they stay pending: {exc}"
-                ) from exc
-            raise
+        self._send([(actors[task.agent_id], task) for task in queued], delay_ms, queued_at=now)
         for task in queued:
-            logger.info(
-                "[AgentTaskQueue] Task %s added to queue (priority: %s, delay: %sms)",
-                task.id,
-                task.priority,
-                delay_ms,
-            )
+            _log_added(task, delay_ms)
         return [Job.from_task(task, self.store.get_runs(task.id) if task.attempts else []) for task in queued]
 
     def add_scheduled_task(self, task_id: str, cron_expression: str, timezone: str | None = None) -> Job:
@@ -326,24 +300,22 @@ class AgentTaskQueue:
         return self.store.list_schedules(limit=limit, offset=offset)
 
     def retry_job(self, job_id: str) -> Job:
-        """Queue a ``failed`` task again with a fresh set of attempts."""
+        """Queue a ``failed`` task again with a fresh set of attempts.
+
+        Raises:
+            InvalidTaskId, TaskNotFound: No such job.
+            InvalidTransition: The job has not failed (or was retried concurrently).
+            AgentNotFound, AgentInactive, UnknownAgentKind: Nothing could run it; it stays ``failed``.
+            BrokerUnavailable: Redis is down; the task is left ``pending`` (the reconciler enqueues it).
+        """
         task_id = normalize_id(job_id, "job id")
         task = self._task(task_id)
         if task.status != TaskStatus.FAILED:
             raise InvalidTransition(
                 task_id, task.status.value, TaskStatus.QUEUED.value, "only failed jobs can be retried"
             )
-        actor = self._actor_for(task)
-        now = self.clock()
-        if self.store.requeue_failed(task_id, run_at=now, now=now) is None:
-            current = self._task(task_id)
-            raise InvalidTransition(
-                task_id, current.status.value, TaskStatus.QUEUED.value, "retried concurrently"
-            )
-        options: dict[str, Any] = {QUEUED_OPTION: True, ENQUEUED_AT_OPTION: now.isoformat()}
-        actor.send_with_options(args=(task_id,), **options)
-        logger.info("[AgentTaskQueue] Job %s retried (priority: %s)", task_id, task.priority)
-        return self._job(task_id)
+        retried = self._requeue(task, self._actor_for(task))
+        return Job.from_task(retried, self.store.get_runs(task_id))
 
     def list_dead_letters(self, limit: int = 100, offset: int = 0) -> list[Job]:
         """Failed jobs (attempts exhausted or non-retryable), most recent first; kept 7 days by retention."""
@@ -356,11 +328,14 @@ class AgentTaskQueue:
     def retry_dead_letters(self) -> int:
         """Retry every dead-lettered job with a fresh set of attempts; returns how many were re-queued."""
         retried = skipped = 0
+        actors: dict[str, AgentActor] = {}
         # Retried jobs leave the failed list; the ones that cannot be retried stay, so skip past them.
         while batch := self.store.list_failed(limit=500, offset=skipped):
             for task in batch:
                 try:
-                    self.retry_job(task.id)
+                    if task.agent_id not in actors:
+                        actors[task.agent_id] = self._actor_for(task)
+                    self._requeue(task, actors[task.agent_id])
                     retried += 1
                 except (InvalidTransition, AgentNotFound, AgentInactive, UnknownAgentKind) as exc:
                     skipped += 1
@@ -482,13 +457,45 @@ class AgentTaskQueue:
             max_attempts=self.max_attempts,
         )
 
-    def _enqueue_all(self, messages: list[dramatiq.Message[Any]], delay: int | None) -> None:
-        """All messages in one Redis transaction on the lane broker; one by one on any other broker."""
-        if isinstance(self.broker, LaneBroker):
-            self.broker.enqueue_many(messages, delay=delay)
-            return
-        for message in messages:
-            self.broker.enqueue(message, delay=delay)
+    def _requeue(self, task: Task, actor: AgentActor) -> Task:
+        """``failed → queued`` by compare-and-set, then the message; a refusal is explained with one read."""
+        now = self.clock()
+        retried = self.store.requeue_failed(task.id, run_at=now, now=now)
+        if retried is None:
+            current = self._task(task.id)
+            raise InvalidTransition(
+                task.id, current.status.value, TaskStatus.QUEUED.value, "retried concurrently"
+            )
+        self._send([(actor, retried)], 0, queued_at=now)
+        logger.info("[AgentTaskQueue] Job %s retried (priority: %s)", task.id, retried.priority)
+        return retried
+
+    def _not_queued(self, task_id: str) -> Job:
+        """``add_task``'s compare-and-set found the task no longer pending: the job if another producer
+        queued it meanwhile, else the error saying why."""
+        current = self._task(task_id)
+        if current.status != TaskStatus.QUEUED:
+            hint = "use retry_job for a failed task" if current.status == TaskStatus.FAILED else ""
+            raise InvalidTransition(task_id, current.status.value, TaskStatus.QUEUED.value, hint)
+        return Job.from_task(current, self.store.get_runs(task_id) if current.attempts else [])
+
+    def _send(self, queued: Sequence[tuple[AgentActor, Task]], delay_ms: int, *, queued_at: datetime) -> None:
+        """Send the messages of tasks this call moved to ``queued`` at ``queued_at``, marked as queued and
+        in their lanes (so ``TaskLifecycle`` leaves the database alone); if that fails they are put back
+        (:func:`~actors.agent_actor.pending_again_on_failure`). Several go in one Redis transaction on
+        the lane broker, one by one on any other broker."""
+        messages = [
+            actor.message_with_options(args=(task.id,), **queued_options(task.priority, task.organization_id))
+            for actor, task in queued
+        ]
+        delay = delay_ms or None
+        task_ids = [task.id for _, task in queued]
+        with pending_again_on_failure(self.store, task_ids, queued_at=queued_at, clock=self.clock):
+            if len(messages) > 1 and isinstance(self.broker, LaneBroker):
+                self.broker.enqueue_many(messages, delay=delay)
+                return
+            for message in messages:
+                self.broker.enqueue(message, delay=delay)
 
     def _changed_meanwhile(self, task_ids: list[str]) -> AgentQueueError:
         """The error for a batch whose tasks stopped being pending between the check and the update."""
@@ -509,6 +516,7 @@ class AgentTaskQueue:
         )
 
     def _actor_for(self, task: Task) -> AgentActor:
+        """The actor of ``task``'s agent's kind (one read of the agent)."""
         agent = self.store.get_agent(task.agent_id)
         if agent is None:
             raise AgentNotFound(task.agent_id)
@@ -551,3 +559,13 @@ class AgentTaskQueue:
             raise InvalidContext(f"context is {size} bytes of JSON; the limit is {self.max_context_bytes}")
         decoded: dict[str, Any] = json.loads(encoded)
         return decoded
+
+
+def _log_added(task: Task, delay_ms: int) -> None:
+    """The lifecycle line of one enqueue (``TaskLifecycle`` logs it for a bare ``send``)."""
+    logger.info(
+        "[AgentTaskQueue] Task %s added to queue (priority: %s, delay: %sms)",
+        task.id,
+        task.priority,
+        delay_ms,
+    )

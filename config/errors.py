@@ -11,6 +11,10 @@ from __future__ import annotations
 class AgentQueueError(Exception):
     """Root of every error Agent Task Queue raises on purpose."""
 
+    #: Whether running the task again may succeed, when this error ends an attempt in a worker
+    #: (read by ``middleware.failure_policy``); a subclass declares ``retryable = False`` to fail at once.
+    retryable: bool = True
+
 
 class ConfigError(AgentQueueError):
     """A setting from the environment is missing or invalid."""

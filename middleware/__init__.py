@@ -57,6 +57,7 @@ from config.settings import Settings
 from middleware.attempts import AttemptRegistry
 from middleware.close_store import CloseStore
 from middleware.metrics import Metrics
+from middleware.outcome import AttemptResult
 from middleware.pause import Pause
 from middleware.reconciler import Reconciler
 from middleware.retries import Retries
@@ -64,7 +65,7 @@ from middleware.sentry import Sentry
 from middleware.shutdown_deadline import ShutdownDeadline
 from middleware.stalled_jobs import StalledJobs
 from middleware.start_limit import Limit, StartRateLimit, parse_kind_limits
-from middleware.task_lifecycle import AttemptResult, EnqueueRejected, TaskLifecycle, current_claim
+from middleware.task_lifecycle import EnqueueRejected, TaskLifecycle, current_claim
 from middleware.telemetry import JsonLogs, Redaction, configure_tracing, shutdown_tracing
 from middleware.tracing import Tracing
 from taskstore import TaskStore, utcnow

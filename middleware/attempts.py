@@ -3,7 +3,7 @@
 ``TaskLifecycle`` registers an attempt when it claims a task and removes it when
 the attempt ends; ``StalledJobs`` renews their leases and flags the ones whose
 lease was lost; ``ShutdownDeadline`` cuts off the ones still running at the
-deadline. The agent-kind actor reads its claim from here and reports its outcome.
+deadline. The agent-kind actor reads its claim from here (and returns its result to Dramatiq).
 """
 
 from __future__ import annotations
@@ -19,16 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from config.errors import AgentQueueError
-from taskstore import Claim, Task, Usage
-
-
-@dataclass(frozen=True)
-class AttemptResult:
-    """What an agent kind produces: stored as the task's result, with usage and transcript."""
-
-    result: dict[str, Any]
-    usage: Usage = field(default_factory=Usage)
-    transcript: list[dict[str, Any]] | None = None
+from taskstore import Claim
 
 
 @dataclass
@@ -37,7 +28,6 @@ class Attempt:
 
     claim: Claim
     thread_id: int
-    outcome: AttemptResult | None = None
     #: Set when the lease was lost (another worker took the task over): stop as soon as possible.
     lost: bool = False
     #: ``time.monotonic()`` when the task was claimed.
@@ -147,8 +137,6 @@ def _notify(hook: Any, *args: Any) -> None:
 
 
 _current: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar("agentq_attempt", default=None)
-#: The task the last enqueue in this thread moved to ``queued`` (read back by ``AgentTaskQueue.add_task``).
-_last_queued: contextvars.ContextVar[Task | None] = contextvars.ContextVar("agentq_last_queued", default=None)
 
 
 def current_attempt(task_id: str) -> Attempt:
@@ -162,23 +150,6 @@ def current_attempt(task_id: str) -> Attempt:
 def current_claim(task_id: str) -> Claim:
     """The claim the worker holds for ``task_id`` in this thread."""
     return current_attempt(task_id).claim
-
-
-def report_outcome(task_id: str, outcome: AttemptResult) -> None:
-    """Hand the attempt's result to ``TaskLifecycle``, which stores it when the actor returns."""
-    current_attempt(task_id).outcome = outcome
-
-
-def record_queued(task: Task | None) -> None:
-    """Remember the row this thread's enqueue moved to ``queued`` (see :func:`take_queued`)."""
-    _last_queued.set(task)
-
-
-def take_queued(task_id: str) -> Task | None:
-    """The row that this thread's last send moved to ``queued``, if it was ``task_id``; cleared on read."""
-    task = _last_queued.get()
-    _last_queued.set(None)
-    return task if task is not None and task.id == task_id else None
 
 
 _worker_ids: dict[int, str] = {}

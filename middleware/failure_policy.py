@@ -1,14 +1,17 @@
 """What happens to an attempt that raised: retry with backoff, postpone, or fail for good.
 
-* An exception that carries ``postpone_ms`` (an int; set by rate limits and providers'
-  Retry-After) postpones the task: it runs again after that delay and the attempt
-  does not count — up to ``max_postpones`` times, after which postponements count
-  as ordinary retryable failures, so a permanently throttled key still ends. The delay is
-  cut to ``max_postpone_ms`` (``AGENTQ_MAX_POSTPONE_MS``, default 15 minutes), so no provider
-  header can push a task out for days or overflow a timestamp.
-* An exception whose ``cancels_task`` attribute is ``True`` (the orchestrator's ``RunCancelled``)
-  ends the task ``cancelled``.
-* An exception whose ``retryable`` attribute is ``False`` fails the task at once.
+The decision reads typed errors only (see docs/architecture.md, *Failure paths*):
+
+* An :class:`~orchestrator.errors.AgentRunError` with ``postpone_ms`` set (a provider's 429 and
+  its Retry-After: ``ProviderRateLimited``), or Dramatiq's ``RateLimitExceeded``, postpones the
+  task: it runs again after that delay and the attempt does not count — up to ``max_postpones``
+  times, after which postponements count as ordinary retryable failures, so a permanently
+  throttled key still ends. The delay is cut to ``max_postpone_ms`` (``AGENTQ_MAX_POSTPONE_MS``,
+  default 15 minutes), so no provider header can push a task out for days or overflow a timestamp.
+* An :class:`~orchestrator.errors.AgentRunError` with ``cancels_task`` (``RunCancelled``) ends
+  the task ``cancelled``.
+* An :class:`~config.errors.AgentQueueError` whose class declares ``retryable = False`` fails
+  the task at once.
 * Anything else is retried while attempts remain, after ``backoff * 2**(n-1)`` ms.
 """
 
@@ -19,6 +22,8 @@ from dataclasses import dataclass
 
 from dramatiq import RateLimitExceeded
 
+from config.errors import AgentQueueError
+from orchestrator.errors import AgentRunError
 from taskstore import Task
 
 #: How long a task that hit one of Dramatiq's rate limiters waits before it runs again.
@@ -51,9 +56,8 @@ def backoff_ms(attempt: int, base_ms: int) -> int:
 
 
 def is_retryable(exception: BaseException) -> bool:
-    """Errors declare ``retryable``; anything else (timeouts, crashes in tools) is worth another attempt."""
-    retryable = getattr(exception, "retryable", True)
-    return retryable if isinstance(retryable, bool) else True
+    """Our errors declare ``retryable``; any other error (a timeout, a crashing tool) is worth a retry."""
+    return exception.retryable if isinstance(exception, AgentQueueError) else True
 
 
 def postpone_ms(exception: BaseException) -> int | None:
@@ -64,8 +68,9 @@ def postpone_ms(exception: BaseException) -> int | None:
     """
     if isinstance(exception, RateLimitExceeded):
         return RATE_LIMITED_DELAY_MS
-    delay = getattr(exception, "postpone_ms", None)
-    return delay if isinstance(delay, int) and not isinstance(delay, bool) and delay >= 0 else None
+    if isinstance(exception, AgentRunError) and exception.postpone_ms is not None:
+        return exception.postpone_ms if exception.postpone_ms >= 0 else None
+    return None
 
 
 def describe(exception: BaseException) -> str:
@@ -87,7 +92,7 @@ def decide(
 
     A postponement waits ``min(postpone_ms, max_postpone_ms)``.
     """
-    if getattr(exception, "cancels_task", False) is True:
+    if isinstance(exception, AgentRunError) and exception.cancels_task:
         return Decision(Outcome.CANCEL)
     delay = postpone_ms(exception)
     if delay is not None and task.postponed_count < max_postpones:

@@ -1,14 +1,16 @@
-"""Keeps ``ai_agent_tasks.status`` true while messages move (DESIGN §5).
+"""Keeps ``ai_agent_tasks.status`` true while messages move (docs/architecture.md, *The status machine*).
 
-* ``before_enqueue`` (producer): ``pending → queued`` by compare-and-set, for
-  ``add_task`` and for a bare ``actor.send(task_id)`` alike. A send for a task
-  that is missing, running or finished is refused before anything reaches Redis.
+* ``before_enqueue`` (producer): for a bare ``actor.send(task_id)``, ``pending → queued`` by
+  compare-and-set; a send for a task that is missing, running or finished is refused before
+  anything reaches Redis. ``AgentTaskQueue`` does that transition itself and sends messages
+  marked :data:`QUEUED_OPTION` (see :func:`queued_options`), which only get their lane here.
 * ``before_process_message`` (worker): ``queued → running`` by compare-and-set,
   opening a run row and leasing the task to this worker process. A message whose
   task is not queued — a duplicate delivery, a cancelled or finished task — is
   skipped, never run. A claim that finds the database unreachable puts the message
-  back (2–4 s) without using an attempt.
-* ``after_process_message``: ``running → completed`` with the result; or, per
+  back (2 to 4 s) without using an attempt.
+* ``after_process_message``: ``running → completed`` with the :class:`AttemptResult` the
+  actor returned (Dramatiq passes it as ``result``); or, per
   :mod:`middleware.failure_policy`, re-queued with backoff (the same message,
   delayed), postponed without using the attempt, or ``failed`` (dead-lettered).
   Status writes are retried while the database is unreachable; if it stays down,
@@ -29,7 +31,6 @@ import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import Any, TypeVar
 
 import dramatiq
@@ -47,17 +48,9 @@ from middleware.agent_messages import (
     message_task_id,
     put_back,
 )
-from middleware.attempts import (
-    Attempt,
-    AttemptRegistry,
-    AttemptResult,
-    current_claim,
-    process_worker_id,
-    record_queued,
-    report_outcome,
-    take_queued,
-)
+from middleware.attempts import Attempt, AttemptRegistry, current_claim, process_worker_id
 from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Decision, Outcome, decide, describe
+from middleware.outcome import AttemptResult, as_attempt_result, transcript_of, usage_of
 from taskstore import (
     Claim,
     InvalidTransition,
@@ -65,7 +58,6 @@ from taskstore import (
     TaskNotFound,
     TaskStatus,
     TaskStore,
-    Usage,
     new_id,
     normalize_id,
     utcnow,
@@ -76,7 +68,8 @@ T = TypeVar("T")
 
 #: Message option: priority to store with the pending → queued transition (None keeps the row's).
 PRIORITY_OPTION = "agentq_priority"
-#: Message option: ISO timestamp the producer enqueued at; the transition records it as ``queued_at``.
+#: Message option of a bare send, never sent: the ``datetime`` the sender chose as ``queued_at`` (so it
+#: can undo the transition if Redis refuses the message); ``before_enqueue`` removes it.
 ENQUEUED_AT_OPTION = "agentq_enqueued_at"
 #: Message option: set once the task is queued, so re-enqueues (retries, delayed moves) skip the database.
 QUEUED_OPTION = "agentq_queued"
@@ -116,6 +109,33 @@ class OutcomeNotStored(AgentQueueError):
         self.task_id = task_id
 
 
+#: The logger of Dramatiq's worker threads, which warns when an actor without ``Results`` returns a value.
+DRAMATIQ_WORKER_LOGGER = "dramatiq.worker.WorkerThread"
+
+
+class AgentResultsKept(logging.Filter):
+    """Drops Dramatiq's warning that an agent kind "returned a value that is not None … discarded".
+
+    An agent kind returns its :class:`AttemptResult` on purpose: ``TaskLifecycle`` stores it from
+    the ``result`` Dramatiq passes to ``after_process_message``. Other actors keep the warning.
+    """
+
+    def __init__(self, broker: dramatiq.Broker) -> None:
+        super().__init__()
+        self.broker = broker
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.msg
+        if not isinstance(text, str) or "returned a value that is not None" not in text:
+            return True
+        name = text.split("'")[1] if text.count("'") >= 2 else ""
+        try:
+            actor = self.broker.get_actor(name)
+        except dramatiq.errors.ActorNotFound:
+            return True
+        return AGENT_KIND_OPTION not in actor.options
+
+
 class TaskLifecycle(dramatiq.Middleware):
     """Drives the task lifecycle in the :class:`~taskstore.TaskStore` from Dramatiq's hooks."""
 
@@ -141,14 +161,25 @@ class TaskLifecycle(dramatiq.Middleware):
         self.clock = clock
         self.worker_id = worker_id
         self.attempts = attempts or AttemptRegistry()
+        self._results_kept: AgentResultsKept | None = None
 
     @property
     def actor_options(self) -> set[str]:
         return {AGENT_KIND_OPTION}
 
+    def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Keep Dramatiq from warning that agent kinds' results are discarded: this stores them."""
+        self._results_kept = AgentResultsKept(broker)
+        logging.getLogger(DRAMATIQ_WORKER_LOGGER).addFilter(self._results_kept)
+
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Size the store's connections to the worker's threads (``--threads`` may exceed the setting)."""
         self.store.reserve_connections(worker.worker_threads)
+
+    def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        if self._results_kept is not None:
+            logging.getLogger(DRAMATIQ_WORKER_LOGGER).removeFilter(self._results_kept)
+            self._results_kept = None
 
     # --- producer side ------------------------------------------------------
 
@@ -178,13 +209,12 @@ class TaskLifecycle(dramatiq.Middleware):
 
     def _mark_queued(self, message: dramatiq.Message[Any], delay_ms: int) -> None:
         task_id = normalize_id(message_task_id(message))
-        stamp = message.options.get(ENQUEUED_AT_OPTION)
-        now = datetime.fromisoformat(stamp) if isinstance(stamp, str) else self.clock()
-        priority = message.options.get(PRIORITY_OPTION)
+        stamp = message.options.pop(ENQUEUED_AT_OPTION, None)
+        now = stamp if isinstance(stamp, datetime) else self.clock()
+        priority = message.options.pop(PRIORITY_OPTION, None)
         task = self.store.mark_queued(
             task_id, priority=priority, run_at=now + timedelta(milliseconds=delay_ms), now=now
         )
-        record_queued(task)
         if task is not None:
             set_lane(message.options, task.priority, task.organization_id)
             logger.info(
@@ -293,8 +323,7 @@ class TaskLifecycle(dramatiq.Middleware):
             return "cut_off"
         try:
             if exception is None:
-                outcome = attempt.outcome or AttemptResult(result=_as_result(result))
-                return "completed" if self._complete(attempt.claim, outcome) else "lost"
+                return "completed" if self._complete(attempt.claim, as_attempt_result(result)) else "lost"
             return self._fail(broker, message, attempt.claim, exception)
         except StoreUnavailable as exc:
             return self._release(attempt, exc)
@@ -385,7 +414,7 @@ class TaskLifecycle(dramatiq.Middleware):
     def _record(self, claim: Claim, exception: BaseException, decision: Decision) -> bool:
         """Write the attempt's end as ``decision`` says; ``False`` if the run no longer holds the task."""
         task_id, run_id, now = claim.task.id, claim.run_id, self.clock()
-        usage, transcript = _usage_of(exception), _transcript_of(exception)
+        usage, transcript = usage_of(exception), transcript_of(exception)
         due = now + timedelta(milliseconds=decision.delay_ms)
         if decision.outcome is Outcome.CANCEL:
             return self.store.finish_cancelled(task_id, run_id, usage=usage, transcript=transcript, now=now)
@@ -451,10 +480,10 @@ def send_queued(
     broker.get_actor(kind).send_with_options(args=(task_id,), **options)
 
 
-def queued_options(priority: int, organization_id: str, *, enqueued_at: datetime) -> dict[str, Any]:
-    """Options of a message for a task the producer already moved to ``queued`` (``add_tasks``): the
-    middleware sends it in its lane without touching the database."""
-    options: dict[str, Any] = {QUEUED_OPTION: True, ENQUEUED_AT_OPTION: enqueued_at.isoformat()}
+def queued_options(priority: int, organization_id: str) -> dict[str, Any]:
+    """Options of a message for a task the producer already moved to ``queued`` (``AgentTaskQueue``):
+    the middleware sends it in its lane without touching the database."""
+    options: dict[str, Any] = {QUEUED_OPTION: True}
     set_lane(options, priority, organization_id)
     return options
 
@@ -469,34 +498,6 @@ def _refusal_raised(task_id: str, write: Callable[[], T]) -> T:
         raise OutcomeNotStored(task_id, exc) from exc
 
 
-def _transcript_of(exception: BaseException) -> list[dict[str, Any]] | None:
-    transcript = getattr(exception, "transcript", None)
-    return list(transcript) if isinstance(transcript, list | tuple) else None
-
-
-def _as_result(value: Any) -> dict[str, Any]:
-    if isinstance(value, AttemptResult):
-        return value.result
-    if isinstance(value, dict):
-        return value
-    return {"output": value}
-
-
-def _usage_of(exception: BaseException) -> Usage:
-    """The tokens and cost a failed run used, when its error carries them (the orchestrator's do)."""
-    usage = getattr(exception, "usage", None)
-    cost = getattr(exception, "cost_usd", None)
-    if usage is None:
-        return Usage(cost_usd=cost if isinstance(cost, Decimal) else None)
-    return Usage(
-        int(getattr(usage, "input_tokens", 0)),
-        int(getattr(usage, "output_tokens", 0)),
-        cached_input_tokens=int(getattr(usage, "cached_input_tokens", 0)),
-        reasoning_tokens=int(getattr(usage, "reasoning_tokens", 0)),
-        cost_usd=cost if isinstance(cost, Decimal) else None,
-    )
-
-
 __all__ = [
     "ENQUEUED_AT_OPTION",
     "PRIORITY_OPTION",
@@ -508,7 +509,5 @@ __all__ = [
     "TaskLifecycle",
     "current_claim",
     "queued_options",
-    "report_outcome",
     "send_queued",
-    "take_queued",
 ]

@@ -284,7 +284,7 @@ class Orchestrator:
         try:
             result = run.execute()
         except AgentRunError as exc:
-            exc.usage, exc.transcript, exc.cost_usd = run.usage, list(run.transcript), run.cost
+            exc.record_run(run.usage, list(run.transcript), run.cost)
             call_hook(run.hooks.on_run_end, None, exc)
             raise
         except BaseException as exc:

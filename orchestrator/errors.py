@@ -61,12 +61,22 @@ class AgentRunError(AgentQueueError):
     retry_after_ms: int | None = None
     #: Postpone the task by this long without consuming an attempt, when set.
     postpone_ms: int | None = None
+    #: End the task ``cancelled`` rather than failed (the run was asked to stop).
+    cancels_task: bool = False
     #: Tokens used by the run before it failed (set by the orchestrator).
-    usage: Usage = Usage()
+    usage: Usage
     #: The transcript up to the failure (set by the orchestrator).
-    transcript: list[dict[str, Any]] = []
+    transcript: list[dict[str, Any]]
     #: The cost up to the failure, None when unknown (set by the orchestrator).
-    cost_usd: Decimal | None = None
+    cost_usd: Decimal | None
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        self.usage, self.transcript, self.cost_usd = Usage(), [], None
+
+    def record_run(self, usage: Usage, transcript: list[dict[str, Any]], cost_usd: Decimal | None) -> None:
+        """Record what the run did before this error ended it (called by the orchestrator)."""
+        self.usage, self.transcript, self.cost_usd = usage, transcript, cost_usd
 
 
 class MaxTurnsExceeded(AgentRunError):
@@ -334,7 +344,6 @@ class RunCancelled(AgentRunError):
     Distinct from a failure: the caller marks the task ``cancelled``.
     """
 
-    #: Tells the queue to end the task ``cancelled`` rather than failed.
     cancels_task = True
 
     def __init__(self, where: str) -> None:

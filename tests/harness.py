@@ -18,6 +18,7 @@ from actors.task_queue import AgentTaskQueue
 from config.settings import Settings, load_settings
 from middleware import build_middleware
 from middleware.task_lifecycle import AttemptResult
+from orchestrator.errors import ProviderRateLimited
 from taskstore import NewAgent, Task, TaskStore, utcnow
 
 ORG = "11111111-1111-4111-8111-111111111111"
@@ -113,12 +114,11 @@ def declare_kinds(runtime: Runtime) -> dict[str, AgentActor]:
     return {"general": general, "crashing": crashing, "capped": capped, "throttled": throttled}
 
 
-class Throttled(Exception):
-    """What a provider's 429 looks like to the queue: wait ``postpone_ms``, keep the attempt."""
+class Throttled(ProviderRateLimited):
+    """A provider's 429 as the queue sees it: wait ``postpone_ms``, keep the attempt."""
 
     def __init__(self, postpone_ms: int) -> None:
-        super().__init__(f"rate limited; retry after {postpone_ms}ms")
-        self.postpone_ms = postpone_ms
+        super().__init__(f"rate limited; retry after {postpone_ms}ms", retry_after_ms=postpone_ms)
 
 
 def harness_settings(**overrides: Any) -> Settings:

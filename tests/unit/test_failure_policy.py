@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 from dramatiq import RateLimitExceeded
 
+from config.errors import AgentQueueError
 from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Outcome, backoff_ms, decide
+from orchestrator.errors import MaxTurnsExceeded, ProviderRateLimited, RunCancelled, ToolTimeout
 from taskstore import InMemoryTaskStore, NewTask, Task, utcnow
 from tests.conftest import make_agent
 
@@ -22,12 +24,13 @@ def task(**fields: object) -> Task:
     return dataclasses.replace(created, **fields)  # type: ignore[arg-type]
 
 
-class Permanent(Exception):
+class Permanent(AgentQueueError):
     retryable = False
 
 
-class Throttled(Exception):
-    postpone_ms = 1500
+class Throttled(ProviderRateLimited):
+    def __init__(self) -> None:
+        super().__init__("slow down", retry_after_ms=1500)
 
 
 @pytest.mark.parametrize(("attempt", "delay"), [(1, 2000), (2, 4000), (3, 8000), (4, 16000)])
@@ -63,8 +66,9 @@ def test_dramatiqs_rate_limit_exceeded_postpones_instead_of_burning_an_attempt()
     assert decision.outcome is Outcome.POSTPONE
 
 
-class AbsurdRetryAfter(Exception):
-    postpone_ms = 100_000_000_000  # a provider's ``Retry-After: 100000000`` in ms
+class AbsurdRetryAfter(ProviderRateLimited):
+    def __init__(self) -> None:  # a provider's ``Retry-After: 100000000``, in ms
+        super().__init__("slow down", retry_after_ms=100_000_000_000)
 
 
 def test_a_postponement_is_cut_to_max_postpone_ms() -> None:
@@ -84,3 +88,39 @@ def test_without_a_cap_the_default_of_fifteen_minutes_applies() -> None:
         AbsurdRetryAfter(), task(attempts=1), max_attempts=3, backoff_base_ms=2000, max_postpones=5
     )
     assert decision.delay_ms == DEFAULT_MAX_POSTPONE_MS == 15 * 60 * 1000
+
+
+class LooksThrottled(Exception):
+    """Not one of our errors: attributes that merely look like ours are not read."""
+
+    retryable = False
+    postpone_ms = 1500
+    cancels_task = True
+
+
+def test_only_typed_errors_steer_the_decision() -> None:
+    decision = decide(
+        LooksThrottled(), task(attempts=1), max_attempts=3, backoff_base_ms=2000, max_postpones=5
+    )
+    assert (decision.outcome, decision.delay_ms) == (Outcome.RETRY, 2000)
+
+
+def test_a_cancelled_run_cancels_the_task() -> None:
+    decision = decide(
+        RunCancelled("before model call 2"),
+        task(attempts=1),
+        max_attempts=3,
+        backoff_base_ms=2000,
+        max_postpones=5,
+    )
+    assert decision.outcome is Outcome.CANCEL
+
+
+def test_a_retryable_run_error_retries_and_a_permanent_one_fails() -> None:
+    timeout = decide(
+        ToolTimeout("lookup", 5), task(attempts=1), max_attempts=3, backoff_base_ms=2000, max_postpones=5
+    )
+    turns = decide(
+        MaxTurnsExceeded(3), task(attempts=1), max_attempts=3, backoff_base_ms=2000, max_postpones=5
+    )
+    assert (timeout.outcome, turns.outcome) == (Outcome.RETRY, Outcome.FAIL)

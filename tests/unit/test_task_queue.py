@@ -8,6 +8,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
+import dramatiq
 import pytest
 
 from actors.errors import (
@@ -29,6 +30,7 @@ from taskstore import (
     RunStatus,
     TaskNotFound,
     TaskStatus,
+    TaskStore,
     new_id,
     utcnow,
 )
@@ -206,7 +208,10 @@ def test_add_task_queues_with_priority_and_logs_the_seed_line(
         job = app.queue.add_task(task_id, 9, 0)
 
     assert job.id == task_id and job.status == TaskStatus.QUEUED and job.priority == 9
-    assert f"[AgentTaskQueue] Task {task_id} added to queue (priority: 9, delay: 0ms)" in caplog.messages
+    assert (
+        caplog.messages.count(f"[AgentTaskQueue] Task {task_id} added to queue (priority: 9, delay: 0ms)")
+        == 1
+    )
     assert messages_waiting(app) == 1
 
 
@@ -235,7 +240,11 @@ def test_a_bare_send_queues_the_task_like_add_task(app: Harness, caplog: pytest.
         app.kinds["general"].send(task_id)
 
     assert app.store.get_task(task_id).status == TaskStatus.QUEUED  # type: ignore[union-attr]
-    assert f"[AgentTaskQueue] Task {task_id} added to queue (priority: 6, delay: 0ms)" in caplog.messages
+    assert (
+        caplog.messages.count(f"[AgentTaskQueue] Task {task_id} added to queue (priority: 6, delay: 0ms)")
+        == 1
+    )
+    assert messages_waiting(app) == 1
 
 
 def test_a_bare_send_of_a_missing_or_finished_task_is_refused(app: Harness) -> None:
@@ -338,6 +347,103 @@ def test_retry_job_gives_a_failed_task_a_fresh_set_of_attempts(app: Harness) -> 
     task = app.store.get_task(task_id)
     assert task is not None and task.status == TaskStatus.FAILED and task.attempts == 3
     assert len(app.store.get_runs(task_id)) == 6
+
+
+class CountingStore(InMemoryTaskStore):
+    """The in-memory store, recording the name of every store method called on it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name in STORE_METHODS:
+            super().__getattribute__("calls").append(name)
+        return value
+
+
+STORE_METHODS = frozenset(
+    name for name in dir(TaskStore) if not name.startswith("_") and callable(getattr(TaskStore, name))
+)
+
+
+def test_add_task_reads_the_task_and_agent_once_then_writes_once() -> None:
+    store = CountingStore()
+    with stub_harness(store) as app:
+        task_id = app.task()
+        store.calls.clear()
+
+        app.queue.add_task(task_id)
+
+        assert store.calls == ["get_task", "get_agent", "mark_queued"]
+        assert messages_waiting(app) == 1
+
+
+def test_retry_job_makes_one_write_and_reads_only_the_task_its_agent_and_runs() -> None:
+    store = CountingStore()
+    with stub_harness(store) as app:
+        task_id = app.task(app.agent(kind="crashing"))
+        app.queue.add_task(task_id)
+        with app.worker() as worker:
+            app.drain(worker)
+        store.calls.clear()
+
+        job = app.queue.retry_job(task_id)
+
+        assert store.calls == ["get_task", "get_agent", "requeue_failed", "get_runs"]
+        assert job.status == TaskStatus.QUEUED and len(job.runs) == 3
+        assert messages_waiting(app) == 1
+
+
+def test_retry_dead_letters_reads_each_agent_once(app: Harness) -> None:
+    agent_id = app.agent(kind="crashing")
+    task_ids = [app.task(agent_id) for _ in range(3)]
+    app.queue.add_tasks(task_ids)
+    with app.worker() as worker:
+        app.drain(worker)
+
+    assert app.queue.retry_dead_letters() == 3
+    assert [app.store.get_task(task_id).status for task_id in task_ids] == [TaskStatus.QUEUED] * 3  # type: ignore[union-attr]
+    assert messages_waiting(app) == 3
+
+
+def test_an_agent_kind_returns_its_result_to_dramatiq_and_a_pipeline_receives_it(
+    app: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    received: list[Any] = []
+
+    @dramatiq.actor(broker=app.broker, actor_name="after_the_agent")
+    def after_the_agent(result: Any) -> None:
+        received.append(result)
+
+    task_id = app.task(context={"script": [{"answer": "piped"}]})
+    target = after_the_agent.message().asdict()
+
+    with caplog.at_level(logging.WARNING), app.worker() as worker:
+        app.kinds["general"].send_with_options(args=(task_id,), pipe_target=target)
+        app.drain(worker)
+
+    assert received == [{"output": "piped", "turns": 1, "model": "scripted-1"}]
+    assert app.store.get_task(task_id).result == received[0]  # type: ignore[union-attr]
+    assert not [message for message in caplog.messages if "returned a value" in message]
+
+
+def test_dramatiq_still_warns_about_an_ordinary_actor_whose_value_is_discarded(
+    app: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    @dramatiq.actor(broker=app.broker, actor_name="returns_a_value")
+    def returns_a_value() -> int:
+        return 1
+
+    task_id = app.task()
+    with caplog.at_level(logging.WARNING), app.worker() as worker:
+        returns_a_value.send()
+        app.queue.add_task(task_id)
+        app.drain(worker)
+
+    warnings = [message for message in caplog.messages if "returned a value" in message]
+    assert len(warnings) == 1 and "'returns_a_value'" in warnings[0]
 
 
 def test_retry_job_refuses_a_task_that_has_not_failed(app: Harness) -> None:
