@@ -12,7 +12,7 @@ from dramatiq.brokers.redis import RedisBroker
 from actors.errors import BrokerUnavailable
 from actors.lanes import LaneBroker
 from middleware.task_lifecycle import QUEUED_OPTION
-from taskstore import InMemoryTaskStore, TaskStatus, utcnow
+from taskstore import InMemoryTaskStore, TaskStatus, Usage, new_id, utcnow
 from taskstore.postgres import PostgresTaskStore
 from tests.harness import Harness, redis_harness, wait_until
 
@@ -86,6 +86,39 @@ def test_add_task_with_redis_down_raises_and_leaves_the_task_pending() -> None:
         with pytest.raises(BrokerUnavailable):
             app.kinds["general"].send(task_id)
         assert app.store.get_task(task_id).status == TaskStatus.PENDING  # type: ignore[union-attr]
+
+
+def test_add_tasks_and_retry_job_with_redis_down_put_the_tasks_back() -> None:
+    store = InMemoryTaskStore()
+    with redis_harness(store, "redis://127.0.0.1:1/0") as app:
+        agent_id = app.agent()
+        batch = [app.task(agent_id) for _ in range(2)]
+        failed = app.task(agent_id)
+        now = utcnow()
+        store.mark_queued(failed, priority=None, run_at=now, now=now)
+        claim = store.claim(
+            failed, run_id=new_id(), worker_id="w", lease_until=now + timedelta(minutes=1), now=now
+        )
+        assert claim is not None
+        store.fail_attempt(
+            failed,
+            claim.run_id,
+            error="x",
+            stacktrace=None,
+            usage=Usage(),
+            transcript=None,
+            retry_at=None,
+            now=now,
+        )
+
+        with pytest.raises(BrokerUnavailable, match="the 2 tasks; they stay pending"):
+            app.queue.add_tasks(batch)
+        with pytest.raises(BrokerUnavailable, match="stays pending"):
+            app.queue.retry_job(failed)
+
+        assert [store.get_task(task_id).status for task_id in [*batch, failed]] == [  # type: ignore[union-attr]
+            TaskStatus.PENDING
+        ] * 3
 
 
 def test_the_reconciler_resends_messages_lost_in_a_redis_flush_exactly_once(app: Harness) -> None:

@@ -418,7 +418,7 @@ def test_an_agent_kind_returns_its_result_to_dramatiq_and_a_pipeline_receives_it
         received.append(result)
 
     task_id = app.task(context={"script": [{"answer": "piped"}]})
-    target = after_the_agent.message().asdict()
+    target = after_the_agent.message_with_options().asdict()  # the agent's result is appended
 
     with caplog.at_level(logging.WARNING), app.worker() as worker:
         app.kinds["general"].send_with_options(args=(task_id,), pipe_target=target)
