@@ -29,7 +29,8 @@ from actors.budget import BudgetPolicy
 from actors.errors import AgentUnavailable, BrokerUnavailable
 from middleware.agent_messages import AGENT_KIND_OPTION
 from middleware.attempts import Attempt, current_attempt
-from middleware.outcome import AttemptResult, stored_usage
+from middleware.outcome import AttemptResult as AttemptResult  # re-exported: kinds import it from here
+from middleware.outcome import stored_usage
 from middleware.task_lifecycle import ENQUEUED_AT_OPTION, QUEUED_OPTION, EnqueueRejected
 from middleware.tracing import abandon_publish
 from orchestrator import AgentSpec, Orchestrator, TaskInput

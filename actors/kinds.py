@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from actors.agent_actor import AgentJob
 from actors.app import agent_kind
-from middleware.task_lifecycle import AttemptResult
+from middleware.outcome import AttemptResult
 
 
 @agent_kind(kind="general")
