@@ -151,7 +151,8 @@ class ProviderRateLimited(ProviderError):
     """The provider rate-limited the call (HTTP 429): postpone the task, keep the attempt.
 
     Attributes:
-        postpone_ms: The provider's Retry-After, or :data:`DEFAULT_POSTPONE_MS` without one.
+        postpone_ms: The provider's Retry-After, or :data:`DEFAULT_POSTPONE_MS` without one. The
+            header parser caps it at 24 h; the worker's failure policy at ``AGENTQ_MAX_POSTPONE_MS``.
     """
 
     #: Postponement used when a 429 carries no Retry-After, in milliseconds.
