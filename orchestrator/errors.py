@@ -97,7 +97,7 @@ class UnknownProvider(AgentRunError):
         """
         self.name = name
         hint = f"; known providers: {', '.join(known)}" if known else ""
-        super().__init__(f"unknown provider {name!r}{hint}")
+        super().__init__(f"unknown provider {short_repr(name)}{hint}")
 
 
 class UnknownTool(AgentRunError):
@@ -110,7 +110,7 @@ class UnknownTool(AgentRunError):
             name: The tool name that was asked for.
         """
         self.name = name
-        super().__init__(f"unknown tool {name!r}")
+        super().__init__(f"unknown tool {short_repr(name)}")
 
 
 class ProviderError(AgentRunError):
@@ -305,7 +305,7 @@ class ToolTimeout(AgentRunError):
         self.tool = tool
         self.seconds = seconds
         super().__init__(
-            f"tool {tool!r} did not finish within tool_timeout_s={seconds:g}; "
+            f"tool {short_repr(tool)} did not finish within tool_timeout_s={seconds:g}; "
             "raise the agent's tool_timeout_s or make the tool faster"
         )
 
