@@ -171,37 +171,41 @@ def main(argv: list[str] | None = None) -> int:
             serial += 1
             return WorkerProcess(env, Path(logs) / f"worker-{serial}.log", threads=args.threads)
 
-        # Workers start once every task is enqueued, so the faults fall on the whole run.
-        task_ids = _enqueue(store_url, args.redis_url, args.tasks, rng)
-        pool = [start() for _ in range(args.workers)]
-        print(
-            f"enqueued {len(task_ids)} tasks in {time.monotonic() - started:.1f} s; chaos begins", flush=True
-        )
-        kills, flushed = 0, False
-        outage = _Outage(proxy, args.outage)
-        checker = PostgresTaskStore(store_url, max_size=2)
-        next_kill = time.monotonic() + args.kill_every
-        while time.monotonic() - started < args.timeout:
-            counts = checker.queue_counts(now=utcnow())
-            done = counts.completed + counts.failed
-            if done >= args.tasks and not outage.active:
-                break
-            if not flushed and done >= args.tasks // 3:
-                client.flushdb()
-                flushed = True
-                print(f"flushed Redis at {done} finished tasks", flush=True)
-            outage.step(due=done >= args.tasks // 2)
-            if time.monotonic() >= next_kill and done < args.tasks * 0.9 and not outage.active:
-                victim = pool.pop(rng.randrange(len(pool)))
-                victim.kill()
-                kills += 1
-                pool.append(start())
-                next_kill = time.monotonic() + args.kill_every * rng.uniform(0.6, 1.4)
-            time.sleep(0.25)
-        proxy.restore()
-        for worker in pool:
-            worker.terminate(timeout_s=120)
-        checker.close()
+        pool: list[WorkerProcess] = []
+        try:
+            # Workers start once every task is enqueued, so the faults fall on the whole run.
+            task_ids = _enqueue(store_url, args.redis_url, args.tasks, rng)
+            pool.extend(start() for _ in range(args.workers))
+            enqueued_s = time.monotonic() - started
+            print(f"enqueued {len(task_ids)} tasks in {enqueued_s:.1f} s; chaos begins", flush=True)
+            kills, flushed = 0, False
+            outage = _Outage(proxy, args.outage)
+            checker = PostgresTaskStore(store_url, max_size=2)
+            next_kill = time.monotonic() + args.kill_every
+            while time.monotonic() - started < args.timeout:
+                counts = checker.queue_counts(now=utcnow())
+                done = counts.completed + counts.failed
+                if done >= args.tasks and not outage.active:
+                    break
+                if not flushed and done >= args.tasks // 3:
+                    client.flushdb()
+                    flushed = True
+                    print(f"flushed Redis at {done} finished tasks", flush=True)
+                outage.step(due=done >= args.tasks // 2)
+                if time.monotonic() >= next_kill and done < args.tasks * 0.9 and not outage.active:
+                    victim = pool.pop(rng.randrange(len(pool)))
+                    victim.kill()
+                    kills += 1
+                    pool.append(start())
+                    next_kill = time.monotonic() + args.kill_every * rng.uniform(0.6, 1.4)
+                time.sleep(0.25)
+            proxy.restore()
+            for worker in pool:
+                worker.terminate(timeout_s=120)
+            checker.close()
+        finally:  # no worker outlives the soak, whatever happened
+            for worker in pool:
+                worker.close()
         ok, table = _report(store_url, started, kills, flushed, outage.describe())
     print(table)
     return 0 if ok else 1

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from config.errors import short_repr
 from orchestrator.errors import (
     AgentRunError,
     BaseUrlNotAllowed,
@@ -111,14 +112,17 @@ class AgentSpec:
     def __post_init__(self) -> None:
         """Reject settings that cannot run."""
         if self.max_turns < 1:
-            raise InvalidAgentSpec(f"agent {self.name!r}: max_turns must be at least 1, got {self.max_turns}")
+            raise InvalidAgentSpec(
+                f"agent {short_repr(self.name)}: max_turns must be at least 1, got {self.max_turns}"
+            )
         if not self.tool_timeout_s > 0:
             raise InvalidAgentSpec(
-                f"agent {self.name!r}: tool_timeout_s must be positive, got {self.tool_timeout_s}"
+                f"agent {short_repr(self.name)}: tool_timeout_s must be positive, got {self.tool_timeout_s}"
             )
         if self.run_time_limit_s is not None and not self.run_time_limit_s > 0:
             raise InvalidAgentSpec(
-                f"agent {self.name!r}: run_time_limit_s must be positive or None, got {self.run_time_limit_s}"
+                f"agent {short_repr(self.name)}: run_time_limit_s must be positive or None,"
+                f" got {self.run_time_limit_s}"
             )
 
     @property
@@ -368,7 +372,7 @@ class _Run:
                 ChatMessage(role="assistant", content=response.content or "", tool_calls=response.tool_calls)
             )
             for call in response.tool_calls:
-                self.check(f"before tool call {call.name!r} in turn {turn}")
+                self.check(f"before tool call {short_repr(call.name)} in turn {turn}")
                 outcome = self.run_tool(call)
                 self.transcript.append(_tool_entry(turn, call, outcome))
                 self.messages.append(
@@ -485,7 +489,7 @@ class _Run:
             return ToolOutcome(f"tool '{call.name}' is not allowed for this agent", is_error=True)
         if call.argument_error is not None:
             return ToolOutcome(
-                f"invalid arguments for tool {call.name!r}: {call.argument_error}", is_error=True
+                f"invalid arguments for tool {short_repr(call.name)}: {call.argument_error}", is_error=True
             )
         if call.name not in tools:
             return ToolOutcome(str(UnknownTool(call.name)), is_error=True)
@@ -511,5 +515,5 @@ class _Run:
                 raise RunTimeLimitExceeded(self.agent.run_time_limit_s or 0)
             raise ToolTimeout(call.name, limit)
         if not results:
-            return ToolOutcome(f"tool {call.name!r} stopped without a result", is_error=True)
+            return ToolOutcome(f"tool {short_repr(call.name)} stopped without a result", is_error=True)
         return results[0]

@@ -107,7 +107,7 @@ class UnknownProvider(AgentRunError):
         """
         self.name = name
         hint = f"; known providers: {', '.join(known)}" if known else ""
-        super().__init__(f"unknown provider {name!r}{hint}")
+        super().__init__(f"unknown provider {short_repr(name)}{hint}")
 
 
 class UnknownTool(AgentRunError):
@@ -120,7 +120,7 @@ class UnknownTool(AgentRunError):
             name: The tool name that was asked for.
         """
         self.name = name
-        super().__init__(f"unknown tool {name!r}")
+        super().__init__(f"unknown tool {short_repr(name)}")
 
 
 class ProviderError(AgentRunError):
@@ -161,7 +161,8 @@ class ProviderRateLimited(ProviderError):
     """The provider rate-limited the call (HTTP 429): postpone the task, keep the attempt.
 
     Attributes:
-        postpone_ms: The provider's Retry-After, or :data:`DEFAULT_POSTPONE_MS` without one.
+        postpone_ms: The provider's Retry-After, or :data:`DEFAULT_POSTPONE_MS` without one. The
+            header parser caps it at 24 h; the worker's failure policy at ``AGENTQ_MAX_POSTPONE_MS``.
     """
 
     #: Postponement used when a 429 carries no Retry-After, in milliseconds.
@@ -314,7 +315,7 @@ class ToolTimeout(AgentRunError):
         self.tool = tool
         self.seconds = seconds
         super().__init__(
-            f"tool {tool!r} did not finish within tool_timeout_s={seconds:g}; "
+            f"tool {short_repr(tool)} did not finish within tool_timeout_s={seconds:g}; "
             "raise the agent's tool_timeout_s or make the tool faster"
         )
 

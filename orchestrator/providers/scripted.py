@@ -28,6 +28,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from config.errors import short_repr
 from orchestrator.errors import ProviderError, ScriptedNotAllowed, ScriptError
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
 
@@ -60,9 +61,11 @@ class _Step:
 def _tool_call(index: int, position: int, name: object, arguments: object) -> ToolCall:
     where = f"script step {index}"
     if not isinstance(name, str) or not name:
-        raise ScriptError(f"{where}: tool name must be a non-empty string, got {name!r}")
+        raise ScriptError(f"{where}: tool name must be a non-empty string, got {short_repr(name)}")
     if not isinstance(arguments, dict):
-        raise ScriptError(f"{where}: arguments of tool {name!r} must be an object, got {arguments!r}")
+        raise ScriptError(
+            f"{where}: arguments of tool {short_repr(name)} must be an object, got {short_repr(arguments)}"
+        )
     return ToolCall(id=f"call_{index}_{position}", name=name, arguments=dict(arguments))
 
 
@@ -71,11 +74,13 @@ def _tool_calls(index: int, kind: str, step: Mapping[str, Any]) -> tuple[ToolCal
         return (_tool_call(index, 0, step["tool"], step.get("arguments", {})),)
     calls = step["tools"]
     if not isinstance(calls, list) or not calls:
-        raise ScriptError(f"script step {index}: 'tools' must be a non-empty list, got {calls!r}")
+        raise ScriptError(f"script step {index}: 'tools' must be a non-empty list, got {short_repr(calls)}")
     result = []
     for position, call in enumerate(calls):
         if not isinstance(call, dict):
-            raise ScriptError(f"script step {index}: tool call {position} must be an object, got {call!r}")
+            raise ScriptError(
+                f"script step {index}: tool call {position} must be an object, got {short_repr(call)}"
+            )
         extra = set(call) - {"name", "arguments"}
         if extra:
             raise ScriptError(f"script step {index}: tool call {position} has unknown keys {sorted(extra)}")
@@ -88,16 +93,21 @@ def _optional_int(index: int, step: Mapping[str, Any], key: str, default: int | 
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
-        raise ScriptError(f"script step {index}: {key!r} must be an integer from 0 to {top}, got {value!r}")
+        raise ScriptError(
+            f"script step {index}: {short_repr(key)} must be an integer from 0 to {top},"
+            f" got {short_repr(value)}"
+        )
     return value
 
 
 def _fail_step(index: int, step: Mapping[str, Any], sleep_ms: int) -> _Step:
     message, retryable = step["fail"], step.get("retryable", True)
     if not isinstance(message, str):
-        raise ScriptError(f"script step {index}: 'fail' must be a string, got {message!r}")
+        raise ScriptError(f"script step {index}: 'fail' must be a string, got {short_repr(message)}")
     if not isinstance(retryable, bool):
-        raise ScriptError(f"script step {index}: 'retryable' must be true or false, got {retryable!r}")
+        raise ScriptError(
+            f"script step {index}: 'retryable' must be true or false, got {short_repr(retryable)}"
+        )
     retry_after_ms = _optional_int(index, step, "retry_after_ms", None, 86_400_000)
     return _Step(fail=message, retryable=retryable, retry_after_ms=retry_after_ms, sleep_ms=sleep_ms)
 
@@ -116,20 +126,22 @@ def parse_step(index: int, step: object) -> _Step:
         ScriptError: The step is malformed; the message names the index and the problem.
     """
     if not isinstance(step, dict):
-        raise ScriptError(f"script step {index} must be an object, got {step!r}")
+        raise ScriptError(f"script step {index} must be an object, got {short_repr(step)}")
     kinds = [kind for kind in _KINDS if kind in step]
     if len(kinds) != 1:
         raise ScriptError(f"script step {index} must have exactly one of {list(_KINDS)}, got {sorted(step)}")
     kind = kinds[0]
     extra = set(step) - _ALLOWED_KEYS[kind]
     if extra:
-        raise ScriptError(f"script step {index} ({kind!r}) has unknown keys {sorted(extra)}")
+        raise ScriptError(f"script step {index} ({short_repr(kind)}) has unknown keys {sorted(extra)}")
     sleep_ms = _optional_int(index, step, "sleep_ms", 0, MAX_SLEEP_MS) or 0
     if kind == "fail":
         return _fail_step(index, step, sleep_ms)
     if kind == "answer":
         if not isinstance(step["answer"], str):
-            raise ScriptError(f"script step {index}: 'answer' must be a string, got {step['answer']!r}")
+            raise ScriptError(
+                f"script step {index}: 'answer' must be a string, got {short_repr(step['answer'])}"
+            )
         return _Step(answer=step["answer"], sleep_ms=sleep_ms)
     return _Step(tool_calls=_tool_calls(index, kind, step), sleep_ms=sleep_ms)
 

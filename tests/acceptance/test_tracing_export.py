@@ -73,7 +73,13 @@ def test_one_trace_from_add_task_to_chat_and_execute_tool_spans_across_a_retry(
                 timeout_s=60,
                 what="the task to complete on its second attempt",
             )
-            receiver.wait_for(lambda spans: len(named(spans, "invoke_agent analyst")) == 2)
+            # Each attempt's consumer span ends (and is exported) after its invoke_agent span.
+            receiver.wait_for(
+                lambda spans: (
+                    len(named(spans, "invoke_agent analyst")) == 2
+                    and len(named(spans, "general process")) == 2
+                )
+            )
         finally:
             worker.close()
         spans = receiver.spans()

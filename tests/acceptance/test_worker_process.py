@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import pytest
 
 from taskstore import NewAgent, NewTask, TaskStatus, utcnow
 from taskstore.postgres import PostgresTaskStore
+from tests.acceptance.processes import command_env
 from tests.harness import ORG, wait_until
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
@@ -21,17 +23,6 @@ pytestmark = [pytest.mark.acceptance, pytest.mark.integration]
 ROOT = Path(__file__).resolve().parents[2]
 #: The installed console script, as a user runs it.
 AGENTQ = [str(Path(sys.executable).with_name("agentq"))]
-
-
-def command_env(**values: str) -> dict[str, str]:
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("AGENTQ_", "DATABASE_", "REDIS_"))
-    }
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(values)
-    return env
 
 
 @pytest.fixture
@@ -48,11 +39,13 @@ def worker(worker_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Po
         env=worker_env,
         stdout=log,
         stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     yield process
-    if process.poll() is None:
-        process.kill()
-        process.wait(timeout=10)
+    # The whole group: killing only the parent would leave its worker process consuming the test's Redis.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
     log.close()
 
 

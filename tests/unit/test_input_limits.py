@@ -10,6 +10,7 @@ import pytest
 from actors.arguments import MAX_BATCH, MAX_DESCRIPTION_CHARS, MAX_TITLE_CHARS
 from actors.errors import InvalidArgument, InvalidContext, InvalidPriority
 from config.errors import short_repr
+from orchestrator.errors import ToolTimeout, UnknownProvider, UnknownTool
 from taskstore import InMemoryTaskStore, InvalidTaskId, TaskStatus
 from tests.harness import ORG, Harness, stub_harness
 
@@ -114,3 +115,8 @@ def test_errors_naming_a_huge_value_stay_short(app: Harness, call: object, error
     text = str(caught.value)
     assert len(text) < 400, text[:400]
     assert "characters" in text
+
+
+def test_orchestrator_errors_naming_a_stored_or_model_value_stay_short() -> None:
+    for error in (UnknownProvider(MEGABYTE), UnknownTool(MEGABYTE), ToolTimeout(MEGABYTE, 1.0)):
+        assert len(str(error)) < 300 and "(1048576 characters)" in str(error)
