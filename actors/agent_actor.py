@@ -173,7 +173,8 @@ def pending_again_on_failure(
         if isinstance(exc, redis.RedisError | dramatiq.errors.BrokerConnectionError):
             one = len(task_ids) == 1
             tasks = f"task {task_ids[0]!r}; it stays" if one else f"the {len(task_ids)} tasks; they stay"
-            state = "pending" if queued_at is not None else "queued (the reconciler sends it again)"
+            again = "it" if one else "them"
+            state = "pending" if queued_at is not None else f"queued (the reconciler sends {again} again)"
             raise BrokerUnavailable(f"Redis did not accept {tasks} {state}: {exc}") from exc
         raise
 
@@ -203,7 +204,8 @@ class AgentActor(dramatiq.Actor[[str], AttemptResult]):
 
         Raises:
             InvalidTaskId, TaskNotFound, InvalidTransition: The task cannot be queued; nothing was sent.
-            BrokerUnavailable: Redis did not take the message; the task is ``pending`` again.
+            BrokerUnavailable: Redis did not take the message; the task is ``pending`` again (a
+                message marked queued leaves it ``queued``, for the reconciler to send again).
         """
         if kwargs or len(args) != 1:
             raise TypeError(f"agent actor {self.actor_name!r} takes exactly one argument, the task id")
