@@ -20,6 +20,8 @@ ColumnType = Literal["uuid", "text", "int", "real", "money", "bool", "json", "ti
 
 #: Directory holding the rendered Postgres migrations.
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: Directory holding hand-written Postgres SQL: ``functions.sql`` (current) and ``history/`` (as shipped).
+SQL_DIR = Path(__file__).parent / "sql"
 #: Table that records which migrations a database has.
 MIGRATIONS_TABLE = "agentq_schema_migrations"
 
@@ -103,7 +105,19 @@ class RawSQL:
         return (self.postgres if dialect == "postgres" else self.sqlite) or ""
 
 
-Operation = CreateTable | CreateIndex | RawSQL
+@dataclass(frozen=True)
+class SQLFile:
+    """Postgres-only SQL kept in a file of ``taskstore/sql/`` (SQLite skips it), read when rendered."""
+
+    path: str
+
+    def render(self, dialect: Dialect) -> str:
+        if dialect != "postgres":
+            return ""
+        return (SQL_DIR / self.path).read_text(encoding="utf-8").rstrip("\n")
+
+
+Operation = CreateTable | CreateIndex | RawSQL | SQLFile
 
 
 @dataclass(frozen=True)
@@ -301,7 +315,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             RawSQL(postgres=supabase_sql.MEMBERS_TABLE),
             RawSQL(postgres=supabase_sql.UPDATED_AT_TRIGGER),
             RawSQL(postgres=supabase_sql.ROW_LEVEL_SECURITY),
-            RawSQL(postgres=supabase_sql.FUNCTIONS),
+            SQLFile("history/0002_supabase_functions.sql"),
             RawSQL(postgres=supabase_sql.GRANTS),
         ),
     ),
@@ -310,7 +324,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             # Postgres only: the Supabase store's functions for create_tasks/add_tasks, then the
             # grants again so the new functions are callable by service_role only.
-            RawSQL(postgres=supabase_sql.BULK_ENQUEUE_FUNCTIONS),
+            SQLFile("history/0003_bulk_enqueue_functions.sql"),
             RawSQL(postgres=supabase_sql.GRANTS),
         ),
     ),
@@ -324,6 +338,15 @@ MIGRATIONS: tuple[Migration, ...] = (
             # rebuilding the table, and every store writes provider and model explicitly from
             # NewAgent, so its default is never read: SQLite keeps the 0001 default.
             RawSQL(postgres=supabase_sql.AGENT_PROVIDER_DEFAULTS),
+        ),
+    ),
+    Migration(
+        "0005_one_statement",
+        (
+            # Postgres only: every transition and read of the Postgres family as an agentq_* function,
+            # called by both the Postgres and the Supabase store; then the grants again (service_role only).
+            SQLFile("functions.sql"),
+            RawSQL(postgres=supabase_sql.GRANTS),
         ),
     ),
 )

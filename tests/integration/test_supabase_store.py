@@ -13,8 +13,8 @@ import pytest
 
 from taskstore import NewAgent, NewTask, TaskStatus, Usage, new_id, utcnow
 from taskstore.schema import MIGRATIONS, render_all
+from taskstore.sql_store import signatures
 from taskstore.supabase import SupabaseTaskStore
-from taskstore.supabase_sql import RPC_FUNCTIONS
 from tests.acceptance.processes import ThrowawayRedis, WorkerProcess, command_env
 from tests.conftest import FAKE_SERVICE_KEY, TRUNCATE, Clock
 from tests.fakes.postgrest import FakePostgrest, iter_rpc_functions
@@ -141,7 +141,7 @@ def test_the_migration_applies_twice_on_a_plain_postgres_and_ships_every_rpc_fun
     with temporary_database() as url, psycopg.connect(url, autocommit=True) as conn:
         conn.execute(script.encode())
         conn.execute(script.encode())
-        assert set(RPC_FUNCTIONS) <= set(iter_rpc_functions(conn))
+        assert set(signatures()) <= set(iter_rpc_functions(conn))
         names = [row[0] for row in conn.execute("SELECT name FROM agentq_schema_migrations ORDER BY 1")]
         assert names == [migration.name for migration in MIGRATIONS]
 
