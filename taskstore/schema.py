@@ -13,14 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-
 Dialect = Literal["postgres", "sqlite"]
 ColumnType = Literal["uuid", "text", "int", "real", "money", "bool", "json", "timestamp", "text_array"]
 
 #: Directory holding the rendered Postgres migrations.
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-#: Hand-written Postgres SQL: ``functions.sql`` (every current ``agentq_*`` function) and ``grants.sql``;
-#: ``history/`` holds what earlier migrations shipped, never edited (a later migration replaces it).
+#: Hand-written Postgres SQL: ``functions.sql`` (every current ``agentq_*`` function), who may call
+#: them (``function_grants.sql``) and, in ``history/``, what earlier migrations shipped (never edited).
 SQL_DIR = Path(__file__).parent / "sql"
 #: Table that records which migrations a database has.
 MIGRATIONS_TABLE = "agentq_schema_migrations"
@@ -316,7 +315,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             SQLFile("history/updated_at_trigger.sql"),
             SQLFile("history/row_level_security.sql"),
             SQLFile("history/0002_supabase_functions.sql"),
-            SQLFile("grants.sql"),
+            SQLFile("history/grants.sql"),
         ),
     ),
     Migration(
@@ -325,7 +324,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             # Postgres only: the Supabase store's functions for create_tasks/add_tasks, then the
             # grants again so the new functions are callable by service_role only.
             SQLFile("history/0003_bulk_enqueue_functions.sql"),
-            SQLFile("grants.sql"),
+            SQLFile("history/grants.sql"),
         ),
     ),
     Migration(
@@ -346,9 +345,10 @@ MIGRATIONS: tuple[Migration, ...] = (
         "0005_one_statement",
         (
             # Postgres only: every transition and read of the Postgres family as an agentq_* function,
-            # called by both the Postgres and the Supabase store; then the grants again (service_role only).
+            # called by both the Postgres and the Supabase store; then who may call them (service_role
+            # only). The tables' privileges stay as 0004 left them.
             SQLFile("functions.sql"),
-            SQLFile("grants.sql"),
+            SQLFile("function_grants.sql"),
         ),
     ),
 )

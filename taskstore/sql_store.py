@@ -65,18 +65,22 @@ class Signature:
     name: str
     params: Mapping[str, str]
     returns_rows: bool
+    #: Not declared ``STABLE``: a write (which a transport may re-send after a lost response).
+    writes: bool
 
 
 @functools.cache
 def signatures() -> dict[str, Signature]:
     """The functions of :data:`FUNCTIONS_SQL` by name (parsed once)."""
     found: dict[str, Signature] = {}
-    for match in _DEFINITION.finditer(FUNCTIONS_SQL.read_text(encoding="utf-8")):
+    text = FUNCTIONS_SQL.read_text(encoding="utf-8")
+    for match in _DEFINITION.finditer(text):
+        header = text[match.end() : text.index("$$", match.end())]
         params = {}
         for part in filter(None, (item.strip() for item in match[2].split(","))):
             name, kind = part.split()[:2]
             params[name] = kind
-        found[match[1]] = Signature(match[1], params, bool(match[3]))
+        found[match[1]] = Signature(match[1], params, bool(match[3]), " STABLE " not in f" {header} ")
     return found
 
 

@@ -32,7 +32,7 @@ import httpx
 
 from taskstore.errors import DuplicateTask, StoreUnavailable, TaskStoreError
 from taskstore.schema import MIGRATIONS
-from taskstore.sql_store import Applied, SqlFunctionStore
+from taskstore.sql_store import Applied, SqlFunctionStore, signatures
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +135,8 @@ class SupabaseTaskStore(SqlFunctionStore):
         def request() -> Any:
             return self._get_client().rpc(function, arguments).execute()
 
+        if not signatures()[function].writes:
+            return self._unique(request)  # a read: supabase-py's own retries apply (none for POST)
         try:
             return self._unique(request)
         except StoreUnavailable as first:

@@ -171,11 +171,11 @@ def test_writes_whose_response_was_lost_are_applied_exactly_once(
         NewAgent(provider="scripted", model="scripted-1", organization_id=ORG_A, name="a"), now=clock()
     )
 
-    fake_postgrest.drop_responses("POST", "/rest/v1/ai_agent_tasks")
+    fake_postgrest.drop_responses("POST", "/rpc/agentq_create_tasks")
     task = supabase_store.create_task(
         NewTask(agent_id=agent.id, organization_id=ORG_A, title="t"), now=clock()
     )
-    fake_postgrest.drop_responses("PATCH", "/rest/v1/ai_agent_tasks")
+    fake_postgrest.drop_responses("POST", "/rpc/agentq_mark_queued_many")
     queued = supabase_store.mark_queued(task.id, priority=None, run_at=clock(), now=clock())
     fake_postgrest.drop_responses("POST", "/rpc/agentq_claim")
     claim = supabase_store.claim(task.id, run_id=new_id(), worker_id="w", lease_until=clock(), now=clock())
