@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -149,13 +150,13 @@ def usage_params(usage: Usage, transcript: list[dict[str, Any]] | None) -> Row:
     return params
 
 
-class SqlFunctionStore:
+class SqlFunctionStore(ABC):
     """Every ``TaskStore`` method as a call of its ``agentq_*`` function; subclasses add the transport."""
 
+    @abstractmethod
     def _call(self, function: str, params: dict[str, Any], applied: Applied = None) -> Any:
         """Call ``function`` with named ``params``: a list of row mappings for a ``SETOF`` function, else
         its value (JSON decoded)."""
-        raise NotImplementedError
 
     def _tasks(self, function: str, params: dict[str, Any], applied: Applied = None) -> list[Task]:
         return [decode_task(row) for row in self._call(function, params, applied) or []]

@@ -127,19 +127,22 @@ class SupabaseTaskStore(SqlFunctionStore):
             raise StoreUnavailable(f"Supabase unreachable at {self._url}: {type(exc).__name__}") from exc
 
     def _call(self, function: str, params: dict[str, Any], applied: Applied = None) -> Any:
-        """``rpc(function, params)``; on a transport error re-sent once (see the module's write-retry
-        rule): when the re-send finds nothing to change, or the id taken, ``applied`` says whether the
-        first send took effect, and its answer (if not ``None``) is returned instead."""
+        """``rpc(function, params)``. A write is re-sent once after a transport error or a 5xx (see the
+        module's write-retry rule): when the re-send finds nothing to change, or the id taken, ``applied``
+        says whether the first send took effect, and its answer (if not ``None``) is returned instead.
+        A read (a ``STABLE`` function) is re-sent once after a transport error only, as supabase-py
+        retries a GET."""
         arguments = {name: _json_argument(value) for name, value in params.items()}
 
         def request() -> Any:
             return self._get_client().rpc(function, arguments).execute()
 
-        if not signatures()[function].writes:
-            return self._unique(request)  # a read: supabase-py's own retries apply (none for POST)
+        writes = signatures()[function].writes
         try:
             return self._unique(request)
         except StoreUnavailable as first:
+            if not writes and not isinstance(first.__cause__, httpx.TransportError):
+                raise
             logger.warning("Supabase call %s failed in transit (%s); re-sending it once", function, first)
         try:
             result = self._unique(request)
