@@ -262,9 +262,12 @@ BEGIN
 END
 $$;
 
+-- PL/pgSQL (here and below) keeps its plan for the session: the hot reads cost less than SQL functions.
 CREATE OR REPLACE FUNCTION agentq_get_tasks(p_task_ids uuid[])
-RETURNS SETOF ai_agent_tasks LANGUAGE sql STABLE SET search_path = public AS $$
-    SELECT * FROM ai_agent_tasks WHERE id = ANY(p_task_ids)
+RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql STABLE SET search_path = public AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM ai_agent_tasks WHERE id = ANY(p_task_ids);
+END
 $$;
 
 -- pending -> queued for every task of p_task_ids or, if any is missing or not pending, for none (no rows).
@@ -310,8 +313,10 @@ RETURNS SETOF ai_agent_task_runs LANGUAGE sql STABLE SET search_path = public AS
 $$;
 
 CREATE OR REPLACE FUNCTION agentq_cancel_requested(p_task_id uuid)
-RETURNS boolean LANGUAGE sql STABLE SET search_path = public AS $$
-    SELECT COALESCE((SELECT cancel_requested_at IS NOT NULL FROM ai_agent_tasks WHERE id = p_task_id), FALSE)
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = public AS $$
+BEGIN
+    RETURN COALESCE((SELECT cancel_requested_at IS NOT NULL FROM ai_agent_tasks WHERE id = p_task_id), FALSE);
+END
 $$;
 
 -- Dead-lettered tasks (failed, not archived), most recently failed first.
