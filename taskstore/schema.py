@@ -13,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from taskstore import supabase_sql
-
 Dialect = Literal["postgres", "sqlite"]
 ColumnType = Literal["uuid", "text", "int", "real", "money", "bool", "json", "timestamp", "text_array"]
 
 #: Directory holding the rendered Postgres migrations.
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+#: Hand-written Postgres SQL: ``functions.sql`` (every current ``agentq_*`` function), who may call
+#: them (``function_grants.sql``) and, in ``history/``, what earlier migrations shipped (never edited).
+SQL_DIR = Path(__file__).parent / "sql"
 #: Table that records which migrations a database has.
 MIGRATIONS_TABLE = "agentq_schema_migrations"
 
@@ -103,7 +104,19 @@ class RawSQL:
         return (self.postgres if dialect == "postgres" else self.sqlite) or ""
 
 
-Operation = CreateTable | CreateIndex | RawSQL
+@dataclass(frozen=True)
+class SQLFile:
+    """Postgres-only SQL kept in a file of ``taskstore/sql/`` (SQLite skips it), read when rendered."""
+
+    path: str
+
+    def render(self, dialect: Dialect) -> str:
+        if dialect != "postgres":
+            return ""
+        return (SQL_DIR / self.path).read_text(encoding="utf-8").rstrip("\n")
+
+
+Operation = CreateTable | CreateIndex | RawSQL | SQLFile
 
 
 @dataclass(frozen=True)
@@ -296,13 +309,13 @@ MIGRATIONS: tuple[Migration, ...] = (
                 "ai_agent_tasks_worker_idx", "ai_agent_tasks", ("worker_id",), where="status = 'running'"
             ),
             CreateIndex("ai_agent_tasks_agent_idx", "ai_agent_tasks", ("agent_id",)),
-            # Postgres only (SQLite skips these): Supabase roles, RLS, and the store's RPC functions.
-            RawSQL(postgres=supabase_sql.SUPABASE_COMPAT),
-            RawSQL(postgres=supabase_sql.MEMBERS_TABLE),
-            RawSQL(postgres=supabase_sql.UPDATED_AT_TRIGGER),
-            RawSQL(postgres=supabase_sql.ROW_LEVEL_SECURITY),
-            RawSQL(postgres=supabase_sql.FUNCTIONS),
-            RawSQL(postgres=supabase_sql.GRANTS),
+            # Postgres only (SQLite skips these): Supabase roles, RLS, the first agentq_* functions, grants.
+            SQLFile("history/supabase_compat.sql"),
+            SQLFile("history/members_table.sql"),
+            SQLFile("history/updated_at_trigger.sql"),
+            SQLFile("history/row_level_security.sql"),
+            SQLFile("history/0002_supabase_functions.sql"),
+            SQLFile("history/grants.sql"),
         ),
     ),
     Migration(
@@ -310,20 +323,32 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             # Postgres only: the Supabase store's functions for create_tasks/add_tasks, then the
             # grants again so the new functions are callable by service_role only.
-            RawSQL(postgres=supabase_sql.BULK_ENQUEUE_FUNCTIONS),
-            RawSQL(postgres=supabase_sql.GRANTS),
+            SQLFile("history/0003_bulk_enqueue_functions.sql"),
+            SQLFile("history/grants.sql"),
         ),
     ),
     Migration(
         "0004_hardening",
         (
             # Postgres only: members write only their own columns, as pending tasks, with agents of
-            # the task's organization (column privileges, WITH CHECK policies and a trigger).
-            RawSQL(postgres=supabase_sql.MEMBER_TASK_WRITES),
+            # the task's organization (column privileges, WITH CHECK policies and a trigger). Members
+            # insert id, agent_id, organization_id, title, description, context, priority, status and
+            # task_type (only as 'pending' and 'adhoc'), and update the first six of those.
+            SQLFile("history/member_task_writes.sql"),
             # New agents default to a real provider. SQLite cannot change a column default without
             # rebuilding the table, and every store writes provider and model explicitly from
             # NewAgent, so its default is never read: SQLite keeps the 0001 default.
-            RawSQL(postgres=supabase_sql.AGENT_PROVIDER_DEFAULTS),
+            SQLFile("history/agent_provider_defaults.sql"),
+        ),
+    ),
+    Migration(
+        "0005_one_statement",
+        (
+            # Postgres only: every transition and read of the Postgres family as an agentq_* function,
+            # called by both the Postgres and the Supabase store; then who may call them (service_role
+            # only). The tables' privileges stay as 0004 left them.
+            SQLFile("functions.sql"),
+            SQLFile("function_grants.sql"),
         ),
     ),
 )

@@ -13,8 +13,8 @@ import pytest
 
 from taskstore import NewAgent, NewTask, TaskStatus, Usage, new_id, utcnow
 from taskstore.schema import MIGRATIONS, render_all
+from taskstore.sql_store import signatures
 from taskstore.supabase import SupabaseTaskStore
-from taskstore.supabase_sql import RPC_FUNCTIONS
 from tests.acceptance.processes import ThrowawayRedis, WorkerProcess, command_env
 from tests.conftest import FAKE_SERVICE_KEY, TRUNCATE, Clock
 from tests.fakes.postgrest import FakePostgrest, iter_rpc_functions
@@ -141,7 +141,7 @@ def test_the_migration_applies_twice_on_a_plain_postgres_and_ships_every_rpc_fun
     with temporary_database() as url, psycopg.connect(url, autocommit=True) as conn:
         conn.execute(script.encode())
         conn.execute(script.encode())
-        assert set(RPC_FUNCTIONS) <= set(iter_rpc_functions(conn))
+        assert set(signatures()) <= set(iter_rpc_functions(conn))
         names = [row[0] for row in conn.execute("SELECT name FROM agentq_schema_migrations ORDER BY 1")]
         assert names == [migration.name for migration in MIGRATIONS]
 
@@ -171,11 +171,11 @@ def test_writes_whose_response_was_lost_are_applied_exactly_once(
         NewAgent(provider="scripted", model="scripted-1", organization_id=ORG_A, name="a"), now=clock()
     )
 
-    fake_postgrest.drop_responses("POST", "/rest/v1/ai_agent_tasks")
+    fake_postgrest.drop_responses("POST", "/rpc/agentq_create_tasks")
     task = supabase_store.create_task(
         NewTask(agent_id=agent.id, organization_id=ORG_A, title="t"), now=clock()
     )
-    fake_postgrest.drop_responses("PATCH", "/rest/v1/ai_agent_tasks")
+    fake_postgrest.drop_responses("POST", "/rpc/agentq_mark_queued_many")
     queued = supabase_store.mark_queued(task.id, priority=None, run_at=clock(), now=clock())
     fake_postgrest.drop_responses("POST", "/rpc/agentq_claim")
     claim = supabase_store.claim(task.id, run_id=new_id(), worker_id="w", lease_until=clock(), now=clock())

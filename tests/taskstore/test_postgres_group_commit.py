@@ -7,10 +7,10 @@ from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
-from psycopg.types.json import Jsonb
 
 from taskstore import RunStatus, TaskStatus, Usage, new_id
-from taskstore.postgres import PostgresTaskStore, _finish_params
+from taskstore.postgres import PostgresTaskStore
+from taskstore.sql_store import complete_item
 from tests.conftest import Clock
 from tests.taskstore.test_conformance import LEASE, new_task, queued_task
 
@@ -24,7 +24,7 @@ def pg(request: pytest.FixtureRequest) -> PostgresTaskStore:
 
 def claim_params(task_id: str, clock: Clock, worker: str = "w1") -> dict[str, object]:
     return {
-        "id": task_id,
+        "task_id": task_id,
         "run_id": new_id(),
         "worker_id": worker,
         "now": clock(),
@@ -154,6 +154,4 @@ def test_concurrent_claims_and_completions_are_exact(
 def _complete_params(
     task_id: str, run_id: str, clock: Clock, usage: Usage, result: dict[str, object]
 ) -> dict[str, object]:
-    params = _finish_params(task_id, run_id, usage, [{"role": "user", "content": "hi"}], clock())
-    params.update(result=Jsonb(result), run_status="completed")
-    return params
+    return complete_item(task_id, run_id, result, usage, [{"role": "user", "content": "hi"}], clock())

@@ -40,6 +40,7 @@ SUPABASE_FILES = {
     "20260101000000_agentq.sql": ("0001_initial", "0002_supabase"),
     "20261128000000_bulk_enqueue_agentq.sql": ("0003_bulk_enqueue",),
     "20261201000000_hardening_agentq.sql": ("0004_hardening",),
+    "20261202000000_one_statement_agentq.sql": ("0005_one_statement",),
 }
 
 

@@ -1,0 +1,559 @@
+"""The TaskStore of the Postgres family, written once over the ``agentq_*`` SQL functions.
+
+Every transition and read is one call of a SQL function of ``taskstore/sql/functions.sql`` (installed by
+migration ``0005_one_statement``). :class:`SqlFunctionStore` builds the arguments, decodes the rows and
+reads each compare-and-set's answer; a subclass supplies the transport, :meth:`SqlFunctionStore._call`:
+psycopg for :class:`~taskstore.postgres.PostgresTaskStore`, PostgREST's ``rpc`` for
+:class:`~taskstore.supabase.SupabaseTaskStore`. See docs/architecture.md, *Task store*.
+
+A write may be given ``applied``: asked by a transport that re-sent the write after a lost response and
+was told "lost the race" (or "id taken"), whether the first send took effect. It answers in the shape of
+the call's result, or ``None`` (it did not). Transports that never re-send ignore it.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from taskstore.base import new_id
+from taskstore.models import (
+    Agent,
+    Claim,
+    CleanupResult,
+    DueSchedule,
+    FiredSchedule,
+    Firing,
+    NewAgent,
+    NewTask,
+    QueueCounts,
+    RetentionPolicy,
+    Run,
+    RunStatus,
+    StalledTask,
+    Task,
+    TaskStatus,
+    Usage,
+    WaitingTask,
+)
+from taskstore.rows import AGENT_COLUMNS, TASK_COLUMNS, agent_from_row, in_order, run_from_row, task_from_row
+from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, USAGE_COLUMNS, unrunnable_statuses
+from taskstore.schema import AGENTS, RUNS, TASKS, CreateTable
+from taskstore.storable import storable_json, storable_text
+
+Row = dict[str, Any]
+Applied = Callable[[], Any] | None
+
+#: The current source of every ``agentq_*`` function.
+FUNCTIONS_SQL = Path(__file__).parent / "sql" / "functions.sql"
+
+_DEFINITION = re.compile(
+    r"CREATE OR REPLACE FUNCTION (agentq_\w+)\s*\((.*?)\)\s*RETURNS\s+(SETOF\s+)?", re.DOTALL | re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class Signature:
+    """An ``agentq_*`` function as a caller needs it: parameter types by name, and whether it returns rows."""
+
+    name: str
+    params: Mapping[str, str]
+    returns_rows: bool
+    #: Not declared ``STABLE``: a write (which a transport may re-send after a lost response).
+    writes: bool
+
+
+@functools.cache
+def signatures() -> dict[str, Signature]:
+    """The functions of :data:`FUNCTIONS_SQL` by name (parsed once)."""
+    found: dict[str, Signature] = {}
+    text = FUNCTIONS_SQL.read_text(encoding="utf-8")
+    for match in _DEFINITION.finditer(text):
+        header = text[match.end() : text.index("$$", match.end())]
+        params = {}
+        for part in filter(None, (item.strip() for item in match[2].split(","))):
+            name, kind = part.split()[:2]
+            params[name] = kind
+        found[match[1]] = Signature(match[1], params, bool(match[3]), " STABLE " not in f" {header} ")
+    return found
+
+
+def _decoder(table: CreateTable) -> Callable[[Mapping[str, Any]], Row]:
+    """Turn a row's values into the stores' Python values: JSON gives timestamps as ISO text and money
+    as numbers, psycopg gives them decoded; both come out as aware datetimes and Decimals."""
+    kinds = [(column.name, column.type) for column in table.columns if column.type in ("timestamp", "money")]
+
+    def decode(row: Mapping[str, Any]) -> Row:
+        decoded = dict(row)
+        for name, kind in kinds:
+            value = decoded.get(name)
+            if value is None or isinstance(value, datetime | Decimal):
+                continue
+            decoded[name] = datetime.fromisoformat(value) if kind == "timestamp" else Decimal(str(value))
+        return decoded
+
+    return decode
+
+
+_task_row = _decoder(TASKS)
+_agent_row = _decoder(AGENTS)
+_run_row = _decoder(RUNS)
+
+
+def decode_task(row: Mapping[str, Any]) -> Task:
+    """A :class:`Task` from an ``ai_agent_tasks`` row as either transport returns it."""
+    return task_from_row(_task_row(row))
+
+
+def decode_claim(data: Mapping[str, Any]) -> Claim:
+    """A :class:`Claim` from ``{"task", "agent"}`` (``agentq_claim``, ``agentq_claim_many``)."""
+    task = decode_task(data["task"])
+    agent = agent_from_row(_agent_row(data["agent"])) if data["agent"] is not None else None
+    assert task.current_run_id is not None
+    return Claim(task=task, agent=agent, run_id=task.current_run_id)
+
+
+def _time(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as it travels inside a JSON argument."""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)  # exact decimal text: a JSON number would round-trip through a float
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def new_row(record: NewAgent | NewTask, columns: Sequence[str], now: datetime, **values: Any) -> Row:
+    """The JSON of a new row: every column of ``columns`` that ``record`` has, plus ``values``."""
+    row = {name: _json_value(getattr(record, name)) for name in columns if hasattr(record, name)}
+    row.update(id=record.id or new_id(), created_at=now.isoformat(), updated_at=now.isoformat(), **values)
+    return row
+
+
+def usage_params(usage: Usage, transcript: list[dict[str, Any]] | None) -> Row:
+    """A finished run's usage as ``p_<column>`` arguments."""
+    params = {f"p_{column}": getattr(usage, column) for column in USAGE_COLUMNS}
+    params["p_cost_usd"] = usage.cost_usd
+    params["p_transcript"] = storable_json(transcript)
+    return params
+
+
+class SqlFunctionStore(ABC):
+    """Every ``TaskStore`` method as a call of its ``agentq_*`` function; subclasses add the transport."""
+
+    @abstractmethod
+    def _call(self, function: str, params: dict[str, Any], applied: Applied = None) -> Any:
+        """Call ``function`` with named ``params``: a list of row mappings for a ``SETOF`` function, else
+        its value (JSON decoded)."""
+
+    def _tasks(self, function: str, params: dict[str, Any], applied: Applied = None) -> list[Task]:
+        return [decode_task(row) for row in self._call(function, params, applied) or []]
+
+    def _task(self, function: str, params: dict[str, Any], check: Callable[[Task], bool]) -> Task | None:
+        """A single-task compare-and-set; ``check`` tells from the row whether a lost response's write
+        was applied (the re-send then changes nothing)."""
+        task_id = params["p_task_id"]
+
+        def applied() -> list[Row] | None:
+            rows = self._call("agentq_get_tasks", {"p_task_ids": [task_id]}) or []
+            return rows if rows and check(decode_task(rows[0])) else None
+
+        tasks = self._tasks(function, params, applied)
+        return tasks[0] if tasks else None
+
+    # --- agents and tasks -------------------------------------------------
+
+    def create_agent(self, agent: NewAgent, *, now: datetime) -> Agent:
+        row = new_row(agent, AGENT_COLUMNS, now)
+        rows = self._call(
+            "agentq_create_agent",
+            {"p_agent": row},
+            lambda: self._call("agentq_get_agent", {"p_agent_id": row["id"]}) or None,
+        )
+        return agent_from_row(_agent_row(rows[0]))
+
+    def get_agent(self, agent_id: str) -> Agent | None:
+        rows = self._call("agentq_get_agent", {"p_agent_id": agent_id})
+        return agent_from_row(_agent_row(rows[0])) if rows else None
+
+    def create_task(self, task: NewTask, *, now: datetime) -> Task:
+        return self.create_tasks([task], now=now)[0]
+
+    def get_task(self, task_id: str) -> Task | None:
+        tasks = self._tasks("agentq_get_tasks", {"p_task_ids": [task_id]})
+        return tasks[0] if tasks else None
+
+    def create_tasks(self, tasks: Sequence[NewTask], *, now: datetime) -> list[Task]:
+        """One statement: all rows or none (:class:`~taskstore.errors.DuplicateTask` if an id is taken)."""
+        if not tasks:
+            return []
+        rows = [new_row(task, TASK_COLUMNS, now, status="pending") for task in tasks]
+        ids = [row["id"] for row in rows]
+
+        def applied() -> list[Row] | None:
+            existing = self._call("agentq_get_tasks", {"p_task_ids": ids}) or []
+            mine = len(existing) == len(ids) and all(decode_task(row).created_at == now for row in existing)
+            return existing if mine else None
+
+        return in_order(self._tasks("agentq_create_tasks", {"p_tasks": rows}, applied), ids)
+
+    def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
+        return in_order(
+            self._tasks("agentq_get_tasks", {"p_task_ids": list(task_ids)}), task_ids, missing_ok=True
+        )
+
+    def get_runs(self, task_id: str) -> list[Run]:
+        return [run_from_row(_run_row(row)) for row in self._call("agentq_get_runs", {"p_task_id": task_id})]
+
+    # --- enqueueing -------------------------------------------------------
+
+    def mark_queued_many(
+        self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
+    ) -> list[Task] | None:
+        """``agentq_mark_queued_many``: all of them or none, in one round trip."""
+        ids = list(task_ids)
+
+        def applied() -> list[Row] | None:
+            rows = self._call("agentq_get_tasks", {"p_task_ids": ids}) or []
+            tasks = [decode_task(row) for row in rows]
+            mine = len(tasks) == len(ids) and all(
+                task.status == TaskStatus.QUEUED and task.queued_at == now for task in tasks
+            )
+            return rows if mine else None
+
+        params = {"p_task_ids": ids, "p_priority": priority, "p_run_at": run_at, "p_now": now}
+        tasks = self._tasks("agentq_mark_queued_many", params, applied)
+        return in_order(tasks, ids) if len(tasks) == len(ids) else None
+
+    def mark_queued(
+        self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime
+    ) -> Task | None:
+        tasks = self.mark_queued_many([task_id], priority=priority, run_at=run_at, now=now)
+        return tasks[0] if tasks else None
+
+    def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
+        params = {"p_task_ids": list(task_ids), "p_queued_at": queued_at, "p_now": now}
+        return int(self._call("agentq_revert_queued_many", params) or 0)
+
+    def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
+        def applied() -> int | None:
+            task = self.get_task(task_id)
+            mine = task is not None and task.status == TaskStatus.PENDING and task.updated_at == now
+            return 1 if mine else None
+
+        params = {"p_task_ids": [task_id], "p_queued_at": queued_at, "p_now": now}
+        return bool(self._call("agentq_revert_queued_many", params, applied))
+
+    def touch_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
+        def applied() -> bool | None:
+            task = self.get_task(task_id)
+            mine = task is not None and task.status == TaskStatus.QUEUED and task.queued_at == now
+            return True if mine and queued_at != now else None
+
+        params = {"p_task_id": task_id, "p_queued_at": queued_at, "p_now": now}
+        return bool(self._call("agentq_touch_queued", params, applied))
+
+    def find_pending(self, *, created_before: datetime, limit: int = 500) -> list[WaitingTask]:
+        return self._waiting("agentq_find_pending", created_before, limit)
+
+    def find_queued(self, *, queued_before: datetime, limit: int = 1000) -> list[WaitingTask]:
+        return self._waiting("agentq_find_queued", queued_before, limit)
+
+    def _waiting(self, function: str, before: datetime, limit: int) -> list[WaitingTask]:
+        rows = self._call(function, {"p_before": before, "p_limit": limit}) or []
+        return [WaitingTask(row["id"], row["kind"], datetime.fromisoformat(row["since"])) for row in rows]
+
+    # --- running ----------------------------------------------------------
+
+    def claim(
+        self,
+        task_id: str,
+        *,
+        run_id: str,
+        worker_id: str,
+        lease_until: datetime,
+        now: datetime,
+        max_running_in_org: int | None = None,
+    ) -> Claim | None:
+        item = {
+            "task_id": task_id,
+            "run_id": run_id,
+            "worker_id": worker_id,
+            "lease_until": lease_until,
+            "now": now,
+        }
+        if max_running_in_org is None:
+            return self._submit_claim(item)
+        return self._claim_one(item, max_running_in_org)
+
+    def _submit_claim(self, item: Row) -> Claim | None:
+        """Where :meth:`claim` sends an uncapped claim (the Postgres store may batch it)."""
+        return self._claim_one(item)
+
+    def _claim_one(self, item: Row, max_running_in_org: int | None = None) -> Claim | None:
+        def applied() -> Row | None:
+            rows = self._call("agentq_get_tasks", {"p_task_ids": [item["task_id"]]}) or []
+            if not rows or decode_task(rows[0]).current_run_id != item["run_id"]:
+                return None
+            agent = self._call("agentq_get_agent", {"p_agent_id": rows[0]["agent_id"]})
+            return {"task": rows[0], "agent": agent[0] if agent else None}
+
+        params = {f"p_{name}": value for name, value in item.items()}
+        data = self._call("agentq_claim", {**params, "p_max_running_in_org": max_running_in_org}, applied)
+        return decode_claim(data) if data else None
+
+    def renew_leases(
+        self, held: Sequence[tuple[str, str]], *, lease_until: datetime, now: datetime
+    ) -> list[str]:
+        if not held:
+            return []
+        params = {
+            "p_task_ids": [task_id for task_id, _ in held],
+            "p_run_ids": [run_id for _, run_id in held],
+            "p_lease_until": lease_until,
+        }
+        return [str(task_id) for task_id in self._call("agentq_renew_leases", params) or []]
+
+    def recover_stalled(
+        self, *, max_stalled_count: int, now: datetime, limit: int = 100
+    ) -> list[StalledTask]:
+        params = {
+            "p_now": now,
+            "p_max_stalled_count": max_stalled_count,
+            "p_error": STALLED_ERROR,
+            "p_limit_error": STALLED_LIMIT_ERROR,
+            "p_limit": limit,
+        }
+        return [
+            StalledTask(
+                row["id"], row["kind"], row["status"] == "queued", row["stalled_count"], row["attempts"]
+            )
+            for row in self._call("agentq_recover_stalled", params) or []
+        ]
+
+    # --- finishing a run --------------------------------------------------
+
+    def _finish(self, task_id: str, run_id: str, run_status: RunStatus, now: datetime, **params: Any) -> bool:
+        def applied() -> bool | None:
+            runs = self.get_runs(task_id)
+            ended = any(
+                run.id == run_id and run.status == run_status and run.finished_at == now for run in runs
+            )
+            return True if ended else None
+
+        function = "agentq_postpone" if run_status == RunStatus.POSTPONED else "agentq_finish"
+        if function == "agentq_finish":
+            params["p_run_status"] = run_status.value
+        params.update(p_task_id=task_id, p_run_id=run_id, p_now=now)
+        return bool(self._call(function, params, applied))
+
+    def complete(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        result: dict[str, Any],
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        return self._submit_completion(complete_item(task_id, run_id, result, usage, transcript, now))
+
+    def _submit_completion(self, item: Row) -> bool:
+        """Where :meth:`complete` sends a completion (the Postgres store may batch it)."""
+        return self._complete_one(item)
+
+    def _complete_one(self, item: Row) -> bool:
+        usage = {f"p_{column}": item[column] for column in (*USAGE_COLUMNS, "cost_usd", "transcript")}
+        return self._finish(
+            item["task_id"], item["run_id"], RunStatus.COMPLETED, item["now"],
+            p_status="completed", p_result=item["result"], **usage,
+        )  # fmt: skip
+
+    def fail_attempt(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        error: str,
+        stacktrace: str | None,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        retry_at: datetime | None,
+        now: datetime,
+    ) -> bool:
+        return self._finish(
+            task_id, run_id, RunStatus.FAILED, now,
+            p_status="failed" if retry_at is None else "queued",
+            p_error=storable_text(error), p_stacktrace=storable_text(stacktrace), p_retry_at=retry_at,
+            **usage_params(usage, transcript),
+        )  # fmt: skip
+
+    def finish_cancelled(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        return self._finish(
+            task_id, run_id, RunStatus.CANCELLED, now,
+            p_status="cancelled", p_error="cancelled on request", **usage_params(usage, transcript),
+        )  # fmt: skip
+
+    def postpone(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        reason: str,
+        run_at: datetime,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        return self._finish(
+            task_id, run_id, RunStatus.POSTPONED, now,
+            p_reason=storable_text(reason), p_run_at=run_at, **usage_params(usage, transcript),
+        )  # fmt: skip
+
+    # --- single-task transitions -------------------------------------------
+
+    def fail_unrunnable(
+        self, task_id: str, *, error: str, now: datetime, idle_too: bool = False
+    ) -> Task | None:
+        params = {
+            "p_task_id": task_id,
+            "p_error": storable_text(error),
+            "p_now": now,
+            "p_statuses": list(unrunnable_statuses(idle_too)),
+        }
+        return self._task(
+            "agentq_fail_unrunnable", params, lambda t: t.status == TaskStatus.FAILED and t.failed_at == now
+        )
+
+    def request_cancel(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._task(
+            "agentq_request_cancel",
+            {"p_task_id": task_id, "p_now": now},
+            lambda t: t.status == TaskStatus.RUNNING and t.cancel_requested_at == now,
+        )
+
+    def cancel_requested(self, task_id: str) -> bool:
+        return bool(self._call("agentq_cancel_requested", {"p_task_id": task_id}))
+
+    def cancel(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._task(
+            "agentq_cancel",
+            {"p_task_id": task_id, "p_now": now},
+            lambda t: t.status == TaskStatus.CANCELLED and t.updated_at == now,
+        )
+
+    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
+        return self._task(
+            "agentq_requeue_failed",
+            {"p_task_id": task_id, "p_run_at": run_at, "p_now": now},
+            lambda t: t.status == TaskStatus.QUEUED and t.queued_at == now and t.attempts == 0,
+        )
+
+    # --- schedules ----------------------------------------------------------
+
+    def set_schedule(
+        self, task_id: str, *, cron: str, timezone: str, next_run_at: datetime, now: datetime
+    ) -> Task | None:
+        params = {"p_task_id": task_id, "p_cron": cron, "p_timezone": timezone, "p_next_run_at": next_run_at}
+        return self._task("agentq_set_schedule", {**params, "p_now": now}, lambda t: False)  # idempotent
+
+    def clear_schedule(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._task(
+            "agentq_clear_schedule",
+            {"p_task_id": task_id, "p_now": now},
+            lambda t: t.schedule_cron is None and t.updated_at == now,
+        )
+
+    def due_schedules(self, *, now: datetime, limit: int = 1000) -> list[DueSchedule]:
+        tasks = self._tasks("agentq_due_schedules", {"p_now": now, "p_limit": limit})
+        return [
+            DueSchedule(task.id, task.schedule_cron or "", task.schedule_timezone or "UTC", task.next_run_at)
+            for task in tasks
+            if task.next_run_at is not None
+        ]
+
+    def fire_schedules(self, firings: list[Firing], *, now: datetime) -> list[FiredSchedule]:
+        if not firings:
+            return []
+        params = {
+            "p_task_ids": [firing.task_id for firing in firings],
+            "p_due": [firing.due_at for firing in firings],
+            "p_next": [firing.next_run_at for firing in firings],
+            "p_now": now,
+        }
+        return [
+            FiredSchedule(row["id"], row["kind"], not row["busy"], row["priority"], row["organization_id"])
+            for row in self._call("agentq_fire_schedules", params) or []
+        ]
+
+    def list_schedules(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
+        return self._tasks("agentq_list_schedules", {"p_limit": limit, "p_offset": offset})
+
+    # --- queue views --------------------------------------------------------
+
+    def list_failed(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
+        return self._tasks("agentq_list_failed", {"p_limit": limit, "p_offset": offset})
+
+    def organization_spend(self, organization_id: str, *, since: datetime) -> Decimal:
+        params = {"p_organization_id": organization_id, "p_since": since}
+        return Decimal(str(self._call("agentq_organization_spend", params)))
+
+    def queue_counts(self, *, now: datetime) -> QueueCounts:
+        counts = self._call("agentq_queue_counts", {"p_now": now})
+        return QueueCounts(**{key: int(value) for key, value in counts.items()})
+
+    def cleanup(self, policy: RetentionPolicy, *, now: datetime) -> CleanupResult:
+        result = self._call(
+            "agentq_cleanup",
+            {
+                "p_now": now,
+                "p_completed_cutoff": now - timedelta(seconds=policy.completed_age_s),
+                "p_completed_keep": policy.completed_count,
+                "p_failed_cutoff": now - timedelta(seconds=policy.failed_age_s),
+                "p_failed_keep": policy.failed_count,
+            },
+        )
+        return CleanupResult(
+            int(result["archived_completed"]), int(result["archived_failed"]), int(result["deleted_runs"])
+        )
+
+
+def complete_item(
+    task_id: str,
+    run_id: str,
+    result: dict[str, Any],
+    usage: Usage,
+    transcript: list[dict[str, Any]] | None,
+    now: datetime,
+) -> Row:
+    """One completion, as :meth:`SqlFunctionStore._complete_one` and a batch of them take it."""
+    item: Row = {"task_id": task_id, "run_id": run_id, "now": now, "result": storable_json(result)}
+    item.update({column: getattr(usage, column) for column in USAGE_COLUMNS})
+    item.update(cost_usd=usage.cost_usd, transcript=storable_json(transcript))
+    return item
+
+
+def json_item(item: Mapping[str, Any]) -> Row:
+    """``item`` with its values as they travel inside a JSON argument (a batch function's array)."""
+    return {name: _json_value(value) for name, value in item.items()}

@@ -1,0 +1,53 @@
+"""Each transition of the Postgres family has exactly one SQL body, and both stores call it."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from pathlib import Path
+
+from taskstore.schema import MIGRATIONS, SQLFile
+from taskstore.sql_store import FUNCTIONS_SQL, signatures
+
+TASKSTORE = Path(__file__).resolve().parents[2] / "taskstore"
+#: The Python of the Postgres family: the shared store and its two transports.
+POSTGRES_FAMILY = ("sql_store.py", "postgres.py", "supabase.py")
+TABLES = r"(ai_agents|ai_agent_tasks|ai_agent_task_runs|ai_organization_members)"
+DML = re.compile(
+    rf"\b(UPDATE\s+{TABLES}|INSERT\s+INTO\s+{TABLES}|DELETE\s+FROM\s+{TABLES}|FROM\s+{TABLES})\b", re.I
+)
+
+
+def test_every_agentq_function_is_defined_once_in_the_current_sql() -> None:
+    text = FUNCTIONS_SQL.read_text(encoding="utf-8")
+    defined = Counter(re.findall(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+(agentq_\w+)", text, re.I))
+
+    assert defined, "no agentq_* function found"
+    assert [name for name, count in defined.items() if count > 1] == []
+    assert set(defined) == set(signatures())
+
+
+def test_the_python_stores_hold_no_sql_on_the_tables_only_function_calls() -> None:
+    for name in POSTGRES_FAMILY:
+        source = (TASKSTORE / name).read_text(encoding="utf-8")
+        assert DML.findall(source) == [], f"taskstore/{name} writes or reads a table itself"
+        assert ".table(" not in source, f"taskstore/{name} uses PostgREST table filters"
+
+
+def test_the_stores_call_every_function_and_only_defined_ones() -> None:
+    called = set()
+    for name in POSTGRES_FAMILY:
+        called |= set(re.findall(r"\"(agentq_\w+)\"", (TASKSTORE / name).read_text(encoding="utf-8")))
+
+    assert called == set(signatures())
+
+
+def test_the_latest_migration_installs_the_current_functions() -> None:
+    installs = [
+        migration.name
+        for migration in MIGRATIONS
+        for operation in migration.operations
+        if isinstance(operation, SQLFile) and operation.path == "functions.sql"
+    ]
+
+    assert installs == [MIGRATIONS[-1].name]
