@@ -49,6 +49,12 @@ class InMemoryTaskStore(SqliteTaskStore):
     def close(self) -> None:
         """Nothing to release: the data lives as long as the store (tests read it after a worker stops)."""
 
+    def reset(self) -> None:
+        """Forget everything."""
+        with self._transaction() as conn:
+            for table in ("ai_agent_task_runs", "ai_agent_tasks", "ai_agents"):
+                conn.execute(f"DELETE FROM {table}")
+
     # --- test aids: set up states the protocol has no transition for --------
 
     def update_row(self, table: str, row_id: str, **values: Any) -> None:
