@@ -33,9 +33,7 @@ class InMemoryTaskStore(SqliteTaskStore):
     def __init__(self) -> None:
         super().__init__(":memory:")
         self._shared_lock = threading.RLock()
-        self._shared = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
-        self._shared.row_factory = sqlite3.Row
-        self._shared.execute("PRAGMA foreign_keys=ON")
+        self._shared = self._open()  # the path ":memory:" opens a new, private database
         self._apply_migrations(self._shared)
 
     def __repr__(self) -> str:

@@ -192,7 +192,7 @@ class SqliteTaskStore:
     # --- connections --------------------------------------------------------
 
     def _open(self) -> sqlite3.Connection:
-        """A new connection to the database file (WAL, foreign keys on, autocommit mode)."""
+        """A new connection: WAL (for a file), foreign keys, autocommit; ``:memory:`` is a private one."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
