@@ -36,3 +36,26 @@ FIRING_RESETS = (
 def unrunnable_statuses(idle_too: bool) -> tuple[str, ...]:
     """Statuses ``fail_unrunnable`` moves to ``failed``: waiting ones, plus finished ones if ``idle_too``."""
     return ("pending", "queued", "completed", "failed") if idle_too else ("pending", "queued")
+
+
+#: Statuses in which a schedule's firing only advances ``next_run_at`` (the previous firing still runs).
+FIRING_BUSY_STATUSES = ("queued", "running")
+
+#: The statuses each compare-and-set transition accepts (the task's status before it).
+#: ``finish`` is every transition of a running attempt: complete, fail_attempt, postpone,
+#: finish_cancelled and renew_leases (which also require the attempt's run id).
+TRANSITION_SOURCES: dict[str, tuple[str, ...]] = {
+    "mark_queued": ("pending",),
+    "revert_queued": ("queued",),
+    "claim": ("queued",),
+    "finish": ("running",),
+    "request_cancel": ("running",),
+    "cancel": ("pending", "queued"),
+    "requeue_failed": ("failed",),
+}
+
+
+def accepts_sql(transition: str, column: str = "status") -> str:
+    """``column IN (…)``: the condition that ``transition`` accepts the task's status."""
+    statuses = ", ".join(f"'{status}'" for status in TRANSITION_SOURCES[transition])
+    return f"{column} IN ({statuses})"

@@ -14,8 +14,10 @@ import sqlite3
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -40,37 +42,34 @@ from taskstore.models import (
 )
 from taskstore.rows import agent_from_row, in_order, run_from_row, task_from_row
 from taskstore.rules import (
+    FIRING_BUSY_STATUSES,
     FIRING_RESETS,
     STALLED_ERROR,
     STALLED_LIMIT_ERROR,
+    accepts_sql,
     run_usage_sql,
     task_usage_sql,
     unrunnable_statuses,
 )
-from taskstore.schema import AGENTS, MIGRATIONS, MIGRATIONS_TABLE, RUNS, TASKS, ColumnType, CreateTable
+from taskstore.schema import (
+    AGENTS,
+    MIGRATIONS,
+    MIGRATIONS_TABLE,
+    RUNS,
+    TASKS,
+    ColumnType,
+    CreateTable,
+    table_columns,
+)
 from taskstore.storable import storable_json, storable_text
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
-#: Columns a bulk insert takes from each task; the rest are defaults.
-_NEW_TASK_COLUMNS = (
-    "id",
-    "agent_id",
-    "organization_id",
-    "title",
-    "description",
-    "task_type",
-    "context",
-    "priority",
-    "max_attempts",
-    "schedule_timezone",
-)
-_EXTRACTS = ", ".join(f"json_extract(value, '$.{name}')" for name in _NEW_TASK_COLUMNS)
-_INSERT_TASKS = (
-    f"INSERT INTO ai_agent_tasks ({', '.join(_NEW_TASK_COLUMNS)}, status, created_at, updated_at)"
-    f" SELECT {_EXTRACTS}, 'pending', :now, :now FROM json_each(:rows) RETURNING *"
-)
 _TASK_USAGE = task_usage_sql(":{}")
 _RUN_USAGE = run_usage_sql(":{}")
+_ACCEPTS_MARK_QUEUED = accepts_sql("mark_queued")
+_ACCEPTS_REVERT_QUEUED = accepts_sql("revert_queued")
+#: The task is still held by the attempt ``:run_id`` (every transition that finishes an attempt).
+_HOLDS = f"id = :id AND {accepts_sql('finish')} AND current_run_id = :run_id"
 
 
 def encode_time(value: datetime | None) -> str | None:
@@ -113,6 +112,42 @@ _DECODERS: dict[ColumnType, Any] = {
     "money": lambda value: None if value is None else Decimal(str(value)),
 }
 _TYPES = {**_column_types(AGENTS), **_column_types(TASKS), **_column_types(RUNS)}
+_ENCODERS: dict[ColumnType, Any] = {
+    "timestamp": encode_time,
+    "json": lambda value: _json(value),
+    "text_array": lambda value: json.dumps(list(value or ())),
+    "bool": lambda value: None if value is None else int(value),
+    "money": lambda value: None if value is None else str(value),
+}
+
+
+def encode_value(column: str, value: Any) -> Any:
+    """``value`` as SQLite stores it in ``column`` (the inverse of the row decoding)."""
+    if isinstance(value, Enum):
+        value = value.value
+    encoder = _ENCODERS.get(_TYPES.get(column, "text"))
+    return encoder(value) if encoder else value
+
+
+def _new_columns(table: CreateTable, fields_of: type[Any]) -> tuple[str, ...]:
+    """The columns of ``table`` a new record (``NewAgent``, ``NewTask``) gives values for, minus ``id``."""
+    given = {field.name for field in fields(fields_of)}
+    return tuple(name for name in table_columns(table) if name in given and name != "id")
+
+
+def _new_row(columns: tuple[str, ...], record: Any) -> dict[str, Any]:
+    """The encoded values of ``record`` for ``columns``."""
+    return {name: encode_value(name, getattr(record, name)) for name in columns}
+
+
+#: Columns an insert takes from a ``NewAgent``/``NewTask``; ``id``, status and timestamps are the store's.
+_NEW_AGENT_COLUMNS = _new_columns(AGENTS, NewAgent)
+_NEW_TASK_COLUMNS = _new_columns(TASKS, NewTask)
+_EXTRACTS = ", ".join(f"json_extract(value, '$.{name}')" for name in ("id", *_NEW_TASK_COLUMNS))
+_INSERT_TASKS = (
+    f"INSERT INTO ai_agent_tasks (id, {', '.join(_NEW_TASK_COLUMNS)}, status, created_at, updated_at)"
+    f" SELECT {_EXTRACTS}, 'pending', :now, :now FROM json_each(:rows) RETURNING *"
+)
 
 
 def _decode(row: sqlite3.Row, prefix: str = "") -> dict[str, Any]:
@@ -156,10 +191,8 @@ class SqliteTaskStore:
 
     # --- connections --------------------------------------------------------
 
-    def _connect(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
+    def _open(self) -> sqlite3.Connection:
+        """A new connection: WAL (for a file), foreign keys, autocommit; ``:memory:`` is a private one."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(
@@ -171,6 +204,14 @@ class SqliteTaskStore:
             conn.execute("PRAGMA foreign_keys=ON")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite database {str(self.path)!r}: {exc}") from exc
+        return conn
+
+    def _connect(self) -> sqlite3.Connection:
+        """This thread's connection, opened (and the file migrated) on first use."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        conn = self._open()
         with self._lock:
             self._connections.append(conn)
         self._local.conn = conn
@@ -179,22 +220,32 @@ class SqliteTaskStore:
         return conn
 
     @contextmanager
+    def _borrow(self) -> Iterator[sqlite3.Connection]:
+        """The connection one operation (a query or a whole transaction) uses.
+
+        The seam for sharing: here each thread has its own connection; a subclass may
+        instead hand out one shared connection under a lock (see ``taskstore/memory.py``).
+        """
+        yield self._connect()
+
+    @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        conn = self._connect()
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            with self._borrow() as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite error on {str(self.path)!r}: {exc}") from exc
 
     def _query(self, sql: str, params: Mapping[str, Any] | tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         try:
-            return self._connect().execute(sql, params).fetchall()
+            with self._borrow() as conn:
+                return conn.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite error on {str(self.path)!r}: {exc}") from exc
 
@@ -223,9 +274,9 @@ class SqliteTaskStore:
         return applied
 
     def migrate(self) -> list[str]:
-        conn = self._connect()
         try:
-            return self._apply_migrations(conn)
+            with self._borrow() as conn:
+                return self._apply_migrations(conn)
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot migrate SQLite database {str(self.path)!r}: {exc}") from exc
 
@@ -245,22 +296,7 @@ class SqliteTaskStore:
         stamp = encode_time(now)
         row = {
             "id": agent.id or new_id(),
-            "organization_id": agent.organization_id,
-            "name": agent.name,
-            "kind": agent.kind,
-            "provider": agent.provider,
-            "model": agent.model,
-            "system_prompt": agent.system_prompt,
-            "allowed_tools": json.dumps(list(agent.allowed_tools)),
-            "temperature": agent.temperature,
-            "max_tokens": agent.max_tokens,
-            "max_turns": agent.max_turns,
-            "is_active": int(agent.is_active),
-            "base_url": agent.base_url,
-            "tool_timeout_s": agent.tool_timeout_s,
-            "run_time_limit_s": agent.run_time_limit_s,
-            "fallback_provider": agent.fallback_provider,
-            "fallback_model": agent.fallback_model,
+            **_new_row(_NEW_AGENT_COLUMNS, agent),
             "created_at": stamp,
             "updated_at": stamp,
         }
@@ -281,16 +317,8 @@ class SqliteTaskStore:
         stamp = encode_time(now)
         row = {
             "id": task.id or new_id(),
-            "agent_id": task.agent_id,
-            "organization_id": task.organization_id,
-            "title": task.title,
-            "description": task.description,
-            "task_type": task.task_type,
-            "context": _json(task.context),
+            **_new_row(_NEW_TASK_COLUMNS, task),
             "status": "pending",
-            "priority": task.priority,
-            "max_attempts": task.max_attempts,
-            "schedule_timezone": task.schedule_timezone,
             "created_at": stamp,
             "updated_at": stamp,
         }
@@ -307,18 +335,7 @@ class SqliteTaskStore:
             return []
         ids = [task.id or new_id() for task in tasks]
         rows = [
-            {
-                "id": task_id,
-                "agent_id": task.agent_id,
-                "organization_id": task.organization_id,
-                "title": task.title,
-                "description": task.description,
-                "task_type": task.task_type,
-                "context": task.context,
-                "priority": task.priority,
-                "max_attempts": task.max_attempts,
-                "schedule_timezone": task.schedule_timezone,
-            }
+            {"id": task_id, **_new_row(_NEW_TASK_COLUMNS, task)}
             for task_id, task in zip(ids, tasks, strict=True)
         ]
         params = {"rows": json.dumps(rows, separators=(",", ":")), "now": encode_time(now)}
@@ -359,14 +376,14 @@ class SqliteTaskStore:
         return self._update_task(
             "UPDATE ai_agent_tasks SET status = 'queued', priority = COALESCE(:priority, priority),"
             " run_at = :run_at, queued_at = :now, archived_at = NULL, updated_at = :now"
-            " WHERE id = :id AND status = 'pending' RETURNING *",
+            f" WHERE id = :id AND {_ACCEPTS_MARK_QUEUED} RETURNING *",
             {"id": task_id, "priority": priority, "run_at": encode_time(run_at), "now": encode_time(now)},
         )
 
     def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
         task = self._update_task(
             "UPDATE ai_agent_tasks SET status = 'pending', run_at = NULL, queued_at = NULL, updated_at = :now"
-            " WHERE id = :id AND status = 'queued' AND queued_at = :queued_at RETURNING *",
+            f" WHERE id = :id AND {_ACCEPTS_REVERT_QUEUED} AND queued_at = :queued_at RETURNING *",
             {"id": task_id, "queued_at": encode_time(queued_at), "now": encode_time(now)},
         )
         return task is not None
@@ -379,7 +396,7 @@ class SqliteTaskStore:
         with self._transaction() as conn:
             row = conn.execute(
                 "SELECT count(*) FROM ai_agent_tasks"
-                " WHERE id IN (SELECT value FROM json_each(?)) AND status = 'pending'",
+                f" WHERE id IN (SELECT value FROM json_each(?)) AND {_ACCEPTS_MARK_QUEUED}",
                 (ids,),
             ).fetchone()
             if row is None or row[0] != len(task_ids):
@@ -387,7 +404,7 @@ class SqliteTaskStore:
             updated = conn.execute(
                 "UPDATE ai_agent_tasks SET status = 'queued', priority = COALESCE(:priority, priority),"
                 " run_at = :run_at, queued_at = :now, archived_at = NULL, updated_at = :now"
-                " WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'pending' RETURNING *",
+                f" WHERE id IN (SELECT value FROM json_each(:ids)) AND {_ACCEPTS_MARK_QUEUED} RETURNING *",
                 {"ids": ids, "priority": priority, "run_at": encode_time(run_at), "now": encode_time(now)},
             ).fetchall()
         return in_order((task_from_row(_decode(row)) for row in updated), task_ids)
@@ -396,8 +413,8 @@ class SqliteTaskStore:
         with self._transaction() as conn:
             reverted = conn.execute(
                 "UPDATE ai_agent_tasks SET status = 'pending', run_at = NULL, queued_at = NULL,"
-                " updated_at = :now WHERE id IN (SELECT value FROM json_each(:ids)) AND status = 'queued'"
-                " AND queued_at = :queued_at RETURNING id",
+                " updated_at = :now WHERE id IN (SELECT value FROM json_each(:ids))"
+                f" AND {_ACCEPTS_REVERT_QUEUED} AND queued_at = :queued_at RETURNING id",
                 {
                     "ids": json.dumps(list(task_ids)),
                     "queued_at": encode_time(queued_at),
@@ -424,7 +441,7 @@ class SqliteTaskStore:
                 "UPDATE ai_agent_tasks SET status = 'running', attempts = attempts + 1,"
                 " current_run_id = :run_id, worker_id = :worker_id, lease_expires_at = :lease_until,"
                 " started_at = :now, run_at = NULL, updated_at = :now"
-                " WHERE id = :id AND status = 'queued' RETURNING *",
+                f" WHERE id = :id AND {accepts_sql('claim')} RETURNING *",
                 {
                     "id": task_id,
                     "run_id": run_id,
@@ -462,7 +479,7 @@ class SqliteTaskStore:
                 " worker_id = NULL, lease_expires_at = NULL,"
                 " completed_at = :now, archived_at = NULL, updated_at = :now,"
                 f" {_TASK_USAGE}"
-                " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
+                f" WHERE {_HOLDS}",
                 {**params, "result": _json(storable_json(result))},
             ).rowcount
             if updated:
@@ -496,7 +513,7 @@ class SqliteTaskStore:
                 " worker_id = NULL, lease_expires_at = NULL,"
                 " error = :error, run_at = :retry_at, archived_at = NULL, updated_at = :now,"
                 f" {_TASK_USAGE}"
-                " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
+                f" WHERE {_HOLDS}",
                 params,
             ).rowcount
             if updated:
@@ -536,9 +553,9 @@ class SqliteTaskStore:
                 renewed += [
                     row[0]
                     for row in conn.execute(
-                        "UPDATE ai_agent_tasks SET lease_expires_at = ?"
-                        " WHERE id = ? AND current_run_id = ? AND status = 'running' RETURNING id",
-                        (encode_time(lease_until), task_id, run_id),
+                        "UPDATE ai_agent_tasks SET lease_expires_at = :lease_until"
+                        f" WHERE {_HOLDS} RETURNING id",
+                        {"lease_until": encode_time(lease_until), "id": task_id, "run_id": run_id},
                     ).fetchall()
                 ]
         return renewed
@@ -606,7 +623,7 @@ class SqliteTaskStore:
                 " postponed_count = postponed_count + 1, run_at = :run_at, queued_at = :now,"
                 " worker_id = NULL, lease_expires_at = NULL, updated_at = :now,"
                 f" {_TASK_USAGE}"
-                " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
+                f" WHERE {_HOLDS}",
                 params,
             ).rowcount
             if updated:
@@ -666,7 +683,7 @@ class SqliteTaskStore:
     def request_cancel(self, task_id: str, *, now: datetime) -> Task | None:
         return self._update_task(
             "UPDATE ai_agent_tasks SET cancel_requested_at = :now, updated_at = :now"
-            " WHERE id = :id AND status = 'running' RETURNING *",
+            f" WHERE id = :id AND {accepts_sql('request_cancel')} RETURNING *",
             {"id": task_id, "now": encode_time(now)},
         )
 
@@ -693,7 +710,7 @@ class SqliteTaskStore:
             updated = conn.execute(
                 "UPDATE ai_agent_tasks SET status = 'cancelled', worker_id = NULL, lease_expires_at = NULL,"
                 f" run_at = NULL, updated_at = :now, {_TASK_USAGE}"
-                " WHERE id = :id AND status = 'running' AND current_run_id = :run_id",
+                f" WHERE {_HOLDS}",
                 params,
             ).rowcount
             if updated:
@@ -753,7 +770,7 @@ class SqliteTaskStore:
                 ).fetchall()
                 if not rows:
                     continue
-                busy = rows[0]["status"] in ("queued", "running")
+                busy = rows[0]["status"] in FIRING_BUSY_STATUSES
                 resets = "" if busy else ", " + FIRING_RESETS.format(now=":now")
                 conn.execute(
                     f"UPDATE ai_agent_tasks SET next_run_at = :next, updated_at = :now{resets}"
@@ -779,7 +796,7 @@ class SqliteTaskStore:
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
         return self._update_task(
             "UPDATE ai_agent_tasks SET status = 'cancelled', run_at = NULL, updated_at = :now"
-            " WHERE id = :id AND status IN ('pending', 'queued') RETURNING *",
+            f" WHERE id = :id AND {accepts_sql('cancel')} RETURNING *",
             {"id": task_id, "now": encode_time(now)},
         )
 
@@ -788,7 +805,7 @@ class SqliteTaskStore:
             "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0, error = NULL,"
             " postponed_count = 0, cancel_requested_at = NULL,"
             " run_at = :run_at, queued_at = :now, failed_at = NULL, archived_at = NULL, updated_at = :now"
-            " WHERE id = :id AND status = 'failed' RETURNING *",
+            f" WHERE id = :id AND {accepts_sql('requeue_failed')} RETURNING *",
             {"id": task_id, "run_at": encode_time(run_at), "now": encode_time(now)},
         )
 

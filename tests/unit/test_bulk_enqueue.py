@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -69,7 +68,7 @@ def messages_waiting(app: Harness) -> int:
 def deactivate(app: Harness, agent_id: str) -> None:
     store = app.store
     assert isinstance(store, InMemoryTaskStore)
-    store.agents[agent_id] = dataclasses.replace(store.agents[agent_id], is_active=False)
+    store.update_row("ai_agents", agent_id, is_active=False)
 
 
 def statuses(app: Harness, task_ids: list[str]) -> list[TaskStatus]:
@@ -132,7 +131,7 @@ def test_create_tasks_names_the_bad_item_and_inserts_nothing(
 
     assert str(caught.value).startswith(needle)
     assert isinstance(caught.value, AgentQueueError)
-    assert app.store.tasks == {}  # type: ignore[attr-defined]
+    assert app.store.count_rows("ai_agent_tasks") == 0  # type: ignore[attr-defined]
 
 
 def test_create_tasks_checks_every_item_before_any_agent(app: Harness, store: CountingStore) -> None:
@@ -154,7 +153,7 @@ def test_create_tasks_refuses_inactive_and_foreign_agents_naming_the_item(app: H
     with pytest.raises(AgentOrganizationMismatch, match=r"^tasks\[0\]: "):
         app.queue.create_tasks(items(foreign, 2))
 
-    assert app.store.tasks == {}  # type: ignore[attr-defined]
+    assert app.store.count_rows("ai_agent_tasks") == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -258,12 +257,12 @@ def test_one_task_add_task_would_refuse_fails_the_whole_batch_with_its_error(
     if problem == "unknown_kind":  # the agent's kind changed after the task was created
         assert isinstance(app.store, InMemoryTaskStore)
         agent_id = app.store.get_task(bad).agent_id  # type: ignore[union-attr]
-        app.store.agents[agent_id] = dataclasses.replace(app.store.agents[agent_id], kind="astrology")
+        app.store.update_row("ai_agents", agent_id, kind="astrology")
     if problem == "queued":
         app.queue.add_task(bad)
     elif problem == "failed":
         assert isinstance(app.store, InMemoryTaskStore)
-        app.store.tasks[bad] = dataclasses.replace(app.store.tasks[bad], status=TaskStatus.FAILED)
+        app.store.update_row("ai_agent_tasks", bad, status=TaskStatus.FAILED)
     elif problem == "inactive_agent":
         deactivate(app, app.store.get_task(bad).agent_id)  # type: ignore[union-attr]
     waiting = messages_waiting(app)

@@ -58,7 +58,7 @@ def test_a_title_or_description_over_its_limit_is_refused_with_a_short_message(
     assert str(caught.value).startswith(message)
     assert len(str(caught.value)) < 400
     store = app.store
-    assert isinstance(store, InMemoryTaskStore) and store.tasks == {}  # nothing was created
+    assert isinstance(store, InMemoryTaskStore) and store.count_rows("ai_agent_tasks") == 0  # nothing created
 
 
 def test_create_tasks_names_the_item_over_a_limit(app: Harness) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 from collections.abc import Iterator
@@ -70,7 +69,7 @@ def test_the_timezone_defaults_to_the_rows_then_utc(app: Harness) -> None:
     paris = app.task(task_type="scheduled")
     store = app.store
     assert isinstance(store, InMemoryTaskStore)
-    store.tasks[paris] = dataclasses.replace(store.tasks[paris], schedule_timezone="Europe/Paris")
+    store.update_row("ai_agent_tasks", paris, schedule_timezone="Europe/Paris")
     plain = app.task(task_type="scheduled")
 
     assert app.queue.add_scheduled_task(paris, "@daily").task.next_run_at == datetime(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 from collections.abc import Iterator
@@ -51,14 +50,14 @@ def app() -> Iterator[Harness]:
 def deactivate(app: Harness, agent_id: str) -> None:
     store = app.store
     assert isinstance(store, InMemoryTaskStore)
-    store.agents[agent_id] = dataclasses.replace(store.agents[agent_id], is_active=False)
+    store.update_row("ai_agents", agent_id, is_active=False)
 
 
 def change_kind(app: Harness, agent_id: str, kind: str) -> None:
     """The agent's kind changes after its tasks were created (e.g. to one this deployment lacks)."""
     store = app.store
     assert isinstance(store, InMemoryTaskStore)
-    store.agents[agent_id] = dataclasses.replace(store.agents[agent_id], kind=kind)
+    store.update_row("ai_agents", agent_id, kind=kind)
 
 
 def messages_waiting(app: Harness) -> int:
@@ -96,7 +95,7 @@ def test_create_task_rejects_bad_input_naming_the_value(
         app.queue.create_task(**fields)
 
     assert isinstance(caught.value, AgentQueueError)
-    assert app.store.tasks == {}  # type: ignore[attr-defined]
+    assert app.store.count_rows("ai_agent_tasks") == 0  # type: ignore[attr-defined]
 
 
 def test_create_task_refuses_inactive_agents_and_other_organizations_agents(app: Harness) -> None:
@@ -106,7 +105,7 @@ def test_create_task_refuses_inactive_agents_and_other_organizations_agents(app:
     foreign = app.agent(organization_id=OTHER_ORG)
     with pytest.raises(AgentOrganizationMismatch, match=foreign):
         app.task(foreign)
-    assert app.store.tasks == {}  # type: ignore[attr-defined]
+    assert app.store.count_rows("ai_agent_tasks") == 0  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -173,7 +172,7 @@ def test_create_task_and_create_tasks_refuse_an_agent_kind_without_actor_and_ins
             ]
         )
 
-    assert store.tasks == {}
+    assert store.count_rows("ai_agent_tasks") == 0
 
 
 def test_add_task_refuses_an_agent_deactivated_after_the_task_was_created(app: Harness) -> None:
@@ -483,7 +482,7 @@ def test_a_scripted_non_retryable_failure_fails_at_once(app: Harness) -> None:
 def test_a_vanished_task_is_skipped_and_the_worker_keeps_going(app: Harness) -> None:
     doomed = app.task()
     app.queue.add_task(doomed)
-    del app.store.tasks[doomed]  # type: ignore[attr-defined]
+    app.store.delete_row("ai_agent_tasks", doomed)  # type: ignore[attr-defined]
     survivor = app.task()
     app.queue.add_task(survivor)
 
