@@ -1,4 +1,4 @@
-"""``AgentTaskQueue``: the application's handle on the queue (DESIGN §6).
+"""``AgentTaskQueue``: the application's handle on the queue (see docs/architecture.md, *One task's path*).
 
 Every method validates its input first and raises an :class:`~config.errors.AgentQueueError`
 subclass naming the bad value, having changed and enqueued nothing. A job's id

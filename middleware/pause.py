@@ -1,4 +1,4 @@
-"""Holding back prefetched messages while the queue is paused (see docs/architecture.md, *Processes*).
+"""Holding back prefetched messages while the queue is paused (see docs/architecture.md, *One task's path*).
 
 The switch belongs to the broker: :class:`actors.lanes.LaneBroker` offers ``pause()``,
 ``resume()`` and ``paused()`` (:class:`PausableBroker`), keeping one Redis key. While it
