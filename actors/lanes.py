@@ -51,6 +51,7 @@ from dramatiq.middleware import MiddlewareError
 
 from middleware.agent_messages import LANE_OPTION, ORG_OPTION
 from middleware.batches import enqueue_batch
+from middleware.pause import PausableBroker
 from taskstore.group_commit import GroupCommit
 
 #: Organization of messages that carry none.
@@ -175,7 +176,7 @@ def _stamp(message: dramatiq.Message[Any], delay: int | None) -> dramatiq.Messag
     return message.copy(queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay})
 
 
-class LaneBroker(RedisBroker):
+class LaneBroker(RedisBroker, PausableBroker):
     """Dramatiq's Redis broker with priority lanes, per-organization turns and a blocking fetch."""
 
     def __init__(self, *, fair: bool = True, **kwargs: Any) -> None:

@@ -14,8 +14,8 @@ other workers would requeue the prefetched messages. A broker without the switch
 
 from __future__ import annotations
 
+import abc
 import logging
-from typing import Protocol, runtime_checkable
 
 import dramatiq
 from dramatiq.broker import MessageProxy
@@ -29,16 +29,18 @@ logger = logging.getLogger("agentq.lifecycle")
 CACHE_S = 0.25
 
 
-@runtime_checkable
-class PausableBroker(Protocol):
-    """A broker that can pause every worker's fetch (:class:`actors.lanes.LaneBroker`)."""
+class PausableBroker(abc.ABC):
+    """A broker that can pause every worker's fetch (:class:`actors.lanes.LaneBroker` is one)."""
 
+    @abc.abstractmethod
     def pause(self) -> None:
         """Stop every worker, current and future, from starting messages."""
 
+    @abc.abstractmethod
     def resume(self) -> None:
         """Let workers start messages again."""
 
+    @abc.abstractmethod
     def paused(self, *, max_age_s: float = 0.0) -> bool:
         """Whether the queue is paused; a reading under ``max_age_s`` old may be reused."""
 
