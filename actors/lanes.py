@@ -62,7 +62,7 @@ BELL_MAX = 1000
 IDLE_BLOCK_S = 1.0
 #: Stands for Dramatiq's plain list (messages without a lane) in :data:`FETCH_ORDER`.
 PLAIN_LIST = -1
-#: Fetch order, given to the fetch script: priority 10 first; the plain list ranks as priority 5.
+#: Fetch order, written into the fetch script: priority 10 first; the plain list ranks as priority 5.
 FETCH_ORDER = (10, 9, 8, 7, 6, 5, PLAIN_LIST, 4, 3, 2, 1, 0)
 #: Key (under the broker's namespace) whose existence pauses every worker's fetch.
 PAUSED_KEY = "paused"
@@ -78,8 +78,9 @@ redis.call("ltrim", base .. ".bell", -bell_max, -1)
 return 1
 """
 
-# KEYS[1]: the paused key; ARGV[6..]: the fetch order (a negative lane is the plain list).
-_FETCH = """
+# KEYS[1]: the paused key. ``{ORDER}`` is replaced by FETCH_ORDER below (a negative lane is the plain
+# list): written into the script once, not sent with every fetch.
+_FETCH_SOURCE = """
 local ns, queue, worker, now, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 redis.call("zadd", ns .. ":__heartbeats__", now, worker)
 if redis.call("exists", KEYS[1]) == 1 then
@@ -87,10 +88,7 @@ if redis.call("exists", KEYS[1]) == 1 then
 end
 local base = ns .. ":" .. queue
 local acks = ns .. ":__acks__." .. worker .. "." .. queue
-local order = {}
-for i = 6, #ARGV do
-    order[#order + 1] = tonumber(ARGV[i])
-end
+local order = {ORDER}
 local ids = {}
 while #ids < count do
     local got = false
@@ -127,6 +125,7 @@ if #ids == 0 then
 end
 return redis.call("hmget", base .. ".msgs", unpack(ids))
 """
+_FETCH = _FETCH_SOURCE.replace("{ORDER}", "{" + ", ".join(map(str, FETCH_ORDER)) + "}")
 
 _REQUEUE = """
 local ns, queue, worker = ARGV[1], ARGV[2], ARGV[3]
@@ -313,7 +312,7 @@ class LaneBroker(RedisBroker, PausableBroker):
         """Up to ``count`` payloads, highest priority first, organizations taking turns."""
         result = self.lane_scripts["fetch"](
             keys=[self.paused_key],
-            args=[self.namespace, queue_name, self.broker_id, current_millis(), count, *FETCH_ORDER],
+            args=[self.namespace, queue_name, self.broker_id, current_millis(), count],
         )
         return [data for data in result if data is not None]
 
