@@ -13,8 +13,10 @@ ring of organizations, each with its own list of message ids:
 * **Blocking fetch**: every enqueue also pushes a token on the queue's "bell" list; an
   idle consumer waits on it with ``BLPOP`` (up to a second, so heartbeats keep flowing),
   so a new message starts within milliseconds and an idle worker costs almost nothing.
-* **Pause**: while ``<ns>:paused`` exists, fetches return nothing (heartbeats continue,
-  so no worker is ever taken for dead and nothing is requeued twice).
+* **Pause**: :meth:`LaneBroker.pause` / :meth:`~LaneBroker.resume` / :meth:`~LaneBroker.paused` own
+  the switch, one key (:data:`PAUSED_KEY` under the namespace). While it exists, fetches return
+  nothing (heartbeats continue, so no worker is ever taken for dead and nothing is requeued twice);
+  :class:`middleware.pause.Pause` holds back what a worker had already prefetched.
 * **Batches**: :meth:`LaneBroker.enqueue_many` sends many messages in one ``MULTI/EXEC``
   round trip (``AgentTaskQueue.add_tasks``), so all of them land or none does.
 * **Grouped acks**: acks that worker threads make while another is in flight are written
@@ -33,6 +35,7 @@ lower priority waits as long as higher priorities have messages in Redis.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -48,6 +51,7 @@ from dramatiq.middleware import MiddlewareError
 
 from middleware.agent_messages import LANE_OPTION, ORG_OPTION
 from middleware.batches import enqueue_batch
+from middleware.pause import PausableBroker
 from taskstore.group_commit import GroupCommit
 
 #: Organization of messages that carry none.
@@ -56,8 +60,12 @@ NO_ORG = "-"
 BELL_MAX = 1000
 #: Longest an idle consumer blocks before fetching again (heartbeats, pause changes).
 IDLE_BLOCK_S = 1.0
-#: Fetch order: priority 10 first; -1 is Dramatiq's plain list, ranked as priority 5.
-FETCH_ORDER = (10, 9, 8, 7, 6, 5, -1, 4, 3, 2, 1, 0)
+#: Stands for Dramatiq's plain list (messages without a lane) in :data:`FETCH_ORDER`.
+PLAIN_LIST = -1
+#: Fetch order, written into the fetch script: priority 10 first; the plain list ranks as priority 5.
+FETCH_ORDER = (10, 9, 8, 7, 6, 5, PLAIN_LIST, 4, 3, 2, 1, 0)
+#: Key (under the broker's namespace) whose existence pauses every worker's fetch.
+PAUSED_KEY = "paused"
 
 _ENQUEUE = """
 local base, id, data, lane, org, bell_max = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], tonumber(ARGV[6])
@@ -70,20 +78,22 @@ redis.call("ltrim", base .. ".bell", -bell_max, -1)
 return 1
 """
 
-_FETCH = """
+# KEYS[1]: the paused key. ``{ORDER}`` is replaced by FETCH_ORDER below (a negative lane is the plain
+# list): written into the script once, not sent with every fetch.
+_FETCH_SOURCE = """
 local ns, queue, worker, now, count = ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5])
 redis.call("zadd", ns .. ":__heartbeats__", now, worker)
-if redis.call("exists", ns .. ":paused") == 1 then
+if redis.call("exists", KEYS[1]) == 1 then
     return {}
 end
 local base = ns .. ":" .. queue
 local acks = ns .. ":__acks__." .. worker .. "." .. queue
-local order = {10, 9, 8, 7, 6, 5, -1, 4, 3, 2, 1, 0}
+local order = {ORDER}
 local ids = {}
 while #ids < count do
     local got = false
     for _, lane in ipairs(order) do
-        if lane == -1 then
+        if lane < 0 then
             got = redis.call("lpop", base)
         else
             local ring = base .. ".p" .. lane .. ".orgs"
@@ -115,6 +125,7 @@ if #ids == 0 then
 end
 return redis.call("hmget", base .. ".msgs", unpack(ids))
 """
+_FETCH = _FETCH_SOURCE.replace("{ORDER}", "{" + ", ".join(map(str, FETCH_ORDER)) + "}")
 
 _REQUEUE = """
 local ns, queue, worker = ARGV[1], ARGV[2], ARGV[3]
@@ -164,13 +175,16 @@ def _stamp(message: dramatiq.Message[Any], delay: int | None) -> dramatiq.Messag
     return message.copy(queue_name=dq_name(message.queue_name), options={"eta": current_millis() + delay})
 
 
-class LaneBroker(RedisBroker):
+class LaneBroker(RedisBroker, PausableBroker):
     """Dramatiq's Redis broker with priority lanes, per-organization turns and a blocking fetch."""
 
     def __init__(self, *, fair: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)  # type: ignore[no-untyped-call]
         self._hook_lists: dict[str, list[tuple[dramatiq.Middleware, Callable[..., Any]]]] = {}
         self.fair = fair
+        #: The key whose existence pauses the queue (see :meth:`pause`).
+        self.paused_key = f"{self.namespace}:{PAUSED_KEY}"
+        self._paused_reading: tuple[float, bool] = (-math.inf, False)
         self.lane_scripts = {
             name: self.client.register_script(script)
             for name, script in (
@@ -297,7 +311,8 @@ class LaneBroker(RedisBroker):
     def fetch(self, queue_name: str, count: int) -> list[bytes]:
         """Up to ``count`` payloads, highest priority first, organizations taking turns."""
         result = self.lane_scripts["fetch"](
-            args=[self.namespace, queue_name, self.broker_id, current_millis(), count]
+            keys=[self.paused_key],
+            args=[self.namespace, queue_name, self.broker_id, current_millis(), count],
         )
         return [data for data in result if data is not None]
 
@@ -324,6 +339,27 @@ class LaneBroker(RedisBroker):
             args += [message.options["redis_message_id"], priority, org if self.fair else NO_ORG]
         if len(args) > 3:
             self.lane_scripts["requeue"](args=args)
+
+    def pause(self) -> None:
+        """Stop every worker, current and future, from fetching messages; active ones finish."""
+        self.client.set(self.paused_key, "1")
+        self._paused_reading = (time.monotonic(), True)
+
+    def resume(self) -> None:
+        """Let workers fetch again, and wake the idle ones at once."""
+        self.client.delete(self.paused_key)
+        self._paused_reading = (time.monotonic(), False)
+        self.ring_bells(self.get_declared_queues())
+
+    def paused(self, *, max_age_s: float = 0.0) -> bool:
+        """Whether the queue is paused, reusing this broker's last reading if it is under ``max_age_s``
+        old (a worker's per-message check passes :data:`middleware.pause.CACHE_S`)."""
+        read_at, paused = self._paused_reading
+        now = time.monotonic()
+        if now - read_at >= max_age_s:
+            paused = bool(self.client.exists(self.paused_key))
+            self._paused_reading = (now, paused)
+        return paused
 
     def wait_for_bell(self, queue_name: str, timeout_s: float) -> None:
         """Block until a message is enqueued on ``queue_name`` (or the timeout passes)."""

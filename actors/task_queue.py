@@ -41,8 +41,8 @@ from actors.errors import (
     UnknownAgentKind,
 )
 from actors.lanes import LaneBroker
-from config.errors import AgentQueueError, short_repr
-from middleware.pause import pause_switch
+from config.errors import AgentQueueError, ConfigError, short_repr
+from middleware.pause import PausableBroker
 from middleware.task_lifecycle import queued_options
 from taskstore import (
     Agent,
@@ -373,18 +373,29 @@ class AgentTaskQueue:
         self._task(task_id)  # raises TaskNotFound for an unknown id
 
     def pause_queue(self) -> None:
-        """Stop every worker, current and future, from starting tasks; active ones finish."""
-        pause_switch(self.broker).pause()
+        """Stop every worker, current and future, from starting tasks; active ones finish.
+
+        Raises:
+            ConfigError: The broker has no pause switch (only the Redis lane broker has one).
+        """
+        self._pausable_broker().pause()
         logger.info("[AgentTaskQueue] Queue paused")
 
     def resume_queue(self) -> None:
         """Let workers start tasks again, where they stopped."""
-        pause_switch(self.broker).resume()
+        self._pausable_broker().resume()
         logger.info("[AgentTaskQueue] Queue resumed")
 
     def is_paused(self) -> bool:
-        """Whether the queue is paused."""
-        return pause_switch(self.broker).is_paused()
+        """Whether the queue is paused (never, on a broker without a pause switch)."""
+        return isinstance(self.broker, PausableBroker) and self.broker.paused()
+
+    def _pausable_broker(self) -> PausableBroker:
+        if not isinstance(self.broker, PausableBroker):
+            raise ConfigError(
+                f"{type(self.broker).__name__} cannot be paused: pausing needs the Redis lane broker"
+            )
+        return self.broker
 
     def get_queue_stats(self) -> QueueStats:
         """Exact counts from the database; while the queue is paused, waiting jobs count as ``paused``."""

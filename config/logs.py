@@ -1,11 +1,13 @@
-"""Log output: DESIGN §9's lines as they are (``text``), or one JSON object per line (``json``).
+"""Log output: the lifecycle lines as they are (``text``), or one JSON object per line (``json``).
+
+The lines themselves are part of the public contract (see docs/architecture.md, the opening).
 
 ``AGENTQ_LOG_FORMAT=json`` makes each record ``{"time", "level", "logger", "message",
 "trace_id", "span_id", "process", "thread"}`` (plus ``exc_info`` when there is one); the
 ids are the current OpenTelemetry span's, so a log line leads to its trace. The ``agentq``
 CLI calls :func:`configure_logging`; ``dramatiq actors`` configures logging itself, so
 its worker processes switch their root handlers' formatter at boot
-(:class:`middleware.telemetry.JsonLogs`).
+(:class:`middleware.json_logs.JsonLogs`).
 """
 
 from __future__ import annotations

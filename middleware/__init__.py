@@ -7,7 +7,9 @@ name                     middleware
 =======================  ========================================================================
 (always)                 :class:`middleware.close_store.CloseStore` — closes DB connections last
 ``tracing``              :class:`middleware.tracing.Tracing` — publish/process spans around everything
+(always)                 :class:`middleware.redaction.Redaction` — registers the secrets to redact
 ``sentry``               :class:`middleware.sentry.Sentry` — scope, tags, one event per dead letter
+(log format ``json``)    :class:`middleware.json_logs.JsonLogs` — JSON log lines in worker processes
 ``metrics``              :class:`middleware.metrics.Metrics` — Prometheus endpoint per process
 ``age_limit``            ``dramatiq.middleware.AgeLimit``
 ``time_limit``           ``dramatiq.middleware.TimeLimit`` (``AGENTQ_TASK_TIME_LIMIT_MS``)
@@ -54,19 +56,21 @@ from periodiq import PeriodiqMiddleware
 
 from config.errors import ConfigError
 from config.settings import Settings
+from config.trace_export import configure_tracing, shutdown_tracing
 from middleware.attempts import AttemptRegistry
 from middleware.close_store import CloseStore
+from middleware.json_logs import JsonLogs
 from middleware.metrics import Metrics
 from middleware.outcome import AttemptResult
 from middleware.pause import Pause
 from middleware.reconciler import Reconciler
+from middleware.redaction import Redaction
 from middleware.retries import Retries
 from middleware.sentry import Sentry
 from middleware.shutdown_deadline import ShutdownDeadline
 from middleware.stalled_jobs import StalledJobs
 from middleware.start_limit import Limit, StartRateLimit, parse_kind_limits
 from middleware.task_lifecycle import EnqueueRejected, TaskLifecycle, current_claim
-from middleware.telemetry import JsonLogs, Redaction, configure_tracing, shutdown_tracing
 from middleware.tracing import Tracing
 from taskstore import TaskStore, utcnow
 

@@ -27,7 +27,7 @@ Position: second in the stack, right after ``CloseStore``: its ``before_*`` hook
 before every other (the span covers skips by any middleware, the claim and the
 ``pending → queued`` write) and its ``after_*`` hooks after every other but ``CloseStore``.
 
-Exporting is set up per process by :mod:`middleware.telemetry` (``after_process_boot``
+Exporting is set up per process by :mod:`config.trace_export` (``after_process_boot``
 in workers, the first enqueue in producers); with nothing configured the API's no-op
 tracer makes all this nearly free.
 """

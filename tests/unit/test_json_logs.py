@@ -9,7 +9,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from config.logs import JsonFormatter
 from middleware import build_middleware
-from middleware.telemetry import JsonLogs
+from middleware.json_logs import JsonLogs
 from taskstore import InMemoryTaskStore
 from tests.harness import harness_settings
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import re
+
 import dramatiq
 import pytest
 from dramatiq.middleware import TimeLimit
 
+import middleware
 from config.errors import ConfigError
-from middleware import OPTIONAL, Reconciler, Retries, TaskLifecycle, Tracing, build_middleware
+from middleware import OPTIONAL, CloseStore, Reconciler, Retries, TaskLifecycle, Tracing, build_middleware
 from taskstore import InMemoryTaskStore
 from tests.harness import harness_settings
+
+#: The first dotted name in a row's description: ``:class:`middleware.pause.Pause``` or ``dramatiq.…``.
+DOTTED_NAME = re.compile(r":class:`([\w.]+)`|``([\w.]+)``")
 
 
 class Recorder(dramatiq.Middleware):
@@ -18,6 +24,41 @@ class Recorder(dramatiq.Middleware):
 
 def names(stack: list[dramatiq.Middleware]) -> list[str]:
     return [type(middleware).__name__ for middleware in stack]
+
+
+def documented_stack() -> list[tuple[str, str]]:
+    """(switch, class name) of each row of the table in ``middleware``'s docstring, top to bottom."""
+    assert middleware.__doc__ is not None
+    lines = middleware.__doc__.splitlines()
+    borders = [index for index, line in enumerate(lines) if line.startswith("=====")]
+    assert len(borders) == 3, "the stack table has a header and a body"
+    width = lines[borders[0]].index(" ") + 2
+    rows = []
+    for line in lines[borders[1] + 1 : borders[2]]:
+        found = DOTTED_NAME.search(line[width:])
+        assert found is not None, f"no middleware named in the row {line!r}"
+        dotted = found.group(1) or found.group(2)
+        rows.append((line[:width].strip().strip("`"), dotted.rpartition(".")[2]))
+    return rows
+
+
+def test_the_stack_is_built_in_the_order_the_package_docstring_documents() -> None:
+    # Given every optional middleware switched on, and one user middleware
+    settings = harness_settings(
+        sentry_dsn="https://key@sentry.invalid/1",
+        log_format="json",
+        metrics_port=9,
+        extra_middleware=("tests.unit.test_middleware_stack:Recorder",),
+    )
+
+    stack = build_middleware(settings, InMemoryTaskStore())
+
+    # Then it is the documented table, row for row (the user's row is the user's class)
+    documented = [("Recorder" if name == "AGENTQ_MIDDLEWARE" else name) for _, name in documented_stack()]
+    assert names(stack) == documented
+    # and every name AGENTQ_DISABLE_MIDDLEWARE accepts is a documented switch
+    switches = {switch for switch, _ in documented_stack()}
+    assert set(OPTIONAL) <= switches
 
 
 def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
@@ -49,9 +90,9 @@ def test_tracing_wraps_every_other_hook_but_close_store() -> None:
     # Given the stack: before_* hooks run in list order, after_* in reverse
     stack = build_middleware(harness_settings(), InMemoryTaskStore())
 
-    # Then Tracing's before_process_message runs before the claim and its after hooks after the status writes
-    assert isinstance(stack[1], Tracing)
-    assert stack.index(stack[1]) < names(stack).index("TaskLifecycle")
+    # Then only CloseStore comes before Tracing (its before hooks run first, its after hooks run last)
+    assert isinstance(stack[0], CloseStore) and isinstance(stack[1], Tracing)
+    assert not any(isinstance(m, Tracing | CloseStore) for m in stack[2:])
     assert "tracing" in OPTIONAL
     assert not any(
         isinstance(m, Tracing)

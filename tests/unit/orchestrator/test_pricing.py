@@ -11,9 +11,8 @@ from orchestrator import ModelPrice, PriceTable, Usage
 
 def test_an_exact_model_name_finds_its_price() -> None:
     table = PriceTable()
-    assert table.lookup("gpt-4o-mini") == table.lookup("gpt-4o-mini")
-    assert table.lookup("gpt-4o-mini") is not None
-    assert table.lookup("gpt-4o-mini") != table.lookup("gpt-4o")
+    assert table.lookup("gpt-4o-mini") == ModelPrice(Decimal("0.15"), Decimal("0.60"), Decimal("0.075"))
+    assert table.lookup("gpt-4o") == ModelPrice(Decimal("2.50"), Decimal("10.00"), Decimal("1.25"))
 
 
 def test_a_dated_snapshot_costs_what_its_longest_known_prefix_costs() -> None:

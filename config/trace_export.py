@@ -1,8 +1,10 @@
-"""Per-process OpenTelemetry set-up: an SDK tracer provider exporting OTLP over HTTP.
+"""Exporting traces: a per-process OpenTelemetry SDK tracer provider sending OTLP over HTTP.
 
+The spans themselves are made by :mod:`middleware.tracing` (messages) and
+:mod:`orchestrator.tracing` (the agent loop); this module only decides where they go.
 Nothing happens at import. :func:`configure_tracing` runs once per process — from
-``Tracing.after_process_boot`` in workers, from the first enqueue in producers — and
-installs a global :class:`~opentelemetry.sdk.trace.TracerProvider` with a batch OTLP/HTTP
+:class:`middleware.tracing.Tracing`'s ``after_process_boot`` in workers, from the first enqueue
+in producers — and installs a global :class:`~opentelemetry.sdk.trace.TracerProvider` with a batch OTLP/HTTP
 exporter **only** when an endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), ``OTEL_SDK_DISABLED`` is not true and
 ``OTEL_TRACES_EXPORTER`` is not ``none``. Otherwise the API's no-op provider stays: spans
@@ -20,13 +22,10 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
 
-import dramatiq
 from opentelemetry import trace
 
-from config.logs import use_json
-from config.redaction import install_redaction, register_settings
+from config.redaction import register_settings
 from config.settings import Settings
 
 logger = logging.getLogger("agentq.telemetry")
@@ -80,30 +79,4 @@ def shutdown_tracing() -> None:
         provider.shutdown()
 
 
-class Redaction(dramatiq.Middleware):
-    """Secrets stay in: at worker boot (and a producer's first enqueue) register the configured
-    secrets with :mod:`config.redaction` and redact every line the root logger's handlers write."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._registered = False
-
-    def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        install_redaction(self.settings)
-
-    def before_enqueue(
-        self, broker: dramatiq.Broker, message: dramatiq.Message[Any], delay: int | None
-    ) -> None:
-        if not self._registered:
-            self._registered = True
-            register_settings(self.settings)
-
-
-class JsonLogs(dramatiq.Middleware):
-    """``AGENTQ_LOG_FORMAT=json`` in ``dramatiq actors``: JSON log lines from each worker process."""
-
-    def after_process_boot(self, broker: dramatiq.Broker) -> None:
-        use_json()
-
-
-__all__ = ["DEFAULT_SERVICE_NAME", "JsonLogs", "Redaction", "configure_tracing", "shutdown_tracing"]
+__all__ = ["DEFAULT_SERVICE_NAME", "configure_tracing", "shutdown_tracing"]
