@@ -1,4 +1,4 @@
-"""Checks of the queue's public arguments (DESIGN §11).
+"""Checks of the queue's public arguments (docs/architecture.md, *Bad input*).
 
 Each check raises an :class:`~config.errors.AgentQueueError` subclass naming the bad value; a check of
 one item of a list argument names the item too (``tasks[3]: …``), keeping the error's type.

@@ -69,7 +69,8 @@ A caller stores each schedule's ``next_run_at``. On every tick, when
 ``next_run_at <= now`` it fires the task once and stores
 ``schedule.next_after(now)`` -- not ``schedule.next_after(next_run_at)``, which
 would replay every slot missed while the scheduler was down. Missed slots
-collapse into one firing, as DESIGN §7 requires. (That two schedulers never
+collapse into one firing, as the schedule semantics require (docs/architecture.md,
+*Queue semantics*). (That two schedulers never
 fire the same schedule twice is the caller's concern: claim the row with a
 conditional update on ``next_run_at``.)
 

@@ -1,4 +1,4 @@
-"""Typed settings read from the environment (DESIGN §10).
+"""Typed settings read from the environment (the README's *Configuration* table).
 
 This module is the one place that reads the environment. :func:`load_settings`
 validates everything once, at start-up, and turns pydantic's validation errors
@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     db_statement_timeout_ms: NonNegativeInt = Field(
         default=30_000, validation_alias="AGENTQ_DB_STATEMENT_TIMEOUT_MS"
     )
-    #: Supabase project URL; with a service key it selects the Supabase store (DESIGN §10).
+    #: Supabase project URL; with a service key it selects the Supabase store (README, *Configuration*).
     supabase_url: str | None = Field(default=None, validation_alias="SUPABASE_URL")
     supabase_service_role_key: SecretStr | None = Field(
         default=None, validation_alias="SUPABASE_SERVICE_ROLE_KEY"
@@ -191,7 +191,7 @@ class Settings(BaseSettings):
 
     # --- Logging ---
     log_level: str = Field(default="INFO", validation_alias="AGENTQ_LOG_LEVEL")
-    #: ``text`` (DESIGN §9 lines as they are) or ``json`` (one object per line, with trace and span ids).
+    #: ``text`` (the lifecycle lines as they are) or ``json`` (one object per line, with trace and span ids).
     log_format: Literal["text", "json"] = Field(default="text", validation_alias="AGENTQ_LOG_FORMAT")
 
     # --- Observability (the OTEL_* names are OpenTelemetry's own; the SDK reads the rest itself) ---
@@ -304,7 +304,7 @@ class Settings(BaseSettings):
         return bool(endpoint) and not self.otel_sdk_disabled and self.otel_traces_exporter.strip() != "none"
 
     def store_backend(self) -> str:
-        """Which task store the settings select: ``supabase``, ``postgres`` or ``sqlite`` (DESIGN §10)."""
+        """Which task store the settings select: ``supabase``, ``postgres`` or ``sqlite`` (the README's *Configuration* table)."""
         if self.supabase_url is not None and self.supabase_key() is not None:
             return "supabase"
         return "postgres" if self.database_url is not None else "sqlite"

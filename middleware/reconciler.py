@@ -1,4 +1,4 @@
-"""Finds tasks whose message is gone and enqueues them again, exactly once (DESIGN §5).
+"""Finds tasks whose message is gone and enqueues them again, exactly once (docs/architecture.md, *The status machine*).
 
 The database is the source of truth and Redis only transport, so one worker at a
 time (elected through a short-lived Redis key) compares the two every

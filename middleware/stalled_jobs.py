@@ -1,4 +1,4 @@
-"""Leases for running tasks, and recovery of tasks whose worker died (DESIGN §7, stalled jobs).
+"""Leases for running tasks, and recovery of tasks whose worker died (docs/architecture.md, *Failure paths*).
 
 Every worker process runs one background thread that
 

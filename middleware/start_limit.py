@@ -1,4 +1,4 @@
-"""A global rate limit on task starts, optionally per agent kind (DESIGN §7).
+"""A global rate limit on task starts, optionally per agent kind (docs/architecture.md, *Queue semantics*).
 
 At most ``AGENTQ_RATE_LIMIT_MAX`` tasks start per ``AGENTQ_RATE_LIMIT_WINDOW_MS``
 across all workers, counted in a sliding window (a Redis sorted set of start times,

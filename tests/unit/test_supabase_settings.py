@@ -1,4 +1,4 @@
-"""Store selection (DESIGN §10) and the Supabase settings: secrets never echoed, bad URLs named."""
+"""Store selection and the Supabase settings: secrets never echoed, bad URLs named."""
 
 from __future__ import annotations
 
