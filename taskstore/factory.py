@@ -1,4 +1,4 @@
-"""Building the task store that the settings select (DESIGN §10)."""
+"""Building the task store that the settings select (README, *Configuration*)."""
 
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from typing import Any
 
 
 class TaskStatus(enum.StrEnum):
-    """Where a task is in its lifecycle (DESIGN §5)."""
+    """Where a task is in its lifecycle (docs/architecture.md, *The status machine*)."""
 
     #: Row created, not handed to the queue yet.
     PENDING = "pending"
@@ -256,7 +256,7 @@ class QueueCounts:
 
 @dataclass(frozen=True, slots=True)
 class RetentionPolicy:
-    """How long finished jobs stay visible to the queue (DESIGN §7)."""
+    """How long finished jobs stay visible to the queue (docs/architecture.md, *Queue semantics*)."""
 
     completed_age_s: int = 86_400
     completed_count: int = 1000

@@ -1,4 +1,4 @@
-"""The schema of DESIGN §4, defined once and rendered for Postgres and SQLite.
+"""The schema (docs/architecture.md, *Task store*), defined once and rendered for Postgres and SQLite.
 
 :data:`MIGRATIONS` is the single source of truth. The Postgres rendering of each
 migration is shipped as ``taskstore/migrations/<name>.sql`` — the exact file a
