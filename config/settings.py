@@ -304,7 +304,7 @@ class Settings(BaseSettings):
         return bool(endpoint) and not self.otel_sdk_disabled and self.otel_traces_exporter.strip() != "none"
 
     def store_backend(self) -> str:
-        """Which task store the settings select: ``supabase``, ``postgres`` or ``sqlite`` (the README's *Configuration* table)."""
+        """Which task store the settings select: ``supabase``, ``postgres`` or ``sqlite``."""
         if self.supabase_url is not None and self.supabase_key() is not None:
             return "supabase"
         return "postgres" if self.database_url is not None else "sqlite"

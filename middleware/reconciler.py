@@ -1,4 +1,6 @@
-"""Finds tasks whose message is gone and enqueues them again, exactly once (docs/architecture.md, *The status machine*).
+"""Finds tasks whose message is gone and enqueues them again, exactly once.
+
+See docs/architecture.md, *The status machine*.
 
 The database is the source of truth and Redis only transport, so one worker at a
 time (elected through a short-lived Redis key) compares the two every

@@ -1,6 +1,7 @@
 """The :class:`TaskStore` protocol: persistence for agents, tasks and runs.
 
-The database is the source of truth (docs/architecture.md, *The status machine*). Every status change is a
+The database is the source of truth (docs/architecture.md, *The status machine*).
+Every status change is a
 compare-and-set on the current status (and, for a running task, on its current
 run): a method that loses the race changes nothing and returns ``None``/``False``,
 so duplicate messages can never run a task twice at once or re-run a finished one.
