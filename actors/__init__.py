@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from actors.app import runtime
 from actors.kinds import financial_report, general, member_retention
-from actors.scheduler import schedule_tick
+from actors.schedules.tick import schedule_tick
 
 #: The configured :class:`~actors.task_queue.AgentTaskQueue`.
 agent_task_queue = runtime.queue

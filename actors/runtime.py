@@ -9,7 +9,7 @@ from datetime import datetime
 import dramatiq
 from pydantic import SecretStr
 
-from actors.broker import build_broker
+from actors.broker.factory import build_broker
 from actors.budget import BudgetPolicy
 from actors.task_queue import AgentTaskQueue
 from config.errors import ConfigError

@@ -33,14 +33,14 @@ from actors.arguments import (
     item,
     task_fields,
 )
-from actors.cron import parse_schedule
+from actors.broker.lanes import LaneBroker
 from actors.errors import (
     AgentInactive,
     InvalidArgument,
     InvalidContext,
     UnknownAgentKind,
 )
-from actors.lanes import LaneBroker
+from actors.schedules.cron import parse_schedule
 from config.errors import AgentQueueError, ConfigError, short_repr
 from middleware.pause import PausableBroker
 from middleware.task_lifecycle import queued_options
@@ -218,7 +218,7 @@ class AgentTaskQueue:
         ``delay_ms``, and that every task exists, is pending and has an agent kind with an actor
         (each distinct agent is read once); at most :data:`~actors.arguments.MAX_BATCH` (1,000) ids.
         Then one store call moves them all ``pending → queued``
-        and one Redis transaction enqueues their messages (on the :class:`~actors.lanes.LaneBroker`;
+        and one Redis transaction enqueues their messages (on the :class:`~actors.broker.lanes.LaneBroker`;
         another broker gets one enqueue per message). Logs ``added to queue`` per task.
 
         Raises:
@@ -256,7 +256,7 @@ class AgentTaskQueue:
         """Run a ``scheduled`` task on a cron schedule in a time zone (default: the row's, then UTC).
 
         Standard 5-field cron (``*``, lists, ranges, steps, month and weekday names, day-of-week
-        0 and 7 both Sunday, ``@hourly`` … ``@yearly``); see :mod:`actors.cron` for daylight saving.
+        0 and 7 both Sunday, ``@hourly`` … ``@yearly``); see :mod:`actors.schedules.cron` for daylight saving.
         Replaces any schedule the task had. The first firing is the next slot after now.
 
         Raises:

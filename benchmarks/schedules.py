@@ -69,7 +69,7 @@ def run(schedules: int) -> DispatchResult:
             DATABASE_URL=url, REDIS_URL=REDIS_URL, AGENTQ_ALLOW_SCRIPTED="true"
         )  # an entry point: aim the runtime here
         from actors import runtime
-        from actors.scheduler import dispatch_due_schedules
+        from actors.schedules.tick import dispatch_due_schedules
 
         agent = runtime.store.create_agent(
             NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="bench"), now=utcnow()

@@ -65,8 +65,8 @@ LLM_COST = Counter("agentq_llm_cost_usd", "Model cost in USD", ["provider", "mod
 class QueueDepth(Collector):
     """``agentq_queue_depth`` from Redis (``HLEN`` of the payload hashes) when scraped, at most once a second.
 
-    Waiting messages sit in per-priority lanes (``actors.lanes``), so the payload hash, which holds every
-    message until it is acknowledged, is the one cheap exact count per queue.
+    Waiting messages sit in per-priority lanes (``actors.broker.lanes``), so the payload hash, which holds
+    every message until it is acknowledged, is the one cheap exact count per queue.
     """
 
     def __init__(self, broker: dramatiq.Broker, *, max_age_s: float = 1.0) -> None:

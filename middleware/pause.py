@@ -1,6 +1,6 @@
 """Holding back prefetched messages while the queue is paused (see docs/architecture.md, *One task's path*).
 
-The switch belongs to the broker: :class:`actors.lanes.LaneBroker` offers ``pause()``,
+The switch belongs to the broker: :class:`actors.broker.lanes.LaneBroker` offers ``pause()``,
 ``resume()`` and ``paused()`` (:class:`PausableBroker`), keeping one Redis key. While it
 exists the broker's fetch returns nothing, so no worker takes new messages (and their
 heartbeats go on, so nothing is requeued twice), and this middleware puts back any message a
@@ -30,7 +30,7 @@ CACHE_S = 0.25
 
 
 class PausableBroker(abc.ABC):
-    """A broker that can pause every worker's fetch (:class:`actors.lanes.LaneBroker` is one)."""
+    """A broker that can pause every worker's fetch (:class:`actors.broker.lanes.LaneBroker` is one)."""
 
     @abc.abstractmethod
     def pause(self) -> None:

@@ -158,7 +158,7 @@ def wait_until(
 @contextmanager
 def redis_harness(store: TaskStore, redis_url: str, **settings: Any) -> Iterator[Harness]:
     """Middleware, kinds and queue on the real Redis broker over ``store``."""
-    from actors.broker import build_broker
+    from actors.broker.factory import build_broker
 
     config = harness_settings(redis_url=redis_url, **settings)
     broker = build_broker(config, store)

@@ -15,7 +15,7 @@ import pytest
 from dramatiq.brokers.redis import RedisBroker
 
 from actors.errors import UnknownAgentKind
-from actors.scheduler import dispatch_due_schedules
+from actors.schedules.tick import dispatch_due_schedules
 from middleware import Reconciler
 from middleware.reconciler import agent_queues
 from middleware.redis_messages import task_ids_in_flight

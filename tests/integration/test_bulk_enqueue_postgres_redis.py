@@ -14,9 +14,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from actors.broker import build_broker
+from actors.broker.factory import build_broker
+from actors.broker.lanes import LaneBroker
 from actors.errors import BrokerUnavailable, InvalidContext, UnknownAgentKind
-from actors.lanes import LaneBroker
 from actors.runtime import build_runtime
 from middleware import build_middleware
 from taskstore import InvalidTaskId, InvalidTransition, TaskNotFound, TaskStatus, new_id

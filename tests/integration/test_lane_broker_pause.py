@@ -8,7 +8,7 @@ import dramatiq
 import pytest
 import redis
 
-from actors.lanes import PAUSED_KEY, LaneBroker
+from actors.broker.lanes import PAUSED_KEY, LaneBroker
 from config.errors import ConfigError
 from middleware.agent_messages import LANE_OPTION
 from taskstore import InMemoryTaskStore

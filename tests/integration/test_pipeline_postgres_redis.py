@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from dramatiq.brokers.redis import RedisBroker
 
+from actors.broker.lanes import LaneBroker
 from actors.errors import BrokerUnavailable
-from actors.lanes import LaneBroker
 from middleware.task_lifecycle import QUEUED_OPTION
 from taskstore import InMemoryTaskStore, TaskStatus, Usage, new_id, utcnow
 from taskstore.postgres import PostgresTaskStore

@@ -10,7 +10,7 @@ from typing import Any
 import dramatiq
 import pytest
 
-from actors.lanes import LaneBroker
+from actors.broker.lanes import LaneBroker
 from middleware import build_middleware
 from middleware.agent_messages import LANE_OPTION, ORG_OPTION
 from middleware.task_lifecycle import send_queued

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from actors.broker import redis_client
-from actors.lanes import LaneBroker
+from actors.broker.factory import redis_client
+from actors.broker.lanes import LaneBroker
 from config.settings import load_settings
 from taskstore import InMemoryTaskStore, NewAgent, NewTask, TaskStatus, utcnow
 from taskstore.postgres import PostgresTaskStore

@@ -13,7 +13,7 @@ import psycopg
 import pytest
 import redis
 
-from actors.broker import redis_client
+from actors.broker.factory import redis_client
 from actors.errors import BrokerUnavailable
 from config.settings import load_settings
 from taskstore import Claim, InMemoryTaskStore, NewAgent, NewTask, TaskStatus, utcnow

@@ -6,7 +6,7 @@ import pytest
 import redis
 from psycopg.conninfo import conninfo_to_dict
 
-from actors.broker import redis_client
+from actors.broker.factory import redis_client
 from config.errors import ConfigError
 from config.settings import load_settings
 from taskstore.errors import TaskStoreError

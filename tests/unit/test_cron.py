@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from actors.cron import (
+from actors.schedules.cron import (
     PARSE_CACHE_SIZE,
     CronSchedule,
     InvalidCronExpression,

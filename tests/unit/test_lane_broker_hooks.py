@@ -9,7 +9,7 @@ import pytest
 import redis
 from dramatiq.middleware import SkipMessage
 
-from actors.lanes import LaneBroker
+from actors.broker.lanes import LaneBroker
 
 
 class Recorder(dramatiq.Middleware):

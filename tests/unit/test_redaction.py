@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from actors import demo
+from actors.cli import demo
 from actors.runtime import build_runtime
 from config import redaction
 from config.errors import ConfigError

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from actors.cron import InvalidCronExpression, UnknownTimezone
 from actors.errors import InvalidArgument
-from actors.scheduler import dispatch_due_schedules
+from actors.schedules.cron import InvalidCronExpression, UnknownTimezone
+from actors.schedules.tick import dispatch_due_schedules
 from taskstore import InMemoryTaskStore, InvalidTaskId, RunStatus, TaskNotFound, TaskStatus, new_id
 from tests.harness import Harness, stub_harness
 

@@ -155,7 +155,7 @@ def _schedule_row(task: Task) -> dict[str, Any]:
     listing goes on. It is not failed here: listing is read-only, and the scheduler's next tick
     disables it and fails the task.
     """
-    from actors.cron import ScheduleError, parse_schedule
+    from actors.schedules.cron import ScheduleError, parse_schedule
 
     row: dict[str, Any] = {
         "id": task.id,
@@ -220,7 +220,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from actors.demo import run_demo
+    from actors.cli.demo import run_demo
 
     return run_demo(timeout_s=args.timeout)
 

@@ -8,7 +8,7 @@ from datetime import datetime
 import dramatiq
 import redis
 
-from actors.lanes import IDLE_BLOCK_S, LaneBroker
+from actors.broker.lanes import IDLE_BLOCK_S, LaneBroker
 from config.errors import ConfigError
 from config.settings import Settings
 from middleware import build_middleware

@@ -26,7 +26,7 @@ import dramatiq
 from periodiq import cron
 
 from actors.app import runtime
-from actors.cron import ScheduleError, parse_schedule
+from actors.schedules.cron import ScheduleError, parse_schedule
 from config.errors import AgentQueueError
 from middleware.reconciler import agent_queues, fail_unrunnable, unrunnable
 from middleware.task_lifecycle import send_queued

@@ -1,0 +1,1 @@
+"""The ``agentq`` command line (``commands``) and its demo (``demo``)."""

@@ -1,0 +1,1 @@
+"""Per-task cron schedules: cron evaluation in a time zone (``cron``) and the Periodiq tick (``tick``)."""
