@@ -124,20 +124,21 @@ def _time(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def _json_value(value: Any) -> Any:
-    """``value`` as it travels inside a JSON argument."""
+def json_value(value: Any) -> Any:
+    """``value`` as it travels as (or inside) a JSON argument: timestamps as ISO text, decimals as exact
+    text (a JSON number would round-trip through a float), tuples and lists as lists."""
     if isinstance(value, datetime):
         return value.isoformat()
     if isinstance(value, Decimal):
-        return str(value)  # exact decimal text: a JSON number would round-trip through a float
-    if isinstance(value, tuple):
-        return list(value)
+        return str(value)
+    if isinstance(value, tuple | list):
+        return [json_value(item) for item in value]
     return value
 
 
 def new_row(record: NewAgent | NewTask, columns: Sequence[str], now: datetime, **values: Any) -> Row:
     """The JSON of a new row: every column of ``columns`` that ``record`` has, plus ``values``."""
-    row = {name: _json_value(getattr(record, name)) for name in columns if hasattr(record, name)}
+    row = {name: json_value(getattr(record, name)) for name in columns if hasattr(record, name)}
     row.update(id=record.id or new_id(), created_at=now.isoformat(), updated_at=now.isoformat(), **values)
     return row
 
@@ -556,4 +557,4 @@ def complete_item(
 
 def json_item(item: Mapping[str, Any]) -> Row:
     """``item`` with its values as they travel inside a JSON argument (a batch function's array)."""
-    return {name: _json_value(value) for name, value in item.items()}
+    return {name: json_value(value) for name, value in item.items()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -46,6 +46,7 @@ from taskstore.rules import (
     FIRING_RESETS,
     STALLED_ERROR,
     STALLED_LIMIT_ERROR,
+    USAGE_COLUMNS,
     accepts_sql,
     run_usage_sql,
     task_usage_sql,
@@ -161,14 +162,8 @@ def _decode(row: sqlite3.Row, prefix: str = "") -> dict[str, Any]:
     return values
 
 
-def _usage_params(usage: Usage) -> dict[str, Any]:
-    return {
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cached_input_tokens": usage.cached_input_tokens,
-        "reasoning_tokens": usage.reasoning_tokens,
-        "cost_usd": None if usage.cost_usd is None else str(usage.cost_usd),
-    }
+def _tasks(rows: Iterable[sqlite3.Row]) -> list[Task]:
+    return [task_from_row(_decode(row)) for row in rows]
 
 
 def _json(value: Any) -> str | None:
@@ -293,37 +288,27 @@ class SqliteTaskStore:
     # --- agents and tasks -------------------------------------------------
 
     def create_agent(self, agent: NewAgent, *, now: datetime) -> Agent:
-        stamp = encode_time(now)
-        row = {
-            "id": agent.id or new_id(),
-            **_new_row(_NEW_AGENT_COLUMNS, agent),
-            "created_at": stamp,
-            "updated_at": stamp,
-        }
-        rows = self._insert("ai_agents", row)
-        return agent_from_row(_decode(rows[0]))
+        return agent_from_row(self._insert("ai_agents", _NEW_AGENT_COLUMNS, agent, now))
 
-    def _insert(self, table: str, row: dict[str, Any]) -> list[sqlite3.Row]:
+    def _insert(
+        self, table: str, columns: tuple[str, ...], record: NewAgent | NewTask, now: datetime, **values: Any
+    ) -> dict[str, Any]:
+        """Insert ``record`` (its ``columns``, plus ``values``) with fresh timestamps: the decoded new row."""
+        stamp = encode_time(now)
+        row = {"id": record.id or new_id(), **_new_row(columns, record), **values}
+        row.update(created_at=stamp, updated_at=stamp)
         names = ", ".join(row)
         marks = ", ".join(f":{name}" for name in row)
         with self._transaction() as conn:
-            return conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) RETURNING *", row).fetchall()
+            rows = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) RETURNING *", row).fetchall()
+        return _decode(rows[0])
 
     def get_agent(self, agent_id: str) -> Agent | None:
         rows = self._query("SELECT * FROM ai_agents WHERE id = ?", (agent_id,))
         return agent_from_row(_decode(rows[0])) if rows else None
 
     def create_task(self, task: NewTask, *, now: datetime) -> Task:
-        stamp = encode_time(now)
-        row = {
-            "id": task.id or new_id(),
-            **_new_row(_NEW_TASK_COLUMNS, task),
-            "status": "pending",
-            "created_at": stamp,
-            "updated_at": stamp,
-        }
-        rows = self._insert("ai_agent_tasks", row)
-        return task_from_row(_decode(rows[0]))
+        return task_from_row(self._insert("ai_agent_tasks", _NEW_TASK_COLUMNS, task, now, status="pending"))
 
     def get_task(self, task_id: str) -> Task | None:
         rows = self._query("SELECT * FROM ai_agent_tasks WHERE id = ?", (task_id,))
@@ -348,14 +333,14 @@ class SqliteTaskStore:
                 raise DuplicateTask(
                     f"a task id is given twice or already exists ({exc}); nothing inserted"
                 ) from exc
-        return in_order((task_from_row(_decode(row)) for row in inserted), ids)
+        return in_order(_tasks(inserted), ids)
 
     def get_tasks(self, task_ids: Sequence[str]) -> list[Task]:
         rows = self._query(
             "SELECT * FROM ai_agent_tasks WHERE id IN (SELECT value FROM json_each(?))",
             (json.dumps(task_ids),),
         )
-        return in_order((task_from_row(_decode(row)) for row in rows), task_ids, missing_ok=True)
+        return in_order(_tasks(rows), task_ids, missing_ok=True)
 
     def get_runs(self, task_id: str) -> list[Run]:
         rows = self._query(
@@ -367,26 +352,17 @@ class SqliteTaskStore:
 
     def _update_task(self, sql: str, params: Mapping[str, Any]) -> Task | None:
         with self._transaction() as conn:
-            rows = conn.execute(sql, params).fetchall()
-        return task_from_row(_decode(rows[0])) if rows else None
+            tasks = _tasks(conn.execute(sql, params))
+        return tasks[0] if tasks else None
 
     def mark_queued(
         self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime
     ) -> Task | None:
-        return self._update_task(
-            "UPDATE ai_agent_tasks SET status = 'queued', priority = COALESCE(:priority, priority),"
-            " run_at = :run_at, queued_at = :now, archived_at = NULL, updated_at = :now"
-            f" WHERE id = :id AND {_ACCEPTS_MARK_QUEUED} RETURNING *",
-            {"id": task_id, "priority": priority, "run_at": encode_time(run_at), "now": encode_time(now)},
-        )
+        tasks = self.mark_queued_many([task_id], priority=priority, run_at=run_at, now=now)
+        return tasks[0] if tasks else None
 
     def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
-        task = self._update_task(
-            "UPDATE ai_agent_tasks SET status = 'pending', run_at = NULL, queued_at = NULL, updated_at = :now"
-            f" WHERE id = :id AND {_ACCEPTS_REVERT_QUEUED} AND queued_at = :queued_at RETURNING *",
-            {"id": task_id, "queued_at": encode_time(queued_at), "now": encode_time(now)},
-        )
-        return task is not None
+        return bool(self.revert_queued_many([task_id], queued_at=queued_at, now=now))
 
     def mark_queued_many(
         self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
@@ -407,7 +383,7 @@ class SqliteTaskStore:
                 f" WHERE id IN (SELECT value FROM json_each(:ids)) AND {_ACCEPTS_MARK_QUEUED} RETURNING *",
                 {"ids": ids, "priority": priority, "run_at": encode_time(run_at), "now": encode_time(now)},
             ).fetchall()
-        return in_order((task_from_row(_decode(row)) for row in updated), task_ids)
+        return in_order(_tasks(updated), task_ids)
 
     def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
         with self._transaction() as conn:
@@ -472,19 +448,11 @@ class SqliteTaskStore:
         transcript: list[dict[str, Any]] | None,
         now: datetime,
     ) -> bool:
-        params = self._finish_params(task_id, run_id, usage, transcript, now)
-        with self._transaction() as conn:
-            updated = conn.execute(
-                "UPDATE ai_agent_tasks SET status = 'completed', result = :result, error = NULL,"
-                " worker_id = NULL, lease_expires_at = NULL,"
-                " completed_at = :now, archived_at = NULL, updated_at = :now,"
-                f" {_TASK_USAGE}"
-                f" WHERE {_HOLDS}",
-                {**params, "result": _json(storable_json(result))},
-            ).rowcount
-            if updated:
-                self._finish_run(conn, "completed", params)
-        return bool(updated)
+        return self._finish(
+            "status = 'completed', result = :result, error = NULL, completed_at = :now, archived_at = NULL",
+            "completed",
+            self._finish_params(task_id, run_id, usage, transcript, now, result=_json(storable_json(result))),
+        )
 
     def fail_attempt(
         self,
@@ -498,67 +466,64 @@ class SqliteTaskStore:
         retry_at: datetime | None,
         now: datetime,
     ) -> bool:
-        params = {
-            **self._finish_params(task_id, run_id, usage, transcript, now),
-            "error": storable_text(error),
-            "stacktrace": storable_text(stacktrace),
-            "retry_at": encode_time(retry_at),
-        }
-        with self._transaction() as conn:
-            updated = conn.execute(
-                "UPDATE ai_agent_tasks SET"
-                " status = CASE WHEN :retry_at IS NULL THEN 'failed' ELSE 'queued' END,"
-                " failed_at = CASE WHEN :retry_at IS NULL THEN :now ELSE failed_at END,"
-                " queued_at = CASE WHEN :retry_at IS NULL THEN queued_at ELSE :now END,"
-                " worker_id = NULL, lease_expires_at = NULL,"
-                " error = :error, run_at = :retry_at, archived_at = NULL, updated_at = :now,"
-                f" {_TASK_USAGE}"
-                f" WHERE {_HOLDS}",
-                params,
-            ).rowcount
-            if updated:
-                self._finish_run(conn, "failed", params)
-        return bool(updated)
+        params = self._finish_params(
+            task_id, run_id, usage, transcript, now, error=storable_text(error),
+            stacktrace=storable_text(stacktrace), retry_at=encode_time(retry_at),
+        )  # fmt: skip
+        return self._finish(
+            "status = CASE WHEN :retry_at IS NULL THEN 'failed' ELSE 'queued' END,"
+            " failed_at = CASE WHEN :retry_at IS NULL THEN :now ELSE failed_at END,"
+            " queued_at = CASE WHEN :retry_at IS NULL THEN queued_at ELSE :now END,"
+            " error = :error, run_at = :retry_at, archived_at = NULL",
+            "failed",
+            params,
+        )
 
     @staticmethod
     def _finish_params(
-        task_id: str, run_id: str, usage: Usage, transcript: list[dict[str, Any]] | None, now: datetime
+        task_id: str,
+        run_id: str,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+        **values: Any,
     ) -> dict[str, Any]:
-        return {
-            "id": task_id,
-            "run_id": run_id,
-            "now": encode_time(now),
-            **_usage_params(usage),
-            "transcript": _json(storable_json(transcript)),
-            "error": None,
-            "stacktrace": None,
-        }
+        """The parameters of :meth:`_finish`: the attempt, its usage and transcript, plus ``values``."""
+        params = {"id": task_id, "run_id": run_id, "now": encode_time(now), "error": None, "stacktrace": None}
+        params.update({column: getattr(usage, column) for column in USAGE_COLUMNS})
+        cost = None if usage.cost_usd is None else str(usage.cost_usd)
+        return {**params, "cost_usd": cost, "transcript": _json(storable_json(transcript)), **values}
 
-    @staticmethod
-    def _finish_run(conn: sqlite3.Connection, status: str, params: dict[str, Any]) -> None:
-        conn.execute(
-            "UPDATE ai_agent_task_runs SET status = :status, finished_at = :now, error = :error,"
-            f" stacktrace = :stacktrace, {_RUN_USAGE}, transcript = :transcript WHERE id = :run_id",
-            {**params, "status": status},
-        )
+    def _finish(self, sets: str, run_status: str, params: dict[str, Any]) -> bool:
+        """End the attempt ``params`` name if the task still holds it: the task gets ``sets`` (and the
+        lease released, the usage added), the run ``run_status``; in one transaction."""
+        with self._transaction() as conn:
+            updated = conn.execute(
+                f"UPDATE ai_agent_tasks SET {sets}, worker_id = NULL, lease_expires_at = NULL,"
+                f" updated_at = :now, {_TASK_USAGE} WHERE {_HOLDS}",
+                params,
+            ).rowcount
+            if updated:
+                conn.execute(
+                    "UPDATE ai_agent_task_runs SET status = :status, finished_at = :now, error = :error,"
+                    f" stacktrace = :stacktrace, {_RUN_USAGE}, transcript = :transcript WHERE id = :run_id",
+                    {**params, "status": run_status},
+                )
+        return bool(updated)
 
     def renew_leases(
         self, held: Sequence[tuple[str, str]], *, lease_until: datetime, now: datetime
     ) -> list[str]:
         if not held:
             return []
-        renewed: list[str] = []
+        renew = f"UPDATE ai_agent_tasks SET lease_expires_at = :lease_until WHERE {_HOLDS} RETURNING id"
+        stamp = encode_time(lease_until)
         with self._transaction() as conn:
-            for task_id, run_id in held:
-                renewed += [
-                    row[0]
-                    for row in conn.execute(
-                        "UPDATE ai_agent_tasks SET lease_expires_at = :lease_until"
-                        f" WHERE {_HOLDS} RETURNING id",
-                        {"lease_until": encode_time(lease_until), "id": task_id, "run_id": run_id},
-                    ).fetchall()
-                ]
-        return renewed
+            rows = [
+                conn.execute(renew, {"lease_until": stamp, "id": task_id, "run_id": run_id}).fetchone()
+                for task_id, run_id in held
+            ]
+        return [row[0] for row in rows if row is not None]
 
     def recover_stalled(
         self, *, max_stalled_count: int, now: datetime, limit: int = 100
@@ -612,39 +577,35 @@ class SqliteTaskStore:
         transcript: list[dict[str, Any]] | None,
         now: datetime,
     ) -> bool:
-        params = {
-            **self._finish_params(task_id, run_id, usage, transcript, now),
-            "error": storable_text(reason),
-            "run_at": encode_time(run_at),
-        }
-        with self._transaction() as conn:
-            updated = conn.execute(
-                "UPDATE ai_agent_tasks SET status = 'queued', attempts = attempts - 1,"
-                " postponed_count = postponed_count + 1, run_at = :run_at, queued_at = :now,"
-                " worker_id = NULL, lease_expires_at = NULL, updated_at = :now,"
-                f" {_TASK_USAGE}"
-                f" WHERE {_HOLDS}",
-                params,
-            ).rowcount
-            if updated:
-                self._finish_run(conn, "postponed", params)
-        return bool(updated)
+        return self._finish(
+            "status = 'queued', attempts = attempts - 1, postponed_count = postponed_count + 1,"
+            " run_at = :run_at, queued_at = :now",
+            "postponed",
+            self._finish_params(
+                task_id,
+                run_id,
+                usage,
+                transcript,
+                now,
+                error=storable_text(reason),
+                run_at=encode_time(run_at),
+            ),
+        )
 
     def find_pending(self, *, created_before: datetime, limit: int = 500) -> list[WaitingTask]:
-        rows = self._query(
-            "SELECT t.id, t.created_at AS since, a.kind FROM ai_agent_tasks t LEFT JOIN ai_agents a"
-            " ON a.id = t.agent_id WHERE t.status = 'pending' AND t.task_type = 'adhoc' AND t.created_at < ?"
-            " ORDER BY t.created_at LIMIT ?",
-            (encode_time(created_before), limit),
+        return self._waiting(
+            "t.status = 'pending' AND t.task_type = 'adhoc'", "created_at", created_before, limit
         )
-        return [WaitingTask(row["id"], row["kind"], _since(row["since"])) for row in rows]
 
     def find_queued(self, *, queued_before: datetime, limit: int = 1000) -> list[WaitingTask]:
+        return self._waiting("t.status = 'queued'", "queued_at", queued_before, limit)
+
+    def _waiting(self, where: str, since: str, before: datetime, limit: int) -> list[WaitingTask]:
+        """Tasks matching ``where`` whose ``since`` column is before ``before``, oldest first."""
         rows = self._query(
-            "SELECT t.id, t.queued_at AS since, a.kind FROM ai_agent_tasks t LEFT JOIN ai_agents a"
-            " ON a.id = t.agent_id WHERE t.status = 'queued' AND t.queued_at < ?"
-            " ORDER BY t.queued_at, t.id LIMIT ?",
-            (encode_time(queued_before), limit),
+            f"SELECT t.id, t.{since} AS since, a.kind FROM ai_agent_tasks t LEFT JOIN ai_agents a"
+            f" ON a.id = t.agent_id WHERE {where} AND t.{since} < ? ORDER BY t.{since}, t.id LIMIT ?",
+            (encode_time(before), limit),
         )
         return [WaitingTask(row["id"], row["kind"], _since(row["since"])) for row in rows]
 
@@ -678,7 +639,7 @@ class SqliteTaskStore:
             " ORDER BY failed_at DESC, id DESC LIMIT ? OFFSET ?",
             (limit, offset),
         )
-        return [task_from_row(_decode(row)) for row in rows]
+        return _tasks(rows)
 
     def request_cancel(self, task_id: str, *, now: datetime) -> Task | None:
         return self._update_task(
@@ -702,20 +663,11 @@ class SqliteTaskStore:
         transcript: list[dict[str, Any]] | None,
         now: datetime,
     ) -> bool:
-        params = {
-            **self._finish_params(task_id, run_id, usage, transcript, now),
-            "error": "cancelled on request",
-        }
-        with self._transaction() as conn:
-            updated = conn.execute(
-                "UPDATE ai_agent_tasks SET status = 'cancelled', worker_id = NULL, lease_expires_at = NULL,"
-                f" run_at = NULL, updated_at = :now, {_TASK_USAGE}"
-                f" WHERE {_HOLDS}",
-                params,
-            ).rowcount
-            if updated:
-                self._finish_run(conn, "cancelled", params)
-        return bool(updated)
+        return self._finish(
+            "status = 'cancelled', run_at = NULL",
+            "cancelled",
+            self._finish_params(task_id, run_id, usage, transcript, now, error="cancelled on request"),
+        )
 
     def organization_spend(self, organization_id: str, *, since: datetime) -> Decimal:
         rows = self._query(
@@ -761,28 +713,23 @@ class SqliteTaskStore:
         fired: list[FiredSchedule] = []
         with self._transaction() as conn:
             for firing in firings:
-                rows = conn.execute(
+                row = conn.execute(
                     "SELECT t.status, t.priority, t.organization_id, a.kind FROM ai_agent_tasks t"
-                    " LEFT JOIN ai_agents a"
-                    " ON a.id = t.agent_id"
+                    " LEFT JOIN ai_agents a ON a.id = t.agent_id"
                     " WHERE t.id = ? AND t.schedule_cron IS NOT NULL AND t.next_run_at = ?",
                     (firing.task_id, encode_time(firing.due_at)),
-                ).fetchall()
-                if not rows:
+                ).fetchone()
+                if row is None:
                     continue
-                busy = rows[0]["status"] in FIRING_BUSY_STATUSES
+                busy = row["status"] in FIRING_BUSY_STATUSES
                 resets = "" if busy else ", " + FIRING_RESETS.format(now=":now")
                 conn.execute(
                     f"UPDATE ai_agent_tasks SET next_run_at = :next, updated_at = :now{resets}"
                     " WHERE id = :id",
                     {"id": firing.task_id, "next": encode_time(firing.next_run_at), "now": stamp},
                 )
-                row = rows[0]
-                fired.append(
-                    FiredSchedule(
-                        firing.task_id, row["kind"], not busy, row["priority"], row["organization_id"]
-                    )
-                )
+                kind, priority, organization_id = row["kind"], row["priority"], row["organization_id"]
+                fired.append(FiredSchedule(firing.task_id, kind, not busy, priority, organization_id))
         return fired
 
     def list_schedules(self, *, limit: int = 100, offset: int = 0) -> list[Task]:
@@ -791,7 +738,7 @@ class SqliteTaskStore:
             " ORDER BY next_run_at IS NULL, next_run_at, id LIMIT ? OFFSET ?",
             (limit, offset),
         )
-        return [task_from_row(_decode(row)) for row in rows]
+        return _tasks(rows)
 
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
         return self._update_task(

@@ -24,15 +24,13 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import httpx
 
 from taskstore.errors import DuplicateTask, StoreUnavailable, TaskStoreError
 from taskstore.schema import MIGRATIONS
-from taskstore.sql_store import Applied, SqlFunctionStore, signatures
+from taskstore.sql_store import Applied, SqlFunctionStore, json_value, signatures
 
 logger = logging.getLogger(__name__)
 
@@ -42,17 +40,6 @@ _UNIQUE_VIOLATION = "23505"
 
 class SchemaMissing(TaskStoreError):
     """The Supabase project lacks the migration (tables or ``agentq_*`` functions)."""
-
-
-def _json_argument(value: Any) -> Any:
-    """An argument as JSON: timestamps as ISO text, decimals as exact text (not a float)."""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, list) and value and isinstance(value[0], datetime):
-        return [item.isoformat() for item in value]
-    return value
 
 
 class SupabaseTaskStore(SqlFunctionStore):
@@ -132,7 +119,7 @@ class SupabaseTaskStore(SqlFunctionStore):
         says whether the first send took effect, and its answer (if not ``None``) is returned instead.
         A read (a ``STABLE`` function) is re-sent once after a transport error only, as supabase-py
         retries a GET."""
-        arguments = {name: _json_argument(value) for name, value in params.items()}
+        arguments = {name: json_value(value) for name, value in params.items()}
 
         def request() -> Any:
             return self._get_client().rpc(function, arguments).execute()
