@@ -358,13 +358,21 @@ class SqliteTaskStore:
     def mark_queued(
         self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime
     ) -> Task | None:
-        tasks = self.mark_queued_many([task_id], priority=priority, run_at=run_at, now=now)
+        tasks = self._mark_queued([task_id], priority=priority, run_at=run_at, now=now)
         return tasks[0] if tasks else None
 
     def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
-        return bool(self.revert_queued_many([task_id], queued_at=queued_at, now=now))
+        return bool(self._revert_queued([task_id], queued_at=queued_at, now=now))
 
     def mark_queued_many(
+        self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
+    ) -> list[Task] | None:
+        return self._mark_queued(task_ids, priority=priority, run_at=run_at, now=now)
+
+    def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
+        return self._revert_queued(task_ids, queued_at=queued_at, now=now)
+
+    def _mark_queued(
         self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
     ) -> list[Task] | None:
         """A count of the pending ones, then one ``UPDATE``, in one write transaction: all or none."""
@@ -385,7 +393,7 @@ class SqliteTaskStore:
             ).fetchall()
         return in_order(_tasks(updated), task_ids)
 
-    def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
+    def _revert_queued(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
         with self._transaction() as conn:
             reverted = conn.execute(
                 "UPDATE ai_agent_tasks SET status = 'pending', run_at = NULL, queued_at = NULL,"
