@@ -347,6 +347,39 @@ MIGRATIONS: tuple[Migration, ...] = (
             # Postgres only: every transition and read of the Postgres family as an agentq_* function,
             # called by both the Postgres and the Supabase store; then who may call them (service_role
             # only). The tables' privileges stay as 0004 left them.
+            SQLFile("history/0005_functions.sql"),
+            SQLFile("function_grants.sql"),
+        ),
+    ),
+    Migration(
+        "0007_dashboard",
+        (
+            # The dashboard's task list pages by (created_at, id), newest first (agentq_list_tasks), alone
+            # or within one status, agent or organization; each index serves one filter in that order.
+            # The agent and organization ones supersede 0001/0002's (their leading column is the same).
+            CreateIndex("ai_agent_tasks_created_idx", "ai_agent_tasks", ("created_at", "id")),
+            CreateIndex(
+                "ai_agent_tasks_status_created_idx", "ai_agent_tasks", ("status", "created_at", "id")
+            ),
+            CreateIndex(
+                "ai_agent_tasks_agent_created_idx", "ai_agent_tasks", ("agent_id", "created_at", "id")
+            ),
+            CreateIndex(
+                "ai_agent_tasks_organization_created_idx",
+                "ai_agent_tasks",
+                ("organization_id", "created_at", "id"),
+            ),
+            RawSQL(
+                postgres="DROP INDEX IF EXISTS ai_agent_tasks_agent_idx;\n"
+                "DROP INDEX IF EXISTS ai_agent_tasks_organization_idx;",
+                sqlite="DROP INDEX IF EXISTS ai_agent_tasks_agent_idx;\n"
+                "DROP INDEX IF EXISTS ai_agent_tasks_organization_idx;",
+            ),
+            # The kind filter looks up the agents of a kind.
+            CreateIndex("ai_agents_kind_idx", "ai_agents", ("kind",)),
+            # Postgres only: a trigram index for the title search (where pg_trgm may be created), the
+            # functions (the dashboard's reads and schedule actions added) and who may call them.
+            SQLFile("history/title_search.sql"),
             SQLFile("functions.sql"),
             SQLFile("function_grants.sql"),
         ),

@@ -21,6 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from taskstore import sqlite_views
 from taskstore.base import new_id
 from taskstore.errors import DuplicateTask, StoreUnavailable
 from taskstore.models import (
@@ -32,11 +33,15 @@ from taskstore.models import (
     Firing,
     NewAgent,
     NewTask,
+    Overview,
     QueueCounts,
     RetentionPolicy,
     Run,
     StalledTask,
     Task,
+    TaskFilter,
+    TaskKey,
+    TaskSummary,
     Usage,
     WaitingTask,
 )
@@ -792,6 +797,50 @@ class SqliteTaskStore:
                 {"now": stamp},
             ).rowcount
         return CleanupResult(completed, failed, deleted)
+
+    # --- the operator's views and actions (reads in taskstore/sqlite_views.py) --------
+
+    def _decoded(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [_decode(row) for row in self._query(sql, params)]
+
+    def list_tasks(
+        self,
+        task_filter: TaskFilter,
+        *,
+        limit: int,
+        after: TaskKey | None = None,
+        before: TaskKey | None = None,
+    ) -> list[TaskSummary]:
+        return sqlite_views.list_tasks(
+            self._decoded, encode_time, task_filter, limit=limit, after=after, before=before
+        )
+
+    def overview(self, *, now: datetime, organization_id: str | None = None, top: int = 20) -> Overview:
+        return sqlite_views.overview(
+            self._decoded, encode_time, now=now, organization_id=organization_id, top=top
+        )
+
+    def disable_schedule(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._update_task(
+            "UPDATE ai_agent_tasks SET next_run_at = NULL, updated_at = :now"
+            " WHERE id = :id AND schedule_cron IS NOT NULL AND next_run_at IS NOT NULL RETURNING *",
+            {"id": task_id, "now": encode_time(now)},
+        )
+
+    def enable_schedule(self, task_id: str, *, next_run_at: datetime, now: datetime) -> Task | None:
+        return self._update_task(
+            "UPDATE ai_agent_tasks SET next_run_at = :next, updated_at = :now"
+            " WHERE id = :id AND schedule_cron IS NOT NULL AND next_run_at IS NULL RETURNING *",
+            {"id": task_id, "next": encode_time(next_run_at), "now": encode_time(now)},
+        )
+
+    def fire_schedule_now(self, task_id: str, *, now: datetime) -> Task | None:
+        busy = ", ".join(f"'{status}'" for status in FIRING_BUSY_STATUSES)
+        return self._update_task(
+            f"UPDATE ai_agent_tasks SET {FIRING_RESETS.format(now=':now')}, updated_at = :now"
+            f" WHERE id = :id AND schedule_cron IS NOT NULL AND status NOT IN ({busy}) RETURNING *",
+            {"id": task_id, "now": encode_time(now)},
+        )
 
     @staticmethod
     def _archive(

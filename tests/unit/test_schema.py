@@ -41,6 +41,7 @@ SUPABASE_FILES = {
     "20261128000000_bulk_enqueue_agentq.sql": ("0003_bulk_enqueue",),
     "20261201000000_hardening_agentq.sql": ("0004_hardening",),
     "20261202000000_one_statement_agentq.sql": ("0005_one_statement",),
+    "20261207000000_dashboard_agentq.sql": ("0007_dashboard",),
 }
 
 
