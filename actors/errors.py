@@ -62,3 +62,11 @@ class AgentUnavailable(AgentQueueError):
     """Inside a worker: the task's agent vanished or was deactivated. Not retryable."""
 
     retryable = False
+
+
+class ScheduleNotChanged(AgentQueueError):
+    """A schedule change that the schedule's current state does not allow (e.g. disabling a disabled one)."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(f"task {task_id!r}: {reason}")
+        self.task_id = task_id
