@@ -132,10 +132,8 @@ def read_workers(client: redis.Redis, namespace: str) -> list[WorkerInfo]:
     keys = sorted(client.scan_iter(match=f"{namespace}:{KEY_PREFIX}*", count=500))
     if not keys:
         return []
-    heartbeats = {
-        _text(member): score / 1000
-        for member, score in client.zrange(f"{namespace}:{HEARTBEATS}", 0, -1, withscores=True)
-    }
+    scored: Any = client.zrange(f"{namespace}:{HEARTBEATS}", 0, -1, withscores=True)
+    heartbeats = {_text(member): float(score) / 1000 for member, score in scored}
     workers = []
     for key, raw in zip(keys, client.mget(keys), strict=True):
         if raw is None:

@@ -777,9 +777,10 @@ class SqliteTaskStore:
             " COALESCE(SUM(status = 'queued' AND (run_at IS NULL OR run_at <= :now)), 0) AS waiting,"
             " COALESCE(SUM(status = 'queued' AND run_at > :now), 0) AS delayed,"
             " COALESCE(SUM(status = 'running'), 0) AS active,"
-            " COALESCE(SUM(status = 'completed' AND archived_at IS NULL), 0) AS completed,"
-            " COALESCE(SUM(status = 'failed' AND archived_at IS NULL), 0) AS failed"
-            " FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed')",
+            " COALESCE(SUM(status = 'completed'), 0) AS completed,"
+            " COALESCE(SUM(status = 'failed'), 0) AS failed"
+            " FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed')"
+            " AND archived_at IS NULL",
             {"now": encode_time(now)},
         )
         return QueueCounts(**{key: int(rows[0][key]) for key in rows[0].keys()})  # noqa: SIM118

@@ -140,7 +140,7 @@ def overview(query: Query, stamp: Stamp, *, now: datetime, organization_id: str 
     split = query(
         "SELECT COALESCE(SUM(t.run_at IS NULL OR t.run_at <= :now), 0) AS waiting,"
         " COALESCE(SUM(t.run_at > :now), 0) AS delayed"
-        f" FROM ai_agent_tasks t WHERE t.status = 'queued'{org}",
+        f" FROM ai_agent_tasks t WHERE t.status = 'queued' AND t.archived_at IS NULL{org}",
         params,
     )[0]
     counts.update(waiting=int(split["waiting"]), delayed=int(split["delayed"]))
@@ -154,7 +154,7 @@ def overview(query: Query, stamp: Stamp, *, now: datetime, organization_id: str 
             row["priority"]: row["n"]
             for row in query(
                 "SELECT t.priority AS priority, count(*) AS n FROM ai_agent_tasks t"
-                f" WHERE t.status = 'queued'{org} GROUP BY t.priority",
+                f" WHERE t.status = 'queued' AND t.archived_at IS NULL{org} GROUP BY t.priority",
                 params,
             )
         },
@@ -162,7 +162,7 @@ def overview(query: Query, stamp: Stamp, *, now: datetime, organization_id: str 
             (row["organization_id"], row["n"])
             for row in query(
                 "SELECT t.organization_id AS organization_id, count(*) AS n FROM ai_agent_tasks t"
-                f" WHERE t.status = 'queued'{org} GROUP BY t.organization_id"
+                f" WHERE t.status = 'queued' AND t.archived_at IS NULL{org} GROUP BY t.organization_id"
                 " ORDER BY n DESC, t.organization_id LIMIT :top",
                 params,
             )

@@ -194,16 +194,16 @@ SELECT COALESCE(jsonb_agg(jsonb_build_object('id', w.id, 'since', w.since, 'kind
   ) w
 $$;
 
--- Exact queue counts in one consistent read.
+-- Exact queue counts in one consistent read (only finished tasks are ever archived: the live index).
 CREATE OR REPLACE FUNCTION agentq_queue_counts(p_now timestamptz) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = public AS $$
 SELECT jsonb_build_object(
     'waiting', count(*) FILTER (WHERE status = 'queued' AND (run_at IS NULL OR run_at <= p_now)),
     'delayed', count(*) FILTER (WHERE status = 'queued' AND run_at > p_now),
     'active', count(*) FILTER (WHERE status = 'running'),
-    'completed', count(*) FILTER (WHERE status = 'completed' AND archived_at IS NULL),
-    'failed', count(*) FILTER (WHERE status = 'failed' AND archived_at IS NULL))
-  FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed')
+    'completed', count(*) FILTER (WHERE status = 'completed'),
+    'failed', count(*) FILTER (WHERE status = 'failed'))
+  FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed') AND archived_at IS NULL
 $$;
 
 -- USD spent on an organization's runs started since p_since, as exact decimal text.
@@ -572,7 +572,8 @@ $$;
 
 -- The queue at a glance, of one organization or all: tasks by status (completed and failed ones not
 -- archived) with the queued ones split into waiting and delayed; tasks finished in the last hour, minute by
--- minute; queued tasks by priority and by organization; spend per organization today and this month.
+-- minute; queued tasks by priority and by organization; spend per organization today and this month (each of
+-- this month's runs finds its task by primary key: cheaper than joining the whole task table).
 CREATE OR REPLACE FUNCTION agentq_overview(
     p_now timestamptz, p_hour_ago timestamptz, p_day_start timestamptz, p_month_start timestamptz,
     p_organization_id uuid DEFAULT NULL, p_top integer DEFAULT 20
@@ -590,9 +591,9 @@ BEGIN
         '    SELECT t.status, count(*) AS n FROM ai_agent_tasks t WHERE t.archived_at IS NULL%1$s'
         '     GROUP BY t.status) s), ''{}''::jsonb),'
         '  ''waiting'', (SELECT count(*) FROM ai_agent_tasks t WHERE t.status = ''queued''%1$s'
-        '                  AND (t.run_at IS NULL OR t.run_at <= $2)),'
+        '                  AND t.archived_at IS NULL AND (t.run_at IS NULL OR t.run_at <= $2)),'
         '  ''delayed'', (SELECT count(*) FROM ai_agent_tasks t WHERE t.status = ''queued''%1$s'
-        '                  AND t.run_at > $2))', org)
+        '                  AND t.archived_at IS NULL AND t.run_at > $2))', org)
       INTO counts USING p_organization_id, p_now;
     EXECUTE format(
         'SELECT COALESCE(jsonb_agg(jsonb_build_object(''minute'', m.minute, ''completed'', m.completed,'
@@ -608,25 +609,29 @@ BEGIN
       INTO minutes USING p_organization_id, p_hour_ago;
     EXECUTE format(
         'SELECT COALESCE(jsonb_object_agg(p.priority, p.n), ''{}''::jsonb)'
-        '  FROM (SELECT t.priority, count(*) AS n FROM ai_agent_tasks t WHERE t.status = ''queued''%1$s'
-        '         GROUP BY t.priority) p', org)
+        '  FROM (SELECT t.priority, count(*) AS n FROM ai_agent_tasks t'
+        '         WHERE t.status = ''queued'' AND t.archived_at IS NULL%1$s GROUP BY t.priority) p', org)
       INTO priorities USING p_organization_id;
     EXECUTE format(
         'SELECT COALESCE(jsonb_agg(jsonb_build_array(o.organization_id, o.n) ORDER BY o.n DESC,'
         '                          o.organization_id), ''[]''::jsonb)'
-        '  FROM (SELECT t.organization_id, count(*) AS n FROM ai_agent_tasks t WHERE t.status = ''queued''%1$s'
+        '  FROM (SELECT t.organization_id, count(*) AS n FROM ai_agent_tasks t'
+        '         WHERE t.status = ''queued'' AND t.archived_at IS NULL%1$s'
         '         GROUP BY t.organization_id ORDER BY n DESC, t.organization_id LIMIT $2) o', org)
       INTO organizations USING p_organization_id, p_top;
     EXECUTE format(
         'SELECT COALESCE(jsonb_agg(jsonb_build_object(''organization_id'', s.organization_id,'
         '                          ''today'', s.today::text, ''month'', s.month::text)'
         '                          ORDER BY s.month DESC, s.organization_id), ''[]''::jsonb)'
-        '  FROM (SELECT t.organization_id,'
+        '  FROM (SELECT r.organization_id,'
         '               COALESCE(SUM(r.cost_usd) FILTER (WHERE r.started_at >= $3), 0) AS today,'
         '               COALESCE(SUM(r.cost_usd), 0) AS month'
-        '          FROM ai_agent_task_runs r JOIN ai_agent_tasks t ON t.id = r.task_id'
-        '         WHERE r.started_at >= $2%1$s'
-        '         GROUP BY t.organization_id ORDER BY month DESC, t.organization_id LIMIT $4) s', org)
+        '          FROM (SELECT r.started_at, r.cost_usd,'
+        '                       (SELECT t.organization_id FROM ai_agent_tasks t WHERE t.id = r.task_id) AS organization_id'
+        '                  FROM ai_agent_task_runs r WHERE r.started_at >= $2 AND r.cost_usd IS NOT NULL) r'
+        '         WHERE TRUE%1$s'
+        '         GROUP BY r.organization_id ORDER BY month DESC, r.organization_id LIMIT $4) s',
+        replace(org, 't.organization_id', 'r.organization_id'))
       INTO spend USING p_organization_id, p_month_start, p_day_start, p_top;
     RETURN jsonb_build_object('counts', counts, 'per_minute', minutes, 'depth_by_priority', priorities,
                               'depth_by_organization', organizations, 'spend', spend);

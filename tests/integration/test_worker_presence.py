@@ -29,7 +29,7 @@ def test_a_running_worker_publishes_its_host_pid_threads_queues_and_running_task
     task_id = app.task(context={"script": [{"answer": "done", "sleep_ms": 1500}]})
 
     with app.worker(threads=3):
-        wait_until(lambda: len(read_workers(client, namespace)) == 1, timeout_s=10, what="the presence record")
+        wait_until(lambda: len(read_workers(client, namespace)) == 1, timeout_s=10, what="the record")
         app.queue.add_task(task_id)
         wait_until(
             lambda: read_workers(client, namespace)[0].running == (task_id,), timeout_s=10, what="the task"
