@@ -26,10 +26,11 @@ def run_usage_sql(param: str) -> str:
     return ", ".join(f"{column} = {param.format(column)}" for column in (*USAGE_COLUMNS, "cost_usd"))
 
 
-#: Columns a schedule's firing resets, so each firing starts with a fresh set of attempts.
+#: Columns a schedule's firing resets, so each firing starts with a fresh set of attempts (and steps).
 FIRING_RESETS = (
     "status = 'queued', last_run_at = {now}, queued_at = {now}, run_at = {now}, attempts = 0,"
-    " stalled_count = 0, postponed_count = 0, error = NULL, cancel_requested_at = NULL, archived_at = NULL"
+    " stalled_count = 0, postponed_count = 0, error = NULL, cancel_requested_at = NULL, archived_at = NULL,"
+    " firing = firing + 1"
 )
 
 
