@@ -60,3 +60,15 @@ def accepts_sql(transition: str, column: str = "status") -> str:
     """``column IN (…)``: the condition that ``transition`` accepts the task's status."""
     statuses = ", ".join(f"'{status}'" for status in TRANSITION_SOURCES[transition])
     return f"{column} IN ({statuses})"
+
+
+#: The statuses a step may end with (``finish_step``).
+STEP_ENDS = ("completed", "failed")
+
+
+def step_end(status: str) -> str:
+    """``status`` as ``finish_step`` writes it: ``completed`` or ``failed``, else :class:`ValueError`."""
+    value = str(getattr(status, "value", status))
+    if value not in STEP_ENDS:
+        raise ValueError(f"a step ends completed or failed, not {value!r}")
+    return value

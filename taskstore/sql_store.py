@@ -56,7 +56,7 @@ from taskstore.rows import (
     step_from_row,
     task_from_row,
 )
-from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, USAGE_COLUMNS, unrunnable_statuses
+from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, USAGE_COLUMNS, step_end, unrunnable_statuses
 from taskstore.schema import AGENTS, RUNS, STEPS, TASKS, CreateTable, all_columns
 from taskstore.storable import storable_json, storable_text
 
@@ -582,7 +582,7 @@ class SqlFunctionStore(ABC):
             "p_run_id": run_id,
             "p_firing": firing,
             "p_seq": seq,
-            "p_status": StepStatus(status).value,
+            "p_status": step_end(status),
             "p_now": now,
             "p_output": storable_json(output),
             "p_input_tokens": input_tokens,

@@ -53,6 +53,7 @@ from taskstore.rules import (
     USAGE_COLUMNS,
     accepts_sql,
     run_usage_sql,
+    step_end,
     task_usage_sql,
     unrunnable_statuses,
 )
@@ -882,14 +883,12 @@ class SqliteTaskStore:
         error: str | None = None,
         now: datetime,
     ) -> bool:
-        if StepStatus(status) == StepStatus.STARTED:
-            raise ValueError(f"finish_step: status must be completed or failed, got {status!r}")
         params = {
             "task_id": task_id,
             "run_id": run_id,
             "firing": firing,
             "seq": seq,
-            "status": StepStatus(status).value,
+            "status": step_end(status),
             "output": _json(storable_json(output)),
             "input_tokens": input_tokens,
             "output_tokens": output_tokens,
