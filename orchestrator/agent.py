@@ -114,6 +114,7 @@ class AgentSpec:
             error; None means the same provider (with ``fallback_model``).
         fallback_model: Model to switch to; None means the same model. No fallback when
             both are None.
+        stream: Stream the model's output (``llm_delta`` events) while it is generated.
     """
 
     id: str
@@ -130,6 +131,7 @@ class AgentSpec:
     run_time_limit_s: float | None = None
     fallback_provider: str | None = None
     fallback_model: str | None = None
+    stream: bool = False
 
     def __post_init__(self) -> None:
         """Reject settings that cannot run."""
