@@ -98,8 +98,17 @@ def test_a_step_is_written_started_then_completed_with_its_output_and_usage(
 
     clock.advance(2)
     output = {"content": "Ünïcode ✓", "tool_calls": [{"id": "call_1", "arguments": {"x": [1, 2.5, None]}}]}
-    assert finish(store, clock, task_id, run_id, 0, output=output, input_tokens=12, output_tokens=5,
-                  cost_usd=Decimal("0.00012345"))  # fmt: skip
+    assert finish(
+        store,
+        clock,
+        task_id,
+        run_id,
+        0,
+        output=output,
+        input_tokens=12,
+        output_tokens=5,
+        cost_usd=Decimal("0.00012345"),
+    )
     assert start(store, clock, task_id, run_id, 1, kind=StepKind.TOOL, name="calculate")
 
     first, second = store.get_steps(task_id)
@@ -295,11 +304,16 @@ def test_a_stalled_runs_usage_is_what_its_completed_model_calls_recorded(
     store: TaskStore, clock: Clock
 ) -> None:
     task_id, run_id = running_task(store, clock)
-    usage = {"input_tokens": 100, "output_tokens": 10, "cached_input_tokens": 40, "reasoning_tokens": 3,
-             "cache_creation_input_tokens": 0}  # fmt: skip
+    usage = {
+        "input_tokens": 100,
+        "output_tokens": 10,
+        "cached_input_tokens": 40,
+        "reasoning_tokens": 3,
+        "cache_creation_input_tokens": 0,
+    }
     for seq, cost in ((0, "0.001"), (2, "0.002")):
         start(store, clock, task_id, run_id, seq)
-        spent = {"input_tokens": 100, "output_tokens": 10, "cost_usd": Decimal(cost)}
+        spent: dict[str, Any] = {"input_tokens": 100, "output_tokens": 10, "cost_usd": Decimal(cost)}
         finish(store, clock, task_id, run_id, seq, output={"usage": usage}, **spent)
     start(store, clock, task_id, run_id, 1, kind=StepKind.TOOL, name="calculate")
     finish(store, clock, task_id, run_id, 1, output={"content": "4"})
