@@ -1,4 +1,4 @@
-"""Persistence for agents, tasks and runs: the protocol, its implementations and the schema."""
+"""Persistence for agents, tasks, runs and steps: the protocol, its implementations and the schema."""
 
 from __future__ import annotations
 
@@ -33,6 +33,9 @@ from taskstore.models import (
     Run,
     RunStatus,
     StalledTask,
+    Step,
+    StepKind,
+    StepStatus,
     Task,
     TaskFilter,
     TaskKey,
@@ -66,6 +69,9 @@ __all__ = [
     "RunStatus",
     "SchemaMissing",
     "StalledTask",
+    "Step",
+    "StepKind",
+    "StepStatus",
     "StoreUnavailable",
     "Task",
     "TaskFilter",

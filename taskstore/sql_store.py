@@ -42,6 +42,9 @@ from taskstore.models import (
     Run,
     RunStatus,
     StalledTask,
+    Step,
+    StepKind,
+    StepStatus,
     Task,
     TaskFilter,
     TaskKey,
@@ -50,16 +53,25 @@ from taskstore.models import (
     Usage,
     WaitingTask,
 )
-from taskstore.rows import AGENT_COLUMNS, TASK_COLUMNS, agent_from_row, in_order, run_from_row, task_from_row
+from taskstore.rows import (
+    AGENT_COLUMNS,
+    TASK_COLUMNS,
+    agent_from_row,
+    in_order,
+    run_from_row,
+    step_from_row,
+    task_from_row,
+)
 from taskstore.rules import (
     STALLED_ERROR,
     STALLED_LIMIT_ERROR,
     USAGE_COLUMNS,
     overview_windows,
+    step_end,
     title_pattern,
     unrunnable_statuses,
 )
-from taskstore.schema import AGENTS, RUNS, TASKS, CreateTable
+from taskstore.schema import AGENTS, RUNS, STEPS, TASKS, CreateTable, all_columns
 from taskstore.storable import storable_json, storable_text
 
 Row = dict[str, Any]
@@ -102,7 +114,9 @@ def signatures() -> dict[str, Signature]:
 def _decoder(table: CreateTable) -> Callable[[Mapping[str, Any]], Row]:
     """Turn a row's values into the stores' Python values: JSON gives timestamps as ISO text and money
     as numbers, psycopg gives them decoded; both come out as aware datetimes and Decimals."""
-    kinds = [(column.name, column.type) for column in table.columns if column.type in ("timestamp", "money")]
+    kinds = [
+        (column.name, column.type) for column in all_columns(table) if column.type in ("timestamp", "money")
+    ]
 
     def decode(row: Mapping[str, Any]) -> Row:
         decoded = dict(row)
@@ -119,6 +133,7 @@ def _decoder(table: CreateTable) -> Callable[[Mapping[str, Any]], Row]:
 _task_row = _decoder(TASKS)
 _agent_row = _decoder(AGENTS)
 _run_row = _decoder(RUNS)
+_step_row = _decoder(STEPS)
 
 
 def decode_task(row: Mapping[str, Any]) -> Task:
@@ -127,11 +142,17 @@ def decode_task(row: Mapping[str, Any]) -> Task:
 
 
 def decode_claim(data: Mapping[str, Any]) -> Claim:
-    """A :class:`Claim` from ``{"task", "agent"}`` (``agentq_claim``, ``agentq_claim_many``)."""
+    """A :class:`Claim` from ``{"task", "agent", "steps"}`` (``agentq_claim``, ``agentq_claim_many``)."""
     task = decode_task(data["task"])
     agent = agent_from_row(_agent_row(data["agent"])) if data["agent"] is not None else None
+    steps = tuple(decode_step(row) for row in data.get("steps") or ())
     assert task.current_run_id is not None
-    return Claim(task=task, agent=agent, run_id=task.current_run_id)
+    return Claim(task=task, agent=agent, run_id=task.current_run_id, steps=steps)
+
+
+def decode_step(row: Mapping[str, Any]) -> Step:
+    """A :class:`Step` from an ``ai_agent_task_steps`` row as either transport returns it."""
+    return step_from_row(_step_row(row))
 
 
 def _time(value: datetime | None) -> str | None:
@@ -367,7 +388,8 @@ class SqlFunctionStore(ABC):
             if not rows or decode_task(rows[0]).current_run_id != item["run_id"]:
                 return None
             agent = self._call("agentq_get_agent", {"p_agent_id": rows[0]["agent_id"]})
-            return {"task": rows[0], "agent": agent[0] if agent else None}
+            steps = self._call("agentq_get_steps", {"p_task_id": item["task_id"]}) or []
+            return {"task": rows[0], "agent": agent[0] if agent else None, "steps": steps}
 
         params = {f"p_{name}": value for name, value in item.items()}
         data = self._call("agentq_claim", {**params, "p_max_running_in_org": max_running_in_org}, applied)
@@ -522,12 +544,77 @@ class SqlFunctionStore(ABC):
             lambda t: t.status == TaskStatus.CANCELLED and t.updated_at == now,
         )
 
-    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
+    def requeue_failed(
+        self, task_id: str, *, run_at: datetime, now: datetime, resume: bool = False
+    ) -> Task | None:
         return self._task(
             "agentq_requeue_failed",
-            {"p_task_id": task_id, "p_run_at": run_at, "p_now": now},
+            {"p_task_id": task_id, "p_run_at": run_at, "p_now": now, "p_resume": resume},
             lambda t: t.status == TaskStatus.QUEUED and t.queued_at == now and t.attempts == 0,
         )
+
+    # --- the step ledger ----------------------------------------------------
+    # Both writes are idempotent for their own run (a re-sent one is applied again, or accepted as is),
+    # so a transport's re-send needs no ``applied``.
+
+    def start_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        kind: StepKind,
+        name: str,
+        input: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "p_task_id": task_id,
+            "p_run_id": run_id,
+            "p_firing": firing,
+            "p_seq": seq,
+            "p_kind": StepKind(kind).value,
+            "p_name": storable_text(name),
+            "p_input": storable_json(input),
+            "p_replaces": replaces,
+            "p_now": now,
+        }
+        return bool(self._call("agentq_start_step", params))
+
+    def finish_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        status: StepStatus,
+        output: dict[str, Any] | None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: Decimal | None = None,
+        error: str | None = None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "p_task_id": task_id,
+            "p_run_id": run_id,
+            "p_firing": firing,
+            "p_seq": seq,
+            "p_status": step_end(status),
+            "p_now": now,
+            "p_output": storable_json(output),
+            "p_input_tokens": input_tokens,
+            "p_output_tokens": output_tokens,
+            "p_cost_usd": cost_usd,
+            "p_error": storable_text(error),
+        }
+        return bool(self._call("agentq_finish_step", params))
+
+    def get_steps(self, task_id: str) -> list[Step]:
+        return [decode_step(row) for row in self._call("agentq_get_steps", {"p_task_id": task_id}) or []]
 
     # --- schedules ----------------------------------------------------------
 
@@ -594,7 +681,10 @@ class SqlFunctionStore(ABC):
             },
         )
         return CleanupResult(
-            int(result["archived_completed"]), int(result["archived_failed"]), int(result["deleted_runs"])
+            int(result["archived_completed"]),
+            int(result["archived_failed"]),
+            int(result["deleted_runs"]),
+            int(result["deleted_steps"]),
         )
 
     # --- the operator's views and actions -----------------------------------

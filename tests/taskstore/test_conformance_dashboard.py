@@ -8,6 +8,7 @@ from decimal import Decimal
 from taskstore import (
     NewTask,
     RetentionPolicy,
+    StepKind,
     TaskFilter,
     TaskKey,
     TaskStatus,
@@ -246,13 +247,22 @@ def test_firing_a_schedule_now_queues_it_afresh_unless_its_run_is_in_flight(
 ) -> None:
     task_id = scheduled(store, clock)
     next_run = clock() + timedelta(hours=1)
-    fail(store, clock, task_id)
+    run_id = run(store, clock, task_id)
+    assert store.start_step(
+        task_id, run_id, firing=0, seq=0, kind=StepKind.LLM, name="m", input={}, replaces=None, now=clock()
+    )
+    assert store.fail_attempt(
+        task_id, run_id, error="boom", stacktrace=None, usage=Usage(), transcript=None, retry_at=None,
+        now=clock(),
+    )  # fmt: skip
+    assert len(store.get_steps(task_id)) == 1
     clock.advance(5)
 
     fired = store.fire_schedule_now(task_id, now=clock())
 
     assert fired is not None
-    assert (fired.status, fired.attempts, fired.error) == (TaskStatus.QUEUED, 0, None)
+    assert (fired.status, fired.attempts, fired.error, fired.firing) == (TaskStatus.QUEUED, 0, None, 1)
+    assert store.get_steps(task_id) == []  # a new firing starts its ledger afresh
     assert fired.last_run_at == clock() and fired.queued_at == clock()
     assert fired.next_run_at == next_run
     assert store.fire_schedule_now(task_id, now=clock()) is None  # queued: in flight
