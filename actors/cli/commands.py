@@ -13,6 +13,7 @@ agentq cleanup              apply the retention policy
 agentq pause | resume       stop / restart task starts on every worker
 agentq worker [ARGS…]       run ``dramatiq actors`` with QUEUE_CONCURRENCY threads
 agentq demo                 the embedded demo: a worker runs a handful of tasks end to end
+agentq dashboard            serve the operator dashboard (``--host 127.0.0.1 --port 8600``)
 """
 
 from __future__ import annotations
@@ -225,6 +226,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(timeout_s=args.timeout)
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from dashboard.server import serve
+
+    return serve(host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentq", description="Operate Agent Task Queue.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -268,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the embedded demo end to end")
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the demo tasks")
     demo.set_defaults(handler=_demo)
+    board = commands.add_parser("dashboard", help="serve the operator dashboard")
+    board.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (another than loopback needs a token)"
+    )
+    board.add_argument("--port", type=int, default=8600, help="port to listen on (default 8600)")
+    board.set_defaults(handler=_dashboard)
     return parser
 
 
