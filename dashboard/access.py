@@ -136,7 +136,7 @@ class Access:
             "n": principal.name,
             "t": principal.token_id,
             "c": nonce,
-            "e": int((now or time.time()) + SESSION_S),
+            "e": int((time.time() if now is None else now) + SESSION_S),
         }
         payload = base64.urlsafe_b64encode(json.dumps(body, separators=(",", ":")).encode()).decode()
         return f"{payload}.{self._sign(payload)}"
@@ -153,7 +153,7 @@ class Access:
             expires, nonce = int(body["e"]), str(body["c"])
         except (ValueError, KeyError, TypeError):
             return None
-        if expires < (now or time.time()):
+        if expires < (time.time() if now is None else now):
             return None
         if not any(grant.token_id == principal.token_id for grant in self.grants):
             return None

@@ -25,7 +25,16 @@ from dashboard.access import Principal
 from dashboard.extensions import Extensions
 from dashboard.params import ListQuery
 from middleware.presence import WorkerInfo, read_workers
-from taskstore import Overview, Step, Task, TaskFilter, TaskNotFound, TaskStatus, normalize_id
+from taskstore import (
+    InvalidTransition,
+    Overview,
+    Step,
+    Task,
+    TaskFilter,
+    TaskNotFound,
+    TaskStatus,
+    normalize_id,
+)
 
 #: Most tasks one bulk action touches; a larger selection is done in several rounds.
 MAX_BULK = 1000
@@ -115,8 +124,13 @@ class Dashboard:
         return self.queue.retry_job(self.task(who, task_id).id)
 
     def cancel(self, who: Principal, task_id: str) -> Task:
+        """``remove_job``: a waiting task is cancelled, a running one asked to stop (and its schedule, if
+        any, removed); a finished one is refused here rather than silently left as it is."""
         require_act(who)
         task = self.task(who, task_id)
+        if task.status not in CANCELLABLE:
+            hint = "only pending, queued or running tasks can be cancelled"
+            raise InvalidTransition(task.id, task.status.value, TaskStatus.CANCELLED.value, hint)
         self.queue.remove_job(task.id)
         return self.task(who, task.id)
 
