@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from dashboard.access import CSRF_COOKIE, LOOPBACK_NAMES, SESSION_COOKIE, Access, Principal, new_nonce
 
 #: Paths answered without a login.
-PUBLIC_PATHS = ("/login", "/api/health", "/favicon.ico")
+PUBLIC_PATHS = ("/login", "/api/health")
 PUBLIC_PREFIXES = ("/static/",)
 #: Headers of every response.
 SECURITY_HEADERS = {

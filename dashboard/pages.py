@@ -138,6 +138,7 @@ async def tasks(request: Request, *, dead_letters: bool = False) -> Response:
         filters=query.given,
         filter_query=urlencode(query.given),
         links=links,
+        limit=query.limit,
         dead_letters=dead_letters,
         statuses=[status.value for status in TaskStatus],
         kinds=sorted(dashboard_of(request).queue.agent_kinds()),

@@ -33,7 +33,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
     app = from_runtime(runtime)
     if access.open:
         logger.warning(
-            "Dashboard on http://%s:%s without a token: bound to this machine only"
+            "Dashboard on http://%s:%s with no token configured, so for this machine only"
             " (set AGENTQ_DASHBOARD_TOKEN to serve it further)",
             _url_host(host),
             port,

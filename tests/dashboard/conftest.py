@@ -25,8 +25,11 @@ ORG_TOKEN = "org-token-0123456789abcdef01"
 LEAKY_CONTEXT = {"api_key": "sk-proj-abcdefghijklmnopqrstuvwxyz0123", "week": 47}
 
 #: Scripts of the scripted provider (orchestrator/providers/scripted.py).
-COMPLETES = [{"tool": "calculate", "arguments": {"expression": "6*7"}}, {"answer": "It is 42."}]
-FAILS = [{"fail": "provider exploded", "retryable": False}]
+COMPLETES: list[dict[str, Any]] = [
+    {"tool": "calculate", "arguments": {"expression": "6*7"}},
+    {"answer": "It is 42."},
+]
+FAILS: list[dict[str, Any]] = [{"fail": "provider exploded", "retryable": False}]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
