@@ -17,12 +17,14 @@ script) the answer is the last tool result, or ``"Completed: <task title>"`` whe
 ran; with no script at all the provider answers ``"Completed: <task title>"`` at once.
 The whole script is validated on every call, so a malformed step fails the run before
 any tool runs. Usage is deterministic: input tokens = characters sent // 4, output tokens = characters
-produced // 4, each at least 1.
+produced // 4, each at least 1. A streaming request (``on_delta``) gets the answer text word by word
+(whitespace kept), then the same response.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ __all__ = ["MAX_SLEEP_MS", "DisabledScriptedProvider", "ScriptedProvider"]
 
 #: Longest ``sleep_ms`` a step may ask for.
 MAX_SLEEP_MS = 600_000
+#: A word and the whitespace after it: the pieces a streaming request receives.
+_WORD = re.compile(r"\S+\s*|\s+")
 
 _KINDS = ("tool", "tools", "answer", "fail")
 _ALLOWED_KEYS: dict[str, frozenset[str]] = {
@@ -202,6 +206,9 @@ class ScriptedProvider:
         else:
             content, finish_reason = step.answer or "", "stop"
             produced = len(content)
+            if request.on_delta is not None:
+                for piece in _WORD.findall(content):
+                    request.on_delta(piece)
         return ModelResponse(
             content=content,
             tool_calls=step.tool_calls,

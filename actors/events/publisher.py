@@ -1,0 +1,319 @@
+"""Publishing live events to a Redis Stream per task, off the run's thread.
+
+:class:`EventPublisher` is the process's :class:`~middleware.events.EventSink`. ``publish`` only puts
+the event in a bounded in-memory buffer; one background thread per process sends what has gathered
+in one pipelined round trip — ``XADD agentq:events:<task id> MAXLEN ~ AGENTQ_EVENTS_MAX_LEN * …`` per
+event and one ``EXPIRE`` per stream — so a worker's threads share round trips and a run never waits
+on Redis. Events of one process reach Redis in the order they were published.
+
+* **Expiry**: a stream whose task ended (``completed``, ``failed``, ``cancelled``) expires
+  ``AGENTQ_EVENTS_TTL_S`` after that event; any other event keeps it for :data:`LIVE_TTL_S` (a task that
+  waits, or a worker that died, never leaves a stream behind for good). A later firing or ``retry_job``
+  starts over.
+* **Content**: prompt and output text (the fields in :data:`CONTENT_FIELDS`) is published only with
+  ``record_content`` (``AGENTQ_TRACE_CONTENT``); every string is redacted (``config.redaction``) and
+  clipped to :data:`MAX_TEXT_CHARS`.
+* **Failures never spread**: a Redis error drops that batch and is logged at most once per
+  :data:`WARN_EVERY_S`; a full buffer (Redis unreachable, :data:`MAX_BUFFER` events waiting) drops new
+  events the same way. While Redis is failing, :meth:`EventPublisher.flush` does not wait.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+
+from actors.events.model import iso, stream_key
+from config.redaction import redact_data
+from config.settings import Settings
+from middleware.events import NO_EVENTS, ORDERING_WAIT_S, TERMINAL_EVENTS, EventSink, EventType
+from taskstore import utcnow
+
+__all__ = [
+    "CONTENT_FIELDS",
+    "LIVE_TTL_S",
+    "MAX_BUFFER",
+    "MAX_TEXT_CHARS",
+    "EventPublisher",
+    "event_sink",
+]
+
+logger = logging.getLogger("agentq.events")
+
+#: Seconds a stream whose task has not ended is kept after its latest event: longer than the longest
+#: delay ``add_task`` accepts (7 days).
+LIVE_TTL_S = 8 * 24 * 3600
+#: Most events waiting to be sent; beyond it new events are dropped (Redis unreachable or too slow).
+MAX_BUFFER = 10_000
+#: Most events sent in one round trip.
+BATCH_SIZE = 500
+#: Longest string kept in an event's data, in characters (as in run transcripts).
+MAX_TEXT_CHARS = 2_000
+#: Least seconds between two warnings about events that could not be published.
+WARN_EVERY_S = 60.0
+#: Longest the process waits at exit for its last events to be sent.
+EXIT_FLUSH_S = 2.0
+#: Data fields holding prompt or output text: published only with ``AGENTQ_TRACE_CONTENT=true``.
+CONTENT_FIELDS = frozenset(
+    {"prompt", "system_prompt", "messages", "content", "output", "arguments", "result", "text", "input"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    task_id: str
+    type: EventType
+    data: Mapping[str, Any]
+    at: datetime
+
+
+class EventPublisher:
+    """Publishes events to per-task Redis Streams from one background thread (see the module docstring).
+
+    Args:
+        client: The Redis client (the broker's: one connection pool per process).
+        max_len: Most events kept per stream (approximate trimming).
+        ended_ttl_s: Seconds a stream is kept after its task's terminal event.
+        live_ttl_s: Seconds a stream is kept after any other event.
+        record_content: Publish prompt and output text (:data:`CONTENT_FIELDS`).
+        clock: Gives each event's ``at``.
+        max_buffer: Most events waiting to be sent.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        max_len: int = 10_000,
+        ended_ttl_s: int = 3600,
+        live_ttl_s: int = LIVE_TTL_S,
+        record_content: bool = False,
+        clock: Callable[[], datetime] = utcnow,
+        max_buffer: int = MAX_BUFFER,
+    ) -> None:
+        self.client = client
+        self.max_len = max_len
+        self.ended_ttl_s = ended_ttl_s
+        self.live_ttl_s = live_ttl_s
+        self.record_content = record_content
+        self.clock = clock
+        self.max_buffer = max_buffer
+        #: Events given to Redis, and events lost (refused, or dropped from a full buffer), so far.
+        self.sent = 0
+        self.lost = 0
+        self._reset()
+        _track(self)
+
+    def _reset(self) -> None:
+        """Fresh state (also in a forked child, where the parent's thread and lock do not exist)."""
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._done = threading.Condition(self._lock)
+        self._buffer: deque[_Pending] = deque()
+        self._accepted = 0
+        self._handled = 0
+        self._failing = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._warned_at = -WARN_EVERY_S
+        self._unreported = 0
+
+    # --- the EventSink interface ------------------------------------------------------------
+
+    def publish(self, task_id: str, type: EventType, data: Mapping[str, Any] | None = None) -> None:
+        """Queue one event for sending; returns at once."""
+        self._put((_Pending(task_id, type, data or {}, self.clock()),))
+
+    def publish_many(self, events: Sequence[tuple[str, EventType, Mapping[str, Any]]]) -> None:
+        """Queue several events, in order; returns at once."""
+        now = self.clock()
+        self._put(tuple(_Pending(task_id, type, data, now) for task_id, type, data in events))
+
+    def flush(self, timeout_s: float = ORDERING_WAIT_S) -> bool:
+        """Wait until every event published so far is sent (or lost), at most ``timeout_s``.
+
+        Returns at once, ``False``, while Redis is failing.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            target = self._accepted
+            while self._handled < target:
+                left = deadline - time.monotonic()
+                if self._failing or left <= 0:
+                    return False
+                self._done.wait(left)
+            return not self._failing
+
+    def close(self, timeout_s: float = EXIT_FLUSH_S) -> None:
+        """Send what is waiting (at most ``timeout_s``) and stop the thread."""
+        self.flush(timeout_s)
+        with self._lock:
+            self._stopping = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=timeout_s)
+
+    # --- buffering --------------------------------------------------------------------------
+
+    def _put(self, entries: tuple[_Pending, ...]) -> None:
+        dropped = 0
+        with self._lock:
+            room = self.max_buffer - len(self._buffer)
+            if room < len(entries):
+                dropped, entries = len(entries) - max(room, 0), entries[: max(room, 0)]
+            if entries:
+                self._buffer.extend(entries)
+                self._accepted += len(entries)
+                if self._thread is None or not self._thread.is_alive():
+                    self._start()
+                self._wake.notify()
+        if dropped:
+            self._lose(dropped, f"{len(self._buffer)} events already wait to be sent")
+
+    def _start(self) -> None:
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="agentq-events", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                while not self._buffer and not self._stopping:
+                    self._wake.wait()
+                if not self._buffer:
+                    return
+                batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), BATCH_SIZE))]
+            failing = not self._send(batch)
+            with self._lock:
+                self._handled += len(batch)
+                self._failing = failing
+                self._done.notify_all()
+
+    # --- sending ----------------------------------------------------------------------------
+
+    def _send(self, batch: list[_Pending]) -> bool:
+        """One pipelined round trip for ``batch``; ``False`` if Redis could not be reached."""
+        ttl: dict[str, int] = {}
+        pipe = self.client.pipeline(transaction=False)
+        for entry in batch:
+            key = stream_key(entry.task_id)
+            fields = {"type": entry.type.value, "at": iso(entry.at), "data": self._encode(entry.data)}
+            pipe.xadd(key, fields, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
+            ttl[key] = self.ended_ttl_s if entry.type in TERMINAL_EVENTS else self.live_ttl_s
+        for key, seconds in ttl.items():
+            pipe.expire(key, seconds)
+        try:
+            replies = pipe.execute(raise_on_error=False)
+        except (redis.RedisError, OSError) as exc:
+            self._lose(len(batch), f"Redis did not answer: {exc}")
+            return False
+        finally:
+            pipe.reset()
+        refused = [reply for reply in replies[: len(batch)] if isinstance(reply, Exception)]
+        self.sent += len(batch) - len(refused)
+        if refused:
+            self._lose(len(refused), f"Redis refused them: {refused[0]}")
+        return True
+
+    def _encode(self, data: Mapping[str, Any]) -> str:
+        kept = {
+            key: _clip(value)
+            for key, value in data.items()
+            if self.record_content or key not in CONTENT_FIELDS
+        }
+        return json.dumps(redact_data(kept), ensure_ascii=False, separators=(",", ":"), default=str)
+
+    def _lose(self, count: int, why: str) -> None:
+        """Count ``count`` events as lost; warn at most every :data:`WARN_EVERY_S`."""
+        with self._lock:
+            self.lost += count
+            self._unreported += count
+            now = time.monotonic()
+            if now - self._warned_at < WARN_EVERY_S:
+                return
+            self._warned_at, unreported, self._unreported = now, self._unreported, 0
+        logger.warning(
+            "[AgentTaskQueue] %s live event(s) not published (%s); runs go on, their status is in the"
+            " database (next warning in %ss at the earliest)",
+            unreported,
+            why,
+            int(WARN_EVERY_S),
+        )
+
+
+def _clip(value: Any) -> Any:
+    """``value`` with every string cut to :data:`MAX_TEXT_CHARS`."""
+    if isinstance(value, str):
+        if len(value) <= MAX_TEXT_CHARS:
+            return value
+        return value[:MAX_TEXT_CHARS] + f"... [{len(value) - MAX_TEXT_CHARS} more chars]"
+    if isinstance(value, Mapping):
+        return {str(key): _clip(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clip(item) for item in value]
+    return value
+
+
+# --- one publisher per Redis client; fork and exit handling ----------------------------------
+
+_publishers: weakref.WeakSet[EventPublisher] = weakref.WeakSet()
+_by_client: weakref.WeakKeyDictionary[redis.Redis, EventPublisher] = weakref.WeakKeyDictionary()
+_registry_lock = threading.Lock()
+_hooks_installed = False
+
+
+def _track(publisher: EventPublisher) -> None:
+    global _hooks_installed
+    with _registry_lock:
+        _publishers.add(publisher)
+        if not _hooks_installed:
+            os.register_at_fork(after_in_child=_after_fork)
+            atexit.register(_flush_at_exit)
+            _hooks_installed = True
+
+
+def _after_fork() -> None:
+    for publisher in list(_publishers):
+        publisher._reset()
+
+
+def _flush_at_exit() -> None:
+    deadline = time.monotonic() + EXIT_FLUSH_S
+    for publisher in list(_publishers):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        publisher.flush(left)
+
+
+def event_sink(settings: Settings, client: redis.Redis | None) -> EventSink:
+    """The process's sink for ``client``: one :class:`EventPublisher` per client (the middleware, the
+    facade and the orchestrator hooks share it, so their events stay in order); :data:`NO_EVENTS` when
+    events are switched off or there is no Redis client."""
+    if not settings.events_enabled or client is None:
+        return NO_EVENTS
+    with _registry_lock:
+        publisher = _by_client.get(client)
+    if publisher is None:
+        publisher = EventPublisher(
+            client,
+            max_len=settings.events_max_len,
+            ended_ttl_s=settings.events_ttl_s,
+            record_content=settings.trace_content,
+        )
+        with _registry_lock:
+            publisher = _by_client.setdefault(client, publisher)
+    return publisher
