@@ -48,6 +48,7 @@ __all__ = [
     "MAX_TEXT_CHARS",
     "EventPublisher",
     "event_sink",
+    "sanitize",
 ]
 
 logger = logging.getLogger("agentq.events")
@@ -229,12 +230,8 @@ class EventPublisher:
         return True
 
     def _encode(self, data: Mapping[str, Any]) -> str:
-        kept = {
-            key: _clip(value)
-            for key, value in data.items()
-            if self.record_content or key not in CONTENT_FIELDS
-        }
-        return json.dumps(redact_data(kept), ensure_ascii=False, separators=(",", ":"), default=str)
+        kept = sanitize(data, record_content=self.record_content)
+        return json.dumps(kept, ensure_ascii=False, separators=(",", ":"), default=str)
 
     def _lose(self, count: int, why: str) -> None:
         """Count ``count`` events as lost; warn at most every :data:`WARN_EVERY_S`."""
@@ -252,6 +249,14 @@ class EventPublisher:
             why,
             int(WARN_EVERY_S),
         )
+
+
+def sanitize(data: Mapping[str, Any], *, record_content: bool) -> dict[str, Any]:
+    """``data`` as events carry it: without :data:`CONTENT_FIELDS` unless ``record_content``, every
+    string redacted and clipped to :data:`MAX_TEXT_CHARS`."""
+    kept = {key: _clip(value) for key, value in data.items() if record_content or key not in CONTENT_FIELDS}
+    cleaned: dict[str, Any] = redact_data(kept)
+    return cleaned
 
 
 def _clip(value: Any) -> Any:

@@ -52,7 +52,7 @@ class Backend:
 
 def _openai_error_inside() -> list[bytes]:
     first = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o-mini"}
-    first["choices"] = [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]  # type: ignore[assignment]
+    first["choices"] = [{"index": 0, "delta": {"content": "Hel"}, "finish_reason": None}]
     return [sse_event(first), sse_event({"error": {"message": "server overloaded", "type": "server_error"}})]
 
 
