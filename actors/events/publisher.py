@@ -64,11 +64,13 @@ BATCH_SIZE = 500
 MAX_TEXT_CHARS = 2_000
 #: Least seconds between two warnings about events that could not be published.
 WARN_EVERY_S = 60.0
+#: Seconds without an event after which the sending thread ends (the next event starts it again).
+IDLE_EXIT_S = 10.0
 #: Longest the process waits at exit for its last events to be sent.
 EXIT_FLUSH_S = 2.0
 #: Data fields holding prompt or output text: published only with ``AGENTQ_TRACE_CONTENT=true``.
 CONTENT_FIELDS = frozenset(
-    {"prompt", "system_prompt", "messages", "content", "output", "arguments", "result", "text", "input"}
+    {"prompt", "system_prompt", "content", "output", "arguments", "result", "text", "input"}
 )
 
 
@@ -178,7 +180,7 @@ class EventPublisher:
             if entries:
                 self._buffer.extend(entries)
                 self._accepted += len(entries)
-                if self._thread is None or not self._thread.is_alive():
+                if self._thread is None:
                     self._start()
                 self._wake.notify()
         if dropped:
@@ -192,12 +194,18 @@ class EventPublisher:
     def _run(self) -> None:
         while True:
             with self._lock:
-                while not self._buffer and not self._stopping:
-                    self._wake.wait()
-                if not self._buffer:
+                if not self._buffer and not self._stopping:
+                    self._wake.wait(IDLE_EXIT_S)
+                if not self._buffer:  # stopping, or idle: the next publish starts a new thread
+                    self._thread = None
                     return
                 batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), BATCH_SIZE))]
-            failing = not self._send(batch)
+            try:
+                failing = not self._send(batch)
+            except Exception as exc:  # a bug must not end the thread: the events are lost, logged
+                failing = False
+                logger.exception("live events: sending a batch failed")
+                self._lose(len(batch), f"{type(exc).__name__}: {exc}")
             with self._lock:
                 self._handled += len(batch)
                 self._failing = failing

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+
 import pytest
 
 from orchestrator import (
@@ -128,7 +129,9 @@ def test_a_streamed_answer_arrives_in_pieces_and_is_the_same_response_as_without
     # Then the text came in several pieces that make up the answer, and both responses are equal
     assert len(pieces) > 3 and "".join(pieces) == ANSWER
     assert streamed == plain
-    assert streamed.content == ANSWER and streamed.usage.input_tokens == 10 and streamed.usage.output_tokens == 5
+    assert (
+        streamed.content == ANSWER and streamed.usage.input_tokens == 10 and streamed.usage.output_tokens == 5
+    )
     # and the SDK asked for a stream (with the usage, on OpenAI)
     plain_body, stream_body = (sent.body for sent in backend.server.requests)
     assert "stream" not in plain_body and stream_body["stream"] is True
@@ -191,7 +194,9 @@ def test_an_error_sent_inside_the_stream_ends_the_call_with_a_retryable_error(ba
 
 def test_a_stream_that_never_finishes_is_an_error_not_a_short_answer(backend: Backend) -> None:
     # Given every event of the answer but the last ones (the finish), then a clean end of the body
-    events = backend.server.stream_events(backend.text(ANSWER).body, {"stream_options": {"include_usage": True}})
+    events = backend.server.stream_events(
+        backend.text(ANSWER).body, {"stream_options": {"include_usage": True}}
+    )
     backend.server.enqueue(FakeReply({}, sse=events[:-3]))
 
     # When / Then
@@ -208,4 +213,3 @@ def test_an_answer_trickling_in_past_the_call_timeout_ends_with_a_timeout(backen
     with pytest.raises(ProviderTimeout):
         backend.provider(timeout_s=0.5).complete(request(backend, pieces.append))
     assert 0 < len("".join(pieces)) < len(ANSWER)
-
