@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -18,7 +19,15 @@ from config.errors import ConfigError
 from config.settings import Settings
 from middleware.events import NO_EVENTS, EventSink
 from middleware.metrics import LLMMetrics
-from orchestrator import Orchestrator, PriceTable, ProviderRegistry, ProviderSettings
+from orchestrator import (
+    DuplicateTool,
+    Orchestrator,
+    PriceTable,
+    ProviderRegistry,
+    ProviderSettings,
+    ToolRegistry,
+    default_registry,
+)
 from orchestrator.hooks import CompositeHooks, OrchestratorHooks
 from orchestrator.providers.base_urls import BaseUrlPolicy, InvalidBaseUrlPrefix
 from orchestrator.tracing import TracingHooks
@@ -79,7 +88,36 @@ def build_orchestrator(settings: Settings, events: EventSink = NO_EVENTS) -> Orc
     if events is not NO_EVENTS:
         every.append(EventHooks(events, prices, delta_flush_ms=settings.events_delta_flush_ms))
     hooks = every[0] if len(every) == 1 else CompositeHooks(*every)
-    return Orchestrator(providers, prices=prices, hooks=hooks, base_urls=base_urls)
+    return Orchestrator(
+        providers,
+        build_tools(settings.tools),
+        prices=prices,
+        hooks=hooks,
+        base_urls=base_urls,
+        repeat_unfinished_tools=settings.repeat_unfinished_tools,
+    )
+
+
+def build_tools(paths: tuple[str, ...]) -> ToolRegistry:
+    """The built-in tools plus those of each registry named in ``AGENTQ_TOOLS`` (``package.module:name``).
+
+    Raises:
+        ConfigError: A path cannot be imported, is not a ``ToolRegistry``, or repeats a tool's name.
+    """
+    registry = default_registry()
+    for path in paths:
+        module_name, _, attribute = path.partition(":") if ":" in path else path.rpartition(".")
+        try:
+            tools = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ConfigError(f"AGENTQ_TOOLS={path!r} cannot be imported: {exc}") from exc
+        if not isinstance(tools, ToolRegistry):
+            raise ConfigError(f"AGENTQ_TOOLS={path!r} is a {type(tools).__name__}, not a ToolRegistry")
+        try:
+            registry.include(tools)
+        except DuplicateTool as exc:
+            raise ConfigError(f"AGENTQ_TOOLS={path!r}: {exc}") from exc
+    return registry
 
 
 def _secret(value: SecretStr | None) -> str | None:

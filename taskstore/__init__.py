@@ -1,4 +1,4 @@
-"""Persistence for agents, tasks and runs: the protocol, its implementations and the schema."""
+"""Persistence for agents, tasks, runs and steps: the protocol, its implementations and the schema."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ from taskstore.models import (
     Run,
     RunStatus,
     StalledTask,
+    Step,
+    StepKind,
+    StepStatus,
     Task,
     TaskStatus,
     Usage,
@@ -55,6 +58,9 @@ __all__ = [
     "Run",
     "RunStatus",
     "StalledTask",
+    "Step",
+    "StepKind",
+    "StepStatus",
     "StoreUnavailable",
     "Task",
     "TaskNotFound",

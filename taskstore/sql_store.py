@@ -39,14 +39,25 @@ from taskstore.models import (
     Run,
     RunStatus,
     StalledTask,
+    Step,
+    StepKind,
+    StepStatus,
     Task,
     TaskStatus,
     Usage,
     WaitingTask,
 )
-from taskstore.rows import AGENT_COLUMNS, TASK_COLUMNS, agent_from_row, in_order, run_from_row, task_from_row
-from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, USAGE_COLUMNS, unrunnable_statuses
-from taskstore.schema import AGENTS, RUNS, TASKS, CreateTable
+from taskstore.rows import (
+    AGENT_COLUMNS,
+    TASK_COLUMNS,
+    agent_from_row,
+    in_order,
+    run_from_row,
+    step_from_row,
+    task_from_row,
+)
+from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, USAGE_COLUMNS, step_end, unrunnable_statuses
+from taskstore.schema import AGENTS, RUNS, STEPS, TASKS, CreateTable, all_columns
 from taskstore.storable import storable_json, storable_text
 
 Row = dict[str, Any]
@@ -89,7 +100,9 @@ def signatures() -> dict[str, Signature]:
 def _decoder(table: CreateTable) -> Callable[[Mapping[str, Any]], Row]:
     """Turn a row's values into the stores' Python values: JSON gives timestamps as ISO text and money
     as numbers, psycopg gives them decoded; both come out as aware datetimes and Decimals."""
-    kinds = [(column.name, column.type) for column in table.columns if column.type in ("timestamp", "money")]
+    kinds = [
+        (column.name, column.type) for column in all_columns(table) if column.type in ("timestamp", "money")
+    ]
 
     def decode(row: Mapping[str, Any]) -> Row:
         decoded = dict(row)
@@ -106,6 +119,7 @@ def _decoder(table: CreateTable) -> Callable[[Mapping[str, Any]], Row]:
 _task_row = _decoder(TASKS)
 _agent_row = _decoder(AGENTS)
 _run_row = _decoder(RUNS)
+_step_row = _decoder(STEPS)
 
 
 def decode_task(row: Mapping[str, Any]) -> Task:
@@ -509,12 +523,78 @@ class SqlFunctionStore(ABC):
             lambda t: t.status == TaskStatus.CANCELLED and t.updated_at == now,
         )
 
-    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
+    def requeue_failed(
+        self, task_id: str, *, run_at: datetime, now: datetime, resume: bool = False
+    ) -> Task | None:
         return self._task(
             "agentq_requeue_failed",
-            {"p_task_id": task_id, "p_run_at": run_at, "p_now": now},
+            {"p_task_id": task_id, "p_run_at": run_at, "p_now": now, "p_resume": resume},
             lambda t: t.status == TaskStatus.QUEUED and t.queued_at == now and t.attempts == 0,
         )
+
+    # --- the step ledger ----------------------------------------------------
+    # Both writes are idempotent for their own run (a re-sent one is applied again, or accepted as is),
+    # so a transport's re-send needs no ``applied``.
+
+    def start_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        kind: StepKind,
+        name: str,
+        input: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "p_task_id": task_id,
+            "p_run_id": run_id,
+            "p_firing": firing,
+            "p_seq": seq,
+            "p_kind": StepKind(kind).value,
+            "p_name": storable_text(name),
+            "p_input": storable_json(input),
+            "p_replaces": replaces,
+            "p_now": now,
+        }
+        return bool(self._call("agentq_start_step", params))
+
+    def finish_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        status: StepStatus,
+        output: dict[str, Any] | None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: Decimal | None = None,
+        error: str | None = None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "p_task_id": task_id,
+            "p_run_id": run_id,
+            "p_firing": firing,
+            "p_seq": seq,
+            "p_status": step_end(status),
+            "p_now": now,
+            "p_output": storable_json(output),
+            "p_input_tokens": input_tokens,
+            "p_output_tokens": output_tokens,
+            "p_cost_usd": cost_usd,
+            "p_error": storable_text(error),
+        }
+        return bool(self._call("agentq_finish_step", params))
+
+    def get_steps(self, task_id: str) -> list[Step]:
+        rows = self._call("agentq_get_steps", {"p_task_id": task_id}) or []
+        return [step_from_row(_step_row(row)) for row in rows]
 
     # --- schedules ----------------------------------------------------------
 
@@ -581,7 +661,10 @@ class SqlFunctionStore(ABC):
             },
         )
         return CleanupResult(
-            int(result["archived_completed"]), int(result["archived_failed"]), int(result["deleted_runs"])
+            int(result["archived_completed"]),
+            int(result["archived_failed"]),
+            int(result["deleted_runs"]),
+            int(result["deleted_steps"]),
         )
 
 
