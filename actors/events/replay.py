@@ -21,46 +21,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from datetime import datetime
-from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from actors.events.model import Event, EventId, id_at, iso
 from actors.events.publisher import sanitize
 from middleware.events import EventType
-from taskstore import Run, RunStatus, Task, TaskStatus
+from taskstore import Run, RunStatus, Step, StepKind, StepStatus, Task, TaskStatus
 
-__all__ = ["LedgerStep", "current_firing", "replay"]
-
-
-class LedgerStep(Protocol):
-    """What replay reads of a row of the step ledger (``taskstore.Step``)."""
-
-    @property
-    def run_id(self) -> str: ...
-    @property
-    def seq(self) -> int: ...
-    @property
-    def kind(self) -> str: ...
-    @property
-    def name(self) -> str: ...
-    @property
-    def status(self) -> str: ...
-    @property
-    def input(self) -> Any: ...
-    @property
-    def output(self) -> Any: ...
-    @property
-    def input_tokens(self) -> int: ...
-    @property
-    def output_tokens(self) -> int: ...
-    @property
-    def cost_usd(self) -> Decimal | None: ...
-    @property
-    def started_at(self) -> datetime: ...
-    @property
-    def finished_at(self) -> datetime | None: ...
-    @property
-    def error(self) -> str | None: ...
+__all__ = ["current_firing", "replay"]
 
 
 _WAITING = (TaskStatus.QUEUED, TaskStatus.RUNNING)
@@ -96,7 +64,7 @@ def current_firing(runs: Sequence[Run]) -> list[Run]:
 
 
 def replay(
-    task: Task, runs: Sequence[Run], steps: Sequence[LedgerStep], *, record_content: bool = False
+    task: Task, runs: Sequence[Run], steps: Sequence[Step], *, record_content: bool = False
 ) -> list[Event]:
     """The events of ``task``'s current firing, rebuilt from its row, runs and ledger steps."""
     events = _Events(task.id, record_content)
@@ -107,7 +75,7 @@ def replay(
     if firing:
         queued_at = min(queued_at, firing[0].started_at)
     events.add(EventType.QUEUED, queued_at, {"priority": task.priority})
-    by_run: dict[str, list[LedgerStep]] = {}
+    by_run: dict[str, list[Step]] = {}
     for step in sorted(steps, key=lambda step: step.seq):
         by_run.setdefault(step.run_id, []).append(step)
     for index, run in enumerate(firing):
@@ -122,34 +90,46 @@ def replay(
     return events.events
 
 
-def _step(events: _Events, step: LedgerStep) -> None:
-    llm = step.kind == "llm"
-    started, ended = (
-        (EventType.LLM_STARTED, EventType.LLM_COMPLETED)
-        if llm
-        else (EventType.TOOL_STARTED, EventType.TOOL_COMPLETED)
-    )
-    name = {"model": step.name} if llm else {"name": step.name}
-    events.add(
-        started, step.started_at, {**name, "seq": step.seq, "prompt" if llm else "arguments": step.input}
-    )
-    if step.status == "started" or step.finished_at is None:
+def _step(events: _Events, step: Step) -> None:
+    """A ledger step as its live events: the start, and the end unless it is still ``started``."""
+    given, got = step.input or {}, step.output or {}
+    if step.kind == StepKind.LLM:
+        head: dict[str, Any] = {"provider": given.get("provider"), "model": given.get("model", step.name)}
+        events.add(EventType.LLM_STARTED, step.started_at, {**head, "seq": step.seq})
+        ended: dict[str, Any] = {**head, "seq": step.seq}
+        if step.status == StepStatus.COMPLETED:
+            calls = got.get("tool_calls") or []
+            ended.update(
+                model=got.get("model") or head["model"],
+                input_tokens=step.input_tokens,
+                output_tokens=step.output_tokens,
+                cost_usd=None if step.cost_usd is None else str(step.cost_usd),
+                finish_reason=got.get("finish_reason"),
+                tool_calls=[call.get("name") for call in calls if isinstance(call, Mapping)],
+                content=got.get("content"),
+            )
+        _end(events, EventType.LLM_COMPLETED, step, ended)
         return
-    data: dict[str, Any] = {
-        **name,
-        "seq": step.seq,
-        "latency_ms": max(0, round((step.finished_at - step.started_at).total_seconds() * 1000)),
-    }
-    if llm:
-        cost = None if step.cost_usd is None else str(step.cost_usd)
-        data.update(input_tokens=step.input_tokens, output_tokens=step.output_tokens, cost_usd=cost)
-    if step.status == "failed":
+    head = {"name": step.name, "call_id": given.get("call_id")}
+    events.add(
+        EventType.TOOL_STARTED,
+        step.started_at,
+        {**head, "seq": step.seq, "arguments": given.get("arguments")},
+    )
+    ended = {**head, "seq": step.seq, "is_error": bool(got.get("is_error", step.status == StepStatus.FAILED))}
+    if step.status == StepStatus.COMPLETED:
+        ended["result"] = got.get("content")
+    _end(events, EventType.TOOL_COMPLETED, step, ended)
+
+
+def _end(events: _Events, type: EventType, step: Step, data: dict[str, Any]) -> None:
+    """The end event of a finished step (with its latency, and its error if it failed)."""
+    if step.status == StepStatus.STARTED or step.finished_at is None:
+        return
+    data["latency_ms"] = max(0, round((step.finished_at - step.started_at).total_seconds() * 1000))
+    if step.status == StepStatus.FAILED:
         data["error"] = step.error
-    else:
-        data["content" if llm else "result"] = step.output
-    if not llm:
-        data["is_error"] = step.status == "failed"
-    events.add(ended, step.finished_at, data)
+    events.add(type, step.finished_at, data)
 
 
 def _run_end(events: _Events, task: Task, run: Run, *, later: bool) -> None:

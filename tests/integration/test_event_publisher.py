@@ -8,6 +8,7 @@ import multiprocessing
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -31,10 +32,8 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 def entries(client: redis.Redis, task_id: str = TASK) -> list[tuple[str, dict[str, object]]]:
-    return [
-        (fields[b"type"].decode(), json.loads(fields[b"data"]))
-        for _, fields in client.xrange(stream_key(task_id))
-    ]
+    stream: Any = client.xrange(stream_key(task_id))
+    return [(fields[b"type"].decode(), json.loads(fields[b"data"])) for _, fields in stream]
 
 
 def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
