@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -10,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from taskstore import NewAgent, NewTask, TaskStatus, utcnow
 from taskstore.postgres import PostgresTaskStore
-from tests.acceptance.processes import ROOT, WorkerProcess, command_env
+from tests.acceptance.processes import ROOT, WorkerProcess, command_env, free_port
 from tests.fakes.anthropic_server import FakeAnthropicServer, anthropic_text, anthropic_tool_uses
 from tests.fakes.http_server import FakeServer
 from tests.fakes.openai_server import FakeOpenAIServer, openai_text, openai_tool_calls
@@ -141,6 +143,56 @@ def test_a_follower_in_another_process_sees_every_step_of_a_tool_using_run_in_or
     assert not any(event["type"] == "llm_delta" for event in events)  # the agent does not stream
 
 
+def test_a_streaming_agents_text_arrives_as_llm_delta_events_through_both_sdks(
+    fake: tuple[str, str, FakeServer],
+    postgres_store: PostgresTaskStore,
+    postgres_url: str,
+    redis_url: str,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    # Given an agent with `stream` on, a provider streaming its answer a few characters at a time, every
+    # chunk published as it comes (AGENTQ_EVENTS_DELTA_FLUSH_MS=0) with its text (AGENTQ_TRACE_CONTENT)
+    provider, model, server = fake
+    env = {
+        **provider_env(provider, server, postgres_url, redis_url),
+        "AGENTQ_EVENTS_DELTA_FLUSH_MS": "0",
+        "AGENTQ_TRACE_CONTENT": "true",
+    }
+    now = utcnow()
+    agent = postgres_store.create_agent(
+        NewAgent(
+            organization_id=ORG,
+            name="streamer",
+            provider=provider,
+            model=model,
+            allowed_tools=("calculate",),
+            stream=True,
+        ),
+        now=now,
+    )
+    task = postgres_store.create_task(
+        NewTask(agent_id=agent.id, organization_id=ORG, title="Compute"), now=now
+    )
+
+    # When it runs, followed from another process
+    events = run_followed(env, postgres_store, task.id, workers)
+
+    # Then the answer's text came as llm_delta events inside its model call, piece by piece
+    kinds = [event["type"] for event in events]
+    last_call = len(kinds) - 1 - kinds[::-1].index("llm_started")
+    deltas = [event["data"] for event in events if event["type"] == "llm_delta"]
+    assert kinds[last_call + 1 : last_call + 1 + len(deltas)] == ["llm_delta"] * len(deltas)
+    assert kinds[last_call + 1 + len(deltas) :] == ["llm_completed", "completed"]
+    assert len(deltas) > 5 and "".join(data["text"] for data in deltas) == ANSWER
+    assert all(data["chars"] == len(data["text"]) for data in deltas)
+    # every request streamed, and the streamed answers were recorded as a plain call records them
+    assert all(request.body["stream"] is True for request in server.requests)
+    assert [event["data"]["stream"] for event in events if event["type"] == "llm_started"] == [True] * 3
+    done = postgres_store.get_task(task.id)
+    assert done is not None and done.result is not None and done.result["output"] == ANSWER
+    assert (done.input_tokens, done.output_tokens) == (30, 15)
+
+
 def test_agentq_events_prints_a_finished_jobs_events_and_refuses_bad_input(
     postgres_store: PostgresTaskStore,
     postgres_url: str,
@@ -204,3 +256,88 @@ def test_agentq_events_prints_a_finished_jobs_events_and_refuses_bad_input(
         refused = agentq(*args)
         assert refused.returncode == 1 and refused.stdout == ""
         assert refused.stderr.startswith("agentq: ") and message in refused.stderr, refused.stderr
+
+
+@pytest.fixture
+def redis_refusing_events(tmp_path: Path) -> Iterator[str]:
+    """A private redis-server whose only user may run every command but ``XADD``: the broker works, every
+    live event is refused (``NOPERM``)."""
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    config = tmp_path / "redis.conf"
+    config.write_text(
+        f'port {port}\nbind 127.0.0.1\nsave ""\nappendonly no\nuser default on nopass ~* &* +@all -xadd\n'
+    )
+    process = subprocess.Popen([server, str(config)], stdout=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url, socket_connect_timeout=1)
+    try:
+        wait_until(lambda: _answers(client), timeout_s=10, what="the private redis-server")
+        yield url
+    finally:
+        client.close()
+        process.kill()
+        process.wait(timeout=10)
+
+
+def _answers(client: redis.Redis) -> bool:
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def test_a_redis_that_refuses_every_event_neither_fails_nor_holds_up_a_run(
+    redis_refusing_events: str,
+    postgres_store: PostgresTaskStore,
+    postgres_url: str,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    # Given a worker and a producer whose Redis refuses XADD (the broker's own commands work)
+    env = command_env(DATABASE_URL=postgres_url, REDIS_URL=redis_refusing_events)
+    now = utcnow()
+    agent = postgres_store.create_agent(
+        NewAgent(
+            organization_id=ORG,
+            name="helper",
+            provider="scripted",
+            model="scripted-1",
+            allowed_tools=("calculate",),
+        ),
+        now=now,
+    )
+    script = [{"tool": "calculate", "arguments": {"expression": f"{n} * 2"}} for n in range(5)]
+    task_ids = [
+        postgres_store.create_task(
+            NewTask(agent_id=agent.id, organization_id=ORG, title=f"Task {n}", context={"script": script}),
+            now=now,
+        ).id
+        for n in range(3)
+    ]
+    worker = workers(env)
+
+    # When the tasks are queued and run (each publishing about 25 events, all refused)
+    producer = WorkerProcess.run_python(
+        env, f"from actors import agent_task_queue; agent_task_queue.add_tasks({task_ids!r})"
+    )
+    assert producer.returncode == 0, producer.stderr
+    wait_until(
+        lambda: all(postgres_store.get_task(t).status == TaskStatus.COMPLETED for t in task_ids),  # type: ignore[union-attr]
+        timeout_s=60,
+        what="the tasks to complete",
+    )
+
+    # Then every task completed, the worker said once that events are not published, and their
+    # events are still readable: rebuilt from the database, as no stream exists
+    assert worker.log().count("live event(s) not published") == 1, worker.log()
+    assert "no permissions to run the 'xadd' command" in worker.log()
+    reader = WorkerProcess.run_python(
+        env,
+        "from actors import agent_task_queue\n"
+        f"print(' '.join(e.type for e in agent_task_queue.events({task_ids[0]!r}, follow=False)))",
+    )
+    assert reader.returncode == 0, reader.stderr
+    assert reader.stdout.split()[0] == "queued" and reader.stdout.split()[-1] == "completed"
+    assert reader.stdout.split().count("tool_completed") == 5

@@ -283,3 +283,26 @@ def test_bad_arguments_are_refused_before_anything_is_read(app: Harness) -> None
             app.queue.events(task_id, timeout_s=timeout)  # type: ignore[arg-type]
     with pytest.raises(InvalidArgument, match="follow"):
         app.queue.events(task_id, follow="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("trace_content", [False, True])
+def test_a_streaming_agents_text_is_published_only_with_trace_content(
+    redis_url: str, trace_content: bool
+) -> None:
+    answer = "Q3 revenue grew by 11,500 over Q2, nine and a half percent."
+    with redis_harness(
+        InMemoryTaskStore(), redis_url, trace_content=trace_content, events_delta_flush_ms=0
+    ) as app:
+        task_id = app.task(app.agent(stream=True), context={"script": [{"answer": answer}]})
+        app.queue.add_task(task_id)
+        run_to_end(app, task_id)
+        events = read(app, task_id)
+
+    deltas = [event.data for event in events if event.type == "llm_delta"]
+    assert types(events)[2:3] == ["llm_started"] and types(events)[-2:] == ["llm_completed", "completed"]
+    assert len(deltas) == len(answer.split())  # the scripted provider streams word by word
+    assert sum(data["chars"] for data in deltas) == len(answer)
+    if trace_content:
+        assert "".join(data["text"] for data in deltas) == answer
+    else:
+        assert all("text" not in data for data in deltas)
