@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -341,3 +342,28 @@ def test_a_redis_that_refuses_every_event_neither_fails_nor_holds_up_a_run(
     assert reader.returncode == 0, reader.stderr
     assert reader.stdout.split()[0] == "queued" and reader.stdout.split()[-1] == "completed"
     assert reader.stdout.split().count("tool_completed") == 5
+
+
+def test_the_demo_prints_the_financial_reports_events_as_they_happen(redis_url: str, tmp_path: Path) -> None:
+    env = command_env(REDIS_URL=redis_url, AGENTQ_SQLITE_PATH=str(tmp_path / "demo.db"))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "actors.cli", "demo", "--timeout", "60"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    followed = result.stdout.split("Live events of task ", 1)[1].split("\nResults:", 1)[0]
+    kinds = re.findall(r"^  \+ *[\d.]+s  (\w+)", followed, re.MULTILINE)
+    step = ["llm_started", "llm_completed", "tool_started", "tool_completed"]
+    deltas = kinds.count("llm_delta")
+    assert kinds == ["queued", "running", *step, *step, "llm_started"] + ["llm_delta"] * deltas + [
+        "llm_completed",
+        "completed",
+    ]
+    assert deltas >= 2  # the answer streamed word by word, 40 ms apart, published at most every 100 ms
+    assert "calculate -> 11500" in result.stdout and "Results:" in result.stdout.split("Live events")[1]
