@@ -48,6 +48,7 @@ class StoreLedger:
         self.task_id, self.run_id, self.firing = claim.task.id, claim.run_id, claim.task.firing
         self.scope = f"{self.task_id}:{self.firing}"
         self.queue = claim.agent.kind if claim.agent is not None else "unknown"
+        self._recorded = claim.steps
         self._lost = lost
         self._clock = clock
         #: The run that last wrote each step, as read or written: a step left unfinished by another run is
@@ -58,10 +59,10 @@ class StoreLedger:
         return f"StoreLedger(task={self.task_id!r}, run={self.run_id!r}, firing={self.firing})"
 
     def steps(self) -> Sequence[Step]:
-        steps = self._write(-1, lambda: self.store.get_steps(self.task_id))
-        mine = [step for step in steps if step.firing == self.firing]
-        self._writers = {step.seq: step.run_id for step in mine}
-        return mine
+        """The steps earlier attempts recorded, as the claim read them (no step can change since: only the
+        run holding the task writes them)."""
+        self._writers = {step.seq: step.run_id for step in self._recorded}
+        return self._recorded
 
     def start(self, seq: int, kind: str, name: str, input: Mapping[str, Any]) -> None:
         written = self._write(
@@ -134,8 +135,9 @@ class StoreLedger:
         try:
             return write()
         except StoreUnavailable as exc:
-            where = "the step ledger could not be read" if seq < 0 else f"step {seq} could not be recorded"
-            raise StepNotRecorded(f"task {self.task_id}: {where}: {exc}", retryable=True) from exc
+            raise StepNotRecorded(
+                f"task {self.task_id}: step {seq} could not be recorded: {exc}", retryable=True
+            ) from exc
 
     def _check(self, seq: int, written: bool, status: str) -> None:
         if written:

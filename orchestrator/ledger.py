@@ -12,7 +12,7 @@ storage.
 Payloads hold what a replay needs, exactly: a model call's text and tool calls, a tool call's
 result. Each string is kept whole up to :data:`MAX_STEP_TEXT_CHARS` (five times the longest tool
 result a model is given), and clipped beyond it with its length named, so a row is never unbounded;
-a model call stored clipped cannot be replayed faithfully (see :mod:`orchestrator.replay`).
+a run cannot resume from a model call stored clipped (see :mod:`orchestrator.replay`).
 """
 
 from __future__ import annotations

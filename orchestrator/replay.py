@@ -8,9 +8,8 @@ after the final answer) raises :class:`~orchestrator.ledger.LedgerMismatch`, so 
 conversation is never sent to a provider. The ledger is the source of truth: tool call ids come from
 the recorded model call, whatever a provider would answer now.
 
-A completed model call stored clipped (:data:`~orchestrator.ledger.MAX_STEP_TEXT_CHARS`) cannot be
-replayed word for word: as the last step it is requested again; followed by other steps it is a
-mismatch.
+A completed model call stored clipped (a text over :data:`~orchestrator.ledger.MAX_STEP_TEXT_CHARS`)
+cannot be replayed word for word, and a completed step is never made again: it is a mismatch too.
 """
 
 from __future__ import annotations
@@ -115,20 +114,20 @@ def rebuild(steps: Sequence[RecordedStep]) -> Replay:
         elif replay.open_call is not None and not replay.open_call.response.tool_calls:
             raise LedgerMismatch(index, "it comes after the final answer")
         else:
-            _model_step(replay, step, is_last=index == last)
+            _model_step(replay, step)
     return replay
 
 
-def _model_step(replay: Replay, step: RecordedStep, *, is_last: bool) -> None:
+def _model_step(replay: Replay, step: RecordedStep) -> None:
     if step.kind != LLM:
         raise LedgerMismatch(step.seq, f"a {step.kind!r} step where a model call belongs")
     if step.status != COMPLETED:
         return  # requested again
     output = _mapping(step.seq, step.output, "output")
     if output.get("clipped"):
-        if is_last:
-            return  # cannot be replayed word for word: requested again
-        raise LedgerMismatch(step.seq, "the model call was stored clipped and later steps depend on it")
+        raise LedgerMismatch(
+            step.seq, "the model call was stored clipped (a text too long to keep), so it cannot be replayed"
+        )
     inputs = _mapping(step.seq, step.input, "input")
     call = ReplayedCall(
         seq=step.seq,

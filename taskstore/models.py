@@ -183,11 +183,13 @@ class Step:
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """What a worker gets when it wins a task: the task (now running), its agent, and its new run."""
+    """What a worker gets when it wins a task: the task (now running), its agent, its new run, and the
+    steps earlier attempts at the task's current firing recorded (read in the same statement)."""
 
     task: Task
     agent: Agent | None
     run_id: str
+    steps: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,11 +128,17 @@ def decode_task(row: Mapping[str, Any]) -> Task:
 
 
 def decode_claim(data: Mapping[str, Any]) -> Claim:
-    """A :class:`Claim` from ``{"task", "agent"}`` (``agentq_claim``, ``agentq_claim_many``)."""
+    """A :class:`Claim` from ``{"task", "agent", "steps"}`` (``agentq_claim``, ``agentq_claim_many``)."""
     task = decode_task(data["task"])
     agent = agent_from_row(_agent_row(data["agent"])) if data["agent"] is not None else None
+    steps = tuple(decode_step(row) for row in data.get("steps") or ())
     assert task.current_run_id is not None
-    return Claim(task=task, agent=agent, run_id=task.current_run_id)
+    return Claim(task=task, agent=agent, run_id=task.current_run_id, steps=steps)
+
+
+def decode_step(row: Mapping[str, Any]) -> Step:
+    """A :class:`Step` from an ``ai_agent_task_steps`` row as either transport returns it."""
+    return step_from_row(_step_row(row))
 
 
 def _time(value: datetime | None) -> str | None:
@@ -368,7 +374,8 @@ class SqlFunctionStore(ABC):
             if not rows or decode_task(rows[0]).current_run_id != item["run_id"]:
                 return None
             agent = self._call("agentq_get_agent", {"p_agent_id": rows[0]["agent_id"]})
-            return {"task": rows[0], "agent": agent[0] if agent else None}
+            steps = self._call("agentq_get_steps", {"p_task_id": item["task_id"]}) or []
+            return {"task": rows[0], "agent": agent[0] if agent else None, "steps": steps}
 
         params = {f"p_{name}": value for name, value in item.items()}
         data = self._call("agentq_claim", {**params, "p_max_running_in_org": max_running_in_org}, applied)
@@ -593,8 +600,7 @@ class SqlFunctionStore(ABC):
         return bool(self._call("agentq_finish_step", params))
 
     def get_steps(self, task_id: str) -> list[Step]:
-        rows = self._call("agentq_get_steps", {"p_task_id": task_id}) or []
-        return [step_from_row(_step_row(row)) for row in rows]
+        return [decode_step(row) for row in self._call("agentq_get_steps", {"p_task_id": task_id}) or []]
 
     # --- schedules ----------------------------------------------------------
 

@@ -499,8 +499,9 @@ class SqliteTaskStore:
                 (run_id, task_id, task.attempts, worker_id, stamp),
             )
             agent_rows = conn.execute("SELECT * FROM ai_agents WHERE id = ?", (task.agent_id,)).fetchall()
+            steps = tuple(step_from_row(_decode(row)) for row in conn.execute(GET_STEPS, (task_id,)))
         agent = agent_from_row(_decode(agent_rows[0])) if agent_rows else None
-        return Claim(task=task, agent=agent, run_id=run_id)
+        return Claim(task=task, agent=agent, run_id=run_id, steps=steps)
 
     def complete(
         self,

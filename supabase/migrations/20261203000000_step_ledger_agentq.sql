@@ -77,7 +77,8 @@ LANGUAGE sql STABLE SET search_path = public AS $$
     SELECT COALESCE(jsonb_agg(name ORDER BY name), '[]'::jsonb) FROM agentq_schema_migrations
 $$;
 
--- queued -> running: counts an attempt, opens run p_run_id, returns {"task", "agent"} (NULL: lost race).
+-- queued -> running: counts an attempt, opens run p_run_id, returns {"task", "agent", "steps"} (NULL: lost
+-- race); "steps" is the step ledger of the task's current firing, so a resumed run needs no other read.
 CREATE OR REPLACE FUNCTION agentq_claim(
     p_task_id uuid, p_run_id uuid, p_worker_id text, p_lease_until timestamptz, p_now timestamptz,
     p_max_running_in_org integer DEFAULT NULL
@@ -112,7 +113,9 @@ BEGIN
     INSERT INTO ai_agent_task_runs (id, task_id, attempt, status, worker_id, started_at)
     VALUES (p_run_id, t.id, t.attempts, 'running', p_worker_id, p_now);
     SELECT * INTO a FROM ai_agents WHERE id = t.agent_id;
-    RETURN jsonb_build_object('task', to_jsonb(t), 'agent', CASE WHEN FOUND THEN to_jsonb(a) END);
+    RETURN jsonb_build_object('task', to_jsonb(t), 'agent', CASE WHEN FOUND THEN to_jsonb(a) END,
+        'steps', (SELECT COALESCE(jsonb_agg(to_jsonb(s) ORDER BY s.seq), '[]'::jsonb) FROM ai_agent_task_steps s
+                   WHERE s.task_id = t.id AND s.firing = t.firing));
 END
 $$;
 
@@ -607,7 +610,7 @@ RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
 $$;
 
 -- agentq_claim for several tasks at once (the Postgres store's group commit): p_claims is an array of
--- {"task_id", "run_id", "worker_id", "lease_until", "now"}; returns [{"task", "agent"}] per task claimed.
+-- {"task_id", "run_id", "worker_id", "lease_until", "now"}; returns [{"task", "agent", "steps"}] per task claimed.
 CREATE OR REPLACE FUNCTION agentq_claim_many(p_claims jsonb)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
@@ -628,7 +631,9 @@ BEGIN
         INSERT INTO ai_agent_task_runs (id, task_id, attempt, status, worker_id, started_at)
         SELECT current_run_id, id, attempts, 'running', worker_id, started_at FROM taken
     )
-    SELECT COALESCE(jsonb_agg(jsonb_build_object('task', to_jsonb(t), 'agent', to_jsonb(a))), '[]'::jsonb)
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('task', to_jsonb(t), 'agent', to_jsonb(a), 'steps',
+               (SELECT COALESCE(jsonb_agg(to_jsonb(s) ORDER BY s.seq), '[]'::jsonb) FROM ai_agent_task_steps s
+                 WHERE s.task_id = t.id AND s.firing = t.firing))), '[]'::jsonb)
       INTO claimed
       FROM taken t LEFT JOIN ai_agents a ON a.id = t.agent_id;
     RETURN claimed;

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from taskstore import (
+    Claim,
     Firing,
     NewAgent,
     RetentionPolicy,
@@ -67,15 +68,14 @@ def finish(
     return store.finish_step(task_id, run_id, firing=firing, seq=seq, status=status, now=clock(), **values)
 
 
-def stall(store: TaskStore, clock: Clock, task_id: str) -> str:
-    """Let the running task's lease expire, recover it and claim it again; returns the new run's id."""
+def stall(store: TaskStore, clock: Clock, task_id: str) -> Claim:
+    """Let the running task's lease expire, recover it and claim it again: the new attempt's claim."""
     clock.advance(LEASE.total_seconds() + 1)
-    assert [stalled.task_id for stalled in store.recover_stalled(max_stalled_count=5, now=clock())] == [
-        task_id
-    ]
+    recovered = store.recover_stalled(max_stalled_count=5, now=clock())
+    assert [stalled.task_id for stalled in recovered] == [task_id]
     claim = store.claim(task_id, run_id=new_id(), worker_id="w2", lease_until=clock() + LEASE, now=clock())
     assert claim is not None
-    return claim.run_id
+    return claim
 
 
 def test_a_step_is_written_started_then_completed_with_its_output_and_usage(
@@ -98,8 +98,17 @@ def test_a_step_is_written_started_then_completed_with_its_output_and_usage(
 
     clock.advance(2)
     output = {"content": "Ünïcode ✓", "tool_calls": [{"id": "call_1", "arguments": {"x": [1, 2.5, None]}}]}
-    assert finish(store, clock, task_id, run_id, 0, output=output, input_tokens=12, output_tokens=5,
-                  cost_usd=Decimal("0.00012345"))  # fmt: skip
+    assert finish(
+        store,
+        clock,
+        task_id,
+        run_id,
+        0,
+        output=output,
+        input_tokens=12,
+        output_tokens=5,
+        cost_usd=Decimal("0.00012345"),
+    )
     assert start(store, clock, task_id, run_id, 1, kind=StepKind.TOOL, name="calculate")
 
     first, second = store.get_steps(task_id)
@@ -137,7 +146,7 @@ def test_step_writes_of_a_run_that_does_not_hold_the_task_are_refused(store: Tas
     assert not finish(store, clock, task_id, new_id(), 0)
     assert not finish(store, clock, task_id, run_id, 0, firing=1)
 
-    new_run = stall(store, clock, task_id)  # recovered as stalled, claimed by another worker
+    new_run = stall(store, clock, task_id).run_id  # recovered as stalled, claimed by another worker
 
     assert not finish(store, clock, task_id, run_id, 0)  # the stale worker
     assert not start(store, clock, task_id, run_id, 1)
@@ -186,7 +195,7 @@ def test_a_later_run_takes_over_an_unfinished_step_only_from_the_run_it_found_it
     start(store, clock, task_id, first_run, 0)
     finish(store, clock, task_id, first_run, 0)
     start(store, clock, task_id, first_run, 1, kind=StepKind.TOOL, name="send_invoice")
-    second_run = stall(store, clock, task_id)
+    second_run = stall(store, clock, task_id).run_id
 
     assert not start(store, clock, task_id, second_run, 0, replaces=first_run)  # completed: never again
     assert not start(store, clock, task_id, second_run, 1, kind=StepKind.TOOL, name="send_invoice")
@@ -218,6 +227,24 @@ def test_concurrent_resends_of_one_step_write_one_row(store: TaskStore, clock: C
 
     assert results == [True] * 4  # the same run: every write is the same step, applied idempotently
     assert len(store.get_steps(task_id)) == 1
+
+
+def test_a_claim_reads_the_steps_of_the_firing_it_resumes(store: TaskStore, clock: Clock) -> None:
+    task_id = queued_task(store, clock)
+    first = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
+    assert first is not None and first.steps == ()
+    start(store, clock, task_id, first.run_id, 0)
+    finish(store, clock, task_id, first.run_id, 0, output={"content": "hi"}, input_tokens=4)
+    start(store, clock, task_id, first.run_id, 1, kind=StepKind.TOOL, name="calculate")
+
+    again = stall(store, clock, task_id)
+
+    assert again.steps == tuple(store.get_steps(task_id))
+    assert [(step.seq, step.status, step.run_id) for step in again.steps] == [
+        (0, StepStatus.COMPLETED, first.run_id),
+        (1, StepStatus.STARTED, first.run_id),
+    ]
+    assert again.steps[0].output == {"content": "hi"} and again.steps[0].input_tokens == 4
 
 
 def test_get_steps_reads_the_current_firing_in_seq_order(store: TaskStore, clock: Clock) -> None:
@@ -295,11 +322,16 @@ def test_a_stalled_runs_usage_is_what_its_completed_model_calls_recorded(
     store: TaskStore, clock: Clock
 ) -> None:
     task_id, run_id = running_task(store, clock)
-    usage = {"input_tokens": 100, "output_tokens": 10, "cached_input_tokens": 40, "reasoning_tokens": 3,
-             "cache_creation_input_tokens": 0}  # fmt: skip
+    usage = {
+        "input_tokens": 100,
+        "output_tokens": 10,
+        "cached_input_tokens": 40,
+        "reasoning_tokens": 3,
+        "cache_creation_input_tokens": 0,
+    }
     for seq, cost in ((0, "0.001"), (2, "0.002")):
         start(store, clock, task_id, run_id, seq)
-        spent = {"input_tokens": 100, "output_tokens": 10, "cost_usd": Decimal(cost)}
+        spent: dict[str, Any] = {"input_tokens": 100, "output_tokens": 10, "cost_usd": Decimal(cost)}
         finish(store, clock, task_id, run_id, seq, output={"usage": usage}, **spent)
     start(store, clock, task_id, run_id, 1, kind=StepKind.TOOL, name="calculate")
     finish(store, clock, task_id, run_id, 1, output={"content": "4"})
