@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import statistics
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -119,10 +118,8 @@ def run(
                     )
                     result = bench.run_pipeline(processes, threads, tasks)
                     results.setdefault((processes, threads, name), []).append(result)
-                    print(
-                        f"repeat {repeat} {processes}x{threads} events {name}: {result.throughput:.1f} tasks/s",
-                        file=sys.stderr,
-                    )
+                    speed = f"{result.throughput:.1f} tasks/s"
+                    print(f"repeat {repeat} {processes}x{threads} events {name}: {speed}", file=sys.stderr)
         store.close()
     finally:
         redis_client.flushdb()
@@ -146,12 +143,15 @@ def render(cells: list[Cell], tasks: int, repeats: int) -> str:
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for cell in cells:
+
+        def pair(field: str, digits: int = 1, cell: Cell = cell) -> str:
+            off, on = cell.median(cell.off, field), cell.median(cell.on, field)
+            return f"{_fmt(off, digits)} / {_fmt(on, digits)}"
+
         lines.append(
             f"| {cell.processes} x {cell.threads} | {_fmt(cell.median(cell.off, 'throughput'))}"
             f" | {_fmt(cell.median(cell.on, 'throughput'))} | {_fmt(cell.ratio, 3)}"
-            f" | {_fmt(cell.median(cell.off, 'worker_cpu_ms'), 2)} / {_fmt(cell.median(cell.on, 'worker_cpu_ms'), 2)}"
-            f" | {_fmt(cell.median(cell.off, 'server_cpu_ms'), 2)} / {_fmt(cell.median(cell.on, 'server_cpu_ms'), 2)}"
-            f" | {_fmt(cell.median(cell.off, 'enqueue_rate'))} / {_fmt(cell.median(cell.on, 'enqueue_rate'))} |"
+            f" | {pair('worker_cpu_ms', 2)} | {pair('server_cpu_ms', 2)} | {pair('enqueue_rate')} |"
         )
     lines += ["", "Every run (tasks/s), in order: " + "; ".join(_runs(cell) for cell in cells)]
     return "\n".join(lines) + "\n"

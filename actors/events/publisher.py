@@ -2,17 +2,21 @@
 
 :class:`EventPublisher` is the process's :class:`~middleware.events.EventSink`. ``publish`` only puts
 the event in a bounded in-memory buffer; one background thread per process sends what has gathered
-in one pipelined round trip — ``XADD agentq:events:<task id> MAXLEN ~ AGENTQ_EVENTS_MAX_LEN * …`` per
-event and one ``EXPIRE`` per stream — so a worker's threads share round trips and a run never waits
-on Redis. Events of one process reach Redis in the order they were published.
+in one round trip — a Lua script (:data:`ADD_EVENTS`) running ``XADD agentq:events:<task id> MAXLEN ~
+AGENTQ_EVENTS_MAX_LEN * …`` and ``EXPIRE`` per event — so a worker's threads share round trips and a
+run never waits on Redis. Events of one process reach Redis in the order they were published.
 
 * **Expiry**: a stream whose task ended (``completed``, ``failed``, ``cancelled``) expires
   ``AGENTQ_EVENTS_TTL_S`` after that event; any other event keeps it for :data:`LIVE_TTL_S` (a task that
   waits, or a worker that died, never leaves a stream behind for good). A later firing or ``retry_job``
   starts over.
 * **Content**: prompt and output text (the fields in :data:`CONTENT_FIELDS`) is published only with
-  ``record_content`` (``AGENTQ_TRACE_CONTENT``); every string is redacted (``config.redaction``) and
-  clipped to :data:`MAX_TEXT_CHARS`.
+  ``record_content`` (``AGENTQ_TRACE_CONTENT``); every string (but the UUIDs of :data:`ID_FIELDS`) is
+  redacted (``config.redaction``) and clipped to :data:`MAX_TEXT_CHARS`.
+* **Batching**: the thread waits up to :data:`LINGER_S` for more events before it sends, unless someone
+  waits in :meth:`EventPublisher.flush`; a busy worker's events share round trips (measured: 3-6 µs of
+  client CPU per event in batches of 9 to 27, against 9-17 µs as pipelined commands and 80 µs for an
+  event sent alone).
 * **Failures never spread**: a Redis error drops that batch and is logged at most once per
   :data:`WARN_EVERY_S`; a full buffer (Redis unreachable, :data:`MAX_BUFFER` events waiting) drops new
   events the same way. While Redis is failing, :meth:`EventPublisher.flush` does not wait.
@@ -24,6 +28,7 @@ import atexit
 import json
 import logging
 import os
+import re
 import threading
 import time
 import weakref
@@ -34,6 +39,7 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from redis.commands.core import Script
 
 from actors.events.model import iso, stream_key
 from config.redaction import redact_data
@@ -60,6 +66,8 @@ LIVE_TTL_S = 8 * 24 * 3600
 MAX_BUFFER = 10_000
 #: Most events sent in one round trip.
 BATCH_SIZE = 500
+#: Longest an event waits for others to share its round trip (no wait when someone flushes).
+LINGER_S = 0.02
 #: Longest string kept in an event's data, in characters (as in run transcripts).
 MAX_TEXT_CHARS = 2_000
 #: Least seconds between two warnings about events that could not be published.
@@ -72,6 +80,28 @@ EXIT_FLUSH_S = 2.0
 CONTENT_FIELDS = frozenset(
     {"prompt", "system_prompt", "content", "output", "arguments", "result", "text", "input"}
 )
+
+
+#: Adds a batch of events: ``KEYS[i]`` is event i's stream; ``ARGV`` is the streams' maximum length, then
+#: per event its type, time, JSON data and the stream's TTL. One ``XADD … MAXLEN ~`` and ``EXPIRE`` per
+#: event (the stream's last event sets its TTL); an event Redis refuses is counted, the others go on.
+#: Returns ``{added, refused, first error}``.
+ADD_EVENTS = """
+local added, refused, first = 0, 0, ''
+for i, key in ipairs(KEYS) do
+  local at = 2 + (i - 1) * 4
+  local reply = redis.pcall('XADD', key, 'MAXLEN', '~', ARGV[1], '*',
+                            'type', ARGV[at], 'at', ARGV[at + 1], 'data', ARGV[at + 2])
+  if type(reply) == 'table' and reply.err then
+    refused = refused + 1
+    if first == '' then first = reply.err end
+  else
+    added = added + 1
+    redis.pcall('EXPIRE', key, ARGV[at + 3])
+  end
+end
+return {added, refused, first}
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +157,9 @@ class EventPublisher:
         self._buffer: deque[_Pending] = deque()
         self._accepted = 0
         self._handled = 0
+        self._hurry = threading.Condition(self._lock)
+        self._script: Script | None = None
+        self._urgent = 0
         self._failing = False
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -152,12 +185,17 @@ class EventPublisher:
         deadline = time.monotonic() + timeout_s
         with self._lock:
             target = self._accepted
-            while self._handled < target:
-                left = deadline - time.monotonic()
-                if self._failing or left <= 0:
-                    return False
-                self._done.wait(left)
-            return not self._failing
+            self._urgent += 1
+            self._hurry.notify()
+            try:
+                while self._handled < target:
+                    left = deadline - time.monotonic()
+                    if self._failing or left <= 0:
+                        return False
+                    self._done.wait(left)
+                return not self._failing
+            finally:
+                self._urgent -= 1
 
     def close(self, timeout_s: float = EXIT_FLUSH_S) -> None:
         """Send what is waiting (at most ``timeout_s``) and stop the thread."""
@@ -165,6 +203,7 @@ class EventPublisher:
         with self._lock:
             self._stopping = True
             self._wake.notify()
+            self._hurry.notify()
             thread = self._thread
         if thread is not None:
             thread.join(timeout=timeout_s)
@@ -199,6 +238,7 @@ class EventPublisher:
                 if not self._buffer:  # stopping, or idle: the next publish starts a new thread
                     self._thread = None
                     return
+                self._linger()
                 batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), BATCH_SIZE))]
             try:
                 failing = not self._send(batch)
@@ -211,30 +251,35 @@ class EventPublisher:
                 self._failing = failing
                 self._done.notify_all()
 
+    def _linger(self) -> None:
+        """Let more events join the batch, up to :data:`LINGER_S` (holding the lock; ``wait`` frees it)."""
+        deadline = time.monotonic() + LINGER_S
+        while len(self._buffer) < BATCH_SIZE and not self._urgent and not self._stopping:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            self._hurry.wait(left)
+
     # --- sending ----------------------------------------------------------------------------
 
     def _send(self, batch: list[_Pending]) -> bool:
-        """One pipelined round trip for ``batch``; ``False`` if Redis could not be reached."""
-        ttl: dict[str, int] = {}
-        pipe = self.client.pipeline(transaction=False)
+        """One round trip for ``batch`` (:data:`ADD_EVENTS`); ``False`` if Redis could not be reached."""
+        keys: list[str] = []
+        args: list[str | int] = [self.max_len]
         for entry in batch:
-            key = stream_key(entry.task_id)
-            fields = {"type": entry.type.value, "at": iso(entry.at), "data": self._encode(entry.data)}
-            pipe.xadd(key, fields, maxlen=self.max_len, approximate=True)  # type: ignore[arg-type]
-            ttl[key] = self.ended_ttl_s if entry.type in TERMINAL_EVENTS else self.live_ttl_s
-        for key, seconds in ttl.items():
-            pipe.expire(key, seconds)
+            keys.append(stream_key(entry.task_id))
+            ttl = self.ended_ttl_s if entry.type in TERMINAL_EVENTS else self.live_ttl_s
+            args += [entry.type.value, iso(entry.at), self._encode(entry.data), ttl]
+        if self._script is None:
+            self._script = self.client.register_script(ADD_EVENTS)
         try:
-            replies = pipe.execute(raise_on_error=False)
+            added, refused, error = self._script(keys=keys, args=args)
         except (redis.RedisError, OSError) as exc:
             self._lose(len(batch), f"Redis did not answer: {exc}")
-            return False
-        finally:
-            pipe.reset()
-        refused = [reply for reply in replies[: len(batch)] if isinstance(reply, Exception)]
-        self.sent += len(batch) - len(refused)
+            return isinstance(exc, redis.ResponseError)  # an answer, if a refusal: Redis is there
+        self.sent += int(added)
         if refused:
-            self._lose(len(refused), f"Redis refused them: {refused[0]}")
+            self._lose(int(refused), f"Redis refused them: {_text(error)}")
         return True
 
     def _encode(self, data: Mapping[str, Any]) -> str:
@@ -263,8 +308,22 @@ def sanitize(data: Mapping[str, Any], *, record_content: bool) -> dict[str, Any]
     """``data`` as events carry it: without :data:`CONTENT_FIELDS` unless ``record_content``, every
     string redacted and clipped to :data:`MAX_TEXT_CHARS`."""
     kept = {key: _clip(value) for key, value in data.items() if record_content or key not in CONTENT_FIELDS}
-    cleaned: dict[str, Any] = redact_data(kept)
-    return cleaned
+    ids = {
+        key: value
+        for key, value in kept.items()
+        if key in ID_FIELDS and isinstance(value, str) and _UUID.fullmatch(value)
+    }
+    cleaned: dict[str, Any] = redact_data({key: value for key, value in kept.items() if key not in ids})
+    return {key: ids[key] if key in ids else cleaned[key] for key in kept}
+
+
+#: Id fields whose UUID values are left as they are (an id is never a secret; redacting costs 8 µs).
+ID_FIELDS = frozenset({"run_id", "task_id", "agent_id"})
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
 
 def _clip(value: Any) -> Any:
