@@ -32,6 +32,7 @@ from actors.arguments import (
     check_title,
     item,
     task_fields,
+    unstorable_text,
 )
 from actors.broker.lanes import LaneBroker
 from actors.errors import (
@@ -634,6 +635,9 @@ class AgentTaskQueue:
         size = len(encoded.encode())
         if size > self.max_context_bytes:
             raise InvalidContext(f"context is {size} bytes of JSON; the limit is {self.max_context_bytes}")
+        problem = unstorable_text(context)
+        if problem is not None:
+            raise InvalidContext(f"context contains {problem}, which the database cannot store")
         decoded: dict[str, Any] = json.loads(encoded)
         return decoded
 

@@ -50,6 +50,12 @@ class TaskStore(Protocol):
         """Create or upgrade the schema; returns the names of migrations applied now. Idempotent."""
         ...
 
+    def ensure_schema(self) -> None:
+        """Before a worker starts: make sure the schema is current. SQLite (embedded: the worker owns the
+        file) applies what is missing; Postgres and Supabase only check (DDL is a deploy step) and raise
+        :class:`~taskstore.errors.SchemaMissing` naming what to apply."""
+        ...
+
     def close(self) -> None:
         """Release connections. The store reopens them if used again."""
         ...

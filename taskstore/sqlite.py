@@ -311,6 +311,10 @@ class SqliteTaskStore:
             rows = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) RETURNING *", row).fetchall()
         return _decode(rows[0])
 
+    def ensure_schema(self) -> None:
+        """Apply what is missing: an embedded database belongs to the worker that opens it."""
+        self.migrate()
+
     def get_agent(self, agent_id: str) -> Agent | None:
         rows = self._query("SELECT * FROM ai_agents WHERE id = ?", (agent_id,))
         return agent_from_row(_decode(rows[0])) if rows else None
