@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,10 +46,12 @@ from actors.errors import (
     ScheduleNotChanged,
     UnknownAgentKind,
 )
+from actors.events import Event, EventReader
 from actors.schedules.cron import parse_schedule
 from config.errors import AgentQueueError, ConfigError, short_repr
+from middleware.events import NO_EVENTS, EventSink, EventType
 from middleware.pause import PausableBroker
-from middleware.task_lifecycle import queued_options
+from middleware.task_lifecycle import queued_event, queued_options
 from taskstore import (
     Agent,
     AgentNotFound,
@@ -142,6 +144,8 @@ class AgentTaskQueue:
         max_context_bytes: int = 64 * 1024,
         retention: RetentionPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        events: EventSink = NO_EVENTS,
+        reader: EventReader | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -149,6 +153,9 @@ class AgentTaskQueue:
         self.max_context_bytes = max_context_bytes
         self.retention = retention or RetentionPolicy()
         self.clock = clock
+        #: Where ``queued`` and ``cancelled`` events go, and what reads a task's events.
+        self.event_sink = events
+        self.event_reader = reader if reader is not None else EventReader(None, store)
 
     # --- creating and enqueuing ----------------------------------------------
 
@@ -237,7 +244,7 @@ class AgentTaskQueue:
             )
             if queued is not None:
                 task = queued.task
-                self._send([(kinds[queued.agent_kind], task)], delay_ms, queued_at=now)
+                self._send([(kinds[queued.agent_kind], task)], delay_ms, queued_at=now, by="add_task")
                 _log_added(task, delay_ms)
                 return Job.from_task(task, self.store.get_runs(task_id) if task.attempts else [])
             # Nothing changed: say why; if nothing is wrong now, the row changed meanwhile: try again.
@@ -282,7 +289,9 @@ class AgentTaskQueue:
         queued = self.store.mark_queued_many(ids, priority=priority, run_at=due, now=now)
         if queued is None:
             raise self._changed_meanwhile(ids)
-        self._send([(actors[task.agent_id], task) for task in queued], delay_ms, queued_at=now)
+        self._send(
+            [(actors[task.agent_id], task) for task in queued], delay_ms, queued_at=now, by="add_tasks"
+        )
         for task in queued:
             _log_added(task, delay_ms)
         return [Job.from_task(task, self.store.get_runs(task.id) if task.attempts else []) for task in queued]
@@ -388,6 +397,28 @@ class AgentTaskQueue:
 
     # --- inspecting and removing ----------------------------------------------
 
+    def events(
+        self, task_id: str, after: str | None = None, follow: bool = True, timeout_s: float | None = None
+    ) -> Iterator[Event]:
+        """The task's live events, oldest first: from the beginning, or after the event whose id is ``after``.
+
+        Each :class:`~actors.events.Event` has ``id``, ``type`` (``queued``, ``running``, ``llm_started``,
+        ``llm_delta``, ``llm_completed``, ``tool_started``, ``tool_completed``, ``retrying``,
+        ``postponed``, ``completed``, ``failed``, ``cancelled``), ``task_id``, ``at`` and ``data``. With
+        ``follow`` the iterator waits for new events until the task ends (a ``completed``, ``failed`` or
+        ``cancelled`` event is the latest) or ``timeout_s`` has passed; without it, it stops at the
+        latest event. When the task's stream has expired (``AGENTQ_EVENTS_TTL_S`` after the task ended)
+        the events are rebuilt from the database (the step ledger, the task and its runs), marked
+        ``replayed``. The arguments and the task are checked before this returns.
+
+        Raises:
+            InvalidTaskId, InvalidEventId, InvalidArgument: A malformed ``task_id``, ``after``, ``follow``
+                or ``timeout_s``.
+            TaskNotFound: No task has this id.
+            EventsUnavailable: The broker has no Redis (while reading: Redis stopped answering).
+        """
+        return self.event_reader.events(task_id, after=after, follow=follow, timeout_s=timeout_s)
+
     def get_job(self, job_id: str) -> Job | None:
         """The job, or ``None`` if no such task exists or its record was cleaned up."""
         task_id = normalize_id(job_id, "job id")
@@ -410,6 +441,7 @@ class AgentTaskQueue:
             logger.info("[AgentTaskQueue] Job %s will not fire again: its schedule was removed", task_id)
         if self.store.cancel(task_id, now=now) is not None:
             logger.info("[AgentTaskQueue] Job %s removed", task_id)
+            self.event_sink.publish(task_id, EventType.CANCELLED, {"by": "remove_job"})
             return
         if self.store.request_cancel(task_id, now=now) is not None:
             logger.info("[AgentTaskQueue] Job %s asked to stop; it ends cancelled at its next step", task_id)
@@ -575,7 +607,7 @@ class AgentTaskQueue:
                 "has no schedule" if current.schedule_cron is None else f"its run is {current.status.value}"
             )
             raise ScheduleNotChanged(task_id, reason)
-        self._send([(actor, fired)], 0, queued_at=None)
+        self._send([(actor, fired)], 0, queued_at=None, by="run_schedule_now")
         _log_added(fired, 0)
         return self._job(task_id)
 
@@ -629,7 +661,7 @@ class AgentTaskQueue:
             raise InvalidTransition(
                 task.id, current.status.value, TaskStatus.QUEUED.value, "retried concurrently"
             )
-        self._send([(actor, retried)], 0, queued_at=now)
+        self._send([(actor, retried)], 0, queued_at=now, by="retry_job")
         logger.info("[AgentTaskQueue] Job %s retried (priority: %s)", task.id, retried.priority)
         return retried
 
@@ -643,13 +675,26 @@ class AgentTaskQueue:
         return Job.from_task(current, self.store.get_runs(task_id) if current.attempts else [])
 
     def _send(
-        self, queued: Sequence[tuple[AgentActor, Task]], delay_ms: int, *, queued_at: datetime | None
+        self,
+        queued: Sequence[tuple[AgentActor, Task]],
+        delay_ms: int,
+        *,
+        queued_at: datetime | None,
+        by: str,
     ) -> None:
         """Send the messages of tasks this call moved to ``queued`` at ``queued_at``, marked as queued and
         in their lanes (so ``TaskLifecycle`` leaves the database alone); if that fails they are put back
         (:func:`~actors.agent_actor.pending_again_on_failure`; ``queued_at`` None: they stay queued, for
         the reconciler). Several go in one Redis transaction on the lane broker, one by one on any other
-        broker."""
+        broker.
+
+        Each task's ``queued`` event (``by`` the caller) is published first and flushed, so that it comes
+        before the ``running`` of the worker that takes the message. If Redis then refuses the messages
+        the tasks are ``pending`` again, and their next enqueue publishes ``queued`` again."""
+        self.event_sink.publish_many(
+            [(task.id, EventType.QUEUED, queued_event(task, delay_ms, by)) for _, task in queued]
+        )
+        self.event_sink.flush()
         messages = [
             actor.message_with_options(args=(task.id,), **queued_options(task.priority, task.organization_id))
             for actor, task in queued

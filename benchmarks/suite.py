@@ -73,6 +73,15 @@ def tracing(quick: bool) -> list[Figure]:
     return bench.figures(bench.run(300 if quick else 1_000, 1 if quick else 3, sample_ratio=0.1))
 
 
+def events(quick: bool) -> list[Figure]:
+    from benchmarks import events as bench
+
+    tasks, repeats = (300, 1) if quick else (1_000, 3)
+    cells = bench.run(tasks, repeats)
+    bench.OUTPUT.write_text(bench.render(cells, tasks, repeats), encoding="utf-8")
+    return bench.figures(cells)
+
+
 #: Every benchmark of the suite, in the order it runs.
 BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "pipeline": pipeline,
@@ -81,6 +90,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "enqueue": enqueue,
     "schedules": schedules,
     "tracing": tracing,
+    "events": events,
 }
 
 

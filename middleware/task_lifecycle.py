@@ -18,6 +18,12 @@
   task is recovered as stalled. A write the store refuses for another reason is
   recorded as a failed attempt whose error says why.
 
+Each transition is also published as a live event (:mod:`middleware.events`): ``queued`` for a bare
+send (before its message reaches Redis, so it comes before ``running``), ``running`` after the claim,
+then ``completed``, ``retrying``, ``postponed``, ``failed`` or ``cancelled`` once written; before a
+retried or postponed task's message is sent again, the events so far are flushed (at most
+``ORDERING_WAIT_S``), so the next attempt's ``running`` comes after them.
+
 Position: last in the stack, so every middleware that may skip a message (pause,
 rate limits) runs its ``before_process_message`` before the claim, and this one's
 ``after_process_message`` runs first. Dramatiq's ``Retries`` must leave agent
@@ -49,12 +55,14 @@ from middleware.agent_messages import (
     put_back,
 )
 from middleware.attempts import Attempt, AttemptRegistry, current_claim, process_worker_id
+from middleware.events import NO_EVENTS, EventSink, EventType
 from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Decision, Outcome, decide, describe
 from middleware.outcome import AttemptResult, as_attempt_result, transcript_of, usage_of
 from taskstore import (
     Claim,
     InvalidTransition,
     StoreUnavailable,
+    Task,
     TaskNotFound,
     TaskStatus,
     TaskStore,
@@ -151,6 +159,7 @@ class TaskLifecycle(dramatiq.Middleware):
         clock: Callable[[], datetime] = utcnow,
         worker_id: Callable[[], str] = process_worker_id,
         attempts: AttemptRegistry | None = None,
+        events: EventSink = NO_EVENTS,
     ) -> None:
         self.store = store
         self.backoff_ms = backoff_ms
@@ -161,6 +170,7 @@ class TaskLifecycle(dramatiq.Middleware):
         self.clock = clock
         self.worker_id = worker_id
         self.attempts = attempts or AttemptRegistry()
+        self.events = events
         self._results_kept: AgentResultsKept | None = None
 
     @property
@@ -177,6 +187,7 @@ class TaskLifecycle(dramatiq.Middleware):
         self.store.reserve_connections(worker.worker_threads)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.events.flush()
         if self._results_kept is not None:
             logging.getLogger(DRAMATIQ_WORKER_LOGGER).removeFilter(self._results_kept)
             self._results_kept = None
@@ -223,6 +234,8 @@ class TaskLifecycle(dramatiq.Middleware):
                 task.priority,
                 delay_ms,
             )
+            self.events.publish(task_id, EventType.QUEUED, queued_event(task, delay_ms, "send"))
+            self.events.flush()
             return
         current = self.store.get_task(task_id)
         if current is None:
@@ -285,6 +298,11 @@ class TaskLifecycle(dramatiq.Middleware):
                 logger.info("Skipping message for task %s: it is %s, not queued", task_id, task.status.value)
             raise SkipMessage(f"task {task_id} is not queued")
         self.attempts.add(message.message_id, claim)
+        self.events.publish(
+            task_id,
+            EventType.RUNNING,
+            {"run_id": claim.run_id, "attempt": claim.task.attempts, "worker": self.worker_id()},
+        )
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self.attempts.pop(message.message_id)
@@ -367,6 +385,7 @@ class TaskLifecycle(dramatiq.Middleware):
         )
         if done:
             logger.info("[AgentTaskQueue] ✓ Job %s completed", claim.task.id)
+            self.events.publish(claim.task.id, EventType.COMPLETED, _completed_event(claim, outcome))
         else:
             logger.warning(
                 "[AgentTaskQueue] Job %s finished but no longer held by run %s", claim.task.id, claim.run_id
@@ -392,6 +411,7 @@ class TaskLifecycle(dramatiq.Middleware):
             )
             return "lost"
         error = redact(describe(exception))
+        self._publish_end(claim, decision, error)
         if decision.outcome is Outcome.CANCEL:
             logger.info("[AgentTaskQueue] Job %s cancelled", task.id)
             return "cancelled"
@@ -408,8 +428,23 @@ class TaskLifecycle(dramatiq.Middleware):
             return "failed"
         if decision.outcome is Outcome.RETRY:
             logger.info("Retrying job %s in %sms (attempt %s)", task.id, decision.delay_ms, task.attempts + 1)
+        self.events.flush()  # this attempt's events before the next attempt's
         broker.enqueue(message.copy(options={QUEUED_OPTION: True}), delay=decision.delay_ms)
         return "retried" if decision.outcome is Outcome.RETRY else "postponed"
+
+    def _publish_end(self, claim: Claim, decision: Decision, error: str) -> None:
+        """The live event of a failed attempt, as ``decision`` recorded it."""
+        task, base = claim.task, {"run_id": claim.run_id, "attempt": claim.task.attempts}
+        if decision.outcome is Outcome.CANCEL:
+            self.events.publish(task.id, EventType.CANCELLED, base)
+        elif decision.outcome is Outcome.POSTPONE:
+            data = {**base, "delay_ms": decision.delay_ms, "reason": error}
+            self.events.publish(task.id, EventType.POSTPONED, data)
+        elif decision.outcome is Outcome.RETRY:
+            data = {**base, "delay_ms": decision.delay_ms, "error": error, "next_attempt": task.attempts + 1}
+            self.events.publish(task.id, EventType.RETRYING, data)
+        else:
+            self.events.publish(task.id, EventType.FAILED, {**base, "error": error})
 
     def _record(self, claim: Claim, exception: BaseException, decision: Decision) -> bool:
         """Write the attempt's end as ``decision`` says; ``False`` if the run no longer holds the task."""
@@ -458,6 +493,24 @@ class TaskLifecycle(dramatiq.Middleware):
         if isinstance(retries, int):
             return min(claim.task.max_attempts, retries + 1)
         return claim.task.max_attempts
+
+
+def queued_event(task: Task, delay_ms: int, by: str) -> dict[str, Any]:
+    """The data of a ``queued`` event: priority, delay and who queued the task (``add_task``, ``send`` …)."""
+    return {"priority": task.priority, "delay_ms": delay_ms, "by": by}
+
+
+def _completed_event(claim: Claim, outcome: AttemptResult) -> dict[str, Any]:
+    """The data of a ``completed`` event: the attempt, its tokens and cost, and the output (content)."""
+    usage = outcome.usage
+    return {
+        "run_id": claim.run_id,
+        "attempt": claim.task.attempts,
+        "input_tokens": usage.input_tokens,
+        "output_tokens": usage.output_tokens,
+        "cost_usd": None if usage.cost_usd is None else str(usage.cost_usd),
+        **{key: outcome[key] for key in ("output", "turns", "model") if key in outcome},
+    }
 
 
 def set_lane(options: dict[str, Any], priority: int, organization_id: str) -> None:
@@ -509,6 +562,7 @@ __all__ = [
     "ShutdownCutOff",
     "TaskLifecycle",
     "current_claim",
+    "queued_event",
     "queued_options",
     "send_queued",
 ]
