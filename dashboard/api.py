@@ -7,8 +7,9 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
+from actors.events.model import parse_event_id
 from dashboard.audit import audit
-from dashboard.events import row_events, sse
+from dashboard.events import queue_events, row_events, sse
 from dashboard.params import FILTER_PARAMS, BadParameter, parse_filter, parse_list_query
 from dashboard.routes import act, action_of, blocking, check_csrf, client_of, csrf_token, dashboard_of, who
 from dashboard.service import describe_filter
@@ -66,9 +67,13 @@ async def events(request: Request) -> Response:
     task = await blocking(dashboard.task, principal, request.path_params["task_id"])
     after = request.headers.get("last-event-id") or request.query_params.get("after")
     source = dashboard.extensions.event_source
-    stream = (
-        source(task.id, after) if source else row_events(lambda: dashboard.job(principal, task.id))(after)
-    )
+    if source is None and dashboard.redis is not None:
+        if after:
+            parse_event_id(after)  # a malformed id is a 400 before the stream starts
+        source = queue_events(dashboard.queue)
+    if source is None:
+        source = row_events(lambda: dashboard.job(principal, task.id))
+    stream = source(task.id, after)
 
     async def body() -> object:
         yield "retry: 2000\n\n"

@@ -17,6 +17,7 @@ from actors.errors import (
     ScheduleNotChanged,
     UnknownAgentKind,
 )
+from actors.events.reader import EventsUnavailable
 from actors.schedules.cron import ScheduleError
 from config.errors import AgentQueueError, ConfigError
 from dashboard.access import Access, Principal
@@ -53,6 +54,7 @@ STATUSES: tuple[tuple[type[Exception], int], ...] = (
     (UnknownAgentKind, 409),
     (ConfigError, 409),
     (BrokerUnavailable, 503),
+    (EventsUnavailable, 503),
     (StoreUnavailable, 503),
     (AgentQueueError, 400),
 )

@@ -68,36 +68,53 @@
     window.setInterval(refresh, refreshSeconds() * 1000);
   }
 
+  // Event types of a task's stream (agent_task_queue.events) and of the row-following fallback.
+  const EVENT_TYPES = ["queued", "running", "llm_started", "llm_delta", "llm_completed", "tool_started",
+    "tool_completed", "retrying", "postponed", "completed", "failed", "cancelled", "status", "run"];
+  // The task status each event means, for the status badge.
+  const STATUS_OF = { queued: "queued", running: "running", retrying: "queued", postponed: "queued",
+    completed: "completed", failed: "failed", cancelled: "cancelled" };
+
   function liveEvents() {
     const section = document.querySelector("[data-events]");
     if (!section || !window.EventSource) return;
     const list = document.getElementById("events");
+    const streamed = document.getElementById("streamed");
     const badge = document.getElementById("task-status");
     const source = new EventSource(section.dataset.events);
 
+    function setStatus(status) {
+      if (!badge || !status) return;
+      badge.textContent = status;
+      badge.className = "status status-" + status;
+      badge.dataset.status = status;
+    }
+
     function show(event) {
       const payload = JSON.parse(event.data);
-      const item = document.createElement("li");
       const data = payload.data || {};
+      if (payload.type === "llm_delta") {
+        if (streamed && data.text) streamed.textContent += data.text;  // text, never HTML
+        return payload;
+      }
+      const item = document.createElement("li");
       let text = new Date(payload.at).toLocaleTimeString() + " " + payload.type;
+      if (data.name) text += " " + data.name;
+      if (data.model) text += " " + data.model;
       if (data.status) text += ": " + data.status;
       if (data.attempt) text += " (attempt " + data.attempt + ")";
+      if (data.latency_ms !== undefined) text += ", " + data.latency_ms + " ms";
       if (data.error) text += " — " + data.error;
       item.textContent = text;  // text, never HTML
       list.appendChild(item);
-      if (payload.type === "status" && badge && data.status) {
-        badge.textContent = data.status;
-        badge.className = "status status-" + data.status;
-        badge.dataset.status = data.status;
-      }
+      setStatus(payload.type === "status" ? data.status : STATUS_OF[payload.type]);
       return payload;
     }
 
-    ["status", "run"].forEach(function (type) { source.addEventListener(type, show); });
-    source.addEventListener("end", function (event) {
-      show(event);
+    EVENT_TYPES.forEach(function (type) { source.addEventListener(type, show); });
+    source.addEventListener("end", function () {
       source.close();
-      window.setTimeout(function () { window.location.reload(); }, 500);
+      window.setTimeout(function () { window.location.reload(); }, 300);
     });
   }
 

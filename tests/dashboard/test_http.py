@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 from starlette.testclient import TestClient
 
+from dashboard.access import Access
 from dashboard.app import create_app
 from dashboard.extensions import Extensions
 from taskstore import TaskStatus, utcnow
@@ -326,13 +327,31 @@ def test_workers_show_host_pid_threads_and_running_tasks(open_client: TestClient
 def test_the_event_stream_follows_a_task_to_its_end(
     open_client: TestClient, seeded: Seeded, app: Harness
 ) -> None:
-    with open_client.stream("GET", f"/api/tasks/{seeded.completed}/events") as response:
+    path = f"/api/tasks/{seeded.completed}/events"
+    with open_client.stream("GET", path) as response:
         body = "".join(response.iter_text())
+    ids = [line.removeprefix("id: ") for line in body.splitlines() if line.startswith("id: ")]
+    with open_client.stream("GET", path, headers={"Last-Event-ID": ids[2]}) as rest:
+        resumed = "".join(rest.iter_text())
 
     assert response.headers["content-type"].startswith("text/event-stream")
-    assert "event: run" in body and "event: status" in body and "event: end" in body
-    assert '"status": "completed"' in body
+    events = [line.removeprefix("event: ") for line in body.splitlines() if line.startswith("event: ")]
+    assert events[:2] == ["queued", "running"] and events[-2:] == ["completed", "end"]
+    assert {"llm_completed", "tool_started", "tool_completed"} <= set(events)
+    assert f"id: {ids[2]}\n" not in resumed and f"id: {ids[3]}\n" in resumed  # after the last id seen
     assert open_client.get("/api/tasks/00000000-0000-4000-8000-000000000000/events").status_code == 404
+    bad = open_client.get(path, headers={"Last-Event-ID": "yesterday"})
+    assert bad.status_code == 400 and "event id 'yesterday'" in bad.json()["error"]
+
+
+def test_without_redis_streams_the_events_follow_the_row(app: Harness, seeded: Seeded) -> None:
+    client = TestClient(create_app(dashboard_of(app, redis=None), Access([])), base_url="http://127.0.0.1")
+
+    with client.stream("GET", f"/api/tasks/{seeded.failed}/events") as response:
+        body = "".join(response.iter_text())
+
+    assert "event: run" in body and "event: status" in body and "event: end" in body
+    assert '"status": "failed"' in body and "provider exploded" in body
 
 
 def test_health_reports_the_store_and_redis(open_client: TestClient) -> None:
@@ -343,7 +362,6 @@ def test_extension_pages_and_panels_slot_in(app: Harness, seeded: Seeded) -> Non
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, Response
 
-    from dashboard.access import Access
     from dashboard.extensions import ExtraPage, TaskPanel
 
     async def limits(request: Request) -> Response:
