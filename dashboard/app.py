@@ -25,6 +25,7 @@ from dashboard import api, pages
 from dashboard.access import Access
 from dashboard.extensions import Extensions
 from dashboard.guard import Guard
+from dashboard.limits import limit_pages
 from dashboard.routes import status_of
 from dashboard.service import Dashboard
 from taskstore import TaskStatus
@@ -35,6 +36,10 @@ HERE = Path(__file__).parent
 def from_runtime(runtime: Runtime, *, extensions: Extensions | None = None) -> Starlette:
     """The dashboard of a process's runtime: its queue, budget caps, broker's Redis and settings."""
     settings = runtime.settings
+    extensions = extensions or Extensions()
+    usage = getattr(getattr(runtime.orchestrator(), "limiter", None), "usage", None)
+    if callable(usage):  # issue 17's shared provider limits: show the buckets in use
+        extensions.pages.extend(limit_pages(usage))
     dashboard = Dashboard(
         runtime.queue,
         budget=runtime.budget,
@@ -42,7 +47,7 @@ def from_runtime(runtime: Runtime, *, extensions: Extensions | None = None) -> S
         namespace=getattr(runtime.broker, "namespace", "agentq"),
         trace_url_template=settings.trace_url_template,
         refresh_s=settings.dashboard_refresh_s,
-        extensions=extensions or Extensions(),
+        extensions=extensions,
     )
     return create_app(dashboard, Access.from_settings(settings))
 

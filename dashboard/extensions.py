@@ -65,6 +65,8 @@ class ExtraPage:
     endpoint: Callable[[Request], Awaitable[Response]]
     admin_only: bool = False
     methods: tuple[str, ...] = ("GET",)
+    #: Whether the page has a navigation link (an API route has none).
+    nav: bool = True
 
 
 @dataclass

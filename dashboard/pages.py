@@ -64,7 +64,7 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
         extra_pages=[
             page
             for page in dashboard.extensions.pages
-            if principal is not None and (principal.can_act or not page.admin_only)
+            if page.nav and principal is not None and (principal.can_act or not page.admin_only)
         ],
         open_access=request.app.state.access.open,
         path=request.url.path,

@@ -381,3 +381,39 @@ def test_extension_pages_and_panels_slot_in(app: Harness, seeded: Seeded) -> Non
 
     assert "<h2>Approval</h2>" in page and "<b>Weekly report</b>" in page
     assert '<a href="/limits"' in client.get("/").text and client.get("/limits").text == "<p>limits</p>"
+
+
+def test_the_provider_limits_in_use_get_a_page_when_the_orchestrator_has_a_limiter(
+    app: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dataclasses import dataclass
+
+    from dashboard.app import from_runtime
+
+    @dataclass
+    class BucketUsage:  # the shape of issue 17's buckets: a dataclass per bucket
+        name: str
+        requests_used: int
+        requests_capacity: int
+        provider_requests_left: int | None
+
+    class Limiter:
+        def usage(self) -> list[BucketUsage]:
+            return [BucketUsage("openai:gpt-4o-mini", 12, 500, None), BucketUsage("<org>", 1, 10, 3)]
+
+    without = TestClient(from_runtime(app.runtime), base_url="http://127.0.0.1")
+    assert without.get("/limits").status_code == 404 and '<a href="/limits"' not in without.get("/").text
+    monkeypatch.setattr(app.runtime.orchestrator(), "limiter", Limiter(), raising=False)
+    client = TestClient(from_runtime(app.runtime), base_url="http://127.0.0.1")
+
+    page = client.get("/limits").text
+    api = client.get("/api/limits").json()
+
+    assert '<a href="/limits"' in client.get("/").text and "/api/limits" not in client.get("/").text
+    assert "openai:gpt-4o-mini" in page and "requests capacity" in page and "&lt;org&gt;" in page
+    assert api["items"][0] == {
+        "name": "openai:gpt-4o-mini",
+        "requests_used": 12,
+        "requests_capacity": 500,
+        "provider_requests_left": None,
+    }
