@@ -11,6 +11,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import jinja2
+import redis
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -57,7 +58,7 @@ def create_app(dashboard: Dashboard, access: Access) -> Starlette:
     app = Starlette(
         routes=_routes(dashboard),
         middleware=[Middleware(Guard, access=access)],
-        exception_handlers={AgentQueueError: _error, HTTPException: _error},
+        exception_handlers={AgentQueueError: _error, HTTPException: _error, redis.RedisError: _error},
     )
     app.state.dashboard = dashboard
     app.state.access = access
@@ -106,7 +107,12 @@ async def _error(request: Request, exc: Exception) -> Response:
     """An error as JSON (API) or as a page: the message names the bad value; 500s say nothing more."""
     status = exc.status_code if isinstance(exc, HTTPException) else status_of(exc)
     message = str(exc.detail) if isinstance(exc, HTTPException) else str(exc)
-    if status >= 500 and not isinstance(exc, AgentQueueError):
+    if isinstance(exc, redis.RedisError):
+        status, message = (
+            503,
+            f"Redis did not answer ({type(exc).__name__}); pages that need no Redis still work",
+        )
+    elif status >= 500 and not isinstance(exc, AgentQueueError):
         message = "internal error"
     if request.url.path.startswith("/api/"):
         return JSONResponse({"error": message, "status": status}, status_code=status)

@@ -11,9 +11,9 @@ from starlette.testclient import TestClient
 from dashboard.access import Access
 from dashboard.app import create_app
 from dashboard.extensions import Extensions
-from taskstore import TaskStatus, utcnow
+from taskstore import TaskStatus, TaskStore, utcnow
 from tests.dashboard.conftest import FAILS, Seeded, csrf_of, dashboard_of, run_tasks
-from tests.harness import ORG, OTHER_ORG, Harness, wait_until
+from tests.harness import ORG, OTHER_ORG, Harness, redis_harness, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -417,3 +417,31 @@ def test_the_provider_limits_in_use_get_a_page_when_the_orchestrator_has_a_limit
         "requests_capacity": 500,
         "provider_requests_left": None,
     }
+
+
+def test_with_redis_down_what_needs_it_is_503_and_the_rest_works(
+    board_store: TaskStore, redis_url: str
+) -> None:
+    from tests.acceptance.processes import free_port
+
+    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with redis_harness(board_store, dead) as harness:
+        task_id = harness.task(title="Still visible")
+        client = TestClient(create_app(dashboard_of(harness), Access([])), base_url="http://127.0.0.1")
+        health = client.get("/api/health")
+        stats = client.get("/api/stats")
+        overview = client.get("/")
+        listed = client.get("/tasks")
+        page = client.get(f"/tasks/{task_id}")
+        token = csrf_of(client, "/tasks")
+        pause = client.post("/api/queue/pause", headers={"X-CSRF-Token": token})
+
+    assert health.status_code == 503 and health.json() == {
+        "status": "degraded",
+        "store": "ok",
+        "redis": "down",
+    }
+    assert stats.status_code == 503 and "Redis did not answer (ConnectionError)" in stats.json()["error"]
+    assert overview.status_code == 503 and "Redis did not answer" in overview.text
+    assert listed.status_code == 200 and "Still visible" in listed.text
+    assert page.status_code == 200 and pause.status_code == 503
