@@ -8,10 +8,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from actors.events.model import parse_event_id
-from dashboard.audit import audit
 from dashboard.events import queue_events, row_events, sse
 from dashboard.params import FILTER_PARAMS, BadParameter, parse_filter, parse_list_query
-from dashboard.routes import act, action_of, blocking, check_csrf, client_of, csrf_token, dashboard_of, who
+from dashboard.routes import act, action_of, audit_bulk, blocking, check_csrf, csrf_token, dashboard_of, who
 from dashboard.service import describe_filter
 from dashboard.views import job_json, overview_json, page_json, run_json, schedule_json, worker_json
 from taskstore import utcnow
@@ -117,11 +116,7 @@ async def bulk(request: Request) -> Response:
             f"'true' (bulk {action} would touch {len(selection.task_ids)} tasks)",
         )
     outcomes = await blocking(dashboard.bulk, who(request), selection)
-    for task_id, outcome in outcomes:
-        audit(who(request), client_of(request), action, f"task:{task_id}", outcome)
-    done = sum(1 for _, outcome in outcomes if outcome == "ok")
-    audit(who(request), client_of(request), f"bulk_{action}", f"bulk {describe_filter(task_filter)}",
-          f"{done} of {len(outcomes)} done")  # fmt: skip
+    done = audit_bulk(request, action, describe_filter(task_filter), outcomes)
     return JSONResponse(
         {
             "action": action,

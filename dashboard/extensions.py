@@ -57,8 +57,9 @@ class TaskPanel:
 
 @dataclass(frozen=True)
 class ExtraPage:
-    """A page of its own: ``path`` (under ``/``), its navigation label, and its endpoint. ``admin_only``
-    pages are hidden from read-only and organization tokens; every extra page needs a login like the rest."""
+    """A page of its own: ``path`` (under ``/``), its navigation label, and its endpoint. The link to an
+    ``admin_only`` page is hidden from read-only and organization tokens, to a ``global_only`` one from
+    organization tokens (the endpoint itself decides what it refuses); every page needs a login."""
 
     path: str
     label: str
@@ -67,6 +68,8 @@ class ExtraPage:
     methods: tuple[str, ...] = ("GET",)
     #: Whether the page has a navigation link (an API route has none).
     nav: bool = True
+    #: Shown to operators of every organization only (not to a token bound to one).
+    global_only: bool = False
 
 
 @dataclass

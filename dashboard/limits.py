@@ -57,4 +57,7 @@ def limit_pages(read: UsageReader) -> list[ExtraPage]:
     async def api(request: Request) -> Response:
         return JSONResponse({"items": await rows(request)})
 
-    return [ExtraPage("/limits", "Limits", page), ExtraPage("/api/limits", "", api, nav=False)]
+    return [
+        ExtraPage("/limits", "Limits", page, global_only=True),
+        ExtraPage("/api/limits", "", api, nav=False, global_only=True),
+    ]

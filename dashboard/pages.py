@@ -19,12 +19,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from actors.schedules.cron import ScheduleError, parse_schedule
 from config.errors import AgentQueueError
-from dashboard.access import SESSION_COOKIE, new_nonce
+from dashboard.access import SESSION_COOKIE, SESSION_S, new_nonce
 from dashboard.audit import audit
 from dashboard.params import FILTER_PARAMS, encode_cursor, parse_filter, parse_list_query
 from dashboard.routes import (
     act,
     action_of,
+    audit_bulk,
     blocking,
     check_csrf,
     client_of,
@@ -33,7 +34,7 @@ from dashboard.routes import (
     status_of,
     who,
 )
-from dashboard.service import MAX_BULK, BulkSelection, describe_filter
+from dashboard.service import MAX_BULK, SCHEDULES_PAGE, BulkSelection, describe_filter
 from dashboard.views import latency_ms, pretty
 from taskstore import Task, TaskStatus, utcnow
 
@@ -64,17 +65,16 @@ def render(request: Request, template: str, status: int = 200, **context: Any) -
         extra_pages=[
             page
             for page in dashboard.extensions.pages
-            if page.nav and principal is not None and (principal.can_act or not page.admin_only)
+            if page.nav
+            and principal is not None
+            and (principal.can_act or not page.admin_only)
+            and (principal.sees_everything or not page.global_only)
         ],
         open_access=request.app.state.access.open,
         path=request.url.path,
         **context,
     )
     return HTMLResponse(html, status_code=status)
-
-
-async def refused(request: Request, exc: AgentQueueError, template: str, **context: Any) -> HTMLResponse:
-    return render(request, template, status=status_of(exc), error=str(exc), **context)
 
 
 def back(request: Request, form: FormData, default: str, notice: str) -> RedirectResponse:
@@ -155,7 +155,7 @@ async def task_page(request: Request, *, error: str | None = None, status: int =
     steps = await blocking(dashboard.steps, job.task)
     panels = []
     for panel in dashboard.extensions.task_panels:
-        context = panel.context(job)
+        context = await blocking(panel.context, job)  # a panel may read the database
         if context is not None:
             env: Environment = request.app.state.templates
             template = (
@@ -179,9 +179,9 @@ async def task_page(request: Request, *, error: str | None = None, status: int =
 
 
 async def task_action(request: Request) -> Response:
-    action_of(request, ("retry", "cancel"))
+    action = action_of(request, ("retry", "cancel"))
     form = await posted(request)
-    task_id, action = request.path_params["task_id"], action_of(request, ("retry", "cancel"))
+    task_id = request.path_params["task_id"]
     dashboard = dashboard_of(request)
     function = dashboard.retry if action == "retry" else dashboard.cancel
     try:
@@ -220,11 +220,7 @@ async def bulk_do(request: Request) -> Response:
                       described=describe_filter(task_filter), fields=params, max_bulk=MAX_BULK,
                       error="Tick the confirmation box to go ahead.")  # fmt: skip
     outcomes = await blocking(dashboard_of(request).bulk, who(request), selection)
-    done = sum(1 for _, outcome in outcomes if outcome == "ok")
-    for task_id, outcome in outcomes:
-        audit(who(request), client_of(request), action, f"task:{task_id}", outcome)
-    target = f"bulk {describe_filter(task_filter)}"
-    audit(who(request), client_of(request), f"bulk_{action}", target, f"{done} of {len(outcomes)} done")
+    done = audit_bulk(request, action, describe_filter(task_filter), outcomes)
     return render(
         request, "bulk_done.html", title=f"Bulk {action}", action=action, outcomes=outcomes, done=done
     )
@@ -256,7 +252,7 @@ async def schedules(request: Request, *, error: str | None = None, status: int =
     rows = await blocking(dashboard_of(request).schedules, who(request), page)
     return render(
         request, "schedules.html", status=status, error=error, title="Schedules",
-        rows=[_schedule_row(task) for task in rows], page=page, more=len(rows) == 100,
+        rows=[_schedule_row(task) for task in rows], page=page, more=len(rows) == SCHEDULES_PAGE,
     )  # fmt: skip
 
 
@@ -322,7 +318,7 @@ async def login_post(request: Request) -> Response:
     response.set_cookie(
         SESSION_COOKIE,
         access.session_value(principal, new_nonce()),
-        max_age=12 * 3600,
+        max_age=SESSION_S,
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",

@@ -120,3 +120,18 @@ async def act(request: Request, action: str, target: str, function: Callable[...
         raise
     audit(who(request), client_of(request), action, target, "ok")
     return result
+
+
+def audit_bulk(request: Request, action: str, described: str, outcomes: list[tuple[str, str]]) -> int:
+    """One audit line per task of a bulk action and one for the whole; returns how many were done."""
+    for task_id, outcome in outcomes:
+        audit(who(request), client_of(request), action, f"task:{task_id}", outcome)
+    done = sum(1 for _, outcome in outcomes if outcome == "ok")
+    audit(
+        who(request),
+        client_of(request),
+        f"bulk_{action}",
+        f"bulk {described}",
+        f"{done} of {len(outcomes)} done",
+    )
+    return done
