@@ -40,6 +40,7 @@ from taskstore.models import (
     RunStatus,
     StalledTask,
     Step,
+    StepEnd,
     StepKind,
     StepStatus,
     Task,
@@ -435,8 +436,9 @@ class SqlFunctionStore(ABC):
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
+        step: StepEnd | None = None,
     ) -> bool:
-        return self._submit_completion(complete_item(task_id, run_id, result, usage, transcript, now))
+        return self._submit_completion(complete_item(task_id, run_id, result, usage, transcript, now, step))
 
     def _submit_completion(self, item: Row) -> bool:
         """Where :meth:`complete` sends a completion (the Postgres store may batch it)."""
@@ -446,7 +448,7 @@ class SqlFunctionStore(ABC):
         usage = {f"p_{column}": item[column] for column in (*USAGE_COLUMNS, "cost_usd", "transcript")}
         return self._finish(
             item["task_id"], item["run_id"], RunStatus.COMPLETED, item["now"],
-            p_status="completed", p_result=item["result"], **usage,
+            p_status="completed", p_result=item["result"], p_step=item["step"], **usage,
         )  # fmt: skip
 
     def fail_attempt(
@@ -681,12 +683,28 @@ def complete_item(
     usage: Usage,
     transcript: list[dict[str, Any]] | None,
     now: datetime,
+    step: StepEnd | None = None,
 ) -> Row:
     """One completion, as :meth:`SqlFunctionStore._complete_one` and a batch of them take it."""
     item: Row = {"task_id": task_id, "run_id": run_id, "now": now, "result": storable_json(result)}
     item.update({column: getattr(usage, column) for column in USAGE_COLUMNS})
-    item.update(cost_usd=usage.cost_usd, transcript=storable_json(transcript))
+    item.update(cost_usd=usage.cost_usd, transcript=storable_json(transcript), step=step_end_json(step))
     return item
+
+
+def step_end_json(step: StepEnd | None) -> Row | None:
+    """A run's last step as ``agentq_finish``'s ``p_step`` (and a completion batch's ``step``) takes it."""
+    if step is None:
+        return None
+    cost = None if step.cost_usd is None else str(step.cost_usd)
+    return {
+        "firing": step.firing,
+        "seq": step.seq,
+        "output": storable_json(step.output),
+        "input_tokens": step.input_tokens,
+        "output_tokens": step.output_tokens,
+        "cost_usd": cost,
+    }
 
 
 def json_item(item: Mapping[str, Any]) -> Row:

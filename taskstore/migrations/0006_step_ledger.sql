@@ -64,6 +64,10 @@ $agentq$;
 -- Functions whose arguments changed in this migration: dropped, so that functions.sql (installed next)
 -- defines them once instead of adding an overload.
 DROP FUNCTION IF EXISTS agentq_requeue_failed(uuid, timestamptz, timestamptz);
+DROP FUNCTION IF EXISTS agentq_finish(
+    uuid, uuid, text, text, timestamptz, text, text, jsonb, timestamptz, integer, integer, integer, integer,
+    numeric, jsonb
+);
 
 -- The agentq_* functions: every transition and read of the Postgres family, written once.
 -- PostgresTaskStore calls them over psycopg and SupabaseTaskStore over PostgREST's rpc, both through
@@ -120,10 +124,13 @@ END
 $$;
 
 -- running -> p_status (completed | failed | queued | cancelled) for run p_run_id, which ends p_run_status.
+-- p_step {"firing", "seq", "output", "input_tokens", "output_tokens", "cost_usd"}: the run's last step (its
+-- final answer), completed in the same transaction.
 CREATE OR REPLACE FUNCTION agentq_finish(
     p_task_id uuid, p_run_id uuid, p_status text, p_run_status text, p_now timestamptz,
     p_error text DEFAULT NULL, p_stacktrace text DEFAULT NULL, p_result jsonb DEFAULT NULL,
-    p_retry_at timestamptz DEFAULT NULL, p_input_tokens integer DEFAULT 0, p_output_tokens integer DEFAULT 0, p_cached_input_tokens integer DEFAULT 0, p_reasoning_tokens integer DEFAULT 0, p_cost_usd numeric DEFAULT NULL, p_transcript jsonb DEFAULT NULL
+    p_retry_at timestamptz DEFAULT NULL, p_input_tokens integer DEFAULT 0, p_output_tokens integer DEFAULT 0, p_cached_input_tokens integer DEFAULT 0, p_reasoning_tokens integer DEFAULT 0, p_cost_usd numeric DEFAULT NULL, p_transcript jsonb DEFAULT NULL,
+    p_step jsonb DEFAULT NULL
 ) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     IF p_status NOT IN ('completed', 'failed', 'queued', 'cancelled') THEN
@@ -145,6 +152,15 @@ BEGIN
        SET status = p_run_status, finished_at = p_now, error = p_error, stacktrace = p_stacktrace,
            input_tokens = p_input_tokens, output_tokens = p_output_tokens, cached_input_tokens = p_cached_input_tokens, reasoning_tokens = p_reasoning_tokens, cost_usd = p_cost_usd, transcript = p_transcript
      WHERE id = p_run_id;
+    IF p_step IS NOT NULL THEN
+        UPDATE ai_agent_task_steps s
+           SET status = 'completed', output = p_step -> 'output',
+               input_tokens = COALESCE((p_step ->> 'input_tokens')::integer, 0),
+               output_tokens = COALESCE((p_step ->> 'output_tokens')::integer, 0),
+               cost_usd = (p_step ->> 'cost_usd')::numeric, error = NULL, finished_at = p_now
+         WHERE s.task_id = p_task_id AND s.run_id = p_run_id AND s.status = 'started'
+           AND s.firing = (p_step ->> 'firing')::integer AND s.seq = (p_step ->> 'seq')::integer;
+    END IF;
     RETURN TRUE;
 END
 $$;
@@ -641,7 +657,8 @@ END
 $$;
 
 -- agentq_finish to completed for several runs at once (group commit): p_runs is an array of
--- {"task_id", "run_id", "now", "result", "transcript", <usage columns>}; returns the ids of the runs completed.
+-- {"task_id", "run_id", "now", "result", "transcript", <usage columns>, "step"}; returns the ids of the runs
+-- completed ("step" as agentq_finish's p_step, or null).
 CREATE OR REPLACE FUNCTION agentq_complete_many(p_runs jsonb)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
@@ -651,7 +668,7 @@ BEGIN
         SELECT * FROM jsonb_to_recordset(p_runs)
             AS d(task_id uuid, run_id uuid, now timestamptz, result jsonb, transcript jsonb,
                  input_tokens integer, output_tokens integer, cached_input_tokens integer,
-                 reasoning_tokens integer, cost_usd numeric)
+                 reasoning_tokens integer, cost_usd numeric, step jsonb)
     ), task AS (
         UPDATE ai_agent_tasks t
            SET status = 'completed', completed_at = d.now, error = NULL, result = COALESCE(d.result, t.result),
@@ -673,6 +690,16 @@ BEGIN
           FROM done d JOIN task ON task.run_id = d.run_id
          WHERE r.id = d.run_id
      RETURNING r.id
+    ), steps AS (
+        UPDATE ai_agent_task_steps s
+           SET status = 'completed', output = d.step -> 'output',
+               input_tokens = COALESCE((d.step ->> 'input_tokens')::integer, 0),
+               output_tokens = COALESCE((d.step ->> 'output_tokens')::integer, 0),
+               cost_usd = (d.step ->> 'cost_usd')::numeric, error = NULL, finished_at = d.now
+          FROM done d JOIN task ON task.run_id = d.run_id
+         WHERE d.step IS NOT NULL AND jsonb_typeof(d.step) = 'object' AND s.task_id = d.task_id
+           AND s.run_id = d.run_id AND s.status = 'started'
+           AND s.firing = (d.step ->> 'firing')::integer AND s.seq = (d.step ->> 'seq')::integer
     )
     SELECT COALESCE(jsonb_agg(id), '[]'::jsonb) INTO completed FROM runs;
     RETURN completed;

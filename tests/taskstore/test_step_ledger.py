@@ -16,6 +16,7 @@ from taskstore import (
     NewAgent,
     RetentionPolicy,
     RunStatus,
+    StepEnd,
     StepKind,
     StepStatus,
     TaskStatus,
@@ -409,3 +410,75 @@ def test_new_tasks_start_at_firing_zero_and_agents_may_stream(store: TaskStore, 
     claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
     assert claim is not None and claim.agent is not None and claim.agent.stream is False
     assert claim.task.status == TaskStatus.RUNNING and claim.task.firing == 0
+
+
+def test_the_last_step_is_completed_with_the_run_in_one_transaction(store: TaskStore, clock: Clock) -> None:
+    task_id, run_id = running_task(store, clock)
+    start(store, clock, task_id, run_id, 0)
+    clock.advance(1)
+    last = StepEnd(0, 0, {"content": "the answer"}, input_tokens=9, output_tokens=2, cost_usd=Decimal("0.25"))
+
+    assert store.complete(
+        task_id,
+        run_id,
+        result={"output": "the answer"},
+        usage=Usage(9, 2),
+        transcript=None,
+        now=clock(),
+        step=last,
+    )
+
+    [step] = store.get_steps(task_id)
+    assert (step.status, step.output, step.finished_at) == (
+        StepStatus.COMPLETED,
+        {"content": "the answer"},
+        clock(),
+    )
+    assert (step.input_tokens, step.output_tokens, step.cost_usd) == (9, 2, Decimal("0.25"))
+
+
+def test_a_refused_completion_leaves_the_last_step_started(store: TaskStore, clock: Clock) -> None:
+    task_id, run_id = running_task(store, clock)
+    start(store, clock, task_id, run_id, 0)
+    new_run = stall(store, clock, task_id).run_id
+    last = StepEnd(0, 0, {"content": "late"})
+
+    assert not store.complete(
+        task_id, run_id, result={}, usage=Usage(), transcript=None, now=clock(), step=last
+    )
+    assert store.complete(task_id, new_run, result={}, usage=Usage(), transcript=None, now=clock(), step=last)
+
+    [step] = store.get_steps(task_id)
+    assert (step.status, step.run_id) == (StepStatus.STARTED, run_id)  # not the completing run's step
+
+
+def test_runs_completing_at_once_each_complete_their_last_step(store: TaskStore, clock: Clock) -> None:
+    runs = [running_task(store, clock) for _ in range(6)]
+    for task_id, run_id in runs:
+        start(store, clock, task_id, run_id, 0)
+    barrier = threading.Barrier(len(runs))
+    done: list[bool] = []
+
+    def complete(task_id: str, run_id: str) -> None:
+        barrier.wait()
+        last = StepEnd(0, 0, {"content": task_id}, input_tokens=1)
+        done.append(
+            store.complete(
+                task_id, run_id, result={}, usage=Usage(1), transcript=None, now=clock(), step=last
+            )
+        )
+
+    threads = [threading.Thread(target=complete, args=run) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert done == [True] * len(runs)
+    for task_id, _ in runs:
+        [step] = store.get_steps(task_id)
+        assert (step.status, step.output, step.input_tokens) == (
+            StepStatus.COMPLETED,
+            {"content": task_id},
+            1,
+        )
