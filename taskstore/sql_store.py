@@ -569,7 +569,7 @@ class SqlFunctionStore(ABC):
             "p_replaces": replaces,
             "p_now": now,
         }
-        return bool(self._call("agentq_start_step", params))
+        return self._submit_step({"op": "start", **params})
 
     def finish_step(
         self,
@@ -599,7 +599,15 @@ class SqlFunctionStore(ABC):
             "p_cost_usd": cost_usd,
             "p_error": storable_text(error),
         }
-        return bool(self._call("agentq_finish_step", params))
+        return self._submit_step({"op": "finish", **params})
+
+    def _submit_step(self, item: Row) -> bool:
+        """Where a step write goes (the Postgres store may batch it): ``{"op": "start"|"finish", p_…}``."""
+        return self._step_one(item)
+
+    def _step_one(self, item: Row) -> bool:
+        function = "agentq_start_step" if item["op"] == "start" else "agentq_finish_step"
+        return bool(self._call(function, {name: value for name, value in item.items() if name != "op"}))
 
     def get_steps(self, task_id: str) -> list[Step]:
         return [decode_step(row) for row in self._call("agentq_get_steps", {"p_task_id": task_id}) or []]

@@ -756,6 +756,34 @@ BEGIN
 END
 $$;
 
+-- Step writes of several runs at once (the Postgres store's group commit), in order: p_steps is an array of
+-- {"op": "start" | "finish", "p_<argument>": value, …} with agentq_start_step's or agentq_finish_step's
+-- arguments; returns their answers in the same order.
+CREATE OR REPLACE FUNCTION agentq_record_steps(p_steps jsonb)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    item jsonb;
+    answers jsonb := '[]'::jsonb;
+BEGIN
+    FOR item IN SELECT value FROM jsonb_array_elements(p_steps) LOOP
+        IF item ->> 'op' = 'start' THEN
+            answers := answers || to_jsonb(agentq_start_step(
+                (item ->> 'p_task_id')::uuid, (item ->> 'p_run_id')::uuid, (item ->> 'p_firing')::integer,
+                (item ->> 'p_seq')::integer, item ->> 'p_kind', item ->> 'p_name', item -> 'p_input',
+                (item ->> 'p_replaces')::uuid, (item ->> 'p_now')::timestamptz));
+        ELSE
+            answers := answers || to_jsonb(agentq_finish_step(
+                (item ->> 'p_task_id')::uuid, (item ->> 'p_run_id')::uuid, (item ->> 'p_firing')::integer,
+                (item ->> 'p_seq')::integer, item ->> 'p_status', (item ->> 'p_now')::timestamptz,
+                NULLIF(item -> 'p_output', 'null'::jsonb), COALESCE((item ->> 'p_input_tokens')::integer, 0),
+                COALESCE((item ->> 'p_output_tokens')::integer, 0), (item ->> 'p_cost_usd')::numeric,
+                item ->> 'p_error'));
+        END IF;
+    END LOOP;
+    RETURN answers;
+END
+$$;
+
 -- The steps of the task's current firing, in seq order.
 CREATE OR REPLACE FUNCTION agentq_get_steps(p_task_id uuid)
 RETURNS SETOF ai_agent_task_steps LANGUAGE plpgsql STABLE SET search_path = public AS $$
