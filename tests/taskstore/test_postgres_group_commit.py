@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from taskstore import RunStatus, StepKind, TaskStatus, Usage, new_id
+from taskstore import RunStatus, StepKind, StepRecord, StepStatus, TaskStatus, Usage, new_id
 from taskstore.postgres import PostgresTaskStore
-from taskstore.sql_store import complete_item
+from taskstore.sql_store import complete_item, step_json
 from tests.conftest import Clock
 from tests.taskstore.test_conformance import LEASE, new_task, queued_task
 
@@ -165,6 +165,7 @@ def test_a_batch_of_step_writes_keeps_each_writes_order_and_rules(
     claims = pg._claim_many([claim_params(held, clock), claim_params(other, clock)])
     assert claims[0] is not None and claims[1] is not None
     run, other_run = claims[0].run_id, claims[1].run_id
+    recorded = StepRecord(0, 2, StepKind.LLM, "m", {}, clock(), StepStatus.COMPLETED, {"n": 1}, clock())
     step = {"p_task_id": held, "p_run_id": run, "p_firing": 0, "p_now": clock()}
     start = {
         "op": "start",
@@ -190,11 +191,14 @@ def test_a_batch_of_step_writes_keeps_each_writes_order_and_rules(
         {**step, **start, "p_seq": 1, "p_run_id": other_run},  # a run that does not hold the task
         {**step, **start, "p_seq": 1},
         {**step, "op": "finish", "p_seq": 1, "p_status": "failed", "p_output": None, "p_error": "boom"},
+        {"op": "record", "p_task_id": held, "p_run_id": run, "p_step": step_json(recorded)},
+        {"op": "record", "p_task_id": held, "p_run_id": other_run, "p_step": step_json(recorded)},
     ]
 
-    assert pg._steps_many(batch) == [True, True, False, False, True, True]
+    assert pg._steps_many(batch) == [True, True, False, False, True, True, True, False]
 
-    first, second = pg.get_steps(held)
+    first, second, third = pg.get_steps(held)
+    assert (third.seq, third.status, third.output, third.started_at) == (2, "completed", {"n": 1}, clock())
     assert (first.name, first.status, first.output, first.input) == (
         'send "x", {y}',
         "completed",
