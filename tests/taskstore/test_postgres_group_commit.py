@@ -174,7 +174,7 @@ def test_a_batch_of_step_writes_keeps_each_writes_order_and_rules(
         "p_input": {"a": [1, None]},
         "p_replaces": None,
     }
-    batch = [
+    batch: list[dict[str, Any]] = [
         {**step, **start, "p_seq": 0},
         {
             **step,
