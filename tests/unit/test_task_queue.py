@@ -579,3 +579,27 @@ def test_cleanup_jobs_applies_the_configured_retention(app: Harness) -> None:
     assert app.queue.get_queue_stats().completed == 1
     assert sum(app.queue.get_job(task_id) is None for task_id in ids) == 2
     assert all(app.store.get_task(task_id) is not None for task_id in ids)
+
+
+def test_a_failed_attempts_transcript_is_stored_redacted() -> None:
+    from config.redaction import register_secrets
+
+    secret = "sk-test-transcript-secret-0123456789"
+    register_secrets(secret)
+    store = InMemoryTaskStore()
+    with stub_harness(store, max_attempts=1) as app:
+        agent_id = app.agent(allowed_tools=("calculate",))
+        script = [
+            {"tool": "calculate", "arguments": {"expression": "1+1", "note": f"key {secret}"}},
+            {"fail": "the model gave up", "retryable": False},
+        ]
+        task_id = app.task(agent_id, context={"script": script})
+        app.queue.add_task(task_id)
+        with app.worker() as worker:
+            app.drain(worker)
+
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.FAILED
+    [run] = store.get_runs(task_id)
+    assert run.transcript, "the failed attempt's transcript was not stored"
+    assert "[Filtered]" in str(run.transcript) and secret not in str(run.transcript)
