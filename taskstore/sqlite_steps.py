@@ -38,6 +38,22 @@ FINISH_STEP = (
     f" AND {_HELD}"
 )
 
+#: A whole step, started and ended, in one go (``record_step``; ``complete(step=…)``).
+RECORD_STEP = (
+    "INSERT INTO ai_agent_task_steps AS s (id, task_id, run_id, firing, seq, kind, name, status, input,"
+    " output, input_tokens, output_tokens, cost_usd, started_at, finished_at, error)"
+    " SELECT :id, :task_id, :run_id, :firing, :seq, :kind, :name, :status, :input, :output, :input_tokens,"
+    " :output_tokens, :cost_usd, :started_at, :finished_at, :error"
+    f" WHERE {_HELD}"
+    " ON CONFLICT (task_id, firing, seq) DO UPDATE SET run_id = excluded.run_id, kind = excluded.kind,"
+    " name = excluded.name, status = excluded.status, input = excluded.input, output = excluded.output,"
+    " input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,"
+    " cost_usd = excluded.cost_usd, started_at = excluded.started_at, finished_at = excluded.finished_at,"
+    " error = excluded.error"
+    " WHERE (s.status <> 'completed' AND (s.run_id = excluded.run_id OR s.run_id = :replaces))"
+    " OR (s.run_id = excluded.run_id AND s.status = excluded.status AND s.finished_at = excluded.finished_at)"
+)
+
 GET_STEPS = (
     "SELECT s.* FROM ai_agent_task_steps s JOIN ai_agent_tasks t ON t.id = s.task_id AND t.firing = s.firing"
     " WHERE s.task_id = ? ORDER BY s.seq"
