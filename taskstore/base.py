@@ -122,6 +122,19 @@ class TaskStore(Protocol):
         statement that also returns the agent's kind. ``None`` (nothing changed) otherwise."""
         ...
 
+    def queue_runnable_tasks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        kinds: Collection[str],
+        priority: int | None,
+        run_at: datetime,
+        now: datetime,
+    ) -> list[QueuedTask] | None:
+        """The bulk :meth:`queue_runnable_task`: every one of the distinct ``task_ids`` (in that order), or
+        none (``None``, nothing changed) if any is missing, not pending or its agent cannot run it."""
+        ...
+
     def mark_queued_many(
         self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
     ) -> list[Task] | None:
