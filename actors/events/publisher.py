@@ -146,6 +146,9 @@ class EventPublisher:
         #: Events given to Redis, and events lost (refused, or dropped from a full buffer), so far.
         self.sent = 0
         self.lost = 0
+        #: Round trips made, and CPU seconds the sending thread spent encoding and sending (benchmarks).
+        self.batches = 0
+        self.send_cpu_s = 0.0
         self._reset()
         _track(self)
 
@@ -240,12 +243,15 @@ class EventPublisher:
                     return
                 self._linger()
                 batch = [self._buffer.popleft() for _ in range(min(len(self._buffer), BATCH_SIZE))]
+            started = time.thread_time()
             try:
                 failing = not self._send(batch)
             except Exception as exc:  # a bug must not end the thread: the events are lost, logged
                 failing = False
                 logger.exception("live events: sending a batch failed")
                 self._lose(len(batch), f"{type(exc).__name__}: {exc}")
+            self.send_cpu_s += time.thread_time() - started
+            self.batches += 1
             with self._lock:
                 self._handled += len(batch)
                 self._failing = failing
