@@ -4,8 +4,8 @@ agentq migrate              create or upgrade the schema (safe to run twice)
 agentq schema               print the Postgres migration SQL
 agentq stats                queue statistics (JSON)
 agentq job ID               one job, with its runs
+agentq retry ID [--resume]  retry a failed job (``--resume``: after its completed steps)
 agentq events ID            the job's live events, one per line (--follow, --after ID, --timeout S, --json)
-agentq retry ID             retry a failed job
 agentq dead-letters         list failed jobs (``--retry-all`` retries them all)
 agentq remove ID            cancel a job (a running one stops at its next step; a schedule ends)
 agentq schedule ID CRON     put a scheduled task on a cron schedule (``--timezone``)
@@ -104,7 +104,7 @@ def _events(args: argparse.Namespace) -> int:
 def _retry(args: argparse.Namespace) -> int:
     from actors import agent_task_queue
 
-    _print({"id": args.id, "status": agent_task_queue.retry_job(args.id).status})
+    _print({"id": args.id, "status": agent_task_queue.retry_job(args.id, resume=args.resume).status})
     return 0
 
 
@@ -263,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("id", help="job id (= task id)")
         sub.set_defaults(handler=handler)
+        if name == "retry":
+            sub.add_argument(
+                "--resume", action="store_true", help="go on after the failed firing's completed steps"
+            )
     events = commands.add_parser("events", help="print a job's live events, one per line")
     events.add_argument("id", help="job id (= task id)")
     events.add_argument(
