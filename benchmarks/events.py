@@ -29,6 +29,7 @@ import secrets
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
@@ -191,6 +192,9 @@ def render(cells: list[Cell], tasks: int, repeats: int, parts: Breakdown | None 
         "# Pipeline throughput: live events on vs off",
         "",
         f"N={tasks} tasks per run, median of {repeats} run(s); off and on interleaved.",
+        "",
+        f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load average at the end"
+        f" {' / '.join(f'{load:.1f}' for load in os.getloadavg())} (other processes make ratios noisy)",
         "",
         "| configuration | off tasks/s | on tasks/s | on/off | worker CPU ms/task off / on"
         " | pg+redis CPU ms/task off / on | enqueue tasks/s off / on |",
