@@ -50,8 +50,9 @@ from actors.events import Event, EventReader
 from actors.schedules.cron import parse_schedule
 from config.errors import AgentQueueError, ConfigError, short_repr
 from middleware.events import NO_EVENTS, EventSink, EventType
+from middleware.lifecycle_events import queued_event
 from middleware.pause import PausableBroker
-from middleware.task_lifecycle import queued_event, queued_options
+from middleware.task_lifecycle import queued_options
 from taskstore import (
     Agent,
     AgentNotFound,

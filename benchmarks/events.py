@@ -14,6 +14,11 @@ process's publishing thread). The throughput ratio on/off is the figure of merit
 Postgres + Redis CPU per task show where the cost goes, and the enqueue rate (``create_task`` +
 ``add_task`` one by one) the producer's share (its ``queued`` is flushed before the message is sent).
 A real agent spends seconds in its model calls: there the same cost is noise.
+
+On a busy machine throughput ratios swing by ±30 %; the **breakdown** is steadier: the same pipeline
+in this process (Redis broker, in-memory store, 8 worker threads) with events on, reporting the CPU
+the publishing thread spent per task (``EventPublisher.send_cpu_s``) and what ``publish()`` costs the
+thread that calls it.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import secrets
 import sys
 import tempfile
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
@@ -132,11 +138,63 @@ def run(
     ]
 
 
-def render(cells: list[Cell], tasks: int, repeats: int) -> str:
+@dataclass(frozen=True)
+class Breakdown:
+    """The events' own CPU, measured in one process."""
+
+    tasks: int
+    events_per_task: float
+    #: Milliseconds of the publishing thread's CPU per task (encoding, redaction, the Lua call).
+    send_ms_per_task: float
+    #: Microseconds one ``publish()`` costs the calling thread.
+    publish_us: float
+    mean_batch: float
+
+
+def breakdown(tasks: int, *, redis_url: str = DEFAULT_REDIS_URL) -> Breakdown:
+    """Run ``tasks`` scripted tasks through an in-process worker with events on; see the module docstring."""
+    import time
+
+    from actors.events import EventPublisher
+    from middleware.events import EventType
+    from taskstore import InMemoryTaskStore, utcnow
+    from tests.harness import redis_harness, wait_until
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    store = InMemoryTaskStore()
+    with redis_harness(store, redis_url) as app:
+        publisher = app.runtime.events
+        assert isinstance(publisher, EventPublisher)
+        agent_id = app.agent()
+        task_ids = [app.task(agent_id) for _ in range(tasks)]
+        for start in range(0, tasks, 1000):
+            app.queue.add_tasks(task_ids[start : start + 1000])
+        with app.worker(threads=8):
+            wait_until(
+                lambda: store.queue_counts(now=utcnow()).completed == tasks, timeout_s=600, what="drain"
+            )
+        publisher.flush(10)
+        sent, cpu_s, batches = publisher.sent, publisher.send_cpu_s, publisher.batches
+    idle = EventPublisher(client, max_buffer=100_000)
+    started = time.thread_time()
+    for _ in range(10_000):
+        idle.publish(task_ids[0], EventType.RUNNING, {"run_id": task_ids[0], "attempt": 1, "worker": "w"})
+    publish_us = (time.thread_time() - started) / 10_000 * 1e6
+    idle.close(30)
+    client.flushdb()
+    client.close()
+    return Breakdown(tasks, sent / tasks, cpu_s / tasks * 1000, publish_us, sent / max(batches, 1))
+
+
+def render(cells: list[Cell], tasks: int, repeats: int, parts: Breakdown | None = None) -> str:
     lines = [
         "# Pipeline throughput: live events on vs off",
         "",
         f"N={tasks} tasks per run, median of {repeats} run(s); off and on interleaved.",
+        "",
+        f"- {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores, load average at the end"
+        f" {' / '.join(f'{load:.1f}' for load in os.getloadavg())} (other processes make ratios noisy)",
         "",
         "| configuration | off tasks/s | on tasks/s | on/off | worker CPU ms/task off / on"
         " | pg+redis CPU ms/task off / on | enqueue tasks/s off / on |",
@@ -154,6 +212,14 @@ def render(cells: list[Cell], tasks: int, repeats: int) -> str:
             f" | {pair('worker_cpu_ms', 2)} | {pair('server_cpu_ms', 2)} | {pair('enqueue_rate')} |"
         )
     lines += ["", "Every run (tasks/s), in order: " + "; ".join(_runs(cell) for cell in cells)]
+    if parts is not None:
+        lines += [
+            "",
+            f"Breakdown (in process, {parts.tasks} tasks, 8 threads): {parts.events_per_task:.1f} events"
+            f" per task in batches of {parts.mean_batch:.0f} on average; the publishing thread spent"
+            f" {parts.send_ms_per_task:.3f} ms of CPU per task; one `publish()` costs its caller"
+            f" {parts.publish_us:.1f} µs.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -194,7 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     tasks = args.tasks or (300 if args.quick else 1000)
     repeats = args.repeats or (1 if args.quick else 3)
     cells = run(tasks, repeats, redis_url=args.redis_url, pg_admin_url=args.pg_admin_url)
-    report = render(cells, tasks, repeats)
+    parts = breakdown(max(tasks, 1000), redis_url=args.redis_url)
+    report = render(cells, tasks, repeats, parts)
     OUTPUT.parent.mkdir(parents=True, exist_ok=True)
     OUTPUT.write_text(report, encoding="utf-8")
     print(report)

@@ -78,7 +78,8 @@ def events(quick: bool) -> list[Figure]:
 
     tasks, repeats = (300, 1) if quick else (1_000, 3)
     cells = bench.run(tasks, repeats)
-    bench.OUTPUT.write_text(bench.render(cells, tasks, repeats), encoding="utf-8")
+    parts = bench.breakdown(1_000)
+    bench.OUTPUT.write_text(bench.render(cells, tasks, repeats, parts), encoding="utf-8")
     return bench.figures(cells)
 
 

@@ -16,6 +16,7 @@ under a secret-named key is filtered whole), :class:`RedactingFilter` to log rec
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import threading
@@ -118,6 +119,13 @@ def redact(text: str) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=1024)
+def _secret_key(key: str) -> bool:
+    """Whether ``key`` names a secret (cached: the same few keys come back all the time, and the match
+    costs microseconds)."""
+    return _SECRET_KEY.match(key) is not None
+
+
 def redact_data(value: Any) -> Any:
     """``value`` with :func:`redact` applied to every string in it, recursively (dicts, lists, tuples);
     a value under a secret-named key (``api_key``, ``Authorization``, ``password``…) is filtered whole."""
@@ -126,7 +134,7 @@ def redact_data(value: Any) -> Any:
     if isinstance(value, dict):
         return {
             key: FILTERED
-            if isinstance(key, str) and _SECRET_KEY.match(key) and isinstance(item, str) and item
+            if isinstance(key, str) and _secret_key(key) and isinstance(item, str) and item
             else redact_data(item)
             for key, item in value.items()
         }

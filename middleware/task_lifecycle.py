@@ -57,12 +57,12 @@ from middleware.agent_messages import (
 from middleware.attempts import Attempt, AttemptRegistry, current_claim, process_worker_id
 from middleware.events import NO_EVENTS, EventSink, EventType
 from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Decision, Outcome, decide, describe
+from middleware.lifecycle_events import attempt_end_event, completed_event, queued_event, running_event
 from middleware.outcome import AttemptResult, as_attempt_result, transcript_of, usage_of
 from taskstore import (
     Claim,
     InvalidTransition,
     StoreUnavailable,
-    Task,
     TaskNotFound,
     TaskStatus,
     TaskStore,
@@ -298,11 +298,7 @@ class TaskLifecycle(dramatiq.Middleware):
                 logger.info("Skipping message for task %s: it is %s, not queued", task_id, task.status.value)
             raise SkipMessage(f"task {task_id} is not queued")
         self.attempts.add(message.message_id, claim)
-        self.events.publish(
-            task_id,
-            EventType.RUNNING,
-            {"run_id": claim.run_id, "attempt": claim.task.attempts, "worker": self.worker_id()},
-        )
+        self.events.publish(task_id, EventType.RUNNING, running_event(claim, self.worker_id()))
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self.attempts.pop(message.message_id)
@@ -386,7 +382,7 @@ class TaskLifecycle(dramatiq.Middleware):
         )
         if done:
             logger.info("[AgentTaskQueue] ✓ Job %s completed", claim.task.id)
-            self.events.publish(claim.task.id, EventType.COMPLETED, _completed_event(claim, outcome))
+            self.events.publish(claim.task.id, EventType.COMPLETED, completed_event(claim, outcome))
         else:
             logger.warning(
                 "[AgentTaskQueue] Job %s finished but no longer held by run %s", claim.task.id, claim.run_id
@@ -412,7 +408,7 @@ class TaskLifecycle(dramatiq.Middleware):
             )
             return "lost"
         error = redact(describe(exception))
-        self._publish_end(claim, decision, error)
+        self.events.publish(task.id, *attempt_end_event(claim, decision, error))
         if decision.outcome is Outcome.CANCEL:
             logger.info("[AgentTaskQueue] Job %s cancelled", task.id)
             return "cancelled"
@@ -432,20 +428,6 @@ class TaskLifecycle(dramatiq.Middleware):
         self.events.flush()  # this attempt's events before the next attempt's
         broker.enqueue(message.copy(options={QUEUED_OPTION: True}), delay=decision.delay_ms)
         return "retried" if decision.outcome is Outcome.RETRY else "postponed"
-
-    def _publish_end(self, claim: Claim, decision: Decision, error: str) -> None:
-        """The live event of a failed attempt, as ``decision`` recorded it."""
-        task, base = claim.task, {"run_id": claim.run_id, "attempt": claim.task.attempts}
-        if decision.outcome is Outcome.CANCEL:
-            self.events.publish(task.id, EventType.CANCELLED, base)
-        elif decision.outcome is Outcome.POSTPONE:
-            data = {**base, "delay_ms": decision.delay_ms, "reason": error}
-            self.events.publish(task.id, EventType.POSTPONED, data)
-        elif decision.outcome is Outcome.RETRY:
-            data = {**base, "delay_ms": decision.delay_ms, "error": error, "next_attempt": task.attempts + 1}
-            self.events.publish(task.id, EventType.RETRYING, data)
-        else:
-            self.events.publish(task.id, EventType.FAILED, {**base, "error": error})
 
     def _record(self, claim: Claim, exception: BaseException, decision: Decision) -> bool:
         """Write the attempt's end as ``decision`` says; ``False`` if the run no longer holds the task."""
@@ -494,24 +476,6 @@ class TaskLifecycle(dramatiq.Middleware):
         if isinstance(retries, int):
             return min(claim.task.max_attempts, retries + 1)
         return claim.task.max_attempts
-
-
-def queued_event(task: Task, delay_ms: int, by: str) -> dict[str, Any]:
-    """The data of a ``queued`` event: priority, delay and who queued the task (``add_task``, ``send`` …)."""
-    return {"priority": task.priority, "delay_ms": delay_ms, "by": by}
-
-
-def _completed_event(claim: Claim, outcome: AttemptResult) -> dict[str, Any]:
-    """The data of a ``completed`` event: the attempt, its tokens and cost, and the output (content)."""
-    usage = outcome.usage
-    return {
-        "run_id": claim.run_id,
-        "attempt": claim.task.attempts,
-        "input_tokens": usage.input_tokens,
-        "output_tokens": usage.output_tokens,
-        "cost_usd": None if usage.cost_usd is None else str(usage.cost_usd),
-        **{key: outcome[key] for key in ("output", "turns", "model") if key in outcome},
-    }
 
 
 def set_lane(options: dict[str, Any], priority: int, organization_id: str) -> None:
@@ -563,7 +527,6 @@ __all__ = [
     "ShutdownCutOff",
     "TaskLifecycle",
     "current_claim",
-    "queued_event",
     "queued_options",
     "send_queued",
 ]
