@@ -317,22 +317,31 @@ class AgentTaskQueue:
         check_page(limit, offset)
         return self.store.list_schedules(limit=limit, offset=offset)
 
-    def retry_job(self, job_id: str) -> Job:
+    def retry_job(self, job_id: str, *, resume: bool = False) -> Job:
         """Queue a ``failed`` task again with a fresh set of attempts.
+
+        Args:
+            job_id: The job (task) id.
+            resume: Go on after the completed steps of the failed firing (its model calls are not
+                requested again, its tools not run again); by default a new firing starts from the
+                first step.
 
         Raises:
             InvalidTaskId, TaskNotFound: No such job.
+            InvalidArgument: ``resume`` is not a bool.
             InvalidTransition: The job has not failed (or was retried concurrently).
             AgentNotFound, AgentInactive, UnknownAgentKind: Nothing could run it; it stays ``failed``.
             BrokerUnavailable: Redis is down; the task is left ``pending`` (the reconciler enqueues it).
         """
         task_id = normalize_id(job_id, "job id")
+        if not isinstance(resume, bool):
+            raise InvalidArgument(f"resume {short_repr(resume)} must be True or False")
         task = self._task(task_id)
         if task.status != TaskStatus.FAILED:
             raise InvalidTransition(
                 task_id, task.status.value, TaskStatus.QUEUED.value, "only failed jobs can be retried"
             )
-        retried = self._requeue(task, self._actor_for(task))
+        retried = self._requeue(task, self._actor_for(task), resume=resume)
         return Job.from_task(retried, self.store.get_runs(task_id))
 
     def list_dead_letters(self, limit: int = 100, offset: int = 0) -> list[Job]:
@@ -486,10 +495,10 @@ class AgentTaskQueue:
             max_attempts=self.max_attempts,
         )
 
-    def _requeue(self, task: Task, actor: AgentActor) -> Task:
+    def _requeue(self, task: Task, actor: AgentActor, *, resume: bool = False) -> Task:
         """``failed → queued`` by compare-and-set, then the message; a refusal is explained with one read."""
         now = self.clock()
-        retried = self.store.requeue_failed(task.id, run_at=now, now=now)
+        retried = self.store.requeue_failed(task.id, run_at=now, now=now, resume=resume)
         if retried is None:
             current = self._task(task.id)
             raise InvalidTransition(

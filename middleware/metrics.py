@@ -17,7 +17,10 @@ Metrics (all prefixed ``agentq_``):
   ``postponed``, ``failed`` (dead-lettered), ``cancelled``, ``lost`` or ``cut_off``;
 * ``task_duration_seconds{queue, outcome}`` — claim to end of each attempt;
 * ``llm_tokens_total{provider, model, type}`` (``input``/``output``) and
-  ``llm_cost_usd_total{provider, model}`` — from every model call (see :class:`LLMMetrics`).
+  ``llm_cost_usd_total{provider, model}`` — from every model call (see :class:`LLMMetrics`);
+* ``runs_resumed_total{queue}`` — attempts that went on after the completed steps of an earlier
+  attempt at the same firing, and ``steps_replayed_total{queue, kind}`` (``llm``/``tool``) — the
+  completed steps they did not repeat (counted by ``actors.step_ledger.StoreLedger``).
 """
 
 from __future__ import annotations
@@ -60,6 +63,18 @@ LLM_TOKENS = Counter(
     "agentq_llm_tokens", "Model tokens used", ["provider", "model", "type"], registry=REGISTRY
 )
 LLM_COST = Counter("agentq_llm_cost_usd", "Model cost in USD", ["provider", "model"], registry=REGISTRY)
+RUNS_RESUMED = Counter(
+    "agentq_runs_resumed",
+    "Attempts resumed after an earlier attempt's completed steps",
+    ["queue"],
+    registry=REGISTRY,
+)
+STEPS_REPLAYED = Counter(
+    "agentq_steps_replayed",
+    "Completed steps a resumed attempt did not repeat (model calls not requested, tools not run)",
+    ["queue", "kind"],
+    registry=REGISTRY,
+)
 
 
 class QueueDepth(Collector):
@@ -176,4 +191,4 @@ class LLMMetrics(OrchestratorHooks):
             LLM_COST.labels(provider, model).inc(float(cost))
 
 
-__all__ = ["REGISTRY", "LLMMetrics", "Metrics", "QueueDepth"]
+__all__ = ["REGISTRY", "RUNS_RESUMED", "STEPS_REPLAYED", "LLMMetrics", "Metrics", "QueueDepth"]

@@ -1,4 +1,4 @@
-"""Persistence for agents, tasks and runs: the protocol, its implementations and the schema."""
+"""Persistence for agents, tasks, runs and steps: the protocol, its implementations and the schema."""
 
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ from taskstore.models import (
     Run,
     RunStatus,
     StalledTask,
+    Step,
+    StepKind,
+    StepRecord,
+    StepStatus,
     Task,
     TaskStatus,
     Usage,
@@ -57,6 +61,10 @@ __all__ = [
     "RunStatus",
     "SchemaMissing",
     "StalledTask",
+    "Step",
+    "StepKind",
+    "StepRecord",
+    "StepStatus",
     "StoreUnavailable",
     "Task",
     "TaskNotFound",

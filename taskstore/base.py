@@ -1,4 +1,4 @@
-"""The :class:`TaskStore` protocol: persistence for agents, tasks and runs.
+"""The :class:`TaskStore` protocol: persistence for agents, tasks, runs and the step ledger.
 
 The database is the source of truth (docs/architecture.md, *The status machine*).
 Every status change is a
@@ -33,6 +33,10 @@ from taskstore.models import (
     RetentionPolicy,
     Run,
     StalledTask,
+    Step,
+    StepKind,
+    StepRecord,
+    StepStatus,
     Task,
     Usage,
     WaitingTask,
@@ -219,8 +223,12 @@ class TaskStore(Protocol):
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
+        step: StepRecord | None = None,
     ) -> bool:
-        """``running → completed`` for run ``run_id``; ``False`` if that run no longer holds the task."""
+        """``running → completed`` for run ``run_id``; ``False`` if that run no longer holds the task.
+
+        ``step``: the run's last step (its final answer), recorded as :meth:`record_step` would, in the same
+        transaction."""
         ...
 
     def fail_attempt(
@@ -291,8 +299,61 @@ class TaskStore(Protocol):
         """``pending/queued → cancelled``. ``None`` if the task was in another status."""
         ...
 
-    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
-        """``failed → queued`` with a fresh set of attempts. ``None`` if the task was not failed."""
+    def requeue_failed(
+        self, task_id: str, *, run_at: datetime, now: datetime, resume: bool = False
+    ) -> Task | None:
+        """``failed → queued`` with a fresh set of attempts. ``None`` if the task was not failed.
+
+        A new firing starts (its steps from 0; the old firing's steps are deleted) unless ``resume``,
+        which keeps the firing so the next attempt goes on after its completed steps."""
+        ...
+
+    def start_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        kind: StepKind,
+        name: str,
+        input: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        """Record step ``seq`` of ``firing`` as ``started`` by run ``run_id``. Compare-and-set: ``False``
+        (nothing written) unless the task is ``running`` under that run and firing, and the step is new, or
+        not completed and last written by this run or by ``replaces`` (the run the caller found it from)."""
+        ...
+
+    def finish_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        status: StepStatus,
+        output: dict[str, Any] | None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: Decimal | None = None,
+        error: str | None = None,
+        now: datetime,
+    ) -> bool:
+        """Record step ``seq`` as ``completed``/``failed`` with its output (and usage, or error). Compare-and-
+        set: ``False`` unless run ``run_id`` started it and still holds the task in that firing. Writing the
+        same end again at the same ``now`` is accepted (a re-sent write)."""
+        ...
+
+    def record_step(self, task_id: str, run_id: str, step: StepRecord) -> bool:
+        """Write a whole step, started and ended, in one go (a model call once it ended). The same compare-
+        and-set as :meth:`start_step` (``step.replaces`` as its ``replaces``); the same step written again by
+        the same run with the same end is accepted (a re-sent write)."""
+        ...
+
+    def get_steps(self, task_id: str) -> list[Step]:
+        """The steps of the task's current firing, in ``seq`` order (``[]`` for an unknown task)."""
         ...
 
     def queue_counts(self, *, now: datetime) -> QueueCounts:

@@ -1,4 +1,4 @@
-"""Records stored by a :class:`~taskstore.base.TaskStore`: agents, tasks and runs."""
+"""Records stored by a :class:`~taskstore.base.TaskStore`: agents, tasks, runs and steps."""
 
 from __future__ import annotations
 
@@ -40,6 +40,23 @@ class RunStatus(enum.StrEnum):
     STALLED = "stalled"
 
 
+class StepKind(enum.StrEnum):
+    """What a step of the step ledger is."""
+
+    #: A model call; the step's ``name`` is the model.
+    LLM = "llm"
+    #: A tool call; the step's ``name`` is the tool.
+    TOOL = "tool"
+
+
+class StepStatus(enum.StrEnum):
+    """Where a step is: written ``started`` before its call, ``completed`` or ``failed`` after it."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
 TASK_TYPES = ("adhoc", "scheduled")
 
 
@@ -66,6 +83,8 @@ class Agent:
     run_time_limit_s: float | None = None
     fallback_provider: str | None = None
     fallback_model: str | None = None
+    #: Stream the model's output as ``llm_delta`` events while it is generated.
+    stream: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +127,8 @@ class Task:
     archived_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    #: The current firing (see :class:`Step`): + 1 when a schedule fires or ``retry_job`` starts afresh.
+    firing: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +154,67 @@ class Run:
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """A row of ``ai_agent_task_steps``: one model call or tool call of a task's firing.
+
+    ``seq`` numbers the steps of one firing from 0. A step is written ``started`` before its call and
+    ``completed`` (with its output, and a model call's tokens and cost) or ``failed`` after it, by the
+    run that holds the task (``run_id``); a later attempt at the same firing continues after the
+    completed steps and takes over one left unfinished.
+    """
+
+    id: str
+    task_id: str
+    run_id: str
+    firing: int
+    seq: int
+    kind: StepKind
+    name: str
+    status: StepStatus
+    input: dict[str, Any] | None
+    output: dict[str, Any] | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal | None
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A whole step written in one go, started and ended (``TaskStore.record_step``, or with the run's
+    completion, ``TaskStore.complete(step=…)``): how a model call is recorded once it has ended.
+
+    ``replaces``: the run that last wrote this step as the writer found it (``None``: no row), as for
+    :meth:`~taskstore.base.TaskStore.start_step`.
+    """
+
+    firing: int
+    seq: int
+    kind: StepKind
+    name: str
+    input: dict[str, Any]
+    started_at: datetime
+    status: StepStatus
+    output: dict[str, Any] | None
+    finished_at: datetime
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal | None = None
+    error: str | None = None
+    replaces: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
-    """What a worker gets when it wins a task: the task (now running), its agent, and its new run."""
+    """What a worker gets when it wins a task: the task (now running), its agent, its new run, and the
+    steps earlier attempts at the task's current firing recorded (read in the same statement)."""
 
     task: Task
     agent: Agent | None
     run_id: str
+    steps: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +297,7 @@ class NewAgent:
     run_time_limit_s: float | None = None
     fallback_provider: str | None = None
     fallback_model: str | None = None
+    stream: bool = False
     id: str | None = None
 
 
@@ -279,3 +356,4 @@ class CleanupResult:
     archived_completed: int = 0
     archived_failed: int = 0
     deleted_runs: int = 0
+    deleted_steps: int = 0

@@ -26,10 +26,11 @@ def run_usage_sql(param: str) -> str:
     return ", ".join(f"{column} = {param.format(column)}" for column in (*USAGE_COLUMNS, "cost_usd"))
 
 
-#: Columns a schedule's firing resets, so each firing starts with a fresh set of attempts.
+#: Columns a schedule's firing resets, so each firing starts with a fresh set of attempts (and steps).
 FIRING_RESETS = (
     "status = 'queued', last_run_at = {now}, queued_at = {now}, run_at = {now}, attempts = 0,"
-    " stalled_count = 0, postponed_count = 0, error = NULL, cancel_requested_at = NULL, archived_at = NULL"
+    " stalled_count = 0, postponed_count = 0, error = NULL, cancel_requested_at = NULL, archived_at = NULL,"
+    " firing = firing + 1"
 )
 
 
@@ -59,3 +60,15 @@ def accepts_sql(transition: str, column: str = "status") -> str:
     """``column IN (…)``: the condition that ``transition`` accepts the task's status."""
     statuses = ", ".join(f"'{status}'" for status in TRANSITION_SOURCES[transition])
     return f"{column} IN ({statuses})"
+
+
+#: The statuses a step may end with (``finish_step``).
+STEP_ENDS = ("completed", "failed")
+
+
+def step_end(status: str) -> str:
+    """``status`` as ``finish_step`` writes it: ``completed`` or ``failed``, else :class:`ValueError`."""
+    value = str(getattr(status, "value", status))
+    if value not in STEP_ENDS:
+        raise ValueError(f"a step ends completed or failed, not {value!r}")
+    return value

@@ -37,11 +37,15 @@ from taskstore.models import (
     RetentionPolicy,
     Run,
     StalledTask,
+    Step,
+    StepKind,
+    StepRecord,
+    StepStatus,
     Task,
     Usage,
     WaitingTask,
 )
-from taskstore.rows import agent_from_row, in_order, run_from_row, task_from_row
+from taskstore.rows import agent_from_row, in_order, run_from_row, step_from_row, task_from_row
 from taskstore.rules import (
     FIRING_BUSY_STATUSES,
     FIRING_RESETS,
@@ -50,6 +54,7 @@ from taskstore.rules import (
     USAGE_COLUMNS,
     accepts_sql,
     run_usage_sql,
+    step_end,
     task_usage_sql,
     unrunnable_statuses,
 )
@@ -58,11 +63,14 @@ from taskstore.schema import (
     MIGRATIONS,
     MIGRATIONS_TABLE,
     RUNS,
+    STEPS,
     TASKS,
     ColumnType,
     CreateTable,
+    all_columns,
     table_columns,
 )
+from taskstore.sqlite_steps import FINISH_STEP, GET_STEPS, RECORD_STEP, START_STEP, run_spent
 from taskstore.storable import storable_json, storable_text
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -103,7 +111,7 @@ def _since(value: str) -> datetime:
 
 
 def _column_types(table: CreateTable) -> dict[str, ColumnType]:
-    return {column.name: column.type for column in table.columns}
+    return {column.name: column.type for column in all_columns(table)}
 
 
 _DECODERS: dict[ColumnType, Any] = {
@@ -113,7 +121,7 @@ _DECODERS: dict[ColumnType, Any] = {
     "bool": lambda value: None if value is None else bool(value),
     "money": lambda value: None if value is None else Decimal(str(value)),
 }
-_TYPES = {**_column_types(AGENTS), **_column_types(TASKS), **_column_types(RUNS)}
+_TYPES = {**_column_types(AGENTS), **_column_types(TASKS), **_column_types(RUNS), **_column_types(STEPS)}
 _ENCODERS: dict[ColumnType, Any] = {
     "timestamp": encode_time,
     "json": lambda value: _json(value),
@@ -538,8 +546,9 @@ class SqliteTaskStore:
                 (run_id, task_id, task.attempts, worker_id, stamp),
             )
             agent_rows = conn.execute("SELECT * FROM ai_agents WHERE id = ?", (task.agent_id,)).fetchall()
+            steps = tuple(step_from_row(_decode(row)) for row in conn.execute(GET_STEPS, (task_id,)))
         agent = agent_from_row(_decode(agent_rows[0])) if agent_rows else None
-        return Claim(task=task, agent=agent, run_id=run_id)
+        return Claim(task=task, agent=agent, run_id=run_id, steps=steps)
 
     def complete(
         self,
@@ -550,11 +559,13 @@ class SqliteTaskStore:
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
+        step: StepRecord | None = None,
     ) -> bool:
         return self._finish(
             "status = 'completed', result = :result, error = NULL, completed_at = :now, archived_at = NULL",
             "completed",
             self._finish_params(task_id, run_id, usage, transcript, now, result=_json(storable_json(result))),
+            step,
         )
 
     def fail_attempt(
@@ -597,10 +608,15 @@ class SqliteTaskStore:
         cost = None if usage.cost_usd is None else str(usage.cost_usd)
         return {**params, "cost_usd": cost, "transcript": _json(storable_json(transcript)), **values}
 
-    def _finish(self, sets: str, run_status: str, params: dict[str, Any]) -> bool:
+    def _finish(
+        self, sets: str, run_status: str, params: dict[str, Any], step: StepRecord | None = None
+    ) -> bool:
         """End the attempt ``params`` name if the task still holds it: the task gets ``sets`` (and the
-        lease released, the usage added), the run ``run_status``; in one transaction."""
+        lease released, the usage added), the run ``run_status``, and ``step`` (the run's last step) is
+        recorded; in one transaction."""
         with self._transaction() as conn:
+            if step is not None:  # first, while the run still holds the task (as record_step checks)
+                conn.execute(RECORD_STEP, _record_params(params["id"], params["run_id"], step))
             updated = conn.execute(
                 f"UPDATE ai_agent_tasks SET {sets}, worker_id = NULL, lease_expires_at = NULL,"
                 f" updated_at = :now, {_TASK_USAGE} WHERE {_HOLDS}",
@@ -644,9 +660,11 @@ class SqliteTaskStore:
             for row in expired:
                 stalled_count = row["stalled_count"] + 1
                 requeue = stalled_count <= max_stalled_count
+                # The run's usage is what its completed model calls recorded in the step ledger.
+                spent = run_spent(conn, row["id"], row["current_run_id"])
                 conn.execute(
                     "UPDATE ai_agent_tasks SET stalled_count = :stalled_count, worker_id = NULL,"
-                    " lease_expires_at = NULL, updated_at = :now, error = :error,"
+                    f" lease_expires_at = NULL, updated_at = :now, error = :error, {_TASK_USAGE},"
                     + (
                         " status = 'queued', attempts = attempts - 1, run_at = :now, queued_at = :now"
                         if requeue
@@ -658,12 +676,13 @@ class SqliteTaskStore:
                         "stalled_count": stalled_count,
                         "now": stamp,
                         "error": STALLED_ERROR if requeue else STALLED_LIMIT_ERROR,
+                        **spent,
                     },
                 )
                 conn.execute(
-                    "UPDATE ai_agent_task_runs SET status = 'stalled', finished_at = ?, error = ?"
-                    " WHERE id = ?",
-                    (stamp, STALLED_ERROR, row["current_run_id"]),
+                    "UPDATE ai_agent_task_runs SET status = 'stalled', finished_at = :now, error = :error,"
+                    f" {_RUN_USAGE} WHERE id = :run_id",
+                    {"now": stamp, "error": STALLED_ERROR, "run_id": row["current_run_id"], **spent},
                 )
                 attempts = row["attempts"] - 1 if requeue else row["attempts"]
                 recovered.append(StalledTask(row["id"], row["kind"], requeue, stalled_count, attempts))
@@ -831,6 +850,8 @@ class SqliteTaskStore:
                     " WHERE id = :id",
                     {"id": firing.task_id, "next": encode_time(firing.next_run_at), "now": stamp},
                 )
+                if not busy:  # a new firing: the previous one's step ledger goes
+                    conn.execute("DELETE FROM ai_agent_task_steps WHERE task_id = ?", (firing.task_id,))
                 kind, priority, organization_id = row["kind"], row["priority"], row["organization_id"]
                 fired.append(FiredSchedule(firing.task_id, kind, not busy, priority, organization_id))
         return fired
@@ -850,14 +871,95 @@ class SqliteTaskStore:
             {"id": task_id, "now": encode_time(now)},
         )
 
-    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
-        return self._update_task(
-            "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0, error = NULL,"
-            " postponed_count = 0, cancel_requested_at = NULL,"
-            " run_at = :run_at, queued_at = :now, failed_at = NULL, archived_at = NULL, updated_at = :now"
-            f" WHERE id = :id AND {accepts_sql('requeue_failed')} RETURNING *",
-            {"id": task_id, "run_at": encode_time(run_at), "now": encode_time(now)},
-        )
+    def requeue_failed(
+        self, task_id: str, *, run_at: datetime, now: datetime, resume: bool = False
+    ) -> Task | None:
+        firing = "firing" if resume else "firing + 1"
+        with self._transaction() as conn:
+            tasks = _tasks(
+                conn.execute(
+                    "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0,"
+                    " error = NULL, postponed_count = 0, cancel_requested_at = NULL, run_at = :run_at,"
+                    " queued_at = :now, failed_at = NULL, archived_at = NULL, updated_at = :now,"
+                    f" firing = {firing}"
+                    f" WHERE id = :id AND {accepts_sql('requeue_failed')} RETURNING *",
+                    {"id": task_id, "run_at": encode_time(run_at), "now": encode_time(now)},
+                )
+            )
+            if tasks and not resume:  # a new firing: the old one's step ledger goes
+                conn.execute(
+                    "DELETE FROM ai_agent_task_steps WHERE task_id = ? AND firing < ?",
+                    (task_id, tasks[0].firing),
+                )
+        return tasks[0] if tasks else None
+
+    # --- the step ledger ------------------------------------------------------
+
+    def start_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        kind: StepKind,
+        name: str,
+        input: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "id": new_id(),
+            "task_id": task_id,
+            "run_id": run_id,
+            "firing": firing,
+            "seq": seq,
+            "kind": StepKind(kind).value,
+            "name": storable_text(name),
+            "input": _json(storable_json(input)),
+            "replaces": replaces,
+            "now": encode_time(now),
+        }
+        with self._transaction() as conn:
+            return bool(conn.execute(START_STEP, params).rowcount)
+
+    def finish_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        status: StepStatus,
+        output: dict[str, Any] | None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: Decimal | None = None,
+        error: str | None = None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "task_id": task_id,
+            "run_id": run_id,
+            "firing": firing,
+            "seq": seq,
+            "status": step_end(status),
+            "output": _json(storable_json(output)),
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost_usd": None if cost_usd is None else str(cost_usd),
+            "error": storable_text(error),
+            "now": encode_time(now),
+        }
+        with self._transaction() as conn:
+            return bool(conn.execute(FINISH_STEP, params).rowcount)
+
+    def record_step(self, task_id: str, run_id: str, step: StepRecord) -> bool:
+        with self._transaction() as conn:
+            return bool(conn.execute(RECORD_STEP, _record_params(task_id, run_id, step)).rowcount)
+
+    def get_steps(self, task_id: str) -> list[Step]:
+        return [step_from_row(_decode(row)) for row in self._query(GET_STEPS, (task_id,))]
 
     # --- queue views --------------------------------------------------------
 
@@ -881,12 +983,15 @@ class SqliteTaskStore:
                 conn, "completed", "completed_at", policy.completed_age_s, policy.completed_count, now
             )
             failed = self._archive(conn, "failed", "failed_at", policy.failed_age_s, policy.failed_count, now)
-            deleted = conn.execute(
-                "DELETE FROM ai_agent_task_runs WHERE task_id IN"
-                " (SELECT id FROM ai_agent_tasks WHERE archived_at = :now)",
-                {"now": stamp},
-            ).rowcount
-        return CleanupResult(completed, failed, deleted)
+            deleted = [
+                conn.execute(
+                    f"DELETE FROM {table} WHERE task_id IN"
+                    " (SELECT id FROM ai_agent_tasks WHERE archived_at = :now)",
+                    {"now": stamp},
+                ).rowcount
+                for table in ("ai_agent_task_runs", "ai_agent_task_steps")
+            ]
+        return CleanupResult(completed, failed, *deleted)
 
     @staticmethod
     def _archive(
@@ -905,6 +1010,29 @@ class SqliteTaskStore:
                 "cutoff": encode_time(now - timedelta(seconds=age_s)),
             },
         ).rowcount
+
+
+def _record_params(task_id: str, run_id: str, step: StepRecord) -> dict[str, Any]:
+    """The parameters of :data:`~taskstore.sqlite_steps.RECORD_STEP`."""
+    return {
+        "id": new_id(),
+        "task_id": task_id,
+        "run_id": run_id,
+        "firing": step.firing,
+        "seq": step.seq,
+        "kind": StepKind(step.kind).value,
+        "name": storable_text(step.name),
+        "status": step_end(step.status),
+        "input": _json(storable_json(step.input)),
+        "output": _json(storable_json(step.output)),
+        "input_tokens": step.input_tokens,
+        "output_tokens": step.output_tokens,
+        "cost_usd": None if step.cost_usd is None else str(step.cost_usd),
+        "started_at": encode_time(step.started_at),
+        "finished_at": encode_time(step.finished_at),
+        "error": storable_text(step.error),
+        "replaces": step.replaces,
+    }
 
 
 def _statements(script: str) -> list[str]:
