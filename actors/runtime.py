@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,6 +15,7 @@ from actors.budget import BudgetPolicy
 from actors.events import EventHooks, EventReader, event_sink
 from actors.task_queue import AgentTaskQueue
 from config.errors import ConfigError
+from config.imports import import_object
 from config.settings import Settings
 from middleware.events import NO_EVENTS, EventSink
 from middleware.metrics import LLMMetrics
@@ -106,11 +106,7 @@ def build_tools(paths: tuple[str, ...]) -> ToolRegistry:
     """
     registry = default_registry()
     for path in paths:
-        module_name, _, attribute = path.partition(":") if ":" in path else path.rpartition(".")
-        try:
-            tools = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError, ValueError) as exc:
-            raise ConfigError(f"AGENTQ_TOOLS={path!r} cannot be imported: {exc}") from exc
+        tools = import_object(path, "AGENTQ_TOOLS")
         if not isinstance(tools, ToolRegistry):
             raise ConfigError(f"AGENTQ_TOOLS={path!r} is a {type(tools).__name__}, not a ToolRegistry")
         try:

@@ -450,6 +450,33 @@ def _machine(redis_client: redis.Redis, database_url: str) -> list[str]:
     ]
 
 
+def _on_off(runs: list[RunResult], off_kind: str, heading: str) -> list[str]:
+    """The table of the pipeline (on) beside its ``off_kind`` runs, per configuration; none without them."""
+    if not any(r.kind == off_kind for r in runs):
+        return []
+    lines = [
+        "",
+        heading,
+        "",
+        "| configuration | on tasks/s | off tasks/s | on/off | worker CPU ms/task on / off"
+        " | pg+redis CPU ms/task on / off |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for processes, threads in CONFIGS:
+        on, off = (
+            [r for r in runs if r.kind == kind and (r.processes, r.threads) == (processes, threads)]
+            for kind in ("pipeline", off_kind)
+        )
+        on_rate, off_rate = _median([r.throughput for r in on]), _median([r.throughput for r in off])
+        lines.append(
+            f"| {processes} process(es) x {threads} threads | {_fmt(on_rate)} | {_fmt(off_rate)}"
+            f" | {_fmt(on_rate / off_rate if on_rate and off_rate else None, 3)}"
+            f" | {_cpu(on, 'worker_cpu_ms')} / {_cpu(off, 'worker_cpu_ms')}"
+            f" | {_cpu(on, 'server_cpu_ms')} / {_cpu(off, 'server_cpu_ms')} |"
+        )
+    return lines
+
+
 def render(runs: list[RunResult], tasks: int, repeats: int, machine: list[str], wall_s: float) -> str:
     lines = [
         "# Pipeline vs bare Dramatiq throughput",
@@ -485,54 +512,18 @@ def render(runs: list[RunResult], tasks: int, repeats: int, machine: list[str], 
             f" | {_fmt(_median([r.server_cpu_ms for r in cell['bare']]), 2)}"
             f" / {_fmt(_median([r.server_cpu_ms for r in cell['pipeline']]), 2)} |"
         )
-    if any(r.kind == "pipeline-solo" for r in runs):
-        lines += [
-            "",
-            "Group commit on (default) vs off (`AGENTQ_DB_GROUP_COMMIT=false`, every claim and completion"
-            " written alone), interleaved in the same run:",
-            "",
-            "| configuration | on tasks/s | off tasks/s | on/off | worker CPU ms/task on / off"
-            " | pg+redis CPU ms/task on / off |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for processes, threads in CONFIGS:
-            on = [
-                r for r in runs if r.kind == "pipeline" and (r.processes, r.threads) == (processes, threads)
-            ]
-            off = [
-                r
-                for r in runs
-                if r.kind == "pipeline-solo" and (r.processes, r.threads) == (processes, threads)
-            ]
-            on_rate, off_rate = _median([r.throughput for r in on]), _median([r.throughput for r in off])
-            lines.append(
-                f"| {processes} process(es) x {threads} threads | {_fmt(on_rate)} | {_fmt(off_rate)}"
-                f" | {_fmt(on_rate / off_rate if on_rate and off_rate else None, 3)}"
-                f" | {_cpu(on, 'worker_cpu_ms')} / {_cpu(off, 'worker_cpu_ms')}"
-                f" | {_cpu(on, 'server_cpu_ms')} / {_cpu(off, 'server_cpu_ms')} |"
-            )
-    if any(r.kind == "pipeline-no-ledger" for r in runs):
-        lines += [
-            "",
-            "Step ledger on (default) vs off (`AGENTQ_STEP_LEDGER=false`, no step recorded), one model call"
-            " per task, interleaved in the same run:",
-            "",
-            "| configuration | on tasks/s | off tasks/s | on/off | worker CPU ms/task on / off"
-            " | pg+redis CPU ms/task on / off |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for processes, threads in CONFIGS:
-            on, off = (
-                [r for r in runs if r.kind == kind and (r.processes, r.threads) == (processes, threads)]
-                for kind in ("pipeline", "pipeline-no-ledger")
-            )
-            on_rate, off_rate = _median([r.throughput for r in on]), _median([r.throughput for r in off])
-            lines.append(
-                f"| {processes} process(es) x {threads} threads | {_fmt(on_rate)} | {_fmt(off_rate)}"
-                f" | {_fmt(on_rate / off_rate if on_rate and off_rate else None, 3)}"
-                f" | {_cpu(on, 'worker_cpu_ms')} / {_cpu(off, 'worker_cpu_ms')}"
-                f" | {_cpu(on, 'server_cpu_ms')} / {_cpu(off, 'server_cpu_ms')} |"
-            )
+    lines += _on_off(
+        runs,
+        "pipeline-solo",
+        "Group commit on (default) vs off (`AGENTQ_DB_GROUP_COMMIT=false`, every claim and completion"
+        " written alone), interleaved in the same run:",
+    )
+    lines += _on_off(
+        runs,
+        "pipeline-no-ledger",
+        "Step ledger on (default) vs off (`AGENTQ_STEP_LEDGER=false`, no step recorded), one model call"
+        " per task, interleaved in the same run:",
+    )
     lines += [
         "",
         "Every run, in order:",

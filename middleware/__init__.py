@@ -38,7 +38,6 @@ claimed.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -56,6 +55,7 @@ from opentelemetry.trace import TracerProvider
 from periodiq import PeriodiqMiddleware
 
 from config.errors import ConfigError
+from config.imports import import_object
 from config.settings import Settings
 from config.trace_export import configure_tracing, shutdown_tracing
 from middleware.attempts import AttemptRegistry
@@ -179,11 +179,7 @@ def build_middleware(
 
 def load_middleware(path: str) -> dramatiq.Middleware:
     """Import ``package.module:Name`` (or ``package.module.Name``); instantiate it if it is a class."""
-    module_name, _, attribute = path.partition(":") if ":" in path else path.rpartition(".")
-    try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"AGENTQ_MIDDLEWARE={path!r} cannot be imported: {exc}") from exc
+    target = import_object(path, "AGENTQ_MIDDLEWARE")
     instance = target() if isinstance(target, type) else target
     if not isinstance(instance, dramatiq.Middleware):
         raise ConfigError(f"AGENTQ_MIDDLEWARE={path!r} is not a dramatiq.Middleware")

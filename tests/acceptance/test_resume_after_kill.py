@@ -171,3 +171,43 @@ def test_a_non_idempotent_tool_cut_short_by_a_kill_is_not_repeated(
         (1, StepStatus.STARTED),
     ]
     assert [run.status for run in job.runs] == [RunStatus.STALLED, RunStatus.FAILED]
+
+
+def test_a_run_cut_off_at_the_shutdown_deadline_resumes_after_its_tool(
+    app: Harness, postgres_url: str, redis_url: str, workers: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    # Given a run that has called its tool and waits on its second model call when the worker stops
+    invoices = tmp_path / "invoices.txt"
+    env = command_env(DATABASE_URL=postgres_url, REDIS_URL=redis_url, AGENTQ_TOOLS=TOOLS, **FAST)
+    agent = app.agent(allowed_tools=("append_line",))
+    script = [
+        {"tool": "append_line", "arguments": {"path": str(invoices), "text": "invoice"}},
+        {"answer": "Invoice sent.", "sleep_ms": 3000},
+    ]
+    task_id = app.task(agent, title="Bill the customer", context={"script": script})
+    impatient = workers({**env, "AGENTQ_SHUTDOWN_TIMEOUT_MS": "300"}, "impatient")
+    impatient.wait_ready()
+    app.queue.add_task(task_id)
+    wait_until(lambda: len(lines(invoices)) == 1, timeout_s=45, what="the tool to run")
+
+    # When SIGTERM cuts it off at the shutdown deadline and another worker recovers it
+    assert impatient.terminate() == 0
+    assert f"Job {task_id} cut off by shutdown" in impatient.log()
+    workers(env, "next")
+    wait_until(
+        lambda: status_of(app.store, task_id) in (TaskStatus.COMPLETED, TaskStatus.FAILED),
+        timeout_s=60,
+        what="the task to end on the next worker",
+    )
+
+    # Then it completes without running the tool again, every step completed once
+    job = app.queue.get_job(task_id)
+    assert job is not None and job.status == TaskStatus.COMPLETED, job and job.failed_reason
+    assert lines(invoices) == [f"invoice {task_id}:0:1"]
+    assert [(step.seq, step.status) for step in app.store.get_steps(task_id)] == [
+        (0, StepStatus.COMPLETED),
+        (1, StepStatus.COMPLETED),
+        (2, StepStatus.COMPLETED),
+    ]
+    assert [run.status for run in job.runs] == [RunStatus.STALLED, RunStatus.COMPLETED]
+    assert job.runs[0].input_tokens > 0  # the cut-off run's first model call, billed from the ledger
