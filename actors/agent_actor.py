@@ -152,6 +152,7 @@ class AgentJob:
             result={"output": outcome.output, "turns": outcome.turns, "model": outcome.model},
             usage=stored_usage(outcome.usage, outcome.cost_usd),
             transcript=list(outcome.transcript),
+            step=getattr(ledger, "last", None),
         )
 
 

@@ -3,10 +3,11 @@
 :class:`StoreLedger` is what the orchestrator records its steps through
 (:class:`orchestrator.ledger.StepLedger`): each write is one compare-and-set of the store
 (``start_step``/``finish_step``) keyed by the task, this attempt's run, the task's firing and the
-step's ``seq``. A write the store refuses means this attempt no longer holds the task (it was
-recovered as stalled and taken over, cancelled or finished elsewhere): the attempt is flagged lost
-and the run stops before the call it was about to make. A store that cannot be reached fails the
-attempt as retryable; the next attempt resumes from what was recorded.
+step's ``seq``; the run's final answer is recorded with the task's completion instead (one write less
+per run: the actor passes :attr:`StoreLedger.last` on in its result). A write the store refuses means
+this attempt no longer holds the task (it was recovered as stalled and taken over, cancelled or finished
+elsewhere): the attempt is flagged lost and the run stops before the call it was about to make. A store
+that cannot be reached fails the attempt as retryable; the next attempt resumes from what was recorded.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, TypeVar
 
 from middleware.metrics import RUNS_RESUMED, STEPS_REPLAYED
 from orchestrator.ledger import NoLedger, RecordedStep, StepNotRecorded
-from taskstore import Claim, Step, StepKind, StepStatus, StoreUnavailable, TaskStore, utcnow
+from taskstore import Claim, Step, StepEnd, StepKind, StepStatus, StoreUnavailable, TaskStore, utcnow
 
 __all__ = ["StoreLedger", "attempt_ledger"]
 
@@ -48,6 +49,9 @@ class StoreLedger:
         self.task_id, self.run_id, self.firing = claim.task.id, claim.run_id, claim.task.firing
         self.scope = f"{self.task_id}:{self.firing}"
         self.queue = claim.agent.kind if claim.agent is not None else "unknown"
+        self._recorded = claim.steps
+        #: The run's final answer, not written yet: the actor hands it to the task's completion.
+        self.last: StepEnd | None = None
         self._lost = lost
         self._clock = clock
         #: The run that last wrote each step, as read or written: a step left unfinished by another run is
@@ -58,10 +62,10 @@ class StoreLedger:
         return f"StoreLedger(task={self.task_id!r}, run={self.run_id!r}, firing={self.firing})"
 
     def steps(self) -> Sequence[Step]:
-        steps = self._write(-1, lambda: self.store.get_steps(self.task_id))
-        mine = [step for step in steps if step.firing == self.firing]
-        self._writers = {step.seq: step.run_id for step in mine}
-        return mine
+        """The steps earlier attempts recorded, as the claim read them (no step can change since: only the
+        run holding the task writes them)."""
+        self._writers = {step.seq: step.run_id for step in self._recorded}
+        return self._recorded
 
     def start(self, seq: int, kind: str, name: str, input: Mapping[str, Any]) -> None:
         written = self._write(
@@ -89,7 +93,11 @@ class StoreLedger:
         input_tokens: int = 0,
         output_tokens: int = 0,
         cost_usd: Decimal | None = None,
+        last: bool = False,
     ) -> None:
+        if last:  # written with the task's completion (TaskStore.complete), in the same transaction
+            self.last = StepEnd(self.firing, seq, dict(output), input_tokens, output_tokens, cost_usd)
+            return
         written = self._write(
             seq,
             lambda: self.store.finish_step(
@@ -134,8 +142,9 @@ class StoreLedger:
         try:
             return write()
         except StoreUnavailable as exc:
-            where = "the step ledger could not be read" if seq < 0 else f"step {seq} could not be recorded"
-            raise StepNotRecorded(f"task {self.task_id}: {where}: {exc}", retryable=True) from exc
+            raise StepNotRecorded(
+                f"task {self.task_id}: step {seq} could not be recorded: {exc}", retryable=True
+            ) from exc
 
     def _check(self, seq: int, written: bool, status: str) -> None:
         if written:

@@ -363,6 +363,7 @@ class TaskLifecycle(dramatiq.Middleware):
                 usage=outcome.usage,
                 transcript=outcome.transcript,
                 now=self.clock(),
+                step=outcome.step,
             ),
         )
         if done:

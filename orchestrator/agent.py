@@ -541,6 +541,7 @@ class _Run:
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cost_usd=cost,
+            last=not response.tool_calls,
         )
         self.seq, self.turns = seq + 1, turn
         return response

@@ -99,8 +99,12 @@ class StepLedger(Protocol):
         input_tokens: int = 0,
         output_tokens: int = 0,
         cost_usd: Decimal | None = None,
+        last: bool = False,
     ) -> None:
-        """Record step ``seq`` as completed with its output (and, for a model call, its usage)."""
+        """Record step ``seq`` as completed with its output (and, for a model call, its usage).
+
+        ``last``: the run's final answer, after which the run only returns; the ledger may record it
+        together with the run's own end instead of on its own."""
         ...
 
     def fail(self, seq: int, error: str) -> None:
@@ -136,6 +140,7 @@ class NoLedger:
         input_tokens: int = 0,
         output_tokens: int = 0,
         cost_usd: Decimal | None = None,
+        last: bool = False,
     ) -> None:
         return None
 

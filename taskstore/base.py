@@ -35,6 +35,7 @@ from taskstore.models import (
     Run,
     StalledTask,
     Step,
+    StepEnd,
     StepKind,
     StepStatus,
     Task,
@@ -204,8 +205,12 @@ class TaskStore(Protocol):
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
+        step: StepEnd | None = None,
     ) -> bool:
-        """``running → completed`` for run ``run_id``; ``False`` if that run no longer holds the task."""
+        """``running → completed`` for run ``run_id``; ``False`` if that run no longer holds the task.
+
+        ``step``: the run's last step (its final answer), recorded ``completed`` in the same transaction if
+        the run started it."""
         ...
 
     def fail_attempt(

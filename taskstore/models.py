@@ -207,12 +207,27 @@ class ApprovalRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class StepEnd:
+    """A model call's completion written together with its run's (``TaskStore.complete``): the run's last
+    step, its final answer, costs no write of its own."""
+
+    firing: int
+    seq: int
+    output: dict[str, Any]
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
-    """What a worker gets when it wins a task: the task (now running), its agent, and its new run."""
+    """What a worker gets when it wins a task: the task (now running), its agent, its new run, and the
+    steps earlier attempts at the task's current firing recorded (read in the same statement)."""
 
     task: Task
     agent: Agent | None
     run_id: str
+    steps: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

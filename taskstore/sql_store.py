@@ -41,6 +41,7 @@ from taskstore.models import (
     RunStatus,
     StalledTask,
     Step,
+    StepEnd,
     StepKind,
     StepStatus,
     Task,
@@ -129,11 +130,17 @@ def decode_task(row: Mapping[str, Any]) -> Task:
 
 
 def decode_claim(data: Mapping[str, Any]) -> Claim:
-    """A :class:`Claim` from ``{"task", "agent"}`` (``agentq_claim``, ``agentq_claim_many``)."""
+    """A :class:`Claim` from ``{"task", "agent", "steps"}`` (``agentq_claim``, ``agentq_claim_many``)."""
     task = decode_task(data["task"])
     agent = agent_from_row(_agent_row(data["agent"])) if data["agent"] is not None else None
+    steps = tuple(decode_step(row) for row in data.get("steps") or ())
     assert task.current_run_id is not None
-    return Claim(task=task, agent=agent, run_id=task.current_run_id)
+    return Claim(task=task, agent=agent, run_id=task.current_run_id, steps=steps)
+
+
+def decode_step(row: Mapping[str, Any]) -> Step:
+    """A :class:`Step` from an ``ai_agent_task_steps`` row as either transport returns it."""
+    return step_from_row(_step_row(row))
 
 
 def _time(value: datetime | None) -> str | None:
@@ -369,7 +376,8 @@ class SqlFunctionStore(ABC):
             if not rows or decode_task(rows[0]).current_run_id != item["run_id"]:
                 return None
             agent = self._call("agentq_get_agent", {"p_agent_id": rows[0]["agent_id"]})
-            return {"task": rows[0], "agent": agent[0] if agent else None}
+            steps = self._call("agentq_get_steps", {"p_task_id": item["task_id"]}) or []
+            return {"task": rows[0], "agent": agent[0] if agent else None, "steps": steps}
 
         params = {f"p_{name}": value for name, value in item.items()}
         data = self._call("agentq_claim", {**params, "p_max_running_in_org": max_running_in_org}, applied)
@@ -429,8 +437,9 @@ class SqlFunctionStore(ABC):
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
+        step: StepEnd | None = None,
     ) -> bool:
-        return self._submit_completion(complete_item(task_id, run_id, result, usage, transcript, now))
+        return self._submit_completion(complete_item(task_id, run_id, result, usage, transcript, now, step))
 
     def _submit_completion(self, item: Row) -> bool:
         """Where :meth:`complete` sends a completion (the Postgres store may batch it)."""
@@ -440,7 +449,7 @@ class SqlFunctionStore(ABC):
         usage = {f"p_{column}": item[column] for column in (*USAGE_COLUMNS, "cost_usd", "transcript")}
         return self._finish(
             item["task_id"], item["run_id"], RunStatus.COMPLETED, item["now"],
-            p_status="completed", p_result=item["result"], **usage,
+            p_status="completed", p_result=item["result"], p_step=item["step"], **usage,
         )  # fmt: skip
 
     def fail_attempt(
@@ -594,8 +603,7 @@ class SqlFunctionStore(ABC):
         return bool(self._call("agentq_finish_step", params))
 
     def get_steps(self, task_id: str) -> list[Step]:
-        rows = self._call("agentq_get_steps", {"p_task_id": task_id}) or []
-        return [step_from_row(_step_row(row)) for row in rows]
+        return [decode_step(row) for row in self._call("agentq_get_steps", {"p_task_id": task_id}) or []]
 
     # --- approvals ----------------------------------------------------------
 
@@ -767,12 +775,28 @@ def complete_item(
     usage: Usage,
     transcript: list[dict[str, Any]] | None,
     now: datetime,
+    step: StepEnd | None = None,
 ) -> Row:
     """One completion, as :meth:`SqlFunctionStore._complete_one` and a batch of them take it."""
     item: Row = {"task_id": task_id, "run_id": run_id, "now": now, "result": storable_json(result)}
     item.update({column: getattr(usage, column) for column in USAGE_COLUMNS})
-    item.update(cost_usd=usage.cost_usd, transcript=storable_json(transcript))
+    item.update(cost_usd=usage.cost_usd, transcript=storable_json(transcript), step=step_end_json(step))
     return item
+
+
+def step_end_json(step: StepEnd | None) -> Row | None:
+    """A run's last step as ``agentq_finish``'s ``p_step`` (and a completion batch's ``step``) takes it."""
+    if step is None:
+        return None
+    cost = None if step.cost_usd is None else str(step.cost_usd)
+    return {
+        "firing": step.firing,
+        "seq": step.seq,
+        "output": storable_json(step.output),
+        "input_tokens": step.input_tokens,
+        "output_tokens": step.output_tokens,
+        "cost_usd": cost,
+    }
 
 
 def json_item(item: Mapping[str, Any]) -> Row:

@@ -40,6 +40,7 @@ from taskstore.models import (
     Run,
     StalledTask,
     Step,
+    StepEnd,
     StepKind,
     StepStatus,
     Task,
@@ -71,7 +72,14 @@ from taskstore.schema import (
     all_columns,
     table_columns,
 )
-from taskstore.sqlite_steps import FINISH_STEP, GET_STEPS, START_STEP, run_spent
+from taskstore.sqlite_steps import (
+    END_LAST_STEP,
+    FINISH_STEP,
+    GET_STEPS,
+    START_STEP,
+    end_step_params,
+    run_spent,
+)
 from taskstore.storable import storable_json, storable_text
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -504,8 +512,9 @@ class SqliteTaskStore:
                 (run_id, task_id, task.attempts, worker_id, stamp),
             )
             agent_rows = conn.execute("SELECT * FROM ai_agents WHERE id = ?", (task.agent_id,)).fetchall()
+            steps = tuple(step_from_row(_decode(row)) for row in conn.execute(GET_STEPS, (task_id,)))
         agent = agent_from_row(_decode(agent_rows[0])) if agent_rows else None
-        return Claim(task=task, agent=agent, run_id=run_id)
+        return Claim(task=task, agent=agent, run_id=run_id, steps=steps)
 
     def complete(
         self,
@@ -516,11 +525,13 @@ class SqliteTaskStore:
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
+        step: StepEnd | None = None,
     ) -> bool:
         return self._finish(
             "status = 'completed', result = :result, error = NULL, completed_at = :now, archived_at = NULL",
             "completed",
             self._finish_params(task_id, run_id, usage, transcript, now, result=_json(storable_json(result))),
+            step,
         )
 
     def fail_attempt(
@@ -563,9 +574,12 @@ class SqliteTaskStore:
         cost = None if usage.cost_usd is None else str(usage.cost_usd)
         return {**params, "cost_usd": cost, "transcript": _json(storable_json(transcript)), **values}
 
-    def _finish(self, sets: str, run_status: str, params: dict[str, Any]) -> bool:
+    def _finish(
+        self, sets: str, run_status: str, params: dict[str, Any], step: StepEnd | None = None
+    ) -> bool:
         """End the attempt ``params`` name if the task still holds it: the task gets ``sets`` (and the
-        lease released, the usage added), the run ``run_status``; in one transaction."""
+        lease released, the usage added), the run ``run_status``, and ``step`` (the run's last step) is
+        completed; in one transaction."""
         with self._transaction() as conn:
             updated = conn.execute(
                 f"UPDATE ai_agent_tasks SET {sets}, worker_id = NULL, lease_expires_at = NULL,"
@@ -577,6 +591,10 @@ class SqliteTaskStore:
                     "UPDATE ai_agent_task_runs SET status = :status, finished_at = :now, error = :error,"
                     f" stacktrace = :stacktrace, {_RUN_USAGE}, transcript = :transcript WHERE id = :run_id",
                     {**params, "status": run_status},
+                )
+            if updated and step is not None:
+                conn.execute(
+                    END_LAST_STEP, end_step_params(params["id"], params["run_id"], step, params["now"])
                 )
         return bool(updated)
 

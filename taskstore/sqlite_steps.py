@@ -7,10 +7,13 @@ step's firing; a started step not completed may be taken over by a later run tha
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
+from taskstore.models import StepEnd
 from taskstore.rules import accepts_sql
+from taskstore.storable import storable_json
 
 #: The task is held by run ``:run_id`` in firing ``:firing``.
 _HELD = (
@@ -38,6 +41,14 @@ FINISH_STEP = (
     f" AND {_HELD}"
 )
 
+#: The run's last step completed with the run (``complete(step=…)``): it was started by that run.
+END_LAST_STEP = (
+    "UPDATE ai_agent_task_steps SET status = 'completed', output = :output, input_tokens = :input_tokens,"
+    " output_tokens = :output_tokens, cost_usd = :cost_usd, error = NULL, finished_at = :now"
+    " WHERE task_id = :task_id AND run_id = :run_id AND firing = :firing AND seq = :seq"
+    " AND status = 'started'"
+)
+
 GET_STEPS = (
     "SELECT s.* FROM ai_agent_task_steps s JOIN ai_agent_tasks t ON t.id = s.task_id AND t.firing = s.firing"
     " WHERE s.task_id = ? ORDER BY s.seq"
@@ -51,6 +62,21 @@ _SPENT = (
     " CASE WHEN COUNT(*) > 0 AND COUNT(cost_usd) = COUNT(*) THEN SUM(cost_usd) END AS cost_usd"
     " FROM ai_agent_task_steps WHERE task_id = ? AND run_id = ? AND kind = 'llm' AND status = 'completed'"
 )
+
+
+def end_step_params(task_id: str, run_id: str, step: StepEnd, now: str) -> dict[str, Any]:
+    """The parameters of :data:`END_LAST_STEP` (``now`` already encoded)."""
+    return {
+        "task_id": task_id,
+        "run_id": run_id,
+        "firing": step.firing,
+        "seq": step.seq,
+        "output": json.dumps(storable_json(step.output), separators=(",", ":")),
+        "input_tokens": step.input_tokens,
+        "output_tokens": step.output_tokens,
+        "cost_usd": None if step.cost_usd is None else str(step.cost_usd),
+        "now": now,
+    }
 
 
 def run_spent(conn: sqlite3.Connection, task_id: str, run_id: str | None) -> dict[str, Any]:

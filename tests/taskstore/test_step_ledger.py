@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 
 from taskstore import (
+    Claim,
     Firing,
     NewAgent,
     RetentionPolicy,
     RunStatus,
+    StepEnd,
     StepKind,
     StepStatus,
     TaskStatus,
@@ -67,15 +69,14 @@ def finish(
     return store.finish_step(task_id, run_id, firing=firing, seq=seq, status=status, now=clock(), **values)
 
 
-def stall(store: TaskStore, clock: Clock, task_id: str) -> str:
-    """Let the running task's lease expire, recover it and claim it again; returns the new run's id."""
+def stall(store: TaskStore, clock: Clock, task_id: str) -> Claim:
+    """Let the running task's lease expire, recover it and claim it again: the new attempt's claim."""
     clock.advance(LEASE.total_seconds() + 1)
-    assert [stalled.task_id for stalled in store.recover_stalled(max_stalled_count=5, now=clock())] == [
-        task_id
-    ]
+    recovered = store.recover_stalled(max_stalled_count=5, now=clock())
+    assert [stalled.task_id for stalled in recovered] == [task_id]
     claim = store.claim(task_id, run_id=new_id(), worker_id="w2", lease_until=clock() + LEASE, now=clock())
     assert claim is not None
-    return claim.run_id
+    return claim
 
 
 def test_a_step_is_written_started_then_completed_with_its_output_and_usage(
@@ -146,7 +147,7 @@ def test_step_writes_of_a_run_that_does_not_hold_the_task_are_refused(store: Tas
     assert not finish(store, clock, task_id, new_id(), 0)
     assert not finish(store, clock, task_id, run_id, 0, firing=1)
 
-    new_run = stall(store, clock, task_id)  # recovered as stalled, claimed by another worker
+    new_run = stall(store, clock, task_id).run_id  # recovered as stalled, claimed by another worker
 
     assert not finish(store, clock, task_id, run_id, 0)  # the stale worker
     assert not start(store, clock, task_id, run_id, 1)
@@ -195,7 +196,7 @@ def test_a_later_run_takes_over_an_unfinished_step_only_from_the_run_it_found_it
     start(store, clock, task_id, first_run, 0)
     finish(store, clock, task_id, first_run, 0)
     start(store, clock, task_id, first_run, 1, kind=StepKind.TOOL, name="send_invoice")
-    second_run = stall(store, clock, task_id)
+    second_run = stall(store, clock, task_id).run_id
 
     assert not start(store, clock, task_id, second_run, 0, replaces=first_run)  # completed: never again
     assert not start(store, clock, task_id, second_run, 1, kind=StepKind.TOOL, name="send_invoice")
@@ -227,6 +228,24 @@ def test_concurrent_resends_of_one_step_write_one_row(store: TaskStore, clock: C
 
     assert results == [True] * 4  # the same run: every write is the same step, applied idempotently
     assert len(store.get_steps(task_id)) == 1
+
+
+def test_a_claim_reads_the_steps_of_the_firing_it_resumes(store: TaskStore, clock: Clock) -> None:
+    task_id = queued_task(store, clock)
+    first = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
+    assert first is not None and first.steps == ()
+    start(store, clock, task_id, first.run_id, 0)
+    finish(store, clock, task_id, first.run_id, 0, output={"content": "hi"}, input_tokens=4)
+    start(store, clock, task_id, first.run_id, 1, kind=StepKind.TOOL, name="calculate")
+
+    again = stall(store, clock, task_id)
+
+    assert again.steps == tuple(store.get_steps(task_id))
+    assert [(step.seq, step.status, step.run_id) for step in again.steps] == [
+        (0, StepStatus.COMPLETED, first.run_id),
+        (1, StepStatus.STARTED, first.run_id),
+    ]
+    assert again.steps[0].output == {"content": "hi"} and again.steps[0].input_tokens == 4
 
 
 def test_get_steps_reads_the_current_firing_in_seq_order(store: TaskStore, clock: Clock) -> None:
@@ -391,3 +410,75 @@ def test_new_tasks_start_at_firing_zero_and_agents_may_stream(store: TaskStore, 
     claim = store.claim(task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock())
     assert claim is not None and claim.agent is not None and claim.agent.stream is False
     assert claim.task.status == TaskStatus.RUNNING and claim.task.firing == 0
+
+
+def test_the_last_step_is_completed_with_the_run_in_one_transaction(store: TaskStore, clock: Clock) -> None:
+    task_id, run_id = running_task(store, clock)
+    start(store, clock, task_id, run_id, 0)
+    clock.advance(1)
+    last = StepEnd(0, 0, {"content": "the answer"}, input_tokens=9, output_tokens=2, cost_usd=Decimal("0.25"))
+
+    assert store.complete(
+        task_id,
+        run_id,
+        result={"output": "the answer"},
+        usage=Usage(9, 2),
+        transcript=None,
+        now=clock(),
+        step=last,
+    )
+
+    [step] = store.get_steps(task_id)
+    assert (step.status, step.output, step.finished_at) == (
+        StepStatus.COMPLETED,
+        {"content": "the answer"},
+        clock(),
+    )
+    assert (step.input_tokens, step.output_tokens, step.cost_usd) == (9, 2, Decimal("0.25"))
+
+
+def test_a_refused_completion_leaves_the_last_step_started(store: TaskStore, clock: Clock) -> None:
+    task_id, run_id = running_task(store, clock)
+    start(store, clock, task_id, run_id, 0)
+    new_run = stall(store, clock, task_id).run_id
+    last = StepEnd(0, 0, {"content": "late"})
+
+    assert not store.complete(
+        task_id, run_id, result={}, usage=Usage(), transcript=None, now=clock(), step=last
+    )
+    assert store.complete(task_id, new_run, result={}, usage=Usage(), transcript=None, now=clock(), step=last)
+
+    [step] = store.get_steps(task_id)
+    assert (step.status, step.run_id) == (StepStatus.STARTED, run_id)  # not the completing run's step
+
+
+def test_runs_completing_at_once_each_complete_their_last_step(store: TaskStore, clock: Clock) -> None:
+    runs = [running_task(store, clock) for _ in range(6)]
+    for task_id, run_id in runs:
+        start(store, clock, task_id, run_id, 0)
+    barrier = threading.Barrier(len(runs))
+    done: list[bool] = []
+
+    def complete(task_id: str, run_id: str) -> None:
+        barrier.wait()
+        last = StepEnd(0, 0, {"content": task_id}, input_tokens=1)
+        done.append(
+            store.complete(
+                task_id, run_id, result={}, usage=Usage(1), transcript=None, now=clock(), step=last
+            )
+        )
+
+    threads = [threading.Thread(target=complete, args=run) for run in runs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+
+    assert done == [True] * len(runs)
+    for task_id, _ in runs:
+        [step] = store.get_steps(task_id)
+        assert (step.status, step.output, step.input_tokens) == (
+            StepStatus.COMPLETED,
+            {"content": task_id},
+            1,
+        )

@@ -30,3 +30,7 @@ $agentq$;
 -- Functions whose arguments changed in this migration: dropped, so that functions.sql (installed next)
 -- defines them once instead of adding an overload.
 DROP FUNCTION IF EXISTS agentq_requeue_failed(uuid, timestamptz, timestamptz);
+DROP FUNCTION IF EXISTS agentq_finish(
+    uuid, uuid, text, text, timestamptz, text, text, jsonb, timestamptz, integer, integer, integer, integer,
+    numeric, jsonb
+);

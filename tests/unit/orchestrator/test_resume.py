@@ -62,6 +62,8 @@ class ListLedger:
     writes: list[tuple[str, int]] = field(default_factory=list)
     replayed: list[Sequence[RecordedStep]] = field(default_factory=list)
     refuse_from: int | None = None
+    #: The step recorded as the run's last (its final answer).
+    last: int | None = None
 
     def steps(self) -> Sequence[Row]:
         return [dataclasses.replace(row) for row in self.rows]
@@ -95,8 +97,10 @@ class ListLedger:
         input_tokens: int = 0,
         output_tokens: int = 0,
         cost_usd: Decimal | None = None,
+        last: bool = False,
     ) -> None:
         self.writes.append(("complete", seq))
+        self.last = seq if last else self.last
         row = self._row(seq)
         assert row is not None and row.status == "started"
         row.status, row.output = "completed", dict(output)
@@ -261,7 +265,7 @@ def test_every_model_call_and_tool_call_is_recorded_started_then_completed() -> 
         "arguments": {"amount": 5},
         "idempotency_key": "task-1:0:1",
     }
-    assert world.keys == ["task-1:0:1"] and ledger.replayed == []
+    assert world.keys == ["task-1:0:1"] and ledger.replayed == [] and ledger.last == 3
 
 
 def test_a_failed_call_is_recorded_failed_and_the_fallback_takes_the_same_step() -> None:
