@@ -691,7 +691,7 @@ class SqlFunctionStore(ABC):
         return [
             ApprovalRequest(
                 decode_task(row["task"]),
-                None if row["step"] is None else step_from_row(_step_row(row["step"])),
+                None if row["step"] is None else decode_step(row["step"]),
             )
             for row in self._call("agentq_list_approvals", params) or []
         ]

@@ -39,7 +39,8 @@ LANGUAGE sql STABLE SET search_path = public AS $$
     SELECT COALESCE(jsonb_agg(name ORDER BY name), '[]'::jsonb) FROM agentq_schema_migrations
 $$;
 
--- queued -> running: counts an attempt, opens run p_run_id, returns {"task", "agent"} (NULL: lost race).
+-- queued -> running: counts an attempt, opens run p_run_id, returns {"task", "agent", "steps"} (NULL: lost
+-- race); "steps" is the step ledger of the task's current firing, so a resumed run needs no other read.
 CREATE OR REPLACE FUNCTION agentq_claim(
     p_task_id uuid, p_run_id uuid, p_worker_id text, p_lease_until timestamptz, p_now timestamptz,
     p_max_running_in_org integer DEFAULT NULL
@@ -74,15 +75,20 @@ BEGIN
     INSERT INTO ai_agent_task_runs (id, task_id, attempt, status, worker_id, started_at)
     VALUES (p_run_id, t.id, t.attempts, 'running', p_worker_id, p_now);
     SELECT * INTO a FROM ai_agents WHERE id = t.agent_id;
-    RETURN jsonb_build_object('task', to_jsonb(t), 'agent', CASE WHEN FOUND THEN to_jsonb(a) END);
+    RETURN jsonb_build_object('task', to_jsonb(t), 'agent', CASE WHEN FOUND THEN to_jsonb(a) END,
+        'steps', (SELECT COALESCE(jsonb_agg(to_jsonb(s) ORDER BY s.seq), '[]'::jsonb) FROM ai_agent_task_steps s
+                   WHERE s.task_id = t.id AND s.firing = t.firing));
 END
 $$;
 
 -- running -> p_status (completed | failed | queued | cancelled) for run p_run_id, which ends p_run_status.
+-- p_step {"firing", "seq", "output", "input_tokens", "output_tokens", "cost_usd"}: the run's last step (its
+-- final answer), completed in the same transaction.
 CREATE OR REPLACE FUNCTION agentq_finish(
     p_task_id uuid, p_run_id uuid, p_status text, p_run_status text, p_now timestamptz,
     p_error text DEFAULT NULL, p_stacktrace text DEFAULT NULL, p_result jsonb DEFAULT NULL,
-    p_retry_at timestamptz DEFAULT NULL, p_input_tokens integer DEFAULT 0, p_output_tokens integer DEFAULT 0, p_cached_input_tokens integer DEFAULT 0, p_reasoning_tokens integer DEFAULT 0, p_cost_usd numeric DEFAULT NULL, p_transcript jsonb DEFAULT NULL
+    p_retry_at timestamptz DEFAULT NULL, p_input_tokens integer DEFAULT 0, p_output_tokens integer DEFAULT 0, p_cached_input_tokens integer DEFAULT 0, p_reasoning_tokens integer DEFAULT 0, p_cost_usd numeric DEFAULT NULL, p_transcript jsonb DEFAULT NULL,
+    p_step jsonb DEFAULT NULL
 ) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     IF p_status NOT IN ('completed', 'failed', 'queued', 'cancelled') THEN
@@ -104,6 +110,15 @@ BEGIN
        SET status = p_run_status, finished_at = p_now, error = p_error, stacktrace = p_stacktrace,
            input_tokens = p_input_tokens, output_tokens = p_output_tokens, cached_input_tokens = p_cached_input_tokens, reasoning_tokens = p_reasoning_tokens, cost_usd = p_cost_usd, transcript = p_transcript
      WHERE id = p_run_id;
+    IF p_step IS NOT NULL THEN
+        UPDATE ai_agent_task_steps s
+           SET status = 'completed', output = p_step -> 'output',
+               input_tokens = COALESCE((p_step ->> 'input_tokens')::integer, 0),
+               output_tokens = COALESCE((p_step ->> 'output_tokens')::integer, 0),
+               cost_usd = (p_step ->> 'cost_usd')::numeric, error = NULL, finished_at = p_now
+         WHERE s.task_id = p_task_id AND s.run_id = p_run_id AND s.status = 'started'
+           AND s.firing = (p_step ->> 'firing')::integer AND s.seq = (p_step ->> 'seq')::integer;
+    END IF;
     RETURN TRUE;
 END
 $$;
@@ -581,7 +596,7 @@ RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
 $$;
 
 -- agentq_claim for several tasks at once (the Postgres store's group commit): p_claims is an array of
--- {"task_id", "run_id", "worker_id", "lease_until", "now"}; returns [{"task", "agent"}] per task claimed.
+-- {"task_id", "run_id", "worker_id", "lease_until", "now"}; returns [{"task", "agent", "steps"}] per task claimed.
 CREATE OR REPLACE FUNCTION agentq_claim_many(p_claims jsonb)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
@@ -602,7 +617,9 @@ BEGIN
         INSERT INTO ai_agent_task_runs (id, task_id, attempt, status, worker_id, started_at)
         SELECT current_run_id, id, attempts, 'running', worker_id, started_at FROM taken
     )
-    SELECT COALESCE(jsonb_agg(jsonb_build_object('task', to_jsonb(t), 'agent', to_jsonb(a))), '[]'::jsonb)
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('task', to_jsonb(t), 'agent', to_jsonb(a), 'steps',
+               (SELECT COALESCE(jsonb_agg(to_jsonb(s) ORDER BY s.seq), '[]'::jsonb) FROM ai_agent_task_steps s
+                 WHERE s.task_id = t.id AND s.firing = t.firing))), '[]'::jsonb)
       INTO claimed
       FROM taken t LEFT JOIN ai_agents a ON a.id = t.agent_id;
     RETURN claimed;
@@ -610,7 +627,8 @@ END
 $$;
 
 -- agentq_finish to completed for several runs at once (group commit): p_runs is an array of
--- {"task_id", "run_id", "now", "result", "transcript", <usage columns>}; returns the ids of the runs completed.
+-- {"task_id", "run_id", "now", "result", "transcript", <usage columns>, "step"}; returns the ids of the runs
+-- completed ("step" as agentq_finish's p_step, or null).
 CREATE OR REPLACE FUNCTION agentq_complete_many(p_runs jsonb)
 RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
@@ -620,7 +638,7 @@ BEGIN
         SELECT * FROM jsonb_to_recordset(p_runs)
             AS d(task_id uuid, run_id uuid, now timestamptz, result jsonb, transcript jsonb,
                  input_tokens integer, output_tokens integer, cached_input_tokens integer,
-                 reasoning_tokens integer, cost_usd numeric)
+                 reasoning_tokens integer, cost_usd numeric, step jsonb)
     ), task AS (
         UPDATE ai_agent_tasks t
            SET status = 'completed', completed_at = d.now, error = NULL, result = COALESCE(d.result, t.result),
@@ -642,6 +660,16 @@ BEGIN
           FROM done d JOIN task ON task.run_id = d.run_id
          WHERE r.id = d.run_id
      RETURNING r.id
+    ), steps AS (
+        UPDATE ai_agent_task_steps s
+           SET status = 'completed', output = d.step -> 'output',
+               input_tokens = COALESCE((d.step ->> 'input_tokens')::integer, 0),
+               output_tokens = COALESCE((d.step ->> 'output_tokens')::integer, 0),
+               cost_usd = (d.step ->> 'cost_usd')::numeric, error = NULL, finished_at = d.now
+          FROM done d JOIN task ON task.run_id = d.run_id
+         WHERE d.step IS NOT NULL AND jsonb_typeof(d.step) = 'object' AND s.task_id = d.task_id
+           AND s.run_id = d.run_id AND s.status = 'started'
+           AND s.firing = (d.step ->> 'firing')::integer AND s.seq = (d.step ->> 'seq')::integer
     )
     SELECT COALESCE(jsonb_agg(id), '[]'::jsonb) INTO completed FROM runs;
     RETURN completed;
