@@ -12,7 +12,8 @@
 * ``after_process_message``: ``running → completed`` with the :class:`AttemptResult` the
   actor returned (Dramatiq passes it as ``result``); or, per
   :mod:`middleware.failure_policy`, re-queued with backoff (the same message,
-  delayed), postponed without using the attempt, or ``failed`` (dead-lettered).
+  delayed), postponed without using the attempt, left ``awaiting_approval`` (a tool call waits for a
+  person: no attempt used, no worker held), or ``failed`` (dead-lettered).
   Status writes are retried while the database is unreachable; if it stays down,
   the attempt is released (its lease no longer renewed), so it expires and the
   task is recovered as stalled. A write the store refuses for another reason is
@@ -396,6 +397,11 @@ class TaskLifecycle(dramatiq.Middleware):
         if decision.outcome is Outcome.CANCEL:
             logger.info("[AgentTaskQueue] Job %s cancelled", task.id)
             return "cancelled"
+        if decision.outcome is Outcome.AWAIT_APPROVAL:
+            logger.info(
+                "[AgentTaskQueue] Job %s %s; waiting for a decision (agentq approve/reject)", task.id, error
+            )
+            return "awaiting_approval"
         if decision.outcome is Outcome.POSTPONE:
             logger.info("[AgentTaskQueue] Job %s postponed for %sms: %s", task.id, decision.delay_ms, error)
         else:
@@ -419,6 +425,11 @@ class TaskLifecycle(dramatiq.Middleware):
         due = now + timedelta(milliseconds=decision.delay_ms)
         if decision.outcome is Outcome.CANCEL:
             return self.store.finish_cancelled(task_id, run_id, usage=usage, transcript=transcript, now=now)
+        if decision.outcome is Outcome.AWAIT_APPROVAL:
+            reason = redact(describe(exception))
+            return self.store.await_approval(
+                task_id, run_id, reason=reason, usage=usage, transcript=transcript, now=now
+            )
         if decision.outcome is Outcome.POSTPONE:
             reason = redact(describe(exception))
             return self.store.postpone(
