@@ -52,6 +52,7 @@ from middleware.agent_messages import (
 from middleware.attempts import Attempt, AttemptRegistry, current_claim, process_worker_id
 from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Decision, Outcome, decide, describe
 from middleware.outcome import AttemptResult, as_attempt_result, transcript_of, usage_of
+from orchestrator.errors import AgentRunError
 from taskstore import (
     Claim,
     InvalidTransition,
@@ -137,6 +138,19 @@ class AgentResultsKept(logging.Filter):
         return AGENT_KIND_OPTION not in actor.options
 
 
+class ExpectedEndings(logging.Filter):
+    """Drops Dramatiq's "Failed to process message … with unhandled exception" error (and its traceback) for
+    an attempt that ended as asked: its run waits for a person's approval, or was cancelled.
+
+    Neither is a failure; ``TaskLifecycle`` logs one line for each (``Job <id> awaiting approval …``,
+    ``Job <id> cancelled``). Every other exception keeps Dramatiq's error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, AgentRunError) and (error.awaits_approval or error.cancels_task))
+
+
 class TaskLifecycle(dramatiq.Middleware):
     """Drives the task lifecycle in the :class:`~taskstore.TaskStore` from Dramatiq's hooks."""
 
@@ -163,6 +177,7 @@ class TaskLifecycle(dramatiq.Middleware):
         self.worker_id = worker_id
         self.attempts = attempts or AttemptRegistry()
         self._results_kept: AgentResultsKept | None = None
+        self._expected = ExpectedEndings()
 
     @property
     def actor_options(self) -> set[str]:
@@ -172,12 +187,14 @@ class TaskLifecycle(dramatiq.Middleware):
         """Keep Dramatiq from warning that agent kinds' results are discarded: this stores them."""
         self._results_kept = AgentResultsKept(broker)
         logging.getLogger(DRAMATIQ_WORKER_LOGGER).addFilter(self._results_kept)
+        logging.getLogger(DRAMATIQ_WORKER_LOGGER).addFilter(self._expected)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Size the store's connections to the worker's threads (``--threads`` may exceed the setting)."""
         self.store.reserve_connections(worker.worker_threads)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        logging.getLogger(DRAMATIQ_WORKER_LOGGER).removeFilter(self._expected)
         if self._results_kept is not None:
             logging.getLogger(DRAMATIQ_WORKER_LOGGER).removeFilter(self._results_kept)
             self._results_kept = None

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from orchestrator import ModelResponse, Orchestrator, ProviderRegistry, Usage, default_registry
+from orchestrator import ModelResponse, Orchestrator, ProviderRegistry, default_registry
 from orchestrator.approvals import (
     ApprovalLedger,
     ApprovalRequired,
