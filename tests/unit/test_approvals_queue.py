@@ -155,6 +155,17 @@ def test_the_reconciler_fails_waits_past_the_timeout_and_one_bad_row_does_not_st
         assert error == "approval timed out: no decision on tool 'refund' within 1800 s"
         assert f"[AgentTaskQueue] ✗ Job {second} failed: {error}" in caplog.text
 
+        # retried with resume, the timed-out call asks again (it never ran) and runs once approved
+        app.queue.retry_job(second, resume=True)
+        run(app)
+        job = app.queue.get_job(second)
+        assert job is not None and job.status == TaskStatus.AWAITING_APPROVAL
+        assert job.pending_approval is not None and job.pending_approval.seq == 1
+        app.queue.approve(second)
+        run(app)
+        assert store.get_task(second).status == TaskStatus.COMPLETED  # type: ignore[union-attr]
+        assert len(lines(tmp_path / "1.txt")) == 1
+
 
 def test_the_command_line_takes_approvals_decisions_and_requires_a_reason_to_reject(
     capsys: pytest.CaptureFixture[str],

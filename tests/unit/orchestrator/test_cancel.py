@@ -7,6 +7,7 @@ import contextvars
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from pydantic import BaseModel
@@ -182,3 +183,28 @@ def test_a_signal_wakes_a_waiter_at_once_and_keeps_its_first_reason() -> None:
     began = time.monotonic()
     wait(threading.Event(), 0.05)
     assert 0.04 < time.monotonic() - began < 1.0
+
+
+def test_a_call_abandoned_while_it_hangs_does_not_hold_up_the_next_calls() -> None:
+    release, signal = threading.Event(), CancelSignal()
+    hanging_started = threading.Event()
+
+    def hang() -> str:
+        hanging_started.set()
+        release.wait(SLOW_S)
+        return "late"
+
+    def cancel_once_started() -> None:
+        hanging_started.wait(10)
+        signal.set()
+
+    canceller = threading.Thread(target=cancel_once_started)
+    canceller.start()
+    with pytest.raises(RunCancelled, match="during the call"):
+        call_abandonable(hang, signal, "the call")
+    canceller.join(10)
+
+    began = time.monotonic()
+    results = [call_abandonable(partial(int, index), CancelSignal(), "a call") for index in range(50)]
+    assert results == list(range(50)) and time.monotonic() - began < 5
+    release.set()
