@@ -2,25 +2,29 @@
 
 :class:`StoreLedger` is what the orchestrator records its steps through
 (:class:`orchestrator.ledger.StepLedger`): each write is one compare-and-set of the store
-(``start_step``/``finish_step``) keyed by the task, this attempt's run, the task's firing and the
-step's ``seq``; the run's final answer is recorded with the task's completion instead (one write less
-per run: the actor passes :attr:`StoreLedger.last` on in its result). A write the store refuses means
-this attempt no longer holds the task (it was recovered as stalled and taken over, cancelled or finished
-elsewhere): the attempt is flagged lost and the run stops before the call it was about to make. A store
-that cannot be reached fails the attempt as retryable; the next attempt resumes from what was recorded.
+(``start_step``/``finish_step``/``record_step``) keyed by the task, this attempt's run, the task's firing
+and the step's ``seq``. A tool call is written ``started`` before the tool runs (what makes resuming safe)
+and ended after it. A model call is written once, when it ends, started and ended together (a call cut off
+by a crash is requested again, with or without a ``started`` row), and the run's final answer with the
+task's completion (the actor passes :attr:`StoreLedger.last` on in its result): a one-step run costs no
+write of its own. A write the store refuses means this attempt no longer holds the task (it was recovered
+as stalled and taken over, cancelled or finished elsewhere): the attempt is flagged lost and the run stops
+before the call it was about to make. A store that cannot be reached fails the attempt as retryable; the
+next attempt resumes from what was recorded.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 from middleware.metrics import RUNS_RESUMED, STEPS_REPLAYED
-from orchestrator.ledger import NoLedger, RecordedStep, StepNotRecorded
-from taskstore import Claim, Step, StepEnd, StepKind, StepStatus, StoreUnavailable, TaskStore, utcnow
+from orchestrator.ledger import LLM, NoLedger, RecordedStep, StepNotRecorded
+from taskstore import Claim, Step, StepKind, StepRecord, StepStatus, StoreUnavailable, TaskStore, utcnow
 from taskstore.rules import approval_time
 
 __all__ = ["StoreLedger", "attempt_ledger"]
@@ -52,7 +56,9 @@ class StoreLedger:
         self.queue = claim.agent.kind if claim.agent is not None else "unknown"
         self._recorded = claim.steps
         #: The run's final answer, not written yet: the actor hands it to the task's completion.
-        self.last: StepEnd | None = None
+        self.last: StepRecord | None = None
+        #: The model call under way, written once it ends.
+        self._pending: StepRecord | None = None
         self._lost = lost
         self._clock = clock
         #: The run that last wrote each step, as read or written: a step left unfinished by another run is
@@ -69,6 +75,20 @@ class StoreLedger:
         return self._recorded
 
     def start(self, seq: int, kind: str, name: str, input: Mapping[str, Any]) -> None:
+        if kind == LLM:  # written with its end: a model call cut off by a crash is made again either way
+            self._pending = StepRecord(
+                self.firing,
+                seq,
+                StepKind.LLM,
+                name,
+                dict(input),
+                self._clock(),
+                StepStatus.STARTED,
+                None,
+                self._clock(),
+                replaces=self._writers.get(seq),
+            )
+            return
         written = self._write(
             seq,
             lambda: self.store.start_step(
@@ -96,27 +116,36 @@ class StoreLedger:
         cost_usd: Decimal | None = None,
         last: bool = False,
     ) -> None:
-        if last:  # written with the task's completion (TaskStore.complete), in the same transaction
-            self.last = StepEnd(self.firing, seq, dict(output), input_tokens, output_tokens, cost_usd)
-            return
-        written = self._write(
-            seq,
-            lambda: self.store.finish_step(
-                self.task_id,
-                self.run_id,
-                firing=self.firing,
-                seq=seq,
-                status=StepStatus.COMPLETED,
-                output=dict(output),
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                cost_usd=cost_usd,
-                now=self._clock(),
-            ),
-        )
-        self._check(seq, written, "completed")
+        usage = {"input_tokens": input_tokens, "output_tokens": output_tokens, "cost_usd": cost_usd}
+        record = self._ended(seq, StepStatus.COMPLETED, output=dict(output), **usage)
+        if record is not None and last:  # written with the task's completion, in the same transaction
+            self.last = record
+        elif record is not None:
+            self._record(record)
+        else:
+            self._finish(seq, StepStatus.COMPLETED, output=dict(output), **usage)
 
     def fail(self, seq: int, error: str) -> None:
+        record = self._ended(seq, StepStatus.FAILED, error=error)
+        if record is not None:
+            self._record(record)
+        else:
+            self._finish(seq, StepStatus.FAILED, error=error)
+
+    def _ended(self, seq: int, status: StepStatus, **end: Any) -> StepRecord | None:
+        """Model call ``seq`` as ended now with ``status``; ``None`` for a step already written started."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending.seq != seq:
+            return None
+        return replace(pending, status=status, finished_at=self._clock(), **end)
+
+    def _record(self, record: StepRecord) -> None:
+        written = self._write(record.seq, lambda: self.store.record_step(self.task_id, self.run_id, record))
+        self._check(record.seq, written, record.status)
+        self._writers[record.seq] = self.run_id
+
+    def _finish(self, seq: int, status: StepStatus, **end: Any) -> None:
+        end.setdefault("output", None)
         written = self._write(
             seq,
             lambda: self.store.finish_step(
@@ -124,13 +153,12 @@ class StoreLedger:
                 self.run_id,
                 firing=self.firing,
                 seq=seq,
-                status=StepStatus.FAILED,
-                output=None,
-                error=error,
+                status=status,
                 now=self._clock(),
+                **end,
             ),
         )
-        self._check(seq, written, "failed")
+        self._check(seq, written, status)
 
     def await_approval(self, seq: int, name: str, input: Mapping[str, Any]) -> None:
         """Record tool step ``seq`` as awaiting a person's approval (``ApprovalLedger``); the request's time

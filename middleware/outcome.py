@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator import messages
 from orchestrator.errors import AgentRunError
-from taskstore import StepEnd, Usage
+from taskstore import StepRecord, Usage
 
 
 class AttemptResult(dict[str, Any]):
@@ -33,7 +33,7 @@ class AttemptResult(dict[str, Any]):
         result: Mapping[str, Any],
         usage: Usage | None = None,
         transcript: list[dict[str, Any]] | None = None,
-        step: StepEnd | None = None,
+        step: StepRecord | None = None,
     ) -> None:
         super().__init__(result)
         #: Tokens and cost of the attempt.

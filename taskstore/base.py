@@ -35,8 +35,8 @@ from taskstore.models import (
     Run,
     StalledTask,
     Step,
-    StepEnd,
     StepKind,
+    StepRecord,
     StepStatus,
     Task,
     Usage,
@@ -205,12 +205,12 @@ class TaskStore(Protocol):
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
-        step: StepEnd | None = None,
+        step: StepRecord | None = None,
     ) -> bool:
         """``running → completed`` for run ``run_id``; ``False`` if that run no longer holds the task.
 
-        ``step``: the run's last step (its final answer), recorded ``completed`` in the same transaction if
-        the run started it."""
+        ``step``: the run's last step (its final answer), recorded as :meth:`record_step` would, in the same
+        transaction."""
         ...
 
     def fail_attempt(
@@ -326,6 +326,12 @@ class TaskStore(Protocol):
         """Record step ``seq`` as ``completed``/``failed`` with its output (and usage, or error). Compare-and-
         set: ``False`` unless run ``run_id`` started it and still holds the task in that firing. Writing the
         same end again at the same ``now`` is accepted (a re-sent write)."""
+        ...
+
+    def record_step(self, task_id: str, run_id: str, step: StepRecord) -> bool:
+        """Write a whole step, started and ended, in one go (a model call once it ended). The same compare-
+        and-set as :meth:`start_step` (``step.replaces`` as its ``replaces``); the same step written again by
+        the same run with the same end is accepted (a re-sent write)."""
         ...
 
     def get_steps(self, task_id: str) -> list[Step]:

@@ -207,16 +207,28 @@ class ApprovalRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class StepEnd:
-    """A model call's completion written together with its run's (``TaskStore.complete``): the run's last
-    step, its final answer, costs no write of its own."""
+class StepRecord:
+    """A whole step written in one go, started and ended (``TaskStore.record_step``, or with the run's
+    completion, ``TaskStore.complete(step=…)``): how a model call is recorded once it has ended.
+
+    ``replaces``: the run that last wrote this step as the writer found it (``None``: no row), as for
+    :meth:`~taskstore.base.TaskStore.start_step`.
+    """
 
     firing: int
     seq: int
-    output: dict[str, Any]
+    kind: StepKind
+    name: str
+    input: dict[str, Any]
+    started_at: datetime
+    status: StepStatus
+    output: dict[str, Any] | None
+    finished_at: datetime
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: Decimal | None = None
+    error: str | None = None
+    replaces: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,8 +41,8 @@ from taskstore.models import (
     RunStatus,
     StalledTask,
     Step,
-    StepEnd,
     StepKind,
+    StepRecord,
     StepStatus,
     Task,
     TaskStatus,
@@ -122,6 +122,12 @@ _task_row = _decoder(TASKS)
 _agent_row = _decoder(AGENTS)
 _run_row = _decoder(RUNS)
 _step_row = _decoder(STEPS)
+#: The function of each step write (``agentq_record_steps`` writes a batch of them).
+_STEP_FUNCTIONS = {
+    "start": "agentq_start_step",
+    "finish": "agentq_finish_step",
+    "record": "agentq_record_step",
+}
 
 
 def decode_task(row: Mapping[str, Any]) -> Task:
@@ -437,7 +443,7 @@ class SqlFunctionStore(ABC):
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
-        step: StepEnd | None = None,
+        step: StepRecord | None = None,
     ) -> bool:
         return self._submit_completion(complete_item(task_id, run_id, result, usage, transcript, now, step))
 
@@ -570,7 +576,7 @@ class SqlFunctionStore(ABC):
             "p_replaces": replaces,
             "p_now": now,
         }
-        return bool(self._call("agentq_start_step", params))
+        return self._submit_step({"op": "start", **params})
 
     def finish_step(
         self,
@@ -600,7 +606,20 @@ class SqlFunctionStore(ABC):
             "p_cost_usd": cost_usd,
             "p_error": storable_text(error),
         }
-        return bool(self._call("agentq_finish_step", params))
+        return self._submit_step({"op": "finish", **params})
+
+    def record_step(self, task_id: str, run_id: str, step: StepRecord) -> bool:
+        return self._submit_step(
+            {"op": "record", "p_task_id": task_id, "p_run_id": run_id, "p_step": step_json(step)}
+        )
+
+    def _submit_step(self, item: Row) -> bool:
+        """Where a step write goes (the Postgres store may batch it): ``{"op": "start"|"finish", p_…}``."""
+        return self._step_one(item)
+
+    def _step_one(self, item: Row) -> bool:
+        function = _STEP_FUNCTIONS[item["op"]]
+        return bool(self._call(function, {name: value for name, value in item.items() if name != "op"}))
 
     def get_steps(self, task_id: str) -> list[Step]:
         return [decode_step(row) for row in self._call("agentq_get_steps", {"p_task_id": task_id}) or []]
@@ -775,27 +794,34 @@ def complete_item(
     usage: Usage,
     transcript: list[dict[str, Any]] | None,
     now: datetime,
-    step: StepEnd | None = None,
+    step: StepRecord | None = None,
 ) -> Row:
     """One completion, as :meth:`SqlFunctionStore._complete_one` and a batch of them take it."""
     item: Row = {"task_id": task_id, "run_id": run_id, "now": now, "result": storable_json(result)}
     item.update({column: getattr(usage, column) for column in USAGE_COLUMNS})
-    item.update(cost_usd=usage.cost_usd, transcript=storable_json(transcript), step=step_end_json(step))
+    item.update(cost_usd=usage.cost_usd, transcript=storable_json(transcript), step=step_json(step))
     return item
 
 
-def step_end_json(step: StepEnd | None) -> Row | None:
-    """A run's last step as ``agentq_finish``'s ``p_step`` (and a completion batch's ``step``) takes it."""
+def step_json(step: StepRecord | None) -> Row | None:
+    """A whole step as ``agentq_record_step``'s ``p_step`` (and ``agentq_finish``'s) takes it: plain JSON."""
     if step is None:
         return None
-    cost = None if step.cost_usd is None else str(step.cost_usd)
     return {
         "firing": step.firing,
         "seq": step.seq,
+        "kind": StepKind(step.kind).value,
+        "name": storable_text(step.name),
+        "input": storable_json(step.input),
+        "started_at": step.started_at.isoformat(),
+        "status": step_end(step.status),
         "output": storable_json(step.output),
+        "finished_at": step.finished_at.isoformat(),
         "input_tokens": step.input_tokens,
         "output_tokens": step.output_tokens,
-        "cost_usd": cost,
+        "cost_usd": None if step.cost_usd is None else str(step.cost_usd),
+        "error": storable_text(step.error),
+        "replaces": step.replaces,
     }
 
 

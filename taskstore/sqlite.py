@@ -40,8 +40,8 @@ from taskstore.models import (
     Run,
     StalledTask,
     Step,
-    StepEnd,
     StepKind,
+    StepRecord,
     StepStatus,
     Task,
     Usage,
@@ -72,14 +72,7 @@ from taskstore.schema import (
     all_columns,
     table_columns,
 )
-from taskstore.sqlite_steps import (
-    END_LAST_STEP,
-    FINISH_STEP,
-    GET_STEPS,
-    START_STEP,
-    end_step_params,
-    run_spent,
-)
+from taskstore.sqlite_steps import FINISH_STEP, GET_STEPS, RECORD_STEP, START_STEP, run_spent
 from taskstore.storable import storable_json, storable_text
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -525,7 +518,7 @@ class SqliteTaskStore:
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
-        step: StepEnd | None = None,
+        step: StepRecord | None = None,
     ) -> bool:
         return self._finish(
             "status = 'completed', result = :result, error = NULL, completed_at = :now, archived_at = NULL",
@@ -575,12 +568,14 @@ class SqliteTaskStore:
         return {**params, "cost_usd": cost, "transcript": _json(storable_json(transcript)), **values}
 
     def _finish(
-        self, sets: str, run_status: str, params: dict[str, Any], step: StepEnd | None = None
+        self, sets: str, run_status: str, params: dict[str, Any], step: StepRecord | None = None
     ) -> bool:
         """End the attempt ``params`` name if the task still holds it: the task gets ``sets`` (and the
         lease released, the usage added), the run ``run_status``, and ``step`` (the run's last step) is
-        completed; in one transaction."""
+        recorded; in one transaction."""
         with self._transaction() as conn:
+            if step is not None:  # first, while the run still holds the task (as record_step checks)
+                conn.execute(RECORD_STEP, _record_params(params["id"], params["run_id"], step))
             updated = conn.execute(
                 f"UPDATE ai_agent_tasks SET {sets}, worker_id = NULL, lease_expires_at = NULL,"
                 f" updated_at = :now, {_TASK_USAGE} WHERE {_HOLDS}",
@@ -591,10 +586,6 @@ class SqliteTaskStore:
                     "UPDATE ai_agent_task_runs SET status = :status, finished_at = :now, error = :error,"
                     f" stacktrace = :stacktrace, {_RUN_USAGE}, transcript = :transcript WHERE id = :run_id",
                     {**params, "status": run_status},
-                )
-            if updated and step is not None:
-                conn.execute(
-                    END_LAST_STEP, end_step_params(params["id"], params["run_id"], step, params["now"])
                 )
         return bool(updated)
 
@@ -920,6 +911,10 @@ class SqliteTaskStore:
         with self._transaction() as conn:
             return bool(conn.execute(FINISH_STEP, params).rowcount)
 
+    def record_step(self, task_id: str, run_id: str, step: StepRecord) -> bool:
+        with self._transaction() as conn:
+            return bool(conn.execute(RECORD_STEP, _record_params(task_id, run_id, step)).rowcount)
+
     def get_steps(self, task_id: str) -> list[Step]:
         return [step_from_row(_decode(row)) for row in self._query(GET_STEPS, (task_id,))]
 
@@ -1071,6 +1066,29 @@ class SqliteTaskStore:
                 "cutoff": encode_time(now - timedelta(seconds=age_s)),
             },
         ).rowcount
+
+
+def _record_params(task_id: str, run_id: str, step: StepRecord) -> dict[str, Any]:
+    """The parameters of :data:`~taskstore.sqlite_steps.RECORD_STEP`."""
+    return {
+        "id": new_id(),
+        "task_id": task_id,
+        "run_id": run_id,
+        "firing": step.firing,
+        "seq": step.seq,
+        "kind": StepKind(step.kind).value,
+        "name": storable_text(step.name),
+        "status": step_end(step.status),
+        "input": _json(storable_json(step.input)),
+        "output": _json(storable_json(step.output)),
+        "input_tokens": step.input_tokens,
+        "output_tokens": step.output_tokens,
+        "cost_usd": None if step.cost_usd is None else str(step.cost_usd),
+        "started_at": encode_time(step.started_at),
+        "finished_at": encode_time(step.finished_at),
+        "error": storable_text(step.error),
+        "replaces": step.replaces,
+    }
 
 
 def _statements(script: str) -> list[str]:

@@ -7,13 +7,10 @@ step's firing; a started step not completed may be taken over by a later run tha
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from typing import Any
 
-from taskstore.models import StepEnd
 from taskstore.rules import accepts_sql
-from taskstore.storable import storable_json
 
 #: The task is held by run ``:run_id`` in firing ``:firing``.
 _HELD = (
@@ -41,12 +38,20 @@ FINISH_STEP = (
     f" AND {_HELD}"
 )
 
-#: The run's last step completed with the run (``complete(step=…)``): it was started by that run.
-END_LAST_STEP = (
-    "UPDATE ai_agent_task_steps SET status = 'completed', output = :output, input_tokens = :input_tokens,"
-    " output_tokens = :output_tokens, cost_usd = :cost_usd, error = NULL, finished_at = :now"
-    " WHERE task_id = :task_id AND run_id = :run_id AND firing = :firing AND seq = :seq"
-    " AND status = 'started'"
+#: A whole step, started and ended, in one go (``record_step``; ``complete(step=…)``).
+RECORD_STEP = (
+    "INSERT INTO ai_agent_task_steps AS s (id, task_id, run_id, firing, seq, kind, name, status, input,"
+    " output, input_tokens, output_tokens, cost_usd, started_at, finished_at, error)"
+    " SELECT :id, :task_id, :run_id, :firing, :seq, :kind, :name, :status, :input, :output, :input_tokens,"
+    " :output_tokens, :cost_usd, :started_at, :finished_at, :error"
+    f" WHERE {_HELD}"
+    " ON CONFLICT (task_id, firing, seq) DO UPDATE SET run_id = excluded.run_id, kind = excluded.kind,"
+    " name = excluded.name, status = excluded.status, input = excluded.input, output = excluded.output,"
+    " input_tokens = excluded.input_tokens, output_tokens = excluded.output_tokens,"
+    " cost_usd = excluded.cost_usd, started_at = excluded.started_at, finished_at = excluded.finished_at,"
+    " error = excluded.error"
+    " WHERE (s.status <> 'completed' AND (s.run_id = excluded.run_id OR s.run_id = :replaces))"
+    " OR (s.run_id = excluded.run_id AND s.status = excluded.status AND s.finished_at = excluded.finished_at)"
 )
 
 GET_STEPS = (
@@ -62,21 +67,6 @@ _SPENT = (
     " CASE WHEN COUNT(*) > 0 AND COUNT(cost_usd) = COUNT(*) THEN SUM(cost_usd) END AS cost_usd"
     " FROM ai_agent_task_steps WHERE task_id = ? AND run_id = ? AND kind = 'llm' AND status = 'completed'"
 )
-
-
-def end_step_params(task_id: str, run_id: str, step: StepEnd, now: str) -> dict[str, Any]:
-    """The parameters of :data:`END_LAST_STEP` (``now`` already encoded)."""
-    return {
-        "task_id": task_id,
-        "run_id": run_id,
-        "firing": step.firing,
-        "seq": step.seq,
-        "output": json.dumps(storable_json(step.output), separators=(",", ":")),
-        "input_tokens": step.input_tokens,
-        "output_tokens": step.output_tokens,
-        "cost_usd": None if step.cost_usd is None else str(step.cost_usd),
-        "now": now,
-    }
 
 
 def run_spent(conn: sqlite3.Connection, task_id: str, run_id: str | None) -> dict[str, Any]:

@@ -16,8 +16,8 @@ from taskstore import (
     NewAgent,
     RetentionPolicy,
     RunStatus,
-    StepEnd,
     StepKind,
+    StepRecord,
     StepStatus,
     TaskStatus,
     TaskStore,
@@ -412,17 +412,87 @@ def test_new_tasks_start_at_firing_zero_and_agents_may_stream(store: TaskStore, 
     assert claim.task.status == TaskStatus.RUNNING and claim.task.firing == 0
 
 
-def test_the_last_step_is_completed_with_the_run_in_one_transaction(store: TaskStore, clock: Clock) -> None:
+def model_call(
+    clock: Clock,
+    seq: int = 0,
+    *,
+    status: StepStatus = StepStatus.COMPLETED,
+    replaces: str | None = None,
+    **end: Any,
+) -> StepRecord:
+    """A model call ended now, started a second ago."""
+    values: dict[str, Any] = {"output": {"content": "hi"}, "input_tokens": 7, "output_tokens": 2}
+    values.update(end)
+    started = clock() - timedelta(seconds=1)
+    return StepRecord(
+        0,
+        seq,
+        StepKind.LLM,
+        "gpt-4o-mini",
+        {"turn": 1},
+        started,
+        status,
+        finished_at=clock(),
+        replaces=replaces,
+        **values,
+    )
+
+
+def test_a_whole_step_is_recorded_in_one_write(store: TaskStore, clock: Clock) -> None:
     task_id, run_id = running_task(store, clock)
-    start(store, clock, task_id, run_id, 0)
+    record = model_call(clock, cost_usd=Decimal("0.001"))
+
+    assert store.record_step(task_id, run_id, record)
+    assert store.record_step(task_id, run_id, record)  # a re-sent write: the same end
+
+    [step] = store.get_steps(task_id)
+    assert (step.seq, step.kind, step.name, step.status) == (
+        0,
+        StepKind.LLM,
+        "gpt-4o-mini",
+        StepStatus.COMPLETED,
+    )
+    assert (step.input, step.output) == ({"turn": 1}, {"content": "hi"})
+    assert (step.started_at, step.finished_at) == (clock() - timedelta(seconds=1), clock())
+    assert (step.input_tokens, step.output_tokens, step.cost_usd) == (7, 2, Decimal("0.001"))
     clock.advance(1)
-    last = StepEnd(0, 0, {"content": "the answer"}, input_tokens=9, output_tokens=2, cost_usd=Decimal("0.25"))
+    assert not store.record_step(task_id, run_id, model_call(clock, output={"content": "again"}))
+    assert store.get_steps(task_id)[0].output == {"content": "hi"}
+
+
+def test_a_recorded_step_follows_the_start_steps_rules(store: TaskStore, clock: Clock) -> None:
+    task_id, first_run = running_task(store, clock)
+    assert store.record_step(
+        task_id, first_run, model_call(clock, status=StepStatus.FAILED, output=None, error="503")
+    )
+    assert store.record_step(task_id, first_run, model_call(clock, 0))  # the fallback, same step
+    assert store.record_step(task_id, first_run, model_call(clock, 1, status=StepStatus.FAILED, output=None))
+    assert not store.record_step(task_id, new_id(), model_call(clock, 2))  # a run that does not hold it
+    second_run = stall(store, clock, task_id).run_id
+
+    assert not store.record_step(task_id, first_run, model_call(clock, 2))  # the stale worker
+    assert not store.record_step(task_id, second_run, model_call(clock, 1))  # found nothing: not a takeover
+    assert store.record_step(task_id, second_run, model_call(clock, 1, replaces=first_run))
+    assert not store.record_step(task_id, second_run, model_call(clock, 0, replaces=first_run))  # completed
+
+    steps = store.get_steps(task_id)
+    assert [(step.seq, step.status, step.run_id) for step in steps] == [
+        (0, StepStatus.COMPLETED, first_run),
+        (1, StepStatus.COMPLETED, second_run),
+    ]
+    with pytest.raises(ValueError, match="completed or failed"):
+        store.record_step(task_id, second_run, model_call(clock, 3, status=StepStatus.STARTED))
+
+
+def test_the_last_step_is_recorded_with_the_runs_completion(store: TaskStore, clock: Clock) -> None:
+    task_id, run_id = running_task(store, clock)
+    last = model_call(clock, output={"content": "the answer"}, cost_usd=Decimal("0.25"))
 
     assert store.complete(
         task_id,
         run_id,
         result={"output": "the answer"},
-        usage=Usage(9, 2),
+        usage=Usage(7, 2),
         transcript=None,
         now=clock(),
         step=last,
@@ -434,34 +504,30 @@ def test_the_last_step_is_completed_with_the_run_in_one_transaction(store: TaskS
         {"content": "the answer"},
         clock(),
     )
-    assert (step.input_tokens, step.output_tokens, step.cost_usd) == (9, 2, Decimal("0.25"))
+    assert (step.input_tokens, step.output_tokens, step.cost_usd) == (7, 2, Decimal("0.25"))
+    assert store.get_task(task_id).status == TaskStatus.COMPLETED  # type: ignore[union-attr]
 
 
-def test_a_refused_completion_leaves_the_last_step_started(store: TaskStore, clock: Clock) -> None:
+def test_a_refused_completion_records_no_last_step(store: TaskStore, clock: Clock) -> None:
     task_id, run_id = running_task(store, clock)
-    start(store, clock, task_id, run_id, 0)
     new_run = stall(store, clock, task_id).run_id
-    last = StepEnd(0, 0, {"content": "late"})
 
     assert not store.complete(
-        task_id, run_id, result={}, usage=Usage(), transcript=None, now=clock(), step=last
+        task_id, run_id, result={}, usage=Usage(), transcript=None, now=clock(), step=model_call(clock)
     )
-    assert store.complete(task_id, new_run, result={}, usage=Usage(), transcript=None, now=clock(), step=last)
 
-    [step] = store.get_steps(task_id)
-    assert (step.status, step.run_id) == (StepStatus.STARTED, run_id)  # not the completing run's step
+    assert store.get_steps(task_id) == []
+    assert store.get_task(task_id).current_run_id == new_run  # type: ignore[union-attr]
 
 
-def test_runs_completing_at_once_each_complete_their_last_step(store: TaskStore, clock: Clock) -> None:
+def test_runs_completing_at_once_each_record_their_last_step(store: TaskStore, clock: Clock) -> None:
     runs = [running_task(store, clock) for _ in range(6)]
-    for task_id, run_id in runs:
-        start(store, clock, task_id, run_id, 0)
     barrier = threading.Barrier(len(runs))
     done: list[bool] = []
 
     def complete(task_id: str, run_id: str) -> None:
         barrier.wait()
-        last = StepEnd(0, 0, {"content": task_id}, input_tokens=1)
+        last = model_call(clock, output={"content": task_id})
         done.append(
             store.complete(
                 task_id, run_id, result={}, usage=Usage(1), transcript=None, now=clock(), step=last
@@ -477,8 +543,4 @@ def test_runs_completing_at_once_each_complete_their_last_step(store: TaskStore,
     assert done == [True] * len(runs)
     for task_id, _ in runs:
         [step] = store.get_steps(task_id)
-        assert (step.status, step.output, step.input_tokens) == (
-            StepStatus.COMPLETED,
-            {"content": task_id},
-            1,
-        )
+        assert (step.status, step.output) == (StepStatus.COMPLETED, {"content": task_id})

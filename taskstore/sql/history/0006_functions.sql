@@ -53,8 +53,7 @@ END
 $$;
 
 -- running -> p_status (completed | failed | queued | cancelled) for run p_run_id, which ends p_run_status.
--- p_step {"firing", "seq", "output", "input_tokens", "output_tokens", "cost_usd"}: the run's last step (its
--- final answer), completed in the same transaction.
+-- p_step: the run's last step (its final answer), recorded in the same transaction (agentq_record_step).
 CREATE OR REPLACE FUNCTION agentq_finish(
     p_task_id uuid, p_run_id uuid, p_status text, p_run_status text, p_now timestamptz,
     p_error text DEFAULT NULL, p_stacktrace text DEFAULT NULL, p_result jsonb DEFAULT NULL,
@@ -64,6 +63,9 @@ CREATE OR REPLACE FUNCTION agentq_finish(
 BEGIN
     IF p_status NOT IN ('completed', 'failed', 'queued', 'cancelled') THEN
         RAISE EXCEPTION 'agentq_finish: invalid status %', p_status USING ERRCODE = '22023';
+    END IF;
+    IF p_step IS NOT NULL THEN
+        PERFORM agentq_record_step(p_task_id, p_run_id, p_step);
     END IF;
     UPDATE ai_agent_tasks
        SET status = p_status,
@@ -81,15 +83,6 @@ BEGIN
        SET status = p_run_status, finished_at = p_now, error = p_error, stacktrace = p_stacktrace,
            input_tokens = p_input_tokens, output_tokens = p_output_tokens, cached_input_tokens = p_cached_input_tokens, reasoning_tokens = p_reasoning_tokens, cost_usd = p_cost_usd, transcript = p_transcript
      WHERE id = p_run_id;
-    IF p_step IS NOT NULL THEN
-        UPDATE ai_agent_task_steps s
-           SET status = 'completed', output = p_step -> 'output',
-               input_tokens = COALESCE((p_step ->> 'input_tokens')::integer, 0),
-               output_tokens = COALESCE((p_step ->> 'output_tokens')::integer, 0),
-               cost_usd = (p_step ->> 'cost_usd')::numeric, error = NULL, finished_at = p_now
-         WHERE s.task_id = p_task_id AND s.run_id = p_run_id AND s.status = 'started'
-           AND s.firing = (p_step ->> 'firing')::integer AND s.seq = (p_step ->> 'seq')::integer;
-    END IF;
     RETURN TRUE;
 END
 $$;
@@ -593,11 +586,14 @@ RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
     completed jsonb;
 BEGIN
+    PERFORM agentq_record_step((d ->> 'task_id')::uuid, (d ->> 'run_id')::uuid, d -> 'step')
+       FROM jsonb_array_elements(p_runs) AS d
+      WHERE jsonb_typeof(d -> 'step') = 'object';
     WITH done AS (
         SELECT * FROM jsonb_to_recordset(p_runs)
             AS d(task_id uuid, run_id uuid, now timestamptz, result jsonb, transcript jsonb,
                  input_tokens integer, output_tokens integer, cached_input_tokens integer,
-                 reasoning_tokens integer, cost_usd numeric, step jsonb)
+                 reasoning_tokens integer, cost_usd numeric)
     ), task AS (
         UPDATE ai_agent_tasks t
            SET status = 'completed', completed_at = d.now, error = NULL, result = COALESCE(d.result, t.result),
@@ -619,16 +615,6 @@ BEGIN
           FROM done d JOIN task ON task.run_id = d.run_id
          WHERE r.id = d.run_id
      RETURNING r.id
-    ), steps AS (
-        UPDATE ai_agent_task_steps s
-           SET status = 'completed', output = d.step -> 'output',
-               input_tokens = COALESCE((d.step ->> 'input_tokens')::integer, 0),
-               output_tokens = COALESCE((d.step ->> 'output_tokens')::integer, 0),
-               cost_usd = (d.step ->> 'cost_usd')::numeric, error = NULL, finished_at = d.now
-          FROM done d JOIN task ON task.run_id = d.run_id
-         WHERE d.step IS NOT NULL AND jsonb_typeof(d.step) = 'object' AND s.task_id = d.task_id
-           AND s.run_id = d.run_id AND s.status = 'started'
-           AND s.firing = (d.step ->> 'firing')::integer AND s.seq = (d.step ->> 'seq')::integer
     )
     SELECT COALESCE(jsonb_agg(id), '[]'::jsonb) INTO completed FROM runs;
     RETURN completed;
@@ -682,6 +668,73 @@ BEGIN
          WHERE id = p_task_id AND status = 'running' AND current_run_id = p_run_id AND firing = p_firing
        );
     RETURN FOUND;
+END
+$$;
+
+-- A whole step (started and ended) written by run p_run_id in one go: how a model call is recorded once it
+-- ended. p_step: {"firing", "seq", "kind", "name", "input", "started_at", "status" (completed | failed),
+-- "output", "finished_at", "input_tokens", "output_tokens", "cost_usd", "error", "replaces"}. The same
+-- compare-and-set as agentq_start_step (a new row, or one not completed that this run or "replaces" wrote
+-- last); the same step written again by the same run with the same end is accepted (a re-sent write).
+CREATE OR REPLACE FUNCTION agentq_record_step(p_task_id uuid, p_run_id uuid, p_step jsonb)
+RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    IF p_step ->> 'status' IS DISTINCT FROM 'completed' AND p_step ->> 'status' IS DISTINCT FROM 'failed' THEN
+        RAISE EXCEPTION 'agentq_record_step: invalid status %', p_step ->> 'status' USING ERRCODE = '22023';
+    END IF;
+    INSERT INTO ai_agent_task_steps AS s (
+        task_id, run_id, firing, seq, kind, name, status, input, output, input_tokens, output_tokens, cost_usd,
+        started_at, finished_at, error
+    )
+    SELECT p_task_id, p_run_id, (p_step ->> 'firing')::integer, (p_step ->> 'seq')::integer, p_step ->> 'kind',
+           p_step ->> 'name', p_step ->> 'status', p_step -> 'input', NULLIF(p_step -> 'output', 'null'::jsonb),
+           COALESCE((p_step ->> 'input_tokens')::integer, 0), COALESCE((p_step ->> 'output_tokens')::integer, 0),
+           (p_step ->> 'cost_usd')::numeric, (p_step ->> 'started_at')::timestamptz,
+           (p_step ->> 'finished_at')::timestamptz, p_step ->> 'error'
+     WHERE EXISTS (
+        SELECT 1 FROM ai_agent_tasks
+         WHERE id = p_task_id AND status = 'running' AND current_run_id = p_run_id
+           AND firing = (p_step ->> 'firing')::integer
+     )
+    ON CONFLICT (task_id, firing, seq) DO UPDATE
+       SET run_id = EXCLUDED.run_id, kind = EXCLUDED.kind, name = EXCLUDED.name, status = EXCLUDED.status,
+           input = EXCLUDED.input, output = EXCLUDED.output, input_tokens = EXCLUDED.input_tokens,
+           output_tokens = EXCLUDED.output_tokens, cost_usd = EXCLUDED.cost_usd, started_at = EXCLUDED.started_at,
+           finished_at = EXCLUDED.finished_at, error = EXCLUDED.error
+     WHERE (s.status <> 'completed' AND (s.run_id = EXCLUDED.run_id OR s.run_id = (p_step ->> 'replaces')::uuid))
+        OR (s.run_id = EXCLUDED.run_id AND s.status = EXCLUDED.status AND s.finished_at = EXCLUDED.finished_at);
+    RETURN FOUND;
+END
+$$;
+
+-- Step writes of several runs at once (the Postgres store's group commit), in order: p_steps is an array of
+-- {"op": "start" | "finish" | "record", "p_<argument>": value, …} with agentq_start_step's,
+-- agentq_finish_step's or agentq_record_step's arguments; returns their answers in the same order.
+CREATE OR REPLACE FUNCTION agentq_record_steps(p_steps jsonb)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    item jsonb;
+    answers jsonb := '[]'::jsonb;
+BEGIN
+    FOR item IN SELECT value FROM jsonb_array_elements(p_steps) LOOP
+        IF item ->> 'op' = 'record' THEN
+            answers := answers || to_jsonb(agentq_record_step(
+                (item ->> 'p_task_id')::uuid, (item ->> 'p_run_id')::uuid, item -> 'p_step'));
+        ELSIF item ->> 'op' = 'start' THEN
+            answers := answers || to_jsonb(agentq_start_step(
+                (item ->> 'p_task_id')::uuid, (item ->> 'p_run_id')::uuid, (item ->> 'p_firing')::integer,
+                (item ->> 'p_seq')::integer, item ->> 'p_kind', item ->> 'p_name', item -> 'p_input',
+                (item ->> 'p_replaces')::uuid, (item ->> 'p_now')::timestamptz));
+        ELSE
+            answers := answers || to_jsonb(agentq_finish_step(
+                (item ->> 'p_task_id')::uuid, (item ->> 'p_run_id')::uuid, (item ->> 'p_firing')::integer,
+                (item ->> 'p_seq')::integer, item ->> 'p_status', (item ->> 'p_now')::timestamptz,
+                NULLIF(item -> 'p_output', 'null'::jsonb), COALESCE((item ->> 'p_input_tokens')::integer, 0),
+                COALESCE((item ->> 'p_output_tokens')::integer, 0), (item ->> 'p_cost_usd')::numeric,
+                item ->> 'p_error'));
+        END IF;
+    END LOOP;
+    RETURN answers;
 END
 $$;
 
