@@ -181,3 +181,33 @@ def test_the_command_line_takes_approvals_decisions_and_requires_a_reason_to_rej
     with pytest.raises(SystemExit):
         parser.parse_args(["reject", "0000"])
     assert "--reason" in capsys.readouterr().err
+
+
+def test_the_cancel_watch_asks_redis_only_while_its_process_runs_attempts(app: Harness) -> None:
+    from dramatiq.brokers.redis import RedisBroker
+    from redis import RedisError
+
+    from middleware.attempts import AttemptRegistry
+    from middleware.cancel_watch import CancelWatch, signal_cancel
+    from taskstore import Claim
+
+    nowhere = RedisBroker(url="redis://127.0.0.1:1/0", socket_connect_timeout=0.5)  # type: ignore[no-untyped-call]
+    registry = AttemptRegistry()
+    watch = CancelWatch(registry)
+    assert watch.check(nowhere) == []  # idle: no Redis call at all (this one would fail)
+    assert signal_cancel(app.broker, "any") is False  # no Redis behind a StubBroker: the database flag only
+
+    task_id = app.task()
+    app.queue.add_task(task_id)
+    claim = app.store.claim(
+        task_id,
+        run_id="00000000-0000-4000-8000-000000000001",
+        worker_id="w",
+        lease_until=utcnow() + timedelta(minutes=1),
+        now=utcnow(),
+    )
+    assert isinstance(claim, Claim)
+    registry.add("message-1", claim)
+    with pytest.raises(RedisError):
+        watch.check(nowhere)
+    nowhere.close()
