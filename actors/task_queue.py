@@ -477,9 +477,11 @@ class AgentTaskQueue:
         if self.store.cancel(task_id, now=now) is not None:
             logger.info("[AgentTaskQueue] Job %s removed", task_id)
             return
-        if self.store.request_cancel(task_id, now=now) is not None:
+        running = self.store.request_cancel(task_id, now=now)
+        if running is not None:
             try:
-                signal_cancel(self.broker, task_id)
+                if running.current_run_id is not None:
+                    signal_cancel(self.broker, task_id, running.current_run_id)
             except redis.RedisError as exc:
                 logger.warning(
                     "[AgentTaskQueue] Job %s: Redis did not take the cancel request (%s); the run stops"

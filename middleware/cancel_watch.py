@@ -2,11 +2,12 @@
 
 ``remove_job`` on a running task marks it in the database (``cancel_requested_at``, which the run checks
 before each model and tool call) and sets a Redis key, ``<namespace>:cancel:<task id>``
-(:func:`signal_cancel`), that lives :data:`CANCEL_TTL_S`. In every worker process one thread looks at the
-keys of the attempts the process is running, one ``MGET`` every :data:`POLL_S` (none while it runs
-nothing), and sets the cancel signal of each attempt asked to stop: an in-flight model call is abandoned
-and a running tool told (``orchestrator.cancel``), so the task ends ``cancelled`` within about half a
-second of ``remove_job`` returning, not after its current call.
+(:func:`signal_cancel`), whose value is the run to stop and which lives :data:`CANCEL_TTL_S` (a later
+attempt at the task, after ``retry_job``, is not stopped by an old request). In every worker process one
+thread looks at the keys of the attempts the process is running, one ``MGET`` every :data:`POLL_S` (none
+while it runs nothing), and sets the cancel signal of each attempt asked to stop: an in-flight model call
+is abandoned and a running tool told (``orchestrator.cancel``), so the task ends ``cancelled`` within
+about half a second of ``remove_job`` returning, not after its current call.
 
 Redis is only the fast path: if the key cannot be set or read, the database flag still stops the run at
 its next step.
@@ -36,15 +37,15 @@ def cancel_key(broker: RedisBroker, task_id: str) -> str:
     return f"{broker.namespace}:cancel:{task_id}"
 
 
-def signal_cancel(broker: dramatiq.Broker, task_id: str) -> bool:
-    """Ask whichever worker runs ``task_id`` to stop now; ``False`` on a broker without Redis.
+def signal_cancel(broker: dramatiq.Broker, task_id: str, run_id: str) -> bool:
+    """Ask the worker running ``task_id``'s run ``run_id`` to stop now; ``False`` on a broker without Redis.
 
     Raises:
         RedisError: Redis did not take the request (the run still stops at its next step).
     """
     if not isinstance(broker, RedisBroker):
         return False
-    broker.client.set(cancel_key(broker, task_id), "1", ex=CANCEL_TTL_S)
+    broker.client.set(cancel_key(broker, task_id), run_id, ex=CANCEL_TTL_S)
     return True
 
 
@@ -86,11 +87,19 @@ class CancelWatch(dramatiq.Middleware):
         if not running:
             return []
         values = broker.client.mget([cancel_key(broker, attempt.task_id) for attempt in running])
-        asked = [attempt for attempt, value in zip(running, values, strict=True) if value is not None]
+        asked = [
+            attempt
+            for attempt, value in zip(running, values, strict=True)
+            if value is not None and _text(value) == attempt.claim.run_id
+        ]
         for attempt in asked:
             attempt.cancel.set("cancel requested")
             logger.info("[AgentTaskQueue] Job %s asked to stop; interrupting its run", attempt.task_id)
         return asked
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 __all__ = ["CANCEL_TTL_S", "POLL_S", "CancelWatch", "cancel_key", "signal_cancel"]

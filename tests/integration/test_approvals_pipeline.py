@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -370,3 +371,31 @@ def test_a_cancel_request_lost_by_redis_still_stops_the_run_at_its_next_step(
         wait_for(app, task_id, TaskStatus.CANCELLED, timeout_s=10)
     steps = app.store.get_steps(task_id)
     assert [step.status for step in steps] == [StepStatus.COMPLETED] and len(server.requests) == 1
+
+
+def test_a_cancel_request_stops_only_the_run_it_was_made_for(app: Harness) -> None:
+    """An old request (its run ended, the task was retried since) never stops a later attempt."""
+    from dramatiq.brokers.redis import RedisBroker
+
+    from middleware.attempts import AttemptRegistry
+    from middleware.cancel_watch import CancelWatch, signal_cancel
+
+    broker = app.broker
+    assert isinstance(broker, RedisBroker)
+    task_id = app.task()
+    app.queue.add_task(task_id, delay_ms=60_000)
+    claim = app.store.claim(
+        task_id, run_id=new_id(), worker_id="w", lease_until=utcnow() + timedelta(minutes=1), now=utcnow()
+    )
+    assert claim is not None
+    registry = AttemptRegistry()
+    attempt = registry.add("message-1", claim)
+    watch = CancelWatch(registry)
+
+    assert signal_cancel(broker, task_id, new_id())  # a request for an earlier run of the task
+    assert watch.check(broker) == [] and not attempt.cancel.is_set()
+
+    assert signal_cancel(broker, task_id, claim.run_id)
+    assert watch.check(broker) == [attempt] and attempt.cancel.is_set()
+    assert attempt.cancel.reason == "cancel requested"
+    assert watch.check(broker) == []  # signalled once

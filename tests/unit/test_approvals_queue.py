@@ -195,7 +195,9 @@ def test_the_cancel_watch_asks_redis_only_while_its_process_runs_attempts(app: H
     registry = AttemptRegistry()
     watch = CancelWatch(registry)
     assert watch.check(nowhere) == []  # idle: no Redis call at all (this one would fail)
-    assert signal_cancel(app.broker, "any") is False  # no Redis behind a StubBroker: the database flag only
+    assert (
+        signal_cancel(app.broker, "any", "run") is False
+    )  # no Redis behind a StubBroker: the database flag only
 
     task_id = app.task()
     app.queue.add_task(task_id)
