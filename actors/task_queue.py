@@ -41,6 +41,7 @@ from actors.arguments import (
     check_title,
     item,
     task_fields,
+    unstorable_text,
 )
 from actors.broker.lanes import LaneBroker
 from actors.errors import (
@@ -245,11 +246,11 @@ class AgentTaskQueue:
     def add_tasks(self, task_ids: Sequence[str], priority: int | None = None, delay_ms: int = 0) -> list[Job]:
         """Queue many ``pending`` tasks at once, all or none: the bulk :meth:`add_task`.
 
-        Everything is checked before anything changes: the ids (no id twice), ``priority``,
-        ``delay_ms``, and that every task exists, is pending and has an agent kind with an actor
-        (each distinct agent is read once); at most :data:`~actors.arguments.MAX_BATCH` (1,000) ids.
-        Then one store call moves them all ``pending → queued``
-        and one Redis transaction enqueues their messages (on the :class:`~actors.broker.lanes.LaneBroker`;
+        Everything is checked before anything changes: the ids (no id twice), ``priority`` and
+        ``delay_ms`` here; that every task exists, is pending and has an active agent whose kind has an
+        actor, in the one store call that moves them all ``pending → queued`` (only when it refuses are
+        the tasks and agents read, to say why); at most :data:`~actors.arguments.MAX_BATCH` (1,000) ids.
+        Then one Redis transaction enqueues their messages (on the :class:`~actors.broker.lanes.LaneBroker`;
         another broker gets one enqueue per message). Logs ``added to queue`` per task.
 
         Raises:
@@ -264,24 +265,26 @@ class AgentTaskQueue:
         check_delay(delay_ms)
         if not ids:
             return []
-        found = {task.id: task for task in self.store.get_tasks(ids)}
-        actors: dict[str, AgentActor] = {}
-        for task_id in ids:
-            task = found.get(task_id)
-            if task is None:
-                raise TaskNotFound(task_id)
-            check_pending(task)
-            if task.agent_id not in actors:
-                actors[task.agent_id] = self._actor_for(task)
-        now = self.clock()
-        due = now + timedelta(milliseconds=delay_ms)
-        queued = self.store.mark_queued_many(ids, priority=priority, run_at=due, now=now)
-        if queued is None:
+        kinds = self.agent_kinds()
+        for _ in range(2):
+            # The fast path: the agent checks, the compare-and-set and the agents' kinds in one statement.
+            now = self.clock()
+            due = now + timedelta(milliseconds=delay_ms)
+            queued = self.store.queue_runnable_tasks(ids, kinds=kinds, priority=priority, run_at=due, now=now)
+            if queued is not None:
+                break
+            # Nothing changed: say why (the first task concerned); if nothing is wrong now, the rows
+            # changed meanwhile: try again.
+            self._check_queueable(ids)
+        else:
             raise self._changed_meanwhile(ids)
-        self._send([(actors[task.agent_id], task) for task in queued], delay_ms, queued_at=now)
-        for task in queued:
-            _log_added(task, delay_ms)
-        return [Job.from_task(task, self.store.get_runs(task.id) if task.attempts else []) for task in queued]
+        self._send([(kinds[one.agent_kind], one.task) for one in queued], delay_ms, queued_at=now)
+        for one in queued:
+            _log_added(one.task, delay_ms)
+        return [
+            Job.from_task(one.task, self.store.get_runs(one.task.id) if one.task.attempts else [])
+            for one in queued
+        ]
 
     def add_scheduled_task(self, task_id: str, cron_expression: str, timezone: str | None = None) -> Job:
         """Run a ``scheduled`` task on a cron schedule in a time zone (default: the row's, then UTC).
@@ -631,6 +634,20 @@ class AgentTaskQueue:
             for message in messages:
                 self.broker.enqueue(message, delay=delay)
 
+    def _check_queueable(self, task_ids: list[str]) -> None:
+        """Raise the error for the first of ``task_ids`` that cannot be queued: missing, not pending, or
+        without an agent that can run it (each distinct agent read once)."""
+        found = {task.id: task for task in self.store.get_tasks(task_ids)}
+        checked: set[str] = set()
+        for task_id in task_ids:
+            task = found.get(task_id)
+            if task is None:
+                raise TaskNotFound(task_id)
+            check_pending(task)
+            if task.agent_id not in checked:
+                self._actor_for(task)
+                checked.add(task.agent_id)
+
     def _changed_meanwhile(self, task_ids: list[str]) -> AgentQueueError:
         """The error for a batch whose tasks stopped being pending between the check and the update."""
         current = {task.id: task for task in self.store.get_tasks(task_ids)}
@@ -691,6 +708,9 @@ class AgentTaskQueue:
         size = len(encoded.encode())
         if size > self.max_context_bytes:
             raise InvalidContext(f"context is {size} bytes of JSON; the limit is {self.max_context_bytes}")
+        problem = unstorable_text(context)
+        if problem is not None:
+            raise InvalidContext(f"context contains {problem}, which the database cannot store")
         decoded: dict[str, Any] = json.loads(encoded)
         return decoded
 

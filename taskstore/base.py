@@ -52,6 +52,12 @@ class TaskStore(Protocol):
         """Create or upgrade the schema; returns the names of migrations applied now. Idempotent."""
         ...
 
+    def ensure_schema(self) -> None:
+        """Before a worker starts: make sure the schema is current. SQLite (embedded: the worker owns the
+        file) applies what is missing; Postgres and Supabase only check (DDL is a deploy step) and raise
+        :class:`~taskstore.errors.SchemaMissing` naming what to apply."""
+        ...
+
     def close(self) -> None:
         """Release connections. The store reopens them if used again."""
         ...
@@ -115,6 +121,19 @@ class TaskStore(Protocol):
     ) -> QueuedTask | None:
         """``pending → queued`` only if the task's agent exists, is active and has one of ``kinds``: one
         statement that also returns the agent's kind. ``None`` (nothing changed) otherwise."""
+        ...
+
+    def queue_runnable_tasks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        kinds: Collection[str],
+        priority: int | None,
+        run_at: datetime,
+        now: datetime,
+    ) -> list[QueuedTask] | None:
+        """The bulk :meth:`queue_runnable_task`: every one of the distinct ``task_ids`` (in that order), or
+        none (``None``, nothing changed) if any is missing, not pending or its agent cannot run it."""
         ...
 
     def mark_queued_many(

@@ -317,6 +317,40 @@ class SqlFunctionStore(ABC):
         queued = self._call("agentq_queue_runnable_task", params, applied)
         return None if queued is None else QueuedTask(decode_task(queued["task"]), queued["kind"])
 
+    def queue_runnable_tasks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        kinds: Collection[str],
+        priority: int | None,
+        run_at: datetime,
+        now: datetime,
+    ) -> list[QueuedTask] | None:
+        """``agentq_queue_runnable_tasks``: all or none, with each agent's kind, in one round trip."""
+        ids = list(task_ids)
+
+        def applied() -> list[Row] | None:
+            tasks = self.get_tasks(ids)
+            if len(tasks) != len(ids) or not all(_queued_at(task, now) for task in tasks):
+                return None
+            agents = {agent_id: self.get_agent(agent_id) for agent_id in {task.agent_id for task in tasks}}
+            rows = self._call("agentq_get_tasks", {"p_task_ids": ids}) or []
+            kind = {task.id: agents[task.agent_id] for task in tasks}
+            return [{"task": row, "kind": getattr(kind[str(row["id"])], "kind", "")} for row in rows]
+
+        params = {
+            "p_task_ids": ids,
+            "p_kinds": sorted(kinds),
+            "p_priority": priority,
+            "p_run_at": run_at,
+            "p_now": now,
+        }
+        items = self._call("agentq_queue_runnable_tasks", params, applied) or []
+        if len(items) != len(ids):
+            return None
+        queued = {str(item["task"]["id"]): item for item in items}
+        return [QueuedTask(decode_task(queued[task_id]["task"]), queued[task_id]["kind"]) for task_id in ids]
+
     def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
         params = {"p_task_ids": list(task_ids), "p_queued_at": queued_at, "p_now": now}
         return int(self._call("agentq_revert_queued_many", params) or 0)

@@ -317,6 +317,10 @@ class SqliteTaskStore:
             rows = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) RETURNING *", row).fetchall()
         return _decode(rows[0])
 
+    def ensure_schema(self) -> None:
+        """Apply what is missing: an embedded database belongs to the worker that opens it."""
+        self.migrate()
+
     def get_agent(self, agent_id: str) -> Agent | None:
         rows = self._query("SELECT * FROM ai_agents WHERE id = ?", (agent_id,))
         return agent_from_row(_decode(rows[0])) if rows else None
@@ -425,6 +429,48 @@ class SqliteTaskStore:
             task = task_from_row(_decode(updated[0]))
             kind = conn.execute("SELECT kind FROM ai_agents WHERE id = ?", (task.agent_id,)).fetchone()
         return QueuedTask(task, kind[0])
+
+    def queue_runnable_tasks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        kinds: Collection[str],
+        priority: int | None,
+        run_at: datetime,
+        now: datetime,
+    ) -> list[QueuedTask] | None:
+        """A count of the runnable pending ones, then one ``UPDATE``, in one write transaction."""
+        params = {
+            "ids": json.dumps(list(task_ids)),
+            "kinds": json.dumps(sorted(kinds)),
+            "priority": priority,
+            "run_at": encode_time(run_at),
+            "now": encode_time(now),
+        }
+        runnable = (
+            f"id IN (SELECT value FROM json_each(:ids)) AND {_ACCEPTS_MARK_QUEUED} AND EXISTS (SELECT 1"
+            " FROM ai_agents a WHERE a.id = ai_agent_tasks.agent_id AND a.is_active"
+            " AND a.kind IN (SELECT value FROM json_each(:kinds)))"
+        )
+        with self._transaction() as conn:
+            row = conn.execute(f"SELECT count(*) FROM ai_agent_tasks WHERE {runnable}", params).fetchone()
+            if row is None or row[0] != len(task_ids):
+                return None
+            updated = conn.execute(
+                "UPDATE ai_agent_tasks SET status = 'queued', priority = COALESCE(:priority, priority),"
+                " run_at = :run_at, queued_at = :now, archived_at = NULL, updated_at = :now"
+                f" WHERE {runnable} RETURNING *",
+                params,
+            ).fetchall()
+            kinds_of = dict(
+                conn.execute(
+                    "SELECT id, kind FROM ai_agents WHERE id IN"
+                    " (SELECT agent_id FROM ai_agent_tasks WHERE id IN (SELECT value FROM json_each(:ids)))",
+                    params,
+                ).fetchall()
+            )
+        tasks = in_order(_tasks(updated), task_ids)
+        return [QueuedTask(task, kinds_of[task.agent_id]) for task in tasks]
 
     def mark_queued_many(
         self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime

@@ -4,7 +4,7 @@ agentq migrate              create or upgrade the schema (safe to run twice)
 agentq schema               print the Postgres migration SQL
 agentq stats                queue statistics (JSON)
 agentq job ID               one job, with its runs
-agentq retry ID             retry a failed job
+agentq retry ID [--resume]  retry a failed job (``--resume``: after its completed steps)
 agentq dead-letters         list failed jobs (``--retry-all`` retries them all)
 agentq remove ID            cancel a job (a running one is interrupted within a second; a schedule ends)
 agentq approvals            tool calls waiting for a person's decision, the longest waiting first
@@ -91,7 +91,7 @@ def _job(args: argparse.Namespace) -> int:
 def _retry(args: argparse.Namespace) -> int:
     from actors import agent_task_queue
 
-    _print({"id": args.id, "status": agent_task_queue.retry_job(args.id).status})
+    _print({"id": args.id, "status": agent_task_queue.retry_job(args.id, resume=args.resume).status})
     return 0
 
 
@@ -283,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("id", help="job id (= task id)")
         sub.set_defaults(handler=handler)
+        if name == "retry":
+            sub.add_argument(
+                "--resume", action="store_true", help="go on after the failed firing's completed steps"
+            )
     schedule = commands.add_parser("schedule", help="put a scheduled task on a cron schedule")
     schedule.add_argument("id", help="task id (a task created with task_type='scheduled')")
     schedule.add_argument("cron", help="5-field cron expression, e.g. '0 9 * * 1'")

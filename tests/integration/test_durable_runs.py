@@ -38,6 +38,11 @@ def status(app: Harness, task_id: str) -> TaskStatus:
     return task.status
 
 
+def metric(name: str, **labels: str) -> float:
+    """A sample of this process's Prometheus registry (0 before its first increment)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
 def steps_of(store: TaskStore, task_id: str) -> list[tuple[int, StepKind, StepStatus]]:
     return [(step.seq, step.kind, step.status) for step in store.get_steps(task_id)]
 
@@ -88,7 +93,10 @@ def test_a_retry_after_a_server_error_goes_on_after_the_completed_steps(
         openai_text("Invoice sent."),
     )
     task_id = billing_task(app)
-    resumed = REGISTRY.get_sample_value("agentq_runs_resumed_total", {"queue": "general"}) or 0.0
+    resumed = metric("agentq_runs_resumed_total", queue="general")
+    replayed = {
+        kind: metric("agentq_steps_replayed_total", queue="general", kind=kind) for kind in ("llm", "tool")
+    }
     app.queue.add_task(task_id)
 
     run_to_end(app, task_id)
@@ -108,7 +116,10 @@ def test_a_retry_after_a_server_error_goes_on_after_the_completed_steps(
     # each model call counted once: the first by the failed run, the last by the resumed one
     assert (failed.input_tokens, completed.input_tokens, job.task.input_tokens) == (10, 10, 20)
     assert [entry.get("replayed", False) for entry in completed.transcript or []] == [True, True, False]
-    assert REGISTRY.get_sample_value("agentq_runs_resumed_total", {"queue": "general"}) == resumed + 1
+    assert metric("agentq_runs_resumed_total", queue="general") == resumed + 1
+    assert {kind: metric("agentq_steps_replayed_total", queue="general", kind=kind) for kind in replayed} == {
+        kind: count + 1 for kind, count in replayed.items()
+    }
 
 
 @pytest.mark.integration

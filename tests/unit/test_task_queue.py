@@ -10,6 +10,7 @@ from typing import Any
 import dramatiq
 import pytest
 
+from actors.cli.commands import build_parser
 from actors.errors import (
     AgentInactive,
     AgentOrganizationMismatch,
@@ -482,6 +483,16 @@ def test_retry_job_refuses_a_task_that_has_not_failed(app: Harness) -> None:
         app.queue.retry_job(new_id())
 
 
+def test_retry_job_takes_resume_as_a_bool_only(app: Harness) -> None:
+    task_id = app.task()
+    with pytest.raises(InvalidArgument, match="resume 'yes' must be True or False"):
+        app.queue.retry_job(task_id, resume="yes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidTransition, match="only failed jobs can be retried"):
+        app.queue.retry_job(task_id, resume=True)
+    assert build_parser().parse_args(["retry", task_id, "--resume"]).resume is True
+    assert build_parser().parse_args(["retry", task_id]).resume is False
+
+
 def test_a_non_retryable_error_fails_at_once(app: Harness) -> None:
     agent_id = app.agent()
     task_id = app.task(agent_id)
@@ -568,3 +579,27 @@ def test_cleanup_jobs_applies_the_configured_retention(app: Harness) -> None:
     assert app.queue.get_queue_stats().completed == 1
     assert sum(app.queue.get_job(task_id) is None for task_id in ids) == 2
     assert all(app.store.get_task(task_id) is not None for task_id in ids)
+
+
+def test_a_failed_attempts_transcript_is_stored_redacted() -> None:
+    from config.redaction import register_secrets
+
+    secret = "sk-test-transcript-secret-0123456789"
+    register_secrets(secret)
+    store = InMemoryTaskStore()
+    with stub_harness(store, max_attempts=1) as app:
+        agent_id = app.agent(allowed_tools=("calculate",))
+        script = [
+            {"tool": "calculate", "arguments": {"expression": "1+1", "note": f"key {secret}"}},
+            {"fail": "the model gave up", "retryable": False},
+        ]
+        task_id = app.task(agent_id, context={"script": script})
+        app.queue.add_task(task_id)
+        with app.worker() as worker:
+            app.drain(worker)
+
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.FAILED
+    [run] = store.get_runs(task_id)
+    assert run.transcript, "the failed attempt's transcript was not stored"
+    assert "[Filtered]" in str(run.transcript) and secret not in str(run.transcript)
