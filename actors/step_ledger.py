@@ -62,7 +62,7 @@ class StoreLedger:
         self._clock = clock
         #: The run that last wrote each step, as read or written: a step left unfinished by another run is
         #: taken over only from that run (a third run's write in between makes the takeover fail).
-        self._writers: dict[int, str] = {}
+        self._writers = {step.seq: step.run_id for step in claim.steps}
 
     def __repr__(self) -> str:
         return f"StoreLedger(task={self.task_id!r}, run={self.run_id!r}, firing={self.firing})"
@@ -70,7 +70,6 @@ class StoreLedger:
     def steps(self) -> Sequence[Step]:
         """The steps earlier attempts recorded, as the claim read them (no step can change since: only the
         run holding the task writes them)."""
-        self._writers = {step.seq: step.run_id for step in self._recorded}
         return self._recorded
 
     def start(self, seq: int, kind: str, name: str, input: Mapping[str, Any]) -> None:

@@ -340,7 +340,8 @@ def figures(cases: list[Case]) -> list[Figure]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """The options of ``argv`` (also for the combined runner)."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.resume", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", type=int, default=100)
     parser.add_argument("--latency", type=float, default=0.4, help="seconds before each model answer")
@@ -350,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.tasks < 1 or args.repeats < 1 or args.latency <= 0:
         parser.error("--tasks and --repeats must be at least 1, --latency positive")
+    return args
+
+
+def run(args: argparse.Namespace) -> tuple[list[Case], str]:
+    """Every case (ledger on and off, interleaved per repeat) and the markdown report of them."""
     wall = time.monotonic()
     log_dir = Path(tempfile.mkdtemp(prefix="agentq-resume-"))
     cases: list[Case] = []
@@ -359,16 +365,10 @@ def main(argv: list[str] | None = None) -> int:
 
         store = PostgresTaskStore(database_url, max_size=2)
         store.migrate()
-        store.create_agent(
-            NewAgent(
-                organization_id=ORG,
-                name="bench",
-                provider="openai",
-                model=MODEL,
-                allowed_tools=("calculate",),
-            ),
-            now=utcnow(),
+        agent = NewAgent(
+            organization_id=ORG, name="bench", provider="openai", model=MODEL, allowed_tools=("calculate",)
         )
+        store.create_agent(agent, now=utcnow())
         store.close()
         for repeat in range(1, args.repeats + 1):
             for ledger in (True, False):
@@ -380,11 +380,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 cases.append(case)
     redis.Redis.from_url(args.redis_url).flushdb()
-    report = render(cases, args, time.monotonic() - wall)
+    shutil.rmtree(log_dir, ignore_errors=True)  # kept only when a case fails
+    return cases, render(cases, args, time.monotonic() - wall)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    _, report = run(args)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(report)
     print(report)
-    shutil.rmtree(log_dir, ignore_errors=True)  # kept only when a case fails
     print(f"written to {args.output}", file=sys.stderr)
     return 0
 

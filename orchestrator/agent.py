@@ -467,10 +467,9 @@ class _Run:
         if replay.done:
             self.ledger.resumed(steps[: replay.next_seq])
             logger.info(
-                "agent %s task %s: resuming at step %s; %s completed step(s) not repeated",
+                "agent %s task %s: resuming after %s completed step(s), which are not repeated",
                 self.agent.name,
                 self.task.id,
-                replay.next_seq,
                 replay.next_seq,
             )
         return replay

@@ -106,7 +106,7 @@ def rebuild(steps: Sequence[RecordedStep]) -> Replay:
         if step.seq != index:
             raise LedgerMismatch(step.seq, f"expected step {index} here (steps are numbered 0, 1, 2, …)")
         if step.status not in (STARTED, COMPLETED, FAILED):
-            raise LedgerMismatch(index, f"unknown status {step.status!r}")
+            raise LedgerMismatch(index, f"unknown status '{step.status}'")
         if step.status != COMPLETED and index != last:
             raise LedgerMismatch(index, f"it is {step.status} but later steps exist")
         if replay.pending:
@@ -120,7 +120,7 @@ def rebuild(steps: Sequence[RecordedStep]) -> Replay:
 
 def _model_step(replay: Replay, step: RecordedStep) -> None:
     if step.kind != LLM:
-        raise LedgerMismatch(step.seq, f"a {step.kind!r} step where a model call belongs")
+        raise LedgerMismatch(step.seq, f"a '{step.kind}' step where a model call belongs")
     if step.status != COMPLETED:
         return  # requested again
     output = _mapping(step.seq, step.output, "output")
@@ -145,7 +145,7 @@ def _model_step(replay: Replay, step: RecordedStep) -> None:
 def _tool_step(replay: Replay, step: RecordedStep) -> None:
     call = replay.pending[0]
     if step.kind != TOOL:
-        raise LedgerMismatch(step.seq, f"a {step.kind!r} step where tool call {call.name!r} belongs")
+        raise LedgerMismatch(step.seq, f"a '{step.kind}' step where tool call {call.name!r} belongs")
     if step.name != call.name:
         raise LedgerMismatch(step.seq, f"tool {step.name!r} where the model called {call.name!r}")
     call_id = _mapping(step.seq, step.input, "input").get("call_id")

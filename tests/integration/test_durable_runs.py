@@ -220,16 +220,21 @@ def killed_inside_tool(store: TaskStore, task_id: str, tool: str, arguments: dic
     assert stalled.requeued
 
 
-def resume(tool: str, tmp_path: Path, **settings: Any) -> tuple[Harness, str, Path]:
-    """Run the task of a worker that died inside ``tool`` on a fresh worker; returns the app, task, file."""
+def resume(
+    tool: str, tmp_path: Path, edit: dict[str, Any] | None = None, **settings: Any
+) -> tuple[Harness, str, Path]:
+    """Run the task of a worker that died inside ``tool`` on a fresh worker (its tool step's row first
+    overwritten with ``edit``, as someone editing the database would); returns the app, task, file."""
     invoices = tmp_path / "invoices.txt"
     arguments = {"path": str(invoices), "text": "invoice"}
-    with stub_harness(InMemoryTaskStore(), tools=TOOLS, **settings) as app:
+    store = InMemoryTaskStore()
+    with stub_harness(store, tools=TOOLS, **settings) as app:
         agent = app.agent(allowed_tools=(tool,))
-        task_id = app.task(
-            agent, context={"script": [{"tool": tool, "arguments": arguments}, {"answer": "ok"}]}
-        )
-        killed_inside_tool(app.store, task_id, tool, arguments)
+        script = [{"tool": tool, "arguments": arguments}, {"answer": "ok"}]
+        task_id = app.task(agent, context={"script": script})
+        killed_inside_tool(store, task_id, tool, arguments)
+        if edit:
+            store.update_row("ai_agent_task_steps", store.get_steps(task_id)[1].id, **edit)
         send_queued(app.broker, "general", task_id)
         with app.worker() as worker:
             app.drain(worker)
@@ -284,3 +289,27 @@ def test_without_the_ledger_nothing_is_recorded_and_a_retry_starts_over(tmp_path
         assert status(app, task_id) == TaskStatus.COMPLETED
         assert app.store.get_steps(task_id) == []
         assert lines(invoices) == [f"invoice {task_id}:0:1"]  # the key is still the task's firing and step
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (
+            {"name": "refund"},
+            "step 1 of the step ledger does not match this run: tool 'refund' where the model",
+        ),
+        ({"kind": "llm"}, "step 1 of the step ledger does not match this run: a 'llm' step where tool call"),
+        ({"seq": 7}, "step 7 of the step ledger does not match this run: expected step 1 here"),
+    ],
+    ids=["tool-name", "kind", "seq"],
+)
+def test_an_edited_ledger_fails_the_run_before_any_call(
+    edit: dict[str, Any], problem: str, tmp_path: Path
+) -> None:
+    app, task_id, invoices = resume("append_line_idempotent", tmp_path, edit=edit)
+
+    job = app.queue.get_job(task_id)
+    assert job is not None and job.status == TaskStatus.FAILED and job.attempts_made == 1
+    assert job.failed_reason is not None and problem in job.failed_reason
+    assert lines(invoices) == []
+    assert job.runs[-1].input_tokens == 0  # no model call was made
