@@ -73,6 +73,16 @@ def tracing(quick: bool) -> list[Figure]:
     return bench.figures(bench.run(300 if quick else 1_000, 1 if quick else 3, sample_ratio=0.1))
 
 
+def events(quick: bool) -> list[Figure]:
+    from benchmarks import events as bench
+
+    tasks, repeats = (300, 1) if quick else (1_000, 3)
+    cells = bench.run(tasks, repeats)
+    parts = bench.breakdown(1_000)
+    bench.OUTPUT.write_text(bench.render(cells, tasks, repeats, parts), encoding="utf-8")
+    return bench.figures(cells)
+
+
 def resume(quick: bool) -> list[Figure]:
     from benchmarks import resume as bench
 
@@ -90,6 +100,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "enqueue": enqueue,
     "schedules": schedules,
     "tracing": tracing,
+    "events": events,
     "resume": resume,
 }
 

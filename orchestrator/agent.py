@@ -627,6 +627,9 @@ class _Run:
             context=self.task.context,
             base_url=self.base_url,
             timeout_s=self.time_left(),
+            on_delta=(lambda text: call_hook(self.hooks.on_llm_delta, text, provider=self.provider_name))
+            if agent.stream
+            else None,
         )
         call_hook(self.hooks.on_llm_start, request, provider=self.provider_name)
         try:
