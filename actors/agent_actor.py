@@ -96,9 +96,10 @@ class AgentJob:
 
         Called before every model and tool call. The database is asked at most every
         :data:`CANCEL_CHECK_S` (and not right after the claim), so a fast loop does not add a
-        round trip per step; a cancellation is seen within that long of the next step.
+        round trip per step; a cancellation is seen within that long of the next step. In between,
+        the attempt's cancel signal (set by ``CancelWatch`` or a lost lease) stops an in-flight call.
         """
-        if self.state.lost:
+        if self.state.lost or self.state.cancel.is_set():
             return True
         now = time.monotonic()
         if now - self.state.cancel_checked_at < CANCEL_CHECK_S:
@@ -139,6 +140,7 @@ class AgentJob:
             fallback_provider=agent.fallback_provider,
             fallback_model=agent.fallback_model,
             stream=agent.stream,
+            approval_tools=agent.approval_tools,
         )
         task = TaskInput(
             id=self.task.id,
@@ -147,7 +149,9 @@ class AgentJob:
             context=self.task.context,
         )
         ledger = attempt_ledger(self.store, self.claim, enabled=self.step_ledger, lost=self.lose)
-        outcome = self.orchestrator.run(spec, task, should_stop=self.should_stop, ledger=ledger)
+        outcome = self.orchestrator.run(
+            spec, task, should_stop=self.should_stop, ledger=ledger, cancel=self.state.cancel
+        )
         return AttemptResult(
             result={"output": outcome.output, "turns": outcome.turns, "model": outcome.model},
             usage=stored_usage(outcome.usage, outcome.cost_usd),

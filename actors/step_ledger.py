@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from middleware.metrics import RUNS_RESUMED, STEPS_REPLAYED
 from orchestrator.ledger import LLM, NoLedger, RecordedStep, StepNotRecorded
 from taskstore import Claim, Step, StepKind, StepRecord, StepStatus, StoreUnavailable, TaskStore, utcnow
+from taskstore.rules import approval_time
 
 __all__ = ["StoreLedger", "attempt_ledger"]
 
@@ -157,6 +158,27 @@ class StoreLedger:
             ),
         )
         self._check(seq, written, status)
+
+    def await_approval(self, seq: int, name: str, input: Mapping[str, Any]) -> None:
+        """Record tool step ``seq`` as awaiting a person's approval (``ApprovalLedger``); the request's time
+        is the step's ``approval["requested_at"]``."""
+        now = self._clock()
+        written = self._write(
+            seq,
+            lambda: self.store.await_step(
+                self.task_id,
+                self.run_id,
+                firing=self.firing,
+                seq=seq,
+                name=name,
+                input=dict(input),
+                approval={"requested_at": approval_time(now)},
+                replaces=self._writers.get(seq),
+                now=now,
+            ),
+        )
+        self._check(seq, written, "awaiting approval")
+        self._writers[seq] = self.run_id
 
     def resumed(self, replayed: Sequence[RecordedStep]) -> None:
         """Count the resumed run and the steps it does not repeat (``agentq_runs_resumed_total``,

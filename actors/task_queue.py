@@ -17,8 +17,17 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import dramatiq
+import redis
 
 from actors.agent_actor import AgentActor, pending_again_on_failure
+from actors.approvals import (
+    PendingApproval,
+    check_decision,
+    decision_record,
+    from_request,
+    pending_approval,
+    rejection_output,
+)
 from actors.arguments import MAX_DELAY_MS as MAX_DELAY_MS
 from actors.arguments import (
     check_agent,
@@ -43,14 +52,16 @@ from actors.errors import (
     AgentInactive,
     InvalidArgument,
     InvalidContext,
+    NotAwaitingApproval,
     ScheduleNotChanged,
     UnknownAgentKind,
 )
 from actors.events import Event, EventReader
 from actors.schedules.cron import parse_schedule
 from config.errors import AgentQueueError, ConfigError, short_repr
+from middleware.cancel_watch import signal_cancel
 from middleware.events import NO_EVENTS, EventSink, EventType
-from middleware.lifecycle_events import queued_event
+from middleware.lifecycle_events import decision_event, queued_event
 from middleware.pause import PausableBroker
 from middleware.task_lifecycle import queued_options
 from taskstore import (
@@ -88,6 +99,8 @@ class QueueStats:
     delayed: int
     #: Jobs that would be waiting but the queue is paused (``waiting`` is 0 while paused).
     paused: int = 0
+    #: Jobs waiting for a person to approve or reject a tool call (no worker held).
+    awaiting_approval: int = 0
 
 
 @dataclass(frozen=True)
@@ -105,9 +118,11 @@ class Job:
     result: dict[str, Any] | None
     task: Task
     runs: tuple[Run, ...]
+    #: The tool call the job waits for a person to approve (status ``awaiting_approval``), else None.
+    pending_approval: PendingApproval | None = None
 
     @classmethod
-    def from_task(cls, task: Task, runs: list[Run]) -> Job:
+    def from_task(cls, task: Task, runs: list[Run], pending: PendingApproval | None = None) -> Job:
         return cls(
             id=task.id,
             status=task.status,
@@ -119,6 +134,7 @@ class Job:
             result=task.result,
             task=task,
             runs=tuple(runs),
+            pending_approval=pending,
         )
 
 
@@ -428,12 +444,85 @@ class AgentTaskQueue:
         task = self.store.get_task(task_id)
         if task is None or task.archived_at is not None:
             return None
-        return Job.from_task(task, self.store.get_runs(task_id))
+        return Job.from_task(task, self.store.get_runs(task_id), self._pending(task))
+
+    def _pending(self, task: Task) -> PendingApproval | None:
+        """What ``task`` waits for, when it awaits approval (one more read, only then)."""
+        if task.status != TaskStatus.AWAITING_APPROVAL:
+            return None
+        steps = self.store.get_steps(task.id)
+        return pending_approval(task, next((s for s in steps if s.status == "awaiting_approval"), None))
+
+    # --- approvals ------------------------------------------------------------
+
+    def approve(self, task_id: str, note: str | None = None, decided_by: str | None = None) -> Job:
+        """Approve the tool call a task waits for: the task is queued again and its run resumes, runs the
+        tool once and goes on. The decision (``decided_by``, when, ``note``) is recorded on the step.
+
+        A compare-and-set: of two decisions at once one wins, the other raises :class:`NotAwaitingApproval`.
+
+        Raises:
+            InvalidTaskId, TaskNotFound, InvalidArgument: Bad arguments (``note`` at most 2,000 characters,
+                ``decided_by`` 200).
+            NotAwaitingApproval: The task waits for no decision.
+            AgentNotFound, AgentInactive, UnknownAgentKind: Nothing could run it; nothing changed.
+            BrokerUnavailable: Redis did not take the message; the task stays queued (the reconciler
+                sends it again).
+        """
+        by, text = check_decision(decided_by=decided_by, note=note)
+        return self._decide(task_id, approved=True, decided_by=by, text=text)
+
+    def reject(self, task_id: str, reason: str, decided_by: str | None = None) -> Job:
+        """Reject the tool call a task waits for: the tool never runs; the task is queued again and its run
+        resumes with ``rejected by a person: <reason>`` as the tool's result, and the model goes on. The
+        decision is recorded on the step. A compare-and-set, as :meth:`approve`.
+
+        Raises:
+            As :meth:`approve`; ``reason`` must be a non-empty string of at most 2,000 characters.
+        """
+        by, text = check_decision(decided_by=decided_by, reason=reason, rejecting=True)
+        return self._decide(task_id, approved=False, decided_by=by, text=text)
+
+    def list_approvals(self, limit: int = 100, offset: int = 0) -> list[PendingApproval]:
+        """The tool calls waiting for a decision, the longest waiting first."""
+        check_page(limit, offset)
+        pending = (from_request(request) for request in self.store.list_approvals(limit=limit, offset=offset))
+        return [item for item in pending if item is not None]
+
+    def _decide(self, task_id: str, *, approved: bool, decided_by: str | None, text: str | None) -> Job:
+        task_id = normalize_id(task_id)
+        task = self._task(task_id)
+        if task.status != TaskStatus.AWAITING_APPROVAL:
+            raise NotAwaitingApproval(task_id, task.status.value)
+        actor = self._actor_for(task)  # nothing can run it: say so before deciding anything
+        now = self.clock()
+        decided = self.store.decide_approval(
+            task_id,
+            decision=decision_record(approved, decided_by, text, now),
+            output=None if approved or text is None else rejection_output(text),
+            now=now,
+        )
+        if decided is None:  # another decision was taken meanwhile
+            raise NotAwaitingApproval(task_id, self._task(task_id).status.value)
+        verdict = "approved" if approved else "rejected"
+        logger.info(
+            "[AgentTaskQueue] Job %s %s by %s; queued to resume", task_id, verdict, decided_by or "someone"
+        )
+        message = actor.message_with_options(
+            args=(task_id,), **queued_options(decided.priority, decided.organization_id)
+        )
+        self.event_sink.publish(task_id, *decision_event(approved, decided_by, text))
+        self.event_sink.publish(task_id, EventType.QUEUED, queued_event(decided, 0, verdict))
+        self.event_sink.flush()  # the decision and queued before the resumed attempt's running
+        with pending_again_on_failure(self.store, [task_id], queued_at=None, clock=self.clock):
+            self.broker.enqueue(message)
+        return Job.from_task(decided, self.store.get_runs(task_id))
 
     def remove_job(self, job_id: str) -> None:
-        """Cancel a job: a waiting or delayed one at once; a running one stops before its next model or
-        tool call. Either way it ends ``cancelled``. A scheduled job's schedule is removed, so it never
-        fires again. A finished or cancelled job is otherwise left as is.
+        """Cancel a job: a waiting, delayed or approval-awaiting one at once; a running one within about a
+        second, wherever it runs, also in the middle of a model call or a tool call (the interrupted step
+        is recorded failed "cancelled"). Either way it ends ``cancelled``. A scheduled job's schedule is
+        removed, so it never fires again. A finished or cancelled job is otherwise left as is.
 
         Raises:
             TaskNotFound: No such job.
@@ -446,8 +535,19 @@ class AgentTaskQueue:
             logger.info("[AgentTaskQueue] Job %s removed", task_id)
             self.event_sink.publish(task_id, EventType.CANCELLED, {"by": "remove_job"})
             return
-        if self.store.request_cancel(task_id, now=now) is not None:
-            logger.info("[AgentTaskQueue] Job %s asked to stop; it ends cancelled at its next step", task_id)
+        running = self.store.request_cancel(task_id, now=now)
+        if running is not None:
+            try:
+                if running.current_run_id is not None:
+                    signal_cancel(self.broker, task_id, running.current_run_id)
+            except redis.RedisError as exc:
+                logger.warning(
+                    "[AgentTaskQueue] Job %s: Redis did not take the cancel request (%s); the run stops"
+                    " at its next step",
+                    task_id,
+                    exc,
+                )
+            logger.info("[AgentTaskQueue] Job %s asked to stop; it ends cancelled", task_id)
             return
         self._task(task_id)  # raises TaskNotFound for an unknown id
 
@@ -487,6 +587,7 @@ class AgentTaskQueue:
                 failed=counts.failed,
                 delayed=counts.delayed,
                 paused=counts.waiting,
+                awaiting_approval=counts.awaiting_approval,
             )
         return QueueStats(
             waiting=counts.waiting,
@@ -494,6 +595,7 @@ class AgentTaskQueue:
             completed=counts.completed,
             failed=counts.failed,
             delayed=counts.delayed,
+            awaiting_approval=counts.awaiting_approval,
         )
 
     def cleanup_jobs(self) -> CleanupResult:

@@ -73,15 +73,6 @@ def tracing(quick: bool) -> list[Figure]:
     return bench.figures(bench.run(300 if quick else 1_000, 1 if quick else 3, sample_ratio=0.1))
 
 
-def resume(quick: bool) -> list[Figure]:
-    from benchmarks import resume as bench
-
-    args = bench.parse(["--tasks", "30"] if quick else [])
-    cases, report = bench.run(args)
-    args.output.write_text(report, encoding="utf-8")
-    return bench.figures(cases)
-
-
 def events(quick: bool) -> list[Figure]:
     from benchmarks import events as bench
 
@@ -90,6 +81,15 @@ def events(quick: bool) -> list[Figure]:
     parts = bench.breakdown(1_000)
     bench.OUTPUT.write_text(bench.render(cells, tasks, repeats, parts), encoding="utf-8")
     return bench.figures(cells)
+
+
+def resume(quick: bool) -> list[Figure]:
+    from benchmarks import resume as bench
+
+    args = bench.parse(["--tasks", "30"] if quick else [])
+    cases, report = bench.run(args)
+    args.output.write_text(report, encoding="utf-8")
+    return bench.figures(cases)
 
 
 def dashboard(quick: bool) -> list[Figure]:

@@ -159,6 +159,11 @@ class Settings(BaseSettings):
     #: is not declared idempotent (it may then run twice); off, the task fails instead.
     repeat_unfinished_tools: bool = Field(default=False, validation_alias="AGENTQ_REPEAT_UNFINISHED_TOOLS")
 
+    # --- Approvals ---
+    #: Longest a task waits in ``awaiting_approval`` for a person's decision, in seconds (default 7 days);
+    #: a longer wait fails the task with "approval timed out".
+    approval_timeout_s: PositiveInt = Field(default=604_800, validation_alias="AGENTQ_APPROVAL_TIMEOUT_S")
+
     # --- Spending caps (USD per calendar month, UTC) ---
     monthly_budget_usd: Decimal | None = Field(default=None, validation_alias="AGENTQ_MONTHLY_BUDGET_USD")
     #: Per-organization caps overriding the default, JSON: {"<organization uuid>": 250}.

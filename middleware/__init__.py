@@ -22,8 +22,9 @@ name                     middleware
 ``periodiq``             ``periodiq.PeriodiqMiddleware`` — skips minute ticks older than 30 s
 (user middleware)        ``AGENTQ_MIDDLEWARE``: dotted paths, in the order given
 ``stalled_jobs``         :class:`middleware.stalled_jobs.StalledJobs` — leases, stalled recovery
+``cancel_watch``         :class:`middleware.cancel_watch.CancelWatch` — cancel requests, within moments
 ``shutdown_deadline``    :class:`middleware.shutdown_deadline.ShutdownDeadline`
-``reconciler``           :class:`middleware.reconciler.Reconciler` — lost messages, forgotten tasks
+``reconciler``           :class:`middleware.reconciler.Reconciler` — lost messages, stale approvals
 ``pause``                :class:`middleware.pause.Pause` — holds prefetched messages while paused
 ``rate_limit``           :class:`middleware.start_limit.StartRateLimit` — task starts per window
 (always)                 :class:`middleware.task_lifecycle.TaskLifecycle` — always last
@@ -59,6 +60,7 @@ from config.imports import import_object
 from config.settings import Settings
 from config.trace_export import configure_tracing, shutdown_tracing
 from middleware.attempts import AttemptRegistry
+from middleware.cancel_watch import CancelWatch
 from middleware.events import NO_EVENTS, EventSink
 from middleware.json_logs import JsonLogs
 from middleware.metrics import Metrics
@@ -89,7 +91,7 @@ DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
     "periodiq": lambda settings: PeriodiqMiddleware(skip_delay=30),
 }
 #: Our middleware after the user's, switchable by name, in stack order.
-RELIABILITY = ("stalled_jobs", "shutdown_deadline", "reconciler", "pause", "rate_limit")
+RELIABILITY = ("stalled_jobs", "cancel_watch", "shutdown_deadline", "reconciler", "pause", "rate_limit")
 #: Our observability middleware, after ``StoreLifecycle`` (sentry with a DSN, metrics with a port).
 OBSERVABILITY = ("tracing", "sentry", "metrics", "presence")
 #: Every name ``AGENTQ_DISABLE_MIDDLEWARE`` accepts.
@@ -126,11 +128,13 @@ def build_middleware(
             clock=clock,
             events=events,
         ),
+        "cancel_watch": CancelWatch(attempts),
         "shutdown_deadline": ShutdownDeadline(attempts, timeout_ms=settings.shutdown_timeout_ms),
         "reconciler": Reconciler(
             store,
             interval_ms=settings.reconcile_interval_ms,
             pending_grace_ms=settings.pending_grace_ms,
+            approval_timeout_s=settings.approval_timeout_s,
             clock=clock,
             events=events,
         ),
@@ -192,6 +196,7 @@ __all__ = [
     "OPTIONAL",
     "RELIABILITY",
     "AttemptResult",
+    "CancelWatch",
     "EnqueueRejected",
     "Metrics",
     "Reconciler",

@@ -47,6 +47,12 @@ class EventType(enum.StrEnum):
     FAILED = "failed"
     #: The task was cancelled (``remove_job``).
     CANCELLED = "cancelled"
+    #: The run stopped at a tool call a person must approve; the task waits (no worker thread held).
+    APPROVAL_REQUESTED = "approval_requested"
+    #: A person approved the waiting tool call; the task is queued to resume (the tool runs once).
+    APPROVED = "approved"
+    #: A person rejected the waiting tool call; the task resumes with the rejection as the tool's result.
+    REJECTED = "rejected"
 
 
 #: Events after which a task does nothing more unless queued again (a new firing, ``retry_job``).

@@ -26,6 +26,15 @@ are hooks called for them, and the run's usage and cost count only the calls it 
 earlier attempts' runs recorded theirs). A tool step left unfinished by an earlier attempt is run
 again only when the tool is idempotent or ``repeat_unfinished_tools`` is set; otherwise the run fails
 with :class:`~orchestrator.ledger.UnfinishedToolNotRepeated`.
+
+Approvals: a call of a tool declared ``requires_approval`` or named in the agent's ``approval_tools`` is
+recorded as awaiting a person's approval and the run stops with
+:class:`~orchestrator.approvals.ApprovalRequired` (the task waits); resumed after an approval it runs the
+tool once, after a rejection the model reads the reason as the tool's result.
+
+Cancelling: with a :class:`~orchestrator.cancel.CancelSignal` the run stops within moments of the signal,
+also in the middle of a model call (abandoned) or a tool call (told through ``ToolContext.cancelled``,
+not waited for); the interrupted step is recorded failed with ``"cancelled"``.
 """
 
 from __future__ import annotations
@@ -40,6 +49,15 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from config.errors import short_repr
+from orchestrator.approvals import (
+    APPROVED,
+    ApprovalLedger,
+    ApprovalRequired,
+    ApprovalsNeedLedger,
+    decision_of,
+    never_ran,
+)
+from orchestrator.cancel import CancelSignal, call_abandonable, wait
 from orchestrator.errors import (
     AgentRunError,
     BaseUrlNotAllowed,
@@ -115,6 +133,8 @@ class AgentSpec:
         fallback_model: Model to switch to; None means the same model. No fallback when
             both are None.
         stream: Stream the model's output (``llm_delta`` events) while it is generated.
+        approval_tools: Tools whose calls wait for a person's approval before they run (besides tools
+            declared ``requires_approval``).
     """
 
     id: str
@@ -132,6 +152,7 @@ class AgentSpec:
     fallback_provider: str | None = None
     fallback_model: str | None = None
     stream: bool = False
+    approval_tools: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Reject settings that cannot run."""
@@ -297,6 +318,7 @@ class Orchestrator:
         should_stop: Callable[[], bool] | None = None,
         hooks: OrchestratorHooks | None = None,
         ledger: StepLedger = NO_LEDGER,
+        cancel: CancelSignal | None = None,
     ) -> AgentResult:
         """Run the agent on the task until it gives a final answer.
 
@@ -308,6 +330,8 @@ class Orchestrator:
             hooks: Hooks for this run; None means the orchestrator's.
             ledger: Where the run records its steps and finds those of earlier attempts at the
                 same firing (resuming after them); the default records nothing.
+            cancel: Set (from any thread) when the run must stop now: an in-flight model call is
+                abandoned, a running tool is told and not waited for (see :mod:`orchestrator.cancel`).
 
         Returns:
             The final answer, the turns of the whole firing, this run's usage and cost, and the
@@ -318,9 +342,11 @@ class Orchestrator:
                 so far. Among them: UnknownProvider, ProviderError (and subclasses; see
                 ``retryable`` and ``postpone_ms``), MaxTurnsExceeded, ToolTimeout,
                 RunTimeLimitExceeded, RunCancelled, ScriptError, and from the ledger
-                StepNotRecorded, LedgerMismatch, UnfinishedToolNotRepeated.
+                StepNotRecorded, LedgerMismatch, UnfinishedToolNotRepeated. ApprovalRequired is no
+                failure: the run waits for a person (``awaits_approval``).
         """
         run = _Run(self, agent, task, should_stop, hooks if hooks is not None else self.hooks, ledger)
+        run.cancel = cancel
         call_hook(run.hooks.on_run_start, agent, task)
         try:
             result = run.execute()
@@ -366,6 +392,12 @@ class _Run:
         self.transcript: list[dict[str, Any]] = []
         self.usage = Usage()
         self.cost: Decimal | None = Decimal(0)
+        #: Set when the run must stop now (see :mod:`orchestrator.cancel`).
+        self.cancel: CancelSignal | None = None
+        #: The model's text in the turn whose tool calls run now (shown with an approval request).
+        self.reasoning: str | None = None
+        #: Steps earlier attempts left waiting or unfinished, by ``seq``: their approval decisions.
+        self.recorded_steps: dict[int, object] = {}
 
     # -- limits ------------------------------------------------------------------------------
 
@@ -375,7 +407,9 @@ class _Run:
 
     def check(self, where: str) -> None:
         """Raise RunCancelled or RunTimeLimitExceeded when the run must not go on."""
-        if self.should_stop is not None and self.should_stop():
+        if (self.cancel is not None and self.cancel.is_set()) or (
+            self.should_stop is not None and self.should_stop()
+        ):
             raise RunCancelled(where)
         left = self.time_left()
         if left is not None and left <= 0:
@@ -410,6 +444,7 @@ class _Run:
             self.messages.append(
                 ChatMessage(role="assistant", content=response.content or "", tool_calls=response.tool_calls)
             )
+            self.reasoning = response.content
             self.run_tools(turn, response.tool_calls)
         raise MaxTurnsExceeded(self.agent.max_turns)
 
@@ -442,7 +477,7 @@ class _Run:
             return call()
         except Exception as exc:
             try:
-                self.ledger.fail(seq, describe_error(exc))
+                self.ledger.fail(seq, "cancelled" if isinstance(exc, RunCancelled) else describe_error(exc))
             except Exception as ledger_error:  # the call's own error is the one that ends the run
                 logger.warning(
                     "task %s: step %s failed and could not be recorded: %s", self.task.id, seq, ledger_error
@@ -464,6 +499,11 @@ class _Run:
                 self.transcript.append({**_tool_entry(step.turn, step.call, step.outcome), "replayed": True})
                 self.messages.append(_tool_message(step.call, step.outcome))
         self.seq = replay.next_seq
+        if replay.open_call is not None:
+            self.reasoning = replay.open_call.response.content
+        for left in (replay.awaiting, replay.unfinished):
+            if left is not None:
+                self.recorded_steps[left.seq] = left
         if replay.done:
             self.ledger.resumed(steps[: replay.next_seq])
             logger.info(
@@ -498,7 +538,7 @@ class _Run:
     def check_unfinished(self, replay: Replay) -> None:
         """Refuse to repeat a tool call an earlier attempt left unfinished, unless that is harmless."""
         step = replay.unfinished
-        if step is None:
+        if step is None or never_ran(step):
             return
         call, tools = replay.pending[0], self.orchestrator.tools
         runs = call.name in self.agent.allowed_tools and call.argument_error is None and call.name in tools
@@ -593,7 +633,7 @@ class _Run:
         )
         call_hook(self.hooks.on_llm_start, request, provider=self.provider_name)
         try:
-            response = provider.complete(request)
+            response = call_abandonable(lambda: provider.complete(request), self.cancel, "the model call")
         except BaseException as exc:
             call_hook(self.hooks.on_llm_end, request, None, exc, provider=self.provider_name)
             left = self.time_left()
@@ -615,12 +655,63 @@ class _Run:
     def tool_step(self, turn: int, call: ToolCall) -> ToolOutcome:
         """One tool call as step ``seq``: recorded started, run with its idempotency key, then completed."""
         seq = self.seq
-        context = ToolContext(self.task.id, seq, f"{self.ledger.scope or self.task.id}:{seq}")
+        cancelled = self.cancel if self.cancel is not None else threading.Event()
+        context = ToolContext(self.task.id, seq, f"{self.ledger.scope or self.task.id}:{seq}", cancelled)
+        self.gate(seq, turn, call, context.idempotency_key)
         self.ledger.start(seq, TOOL, call.name, tool_input(turn, call, context.idempotency_key))
         outcome = self.recorded(seq, lambda: self.run_tool(call, context))
         self.ledger.complete(seq, tool_output(outcome))
         self.seq = seq + 1
         return outcome
+
+    def needs_approval(self, call: ToolCall) -> bool:
+        """Whether the call waits for a person: a call that would run (allowed, known tool, valid arguments)
+        of a tool declared ``requires_approval`` or named in the agent's ``approval_tools``."""
+        agent, tools = self.agent, self.orchestrator.tools
+        if call.name not in agent.allowed_tools or call.argument_error is not None or call.name not in tools:
+            return False
+        return tools.get(call.name).requires_approval or call.name in agent.approval_tools
+
+    def gate(self, seq: int, turn: int, call: ToolCall, key: str) -> None:
+        """Let the call of step ``seq`` run if it needs no approval or was approved; otherwise record it as
+        awaiting approval and stop the run (:class:`ApprovalRequired`)."""
+        if not self.needs_approval(call):
+            return
+        recorded = self.recorded_steps.get(seq)
+        if recorded is not None and decision_of(recorded) == APPROVED:
+            approval = getattr(recorded, "approval", None) or {}
+            self.transcript.append(
+                {
+                    "type": "approval",
+                    "turn": turn,
+                    "name": call.name,
+                    "call_id": call.id,
+                    "decision": APPROVED,
+                    "decided_by": approval.get("decided_by"),
+                    "note": _clip(approval.get("note")),
+                }
+            )
+            return
+        ledger = self.ledger
+        if not isinstance(ledger, ApprovalLedger):
+            raise ApprovalsNeedLedger(call.name)
+        request = {**tool_input(turn, call, key), "reasoning": _clip(self.reasoning)}
+        ledger.await_approval(seq, call.name, request)
+        self.transcript.append(
+            {
+                "type": "approval",
+                "turn": turn,
+                "name": call.name,
+                "call_id": call.id,
+                "arguments": _clip(call.arguments),
+                "decision": None,
+            }
+        )
+        logger.info(
+            "agent %s task %s: tool %r (step %s) awaits a person's approval", self.agent.name, self.task.id,
+            call.name, seq,
+        )  # fmt: skip
+        raise ApprovalRequired(call.name, seq, call.arguments)
 
     def run_tool(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
         """Run one tool call (never one the agent may not use), bounded by ``tool_timeout_s``."""
@@ -653,21 +744,27 @@ class _Run:
         return self.execute_with_timeout(call, context)
 
     def execute_with_timeout(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
-        """Run the tool in a daemon thread; a thread that hangs is abandoned, never joined."""
+        """Run the tool in a daemon thread; a thread that hangs is abandoned, never joined. Once the run is
+        cancelled it is not waited for: the call ends :class:`RunCancelled` (also when the tool, told
+        through ``context.cancelled``, returned early)."""
         limit = self.agent.tool_timeout_s
         left = self.time_left()
         bound = limit if left is None else min(limit, left)
         results: list[ToolOutcome] = []
-        done = threading.Event()
+        done, ended = threading.Event(), threading.Event()
 
         def target() -> None:
             try:
                 results.append(self.orchestrator.tools.execute(call.name, call.arguments, context=context))
             finally:
+                ended.set()
                 done.set()
 
         threading.Thread(target=target, name=f"tool-{call.name}", daemon=True).start()
-        if not done.wait(bound):
+        wait(done, bound, self.cancel)
+        if self.cancel is not None and self.cancel.is_set():  # interrupted, or stopped early when told
+            raise RunCancelled(f"during tool call {short_repr(call.name)}")
+        if not ended.is_set():
             if left is not None and left < limit:
                 raise RunTimeLimitExceeded(self.agent.run_time_limit_s or 0)
             raise ToolTimeout(call.name, limit)

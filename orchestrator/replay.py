@@ -3,9 +3,10 @@
 :func:`rebuild` reads the steps of the current firing in ``seq`` order and checks that they form the
 run the loop would have made: a model call, then one tool step per tool call it asked for, in order
 (same tool name, same call id), then the next model call, and so on; only the last step may be
-unfinished. Whatever does not fit (a gap, a tool where a model call belongs, an edited payload, steps
-after the final answer) raises :class:`~orchestrator.ledger.LedgerMismatch`, so a corrupt
-conversation is never sent to a provider. The ledger is the source of truth: tool call ids come from
+unfinished, or a tool call awaiting a person's approval (:mod:`orchestrator.approvals`). Whatever does
+not fit (a gap, a tool where a model call belongs, an edited payload, steps after the final answer)
+raises :class:`~orchestrator.ledger.LedgerMismatch`, so a corrupt conversation is never sent to a
+provider. The ledger is the source of truth: tool call ids come from
 the recorded model call, whatever a provider would answer now.
 
 A completed model call stored clipped (a text over :data:`~orchestrator.ledger.MAX_STEP_TEXT_CHARS`)
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from orchestrator.approvals import AWAITING_APPROVAL
 from orchestrator.ledger import COMPLETED, FAILED, LLM, STARTED, TOOL, LedgerMismatch, RecordedStep
 from orchestrator.messages import ModelResponse, ToolCall, Usage
 from orchestrator.tools import ToolOutcome
@@ -69,13 +71,16 @@ class Replay:
             calls) or tool calls still to run.
         pending: The tool calls of ``open_call`` without a completed step, in order.
         unfinished: The step of ``pending[0]`` when it was started (or failed) and never completed: the
-            tool may have run.
+            tool may have run (unless it was a wait that ended: ``orchestrator.approvals.never_ran``).
+        awaiting: The step of ``pending[0]`` when it waits for (or got) a person's approval: the tool has
+            not run.
     """
 
     done: list[ReplayedCall | ReplayedTool] = field(default_factory=list)
     open_call: ReplayedCall | None = None
     pending: tuple[ToolCall, ...] = ()
     unfinished: RecordedStep | None = None
+    awaiting: RecordedStep | None = None
 
     @property
     def next_seq(self) -> int:
@@ -105,7 +110,7 @@ def rebuild(steps: Sequence[RecordedStep]) -> Replay:
     for index, step in enumerate(steps):
         if step.seq != index:
             raise LedgerMismatch(step.seq, f"expected step {index} here (steps are numbered 0, 1, 2, …)")
-        if step.status not in (STARTED, COMPLETED, FAILED):
+        if step.status not in (STARTED, COMPLETED, FAILED, AWAITING_APPROVAL):
             raise LedgerMismatch(index, f"unknown status '{step.status}'")
         if step.status != COMPLETED and index != last:
             raise LedgerMismatch(index, f"it is {step.status} but later steps exist")
@@ -121,6 +126,8 @@ def rebuild(steps: Sequence[RecordedStep]) -> Replay:
 def _model_step(replay: Replay, step: RecordedStep) -> None:
     if step.kind != LLM:
         raise LedgerMismatch(step.seq, f"a '{step.kind}' step where a model call belongs")
+    if step.status == AWAITING_APPROVAL:
+        raise LedgerMismatch(step.seq, "a model call awaiting approval (only tool calls wait for one)")
     if step.status != COMPLETED:
         return  # requested again
     output = _mapping(step.seq, step.output, "output")
@@ -152,6 +159,9 @@ def _tool_step(replay: Replay, step: RecordedStep) -> None:
     if call_id != call.id:
         raise LedgerMismatch(step.seq, f"call id {call_id!r} where the model's call is {call.id!r}")
     assert replay.open_call is not None
+    if step.status == AWAITING_APPROVAL:
+        replay.awaiting = step
+        return
     if step.status != COMPLETED:
         replay.unfinished = step
         return

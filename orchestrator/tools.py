@@ -10,15 +10,21 @@ A tool declared ``idempotent=True`` may run twice for one call without harm; a c
 died inside the tool is then run again when the task resumes, while any other tool is not repeated
 (see :mod:`orchestrator.ledger`). While it runs, a tool reads :func:`current_tool_call` for the
 call's :attr:`ToolContext.idempotency_key`, stable across attempts, to pass to the outside world
-(a payment API's idempotency key, a message id).
+(a payment API's idempotency key, a message id), and :attr:`ToolContext.cancelled`, set when the run is
+cancelled while the tool runs (``remove_job``): a long tool checks it and stops early; the run does not
+wait for it either way.
+
+A tool declared ``requires_approval=True`` never runs before a person approved the call (an agent's
+``approval_tools`` add tools to that list): see :mod:`orchestrator.approvals`.
 """
 
 from __future__ import annotations
 
 import contextvars
 import json
+import threading
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
@@ -66,11 +72,15 @@ class ToolContext:
         seq: The call's step number in the task's current firing.
         idempotency_key: ``<task id>:<firing>:<seq>``: the same for every attempt at this call, so a
             repeated call can be recognised by the outside world; different for every other call.
+        cancelled: Set when the run is cancelled while the tool runs; a long tool may check it
+            (``cancelled.is_set()``, or wait on it instead of sleeping) and return early. The run does not
+            wait for the tool once it is set.
     """
 
     task_id: str
     seq: int
     idempotency_key: str
+    cancelled: threading.Event = field(default_factory=threading.Event, compare=False, repr=False)
 
 
 _current_call: contextvars.ContextVar[ToolContext | None] = contextvars.ContextVar(
@@ -94,6 +104,7 @@ class Tool:
         fn: The function run with the validated arguments.
         idempotent: Running it twice for one call does no harm; a call cut short by a crash is run
             again on resume (any other tool is not: the task fails rather than repeat it).
+        requires_approval: Every call waits for a person's approval before it runs.
     """
 
     name: str
@@ -101,6 +112,7 @@ class Tool:
     args_model: type[BaseModel]
     fn: Callable[[Any], object]
     idempotent: bool = False
+    requires_approval: bool = False
 
     @property
     def spec(self) -> ToolSpec:
@@ -156,6 +168,7 @@ class ToolRegistry:
         fn: Callable[[ArgsT], object],
         *,
         idempotent: bool = False,
+        requires_approval: bool = False,
     ) -> Tool:
         """Register a tool.
 
@@ -166,6 +179,7 @@ class ToolRegistry:
             fn: A sync function taking the validated model; returns a str or a
                 JSON-serialisable value.
             idempotent: Whether running it twice for one call does no harm (see :class:`Tool`).
+            requires_approval: Whether every call waits for a person's approval before it runs.
 
         Returns:
             The registered tool.
@@ -175,12 +189,25 @@ class ToolRegistry:
         """
         if name in self._tools:
             raise DuplicateTool(name)
-        tool = Tool(name=name, description=description, args_model=args_model, fn=fn, idempotent=idempotent)
+        tool = Tool(
+            name=name,
+            description=description,
+            args_model=args_model,
+            fn=fn,
+            idempotent=idempotent,
+            requires_approval=requires_approval,
+        )
         self._tools[name] = tool
         return tool
 
     def tool(
-        self, *, name: str, description: str, args: type[BaseModel], idempotent: bool = False
+        self,
+        *,
+        name: str,
+        description: str,
+        args: type[BaseModel],
+        idempotent: bool = False,
+        requires_approval: bool = False,
     ) -> Callable[[FnT], FnT]:
         """Register the decorated function as a tool; the function is returned unchanged.
 
@@ -189,13 +216,16 @@ class ToolRegistry:
             description: What the tool does, for the model.
             args: A pydantic model describing and validating the arguments.
             idempotent: Whether running it twice for one call does no harm (see :class:`Tool`).
+            requires_approval: Whether every call waits for a person's approval before it runs.
 
         Returns:
             A decorator.
         """
 
         def decorator(fn: FnT) -> FnT:
-            self.register(name, description, args, fn, idempotent=idempotent)
+            self.register(
+                name, description, args, fn, idempotent=idempotent, requires_approval=requires_approval
+            )
             return fn
 
         return decorator

@@ -17,6 +17,7 @@ from taskstore.factory import build_store
 from taskstore.memory import InMemoryTaskStore
 from taskstore.models import (
     Agent,
+    ApprovalRequest,
     Claim,
     CleanupResult,
     DueSchedule,
@@ -49,6 +50,7 @@ from taskstore.models import (
 __all__ = [
     "Agent",
     "AgentNotFound",
+    "ApprovalRequest",
     "Claim",
     "CleanupResult",
     "DueSchedule",

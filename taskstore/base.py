@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from taskstore.errors import InvalidTaskId
 from taskstore.models import (
     Agent,
+    ApprovalRequest,
     Claim,
     CleanupResult,
     DueSchedule,
@@ -358,6 +359,62 @@ class TaskStore(Protocol):
 
     def get_steps(self, task_id: str) -> list[Step]:
         """The steps of the task's current firing, in ``seq`` order (``[]`` for an unknown task)."""
+        ...
+
+    def await_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        name: str,
+        input: dict[str, Any],
+        approval: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        """Record tool step ``seq`` of ``firing`` as ``awaiting_approval`` by run ``run_id`` (``approval``:
+        the request). Compare-and-set as :meth:`start_step`: ``False`` (nothing written) unless the task is
+        ``running`` under that run and firing and the step is new, or not completed and last written by
+        this run or by ``replaces``."""
+        ...
+
+    def await_approval(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        reason: str,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        """``running → awaiting_approval`` for run ``run_id``, which ends ``awaiting_approval`` (``reason``
+        its note): the attempt is not counted, the lease released, the wait starts at ``now``. ``False`` if
+        that run no longer holds the task."""
+        ...
+
+    def decide_approval(
+        self, task_id: str, *, decision: dict[str, Any], output: dict[str, Any] | None, now: datetime
+    ) -> Task | None:
+        """``awaiting_approval → queued``; the step that waits gets ``decision`` merged into its approval
+        and, for a rejection (``output`` given), ends ``completed`` with ``output``. Compare-and-set:
+        ``None`` if the task was not awaiting approval (of two decisions at once, one wins)."""
+        ...
+
+    def expire_approval(
+        self, task_id: str, *, waiting_before: datetime, error: str, now: datetime
+    ) -> Task | None:
+        """``awaiting_approval → failed`` with ``error`` for a task waiting since before ``waiting_before``
+        (or since an unknown time); the step that waited ends ``failed``. ``None`` if not so."""
+        ...
+
+    def list_approvals(
+        self, *, limit: int = 100, offset: int = 0, waiting_before: datetime | None = None
+    ) -> list[ApprovalRequest]:
+        """Tasks ``awaiting_approval`` (since before ``waiting_before``, when given), the longest waiting
+        first, each with the step that waits."""
         ...
 
     def queue_counts(self, *, now: datetime) -> QueueCounts:

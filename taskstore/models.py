@@ -24,6 +24,8 @@ class TaskStatus(enum.StrEnum):
     FAILED = "failed"
     #: Removed before it finished.
     CANCELLED = "cancelled"
+    #: Waits for a person to approve or reject a tool call; holds no worker and uses no attempt.
+    AWAITING_APPROVAL = "awaiting_approval"
 
 
 class RunStatus(enum.StrEnum):
@@ -38,6 +40,8 @@ class RunStatus(enum.StrEnum):
     POSTPONED = "postponed"
     #: The worker stopped renewing its lease (crash, kill, cut off at shutdown).
     STALLED = "stalled"
+    #: Ended at a tool call that waits for a person's approval; the attempt was not counted.
+    AWAITING_APPROVAL = "awaiting_approval"
 
 
 class StepKind(enum.StrEnum):
@@ -55,6 +59,8 @@ class StepStatus(enum.StrEnum):
     STARTED = "started"
     COMPLETED = "completed"
     FAILED = "failed"
+    #: A tool call waiting for a person's decision (``Step.approval``); it has not run.
+    AWAITING_APPROVAL = "awaiting_approval"
 
 
 TASK_TYPES = ("adhoc", "scheduled")
@@ -85,6 +91,8 @@ class Agent:
     fallback_model: str | None = None
     #: Stream the model's output as ``llm_delta`` events while it is generated.
     stream: bool = False
+    #: Tools whose calls wait for a person's approval before they run.
+    approval_tools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +137,8 @@ class Task:
     updated_at: datetime
     #: The current firing (see :class:`Step`): + 1 when a schedule fires or ``retry_job`` starts afresh.
     firing: int = 0
+    #: When the task started waiting in ``awaiting_approval`` (None in every other status).
+    approval_requested_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +189,21 @@ class Step:
     started_at: datetime
     finished_at: datetime | None
     error: str | None
+    #: A tool step's approval, for a tool that needed one: ``requested_at``, then the ``decision``
+    #: (``approved``, ``rejected``, ``timed_out``, ``cancelled``) with ``decided_by``, ``decided_at`` and
+    #: ``note``; None for every other step.
+    approval: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """A task waiting in ``awaiting_approval``, with the step (the tool call) it waits for.
+
+    ``step`` is None only for a row left inconsistent by hand (no step waits); the wait still times out.
+    """
+
+    task: Task
+    step: Step | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +323,7 @@ class NewAgent:
     fallback_provider: str | None = None
     fallback_model: str | None = None
     stream: bool = False
+    approval_tools: tuple[str, ...] = ()
     id: str | None = None
 
 
@@ -337,6 +363,8 @@ class QueueCounts:
     completed: int = 0
     failed: int = 0
     delayed: int = 0
+    #: Tasks waiting for a person's approval of a tool call.
+    awaiting_approval: int = 0
 
 
 @dataclass(frozen=True, slots=True)

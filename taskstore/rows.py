@@ -24,6 +24,7 @@ def agent_from_row(row: Mapping[str, Any], prefix: str = "") -> Agent:
     values["allowed_tools"] = tuple(values["allowed_tools"] or ())
     values["is_active"] = bool(values["is_active"])
     values["stream"] = bool(values["stream"])
+    values["approval_tools"] = tuple(values["approval_tools"] or ())
     return Agent(**values)
 
 

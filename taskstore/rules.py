@@ -42,7 +42,7 @@ def unrunnable_statuses(idle_too: bool) -> tuple[str, ...]:
 
 
 #: Statuses in which a schedule's firing only advances ``next_run_at`` (the previous firing still runs).
-FIRING_BUSY_STATUSES = ("queued", "running")
+FIRING_BUSY_STATUSES = ("queued", "running", "awaiting_approval")
 
 #: The statuses each compare-and-set transition accepts (the task's status before it).
 #: ``finish`` is every transition of a running attempt: complete, fail_attempt, postpone,
@@ -53,8 +53,9 @@ TRANSITION_SOURCES: dict[str, tuple[str, ...]] = {
     "claim": ("queued",),
     "finish": ("running",),
     "request_cancel": ("running",),
-    "cancel": ("pending", "queued"),
+    "cancel": ("pending", "queued", "awaiting_approval"),
     "requeue_failed": ("failed",),
+    "decide_approval": ("awaiting_approval",),
 }
 
 
@@ -62,6 +63,17 @@ def accepts_sql(transition: str, column: str = "status") -> str:
     """``column IN (…)``: the condition that ``transition`` accepts the task's status."""
     statuses = ", ".join(f"'{status}'" for status in TRANSITION_SOURCES[transition])
     return f"{column} IN ({statuses})"
+
+
+#: The error of a task whose wait for an approval outlived ``AGENTQ_APPROVAL_TIMEOUT_S``.
+APPROVAL_TIMED_OUT = "approval timed out"
+#: How times are written inside approval records (ISO-8601, UTC, microseconds), the same on every store.
+APPROVAL_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+
+
+def approval_time(when: datetime) -> str:
+    """``when`` as an approval record writes it (:data:`APPROVAL_TIME_FORMAT`)."""
+    return when.astimezone(UTC).strftime(APPROVAL_TIME_FORMAT)
 
 
 #: The statuses a step may end with (``finish_step``).

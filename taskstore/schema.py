@@ -131,7 +131,39 @@ class SQLFile:
         return (SQL_DIR / self.path).read_text(encoding="utf-8").rstrip("\n")
 
 
-Operation = CreateTable | AddColumn | CreateIndex | RawSQL | SQLFile
+@dataclass(frozen=True)
+class WidenCheck:
+    """Let a column's ``CHECK (column IN (…))`` accept more values (the rows already there all pass).
+
+    Postgres drops the constraint by its default name (``<table>_<column>_check``) and adds the wider one.
+    SQLite cannot alter a constraint: the table's stored definition is rewritten in place, the way SQLite
+    documents for loosening a CHECK (``writable_schema``; ``RESET`` reloads the schema; the store bumps
+    ``schema_version`` so other connections reload it too). Both apply twice harmlessly.
+    """
+
+    table: str
+    column: str
+    before: str
+    after: str
+
+    def render(self, dialect: Dialect) -> str:
+        old, new = f"CHECK ({self.column} IN ({self.before}))", f"CHECK ({self.column} IN ({self.after}))"
+        if dialect == "postgres":
+            name = f"{self.table}_{self.column}_check"
+            return (
+                f"ALTER TABLE {self.table} DROP CONSTRAINT IF EXISTS {name};\n\n"
+                f"ALTER TABLE {self.table} ADD CONSTRAINT {name} {new};"
+            )
+        quoted_old, quoted_new = old.replace("'", "''"), new.replace("'", "''")
+        return (
+            "PRAGMA writable_schema = ON;\n\n"
+            f"UPDATE sqlite_master SET sql = replace(sql, '{quoted_old}', '{quoted_new}')"
+            f" WHERE type = 'table' AND name = '{self.table}';\n\n"
+            "PRAGMA writable_schema = RESET;"
+        )
+
+
+Operation = CreateTable | AddColumn | CreateIndex | RawSQL | SQLFile | WidenCheck
 
 
 @dataclass(frozen=True)
@@ -174,7 +206,13 @@ def _migrations_table(dialect: Dialect) -> str:
 
 
 _NOW = "CURRENT_TIMESTAMP"
+#: The statuses each table's CHECK allowed when it was created (0001, 0006), and since ``0008_approvals``.
 _STATUSES = "'pending', 'queued', 'running', 'completed', 'failed', 'cancelled'"
+_STATUSES_0008 = f"{_STATUSES}, 'awaiting_approval'"
+_RUN_STATUSES = "'running', 'completed', 'failed', 'postponed', 'stalled', 'cancelled'"
+_RUN_STATUSES_0008 = f"{_RUN_STATUSES}, 'awaiting_approval'"
+_STEP_STATUSES = "'started', 'completed', 'failed'"
+_STEP_STATUSES_0008 = f"{_STEP_STATUSES}, 'awaiting_approval'"
 
 AGENTS = CreateTable(
     "ai_agents",
@@ -259,7 +297,7 @@ RUNS = CreateTable(
             "status",
             "text",
             nullable=False,
-            check="status IN ('running', 'completed', 'failed', 'postponed', 'stalled', 'cancelled')",
+            check=f"status IN ({_RUN_STATUSES})",
         ),
         Column("worker_id", "text"),
         Column("started_at", "timestamp", nullable=False, default=_NOW),
@@ -283,6 +321,16 @@ TASK_FIRING = Column("firing", "int", nullable=False, default="0")
 #: Stream the agent's model output as ``llm_delta`` events.
 AGENT_STREAM = Column("stream", "bool", nullable=False, default="FALSE")
 
+#: Tools whose calls wait for a person's approval (besides those declared ``requires_approval`` in code).
+AGENT_APPROVAL_TOOLS = Column(
+    "approval_tools", "text_array", nullable=False, default="'[]'", pg_default="'{}'"
+)
+#: When the task started waiting in ``awaiting_approval`` (NULL in every other status).
+TASK_APPROVAL_REQUESTED_AT = Column("approval_requested_at", "timestamp")
+#: A tool step's approval: ``{"requested_at", "decision", "decided_by", "decided_at", "note"}`` (NULL for
+#: every step that needed none).
+STEP_APPROVAL = Column("approval", "json")
+
 STEPS = CreateTable(
     "ai_agent_task_steps",
     (
@@ -295,7 +343,7 @@ STEPS = CreateTable(
         Column("kind", "text", nullable=False, check="kind IN ('llm', 'tool')"),
         #: The model of a model call, the tool of a tool call.
         Column("name", "text", nullable=False),
-        Column("status", "text", nullable=False, check="status IN ('started', 'completed', 'failed')"),
+        Column("status", "text", nullable=False, check=f"status IN ({_STEP_STATUSES})"),
         Column("input", "json"),
         Column("output", "json"),
         Column("input_tokens", "int", nullable=False, default="0"),
@@ -461,8 +509,31 @@ MIGRATIONS: tuple[Migration, ...] = (
             # The kind filter looks up the agents of a kind.
             CreateIndex("ai_agents_kind_idx", "ai_agents", ("kind",)),
             # Postgres only: a trigram index for the title search (where pg_trgm may be created), the
-            # functions (the dashboard's reads and schedule actions added) and who may call them.
+            # dashboard's functions (only those: see the file) and who may call them.
             SQLFile("history/title_search.sql"),
+            SQLFile("history/0007_dashboard_functions.sql"),
+            SQLFile("function_grants.sql"),
+        ),
+    ),
+    Migration(
+        "0008_approvals",
+        (
+            # Human approval of tool calls: the tools an agent may run only once a person approved the
+            # call, the status a task waits in (using no worker and no attempt), since when it waits, and
+            # the decision (who, when, note) on the step that waited.
+            AddColumn("ai_agents", AGENT_APPROVAL_TOOLS),
+            AddColumn("ai_agent_tasks", TASK_APPROVAL_REQUESTED_AT),
+            AddColumn("ai_agent_task_steps", STEP_APPROVAL),
+            WidenCheck("ai_agent_tasks", "status", _STATUSES, _STATUSES_0008),
+            WidenCheck("ai_agent_task_runs", "status", _RUN_STATUSES, _RUN_STATUSES_0008),
+            WidenCheck("ai_agent_task_steps", "status", _STEP_STATUSES, _STEP_STATUSES_0008),
+            CreateIndex(
+                "ai_agent_tasks_awaiting_idx",
+                "ai_agent_tasks",
+                ("approval_requested_at",),
+                where="status = 'awaiting_approval'",
+            ),
+            # Postgres only: the current agentq_* functions (0006's: sql/history/0006_functions.sql).
             SQLFile("functions.sql"),
             SQLFile("function_grants.sql"),
         ),

@@ -26,6 +26,7 @@ from typing import Any
 from taskstore.base import new_id
 from taskstore.models import (
     Agent,
+    ApprovalRequest,
     Claim,
     CleanupResult,
     DueSchedule,
@@ -670,6 +671,97 @@ class SqlFunctionStore(ABC):
 
     def get_steps(self, task_id: str) -> list[Step]:
         return [decode_step(row) for row in self._call("agentq_get_steps", {"p_task_id": task_id}) or []]
+
+    # --- approvals ----------------------------------------------------------
+
+    def await_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        name: str,
+        input: dict[str, Any],
+        approval: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        """``agentq_await_step``; idempotent for its own run, as the other step writes (no ``applied``)."""
+        params = {
+            "p_task_id": task_id,
+            "p_run_id": run_id,
+            "p_firing": firing,
+            "p_seq": seq,
+            "p_name": storable_text(name),
+            "p_input": storable_json(input),
+            "p_approval": storable_json(approval),
+            "p_replaces": replaces,
+            "p_now": now,
+        }
+        return bool(self._call("agentq_await_step", params))
+
+    def await_approval(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        reason: str,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        def applied() -> bool | None:
+            runs = self.get_runs(task_id)
+            waiting = RunStatus.AWAITING_APPROVAL
+            return (
+                True
+                if any(r.id == run_id and r.status == waiting and r.finished_at == now for r in runs)
+                else None
+            )
+
+        params = {"p_task_id": task_id, "p_run_id": run_id, "p_reason": storable_text(reason), "p_now": now}
+        return bool(
+            self._call("agentq_await_approval", {**params, **usage_params(usage, transcript)}, applied)
+        )
+
+    def decide_approval(
+        self, task_id: str, *, decision: dict[str, Any], output: dict[str, Any] | None, now: datetime
+    ) -> Task | None:
+        params = {
+            "p_task_id": task_id,
+            "p_decision": storable_json(decision),
+            "p_output": storable_json(output),
+            "p_now": now,
+        }
+        return self._task(
+            "agentq_decide_approval", params, lambda t: t.status == TaskStatus.QUEUED and t.queued_at == now
+        )
+
+    def expire_approval(
+        self, task_id: str, *, waiting_before: datetime, error: str, now: datetime
+    ) -> Task | None:
+        params = {
+            "p_task_id": task_id,
+            "p_before": waiting_before,
+            "p_error": storable_text(error),
+            "p_now": now,
+        }
+        return self._task(
+            "agentq_expire_approval", params, lambda t: t.status == TaskStatus.FAILED and t.failed_at == now
+        )
+
+    def list_approvals(
+        self, *, limit: int = 100, offset: int = 0, waiting_before: datetime | None = None
+    ) -> list[ApprovalRequest]:
+        params = {"p_limit": limit, "p_offset": offset, "p_before": waiting_before}
+        return [
+            ApprovalRequest(
+                decode_task(row["task"]),
+                None if row["step"] is None else decode_step(row["step"]),
+            )
+            for row in self._call("agentq_list_approvals", params) or []
+        ]
 
     # --- schedules ----------------------------------------------------------
 

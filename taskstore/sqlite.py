@@ -21,11 +21,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from taskstore import sqlite_views
+from taskstore import sqlite_approvals, sqlite_views
 from taskstore.base import new_id
 from taskstore.errors import DuplicateTask, StoreUnavailable
 from taskstore.models import (
     Agent,
+    ApprovalRequest,
     Claim,
     CleanupResult,
     DueSchedule,
@@ -275,6 +276,9 @@ class SqliteTaskStore:
                 for statement in _statements(migration.render("sqlite")):
                     conn.execute(statement)
                 applied.append(migration.name)
+            if applied:  # other connections reload the schema (a rewritten CHECK is not seen otherwise)
+                version = conn.execute("PRAGMA schema_version").fetchone()[0]
+                conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -870,11 +874,9 @@ class SqliteTaskStore:
         return _tasks(rows)
 
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
-        return self._update_task(
-            "UPDATE ai_agent_tasks SET status = 'cancelled', run_at = NULL, updated_at = :now"
-            f" WHERE id = :id AND {accepts_sql('cancel')} RETURNING *",
-            {"id": task_id, "now": encode_time(now)},
-        )
+        with self._transaction() as conn:
+            row = sqlite_approvals.cancel(conn, {"task_id": task_id, "now": encode_time(now)})
+        return None if row is None else task_from_row(_decode(row))
 
     def requeue_failed(
         self, task_id: str, *, run_at: datetime, now: datetime, resume: bool = False
@@ -966,6 +968,103 @@ class SqliteTaskStore:
     def get_steps(self, task_id: str) -> list[Step]:
         return [step_from_row(_decode(row)) for row in self._query(GET_STEPS, (task_id,))]
 
+    # --- approvals ------------------------------------------------------------
+
+    def await_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        name: str,
+        input: dict[str, Any],
+        approval: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "id": new_id(),
+            "task_id": task_id,
+            "run_id": run_id,
+            "firing": firing,
+            "seq": seq,
+            "name": storable_text(name),
+            "input": _json(storable_json(input)),
+            "approval": _json(storable_json(approval)),
+            "replaces": replaces,
+            "now": encode_time(now),
+        }
+        with self._transaction() as conn:
+            return bool(conn.execute(sqlite_approvals.AWAIT_STEP, params).rowcount)
+
+    def await_approval(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        reason: str,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        return self._finish(
+            sqlite_approvals.AWAIT_APPROVAL_SETS,
+            "awaiting_approval",
+            self._finish_params(task_id, run_id, usage, transcript, now, error=storable_text(reason)),
+        )
+
+    def decide_approval(
+        self, task_id: str, *, decision: dict[str, Any], output: dict[str, Any] | None, now: datetime
+    ) -> Task | None:
+        params = {
+            "task_id": task_id,
+            "decision": _json(storable_json(decision)),
+            "output": _json(storable_json(output)),
+            "now": encode_time(now),
+        }
+        with self._transaction() as conn:
+            row = sqlite_approvals.decide(conn, params)
+        return None if row is None else task_from_row(_decode(row))
+
+    def expire_approval(
+        self, task_id: str, *, waiting_before: datetime, error: str, now: datetime
+    ) -> Task | None:
+        params = {
+            "task_id": task_id,
+            "before": encode_time(waiting_before),
+            "error": storable_text(error),
+            "now": encode_time(now),
+        }
+        with self._transaction() as conn:
+            row = sqlite_approvals.expire(conn, params)
+        return None if row is None else task_from_row(_decode(row))
+
+    def list_approvals(
+        self, *, limit: int = 100, offset: int = 0, waiting_before: datetime | None = None
+    ) -> list[ApprovalRequest]:
+        params = {"limit": limit, "offset": offset, "before": encode_time(waiting_before)}
+        with self._transaction() as conn:  # one consistent read of the list, its tasks and steps
+            found = conn.execute(sqlite_approvals.LIST_APPROVALS, params).fetchall()
+            tasks = {
+                row["id"]: task_from_row(_decode(row))
+                for row in conn.execute(
+                    "SELECT * FROM ai_agent_tasks WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps([row["task_id"] for row in found]),),
+                )
+            }
+            steps = {
+                row["id"]: step_from_row(_decode(row))
+                for row in conn.execute(
+                    "SELECT * FROM ai_agent_task_steps WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps([row["step_id"] for row in found if row["step_id"] is not None]),),
+                )
+            }
+        return [
+            ApprovalRequest(tasks[row["task_id"]], None if row["step_id"] is None else steps[row["step_id"]])
+            for row in found
+        ]
+
     # --- queue views --------------------------------------------------------
 
     def queue_counts(self, *, now: datetime) -> QueueCounts:
@@ -975,8 +1074,10 @@ class SqliteTaskStore:
             " COALESCE(SUM(status = 'queued' AND run_at > :now), 0) AS delayed,"
             " COALESCE(SUM(status = 'running'), 0) AS active,"
             " COALESCE(SUM(status = 'completed'), 0) AS completed,"
-            " COALESCE(SUM(status = 'failed'), 0) AS failed"
-            " FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed')"
+            " COALESCE(SUM(status = 'failed'), 0) AS failed,"
+            " COALESCE(SUM(status = 'awaiting_approval'), 0) AS awaiting_approval"
+            " FROM ai_agent_tasks"
+            " WHERE status IN ('queued', 'running', 'completed', 'failed', 'awaiting_approval')"
             " AND archived_at IS NULL",
             {"now": encode_time(now)},
         )

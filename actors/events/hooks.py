@@ -20,9 +20,9 @@ no hook. One instance serves every worker thread; its state is per thread.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
 from config.redaction import describe_error
@@ -76,11 +76,12 @@ class EventHooks(OrchestratorHooks):
         self.prices = prices if prices is not None else PriceTable()
         self.delta_flush_s = delta_flush_ms / 1000
         self.clock = clock
-        self._local = threading.local()
+        # A context variable, not a thread-local: a model call may run on a helper thread (in a copy of
+        # the run's context: ``orchestrator.cancel.call_abandonable``) and its streamed text belongs here.
+        self._run: ContextVar[_RunState | None] = ContextVar(f"agentq_event_run_{id(self)}", default=None)
 
     def _state(self) -> _RunState | None:
-        state: _RunState | None = getattr(self._local, "state", None)
-        return state
+        return self._run.get()
 
     def _publish(self, state: _RunState, type: EventType, data: dict[str, Any]) -> None:
         self.events.publish(state.task_id, type, data)
@@ -88,13 +89,13 @@ class EventHooks(OrchestratorHooks):
     # --- the run --------------------------------------------------------------------------
 
     def on_run_start(self, agent: AgentSpec, task: TaskInput) -> None:
-        self._local.state = _RunState(task.id)
+        self._run.set(_RunState(task.id))
 
     def on_run_end(self, result: AgentResult | None, error: BaseException | None) -> None:
         state = self._state()
         if state is not None:
             self._flush_delta(state)
-        self._local.state = None
+        self._run.set(None)
 
     # --- model calls ----------------------------------------------------------------------
 

@@ -111,6 +111,8 @@ def _step(events: _Events, step: Step) -> None:
         _end(events, EventType.LLM_COMPLETED, step, ended)
         return
     head = {"name": step.name, "call_id": given.get("call_id")}
+    if step.approval is not None and _approval(events, step, given) is False:
+        return  # rejected (or never decided): the tool did not run
     events.add(
         EventType.TOOL_STARTED,
         step.started_at,
@@ -120,6 +122,36 @@ def _step(events: _Events, step: Step) -> None:
     if step.status == StepStatus.COMPLETED:
         ended["result"] = got.get("content")
     _end(events, EventType.TOOL_COMPLETED, step, ended)
+
+
+def _approval(events: _Events, step: Step, given: Mapping[str, Any]) -> bool:
+    """A gated tool step's ``approval_requested`` and decision events; whether the tool ran after them."""
+    approval = step.approval or {}
+    requested = _time(approval.get("requested_at")) or step.started_at
+    events.add(
+        EventType.APPROVAL_REQUESTED,
+        requested,
+        {"tool": step.name, "seq": step.seq, "arguments": given.get("arguments")},
+    )
+    decision = approval.get("decision")
+    decided = _time(approval.get("decided_at")) or requested
+    who = approval.get("decided_by")
+    if decision == "approved":
+        events.add(EventType.APPROVED, decided, {"decided_by": who, "note": approval.get("note")})
+        return step.status != StepStatus.AWAITING_APPROVAL
+    if decision == "rejected":
+        events.add(EventType.REJECTED, decided, {"decided_by": who, "reason": approval.get("note")})
+    return False
+
+
+def _time(value: object) -> datetime | None:
+    """An approval's ISO timestamp, or None when absent or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        return None
 
 
 def _end(events: _Events, type: EventType, step: Step, data: dict[str, Any]) -> None:

@@ -1,8 +1,8 @@
 -- The agentq_* functions: every transition and read of the Postgres family, written once.
 -- PostgresTaskStore calls them over psycopg and SupabaseTaskStore over PostgREST's rpc, both through
--- taskstore/sql_store.py. Installed by the latest migration that changed them, 0007_dashboard (CREATE OR
--- REPLACE: applies twice); what earlier migrations installed is frozen in history/ (0005_functions.sql,
--- 0006_functions.sql).
+-- taskstore/sql_store.py. Installed by the latest migration that changed them (0008_approvals; the copies
+-- earlier migrations installed are in taskstore/sql/history/, and 0007_dashboard added its own functions
+-- from history/0007_dashboard_functions.sql). CREATE OR REPLACE: applies twice.
 -- Each write is one compare-and-set keyed by ids the caller generated and the caller's p_now.
 -- Rules: one CREATE OR REPLACE FUNCTION per name; parameters one per "p_name type" (no commas in types).
 
@@ -176,7 +176,7 @@ CREATE OR REPLACE FUNCTION agentq_fire_schedules(
 WITH firing AS (
     SELECT * FROM unnest(p_task_ids, p_due, p_next) AS f(id, due, next)
 ), target AS (
-    SELECT t.id, f.next, t.status IN ('queued', 'running') AS busy
+    SELECT t.id, f.next, t.status IN ('queued', 'running', 'awaiting_approval') AS busy
       FROM ai_agent_tasks t JOIN firing f ON f.id = t.id
      WHERE t.schedule_cron IS NOT NULL AND t.next_run_at = f.due
        FOR UPDATE OF t
@@ -240,8 +240,10 @@ SELECT jsonb_build_object(
     'delayed', count(*) FILTER (WHERE status = 'queued' AND run_at > p_now),
     'active', count(*) FILTER (WHERE status = 'running'),
     'completed', count(*) FILTER (WHERE status = 'completed'),
-    'failed', count(*) FILTER (WHERE status = 'failed'))
-  FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed') AND archived_at IS NULL
+    'failed', count(*) FILTER (WHERE status = 'failed'),
+    'awaiting_approval', count(*) FILTER (WHERE status = 'awaiting_approval'))
+  FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed', 'awaiting_approval')
+   AND archived_at IS NULL
 $$;
 
 -- USD spent on an organization's runs started since p_since, as exact decimal text.
@@ -532,12 +534,23 @@ RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
  RETURNING *
 $$;
 
--- pending/queued -> cancelled.
+-- pending/queued/awaiting_approval -> cancelled. The tool call a cancelled wait was for never runs: its step
+-- ends failed "cancelled", the decision recorded as such.
 CREATE OR REPLACE FUNCTION agentq_cancel(p_task_id uuid, p_now timestamptz)
 RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
-    UPDATE ai_agent_tasks SET status = 'cancelled', run_at = NULL, updated_at = p_now
-     WHERE id = p_task_id AND status IN ('pending', 'queued')
+WITH cancelled AS (
+    UPDATE ai_agent_tasks SET status = 'cancelled', run_at = NULL, approval_requested_at = NULL, updated_at = p_now
+     WHERE id = p_task_id AND status IN ('pending', 'queued', 'awaiting_approval')
  RETURNING *
+), waited AS (
+    UPDATE ai_agent_task_steps s
+       SET status = 'failed', error = 'cancelled', finished_at = p_now,
+           approval = COALESCE(s.approval, '{}'::jsonb)
+               || jsonb_build_object('decision', 'cancelled', 'decided_at', to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'))
+      FROM cancelled c
+     WHERE s.task_id = c.id AND s.firing = c.firing AND s.status = 'awaiting_approval'
+)
+SELECT * FROM cancelled
 $$;
 
 -- failed -> queued with a fresh set of attempts: a new firing (the old firing's steps deleted) unless
@@ -785,7 +798,131 @@ BEGIN
 END
 $$;
 
--- The operator's views (the dashboard), installed by migration 0007_dashboard with the indexes they use.
+-- Human approval of tool calls. A run that reaches a tool call needing approval records the step awaiting it
+-- (agentq_await_step) and ends (agentq_await_approval): the task waits in awaiting_approval, holding no
+-- worker and using no attempt, until a decision (agentq_decide_approval) queues it again, or the wait times
+-- out (agentq_expire_approval) or is cancelled (agentq_cancel). Times inside the approval records are
+-- ISO-8601 in UTC with microseconds, as the Python and SQLite stores write them.
+
+-- Step p_seq of run p_run_id waits for a person's approval of the tool call p_input describes: a new tool
+-- step, or one not completed that this run or p_replaces (the run the caller found it from) wrote last, as
+-- agentq_start_step takes steps over; its approval is p_approval (the request). FALSE when the run does not
+-- hold the task in p_firing, the step is completed, or another run took it first.
+CREATE OR REPLACE FUNCTION agentq_await_step(
+    p_task_id uuid, p_run_id uuid, p_firing integer, p_seq integer, p_name text, p_input jsonb,
+    p_approval jsonb, p_replaces uuid, p_now timestamptz
+) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    INSERT INTO ai_agent_task_steps AS s
+        (task_id, run_id, firing, seq, kind, name, status, input, started_at, approval)
+    SELECT p_task_id, p_run_id, p_firing, p_seq, 'tool', p_name, 'awaiting_approval', p_input, p_now, p_approval
+     WHERE EXISTS (
+        SELECT 1 FROM ai_agent_tasks
+         WHERE id = p_task_id AND status = 'running' AND current_run_id = p_run_id AND firing = p_firing
+     )
+    ON CONFLICT (task_id, firing, seq) DO UPDATE
+       SET run_id = EXCLUDED.run_id, kind = 'tool', name = EXCLUDED.name, status = 'awaiting_approval',
+           input = EXCLUDED.input, output = NULL, input_tokens = 0, output_tokens = 0, cost_usd = NULL,
+           started_at = EXCLUDED.started_at, finished_at = NULL, error = NULL, approval = EXCLUDED.approval
+     WHERE s.status <> 'completed' AND (s.run_id = EXCLUDED.run_id OR s.run_id = p_replaces);
+    RETURN FOUND;
+END
+$$;
+
+-- running -> awaiting_approval: run p_run_id ends (awaiting_approval, p_reason as its note) to wait for a
+-- decision; the attempt is not counted, the worker and its lease are released, the run's usage added.
+CREATE OR REPLACE FUNCTION agentq_await_approval(
+    p_task_id uuid, p_run_id uuid, p_reason text, p_now timestamptz, p_input_tokens integer DEFAULT 0, p_output_tokens integer DEFAULT 0, p_cached_input_tokens integer DEFAULT 0, p_reasoning_tokens integer DEFAULT 0, p_cost_usd numeric DEFAULT NULL, p_transcript jsonb DEFAULT NULL
+) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    UPDATE ai_agent_tasks
+       SET status = 'awaiting_approval', attempts = attempts - 1, approval_requested_at = p_now, run_at = NULL,
+           worker_id = NULL, lease_expires_at = NULL, updated_at = p_now,
+           input_tokens = input_tokens + p_input_tokens, output_tokens = output_tokens + p_output_tokens, cached_input_tokens = cached_input_tokens + p_cached_input_tokens, reasoning_tokens = reasoning_tokens + p_reasoning_tokens, cost_usd = cost_usd + COALESCE(p_cost_usd, 0)
+     WHERE id = p_task_id AND status = 'running' AND current_run_id = p_run_id;
+    IF NOT FOUND THEN
+        RETURN FALSE;
+    END IF;
+    UPDATE ai_agent_task_runs
+       SET status = 'awaiting_approval', finished_at = p_now, error = p_reason, input_tokens = p_input_tokens, output_tokens = p_output_tokens, cached_input_tokens = p_cached_input_tokens, reasoning_tokens = p_reasoning_tokens, cost_usd = p_cost_usd, transcript = p_transcript
+     WHERE id = p_run_id;
+    RETURN TRUE;
+END
+$$;
+
+-- A decision on the task's wait: awaiting_approval -> queued (compare-and-set, so of two decisions at once
+-- one wins), and the step that waited records it (p_decision merged into its approval). A rejection
+-- (p_output given) completes the step with the result the model is given; an approval leaves it for the
+-- resumed run, which runs the tool. No row: the task was not awaiting approval.
+CREATE OR REPLACE FUNCTION agentq_decide_approval(
+    p_task_id uuid, p_decision jsonb, p_output jsonb, p_now timestamptz
+) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    t ai_agent_tasks;
+BEGIN
+    UPDATE ai_agent_tasks
+       SET status = 'queued', approval_requested_at = NULL, queued_at = p_now, run_at = p_now, updated_at = p_now
+     WHERE id = p_task_id AND status = 'awaiting_approval'
+    RETURNING * INTO t;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    UPDATE ai_agent_task_steps
+       SET approval = COALESCE(approval, '{}'::jsonb) || p_decision,
+           status = CASE WHEN p_output IS NULL THEN status ELSE 'completed' END,
+           output = COALESCE(p_output, output),
+           finished_at = CASE WHEN p_output IS NULL THEN finished_at ELSE p_now END
+     WHERE task_id = p_task_id AND firing = t.firing AND status = 'awaiting_approval';
+    RETURN NEXT t;
+END
+$$;
+
+-- awaiting_approval -> failed with p_error for a task waiting since before p_before (or since an unknown
+-- time): no run, no attempt; the step that waited ends failed, its decision recorded as timed out.
+CREATE OR REPLACE FUNCTION agentq_expire_approval(
+    p_task_id uuid, p_before timestamptz, p_error text, p_now timestamptz
+) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    t ai_agent_tasks;
+BEGIN
+    UPDATE ai_agent_tasks
+       SET status = 'failed', error = p_error, failed_at = p_now, approval_requested_at = NULL, run_at = NULL,
+           updated_at = p_now
+     WHERE id = p_task_id AND status = 'awaiting_approval'
+       AND (approval_requested_at IS NULL OR approval_requested_at < p_before)
+    RETURNING * INTO t;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    UPDATE ai_agent_task_steps
+       SET status = 'failed', error = p_error, finished_at = p_now,
+           approval = COALESCE(approval, '{}'::jsonb)
+               || jsonb_build_object('decision', 'timed_out', 'decided_at', to_char(p_now AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"'))
+     WHERE task_id = p_task_id AND firing = t.firing AND status = 'awaiting_approval';
+    RETURN NEXT t;
+END
+$$;
+
+-- Tasks awaiting approval (since before p_before, when given), oldest first: [{"task", "step"}], "step" the
+-- step that waits (null if none does).
+CREATE OR REPLACE FUNCTION agentq_list_approvals(
+    p_limit integer, p_offset integer, p_before timestamptz DEFAULT NULL
+) RETURNS jsonb LANGUAGE sql STABLE SET search_path = public AS $$
+SELECT COALESCE(jsonb_agg(jsonb_build_object('task', w.task, 'step', w.step) ORDER BY w.ord), '[]'::jsonb)
+  FROM (
+    SELECT to_jsonb(t) AS task, CASE WHEN s.id IS NULL THEN NULL ELSE to_jsonb(s) END AS step,
+           row_number() OVER (ORDER BY t.approval_requested_at NULLS FIRST, t.id) AS ord
+      FROM ai_agent_tasks t
+      LEFT JOIN ai_agent_task_steps s
+        ON s.task_id = t.id AND s.firing = t.firing AND s.status = 'awaiting_approval'
+     WHERE t.status = 'awaiting_approval' AND (p_before IS NULL OR t.approval_requested_at IS NULL
+           OR t.approval_requested_at < p_before)
+     ORDER BY t.approval_requested_at NULLS FIRST, t.id
+     LIMIT p_limit OFFSET p_offset
+  ) w
+$$;
+
+-- The operator's views (the dashboard), added by migration 0007_dashboard with the indexes they use.
 -- Tasks matching the filters given (NULL: any), newest first, keyset-paged after (older than) or before
 -- (newer than) a (created_at, id) key, each with its agent's name and kind. Dynamic SQL, so that only the
 -- filters given reach the planner, which then picks the index made for them; p_title_pattern is a LIKE
@@ -938,7 +1075,8 @@ RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
 $$;
 
 -- Fire a schedule out of turn, as agentq_fire_schedules fires it (a new firing: firing + 1, the previous
--- firing's step ledger deleted), keeping next_run_at; not while its previous run is still queued or running.
+-- firing's step ledger deleted), keeping next_run_at; not while its previous run is still in flight (queued,
+-- running or awaiting approval).
 CREATE OR REPLACE FUNCTION agentq_fire_schedule_now(p_task_id uuid, p_now timestamptz)
 RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
 WITH fired AS (
@@ -946,7 +1084,8 @@ WITH fired AS (
        SET status = 'queued', last_run_at = p_now, queued_at = p_now, run_at = p_now, attempts = 0,
            stalled_count = 0, postponed_count = 0, error = NULL, cancel_requested_at = NULL,
            archived_at = NULL, updated_at = p_now, firing = firing + 1
-     WHERE id = p_task_id AND schedule_cron IS NOT NULL AND status NOT IN ('queued', 'running')
+     WHERE id = p_task_id AND schedule_cron IS NOT NULL
+       AND status NOT IN ('queued', 'running', 'awaiting_approval')
  RETURNING *
 ), cleared AS (
     DELETE FROM ai_agent_task_steps s USING fired WHERE s.task_id = fired.id
