@@ -11,8 +11,16 @@ from actors.events.model import parse_event_id
 from dashboard.events import queue_events, row_events, sse
 from dashboard.params import FILTER_PARAMS, BadParameter, parse_filter, parse_list_query
 from dashboard.routes import act, action_of, audit_bulk, blocking, check_csrf, csrf_token, dashboard_of, who
-from dashboard.service import describe_filter
-from dashboard.views import job_json, overview_json, page_json, run_json, schedule_json, worker_json
+from dashboard.service import decide_of, describe_filter
+from dashboard.views import (
+    approval_json,
+    job_json,
+    overview_json,
+    page_json,
+    run_json,
+    schedule_json,
+    worker_json,
+)
 from taskstore import utcnow
 
 
@@ -89,9 +97,17 @@ async def events(request: Request) -> Response:
 
 
 async def task_action(request: Request) -> Response:
-    task_id, action = request.path_params["task_id"], action_of(request, ("retry", "cancel"))
+    task_id, action = (
+        request.path_params["task_id"],
+        action_of(request, ("retry", "cancel", "approve", "reject")),
+    )
     check_csrf(request, None)
     dashboard = dashboard_of(request)
+    if action in ("approve", "reject"):
+        text = await decision_text(request, "note" if action == "approve" else "reason")
+        decided = await act(request, action, f"task:{task_id}", decide_of(dashboard, action), who(request),
+                            task_id, text)  # fmt: skip
+        return JSONResponse({"id": decided.id, "status": decided.status.value})
     if action == "retry":
         job = await act(request, "retry", f"task:{task_id}", dashboard.retry, who(request), task_id)
         return JSONResponse({"id": job.id, "status": job.status.value})
@@ -153,6 +169,33 @@ async def schedule_action(request: Request) -> Response:
     job = await act(request, f"schedule_{action}", f"task:{task_id}", dashboard.schedule_action,
                     who(request), task_id, action)  # fmt: skip
     return JSONResponse(schedule_json(job.task))
+
+
+async def decision_text(request: Request, name: str) -> str | None:
+    """The note (approve) or reason (reject): a JSON body's ``name``, a form field, or a query parameter."""
+    value: object = request.query_params.get(name)
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("application/json"):
+        try:
+            body = await request.json()
+        except ValueError:
+            raise BadParameter("body", "(not JSON)", "a JSON object") from None
+        if not isinstance(body, dict):
+            raise BadParameter("body", body, "a JSON object")
+        value = body.get(name, value)
+    elif content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        value = (await request.form()).get(name, value)
+    if value is not None and not isinstance(value, str):
+        raise BadParameter(name, value, "a string")
+    return value.strip() or None if isinstance(value, str) else None
+
+
+async def approvals(request: Request) -> Response:
+    page_text = request.query_params.get("page", "0")
+    if not page_text.isdigit():
+        raise BadParameter("page", page_text, "a whole number")
+    items = await blocking(dashboard_of(request).approvals, who(request), int(page_text))
+    return JSONResponse({"items": [approval_json(item) for item in items]})
 
 
 async def workers(request: Request) -> Response:

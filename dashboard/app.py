@@ -79,6 +79,7 @@ def _routes(dashboard: Dashboard) -> list[BaseRoute]:
         Route("/queue/{action}", pages.queue_switch, methods=["POST"]),
         Route("/schedules", pages.schedules),
         Route("/schedules/{task_id}/{action}", pages.schedule_action, methods=["POST"]),
+        Route("/approvals", pages.approvals),
         Route("/workers", pages.workers),
         Route("/partials/workers", pages.workers_live),
         Route("/login", pages.login),
@@ -95,6 +96,7 @@ def _routes(dashboard: Dashboard) -> list[BaseRoute]:
         Route("/api/queue/{action}", api.queue_switch, methods=["POST"]),
         Route("/api/schedules", api.schedules),
         Route("/api/schedules/{task_id}/{action}", api.schedule_action, methods=["POST"]),
+        Route("/api/approvals", api.approvals),
         Route("/api/workers", api.workers),
         Mount("/static", app=StaticFiles(directory=HERE / "static"), name="static"),
     ]

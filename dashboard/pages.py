@@ -34,7 +34,14 @@ from dashboard.routes import (
     status_of,
     who,
 )
-from dashboard.service import MAX_BULK, SCHEDULES_PAGE, BulkSelection, describe_filter
+from dashboard.service import (
+    APPROVALS_PAGE,
+    MAX_BULK,
+    SCHEDULES_PAGE,
+    BulkSelection,
+    decide_of,
+    describe_filter,
+)
 from dashboard.views import latency_ms, pretty
 from taskstore import Task, TaskStatus, utcnow
 
@@ -48,7 +55,12 @@ NOTICES = {
     "enabled": "Schedule enabled.",
     "disabled": "Schedule disabled: it keeps its cron expression and time zone.",
     "logged_out": "Logged out.",
+    "approved": "Approved: the task is queued again and runs the tool.",
+    "rejected": "Rejected: the task is queued again and its model is told why.",
 }
+#: The actions a task page's forms post, and the notice each one's success shows.
+TASK_ACTIONS = ("retry", "cancel", "approve", "reject")
+ACTION_NOTICES = {"retry": "retried", "cancel": "cancelled", "approve": "approved", "reject": "rejected"}
 
 
 def render(request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -179,18 +191,37 @@ async def task_page(request: Request, *, error: str | None = None, status: int =
 
 
 async def task_action(request: Request) -> Response:
-    action = action_of(request, ("retry", "cancel"))
+    action = action_of(request, TASK_ACTIONS)
     form = await posted(request)
     task_id = request.path_params["task_id"]
     dashboard = dashboard_of(request)
-    function = dashboard.retry if action == "retry" else dashboard.cancel
+    principal = who(request)
     try:
-        await act(request, action, f"task:{task_id}", function, who(request), task_id)
+        if action in ("approve", "reject"):
+            text = str(form.get("note" if action == "approve" else "reason") or "").strip() or None
+            await act(
+                request, action, f"task:{task_id}", decide_of(dashboard, action), principal, task_id, text
+            )
+        else:
+            function = dashboard.retry if action == "retry" else dashboard.cancel
+            await act(request, action, f"task:{task_id}", function, principal, task_id)
     except AgentQueueError as exc:
         if status_of(exc) == 404:
             raise
+        if form.get("next") == "/approvals":
+            return await approvals(request, error=str(exc), status=status_of(exc))
         return await task_page(request, error=str(exc), status=status_of(exc))
-    return back(request, form, f"/tasks/{task_id}", "retried" if action == "retry" else "cancelled")
+    return back(request, form, f"/tasks/{task_id}", ACTION_NOTICES[action])
+
+
+async def approvals(request: Request, *, error: str | None = None, status: int = 200) -> Response:
+    page_text = request.query_params.get("page", "0")
+    page = int(page_text) if page_text.isdigit() else 0
+    items = await blocking(dashboard_of(request).approvals, who(request), page)
+    return render(
+        request, "approvals.html", status=status, error=error, title="Approvals", items=items, page=page,
+        more=len(items) == APPROVALS_PAGE, pretty=pretty,
+    )  # fmt: skip
 
 
 # --- bulk actions: a confirmation page, then the action -------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from actors.approvals import PendingApproval, pending_approval
 from actors.budget import BudgetPolicy
 from actors.task_queue import AgentTaskQueue, Job, TaskPage
 from config.errors import AgentQueueError
@@ -39,9 +40,11 @@ from taskstore import (
 #: Most tasks one bulk action touches; a larger selection is done in several rounds.
 MAX_BULK = 1000
 #: Statuses a bulk cancel takes: waiting tasks are cancelled, running ones asked to stop.
-CANCELLABLE = (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING)
+CANCELLABLE = (TaskStatus.PENDING, TaskStatus.QUEUED, TaskStatus.RUNNING, TaskStatus.AWAITING_APPROVAL)
 #: Schedules shown on one page of the schedules view.
 SCHEDULES_PAGE = 100
+#: Approvals shown on one page of the approvals view.
+APPROVALS_PAGE = 100
 
 
 class Forbidden(AgentQueueError):
@@ -77,9 +80,16 @@ class Dashboard:
         )
 
     def job(self, who: Principal, task_id: str) -> Job:
-        """The job of ``task_id`` (archived ones too); :class:`TaskNotFound` if the operator cannot see it."""
+        """The job of ``task_id`` (archived ones too), with the tool call it waits to have approved, if
+        any; :class:`TaskNotFound` if the operator cannot see it."""
         task = self.task(who, task_id)
-        return Job.from_task(task, self.queue.store.get_runs(task.id))
+        pending = None
+        if task.status == TaskStatus.AWAITING_APPROVAL:
+            waiting = (
+                step for step in self.queue.store.get_steps(task.id) if step.status == "awaiting_approval"
+            )
+            pending = pending_approval(task, next(waiting, None))
+        return Job.from_task(task, self.queue.store.get_runs(task.id), pending)
 
     def task(self, who: Principal, task_id: str) -> Task:
         task_id = normalize_id(task_id)
@@ -106,6 +116,20 @@ class Dashboard:
             offset += len(batch)
         return mine[page * SCHEDULES_PAGE : (page + 1) * SCHEDULES_PAGE]
 
+    def approvals(self, who: Principal, page: int) -> list[PendingApproval]:
+        """One page of the tool calls waiting for a decision, the longest waiting first; an operator
+        bound to an organization sees its own only."""
+        if who.organization_id is None:
+            return self.queue.list_approvals(limit=APPROVALS_PAGE, offset=page * APPROVALS_PAGE)
+        mine: list[PendingApproval] = []
+        offset = 0
+        while len(mine) < (page + 1) * APPROVALS_PAGE and (
+            batch := self.queue.list_approvals(limit=500, offset=offset)
+        ):
+            mine.extend(item for item in batch if item.organization_id == who.organization_id)
+            offset += len(batch)
+        return mine[page * APPROVALS_PAGE : (page + 1) * APPROVALS_PAGE]
+
     def workers(self, who: Principal) -> list[WorkerInfo]:
         require(who.sees_everything, "workers are shown to operators of every organization only")
         if self.redis is None:
@@ -129,10 +153,19 @@ class Dashboard:
         require_act(who)
         task = self.task(who, task_id)
         if task.status not in CANCELLABLE:
-            hint = "only pending, queued or running tasks can be cancelled"
+            hint = "only pending, queued, running or approval-awaiting tasks can be cancelled"
             raise InvalidTransition(task.id, task.status.value, TaskStatus.CANCELLED.value, hint)
         self.queue.remove_job(task.id)
         return self.task(who, task.id)
+
+    def decide(self, who: Principal, task_id: str, *, approve: bool, text: str | None) -> Job:
+        """Approve (with an optional ``text`` as the note) or reject (``text`` the reason, required) the
+        tool call a task waits for, as the operator (``decided_by``: their name)."""
+        require_act(who)
+        task = self.task(who, task_id)
+        if approve:
+            return self.queue.approve(task.id, note=text or None, decided_by=who.name)
+        return self.queue.reject(task.id, text or "", decided_by=who.name)
 
     def pause(self, who: Principal) -> None:
         require_act(who)
@@ -243,6 +276,16 @@ def bulk_statuses(action: str, task_filter: TaskFilter) -> list[TaskStatus]:
         names = ", ".join(status.value for status in takes)
         raise InvalidArgument(f"bulk {action} takes tasks that are {names}, not {task_filter.status.value}")
     return [task_filter.status]
+
+
+def decide_of(dashboard: Dashboard, action: str) -> Callable[[Principal, str, str | None], Job]:
+    """``approve`` or ``reject`` as a call ``(operator, task id, note or reason)``."""
+    approve = action == "approve"
+
+    def decide(who: Principal, task_id: str, text: str | None) -> Job:
+        return dashboard.decide(who, task_id, approve=approve, text=text)
+
+    return decide
 
 
 def require(condition: bool, reason: str) -> None:

@@ -15,6 +15,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
+from actors.approvals import PendingApproval
 from actors.task_queue import Job, TaskPage
 from config.redaction import redact, redact_data
 from dashboard.params import encode_cursor
@@ -145,6 +146,7 @@ def step_json(step: Step) -> dict[str, Any]:
 def job_json(job: Job, runs: list[dict[str, Any]], steps: list[Step]) -> dict[str, Any]:
     return {
         "task": task_json(job.task),
+        "pending_approval": approval_json(job.pending_approval) if job.pending_approval else None,
         "attempts_made": job.attempts_made,
         "failed_reason": redact(job.failed_reason) if job.failed_reason else None,
         "runs": runs,
@@ -198,6 +200,23 @@ def schedule_json(task: Task) -> dict[str, Any]:
             "next_run_at": task.next_run_at,
             "last_run_at": task.last_run_at,
             "status": task.status,
+        }
+    )
+
+
+def approval_json(item: PendingApproval) -> dict[str, Any]:
+    return record(
+        {
+            "task_id": item.task_id,
+            "title": item.title,
+            "organization_id": item.organization_id,
+            "agent_id": item.agent_id,
+            "tool": item.tool,
+            "arguments": redact_data(item.arguments),
+            "reasoning": redact(item.reasoning) if item.reasoning else None,
+            "since": item.since,
+            "seq": item.seq,
+            "call_id": item.call_id,
         }
     )
 

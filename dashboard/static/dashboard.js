@@ -70,10 +70,12 @@
 
   // Event types of a task's stream (agent_task_queue.events) and of the row-following fallback.
   const EVENT_TYPES = ["queued", "running", "llm_started", "llm_delta", "llm_completed", "tool_started",
-    "tool_completed", "retrying", "postponed", "completed", "failed", "cancelled", "status", "run"];
+    "tool_completed", "retrying", "postponed", "completed", "failed", "cancelled", "approval_requested",
+    "approved", "rejected", "status", "run"];
   // The task status each event means, for the status badge.
   const STATUS_OF = { queued: "queued", running: "running", retrying: "queued", postponed: "queued",
-    completed: "completed", failed: "failed", cancelled: "cancelled" };
+    completed: "completed", failed: "failed", cancelled: "cancelled", approval_requested: "awaiting_approval",
+    approved: "queued", rejected: "queued" };
 
   function liveEvents() {
     const section = document.querySelector("[data-events]");
@@ -107,7 +109,11 @@
       if (data.error) text += " — " + data.error;
       item.textContent = text;  // text, never HTML
       list.appendChild(item);
-      setStatus(payload.type === "status" ? data.status : STATUS_OF[payload.type]);
+      const status = payload.type === "status" ? data.status : STATUS_OF[payload.type];
+      if (status === "awaiting_approval" && badge && badge.dataset.status !== "awaiting_approval") {
+        window.setTimeout(function () { window.location.reload(); }, 300);  // show the decision forms
+      }
+      setStatus(status);
       return payload;
     }
 

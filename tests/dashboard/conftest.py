@@ -101,10 +101,13 @@ class Seeded:
     pending: str
 
 
-def run_tasks(harness: Harness, tasks: list[str], statuses: tuple[TaskStatus, ...]) -> None:
-    """Queue ``tasks`` and let a worker thread run them until each is in one of ``statuses``."""
+def run_tasks(
+    harness: Harness, tasks: list[str], statuses: tuple[TaskStatus, ...], *, enqueue: bool = True
+) -> None:
+    """Queue ``tasks`` (unless their messages were sent already) and let a worker thread run them until
+    each is in one of ``statuses``."""
     with harness.worker(threads=2):
-        for task_id in tasks:
+        for task_id in tasks if enqueue else ():
             harness.queue.add_task(task_id)
         wait_until(
             lambda: all(_status(harness, task_id) in statuses for task_id in tasks),

@@ -122,6 +122,8 @@ def test_a_readonly_token_sees_everything_and_changes_nothing(
         "/api/queue/pause",
         "/api/tasks/bulk/retry?confirm=true",
         f"/api/schedules/{seeded.pending}/run",
+        f"/api/tasks/{seeded.pending}/approve",
+        f"/api/tasks/{seeded.pending}/reject?reason=no",
     ):
         response = client.post(path)
         assert response.status_code == 403, path

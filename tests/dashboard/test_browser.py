@@ -55,9 +55,11 @@ class Site:
         self.url = url
         self.store = store
 
-    def task(self, title: str, script: list[dict[str, Any]] | None = None, **fields: Any) -> str:
+    def task(
+        self, title: str, script: list[dict[str, Any]] | None = None, *, agent: dict[str, Any] | None = None
+    ) -> str:
         context = {"script": script} if script is not None else {}
-        return self.harness.task(self.harness.agent(), title=title, context=context, **fields)
+        return self.harness.task(self.harness.agent(**(agent or {})), title=title, context=context)
 
     def run(self, task_id: str) -> None:
         self.harness.queue.add_task(task_id)
@@ -279,6 +281,28 @@ def test_bulk_retry_asks_for_a_confirmation(admin: Pages, site: Site) -> None:
     wait(  # each ran again (and failed again: its script still fails)
         lambda: all(len(site.store.get_runs(task_id)) == 2 for task_id in broken), "the retried tasks to run"
     )
+
+
+def test_approve_a_waiting_task_and_see_it_complete(admin: Pages, site: Site) -> None:
+    script: list[dict[str, Any]] = [
+        {"tool": "calculate", "arguments": {"expression": "20+22"}},
+        {"answer": "Approved: 42."},
+    ]
+    gated = {"allowed_tools": ("calculate",), "approval_tools": ("calculate",)}
+    task_id = site.task("Approve me in the browser", script, agent=gated)
+    site.run(task_id)
+    site.wait_status(task_id, TaskStatus.AWAITING_APPROVAL)
+
+    admin.open("/approvals")
+    row = f'tr[data-task-id="{task_id}"]'
+    assert "20+22" in admin.text(row)
+    admin.find(f"{row} .approve-note").send_keys("looks right")
+    admin.find(f"{row} button.approve").click()
+
+    assert "Approved" in admin.text(".notice")
+    site.wait_status(task_id, TaskStatus.COMPLETED)
+    admin.open(f"/tasks/{task_id}")
+    assert "Approved: 42." in admin.text("#result") and admin.all("#pending-approval") == []
 
 
 def test_pause_and_resume_the_queue(admin: Pages, site: Site) -> None:

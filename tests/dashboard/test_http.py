@@ -445,3 +445,59 @@ def test_with_redis_down_what_needs_it_is_503_and_the_rest_works(
     assert overview.status_code == 503 and "Redis did not answer" in overview.text
     assert listed.status_code == 200 and "Still visible" in listed.text
     assert page.status_code == 200 and pause.status_code == 503
+
+
+def waiting_for_approval(app: Harness, title: str = "Needs a yes") -> str:
+    """A task whose agent must have ``calculate`` approved, run until it waits for the decision."""
+    agent = app.agent(allowed_tools=("calculate",), approval_tools=("calculate",))
+    script = [{"tool": "calculate", "arguments": {"expression": "2+3"}}, {"answer": "Five."}]
+    task_id = app.task(agent, title=title, context={"script": script})
+    run_tasks(app, [task_id], (TaskStatus.AWAITING_APPROVAL,))
+    return task_id
+
+
+def test_approvals_are_listed_shown_and_decided(
+    open_client: TestClient, app: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    approve_me, reject_me = waiting_for_approval(app, "Approve me"), waiting_for_approval(app, "Reject me")
+    token = csrf_of(open_client)
+
+    listed = open_client.get("/api/approvals").json()["items"]
+    page = open_client.get("/approvals").text
+    task_page = open_client.get(f"/tasks/{approve_me}").text
+    job = open_client.get(f"/api/tasks/{approve_me}").json()
+    stats = open_client.get("/api/stats").json()
+
+    assert {(item["task_id"], item["tool"]) for item in listed} == {
+        (approve_me, "calculate"),
+        (reject_me, "calculate"),
+    }
+    assert listed[0]["arguments"] == {"expression": "2+3"}
+    assert "Approve me" in page and 'class="approve"' in page and 'class="reject danger"' in page
+    assert 'id="pending-approval"' in task_page and "2+3" in task_page
+    assert job["pending_approval"]["tool"] == "calculate" and stats["counts"]["awaiting_approval"] == 2
+    assert 'href="/approvals"' in open_client.get("/").text
+    headers = {"X-CSRF-Token": token}
+    no_reason = open_client.post(f"/api/tasks/{reject_me}/reject", headers=headers, json={})
+    assert no_reason.status_code == 400 and "reason" in no_reason.json()["error"]
+    with caplog.at_level(logging.INFO, logger="agentq.audit"):
+        approved = open_client.post(
+            f"/api/tasks/{approve_me}/approve", headers=headers, json={"note": "fine"}
+        )
+        twice = open_client.post(f"/api/tasks/{approve_me}/approve", headers=headers)
+        rejected = open_client.post(
+            f"/tasks/{reject_me}/reject",
+            data={"csrf_token": token, "reason": "not today", "next": "/approvals"},
+            follow_redirects=False,
+        )
+    assert approved.json() == {"id": approve_me, "status": "queued"}
+    assert twice.status_code == 409 and "not awaiting approval" in twice.json()["error"]
+    assert rejected.status_code == 303 and rejected.headers["location"] == "/approvals?notice=rejected"
+    assert any(
+        f"action=approve target=task:{approve_me} outcome=ok" in r.getMessage() for r in caplog.records
+    )
+    run_tasks(app, [approve_me, reject_me], (TaskStatus.COMPLETED,), enqueue=False)
+    steps = open_client.get(f"/api/tasks/{approve_me}").json()["steps"]
+    assert [step["name"] for step in steps if step["kind"] == "tool"] == ["calculate"]
+    assert open_client.get("/api/approvals").json()["items"] == []
+    assert 'id="no-approvals"' in open_client.get("/approvals").text
