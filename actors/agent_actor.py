@@ -134,6 +134,7 @@ class AgentJob:
             title=self.task.title,
             description=self.task.description,
             context=self.task.context,
+            organization_id=self.task.organization_id,
         )
         outcome = self.orchestrator.run(spec, task, should_stop=self.should_stop)
         return AttemptResult(

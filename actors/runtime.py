@@ -7,16 +7,19 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker
 from pydantic import SecretStr
 
-from actors.broker.factory import build_broker
+from actors.broker.factory import build_broker, redis_client
 from actors.budget import BudgetPolicy
 from actors.task_queue import AgentTaskQueue
 from config.errors import ConfigError
 from config.settings import Settings
-from middleware.metrics import LLMMetrics
+from middleware.metrics import LIMIT_GAUGES, LLMMetrics
 from orchestrator import Orchestrator, PriceTable, ProviderRegistry, ProviderSettings
 from orchestrator.hooks import CompositeHooks, OrchestratorHooks
+from orchestrator.limits import LimitPolicy, RedisLimiter
 from orchestrator.providers.base_urls import BaseUrlPolicy, InvalidBaseUrlPrefix
 from orchestrator.tracing import TracingHooks
 from taskstore import RetentionPolicy, TaskStore, build_store, utcnow
@@ -38,11 +41,24 @@ class Runtime:
         return self._orchestrator
 
 
-def build_orchestrator(settings: Settings) -> Orchestrator:
+def build_limiter(settings: Settings, broker: dramatiq.Broker | None = None) -> RedisLimiter | None:
+    """The model-call limiter when any provider or organization limit is configured, else None.
+
+    It shares the broker's Redis connections (a Redis broker's), or opens its own from the settings.
+    """
+    if not settings.limits_configured():
+        return None
+    policy = LimitPolicy(settings.provider_limits, org_tpm=settings.org_tpm, orgs=settings.org_limits)
+    client: redis.Redis = broker.client if isinstance(broker, RedisBroker) else redis_client(settings)
+    return RedisLimiter(client, policy, max_wait_ms=settings.limit_max_wait_ms)
+
+
+def build_orchestrator(settings: Settings, *, limiter: RedisLimiter | None = None) -> Orchestrator:
     """An orchestrator with the OpenAI and Anthropic providers and the price table from ``settings``.
 
     ``scripted`` runs only with ``AGENTQ_ALLOW_SCRIPTED=true``, and an agent's own ``base_url`` only
-    under a prefix of ``AGENTQ_ALLOWED_BASE_URLS``; otherwise their tasks fail at once.
+    under a prefix of ``AGENTQ_ALLOWED_BASE_URLS``; otherwise their tasks fail at once. ``limiter``
+    admits each model call (:func:`build_limiter`); None: no limits.
     """
     providers = ProviderRegistry.from_settings(
         {
@@ -70,7 +86,9 @@ def build_orchestrator(settings: Settings) -> Orchestrator:
     hooks: OrchestratorHooks = TracingHooks(record_content=settings.trace_content)
     if settings.metrics_port is not None:
         hooks = CompositeHooks(hooks, LLMMetrics(prices))
-    return Orchestrator(providers, prices=prices, hooks=hooks, base_urls=base_urls)
+        if limiter is not None:
+            LIMIT_GAUGES.watch(limiter)
+    return Orchestrator(providers, prices=prices, hooks=hooks, base_urls=base_urls, limiter=limiter)
 
 
 def _secret(value: SecretStr | None) -> str | None:
@@ -108,5 +126,5 @@ def build_runtime(
         broker=broker,
         queue=queue,
         budget=budget,
-        _orchestrator=build_orchestrator(settings),
+        _orchestrator=build_orchestrator(settings, limiter=build_limiter(settings, broker)),
     )

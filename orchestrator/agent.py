@@ -27,7 +27,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -46,6 +46,7 @@ from orchestrator.errors import (
     UnknownTool,
 )
 from orchestrator.hooks import OrchestratorHooks, call_hook
+from orchestrator.limits.base import NO_LIMITS, CallLimiter
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from orchestrator.pricing import PriceTable
 from orchestrator.providers.base_urls import BaseUrlPolicy
@@ -140,12 +141,14 @@ class TaskInput:
         title: A one-line summary; the first line of the user message.
         description: Details, if any.
         context: Extra data, shown to the model as JSON (except hidden keys such as ``script``).
+        organization_id: The task's organization (its token quota applies to the run's model calls).
     """
 
     id: str
     title: str
     description: str | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
+    organization_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -237,6 +240,7 @@ class Orchestrator:
         clock: Monotonic clock in seconds, for the run time limit; tests pass a fake.
         base_urls: The base URLs an agent's own ``base_url`` may use; None allows none (an agent
             with a ``base_url`` then fails with :class:`BaseUrlNotAllowed` before any request).
+        limiter: Admits each model call (``orchestrator.limits``); None: no limits.
     """
 
     def __init__(
@@ -248,6 +252,7 @@ class Orchestrator:
         hooks: OrchestratorHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
         base_urls: BaseUrlPolicy | None = None,
+        limiter: CallLimiter | None = None,
     ) -> None:
         """Create an orchestrator; see the class docstring."""
         self.providers = providers if providers is not None else ProviderRegistry()
@@ -256,6 +261,7 @@ class Orchestrator:
         self.hooks = hooks if hooks is not None else OrchestratorHooks()
         self.clock = clock
         self.base_urls = base_urls if base_urls is not None else BaseUrlPolicy()
+        self.limiter = limiter if limiter is not None else NO_LIMITS
 
     def run(
         self,
@@ -451,15 +457,20 @@ class _Run:
             base_url=self.base_url,
             timeout_s=self.time_left(),
         )
+        permit = self.orchestrator.limiter.acquire(self.provider_name, request, self.task)
+        if request.timeout_s is not None:  # the limiter may have waited: the call gets the time left now
+            request = replace(request, timeout_s=self.time_left())
         call_hook(self.hooks.on_llm_start, request, provider=self.provider_name)
         try:
             response = provider.complete(request)
         except BaseException as exc:
+            permit.settle(error=exc)
             call_hook(self.hooks.on_llm_end, request, None, exc, provider=self.provider_name)
             left = self.time_left()
             if isinstance(exc, ProviderTimeout) and left is not None and left <= 0:
                 raise RunTimeLimitExceeded(agent.run_time_limit_s or 0) from exc
             raise
+        permit.settle(response=response)
         call_hook(self.hooks.on_llm_end, request, response, None, provider=self.provider_name)
         return response
 

@@ -6,7 +6,8 @@ of ``tool_result`` blocks ``{tool_use_id, content, is_error}``. ``max_tokens`` i
 by the API: the agent's, else the settings' ``default_max_tokens`` (4096). Usage counts
 cache reads and cache writes as input tokens (Anthropic reports them apart from
 ``input_tokens``), so input totals mean the same for every provider. The SDK's own retries
-are off (``max_retries=0``): the task queue owns retries.
+are off (``max_retries=0``): the task queue owns retries. The answer's ``anthropic-ratelimit-*``
+headers are read (:mod:`orchestrator.providers.rate_headers`) for the model-call limiter.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import anthropic
 from orchestrator.errors import ProviderError, ProviderNotConfigured, ProviderTimeout, ProviderUnavailable
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
 from orchestrator.providers._http import ClientCache, classify_status, error_code, error_message, redact
+from orchestrator.providers.rate_headers import rate_limit_report
 from orchestrator.providers.settings import ProviderSettings
 
 __all__ = ["DEFAULT_ANTHROPIC_BASE_URL", "AnthropicProvider", "to_anthropic_messages"]
@@ -133,13 +135,14 @@ class AnthropicProvider:
         if request.timeout_s is not None:
             timeout = min(timeout, request.timeout_s)
         try:
-            message = client.messages.create(**params, timeout=timeout)
+            raw = client.messages.with_raw_response.create(**params, timeout=timeout)
+            message = raw.parse()
         except anthropic.AnthropicError as exc:
             raise self._translate(exc, timeout) from exc
-        return self._response(message, request.model)
+        return self._response(message, request.model, raw.headers)
 
     @staticmethod
-    def _response(message: Any, requested_model: str) -> ModelResponse:
+    def _response(message: Any, requested_model: str, headers: Any) -> ModelResponse:
         texts = [block.text for block in message.content if getattr(block, "type", None) == "text"]
         calls = tuple(
             _tool_call(block) for block in message.content if getattr(block, "type", None) == "tool_use"
@@ -150,6 +153,7 @@ class AnthropicProvider:
             usage=_usage(message.usage),
             model=message.model or requested_model,
             finish_reason=message.stop_reason or ("tool_use" if calls else "end_turn"),
+            rate_limits=rate_limit_report(headers),
         )
 
     def _translate(self, exc: anthropic.AnthropicError, timeout: float) -> ProviderError:

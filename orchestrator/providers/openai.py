@@ -6,7 +6,8 @@ tool calls come back in ``message.tool_calls[].function`` with JSON-string argum
 call whose arguments are not a JSON object is never executed: the model receives an error
 result for it. Tool results go back as ``{"role": "tool", "tool_call_id", "content"}``.
 The output limit is sent as ``max_completion_tokens``. The SDK's own retries are off
-(``max_retries=0``): the task queue owns retries.
+(``max_retries=0``): the task queue owns retries. The answer's ``x-ratelimit-*`` headers are read
+(:mod:`orchestrator.providers.rate_headers`) for the model-call limiter.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import openai
 from orchestrator.errors import ProviderError, ProviderNotConfigured, ProviderTimeout, ProviderUnavailable
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
 from orchestrator.providers._http import ClientCache, classify_status, error_code, error_message, redact
+from orchestrator.providers.rate_headers import rate_limit_report
 from orchestrator.providers.settings import ProviderSettings
 
 __all__ = ["DEFAULT_OPENAI_BASE_URL", "OpenAIProvider", "to_openai_messages"]
@@ -141,12 +143,13 @@ class OpenAIProvider:
         if request.timeout_s is not None:
             timeout = min(timeout, request.timeout_s)
         try:
-            completion = client.chat.completions.create(**params, timeout=timeout)
+            raw = client.chat.completions.with_raw_response.create(**params, timeout=timeout)
+            completion = raw.parse()
         except openai.OpenAIError as exc:
             raise self._translate(exc, timeout) from exc
-        return self._response(completion, request.model)
+        return self._response(completion, request.model, raw.headers)
 
-    def _response(self, completion: Any, requested_model: str) -> ModelResponse:
+    def _response(self, completion: Any, requested_model: str, headers: Any) -> ModelResponse:
         if not getattr(completion, "choices", None):
             raise ProviderUnavailable(f"{self.name}: the answer had no choices", provider=self.name)
         choice = completion.choices[0]
@@ -158,6 +161,7 @@ class OpenAIProvider:
             usage=_usage(completion.usage),
             model=completion.model or requested_model,
             finish_reason=choice.finish_reason or ("tool_calls" if calls else "stop"),
+            rate_limits=rate_limit_report(headers),
         )
 
     def _translate(self, exc: openai.OpenAIError, timeout: float) -> ProviderError:

@@ -1,0 +1,356 @@
+"""The Lua scripts behind :class:`~orchestrator.limits.redis_limiter.RedisLimiter` (one atomic step each).
+
+Every bucket has five keys, ``<prefix><name>:`` + ``s`` (state hash), ``l`` (log), ``f`` (slots),
+``t`` (tokens per member) and ``b`` (booked members); time is Redis's own (one clock for every worker).
+
+* **Slots** (``f``, member → start ms): calls admitted (in flight, or about to start within the short
+  wait) and slots booked for postponed tasks. A slot counts from its start until its call settles, and
+  at most until ``start + margin + window``.
+* **Log** (``l``, member → stamp ms): settled calls, stamped with the earlier of their answer and
+  ``start + margin``; each counts until ``stamp + window``. The provider received the request by its
+  stamp, so no window as the provider counts it holds more than the limit.
+* **State** (``s``): ``lt``/``ft`` token sums of the log and the slots, ``pause`` (ms: no call before),
+  ``rl``/``ru`` and ``tl``/``tu`` (requests/tokens the provider still accepts until ms), ``qc`` (why the
+  queue of booked slots formed), ``seq``.
+
+A new slot starts no earlier than every existing one (first come, first served), so the count of a
+bucket only falls after it: the script finds the earliest time the call fits by walking the slots and
+log entries in the order they stop counting.
+"""
+
+from __future__ import annotations
+
+__all__ = ["RESERVE", "SETTLE", "USAGE"]
+
+#: Shared Lua helpers: bucket parsing, pruning, release, TTL.
+_COMMON = """
+local clock = redis.call("TIME")
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local CHUNK = 200
+
+local function num(v) return tonumber(v) or 0 end
+
+-- ZRANGEBYSCORE in chunks (keeps unpack() far below Lua's stack limit); ``fn`` must remove what it is
+-- given, since every chunk is read from the start of the range.
+local function each_range(key, low, high, fn)
+    while true do
+        local part = redis.call("ZRANGEBYSCORE", key, low, high, "LIMIT", 0, CHUNK)
+        if #part == 0 then return end
+        fn(part)
+        if #part < CHUNK then return end
+    end
+end
+
+-- Drop log entries and slots that no longer count at ``now`` (a slot whose call never settled
+-- stops counting at start + margin + window).
+local function prune(b)
+    local log_gone, slot_gone = 0, 0
+    each_range(b.l, "-inf", now - b.w, function(part)
+        for _, v in ipairs(redis.call("HMGET", b.t, unpack(part))) do log_gone = log_gone + num(v) end
+        redis.call("HDEL", b.t, unpack(part))
+        redis.call("ZREM", b.l, unpack(part))
+    end)
+    each_range(b.f, "-inf", now - b.m - b.w, function(part)
+        for _, v in ipairs(redis.call("HMGET", b.t, unpack(part))) do slot_gone = slot_gone + num(v) end
+        redis.call("HDEL", b.t, unpack(part))
+        redis.call("SREM", b.bk, unpack(part))
+        redis.call("ZREM", b.f, unpack(part))
+    end)
+    if log_gone > 0 then redis.call("HINCRBY", b.s, "lt", -log_gone) end
+    if slot_gone > 0 then redis.call("HINCRBY", b.s, "ft", -slot_gone) end
+end
+
+-- Remove a slot (a booking given up, or a settled call's).
+local function release(b, member)
+    local est = num(redis.call("HGET", b.t, member))
+    redis.call("ZREM", b.f, member)
+    redis.call("HDEL", b.t, member)
+    redis.call("SREM", b.bk, member)
+    if est > 0 then redis.call("HINCRBY", b.s, "ft", -est) end
+end
+
+-- Keep every key while anything in it may still matter.
+local function keep(b)
+    local horizon = now
+    local last = redis.call("ZRANGE", b.f, -1, -1, "WITHSCORES")
+    if #last > 0 then horizon = math.max(horizon, tonumber(last[2])) end
+    local st = redis.call("HMGET", b.s, "pause", "ru", "tu")
+    for _, v in ipairs(st) do horizon = math.max(horizon, num(v)) end
+    local ttl = horizon - now + b.w + b.m + 60000
+    for _, key in ipairs({b.s, b.l, b.f, b.t, b.bk}) do redis.call("PEXPIRE", key, ttl) end
+end
+"""
+
+#: KEYS: the bucket registry, then 5 keys per bucket. ARGV: holder, max_wait_ms, n, then 6 per bucket:
+#: name, requests per window (0: none), tokens per window (0: none), window_ms, margin_ms, estimate.
+#: Returns {now, start, status, bucket index (1-based), cause}: status 0 admitted (start ≤ now +
+#: max_wait; sleep until start), 1 booked (a slot is held at start: postpone until then), 2 postpone
+#: until start without a slot (provider pause). Cause: 1 requests, 2 tokens, 3 provider, 0 none.
+RESERVE = (
+    _COMMON
+    + """
+local holder, max_wait, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local B = {}
+for i = 1, n do
+    local k, a = 1 + (i - 1) * 5, 3 + (i - 1) * 6
+    B[i] = {s = KEYS[k + 1], l = KEYS[k + 2], f = KEYS[k + 3], t = KEYS[k + 4], bk = KEYS[k + 5],
+            name = ARGV[a + 1], req = tonumber(ARGV[a + 2]), tok = tonumber(ARGV[a + 3]),
+            w = tonumber(ARGV[a + 4]), m = tonumber(ARGV[a + 5]), est = tonumber(ARGV[a + 6])}
+    B[i].limited = B[i].req > 0 or B[i].tok > 0
+end
+
+-- The entries of key counting after ``cut`` (ascending), as an iterator of {ends, tokens}.
+local function stream(b, key, cut, offset)
+    local items, pos, skip = {}, 1, 0
+    local function fill()
+        local part = redis.call("ZRANGEBYSCORE", key, "(" .. cut, "+inf", "WITHSCORES", "LIMIT", skip, CHUNK)
+        skip = skip + #part / 2
+        items, pos = {}, 1
+        if #part == 0 then return end
+        local members = {}
+        for j = 1, #part, 2 do members[#members + 1] = part[j] end
+        local toks = b.tok > 0 and redis.call("HMGET", b.t, unpack(members)) or {}
+        for j = 1, #members do items[j] = {tonumber(part[2 * j]) + offset, num(toks[j])} end
+    end
+    fill()
+    return function()
+        if pos > #items then
+            if #items < CHUNK then return nil end
+            fill()
+            if #items == 0 then return nil end
+        end
+        local item = items[pos]
+        pos = pos + 1
+        return item
+    end
+end
+
+-- Tokens of the entries of key with scores in (low, high].
+local function tokens_between(b, key, low, high)
+    local sum, skip = 0, 0
+    while true do
+        local part = redis.call("ZRANGEBYSCORE", key, "(" .. low, high, "LIMIT", skip, CHUNK)
+        if #part == 0 then break end
+        for _, v in ipairs(redis.call("HMGET", b.t, unpack(part))) do sum = sum + num(v) end
+        if #part < CHUNK then break end
+        skip = skip + CHUNK
+    end
+    return sum
+end
+
+-- Earliest time ≥ now a new call fits bucket b, and the cause of any wait.
+local function fit(b)
+    local st = redis.call("HMGET", b.s, "lt", "ft", "pause", "rl", "ru", "tl", "tu", "qc")
+    local at, cause = now, 0
+    local pause = num(st[3])
+    if pause > at then at, cause = pause, 3 end
+    if b.limited then
+        local last = redis.call("ZRANGE", b.f, -1, -1, "WITHSCORES")
+        if #last > 0 and tonumber(last[2]) > at then at, cause = tonumber(last[2]), num(st[8]) end
+    end
+    if num(st[5]) > at and num(st[4]) < 1 then at, cause = num(st[5]), 3 end
+    if num(st[7]) > at and num(st[6]) < b.est then at, cause = num(st[7]), 3 end
+    if not b.limited then return at, cause end
+    -- Entries counting at ``at``: slots started (every slot starts by ``at``) and not past
+    -- start + margin + window, log entries not past stamp + window.
+    local slot_cut, log_cut = at - b.m - b.w, at - b.w
+    local count = redis.call("ZCOUNT", b.f, "(" .. slot_cut, "+inf")
+        + redis.call("ZCOUNT", b.l, "(" .. log_cut, "+inf")
+    local tokens = 0
+    if b.tok > 0 then
+        tokens = math.max(num(st[1]), 0) + math.max(num(st[2]), 0)
+        if at > now then
+            tokens = tokens - tokens_between(b, b.f, now - b.m - b.w, slot_cut)
+                - tokens_between(b, b.l, now - b.w, log_cut)
+        end
+    end
+    local function fits()
+        return (b.req == 0 or count + 1 <= b.req) and (b.tok == 0 or tokens + b.est <= b.tok)
+    end
+    if fits() then return at, cause end
+    cause = (b.req > 0 and count + 1 > b.req) and 1 or 2
+    local slots, logs = stream(b, b.f, slot_cut, b.m + b.w), stream(b, b.l, log_cut, b.w)
+    local s, l = slots(), logs()
+    while not fits() do
+        local item
+        if s and (not l or s[1] <= l[1]) then
+            item, s = s, slots()
+        elseif l then
+            item, l = l, logs()
+        else
+            break
+        end
+        at, count, tokens = math.max(at, item[1]), count - 1, tokens - item[2]
+    end
+    return at, cause
+end
+
+local fits, causes, held = {}, {}, {}
+for i, b in ipairs(B) do
+    if b.limited then
+        prune(b)
+        local start = redis.call("ZSCORE", b.f, holder)
+        if start then
+            start = tonumber(start)
+            if redis.call("SISMEMBER", b.bk, holder) == 1 then
+                local pause = num(redis.call("HGET", b.s, "pause"))
+                if now <= start + b.m and pause <= start + b.m then
+                    held[i], fits[i] = start, math.max(start, pause)
+                    causes[i] = num(redis.call("HGET", b.s, "qc"))
+                else
+                    release(b, holder)  -- the task came back too late, or the provider paused past it
+                end
+            else
+                -- A slot of this holder in use that never settled (its run was lost): it keeps counting
+                -- under another name.
+                local renamed = holder .. "~" .. redis.call("HINCRBY", b.s, "seq", 1)
+                local est = redis.call("HGET", b.t, holder)
+                redis.call("ZREM", b.f, holder)
+                redis.call("ZADD", b.f, start, renamed)
+                redis.call("HDEL", b.t, holder)
+                if est then redis.call("HSET", b.t, renamed, est) end
+            end
+        end
+    end
+    if not held[i] then fits[i], causes[i] = fit(b) end
+end
+
+local function latest()
+    local at, index = now, 0
+    for i = 1, n do if fits[i] > at then at, index = fits[i], i end end
+    return at, index
+end
+local at, index = latest()
+-- A booked slot is only good for a call that starts within its margin; otherwise queue afresh.
+for _ = 1, n do
+    local changed = false
+    for i, b in ipairs(B) do
+        if held[i] and at > held[i] + b.m then
+            release(b, holder)
+            held[i] = nil
+            fits[i], causes[i] = fit(b)
+            changed = true
+        end
+    end
+    if not changed then break end
+    at, index = latest()
+end
+
+local status, cause = 0, index > 0 and causes[index] or 0
+if at <= now + max_wait then
+    for i, b in ipairs(B) do
+        if held[i] then
+            redis.call("SREM", b.bk, holder)
+        elseif b.limited then
+            redis.call("ZADD", b.f, at, holder)
+            redis.call("HSET", b.t, holder, b.est)
+            redis.call("HINCRBY", b.s, "ft", b.est)
+        end
+        local caps = redis.call("HMGET", b.s, "ru", "tu")
+        if num(caps[1]) > at then redis.call("HINCRBY", b.s, "rl", -1) end
+        if num(caps[2]) > at then redis.call("HINCRBY", b.s, "tl", -b.est) end
+    end
+else
+    status = 2
+    for i, b in ipairs(B) do
+        if fits[i] == at and b.limited and causes[i] ~= 3 then
+            if not held[i] then
+                redis.call("ZADD", b.f, at, holder)
+                redis.call("HSET", b.t, holder, b.est)
+                redis.call("HINCRBY", b.s, "ft", b.est)
+                redis.call("SADD", b.bk, holder)
+                if causes[i] == 1 or causes[i] == 2 then redis.call("HSET", b.s, "qc", causes[i]) end
+            end
+            status = 1
+        elseif held[i] then
+            release(b, holder)  -- held elsewhere while this bucket makes it wait: give it back
+        end
+    end
+end
+for i, b in ipairs(B) do
+    redis.call("ZADD", KEYS[1], now, b.name)
+    keep(b)
+end
+return {now, at, status, index, cause}
+"""
+)
+
+#: KEYS: 5 per bucket. ARGV: holder, tokens used (-1: keep the estimate), pause_ms (0: none),
+#: requests remaining, requests reset ms, tokens remaining, tokens reset ms (-1: not reported), n, then
+#: 3 per bucket: window_ms, margin_ms, 1 when the provider's word applies to it (its model bucket).
+SETTLE = (
+    _COMMON
+    + """
+local holder, used, pause_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local rl, ru = tonumber(ARGV[4]), tonumber(ARGV[5])
+local tl, tu, n = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
+for i = 1, n do
+    local k, a = (i - 1) * 5, 8 + (i - 1) * 3
+    local b = {s = KEYS[k + 1], l = KEYS[k + 2], f = KEYS[k + 3], t = KEYS[k + 4], bk = KEYS[k + 5],
+               w = tonumber(ARGV[a + 1]), m = tonumber(ARGV[a + 2])}
+    local start = redis.call("ZSCORE", b.f, holder)
+    if start and redis.call("SISMEMBER", b.bk, holder) == 0 then
+        start = tonumber(start)
+        local est = num(redis.call("HGET", b.t, holder))
+        release(b, holder)
+        local stamp = math.min(now, start + b.m)
+        if stamp > now - b.w then
+            local tokens = used >= 0 and used or est
+            local id = holder .. "#" .. redis.call("HINCRBY", b.s, "seq", 1)
+            redis.call("ZADD", b.l, stamp, id)
+            redis.call("HSET", b.t, id, tokens)
+            if tokens > 0 then redis.call("HINCRBY", b.s, "lt", tokens) end
+        end
+    end
+    if ARGV[a + 3] == "1" then
+        if pause_ms > 0 then
+            local until_ms = now + pause_ms
+            if until_ms > num(redis.call("HGET", b.s, "pause")) then
+                redis.call("HSET", b.s, "pause", until_ms)
+            end
+        end
+        if rl >= 0 and ru >= 0 then redis.call("HSET", b.s, "rl", rl, "ru", now + ru) end
+        if tl >= 0 and tu >= 0 then redis.call("HSET", b.s, "tl", tl, "tu", now + tu) end
+    end
+    keep(b)
+end
+return now
+"""
+)
+
+#: KEYS: 5 per bucket. ARGV: n, then 2 per bucket: window_ms, margin_ms. Read only. Returns per bucket
+#: {requests counting now, tokens counting now, in flight, booked ahead, paused ms left, provider requests
+#: left (-1: none reported), ms until then, provider tokens left, ms until then}.
+USAGE = """
+local clock = redis.call("TIME")
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local function num(v) return tonumber(v) or 0 end
+local function tokens(key, t, low, high)
+    local sum, skip = 0, 0
+    while true do
+        local part = redis.call("ZRANGEBYSCORE", key, low, high, "LIMIT", skip, 200)
+        if #part == 0 then break end
+        for _, v in ipairs(redis.call("HMGET", t, unpack(part))) do sum = sum + num(v) end
+        if #part < 200 then break end
+        skip = skip + 200
+    end
+    return sum
+end
+local out = {}
+for i = 1, tonumber(ARGV[1]) do
+    local k = (i - 1) * 5
+    local s, l, f, t = KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4]
+    local w, m = tonumber(ARGV[2 * i]), tonumber(ARGV[2 * i + 1])
+    local st = redis.call("HMGET", s, "lt", "ft", "pause", "rl", "ru", "tl", "tu")
+    local logged = redis.call("ZCOUNT", l, "(" .. (now - w), "+inf")
+    local flying = redis.call("ZCOUNT", f, "(" .. (now - m - w), now)
+    local ahead = redis.call("ZCOUNT", f, "(" .. now, "+inf")
+    local used = math.max(num(st[1]) - tokens(l, t, "-inf", now - w), 0)
+        + math.max(num(st[2]) - tokens(f, t, "-inf", now - m - w) - tokens(f, t, "(" .. now, "+inf"), 0)
+    local function left(until_ms) return math.max(num(until_ms) - now, 0) end
+    local rl = left(st[5]) > 0 and num(st[4]) or -1
+    local tl = left(st[7]) > 0 and num(st[6]) or -1
+    out[i] = {logged + flying, used, flying, ahead, left(st[3]), rl, left(st[5]), tl, left(st[7])}
+end
+return out
+"""
