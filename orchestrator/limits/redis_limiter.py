@@ -4,11 +4,15 @@
 atomic script before the call and one after (:mod:`orchestrator.limits.scripts`):
 
 * **Reserve**: one request and the call's estimated tokens
-  (:func:`~orchestrator.limits.base.estimate_tokens`) in every bucket of the call, at the earliest time
-  they all fit. If that is within ``max_wait_ms`` (``AGENTQ_LIMIT_MAX_WAIT_MS``, default 2 s; at most
-  half the run's time left) the worker sleeps until then and calls. Otherwise a slot is booked for the
-  task in the bucket that is full and :class:`~orchestrator.errors.LimitPostponed` postpones the task
-  until the slot: its attempt is kept, and when it comes back (within the margin,
+  (:func:`~orchestrator.limits.base.estimate_tokens`) in every bucket of the call. The call goes now
+  if its slot fits every bucket for as long as it counts (slots booked for later included), so tokens
+  a settled call gave back are used at once. Otherwise it queues behind the slots already booked, at
+  the earliest time it fits; if that is within ``max_wait_ms`` (``AGENTQ_LIMIT_MAX_WAIT_MS``, default
+  2 s; at most half the run's time left) the worker sleeps until then and calls. A call that waits
+  only for calls still in flight (counted at their estimates) looks again every :data:`RECHECK_MS`
+  within that wait, since they may settle for less. Otherwise a slot is booked for the task in the
+  bucket that is full and :class:`~orchestrator.errors.LimitPostponed` postpones the task until the
+  slot: its attempt is kept, and when it comes back (within the margin,
   :func:`~orchestrator.limits.policy.margin_ms`) its call takes the booked slot, so a long queue of
   waiting tasks wakes one slot at a time instead of all at once.
 * **Settle**: the call's tokens become what the provider reported (input + output), returning or
@@ -51,6 +55,8 @@ logger = logging.getLogger("orchestrator.limits")
 DEFAULT_PREFIX = "agentq:limits:"
 #: How long a task waits when Redis does not answer the limiter (plus up to 1 s of jitter).
 UNAVAILABLE_DELAY_MS = 5000
+#: While a call waits only for unsettled calls' estimates, how often it looks again (within its short wait).
+RECHECK_MS = 250
 #: Buckets used within this long are listed by ``agentq limits`` and the metrics.
 RECENT_MS = 3_600_000
 #: The script's cause codes, by bucket kind: requests, tokens, provider.
@@ -170,14 +176,23 @@ class RedisLimiter:
         if request.timeout_s is not None:
             max_wait = max(0, min(max_wait, int(request.timeout_s * 500)))
         keys: list[str] = [self.registry_key]
-        args: list[Any] = [task.id, max_wait, len(buckets)]
         for bucket in buckets:
             keys += self.keys(bucket)
-            args += self._bucket_args(bucket, estimate)
-        try:
-            now, start, status, index, cause = self._reserve(keys=keys, args=args)
-        except redis.RedisError as exc:
-            raise self._unavailable(buckets[0], exc) from exc
+        per_bucket: list[Any] = []
+        for bucket in buckets:
+            per_bucket += self._bucket_args(bucket, estimate)
+        waited = 0
+        while True:
+            left = max_wait - waited
+            args = [task.id, left, int(left >= RECHECK_MS), len(buckets), *per_bucket]
+            try:
+                now, start, status, index, cause = self._reserve(keys=keys, args=args)
+            except redis.RedisError as exc:
+                raise self._unavailable(buckets[0], exc) from exc
+            if status != 3:
+                break
+            self.sleep(RECHECK_MS / 1000)  # unsettled calls' estimates may come back: look again
+            waited += RECHECK_MS
         if status == 0:
             if start > now:
                 self.sleep((start - now) / 1000)

@@ -81,25 +81,27 @@ local function keep(b)
 end
 """
 
-#: KEYS: the bucket registry, then 5 keys per bucket. ARGV: holder, max_wait_ms, n, then 6 per bucket:
-#: name, requests per window (0: none), tokens per window (0: none), window_ms, margin_ms, estimate.
-#: Returns {now, start, status, bucket index (1-based), cause}: status 0 admitted (start ≤ now +
-#: max_wait; sleep until start), 1 booked (a slot is held at start: postpone until then), 2 postpone
-#: until start without a slot (provider pause). Cause: 1 requests, 2 tokens, 3 provider, 0 none.
+#: KEYS: the bucket registry, then 5 keys per bucket. ARGV: holder, max_wait_ms, recheck (1: may answer 3),
+#: n, then 6 per bucket: name, requests per window (0: none), tokens per window (0: none), window_ms,
+#: margin_ms, estimate. Returns {now, start, status, bucket index (1-based), cause}: status 0 admitted
+#: (start <= now + max_wait: sleep until start), 1 booked (a slot is held at start: postpone until then),
+#: 2 postpone until start without a slot (the provider's pause or caps), 3 look again shortly (the call
+#: waits only for unsettled calls' estimates, which may come back). Cause: 1 requests, 2 tokens,
+#: 3 provider, 0 none.
 RESERVE = (
     _COMMON
     + """
-local holder, max_wait, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local holder, max_wait, recheck, n = ARGV[1], tonumber(ARGV[2]), ARGV[3] == "1", tonumber(ARGV[4])
 local B = {}
 for i = 1, n do
-    local k, a = 1 + (i - 1) * 5, 3 + (i - 1) * 6
+    local k, a = 1 + (i - 1) * 5, 4 + (i - 1) * 6
     B[i] = {s = KEYS[k + 1], l = KEYS[k + 2], f = KEYS[k + 3], t = KEYS[k + 4], bk = KEYS[k + 5],
             name = ARGV[a + 1], req = tonumber(ARGV[a + 2]), tok = tonumber(ARGV[a + 3]),
             w = tonumber(ARGV[a + 4]), m = tonumber(ARGV[a + 5]), est = tonumber(ARGV[a + 6])}
     B[i].limited = B[i].req > 0 or B[i].tok > 0
 end
 
--- The entries of key counting after ``cut`` (ascending), as an iterator of {ends, tokens}.
+-- The entries of key scored above ``cut``, ascending, as an iterator of {score + offset, tokens}.
 local function stream(b, key, cut, offset)
     local items, pos, skip = {}, 1, 0
     local function fill()
@@ -125,7 +127,23 @@ local function stream(b, key, cut, offset)
     end
 end
 
--- Tokens of the entries of key with scores in (low, high].
+-- When each counted entry stops counting, ascending: log entries at stamp + window, slots at start +
+-- margin + window (the second value of each item is 1 for a slot).
+local function ends(b, at)
+    local logs, slots = stream(b, b.l, at - b.w, b.w), stream(b, b.f, at - b.m - b.w, b.m + b.w)
+    local l, s = logs(), slots()
+    return function()
+        local item
+        if s and (not l or s[1] <= l[1]) then
+            item, s = {s[1], s[2], 1}, slots()
+        elseif l then
+            item, l = {l[1], l[2], 0}, logs()
+        end
+        return item
+    end
+end
+
+-- Tokens of the entries of key scored in (low, high].
 local function tokens_between(b, key, low, high)
     local sum, skip = 0, 0
     while true do
@@ -138,54 +156,80 @@ local function tokens_between(b, key, low, high)
     return sum
 end
 
--- Earliest time ≥ now a new call fits bucket b, and the cause of any wait.
-local function fit(b)
-    local st = redis.call("HMGET", b.s, "lt", "ft", "pause", "rl", "ru", "tl", "tu", "qc")
-    local at, cause = now, 0
-    local pause = num(st[3])
-    if pause > at then at, cause = pause, 3 end
-    if b.limited then
-        local last = redis.call("ZRANGE", b.f, -1, -1, "WITHSCORES")
-        if #last > 0 and tonumber(last[2]) > at then at, cause = tonumber(last[2]), num(st[8]) end
-    end
-    if num(st[5]) > at and num(st[4]) < 1 then at, cause = num(st[5]), 3 end
-    if num(st[7]) > at and num(st[6]) < b.est then at, cause = num(st[7]), 3 end
-    if not b.limited then return at, cause end
-    -- Entries counting at ``at``: slots started (every slot starts by ``at``) and not past
-    -- start + margin + window, log entries not past stamp + window.
-    local slot_cut, log_cut = at - b.m - b.w, at - b.w
-    local count = redis.call("ZCOUNT", b.f, "(" .. slot_cut, "+inf")
-        + redis.call("ZCOUNT", b.l, "(" .. log_cut, "+inf")
-    local tokens = 0
-    if b.tok > 0 then
-        tokens = math.max(num(st[1]), 0) + math.max(num(st[2]), 0)
-        if at > now then
-            tokens = tokens - tokens_between(b, b.f, now - b.m - b.w, slot_cut)
-                - tokens_between(b, b.l, now - b.w, log_cut)
-        end
-    end
-    local function fits()
-        return (b.req == 0 or count + 1 <= b.req) and (b.tok == 0 or tokens + b.est <= b.tok)
-    end
-    if fits() then return at, cause end
-    cause = (b.req > 0 and count + 1 > b.req) and 1 or 2
-    local slots, logs = stream(b, b.f, slot_cut, b.m + b.w), stream(b, b.l, log_cut, b.w)
-    local s, l = slots(), logs()
-    while not fits() do
-        local item
-        if s and (not l or s[1] <= l[1]) then
-            item, s = s, slots()
-        elseif l then
-            item, l = l, logs()
-        else
-            break
-        end
-        at, count, tokens = math.max(at, item[1]), count - 1, tokens - item[2]
-    end
-    return at, cause
+local function room(b, count, tokens)
+    return (b.req == 0 or count + 1 <= b.req) and (b.tok == 0 or tokens + b.est <= b.tok)
 end
 
-local fits, causes, held = {}, {}, {}
+local function state(b)
+    local st = redis.call("HMGET", b.s, "lt", "ft", "pause", "rl", "ru", "tl", "tu", "qc")
+    return {lt = math.max(num(st[1]), 0), ft = math.max(num(st[2]), 0), pause = num(st[3]), rl = num(st[4]),
+            ru = num(st[5]), tl = num(st[6]), tu = num(st[7]), qc = num(st[8])}
+end
+
+-- Whether a call fits b now: its slot would count from now until now + margin + window, so it must fit
+-- at every moment of that span, slots booked to start during it included.
+local function fits_now(b, st)
+    if st.pause > now or (st.ru > now and st.rl < 1) or (st.tu > now and st.tl < b.est) then return false end
+    if not b.limited then return true end
+    local ahead = redis.call("ZCOUNT", b.f, "(" .. now, "+inf")
+    local count = redis.call("ZCARD", b.f) - ahead + redis.call("ZCARD", b.l)
+    local tokens = st.lt + st.ft
+    if b.tok > 0 and ahead > 0 then tokens = tokens - tokens_between(b, b.f, now, "+inf") end
+    if not room(b, count, tokens) then return false end
+    if ahead == 0 then return true end
+    local horizon, next_end, starts = now + b.m + b.w, ends(b, now), stream(b, b.f, now, 0)
+    local e = next_end()
+    local s = starts()
+    while s and s[1] < horizon do
+        while e and e[1] <= s[1] do
+            count, tokens = count - 1, tokens - e[2]
+            e = next_end()
+        end
+        count, tokens = count + 1, tokens + s[2]
+        if not room(b, count, tokens) then return false end
+        s = starts()
+    end
+    return true
+end
+
+-- Earliest time a call fits b after every slot already in it (first come, first served), and the
+-- cause of the wait. ``settling`` is true when the wait is for unsettled calls, counted at their
+-- estimates until their slots end: they may come back sooner, with less.
+local function fit(b, st)
+    local at, cause = now, 0
+    if st.pause > at then at, cause = st.pause, 3 end
+    if b.limited then
+        local last = redis.call("ZRANGE", b.f, -1, -1, "WITHSCORES")
+        if #last > 0 and tonumber(last[2]) > at then at, cause = tonumber(last[2]), st.qc end
+    end
+    if st.ru > at and st.rl < 1 then at, cause = st.ru, 3 end
+    if st.tu > at and st.tl < b.est then at, cause = st.tu, 3 end
+    if not b.limited then return at, cause, false end
+    -- Counting at ``at``: every slot (all start by then) not past start + margin + window, and log
+    -- entries not past stamp + window; both only fall after ``at``.
+    local count = redis.call("ZCOUNT", b.f, "(" .. (at - b.m - b.w), "+inf")
+        + redis.call("ZCOUNT", b.l, "(" .. (at - b.w), "+inf")
+    local tokens = 0
+    if b.tok > 0 then
+        tokens = st.lt + st.ft
+        if at > now then
+            tokens = tokens - tokens_between(b, b.f, now - b.m - b.w, at - b.m - b.w)
+                - tokens_between(b, b.l, now - b.w, at - b.w)
+        end
+    end
+    if room(b, count, tokens) then return at, cause, false end
+    cause = (b.req > 0 and count + 1 > b.req) and 1 or 2
+    local settling, next_end = false, ends(b, at)
+    while not room(b, count, tokens) do
+        local e = next_end()
+        if not e then break end
+        if e[3] == 1 and e[1] - b.m - b.w <= now then settling = true end
+        at, count, tokens = math.max(at, e[1]), count - 1, tokens - e[2]
+    end
+    return at, cause, settling
+end
+
+local states, held = {}, {}
 for i, b in ipairs(B) do
     if b.limited then
         prune(b)
@@ -195,14 +239,13 @@ for i, b in ipairs(B) do
             if redis.call("SISMEMBER", b.bk, holder) == 1 then
                 local pause = num(redis.call("HGET", b.s, "pause"))
                 if now <= start + b.m and pause <= start + b.m then
-                    held[i], fits[i] = start, math.max(start, pause)
-                    causes[i] = num(redis.call("HGET", b.s, "qc"))
+                    held[i] = start
                 else
                     release(b, holder)  -- the task came back too late, or the provider paused past it
                 end
             else
-                -- A slot of this holder in use that never settled (its run was lost): it keeps counting
-                -- under another name.
+                -- A slot of this holder in use that never settled (its run was lost): it keeps
+                -- counting under another name.
                 local renamed = holder .. "~" .. redis.call("HINCRBY", b.s, "seq", 1)
                 local est = redis.call("HGET", b.t, holder)
                 redis.call("ZREM", b.f, holder)
@@ -212,32 +255,61 @@ for i, b in ipairs(B) do
             end
         end
     end
-    if not held[i] then fits[i], causes[i] = fit(b) end
+    states[i] = state(b)
 end
 
-local function latest()
-    local at, index = now, 0
-    for i = 1, n do if fits[i] > at then at, index = fits[i], i end end
-    return at, index
+-- Now, if every bucket has room now (a slot held for this holder counts as room once it has begun).
+local at, index, status, cause = now, 0, 0, 0
+local ready = true
+for i, b in ipairs(B) do
+    if held[i] then
+        if held[i] > now or states[i].pause > now then ready = false end
+    elseif not fits_now(b, states[i]) then
+        ready = false
+    end
 end
-local at, index = latest()
--- A booked slot is only good for a call that starts within its margin; otherwise queue afresh.
-for _ = 1, n do
-    local changed = false
+
+local fits, causes, settling = {}, {}, {}
+local function latest()
+    local best, which = now, 0
+    for i = 1, n do if fits[i] > best then best, which = fits[i], i end end
+    return best, which
+end
+if not ready then
+    -- Else the earliest time every bucket has room after the slots already in it.
     for i, b in ipairs(B) do
-        if held[i] and at > held[i] + b.m then
-            release(b, holder)
-            held[i] = nil
-            fits[i], causes[i] = fit(b)
-            changed = true
+        if held[i] then
+            fits[i], causes[i], settling[i] = math.max(held[i], states[i].pause), states[i].qc, false
+        else
+            fits[i], causes[i], settling[i] = fit(b, states[i])
         end
     end
-    if not changed then break end
     at, index = latest()
+    -- A slot held here is only good for a call that starts within its margin; else queue afresh.
+    for _ = 1, n do
+        local changed = false
+        for i, b in ipairs(B) do
+            if held[i] and at > held[i] + b.m then
+                release(b, holder)
+                held[i] = nil
+                states[i] = state(b)
+                fits[i], causes[i], settling[i] = fit(b, states[i])
+                changed = true
+            end
+        end
+        if not changed then break end
+        at, index = latest()
+    end
+    cause = index > 0 and causes[index] or 0
+    if at > now + max_wait then
+        status = 2
+        if recheck and index > 0 and settling[index] and not held[index] then
+            status = 3
+        end
+    end
 end
 
-local status, cause = 0, index > 0 and causes[index] or 0
-if at <= now + max_wait then
+if status == 0 then
     for i, b in ipairs(B) do
         if held[i] then
             redis.call("SREM", b.bk, holder)
@@ -246,12 +318,10 @@ if at <= now + max_wait then
             redis.call("HSET", b.t, holder, b.est)
             redis.call("HINCRBY", b.s, "ft", b.est)
         end
-        local caps = redis.call("HMGET", b.s, "ru", "tu")
-        if num(caps[1]) > at then redis.call("HINCRBY", b.s, "rl", -1) end
-        if num(caps[2]) > at then redis.call("HINCRBY", b.s, "tl", -b.est) end
+        if states[i].ru > at then redis.call("HINCRBY", b.s, "rl", -1) end
+        if states[i].tu > at then redis.call("HINCRBY", b.s, "tl", -b.est) end
     end
-else
-    status = 2
+elseif status == 2 then
     for i, b in ipairs(B) do
         if fits[i] == at and b.limited and causes[i] ~= 3 then
             if not held[i] then
@@ -263,11 +333,11 @@ else
             end
             status = 1
         elseif held[i] then
-            release(b, holder)  -- held elsewhere while this bucket makes it wait: give it back
+            release(b, holder)  -- held here while another bucket makes it wait: give it back
         end
     end
 end
-for i, b in ipairs(B) do
+for _, b in ipairs(B) do
     redis.call("ZADD", KEYS[1], now, b.name)
     keep(b)
 end
