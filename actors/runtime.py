@@ -86,8 +86,7 @@ def build_orchestrator(settings: Settings, *, limiter: RedisLimiter | None = Non
     hooks: OrchestratorHooks = TracingHooks(record_content=settings.trace_content)
     if settings.metrics_port is not None:
         hooks = CompositeHooks(hooks, LLMMetrics(prices))
-        if limiter is not None:
-            LIMIT_GAUGES.watch(limiter)
+        LIMIT_GAUGES.watch(limiter)
     return Orchestrator(providers, prices=prices, hooks=hooks, base_urls=base_urls, limiter=limiter)
 
 

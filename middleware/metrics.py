@@ -139,8 +139,8 @@ class LimitGauges(Collector):
         self._sampled_at = 0.0
         self._usage: list[BucketUsage] = []
 
-    def watch(self, limiter: RedisLimiter) -> None:
-        """Report ``limiter``'s buckets from now on."""
+    def watch(self, limiter: RedisLimiter | None) -> None:
+        """Report ``limiter``'s buckets from now on (None: none)."""
         self._limiter, self._sampled_at = limiter, 0.0
 
     def sample(self) -> list[BucketUsage]:

@@ -205,6 +205,8 @@ class LimitPostponed(AgentRunError):
     """
 
     retryable = True
+    postpone_ms: int
+    postpone_cause: str
 
     def __init__(self, message: str, *, bucket: str, postpone_ms: int, cause: str, booked: bool) -> None:
         """Build the error; see the class docstring."""

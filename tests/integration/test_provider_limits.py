@@ -16,13 +16,17 @@ import pytest
 import redis
 
 from config.rate_limits import RateLimit
+from middleware.metrics import Metrics
 from orchestrator import AgentSpec, Orchestrator, ProviderRegistry, ScriptedProvider
 from orchestrator.agent import TaskInput
 from orchestrator.errors import LimitPostponed, ProviderRateLimited, ProviderUnavailable
 from orchestrator.limits import LimitPolicy, RedisLimiter, margin_ms
 from orchestrator.messages import RateLimitReport
+from taskstore import InMemoryTaskStore, TaskStatus
 from tests.acceptance.processes import ThrowawayRedis, free_port
+from tests.harness import stub_harness, wait_until
 from tests.integration.limit_load import answer, most_in_any_window, request, run
+from tests.unit.test_metrics import scrape, served, value
 
 pytestmark = pytest.mark.integration
 
@@ -417,3 +421,36 @@ def test_the_orchestrator_asks_before_each_model_call_and_a_postponement_keeps_t
     assert caught.value.booked and caught.value.postpone_cause == "rpm"
     assert [entry["type"] for entry in caught.value.transcript] == ["model", "tool"]
     assert limiter.usage(["scripted:scripted-1"])[0].waiting == 1
+
+
+# -- metrics ----------------------------------------------------------------------------------------
+
+
+def test_metrics_show_each_bucket_and_count_postponements_by_cause(redis_url: str) -> None:
+    # Given a worker with metrics, and its scripted model allowed one request a minute
+    port = free_port()
+    limits = {"scripted:scripted-1": {"rpm": 1}}
+    before = value("agentq_task_postponements_total", queue="general", cause="rpm")
+    with stub_harness(
+        InMemoryTaskStore(), metrics_port=port, redis_url=redis_url, provider_limits=limits
+    ) as app:
+        [metrics] = [m for m in app.broker.middleware if isinstance(m, Metrics)]
+        first, second = app.task(), app.task()
+
+        # When two tasks run: the second waits for the next minute (postponed, its slot booked)
+        with app.worker():
+            app.queue.add_task(first)
+            wait_until(lambda: app.store.get_task(first).status == TaskStatus.COMPLETED)  # type: ignore[union-attr]
+            app.queue.add_task(second)
+            wait_until(lambda: app.store.get_task(second).postponed_count == 1)  # type: ignore[union-attr]
+            assert metrics.bound_port is not None
+            samples = scrape(metrics.bound_port)
+
+    # Then the endpoint shows the bucket's capacity, use and the booked slot, and the postponement's cause
+    bucket = "scripted:scripted-1"
+    assert served(samples, "agentq_limit_capacity", bucket=bucket, unit="requests") == 1
+    assert served(samples, "agentq_limit_used", bucket=bucket, unit="requests") == 1
+    assert served(samples, "agentq_limit_waiting", bucket=bucket) == 1
+    assert served(samples, "agentq_limit_in_flight", bucket=bucket) == 0
+    assert served(samples, "agentq_limit_paused_seconds", bucket=bucket) == 0
+    assert served(samples, "agentq_task_postponements_total", queue="general", cause="rpm") == before + 1
