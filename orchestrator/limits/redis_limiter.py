@@ -40,7 +40,7 @@ import redis
 
 from orchestrator.errors import LimitPostponed, ProviderRateLimited
 from orchestrator.limits.base import Permit, estimate_tokens
-from orchestrator.limits.policy import Bucket, LimitPolicy, margin_ms
+from orchestrator.limits.policy import MODEL_CACHE_SIZE, Bucket, LimitPolicy, margin_ms
 from orchestrator.limits.scripts import RESERVE, SETTLE, USAGE
 from orchestrator.messages import ModelRequest, ModelResponse, RateLimitReport
 
@@ -149,6 +149,7 @@ class RedisLimiter:
         self._reserve = client.register_script(RESERVE)
         self._settle_script = client.register_script(SETTLE)
         self._usage = client.register_script(USAGE)
+        self._keys: dict[str, list[str]] = {}
 
     # -- keys ------------------------------------------------------------------------------------
 
@@ -158,9 +159,14 @@ class RedisLimiter:
         return f"{self.prefix}buckets"
 
     def keys(self, bucket: Bucket) -> list[str]:
-        """The five keys of ``bucket``: state, log, slots, tokens, booked."""
-        base = f"{self.prefix}{bucket.name}:"
-        return [base + "s", base + "l", base + "f", base + "t", base + "b"]
+        """The three keys of ``bucket``: state, log, slots (:mod:`orchestrator.limits.scripts`)."""
+        keys = self._keys.get(bucket.name)
+        if keys is None:
+            base = f"{self.prefix}{bucket.name}:"
+            keys = self._keys[bucket.name] = [base + "s", base + "l", base + "f"]
+            if len(self._keys) > MODEL_CACHE_SIZE:
+                self._keys.clear()
+        return keys
 
     # -- the call path ---------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ scaled to it) and the request-limit test also on the issue's literal minute, mar
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +20,7 @@ from actors.agent_actor import AgentJob, agent_actor
 from middleware import AttemptResult
 from taskstore import RunStatus, TaskStatus
 from taskstore.postgres import PostgresTaskStore
-from tests.acceptance.processes import WorkerProcess, command_env
+from tests.acceptance.processes import ROOT, WorkerProcess, command_env
 from tests.fakes.openai_server import FakeOpenAIServer, RecordedRequest, openai_error, openai_text
 from tests.harness import ORG, OTHER_ORG, Harness, wait_until
 from tests.integration.limit_load import most_in_any_window
@@ -299,3 +301,38 @@ def test_one_organizations_burst_does_not_hold_back_another(
         assert buckets[f"org:{ORG}"]["waiting"] >= 1 and buckets[f"org:{ORG}"]["tokens_capacity"] == 1500
         assert buckets[f"openai:{MODEL}"]["waiting"] == 0
         assert buckets[f"org:{OTHER_ORG}"]["requests_used"] == 5
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("AGENTQ_PROVIDER_LIMITS_JSON", '{"openai:gpt-4o-mini": {"rpm": 20', "is not valid JSON"),
+        (
+            "AGENTQ_PROVIDER_LIMITS_JSON",
+            '{"openai:gpt-4o-mini": {"rpm": 0}}',
+            "rpm must be a positive integer",
+        ),
+        (
+            "AGENTQ_ORG_LIMITS_JSON",
+            '{"11111111-1111-4111-8111-111111111111": {"tokens": 5}}',
+            "unknown key 'tokens'",
+        ),
+    ],
+)
+def test_a_worker_with_a_bad_limit_does_not_start_and_names_the_key(
+    name: str, value: str, message: str
+) -> None:
+    env = command_env(**{name: value})
+
+    result = subprocess.run(
+        [sys.executable, "-m", "dramatiq", "actors", "--processes", "1"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode != 0
+    assert f"{name}=" in result.stderr and message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
