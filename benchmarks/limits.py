@@ -52,17 +52,21 @@ BLOCK = 250
 
 @dataclass(frozen=True)
 class CallCost:
-    """Microseconds per model call, per side, over interleaved blocks."""
+    """Microseconds per model call, per side, over interleaved blocks: wall time, and this process's CPU."""
 
     calls: int
     off: list[float]
     model: list[float]
     model_and_org: list[float]
+    cpu: dict[str, list[float]]
     threaded_off: float
     threaded_on: float
 
     def overhead(self, side: list[float]) -> float:
         return statistics.median(side) - statistics.median(self.off)
+
+    def cpu_overhead(self, side: str) -> float:
+        return statistics.median(self.cpu[side]) - statistics.median(self.cpu["off"])
 
 
 def _orchestrators(client: redis.Redis) -> dict[str, object]:
@@ -83,19 +87,19 @@ def _orchestrators(client: redis.Redis) -> dict[str, object]:
     }
 
 
-def _block(orchestrator: object, calls: int, prefix: str) -> float:
-    """Seconds per run of ``calls`` one-call runs."""
+def _block(orchestrator: object, calls: int, prefix: str) -> tuple[float, float]:
+    """Seconds per run of ``calls`` one-call runs: wall time, and this process's CPU time."""
     from orchestrator import AgentSpec, Orchestrator, TaskInput
 
     assert isinstance(orchestrator, Orchestrator)
     agent = AgentSpec(id="a", name="bench", provider="scripted", model="scripted-1", max_tokens=100)
     context = {"script": [{"answer": "done"}]}
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     for index in range(calls):
         orchestrator.run(
             agent, TaskInput(id=f"{prefix}{index}", title="t", context=context, organization_id=ORG)
         )
-    return (time.perf_counter() - started) / calls
+    return (time.perf_counter() - started) / calls, (time.process_time() - cpu) / calls
 
 
 def per_call(client: redis.Redis, calls: int) -> CallCost:
@@ -105,11 +109,16 @@ def per_call(client: redis.Redis, calls: int) -> CallCost:
     for name, orchestrator in sides.items():  # warm up: imports, script loading
         _block(orchestrator, 50, f"warm-{name}-")
     results: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, list[float]] = {name: [] for name in sides}
     for repeat in range(calls // BLOCK):
         for name, orchestrator in sides.items():
-            results[name].append(_block(orchestrator, BLOCK, f"{name}-{repeat}-") * 1e6)
+            wall, used = _block(orchestrator, BLOCK, f"{name}-{repeat}-")
+            results[name].append(wall * 1e6)
+            cpu[name].append(used * 1e6)
     threaded = {name: _threaded(sides[name], calls // 2) for name in ("off", "model")}
-    return CallCost(calls, results["off"], results["model"], results["model_and_org"], *threaded.values())
+    return CallCost(
+        calls, results["off"], results["model"], results["model_and_org"], cpu, *threaded.values()
+    )
 
 
 def _threaded(orchestrator: object, calls: int) -> float:
@@ -238,6 +247,11 @@ def render(cost: CallCost, drained: Throughput, redis_url: str) -> str:
             f" {runs(cost.model)} |",
             f"| model bucket + organization quota | {statistics.median(cost.model_and_org):.0f} |"
             f" +{cost.overhead(cost.model_and_org):.0f} µs | {runs(cost.model_and_org)} |",
+            "",
+            "CPU of this process per call (the Python side; Redis runs the scripts in its own process):"
+            f" +{cost.cpu_overhead('model'):.0f} µs with the model bucket,"
+            f" +{cost.cpu_overhead('model_and_org'):.0f} µs with the organization quota too"
+            f" (no limiter: {statistics.median(cost.cpu['off']):.0f} µs).",
             "",
             f"8 threads at once: {cost.threaded_off:.0f} µs per call without limiter,"
             f" {cost.threaded_on:.0f} µs with the model bucket (wall time / calls).",
