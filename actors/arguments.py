@@ -71,10 +71,39 @@ def check_batch(name: str, items: object, what: str) -> Sequence[Any]:
     return items
 
 
+def unstorable_text(value: object) -> str | None:
+    """Why a database cannot store ``value`` (a string, or strings and keys inside lists and dicts): a NUL
+    character or a lone surrogate, which neither Postgres text nor JSON(B) accepts; ``None`` if it can."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return "a NUL character (U+0000)"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a lone surrogate (not valid Unicode)"
+        return None
+    if isinstance(value, Mapping):
+        items: list[object] = [*value.keys(), *value.values()]
+        return next(filter(None, map(unstorable_text, items)), None)
+    if isinstance(value, list | tuple):
+        return next(filter(None, map(unstorable_text, value)), None)
+    return None
+
+
+def check_storable(name: str, value: object) -> None:
+    """:class:`InvalidArgument` naming ``name`` when :func:`unstorable_text` finds something."""
+    problem = unstorable_text(value)
+    if problem is not None:
+        raise InvalidArgument(
+            f"{name} {short_repr(value)} contains {problem}, which the database cannot store"
+        )
+
+
 def check_title(title: object) -> None:
     """A task title: a non-blank string of at most :data:`MAX_TITLE_CHARS` characters."""
     if not isinstance(title, str) or not title.strip():
         raise InvalidArgument(f"title {short_repr(title)} must be a non-empty string")
+    check_storable("title", title)
     if len(title) > MAX_TITLE_CHARS:
         raise InvalidArgument(
             f"title {short_repr(title)} is longer than {MAX_TITLE_CHARS} characters;"
@@ -91,6 +120,7 @@ def check_description(description: object) -> None:
             f"description {short_repr(description)} is longer than {MAX_DESCRIPTION_CHARS} characters;"
             " put large inputs in context or behind a tool"
         )
+    check_storable("description", description)
 
 
 def check_ids(task_ids: object) -> list[str]:

@@ -39,6 +39,16 @@ class AgentInactive(AgentQueueError):
         self.agent_id = agent_id
 
 
+class AgentChangedConcurrently(AgentQueueError):
+    """The task's agent changed between ``create_task``'s insert and its check; nothing was inserted."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(
+            f"agent {agent_id!r} changed while the task was being created; nothing inserted, try again"
+        )
+        self.agent_id = agent_id
+
+
 class AgentOrganizationMismatch(AgentQueueError):
     """A task may only use an agent of its own organization."""
 

@@ -32,9 +32,11 @@ from actors.arguments import (
     check_title,
     item,
     task_fields,
+    unstorable_text,
 )
 from actors.broker.lanes import LaneBroker
 from actors.errors import (
+    AgentChangedConcurrently,
     AgentInactive,
     InvalidArgument,
     InvalidContext,
@@ -161,8 +163,15 @@ class AgentTaskQueue:
             priority=priority,
             task_type=task_type,
         )
-        self._check_new_agent(self.store.get_agent(new.agent_id), new)
-        return self.store.create_task(new, now=self.clock())
+        kinds = self.agent_kinds()
+        for _ in range(2):
+            # The fast path: the agent check and the insert in one statement.
+            created = self.store.create_runnable_task(new, kinds=kinds, now=self.clock())
+            if created is not None:
+                return created
+            # Nothing inserted: say why; if nothing is wrong now, the agent changed meanwhile: try again.
+            self._check_new_agent(self.store.get_agent(new.agent_id), new)
+        raise AgentChangedConcurrently(new.agent_id)
 
     def create_tasks(self, tasks: Sequence[Mapping[str, Any]]) -> list[Task]:
         """Insert many ``pending`` tasks at once, all or none; each mapping holds ``create_task``'s arguments.
@@ -199,17 +208,24 @@ class AgentTaskQueue:
         if priority is not None:
             check_priority(priority)
         check_delay(delay_ms)
-        task = self._task(task_id)
-        check_pending(task)
-        actor = self._actor_for(task)
-        now = self.clock()
-        due = now + timedelta(milliseconds=delay_ms)
-        queued = self.store.mark_queued(task_id, priority=priority, run_at=due, now=now)
-        if queued is None:
-            return self._not_queued(task_id)
-        self._send([(actor, queued)], delay_ms, queued_at=now)
-        _log_added(queued, delay_ms)
-        return Job.from_task(queued, self.store.get_runs(task_id) if queued.attempts else [])
+        kinds = self.agent_kinds()
+        for _ in range(2):
+            # The fast path: the agent check, the compare-and-set and the agent's kind in one statement.
+            now = self.clock()
+            due = now + timedelta(milliseconds=delay_ms)
+            queued = self.store.queue_runnable_task(
+                task_id, kinds=kinds, priority=priority, run_at=due, now=now
+            )
+            if queued is not None:
+                task = queued.task
+                self._send([(kinds[queued.agent_kind], task)], delay_ms, queued_at=now)
+                _log_added(task, delay_ms)
+                return Job.from_task(task, self.store.get_runs(task_id) if task.attempts else [])
+            # Nothing changed: say why; if nothing is wrong now, the row changed meanwhile: try again.
+            task = self._task(task_id)
+            check_pending(task)
+            self._actor_for(task)
+        return self._not_queued(task_id)
 
     def add_tasks(self, task_ids: Sequence[str], priority: int | None = None, delay_ms: int = 0) -> list[Job]:
         """Queue many ``pending`` tasks at once, all or none: the bulk :meth:`add_task`.
@@ -568,6 +584,9 @@ class AgentTaskQueue:
         size = len(encoded.encode())
         if size > self.max_context_bytes:
             raise InvalidContext(f"context is {size} bytes of JSON; the limit is {self.max_context_bytes}")
+        problem = unstorable_text(context)
+        if problem is not None:
+            raise InvalidContext(f"context contains {problem}, which the database cannot store")
         decoded: dict[str, Any] = json.loads(encoded)
         return decoded
 

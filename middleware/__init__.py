@@ -5,7 +5,7 @@ The stack (``before_*`` hooks run top to bottom, ``after_*`` bottom to top):
 =======================  ========================================================================
 name                     middleware
 =======================  ========================================================================
-(always)                 :class:`middleware.close_store.CloseStore` — closes DB connections last
+(always)                 :class:`middleware.store_lifecycle.StoreLifecycle` — checks schema, closes DB last
 ``tracing``              :class:`middleware.tracing.Tracing` — publish/process spans around everything
 (always)                 :class:`middleware.redaction.Redaction` — registers the secrets to redact
 ``sentry``               :class:`middleware.sentry.Sentry` — scope, tags, one event per dead letter
@@ -30,7 +30,7 @@ name                     middleware
 
 ``tracing`` is second so its ``before_*`` hooks run before every other (its span covers
 skips, the claim, the run and the status writes) and its ``after_*`` hooks after every
-other but ``CloseStore``. ``AGENTQ_DISABLE_MIDDLEWARE`` names entries to leave out. User middleware sits
+other but ``StoreLifecycle``. ``AGENTQ_DISABLE_MIDDLEWARE`` names entries to leave out. User middleware sits
 before ``task_lifecycle`` so a user's ``SkipMessage`` happens before the task is
 claimed.
 """
@@ -58,7 +58,6 @@ from config.errors import ConfigError
 from config.settings import Settings
 from config.trace_export import configure_tracing, shutdown_tracing
 from middleware.attempts import AttemptRegistry
-from middleware.close_store import CloseStore
 from middleware.json_logs import JsonLogs
 from middleware.metrics import Metrics
 from middleware.outcome import AttemptResult
@@ -70,6 +69,7 @@ from middleware.sentry import Sentry
 from middleware.shutdown_deadline import ShutdownDeadline
 from middleware.stalled_jobs import StalledJobs
 from middleware.start_limit import Limit, StartRateLimit, parse_kind_limits
+from middleware.store_lifecycle import StoreLifecycle
 from middleware.task_lifecycle import EnqueueRejected, TaskLifecycle, current_claim
 from middleware.tracing import Tracing
 from taskstore import TaskStore, utcnow
@@ -87,7 +87,7 @@ DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
 }
 #: Our middleware after the user's, switchable by name, in stack order.
 RELIABILITY = ("stalled_jobs", "shutdown_deadline", "reconciler", "pause", "rate_limit")
-#: Our observability middleware, after ``CloseStore`` (sentry with a DSN, metrics with a port).
+#: Our observability middleware, after ``StoreLifecycle`` (sentry with a DSN, metrics with a port).
 OBSERVABILITY = ("tracing", "sentry", "metrics")
 #: Every name ``AGENTQ_DISABLE_MIDDLEWARE`` accepts.
 OPTIONAL = (*OBSERVABILITY, *DRAMATIQ, *RELIABILITY)
@@ -131,7 +131,7 @@ def build_middleware(
             per_kind=parse_kind_limits(settings.kind_rate_limits),
         ),
     }
-    stack: list[dramatiq.Middleware] = [CloseStore(store)]
+    stack: list[dramatiq.Middleware] = [StoreLifecycle(store)]
     if "tracing" not in disabled:
         tracing = Tracing(
             attempts,
@@ -184,7 +184,6 @@ __all__ = [
     "OPTIONAL",
     "RELIABILITY",
     "AttemptResult",
-    "CloseStore",
     "EnqueueRejected",
     "Metrics",
     "Reconciler",
@@ -192,6 +191,7 @@ __all__ = [
     "Sentry",
     "ShutdownDeadline",
     "StalledJobs",
+    "StoreLifecycle",
     "TaskLifecycle",
     "Tracing",
     "build_middleware",

@@ -38,7 +38,7 @@ from dramatiq.broker import MessageProxy
 from dramatiq.middleware import Interrupt, MiddlewareError, SkipMessage
 
 from config.errors import AgentQueueError
-from config.redaction import redact, redacted_traceback
+from config.redaction import redact, redact_data, redacted_traceback
 from middleware.agent_messages import (
     ADMITTED_AT_OPTION,
     AGENT_KIND_OPTION,
@@ -414,7 +414,8 @@ class TaskLifecycle(dramatiq.Middleware):
     def _record(self, claim: Claim, exception: BaseException, decision: Decision) -> bool:
         """Write the attempt's end as ``decision`` says; ``False`` if the run no longer holds the task."""
         task_id, run_id, now = claim.task.id, claim.run_id, self.clock()
-        usage, transcript = usage_of(exception), transcript_of(exception)
+        # A failed attempt's transcript holds error texts (e.g. a fallback's cause): redacted like the error.
+        usage, transcript = usage_of(exception), redact_data(transcript_of(exception))
         due = now + timedelta(milliseconds=decision.delay_ms)
         if decision.outcome is Outcome.CANCEL:
             return self.store.finish_cancelled(task_id, run_id, usage=usage, transcript=transcript, now=now)

@@ -23,9 +23,9 @@ Attributes: ``messaging.system``, ``messaging.destination.name``, ``messaging.me
 :class:`~middleware.attempts.AttemptObserver` hook), ``agentq.agent_id``,
 ``agentq.organization_id``, ``agentq.kind``, ``agentq.attempt`` and ``agentq.outcome``.
 
-Position: second in the stack, right after ``CloseStore``: its ``before_*`` hooks run
+Position: second in the stack, right after ``StoreLifecycle``: its ``before_*`` hooks run
 before every other (the span covers skips by any middleware, the claim and the
-``pending → queued`` write) and its ``after_*`` hooks after every other but ``CloseStore``.
+``pending → queued`` write) and its ``after_*`` hooks after every other but ``StoreLifecycle``.
 
 Exporting is set up per process by :mod:`config.trace_export` (``after_process_boot``
 in workers, the first enqueue in producers); with nothing configured the API's no-op

@@ -13,7 +13,7 @@ All timestamps are timezone-aware UTC ``datetime`` values passed in by the calle
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, Protocol, runtime_checkable
@@ -29,6 +29,7 @@ from taskstore.models import (
     NewAgent,
     NewTask,
     QueueCounts,
+    QueuedTask,
     RetentionPolicy,
     Run,
     StalledTask,
@@ -44,6 +45,12 @@ class TaskStore(Protocol):
 
     def migrate(self) -> list[str]:
         """Create or upgrade the schema; returns the names of migrations applied now. Idempotent."""
+        ...
+
+    def ensure_schema(self) -> None:
+        """Before a worker starts: make sure the schema is current. SQLite (embedded: the worker owns the
+        file) applies what is missing; Postgres and Supabase only check (DDL is a deploy step) and raise
+        :class:`~taskstore.errors.SchemaMissing` naming what to apply."""
         ...
 
     def close(self) -> None:
@@ -70,6 +77,12 @@ class TaskStore(Protocol):
         """The task, or ``None``."""
         ...
 
+    def create_runnable_task(self, task: NewTask, *, kinds: Collection[str], now: datetime) -> Task | None:
+        """Insert a ``pending`` task only if its agent exists, is active, belongs to the task's organization
+        and has one of ``kinds``: one statement. ``None`` (nothing inserted) otherwise; the caller reads why.
+        """
+        ...
+
     def create_tasks(self, tasks: Sequence[NewTask], *, now: datetime) -> list[Task]:
         """Insert tasks in status ``pending``, all or none (one transaction); returned in the given order."""
         ...
@@ -90,6 +103,19 @@ class TaskStore(Protocol):
 
     def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
         """``queued → pending`` for the enqueue made at ``queued_at``, when the broker refused its message."""
+        ...
+
+    def queue_runnable_task(
+        self,
+        task_id: str,
+        *,
+        kinds: Collection[str],
+        priority: int | None,
+        run_at: datetime,
+        now: datetime,
+    ) -> QueuedTask | None:
+        """``pending → queued`` only if the task's agent exists, is active and has one of ``kinds``: one
+        statement that also returns the agent's kind. ``None`` (nothing changed) otherwise."""
         ...
 
     def mark_queued_many(

@@ -33,6 +33,10 @@ class AgentNotFound(TaskStoreError, LookupError):
         self.agent_id = agent_id
 
 
+class SchemaMissing(TaskStoreError):
+    """The database lacks a migration (tables or ``agentq_*`` functions); the message says what to apply."""
+
+
 class DuplicateTask(TaskStoreError):
     """An insert whose task id already exists (or is given twice); nothing was inserted."""
 

@@ -142,6 +142,14 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class QueuedTask:
+    """A task just moved ``pending → queued``, with its agent's kind (whose actor gets the message)."""
+
+    task: Task
+    agent_kind: str
+
+
+@dataclass(frozen=True, slots=True)
 class StalledTask:
     """A running task whose lease expired, as recovered: re-queued, or failed past the stalled limit."""
 

@@ -23,7 +23,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from config.settings import DB_POOL_CAP
-from taskstore.errors import DuplicateTask, StoreUnavailable, TaskStoreError
+from taskstore.errors import DuplicateTask, SchemaMissing, StoreUnavailable, TaskStoreError
 from taskstore.group_commit import GroupCommit
 from taskstore.models import Claim
 from taskstore.schema import MIGRATIONS, MIGRATIONS_TABLE
@@ -161,6 +161,10 @@ class PostgresTaskStore(SqlFunctionStore):
         except psycopg.errors.QueryCanceled as exc:
             timeout = f"statement_timeout {self._statement_timeout_ms} ms"
             raise StoreUnavailable(f"Postgres statement cancelled ({timeout}): {exc}") from exc
+        except (psycopg.errors.UndefinedFunction, psycopg.errors.UndefinedTable) as exc:
+            raise SchemaMissing(
+                f"the database lacks the agentq schema ({exc.diag.message_primary}): run `agentq migrate`"
+            ) from exc
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"Postgres unavailable: {exc}") from exc
 
@@ -195,6 +199,25 @@ class PostgresTaskStore(SqlFunctionStore):
                     conn.execute(migration.path().read_text(encoding="utf-8").encode())
                     applied.append(migration.name)
         return applied
+
+    def ensure_schema(self) -> None:
+        """Raise :class:`SchemaMissing` when a migration of :data:`MIGRATIONS` is not applied."""
+        rows = self._fetch(
+            "SELECT COALESCE((SELECT array_agg(name) FROM agentq_schema_migrations), '{}') AS names"
+            if self._has_migrations_table()
+            else "SELECT '{}'::text[] AS names"
+        )
+        present = set(rows[0]["names"])
+        missing = [migration.name for migration in MIGRATIONS if migration.name not in present]
+        if missing:
+            raise SchemaMissing(
+                f"the database lacks migration(s) {', '.join(missing)}: run `agentq migrate` with this "
+                "DATABASE_URL (or apply taskstore/migrations/*.sql in order)"
+            )
+
+    def _has_migrations_table(self) -> bool:
+        rows = self._fetch("SELECT to_regclass(%s) IS NOT NULL AS ok", (MIGRATIONS_TABLE,))
+        return bool(rows[0]["ok"])
 
     def reserve_connections(self, count: int) -> None:
         with self._lock:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -34,6 +34,7 @@ from taskstore.models import (
     NewAgent,
     NewTask,
     QueueCounts,
+    QueuedTask,
     RetentionPolicy,
     Run,
     RunStatus,
@@ -143,6 +144,11 @@ def new_row(record: NewAgent | NewTask, columns: Sequence[str], now: datetime, *
     return row
 
 
+def _queued_at(task: Task, now: datetime) -> bool:
+    """Whether ``task`` was queued by the write made at ``now``."""
+    return task.status == TaskStatus.QUEUED and task.queued_at == now
+
+
 def usage_params(usage: Usage, transcript: list[dict[str, Any]] | None) -> Row:
     """A finished run's usage as ``p_<column>`` arguments."""
     params = {f"p_{column}": getattr(usage, column) for column in USAGE_COLUMNS}
@@ -192,6 +198,18 @@ class SqlFunctionStore(ABC):
     def create_task(self, task: NewTask, *, now: datetime) -> Task:
         return self.create_tasks([task], now=now)[0]
 
+    def create_runnable_task(self, task: NewTask, *, kinds: Collection[str], now: datetime) -> Task | None:
+        """``agentq_create_runnable_task``: the agent check and the insert in one statement."""
+        row = new_row(task, TASK_COLUMNS, now, status="pending")
+
+        def applied() -> list[Row] | None:
+            existing = self._call("agentq_get_tasks", {"p_task_ids": [row["id"]]}) or []
+            return existing if existing and decode_task(existing[0]).created_at == now else None
+
+        params = {"p_task": row, "p_kinds": sorted(kinds)}
+        tasks = self._tasks("agentq_create_runnable_task", params, applied)
+        return tasks[0] if tasks else None
+
     def get_task(self, task_id: str) -> Task | None:
         tasks = self._tasks("agentq_get_tasks", {"p_task_ids": [task_id]})
         return tasks[0] if tasks else None
@@ -229,9 +247,7 @@ class SqlFunctionStore(ABC):
         def applied() -> list[Row] | None:
             rows = self._call("agentq_get_tasks", {"p_task_ids": ids}) or []
             tasks = [decode_task(row) for row in rows]
-            mine = len(tasks) == len(ids) and all(
-                task.status == TaskStatus.QUEUED and task.queued_at == now for task in tasks
-            )
+            mine = len(tasks) == len(ids) and all(_queued_at(task, now) for task in tasks)
             return rows if mine else None
 
         params = {"p_task_ids": ids, "p_priority": priority, "p_run_at": run_at, "p_now": now}
@@ -241,8 +257,37 @@ class SqlFunctionStore(ABC):
     def mark_queued(
         self, task_id: str, *, priority: int | None, run_at: datetime, now: datetime
     ) -> Task | None:
-        tasks = self.mark_queued_many([task_id], priority=priority, run_at=run_at, now=now)
-        return tasks[0] if tasks else None
+        params = {"p_task_id": task_id, "p_priority": priority, "p_run_at": run_at, "p_now": now}
+        return self._task("agentq_mark_queued", params, lambda task: _queued_at(task, now))
+
+    def queue_runnable_task(
+        self,
+        task_id: str,
+        *,
+        kinds: Collection[str],
+        priority: int | None,
+        run_at: datetime,
+        now: datetime,
+    ) -> QueuedTask | None:
+        """``agentq_queue_runnable_task``: the agent check, the compare-and-set and the agent's kind in one
+        round trip."""
+
+        def applied() -> Row | None:
+            task = self.get_task(task_id)
+            agent = self.get_agent(task.agent_id) if task is not None and _queued_at(task, now) else None
+            if task is None or agent is None:
+                return None
+            return {"task": self._call("agentq_get_tasks", {"p_task_ids": [task_id]})[0], "kind": agent.kind}
+
+        params = {
+            "p_task_id": task_id,
+            "p_kinds": sorted(kinds),
+            "p_priority": priority,
+            "p_run_at": run_at,
+            "p_now": now,
+        }
+        queued = self._call("agentq_queue_runnable_task", params, applied)
+        return None if queued is None else QueuedTask(decode_task(queued["task"]), queued["kind"])
 
     def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
         params = {"p_task_ids": list(task_ids), "p_queued_at": queued_at, "p_now": now}

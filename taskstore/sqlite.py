@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from datetime import UTC, datetime, timedelta
@@ -33,6 +33,7 @@ from taskstore.models import (
     NewAgent,
     NewTask,
     QueueCounts,
+    QueuedTask,
     RetentionPolicy,
     Run,
     StalledTask,
@@ -303,12 +304,32 @@ class SqliteTaskStore:
             rows = conn.execute(f"INSERT INTO {table} ({names}) VALUES ({marks}) RETURNING *", row).fetchall()
         return _decode(rows[0])
 
+    def ensure_schema(self) -> None:
+        """Apply what is missing: an embedded database belongs to the worker that opens it."""
+        self.migrate()
+
     def get_agent(self, agent_id: str) -> Agent | None:
         rows = self._query("SELECT * FROM ai_agents WHERE id = ?", (agent_id,))
         return agent_from_row(_decode(rows[0])) if rows else None
 
     def create_task(self, task: NewTask, *, now: datetime) -> Task:
         return task_from_row(self._insert("ai_agent_tasks", _NEW_TASK_COLUMNS, task, now, status="pending"))
+
+    def create_runnable_task(self, task: NewTask, *, kinds: Collection[str], now: datetime) -> Task | None:
+        """One ``INSERT … SELECT … WHERE EXISTS (the agent)`` statement."""
+        stamp = encode_time(now)
+        row = {"id": task.id or new_id(), **_new_row(_NEW_TASK_COLUMNS, task), "status": "pending"}
+        row.update(created_at=stamp, updated_at=stamp, kinds=json.dumps(sorted(kinds)))
+        names = [name for name in row if name != "kinds"]
+        with self._transaction() as conn:
+            rows = conn.execute(
+                f"INSERT INTO ai_agent_tasks ({', '.join(names)}) SELECT {', '.join(f':{n}' for n in names)}"
+                " WHERE EXISTS (SELECT 1 FROM ai_agents WHERE id = :agent_id AND is_active"
+                " AND organization_id = :organization_id AND kind IN (SELECT value FROM json_each(:kinds)))"
+                " RETURNING *",
+                row,
+            ).fetchall()
+        return task_from_row(_decode(rows[0])) if rows else None
 
     def get_task(self, task_id: str) -> Task | None:
         rows = self._query("SELECT * FROM ai_agent_tasks WHERE id = ?", (task_id,))
@@ -363,6 +384,38 @@ class SqliteTaskStore:
 
     def revert_queued(self, task_id: str, *, queued_at: datetime, now: datetime) -> bool:
         return bool(self._revert_queued([task_id], queued_at=queued_at, now=now))
+
+    def queue_runnable_task(
+        self,
+        task_id: str,
+        *,
+        kinds: Collection[str],
+        priority: int | None,
+        run_at: datetime,
+        now: datetime,
+    ) -> QueuedTask | None:
+        """One ``UPDATE … WHERE EXISTS (the agent)``, then the agent's kind, in one write transaction."""
+        params = {
+            "id": task_id,
+            "kinds": json.dumps(sorted(kinds)),
+            "priority": priority,
+            "run_at": encode_time(run_at),
+            "now": encode_time(now),
+        }
+        with self._transaction() as conn:
+            updated = conn.execute(
+                "UPDATE ai_agent_tasks SET status = 'queued', priority = COALESCE(:priority, priority),"
+                " run_at = :run_at, queued_at = :now, archived_at = NULL, updated_at = :now"
+                f" WHERE id = :id AND {_ACCEPTS_MARK_QUEUED} AND EXISTS (SELECT 1 FROM ai_agents a"
+                " WHERE a.id = ai_agent_tasks.agent_id AND a.is_active"
+                " AND a.kind IN (SELECT value FROM json_each(:kinds))) RETURNING *",
+                params,
+            ).fetchall()
+            if not updated:
+                return None
+            task = task_from_row(_decode(updated[0]))
+            kind = conn.execute("SELECT kind FROM ai_agents WHERE id = ?", (task.agent_id,)).fetchone()
+        return QueuedTask(task, kind[0])
 
     def mark_queued_many(
         self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime

@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from taskstore.errors import DuplicateTask, StoreUnavailable, TaskStoreError
+from taskstore.errors import DuplicateTask, SchemaMissing, StoreUnavailable
 from taskstore.schema import MIGRATIONS
 from taskstore.sql_store import Applied, SqlFunctionStore, json_value, signatures
 
@@ -36,10 +36,6 @@ logger = logging.getLogger(__name__)
 
 #: PostgreSQL's unique-violation code, as PostgREST reports it (HTTP 409).
 _UNIQUE_VIOLATION = "23505"
-
-
-class SchemaMissing(TaskStoreError):
-    """The Supabase project lacks the migration (tables or ``agentq_*`` functions)."""
 
 
 class SupabaseTaskStore(SqlFunctionStore):
@@ -164,6 +160,11 @@ class SupabaseTaskStore(SqlFunctionStore):
         Raises:
             SchemaMissing: When a migration is missing, naming the file to apply.
         """
+        self.ensure_schema()
+        return []
+
+    def ensure_schema(self) -> None:
+        """Raise :class:`SchemaMissing` naming the migration files to apply when any is missing."""
         from postgrest.exceptions import APIError
 
         try:
@@ -176,4 +177,3 @@ class SupabaseTaskStore(SqlFunctionStore):
                 f"the Supabase project lacks migration(s) {', '.join(missing)}: apply "
                 "supabase/migrations/*_agentq.sql with `supabase db push` or `psql -f`"
             )
-        return []

@@ -280,6 +280,41 @@ UPDATE ai_agent_tasks t
 RETURNING t.*
 $$;
 
+-- pending -> queued for one task (the single-row form of agentq_mark_queued_many; a bare send).
+-- PL/pgSQL keeps the plan for the session: half the cost of the bulk function for one row.
+CREATE OR REPLACE FUNCTION agentq_mark_queued(
+    p_task_id uuid, p_priority integer, p_run_at timestamptz, p_now timestamptz
+) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    RETURN QUERY
+    UPDATE ai_agent_tasks t
+       SET status = 'queued', priority = COALESCE(p_priority, t.priority), run_at = p_run_at,
+           queued_at = p_now, archived_at = NULL, updated_at = p_now
+     WHERE t.id = p_task_id AND t.status = 'pending'
+ RETURNING t.*;
+END
+$$;
+
+-- add_task's one statement: pending -> queued only if the task's agent exists, is active and has a kind
+-- of p_kinds (those with an actor). Returns {"task", "kind"}, or NULL when nothing changed (the caller
+-- reads why: missing task, not pending, agent gone or inactive, kind without an actor).
+CREATE OR REPLACE FUNCTION agentq_queue_runnable_task(
+    p_task_id uuid, p_kinds text[], p_priority integer, p_run_at timestamptz, p_now timestamptz
+) RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    queued jsonb;
+BEGIN
+    UPDATE ai_agent_tasks t
+       SET status = 'queued', priority = COALESCE(p_priority, t.priority), run_at = p_run_at,
+           queued_at = p_now, archived_at = NULL, updated_at = p_now
+      FROM ai_agents a
+     WHERE t.id = p_task_id AND t.status = 'pending'
+       AND a.id = t.agent_id AND a.is_active AND a.kind = ANY(p_kinds)
+ RETURNING jsonb_build_object('task', to_jsonb(t), 'kind', a.kind) INTO queued;
+    RETURN queued;
+END
+$$;
+
 -- queued -> pending for the tasks of one enqueue (made at p_queued_at) that the broker refused.
 CREATE OR REPLACE FUNCTION agentq_revert_queued_many(
     p_task_ids uuid[], p_queued_at timestamptz, p_now timestamptz
@@ -339,6 +374,30 @@ BEGIN
         'INSERT INTO ai_agents (%1$s) SELECT %1$s FROM jsonb_populate_record(NULL::ai_agents, $1) RETURNING *',
         (SELECT string_agg(quote_ident(k), ', ') FROM jsonb_object_keys(p_agent) AS k)
     ) USING p_agent;
+END
+$$;
+
+-- create_task's one statement: insert a pending task only if its agent exists, is active, belongs to
+-- the task's organization and has a kind of p_kinds; no row when not (the caller reads why). The column
+-- list is NewTask's columns plus status and timestamps (a unit test keeps it equal to what the store
+-- sends); a static statement keeps its plan, which EXECUTE would re-plan on every call.
+CREATE OR REPLACE FUNCTION agentq_create_runnable_task(p_task jsonb, p_kinds text[])
+RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    RETURN QUERY
+    INSERT INTO ai_agent_tasks (
+        id, agent_id, organization_id, title, description, task_type, context, priority, max_attempts,
+        schedule_timezone, status, created_at, updated_at
+    )
+    SELECT r.id, r.agent_id, r.organization_id, r.title, r.description, r.task_type, r.context, r.priority,
+           r.max_attempts, r.schedule_timezone, r.status, r.created_at, r.updated_at
+      FROM jsonb_populate_record(NULL::ai_agent_tasks, p_task) AS r
+     WHERE EXISTS (
+        SELECT 1 FROM ai_agents a
+         WHERE a.id = r.agent_id AND a.is_active AND a.organization_id = r.organization_id
+           AND a.kind = ANY(p_kinds)
+     )
+ RETURNING *;
 END
 $$;
 

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from taskstore import NewAgent, NewTask, TaskStatus, utcnow
@@ -178,3 +179,38 @@ def test_the_demo_starts_a_throwaway_redis_when_none_answers(tmp_path: Path) -> 
     assert result.returncode == 0, output
     assert "started a throwaway redis-server" in output
     assert "completed=5" in output
+
+
+def test_a_worker_on_a_database_without_the_latest_migration_refuses_to_start(
+    redis_url: str, tmp_path: Path
+) -> None:
+    from taskstore.schema import MIGRATIONS
+    from tests.services import temporary_database
+
+    with temporary_database() as fresh:
+        latest = MIGRATIONS[-1]
+        with psycopg.connect(fresh, autocommit=True) as conn:
+            for migration in MIGRATIONS[:-1]:
+                conn.execute(migration.path().read_text(encoding="utf-8").encode())
+        env = command_env(DATABASE_URL=fresh, REDIS_URL=redis_url)
+        log_path = tmp_path / "worker.log"
+        with log_path.open("wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", "2"],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                code = worker.wait(timeout=60)
+            finally:
+                if worker.poll() is None:
+                    os.killpg(worker.pid, signal.SIGKILL)
+                    worker.wait(timeout=30)
+
+        output = log_path.read_text(encoding="utf-8", errors="replace")
+        assert code != 0, output
+        assert f"the database lacks migration(s) {latest.name}: run `agentq migrate`" in output
+        assert "Worker process is ready for action." not in output

@@ -103,6 +103,90 @@ def test_revert_queued_only_undoes_the_same_enqueue(store: TaskStore, clock: Clo
     assert task is not None and task.status == TaskStatus.PENDING
 
 
+# --- the producer's one-statement paths ------------------------------------------------------------
+
+KINDS = frozenset({"general", "research"})
+
+
+def test_create_runnable_task_inserts_for_an_active_agent_of_a_known_kind(
+    store: TaskStore, clock: Clock
+) -> None:
+    agent_id = make_agent(store, clock(), organization_id=ORG, kind="research")
+    new = NewTask(agent_id=agent_id, organization_id=ORG, title="Brief", context={"a": 1}, priority=7)
+
+    task = store.create_runnable_task(new, kinds=KINDS, now=clock())
+
+    assert task is not None and task.status == TaskStatus.PENDING
+    assert (task.agent_id, task.title, task.context, task.priority) == (agent_id, "Brief", {"a": 1}, 7)
+    assert task.created_at == clock() and store.get_task(task.id) == task
+
+
+@pytest.mark.parametrize(
+    ("agent_fields", "task_org", "kinds"),
+    [
+        ({"is_active": False}, ORG, KINDS),
+        ({}, "33333333-3333-4333-8333-333333333333", KINDS),
+        ({"kind": "unknown"}, ORG, KINDS),
+        ({}, ORG, frozenset()),
+    ],
+    ids=["inactive", "other-organization", "kind-without-actor", "no-kinds"],
+)
+def test_create_runnable_task_inserts_nothing_for_an_agent_that_cannot_run_it(
+    store: TaskStore, clock: Clock, agent_fields: dict[str, object], task_org: str, kinds: frozenset[str]
+) -> None:
+    agent_id = make_agent(store, clock(), organization_id=ORG, **agent_fields)
+    new = NewTask(agent_id=agent_id, organization_id=task_org, title="Brief", id=new_id())
+
+    assert store.create_runnable_task(new, kinds=kinds, now=clock()) is None
+    assert store.get_task(new.id) is None  # type: ignore[arg-type]
+
+
+def test_create_runnable_task_for_a_missing_agent_inserts_nothing(store: TaskStore, clock: Clock) -> None:
+    new = NewTask(agent_id=new_id(), organization_id=ORG, title="Brief", id=new_id())
+
+    assert store.create_runnable_task(new, kinds=KINDS, now=clock()) is None
+    assert store.get_task(new.id) is None  # type: ignore[arg-type]
+
+
+def test_queue_runnable_task_queues_and_names_the_agents_kind(store: TaskStore, clock: Clock) -> None:
+    agent_id = make_agent(store, clock(), organization_id=ORG, kind="research")
+    task_id = store.create_task(
+        NewTask(agent_id=agent_id, organization_id=ORG, title="t", priority=3), now=clock()
+    ).id
+    due = clock() + timedelta(seconds=5)
+
+    first = store.queue_runnable_task(task_id, kinds=KINDS, priority=None, run_at=due, now=clock())
+    second = store.queue_runnable_task(task_id, kinds=KINDS, priority=9, run_at=due, now=clock())
+
+    assert first is not None and first.agent_kind == "research"
+    assert first.task.status == TaskStatus.QUEUED and first.task.priority == 3
+    assert first.task.run_at == due and first.task.queued_at == clock()
+    assert second is None
+    assert store.get_task(task_id) == first.task
+
+
+@pytest.mark.parametrize(
+    ("agent_fields", "kinds"),
+    [({"is_active": False}, KINDS), ({"kind": "unknown"}, KINDS), ({}, frozenset())],
+    ids=["inactive", "kind-without-actor", "no-kinds"],
+)
+def test_queue_runnable_task_changes_nothing_for_an_agent_that_cannot_run_it(
+    store: TaskStore, clock: Clock, agent_fields: dict[str, object], kinds: frozenset[str]
+) -> None:
+    agent_id = make_agent(store, clock(), organization_id=ORG, **agent_fields)
+    task_id = store.create_task(NewTask(agent_id=agent_id, organization_id=ORG, title="t"), now=clock()).id
+
+    assert store.queue_runnable_task(task_id, kinds=kinds, priority=None, run_at=clock(), now=clock()) is None
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.PENDING and task.queued_at is None
+
+
+def test_queue_runnable_task_of_a_missing_task_is_none(store: TaskStore, clock: Clock) -> None:
+    assert (
+        store.queue_runnable_task(new_id(), kinds=KINDS, priority=None, run_at=clock(), now=clock()) is None
+    )
+
+
 # --- many tasks at once (bulk enqueue) ---------------------------------------------------------
 
 

@@ -120,3 +120,38 @@ def test_errors_naming_a_huge_value_stay_short(app: Harness, call: object, error
 def test_orchestrator_errors_naming_a_stored_or_model_value_stay_short() -> None:
     for error in (UnknownProvider(MEGABYTE), UnknownTool(MEGABYTE), ToolTimeout(MEGABYTE, 1.0)):
         assert len(str(error)) < 300 and "(1048576 characters)" in str(error)
+
+
+@pytest.mark.parametrize(
+    ("fields", "error", "message"),
+    [
+        (
+            {"title": "weekly\x00report"},
+            InvalidArgument,
+            "title 'weekly\\\\x00report' contains a NUL character",
+        ),
+        (
+            {"title": "t", "description": "a\ud800b"},
+            InvalidArgument,
+            "description .* contains a lone surrogate",
+        ),
+        ({"title": "t", "context": {"notes": ["ok", "x\x00"]}}, InvalidContext, "context contains a NUL"),
+        ({"title": "t", "context": {"k\ud83d": 1}}, InvalidContext, "context contains a lone surrogate"),
+    ],
+    ids=["nul-title", "surrogate-description", "nul-in-context-list", "surrogate-context-key"],
+)
+def test_text_no_database_can_store_is_refused_naming_the_field(
+    app: Harness, fields: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    agent_id = app.agent()
+
+    with pytest.raises(error, match=message):
+        app.queue.create_task(agent_id=agent_id, organization_id=ORG, **fields)
+    with pytest.raises(error, match=f"tasks\\[1\\]: {message}"):
+        app.queue.create_tasks(
+            [
+                {"agent_id": agent_id, "organization_id": ORG, "title": "fine"},
+                {"agent_id": agent_id, "organization_id": ORG, **fields},
+            ]
+        )
+    assert app.store.count_rows("ai_agent_tasks") == 0  # type: ignore[attr-defined]

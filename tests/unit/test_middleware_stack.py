@@ -10,7 +10,7 @@ from dramatiq.middleware import TimeLimit
 
 import middleware
 from config.errors import ConfigError
-from middleware import OPTIONAL, CloseStore, Reconciler, Retries, TaskLifecycle, Tracing, build_middleware
+from middleware import OPTIONAL, Reconciler, Retries, StoreLifecycle, TaskLifecycle, Tracing, build_middleware
 from taskstore import InMemoryTaskStore
 from tests.harness import harness_settings
 
@@ -65,7 +65,7 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
     stack = build_middleware(harness_settings(), InMemoryTaskStore())
 
     assert names(stack) == [
-        "CloseStore",
+        "StoreLifecycle",
         "Tracing",
         "Redaction",
         "AgeLimit",
@@ -86,13 +86,13 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
     assert isinstance(stack[8], Retries) and isinstance(stack[-1], TaskLifecycle)
 
 
-def test_tracing_wraps_every_other_hook_but_close_store() -> None:
+def test_tracing_wraps_every_other_hook_but_store_lifecycle() -> None:
     # Given the stack: before_* hooks run in list order, after_* in reverse
     stack = build_middleware(harness_settings(), InMemoryTaskStore())
 
-    # Then only CloseStore comes before Tracing (its before hooks run first, its after hooks run last)
-    assert isinstance(stack[0], CloseStore) and isinstance(stack[1], Tracing)
-    assert not any(isinstance(m, Tracing | CloseStore) for m in stack[2:])
+    # Then only StoreLifecycle comes before Tracing (its before hooks run first, its after hooks run last)
+    assert isinstance(stack[0], StoreLifecycle) and isinstance(stack[1], Tracing)
+    assert not any(isinstance(m, Tracing | StoreLifecycle) for m in stack[2:])
     assert "tracing" in OPTIONAL
     assert not any(
         isinstance(m, Tracing)

@@ -51,3 +51,26 @@ def test_the_latest_migration_installs_the_current_functions() -> None:
     ]
 
     assert installs == [MIGRATIONS[-1].name]
+
+
+def test_the_static_task_insert_lists_exactly_the_columns_a_new_task_row_has() -> None:
+    """``agentq_create_runnable_task`` spells its columns (a static statement keeps its plan): they must be
+    the keys of the row the store sends, built from ``taskstore/schema.py``'s columns."""
+    import re
+    from datetime import UTC, datetime
+
+    from taskstore import NewTask
+    from taskstore.rows import TASK_COLUMNS
+    from taskstore.sql_store import FUNCTIONS_SQL, new_row
+
+    text = FUNCTIONS_SQL.read_text(encoding="utf-8")
+    body = text[text.index("FUNCTION agentq_create_runnable_task") :]
+    listed = re.search(r"INSERT INTO ai_agent_tasks \((.*?)\)", body, re.DOTALL)
+    assert listed is not None
+    row = new_row(NewTask(agent_id="a", organization_id="o", title="t"), TASK_COLUMNS, datetime.now(UTC))
+    row["status"] = "pending"
+    columns = [name.strip() for name in listed[1].split(",")]
+    assert sorted(columns) == sorted(row)
+    selected = re.search(r"SELECT (.*?)\s+FROM jsonb_populate_record", body, re.DOTALL)
+    assert selected is not None
+    assert [name.strip() for name in selected[1].split(",")] == [f"r.{name}" for name in columns]

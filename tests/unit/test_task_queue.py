@@ -367,16 +367,45 @@ STORE_METHODS = frozenset(
 )
 
 
-def test_add_task_reads_the_task_and_agent_once_then_writes_once() -> None:
+def test_add_task_is_one_store_call_when_it_succeeds() -> None:
     store = CountingStore()
     with stub_harness(store) as app:
         task_id = app.task()
         store.calls.clear()
 
-        app.queue.add_task(task_id)
+        job = app.queue.add_task(task_id)
 
-        assert store.calls == ["get_task", "get_agent", "mark_queued"]
-        assert messages_waiting(app) == 1
+        assert store.calls == ["queue_runnable_task"]
+        assert job.status == TaskStatus.QUEUED and messages_waiting(app) == 1
+
+
+def test_create_task_is_one_store_call_when_it_succeeds() -> None:
+    store = CountingStore()
+    with stub_harness(store) as app:
+        agent_id = app.agent()
+        store.calls.clear()
+
+        task = app.queue.create_task(agent_id=agent_id, organization_id=ORG, title="one call")
+
+        assert store.calls == ["create_runnable_task"]
+        assert task.status == TaskStatus.PENDING
+
+
+def test_add_task_refused_by_the_fast_path_says_why_and_changes_nothing() -> None:
+    store = CountingStore()
+    with stub_harness(store) as app:
+        task_id = app.task()
+        task = store.get_task(task_id)
+        assert task is not None
+        store.update_row("ai_agents", task.agent_id, is_active=False)
+        store.calls.clear()
+
+        with pytest.raises(AgentInactive):
+            app.queue.add_task(task_id)
+
+        assert store.calls == ["queue_runnable_task", "get_task", "get_agent"]
+        assert store.get_task(task_id).status == TaskStatus.PENDING  # type: ignore[union-attr]
+        assert messages_waiting(app) == 0
 
 
 def test_retry_job_makes_one_write_and_reads_only_the_task_its_agent_and_runs() -> None:
@@ -539,3 +568,27 @@ def test_cleanup_jobs_applies_the_configured_retention(app: Harness) -> None:
     assert app.queue.get_queue_stats().completed == 1
     assert sum(app.queue.get_job(task_id) is None for task_id in ids) == 2
     assert all(app.store.get_task(task_id) is not None for task_id in ids)
+
+
+def test_a_failed_attempts_transcript_is_stored_redacted() -> None:
+    from config.redaction import register_secrets
+
+    secret = "sk-test-transcript-secret-0123456789"
+    register_secrets(secret)
+    store = InMemoryTaskStore()
+    with stub_harness(store, max_attempts=1) as app:
+        agent_id = app.agent(allowed_tools=("calculate",))
+        script = [
+            {"tool": "calculate", "arguments": {"expression": "1+1", "note": f"key {secret}"}},
+            {"fail": "the model gave up", "retryable": False},
+        ]
+        task_id = app.task(agent_id, context={"script": script})
+        app.queue.add_task(task_id)
+        with app.worker() as worker:
+            app.drain(worker)
+
+    task = store.get_task(task_id)
+    assert task is not None and task.status == TaskStatus.FAILED
+    [run] = store.get_runs(task_id)
+    assert run.transcript, "the failed attempt's transcript was not stored"
+    assert "[Filtered]" in str(run.transcript) and secret not in str(run.transcript)
