@@ -23,7 +23,7 @@ from orchestrator.errors import LimitPostponed, ProviderRateLimited, ProviderUna
 from orchestrator.limits import LimitPolicy, RedisLimiter, margin_ms
 from orchestrator.messages import RateLimitReport
 from taskstore import InMemoryTaskStore, TaskStatus
-from tests.acceptance.processes import ThrowawayRedis, free_port
+from tests.acceptance.processes import ThrowawayRedis, WorkerProcess, command_env, free_port
 from tests.harness import stub_harness, wait_until
 from tests.integration.limit_load import answer, most_in_any_window, request, run
 from tests.unit.test_metrics import scrape, served, value
@@ -454,3 +454,36 @@ def test_metrics_show_each_bucket_and_count_postponements_by_cause(redis_url: st
     assert served(samples, "agentq_limit_in_flight", bucket=bucket) == 0
     assert served(samples, "agentq_limit_paused_seconds", bucket=bucket) == 0
     assert served(samples, "agentq_task_postponements_total", queue="general", cause="rpm") == before + 1
+
+
+# -- agentq limits ----------------------------------------------------------------------------------
+
+
+def test_agentq_limits_prints_each_bucket_and_says_when_nothing_is_configured(
+    client: redis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    show = "from actors.cli.commands import main; raise SystemExit(main(['limits']))"
+    sqlite = str(tmp_path / "agentq.db")
+    limits = '{"openai:*": {"rpm": 100, "window_s": 6}}'
+    limiter = limiter_for(client, {"openai:*": RateLimit(rpm=100, window_s=6)})
+    limiter.acquire("openai", request(1), task("a"))  # in flight
+    limiter.acquire("openai", request(1), task("b")).settle(response=answer(7))
+
+    shown = WorkerProcess.run_python(
+        command_env(REDIS_URL=redis_url, AGENTQ_SQLITE_PATH=sqlite, AGENTQ_PROVIDER_LIMITS_JSON=limits), show
+    )
+    nothing = WorkerProcess.run_python(command_env(REDIS_URL=redis_url, AGENTQ_SQLITE_PATH=sqlite), show)
+
+    assert shown.returncode == 0, shown.stderr
+    report = json.loads(shown.stdout)
+    assert report["configured"]["models"] == {"openai:*": {"rpm": 100, "tpm": None, "window_s": 6}}
+    [bucket] = report["buckets"]
+    assert (bucket["name"], bucket["requests_capacity"], bucket["requests_used"], bucket["in_flight"]) == (
+        "openai:m",
+        10,
+        2,
+        1,
+    )
+    assert bucket["tokens_used"] == 6 + 7  # the one in flight at its estimate, the settled one as used
+    assert nothing.returncode == 0 and json.loads(nothing.stdout)["buckets"] == []
+    assert "no provider or organization limits are configured" in nothing.stderr
