@@ -390,6 +390,8 @@ return {now, at, status, index, cause}
 SETTLE = (
     _COMMON
     + """
+-- Ends are rounded up to the millisecond: a call answered at 12.3456 s counts until after 12.346 + window.
+local later = tonumber(clock[1]) * 1000 + math.ceil(tonumber(clock[2]) / 1000)
 local holder, used, pause_ms = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local rl, ru = tonumber(ARGV[4]), tonumber(ARGV[5])
 local tl, tu, n = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -407,7 +409,7 @@ for i = 1, n do
         redis.call("ZREM", b.f, holder)
         redis.call("HDEL", b.s, "t:" .. holder)
         updates[#updates + 1], updates[#updates + 2] = "ft", math.max(num(st[4]) - est, 0)
-        local stamp = math.min(now, start + b.m)
+        local stamp = math.min(later, start + b.m)
         if stamp > now - b.w then
             local tokens = used >= 0 and used or est
             local seq = num(st[9]) + 1
@@ -421,17 +423,17 @@ for i = 1, n do
     end
     local pause, ru_at, tu_at = num(st[5]), num(st[7]), num(st[8])
     if ARGV[a + 3] == "1" then
-        if pause_ms > 0 and now + pause_ms > pause then
-            pause = now + pause_ms
+        if pause_ms > 0 and later + pause_ms > pause then
+            pause = later + pause_ms
             updates[#updates + 1], updates[#updates + 2] = "pause", pause
         end
         if rl >= 0 and ru >= 0 then
-            ru_at = now + ru
+            ru_at = later + ru
             updates[#updates + 1], updates[#updates + 2] = "rl", rl
             updates[#updates + 1], updates[#updates + 2] = "ru", ru_at
         end
         if tl >= 0 and tu >= 0 then
-            tu_at = now + tu
+            tu_at = later + tu
             updates[#updates + 1], updates[#updates + 2] = "tl", tl
             updates[#updates + 1], updates[#updates + 2] = "tu", tu_at
         end
