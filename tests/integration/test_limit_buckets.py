@@ -162,7 +162,7 @@ def test_settling_above_the_estimate_charges_the_difference(client: redis.Redis)
 
     # The next call waits for the big one to leave the window: about a minute
     assert caught.value.postpone_cause == "tpm" and caught.value.booked
-    assert 55_000 < caught.value.postpone_ms <= 60_000
+    assert 55_000 < caught.value.postpone_ms <= 60_001  # ends round up to the next millisecond
     assert limiter.usage(["openai:m"])[0].tokens_used == 1000
 
 
@@ -206,7 +206,7 @@ def test_a_postponed_call_comes_back_to_its_booked_slot(client: redis.Redis) -> 
     # When a third call is postponed, it books the slot when the first leaves the window
     with pytest.raises(LimitPostponed) as caught:
         limiter.acquire("openai", request(1), task("c"))
-    assert caught.value.booked and 900 <= caught.value.postpone_ms <= 1000
+    assert caught.value.booked and 900 <= caught.value.postpone_ms <= 1001
     assert limiter.usage(["openai:m"])[0].waiting == 1
 
     # And a fourth queues behind it, for the second one's slot
@@ -255,7 +255,7 @@ def test_a_short_wait_happens_in_the_worker(client: redis.Redis) -> None:
 
     limiter.acquire("openai", request(1), task("b"))  # no exception: it waited
 
-    assert len(sleeps.calls) == 1 and 0.7 < sleeps.calls[0] <= 1.0
+    assert len(sleeps.calls) == 1 and 0.7 < sleeps.calls[0] <= 1.001
 
 
 def test_the_wait_never_takes_more_than_half_the_run_time_left(client: redis.Redis) -> None:
@@ -285,13 +285,13 @@ def test_a_429_pauses_the_model_for_every_worker(redis_url: str) -> None:
         second.acquire("openai", request(1), task("b"))
     assert caught.value.postpone_cause == "provider" and not caught.value.booked
     assert caught.value.counts_toward_max_postpones
-    assert 2900 <= caught.value.postpone_ms <= 3000
+    assert 2900 <= caught.value.postpone_ms <= 3001
     # And a worker that may wait 5 s sleeps until the pause ends, then calls
     patient = limiter_for(
         redis.Redis.from_url(redis_url), {"openai:other": RateLimit(rpm=5)}, max_wait_ms=5000, sleep=sleeps
     )
     patient.acquire("openai", request(1), task("c"))
-    assert 2.8 <= sleeps.calls[-1] <= 3.0
+    assert 2.8 <= sleeps.calls[-1] <= 3.001
     assert second.usage(["openai:m"])[0].paused_ms > 2000
 
 
@@ -304,7 +304,7 @@ def test_a_pause_moves_a_limited_models_queue_after_it(client: redis.Redis) -> N
     with pytest.raises(LimitPostponed) as caught:
         limiter.acquire("openai", request(1), task("b"))
 
-    assert caught.value.postpone_cause == "provider" and 1900 <= caught.value.postpone_ms <= 2000
+    assert caught.value.postpone_cause == "provider" and 1900 <= caught.value.postpone_ms <= 2001
 
 
 def test_remaining_requests_shrink_the_bucket_until_the_reset(redis_url: str) -> None:
@@ -317,7 +317,7 @@ def test_remaining_requests_shrink_the_bucket_until_the_reset(redis_url: str) ->
     with pytest.raises(LimitPostponed) as caught:
         second.acquire("openai", request(1), task("c"))
 
-    assert caught.value.postpone_cause == "provider" and 3800 <= caught.value.postpone_ms <= 4000
+    assert caught.value.postpone_cause == "provider" and 3800 <= caught.value.postpone_ms <= 4001
     usage = second.usage(["openai:m"])[0]
     assert (usage.provider_requests_left, usage.requests_used) == (0, 2)
 
@@ -331,7 +331,7 @@ def test_remaining_tokens_below_the_estimate_wait_for_the_reset(client: redis.Re
     with pytest.raises(LimitPostponed) as caught:
         limiter.acquire("openai", request(40), task("big"))
 
-    assert caught.value.postpone_cause == "provider" and caught.value.postpone_ms <= 2000
+    assert caught.value.postpone_cause == "provider" and caught.value.postpone_ms <= 2001
 
 
 # -- organization quotas ----------------------------------------------------------------------------
