@@ -27,6 +27,7 @@ import redis
 
 from actors.budget import BudgetPolicy
 from actors.errors import AgentUnavailable, BrokerUnavailable
+from actors.step_ledger import attempt_ledger
 from middleware.agent_messages import AGENT_KIND_OPTION
 from middleware.attempts import Attempt, current_attempt
 from middleware.outcome import AttemptResult as AttemptResult  # re-exported: kinds import it from here
@@ -50,6 +51,8 @@ class AgentJob:
     orchestrator: Orchestrator
     store: TaskStore
     budget: BudgetPolicy = field(default_factory=BudgetPolicy)
+    #: Record steps in the store's step ledger and resume after an earlier attempt's (``AGENTQ_STEP_LEDGER``).
+    step_ledger: bool = True
 
     @property
     def claim(self) -> Claim:
@@ -93,9 +96,10 @@ class AgentJob:
 
         Called before every model and tool call. The database is asked at most every
         :data:`CANCEL_CHECK_S` (and not right after the claim), so a fast loop does not add a
-        round trip per step; a cancellation is seen within that long of the next step.
+        round trip per step; a cancellation is seen within that long of the next step. In between,
+        the attempt's cancel signal (set by ``CancelWatch`` or a lost lease) stops an in-flight call.
         """
-        if self.state.lost:
+        if self.state.lost or self.state.cancel.is_set():
             return True
         now = time.monotonic()
         if now - self.state.cancel_checked_at < CANCEL_CHECK_S:
@@ -103,8 +107,15 @@ class AgentJob:
         self.state.cancel_checked_at = now
         return self.store.cancel_requested(self.task.id)
 
+    def lose(self) -> None:
+        """This attempt no longer holds its task (a step write was refused): stop at the next step."""
+        self.state.lost = True
+
     def run_agent(self, *, instructions: str | None = None) -> AttemptResult:
         """Run the agent loop for this task; ``instructions`` are appended to the agent's system prompt.
+
+        With the step ledger on, every model call and tool call is recorded, and an attempt at a firing
+        that earlier attempts got part way through goes on after their completed steps.
 
         Raises:
             AgentUnavailable, BudgetExceeded: Before any model request; not retryable.
@@ -128,6 +139,8 @@ class AgentJob:
             run_time_limit_s=agent.run_time_limit_s,
             fallback_provider=agent.fallback_provider,
             fallback_model=agent.fallback_model,
+            stream=agent.stream,
+            approval_tools=agent.approval_tools,
         )
         task = TaskInput(
             id=self.task.id,
@@ -136,11 +149,15 @@ class AgentJob:
             context=self.task.context,
             organization_id=self.task.organization_id,
         )
-        outcome = self.orchestrator.run(spec, task, should_stop=self.should_stop)
+        ledger = attempt_ledger(self.store, self.claim, enabled=self.step_ledger, lost=self.lose)
+        outcome = self.orchestrator.run(
+            spec, task, should_stop=self.should_stop, ledger=ledger, cancel=self.state.cancel
+        )
         return AttemptResult(
             result={"output": outcome.output, "turns": outcome.turns, "model": outcome.model},
             usage=stored_usage(outcome.usage, outcome.cost_usd),
             transcript=list(outcome.transcript),
+            step=getattr(ledger, "last", None),
         )
 
 
@@ -231,6 +248,7 @@ def agent_actor(
     queue_name: str | None = None,
     clock: Callable[[], datetime] = utcnow,
     budget: BudgetPolicy | None = None,
+    step_ledger: bool = True,
     **options: Any,
 ) -> Callable[[AgentFunction], AgentActor]:
     """Declare the agent kind ``kind`` as an actor on ``broker`` (default: the global broker).
@@ -240,6 +258,7 @@ def agent_actor(
         store: The task store the actor reverts enqueues in when Redis refuses a message.
         orchestrator: Returns the orchestrator that runs the agent loop (called per attempt).
         budget: The organizations' monthly spending caps (default: none).
+        step_ledger: Record steps and resume after an earlier attempt's (``AGENTQ_STEP_LEDGER``).
         broker: The broker to declare on.
         queue_name: Redis queue for this kind (default: the kind).
         **options: Dramatiq actor options (``time_limit``, ``max_retries`` caps attempts, ``priority`` …).
@@ -249,7 +268,7 @@ def agent_actor(
 
     def decorator(fn: AgentFunction) -> AgentActor:
         def run(task_id: str) -> AttemptResult:
-            job = AgentJob(current_attempt(task_id), orchestrator(), store, policy)
+            job = AgentJob(current_attempt(task_id), orchestrator(), store, policy, step_ledger)
             job.check_organization()  # before the kind's function, whatever it does
             return fn(job)
 

@@ -47,4 +47,5 @@ agent_kind = partial(
     orchestrator=runtime.orchestrator,
     broker=runtime.broker,
     budget=runtime.budget,
+    step_ledger=runtime.settings.step_ledger,
 )

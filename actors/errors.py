@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from config.errors import AgentQueueError, short_repr
+from taskstore.errors import InvalidTransition
 
 
 class InvalidArgument(AgentQueueError, ValueError):
@@ -72,3 +73,18 @@ class AgentUnavailable(AgentQueueError):
     """Inside a worker: the task's agent vanished or was deactivated. Not retryable."""
 
     retryable = False
+
+
+class NotAwaitingApproval(InvalidTransition):
+    """``approve``/``reject`` of a task that waits for no decision: it never asked for one, or another
+    decision was taken first (of two decisions at once, one wins). Nothing changed."""
+
+    def __init__(self, task_id: str, status: str) -> None:
+        AgentQueueError.__init__(
+            self,
+            f"task {task_id!r} is {status}, not awaiting approval: there is no tool call to approve or reject"
+            " (it never asked for one, or a decision was taken already)",
+        )
+        self.task_id = task_id
+        self.from_status = status
+        self.to_status = "queued"

@@ -15,9 +15,18 @@ from actors.broker.factory import build_broker, redis_client
 from actors.budget import BudgetPolicy
 from actors.task_queue import AgentTaskQueue
 from config.errors import ConfigError
+from config.imports import import_object
 from config.settings import Settings
 from middleware.metrics import LIMIT_GAUGES, LLMMetrics
-from orchestrator import Orchestrator, PriceTable, ProviderRegistry, ProviderSettings
+from orchestrator import (
+    DuplicateTool,
+    Orchestrator,
+    PriceTable,
+    ProviderRegistry,
+    ProviderSettings,
+    ToolRegistry,
+    default_registry,
+)
 from orchestrator.hooks import CompositeHooks, OrchestratorHooks
 from orchestrator.limits import LimitPolicy, RedisLimiter
 from orchestrator.providers.base_urls import BaseUrlPolicy, InvalidBaseUrlPrefix
@@ -87,7 +96,33 @@ def build_orchestrator(settings: Settings, *, limiter: RedisLimiter | None = Non
     if settings.metrics_port is not None:
         hooks = CompositeHooks(hooks, LLMMetrics(prices))
         LIMIT_GAUGES.watch(limiter)
-    return Orchestrator(providers, prices=prices, hooks=hooks, base_urls=base_urls, limiter=limiter)
+    return Orchestrator(
+        providers,
+        build_tools(settings.tools),
+        prices=prices,
+        hooks=hooks,
+        base_urls=base_urls,
+        repeat_unfinished_tools=settings.repeat_unfinished_tools,
+        limiter=limiter,
+    )
+
+
+def build_tools(paths: tuple[str, ...]) -> ToolRegistry:
+    """The built-in tools plus those of each registry named in ``AGENTQ_TOOLS`` (``package.module:name``).
+
+    Raises:
+        ConfigError: A path cannot be imported, is not a ``ToolRegistry``, or repeats a tool's name.
+    """
+    registry = default_registry()
+    for path in paths:
+        tools = import_object(path, "AGENTQ_TOOLS")
+        if not isinstance(tools, ToolRegistry):
+            raise ConfigError(f"AGENTQ_TOOLS={path!r} is a {type(tools).__name__}, not a ToolRegistry")
+        try:
+            registry.include(tools)
+        except DuplicateTool as exc:
+            raise ConfigError(f"AGENTQ_TOOLS={path!r}: {exc}") from exc
+    return registry
 
 
 def _secret(value: SecretStr | None) -> str | None:

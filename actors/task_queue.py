@@ -17,8 +17,17 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import dramatiq
+import redis
 
 from actors.agent_actor import AgentActor, pending_again_on_failure
+from actors.approvals import (
+    PendingApproval,
+    check_decision,
+    decision_record,
+    from_request,
+    pending_approval,
+    rejection_output,
+)
 from actors.arguments import MAX_DELAY_MS as MAX_DELAY_MS
 from actors.arguments import (
     check_agent,
@@ -40,10 +49,12 @@ from actors.errors import (
     AgentInactive,
     InvalidArgument,
     InvalidContext,
+    NotAwaitingApproval,
     UnknownAgentKind,
 )
 from actors.schedules.cron import parse_schedule
 from config.errors import AgentQueueError, ConfigError, short_repr
+from middleware.cancel_watch import signal_cancel
 from middleware.pause import PausableBroker
 from middleware.task_lifecycle import queued_options
 from taskstore import (
@@ -77,6 +88,8 @@ class QueueStats:
     delayed: int
     #: Jobs that would be waiting but the queue is paused (``waiting`` is 0 while paused).
     paused: int = 0
+    #: Jobs waiting for a person to approve or reject a tool call (no worker held).
+    awaiting_approval: int = 0
 
 
 @dataclass(frozen=True)
@@ -94,9 +107,11 @@ class Job:
     result: dict[str, Any] | None
     task: Task
     runs: tuple[Run, ...]
+    #: The tool call the job waits for a person to approve (status ``awaiting_approval``), else None.
+    pending_approval: PendingApproval | None = None
 
     @classmethod
-    def from_task(cls, task: Task, runs: list[Run]) -> Job:
+    def from_task(cls, task: Task, runs: list[Run], pending: PendingApproval | None = None) -> Job:
         return cls(
             id=task.id,
             status=task.status,
@@ -108,6 +123,7 @@ class Job:
             result=task.result,
             task=task,
             runs=tuple(runs),
+            pending_approval=pending,
         )
 
 
@@ -230,11 +246,11 @@ class AgentTaskQueue:
     def add_tasks(self, task_ids: Sequence[str], priority: int | None = None, delay_ms: int = 0) -> list[Job]:
         """Queue many ``pending`` tasks at once, all or none: the bulk :meth:`add_task`.
 
-        Everything is checked before anything changes: the ids (no id twice), ``priority``,
-        ``delay_ms``, and that every task exists, is pending and has an agent kind with an actor
-        (each distinct agent is read once); at most :data:`~actors.arguments.MAX_BATCH` (1,000) ids.
-        Then one store call moves them all ``pending → queued``
-        and one Redis transaction enqueues their messages (on the :class:`~actors.broker.lanes.LaneBroker`;
+        Everything is checked before anything changes: the ids (no id twice), ``priority`` and
+        ``delay_ms`` here; that every task exists, is pending and has an active agent whose kind has an
+        actor, in the one store call that moves them all ``pending → queued`` (only when it refuses are
+        the tasks and agents read, to say why); at most :data:`~actors.arguments.MAX_BATCH` (1,000) ids.
+        Then one Redis transaction enqueues their messages (on the :class:`~actors.broker.lanes.LaneBroker`;
         another broker gets one enqueue per message). Logs ``added to queue`` per task.
 
         Raises:
@@ -249,24 +265,26 @@ class AgentTaskQueue:
         check_delay(delay_ms)
         if not ids:
             return []
-        found = {task.id: task for task in self.store.get_tasks(ids)}
-        actors: dict[str, AgentActor] = {}
-        for task_id in ids:
-            task = found.get(task_id)
-            if task is None:
-                raise TaskNotFound(task_id)
-            check_pending(task)
-            if task.agent_id not in actors:
-                actors[task.agent_id] = self._actor_for(task)
-        now = self.clock()
-        due = now + timedelta(milliseconds=delay_ms)
-        queued = self.store.mark_queued_many(ids, priority=priority, run_at=due, now=now)
-        if queued is None:
+        kinds = self.agent_kinds()
+        for _ in range(2):
+            # The fast path: the agent checks, the compare-and-set and the agents' kinds in one statement.
+            now = self.clock()
+            due = now + timedelta(milliseconds=delay_ms)
+            queued = self.store.queue_runnable_tasks(ids, kinds=kinds, priority=priority, run_at=due, now=now)
+            if queued is not None:
+                break
+            # Nothing changed: say why (the first task concerned); if nothing is wrong now, the rows
+            # changed meanwhile: try again.
+            self._check_queueable(ids)
+        else:
             raise self._changed_meanwhile(ids)
-        self._send([(actors[task.agent_id], task) for task in queued], delay_ms, queued_at=now)
-        for task in queued:
-            _log_added(task, delay_ms)
-        return [Job.from_task(task, self.store.get_runs(task.id) if task.attempts else []) for task in queued]
+        self._send([(kinds[one.agent_kind], one.task) for one in queued], delay_ms, queued_at=now)
+        for one in queued:
+            _log_added(one.task, delay_ms)
+        return [
+            Job.from_task(one.task, self.store.get_runs(one.task.id) if one.task.attempts else [])
+            for one in queued
+        ]
 
     def add_scheduled_task(self, task_id: str, cron_expression: str, timezone: str | None = None) -> Job:
         """Run a ``scheduled`` task on a cron schedule in a time zone (default: the row's, then UTC).
@@ -315,22 +333,31 @@ class AgentTaskQueue:
         check_page(limit, offset)
         return self.store.list_schedules(limit=limit, offset=offset)
 
-    def retry_job(self, job_id: str) -> Job:
+    def retry_job(self, job_id: str, *, resume: bool = False) -> Job:
         """Queue a ``failed`` task again with a fresh set of attempts.
+
+        Args:
+            job_id: The job (task) id.
+            resume: Go on after the completed steps of the failed firing (its model calls are not
+                requested again, its tools not run again); by default a new firing starts from the
+                first step.
 
         Raises:
             InvalidTaskId, TaskNotFound: No such job.
+            InvalidArgument: ``resume`` is not a bool.
             InvalidTransition: The job has not failed (or was retried concurrently).
             AgentNotFound, AgentInactive, UnknownAgentKind: Nothing could run it; it stays ``failed``.
             BrokerUnavailable: Redis is down; the task is left ``pending`` (the reconciler enqueues it).
         """
         task_id = normalize_id(job_id, "job id")
+        if not isinstance(resume, bool):
+            raise InvalidArgument(f"resume {short_repr(resume)} must be True or False")
         task = self._task(task_id)
         if task.status != TaskStatus.FAILED:
             raise InvalidTransition(
                 task_id, task.status.value, TaskStatus.QUEUED.value, "only failed jobs can be retried"
             )
-        retried = self._requeue(task, self._actor_for(task))
+        retried = self._requeue(task, self._actor_for(task), resume=resume)
         return Job.from_task(retried, self.store.get_runs(task_id))
 
     def list_dead_letters(self, limit: int = 100, offset: int = 0) -> list[Job]:
@@ -366,12 +393,82 @@ class AgentTaskQueue:
         task = self.store.get_task(task_id)
         if task is None or task.archived_at is not None:
             return None
-        return Job.from_task(task, self.store.get_runs(task_id))
+        return Job.from_task(task, self.store.get_runs(task_id), self._pending(task))
+
+    def _pending(self, task: Task) -> PendingApproval | None:
+        """What ``task`` waits for, when it awaits approval (one more read, only then)."""
+        if task.status != TaskStatus.AWAITING_APPROVAL:
+            return None
+        steps = self.store.get_steps(task.id)
+        return pending_approval(task, next((s for s in steps if s.status == "awaiting_approval"), None))
+
+    # --- approvals ------------------------------------------------------------
+
+    def approve(self, task_id: str, note: str | None = None, decided_by: str | None = None) -> Job:
+        """Approve the tool call a task waits for: the task is queued again and its run resumes, runs the
+        tool once and goes on. The decision (``decided_by``, when, ``note``) is recorded on the step.
+
+        A compare-and-set: of two decisions at once one wins, the other raises :class:`NotAwaitingApproval`.
+
+        Raises:
+            InvalidTaskId, TaskNotFound, InvalidArgument: Bad arguments (``note`` at most 2,000 characters,
+                ``decided_by`` 200).
+            NotAwaitingApproval: The task waits for no decision.
+            AgentNotFound, AgentInactive, UnknownAgentKind: Nothing could run it; nothing changed.
+            BrokerUnavailable: Redis did not take the message; the task stays queued (the reconciler
+                sends it again).
+        """
+        by, text = check_decision(decided_by=decided_by, note=note)
+        return self._decide(task_id, approved=True, decided_by=by, text=text)
+
+    def reject(self, task_id: str, reason: str, decided_by: str | None = None) -> Job:
+        """Reject the tool call a task waits for: the tool never runs; the task is queued again and its run
+        resumes with ``rejected by a person: <reason>`` as the tool's result, and the model goes on. The
+        decision is recorded on the step. A compare-and-set, as :meth:`approve`.
+
+        Raises:
+            As :meth:`approve`; ``reason`` must be a non-empty string of at most 2,000 characters.
+        """
+        by, text = check_decision(decided_by=decided_by, reason=reason, rejecting=True)
+        return self._decide(task_id, approved=False, decided_by=by, text=text)
+
+    def list_approvals(self, limit: int = 100, offset: int = 0) -> list[PendingApproval]:
+        """The tool calls waiting for a decision, the longest waiting first."""
+        check_page(limit, offset)
+        pending = (from_request(request) for request in self.store.list_approvals(limit=limit, offset=offset))
+        return [item for item in pending if item is not None]
+
+    def _decide(self, task_id: str, *, approved: bool, decided_by: str | None, text: str | None) -> Job:
+        task_id = normalize_id(task_id)
+        task = self._task(task_id)
+        if task.status != TaskStatus.AWAITING_APPROVAL:
+            raise NotAwaitingApproval(task_id, task.status.value)
+        actor = self._actor_for(task)  # nothing can run it: say so before deciding anything
+        now = self.clock()
+        decided = self.store.decide_approval(
+            task_id,
+            decision=decision_record(approved, decided_by, text, now),
+            output=None if approved or text is None else rejection_output(text),
+            now=now,
+        )
+        if decided is None:  # another decision was taken meanwhile
+            raise NotAwaitingApproval(task_id, self._task(task_id).status.value)
+        verdict = "approved" if approved else "rejected"
+        logger.info(
+            "[AgentTaskQueue] Job %s %s by %s; queued to resume", task_id, verdict, decided_by or "someone"
+        )
+        message = actor.message_with_options(
+            args=(task_id,), **queued_options(decided.priority, decided.organization_id)
+        )
+        with pending_again_on_failure(self.store, [task_id], queued_at=None, clock=self.clock):
+            self.broker.enqueue(message)
+        return Job.from_task(decided, self.store.get_runs(task_id))
 
     def remove_job(self, job_id: str) -> None:
-        """Cancel a job: a waiting or delayed one at once; a running one stops before its next model or
-        tool call. Either way it ends ``cancelled``. A scheduled job's schedule is removed, so it never
-        fires again. A finished or cancelled job is otherwise left as is.
+        """Cancel a job: a waiting, delayed or approval-awaiting one at once; a running one within about a
+        second, wherever it runs, also in the middle of a model call or a tool call (the interrupted step
+        is recorded failed "cancelled"). Either way it ends ``cancelled``. A scheduled job's schedule is
+        removed, so it never fires again. A finished or cancelled job is otherwise left as is.
 
         Raises:
             TaskNotFound: No such job.
@@ -383,8 +480,19 @@ class AgentTaskQueue:
         if self.store.cancel(task_id, now=now) is not None:
             logger.info("[AgentTaskQueue] Job %s removed", task_id)
             return
-        if self.store.request_cancel(task_id, now=now) is not None:
-            logger.info("[AgentTaskQueue] Job %s asked to stop; it ends cancelled at its next step", task_id)
+        running = self.store.request_cancel(task_id, now=now)
+        if running is not None:
+            try:
+                if running.current_run_id is not None:
+                    signal_cancel(self.broker, task_id, running.current_run_id)
+            except redis.RedisError as exc:
+                logger.warning(
+                    "[AgentTaskQueue] Job %s: Redis did not take the cancel request (%s); the run stops"
+                    " at its next step",
+                    task_id,
+                    exc,
+                )
+            logger.info("[AgentTaskQueue] Job %s asked to stop; it ends cancelled", task_id)
             return
         self._task(task_id)  # raises TaskNotFound for an unknown id
 
@@ -424,6 +532,7 @@ class AgentTaskQueue:
                 failed=counts.failed,
                 delayed=counts.delayed,
                 paused=counts.waiting,
+                awaiting_approval=counts.awaiting_approval,
             )
         return QueueStats(
             waiting=counts.waiting,
@@ -431,6 +540,7 @@ class AgentTaskQueue:
             completed=counts.completed,
             failed=counts.failed,
             delayed=counts.delayed,
+            awaiting_approval=counts.awaiting_approval,
         )
 
     def cleanup_jobs(self) -> CleanupResult:
@@ -484,10 +594,10 @@ class AgentTaskQueue:
             max_attempts=self.max_attempts,
         )
 
-    def _requeue(self, task: Task, actor: AgentActor) -> Task:
+    def _requeue(self, task: Task, actor: AgentActor, *, resume: bool = False) -> Task:
         """``failed → queued`` by compare-and-set, then the message; a refusal is explained with one read."""
         now = self.clock()
-        retried = self.store.requeue_failed(task.id, run_at=now, now=now)
+        retried = self.store.requeue_failed(task.id, run_at=now, now=now, resume=resume)
         if retried is None:
             current = self._task(task.id)
             raise InvalidTransition(
@@ -523,6 +633,20 @@ class AgentTaskQueue:
                 return
             for message in messages:
                 self.broker.enqueue(message, delay=delay)
+
+    def _check_queueable(self, task_ids: list[str]) -> None:
+        """Raise the error for the first of ``task_ids`` that cannot be queued: missing, not pending, or
+        without an agent that can run it (each distinct agent read once)."""
+        found = {task.id: task for task in self.store.get_tasks(task_ids)}
+        checked: set[str] = set()
+        for task_id in task_ids:
+            task = found.get(task_id)
+            if task is None:
+                raise TaskNotFound(task_id)
+            check_pending(task)
+            if task.agent_id not in checked:
+                self._actor_for(task)
+                checked.add(task.agent_id)
 
     def _changed_meanwhile(self, task_ids: list[str]) -> AgentQueueError:
         """The error for a batch whose tasks stopped being pending between the check and the update."""

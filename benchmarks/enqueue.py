@@ -67,7 +67,7 @@ def _enqueue(runtime: Runtime, agent_id: str, tasks: int, batch: int) -> None:
 
 def _reset(database_url: str, client: redis.Redis) -> None:
     with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("TRUNCATE ai_agent_task_runs, ai_agent_tasks")
+        conn.execute("TRUNCATE ai_agent_task_steps, ai_agent_task_runs, ai_agent_tasks")
     client.flushdb()
 
 

@@ -251,7 +251,7 @@ def run_case(
     tasks, latency, threads = case
     redis.Redis.from_url(redis_url).flushdb()
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE ai_agent_task_runs, ai_agent_tasks")
+        conn.execute("TRUNCATE ai_agent_task_steps, ai_agent_task_runs, ai_agent_tasks")
     with FastOpenAIServer(delay_s=latency) as server, psycopg.connect(url, autocommit=True) as poll:
         agent = runtime.store.create_agent(
             NewAgent(

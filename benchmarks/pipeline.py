@@ -320,14 +320,20 @@ class Bench:
         )
 
     def run_pipeline(
-        self, processes: int, threads: int, tasks: int, *, group_commit: bool = True
+        self, processes: int, threads: int, tasks: int, *, group_commit: bool = True, step_ledger: bool = True
     ) -> RunResult:
-        """The full pipeline; ``group_commit=False`` writes every claim and completion alone."""
+        """The full pipeline; ``group_commit=False`` writes every claim and completion alone,
+        ``step_ledger=False`` records no steps (``AGENTQ_STEP_LEDGER=false``)."""
         kind = "pipeline" if group_commit else "pipeline-solo"
-        env = {**self.env, "AGENTQ_DB_GROUP_COMMIT": "true" if group_commit else "false"}
+        kind = kind if step_ledger else "pipeline-no-ledger"
+        env = {
+            **self.env,
+            "AGENTQ_DB_GROUP_COMMIT": "true" if group_commit else "false",
+            "AGENTQ_STEP_LEDGER": "true" if step_ledger else "false",
+        }
         self.redis_client.flushdb()
         with psycopg.connect(self.database_url, autocommit=True) as conn:
-            conn.execute("TRUNCATE ai_agent_task_runs, ai_agent_tasks")
+            conn.execute("TRUNCATE ai_agent_task_steps, ai_agent_task_runs, ai_agent_tasks")
             started = time.perf_counter()
             for index in range(tasks):
                 task = self.queue.create_task(
@@ -444,6 +450,33 @@ def _machine(redis_client: redis.Redis, database_url: str) -> list[str]:
     ]
 
 
+def _on_off(runs: list[RunResult], off_kind: str, heading: str) -> list[str]:
+    """The table of the pipeline (on) beside its ``off_kind`` runs, per configuration; none without them."""
+    if not any(r.kind == off_kind for r in runs):
+        return []
+    lines = [
+        "",
+        heading,
+        "",
+        "| configuration | on tasks/s | off tasks/s | on/off | worker CPU ms/task on / off"
+        " | pg+redis CPU ms/task on / off |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for processes, threads in CONFIGS:
+        on, off = (
+            [r for r in runs if r.kind == kind and (r.processes, r.threads) == (processes, threads)]
+            for kind in ("pipeline", off_kind)
+        )
+        on_rate, off_rate = _median([r.throughput for r in on]), _median([r.throughput for r in off])
+        lines.append(
+            f"| {processes} process(es) x {threads} threads | {_fmt(on_rate)} | {_fmt(off_rate)}"
+            f" | {_fmt(on_rate / off_rate if on_rate and off_rate else None, 3)}"
+            f" | {_cpu(on, 'worker_cpu_ms')} / {_cpu(off, 'worker_cpu_ms')}"
+            f" | {_cpu(on, 'server_cpu_ms')} / {_cpu(off, 'server_cpu_ms')} |"
+        )
+    return lines
+
+
 def render(runs: list[RunResult], tasks: int, repeats: int, machine: list[str], wall_s: float) -> str:
     lines = [
         "# Pipeline vs bare Dramatiq throughput",
@@ -479,32 +512,18 @@ def render(runs: list[RunResult], tasks: int, repeats: int, machine: list[str], 
             f" | {_fmt(_median([r.server_cpu_ms for r in cell['bare']]), 2)}"
             f" / {_fmt(_median([r.server_cpu_ms for r in cell['pipeline']]), 2)} |"
         )
-    if any(r.kind == "pipeline-solo" for r in runs):
-        lines += [
-            "",
-            "Group commit on (default) vs off (`AGENTQ_DB_GROUP_COMMIT=false`, every claim and completion"
-            " written alone), interleaved in the same run:",
-            "",
-            "| configuration | on tasks/s | off tasks/s | on/off | worker CPU ms/task on / off"
-            " | pg+redis CPU ms/task on / off |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        for processes, threads in CONFIGS:
-            on = [
-                r for r in runs if r.kind == "pipeline" and (r.processes, r.threads) == (processes, threads)
-            ]
-            off = [
-                r
-                for r in runs
-                if r.kind == "pipeline-solo" and (r.processes, r.threads) == (processes, threads)
-            ]
-            on_rate, off_rate = _median([r.throughput for r in on]), _median([r.throughput for r in off])
-            lines.append(
-                f"| {processes} process(es) x {threads} threads | {_fmt(on_rate)} | {_fmt(off_rate)}"
-                f" | {_fmt(on_rate / off_rate if on_rate and off_rate else None, 3)}"
-                f" | {_cpu(on, 'worker_cpu_ms')} / {_cpu(off, 'worker_cpu_ms')}"
-                f" | {_cpu(on, 'server_cpu_ms')} / {_cpu(off, 'server_cpu_ms')} |"
-            )
+    lines += _on_off(
+        runs,
+        "pipeline-solo",
+        "Group commit on (default) vs off (`AGENTQ_DB_GROUP_COMMIT=false`, every claim and completion"
+        " written alone), interleaved in the same run:",
+    )
+    lines += _on_off(
+        runs,
+        "pipeline-no-ledger",
+        "Step ledger on (default) vs off (`AGENTQ_STEP_LEDGER=false`, no step recorded), one model call"
+        " per task, interleaved in the same run:",
+    )
     lines += [
         "",
         "Every run, in order:",
@@ -559,6 +578,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--solo",
         action="store_true",
         help="also run the pipeline with AGENTQ_DB_GROUP_COMMIT=false (every write alone), interleaved",
+    )
+    parser.add_argument(
+        "--no-ledger",
+        action="store_true",
+        help="also run the pipeline with AGENTQ_STEP_LEDGER=false (no step recorded), interleaved",
+    )
+    parser.add_argument(
+        "--only-pipeline",
+        action="store_true",
+        help="leave out the bare Dramatiq and BullMQ runs (for --solo/--no-ledger comparisons)",
     )
     args = parser.parse_args(argv)
     args.tasks = args.tasks or (300 if args.quick else 2000)
@@ -636,11 +665,14 @@ def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
                     f"repeat {repeat}/{args.repeats}, {processes} process(es) x {threads} threads",
                     file=sys.stderr,
                 )
-                bench.run_bare(processes, threads, args.tasks)
+                if not args.only_pipeline:
+                    bench.run_bare(processes, threads, args.tasks)
                 bench.run_pipeline(processes, threads, args.tasks)
                 if args.solo:
                     bench.run_pipeline(processes, threads, args.tasks, group_commit=False)
-                if args.bullmq_python.exists():
+                if args.no_ledger:
+                    bench.run_pipeline(processes, threads, args.tasks, step_ledger=False)
+                if args.bullmq_python.exists() and not args.only_pipeline:
                     bench.run_bullmq(args.bullmq_python, processes, threads, args.tasks)
         report = render(
             bench.runs,
@@ -686,6 +718,24 @@ def figures(runs: list[RunResult]) -> list[Figure]:
             continue
         targeted = processes == 2
         case = f"{processes} process(es) x {threads} threads"
+        unrecorded = _median(
+            [
+                r.throughput
+                for r in runs
+                if r.kind == "pipeline-no-ledger" and (r.processes, r.threads) == (processes, threads)
+            ]
+        )
+        if unrecorded is not None:
+            found.append(
+                Figure(
+                    "step ledger on vs off",
+                    case,
+                    rate(pipe),
+                    f"off {rate(unrecorded)}: ratio {pipe / unrecorded:.2f}",
+                    "≥ 0.9 of off (one-step runs)",
+                    pipe / unrecorded >= 0.9,
+                )
+            )
         for kind, label, target in (("bare", "bare Dramatiq", 0.5), ("bullmq", "BullMQ replica", 1.0)):
             peer = medians[kind]
             if peer is None:

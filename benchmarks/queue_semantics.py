@@ -67,7 +67,7 @@ def has_started(url: str, task_id: str) -> bool:
 def reset(url: str, client: redis.Redis) -> None:
     client.flushdb()
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE ai_agent_task_runs, ai_agent_tasks")
+        conn.execute("TRUNCATE ai_agent_task_steps, ai_agent_task_runs, ai_agent_tasks")
 
 
 def sleepy(ms: int) -> dict[str, object]:

@@ -29,7 +29,7 @@ OUTPUT = RESULTS / "latest.md"
 def pipeline(quick: bool) -> list[Figure]:
     from benchmarks import pipeline as bench
 
-    args = bench.parse(["--quick", "--solo"] if quick else ["--solo"])
+    args = bench.parse(["--quick", "--solo", "--no-ledger"] if quick else ["--solo", "--no-ledger"])
     runs, report = bench.run(args)
     args.output.write_text(report)
     return bench.figures(runs)
@@ -80,6 +80,15 @@ def limits(quick: bool) -> list[Figure]:
     return bench.figures(cost, drained)
 
 
+def resume(quick: bool) -> list[Figure]:
+    from benchmarks import resume as bench
+
+    args = bench.parse(["--tasks", "30"] if quick else [])
+    cases, report = bench.run(args)
+    args.output.write_text(report, encoding="utf-8")
+    return bench.figures(cases)
+
+
 #: Every benchmark of the suite, in the order it runs.
 BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "pipeline": pipeline,
@@ -89,6 +98,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "schedules": schedules,
     "tracing": tracing,
     "limits": limits,
+    "resume": resume,
 }
 
 

@@ -141,6 +141,21 @@ class Settings(BaseSettings):
     allow_scripted: bool = Field(default=False, validation_alias="AGENTQ_ALLOW_SCRIPTED")
     #: Longest postponement a provider's Retry-After or rate-limit reset header can cause, in ms.
     max_postpone_ms: PositiveInt = Field(default=900_000, validation_alias="AGENTQ_MAX_POSTPONE_MS")
+    #: Tool registries (``package.module:attribute``, comma-separated) whose tools join the built-ins.
+    tools: DottedPaths = Field(default=(), validation_alias="AGENTQ_TOOLS")
+
+    # --- Durable runs ---
+    #: Record every model call and tool call in the step ledger, so a retried or recovered attempt goes on
+    #: after the last completed step; off, every attempt starts the run from the beginning.
+    step_ledger: bool = Field(default=True, validation_alias="AGENTQ_STEP_LEDGER")
+    #: On resume, run again a tool call an earlier attempt started and never finished even when the tool
+    #: is not declared idempotent (it may then run twice); off, the task fails instead.
+    repeat_unfinished_tools: bool = Field(default=False, validation_alias="AGENTQ_REPEAT_UNFINISHED_TOOLS")
+
+    # --- Approvals ---
+    #: Longest a task waits in ``awaiting_approval`` for a person's decision, in seconds (default 7 days);
+    #: a longer wait fails the task with "approval timed out".
+    approval_timeout_s: PositiveInt = Field(default=604_800, validation_alias="AGENTQ_APPROVAL_TIMEOUT_S")
 
     # --- Provider limits, shared by every worker (README, *Provider limits*) ---
     #: Requests/tokens per minute per model, JSON: {"openai:gpt-4o-mini": {"rpm": 500, "tpm": 200000}}.
@@ -232,7 +247,7 @@ class Settings(BaseSettings):
     #: Prometheus endpoint of each worker process: the first free port from this one (None = off).
     metrics_port: Port | None = Field(default=None, validation_alias="AGENTQ_METRICS_PORT")
 
-    @field_validator("extra_middleware", "disabled_middleware", "allowed_base_urls", mode="before")
+    @field_validator("extra_middleware", "disabled_middleware", "allowed_base_urls", "tools", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -21,8 +21,9 @@ name                     middleware
 ``periodiq``             ``periodiq.PeriodiqMiddleware`` — skips minute ticks older than 30 s
 (user middleware)        ``AGENTQ_MIDDLEWARE``: dotted paths, in the order given
 ``stalled_jobs``         :class:`middleware.stalled_jobs.StalledJobs` — leases, stalled recovery
+``cancel_watch``         :class:`middleware.cancel_watch.CancelWatch` — cancel requests, within moments
 ``shutdown_deadline``    :class:`middleware.shutdown_deadline.ShutdownDeadline`
-``reconciler``           :class:`middleware.reconciler.Reconciler` — lost messages, forgotten tasks
+``reconciler``           :class:`middleware.reconciler.Reconciler` — lost messages, stale approvals
 ``pause``                :class:`middleware.pause.Pause` — holds prefetched messages while paused
 ``rate_limit``           :class:`middleware.start_limit.StartRateLimit` — task starts per window
 (always)                 :class:`middleware.task_lifecycle.TaskLifecycle` — always last
@@ -37,7 +38,6 @@ claimed.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -55,9 +55,11 @@ from opentelemetry.trace import TracerProvider
 from periodiq import PeriodiqMiddleware
 
 from config.errors import ConfigError
+from config.imports import import_object
 from config.settings import Settings
 from config.trace_export import configure_tracing, shutdown_tracing
 from middleware.attempts import AttemptRegistry
+from middleware.cancel_watch import CancelWatch
 from middleware.json_logs import JsonLogs
 from middleware.metrics import Metrics
 from middleware.outcome import AttemptResult
@@ -86,7 +88,7 @@ DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
     "periodiq": lambda settings: PeriodiqMiddleware(skip_delay=30),
 }
 #: Our middleware after the user's, switchable by name, in stack order.
-RELIABILITY = ("stalled_jobs", "shutdown_deadline", "reconciler", "pause", "rate_limit")
+RELIABILITY = ("stalled_jobs", "cancel_watch", "shutdown_deadline", "reconciler", "pause", "rate_limit")
 #: Our observability middleware, after ``StoreLifecycle`` (sentry with a DSN, metrics with a port).
 OBSERVABILITY = ("tracing", "sentry", "metrics")
 #: Every name ``AGENTQ_DISABLE_MIDDLEWARE`` accepts.
@@ -118,11 +120,13 @@ def build_middleware(
             max_stalled_count=settings.max_stalled_count,
             clock=clock,
         ),
+        "cancel_watch": CancelWatch(attempts),
         "shutdown_deadline": ShutdownDeadline(attempts, timeout_ms=settings.shutdown_timeout_ms),
         "reconciler": Reconciler(
             store,
             interval_ms=settings.reconcile_interval_ms,
             pending_grace_ms=settings.pending_grace_ms,
+            approval_timeout_s=settings.approval_timeout_s,
             clock=clock,
         ),
         "pause": Pause(),
@@ -167,11 +171,7 @@ def build_middleware(
 
 def load_middleware(path: str) -> dramatiq.Middleware:
     """Import ``package.module:Name`` (or ``package.module.Name``); instantiate it if it is a class."""
-    module_name, _, attribute = path.partition(":") if ":" in path else path.rpartition(".")
-    try:
-        target = getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ConfigError(f"AGENTQ_MIDDLEWARE={path!r} cannot be imported: {exc}") from exc
+    target = import_object(path, "AGENTQ_MIDDLEWARE")
     instance = target() if isinstance(target, type) else target
     if not isinstance(instance, dramatiq.Middleware):
         raise ConfigError(f"AGENTQ_MIDDLEWARE={path!r} is not a dramatiq.Middleware")
@@ -184,6 +184,7 @@ __all__ = [
     "OPTIONAL",
     "RELIABILITY",
     "AttemptResult",
+    "CancelWatch",
     "EnqueueRejected",
     "Metrics",
     "Reconciler",

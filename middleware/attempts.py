@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from config.errors import AgentQueueError
+from orchestrator.cancel import CancelSignal
 from taskstore import Claim
 
 
@@ -34,6 +35,9 @@ class Attempt:
     started: float = field(default_factory=time.monotonic)
     #: When the run last asked the database whether it was cancelled (monotonic); the claim counts.
     cancel_checked_at: float = field(default_factory=time.monotonic)
+    #: Set when the run must stop now (cancel requested, lease lost): it interrupts an in-flight model or
+    #: tool call (see ``orchestrator.cancel``; ``CancelWatch`` sets it from Redis within moments).
+    cancel: CancelSignal = field(default_factory=CancelSignal)
 
     @property
     def task_id(self) -> str:
@@ -53,8 +57,9 @@ class AttemptObserver(Protocol):
     def attempt_started(self, attempt: Attempt) -> None: ...
 
     def attempt_ended(self, attempt: Attempt, outcome: str, error: BaseException | None) -> None:
-        """``outcome``: completed, retried, postponed, failed (dead-lettered), cancelled, lost, cut_off or
-        released (its end could not be stored; it will be recovered as stalled)."""
+        """``outcome``: completed, retried, postponed, awaiting_approval (the task waits for a person; the
+        attempt is not counted), failed (dead-lettered), cancelled, lost, cut_off or released (its end could
+        not be stored; it will be recovered as stalled)."""
 
 
 class AttemptRegistry:
@@ -125,6 +130,7 @@ class AttemptRegistry:
         for attempt in checked:
             if attempt.task_id not in held_task_ids and not attempt.lost:
                 attempt.lost = True
+                attempt.cancel.set("lease lost")  # stop an in-flight call too: the task is another's now
                 lost.append(attempt)
         return lost
 

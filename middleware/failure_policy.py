@@ -13,6 +13,8 @@ The decision reads typed errors only (see docs/architecture.md, *Failure paths*)
   ``max_postpones``: its end is known and held, so it never turns into a failed attempt.
 * An :class:`~orchestrator.errors.AgentRunError` with ``cancels_task`` (``RunCancelled``) ends
   the task ``cancelled``.
+* An :class:`~orchestrator.errors.AgentRunError` with ``awaits_approval`` (``ApprovalRequired``) is no
+  failure: the task waits in ``awaiting_approval`` for a person, the attempt not counted.
 * An :class:`~config.errors.AgentQueueError` whose class declares ``retryable = False`` fails
   the task at once.
 * Anything else is retried while attempts remain, after ``backoff * 2**(n-1)`` ms.
@@ -43,6 +45,8 @@ class Outcome(enum.Enum):
     FAIL = "fail"
     #: The run stopped because it was asked to (``cancels_task``): the task ends ``cancelled``.
     CANCEL = "cancel"
+    #: The run stopped at a tool call a person must approve (``awaits_approval``): the task waits.
+    AWAIT_APPROVAL = "await_approval"
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,8 @@ def decide(
     """
     if isinstance(exception, AgentRunError) and exception.cancels_task:
         return Decision(Outcome.CANCEL)
+    if isinstance(exception, AgentRunError) and exception.awaits_approval:
+        return Decision(Outcome.AWAIT_APPROVAL)
     delay = postpone_ms(exception)
     if delay is not None and (task.postponed_count < max_postpones or not _bounded(exception)):
         return Decision(Outcome.POSTPONE, min(delay, max_postpone_ms))

@@ -25,7 +25,10 @@ Metrics (all prefixed ``agentq_``):
   Redis at scrape time (cached 1 s; see :class:`LimitGauges`). Every process reports the same shared
   values: aggregate them with ``max()``, not ``sum()``;
 * ``llm_tokens_total{provider, model, type}`` (``input``/``output``) and
-  ``llm_cost_usd_total{provider, model}`` — from every model call (see :class:`LLMMetrics`).
+  ``llm_cost_usd_total{provider, model}`` — from every model call (see :class:`LLMMetrics`);
+* ``runs_resumed_total{queue}`` — attempts that went on after the completed steps of an earlier
+  attempt at the same firing, and ``steps_replayed_total{queue, kind}`` (``llm``/``tool``) — the
+  completed steps they did not repeat (counted by ``actors.step_ledger.StoreLedger``).
 """
 
 from __future__ import annotations
@@ -73,6 +76,18 @@ LLM_TOKENS = Counter(
     "agentq_llm_tokens", "Model tokens used", ["provider", "model", "type"], registry=REGISTRY
 )
 LLM_COST = Counter("agentq_llm_cost_usd", "Model cost in USD", ["provider", "model"], registry=REGISTRY)
+RUNS_RESUMED = Counter(
+    "agentq_runs_resumed",
+    "Attempts resumed after an earlier attempt's completed steps",
+    ["queue"],
+    registry=REGISTRY,
+)
+STEPS_REPLAYED = Counter(
+    "agentq_steps_replayed",
+    "Completed steps a resumed attempt did not repeat (model calls not requested, tools not run)",
+    ["queue", "kind"],
+    registry=REGISTRY,
+)
 
 
 class QueueDepth(Collector):
@@ -259,4 +274,13 @@ class LLMMetrics(OrchestratorHooks):
             LLM_COST.labels(provider, model).inc(float(cost))
 
 
-__all__ = ["LIMIT_GAUGES", "REGISTRY", "LLMMetrics", "LimitGauges", "Metrics", "QueueDepth"]
+__all__ = [
+    "LIMIT_GAUGES",
+    "REGISTRY",
+    "RUNS_RESUMED",
+    "STEPS_REPLAYED",
+    "LLMMetrics",
+    "LimitGauges",
+    "Metrics",
+    "QueueDepth",
+]

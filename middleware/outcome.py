@@ -15,7 +15,7 @@ from typing import Any
 
 from orchestrator import messages
 from orchestrator.errors import AgentRunError
-from taskstore import Usage
+from taskstore import StepRecord, Usage
 
 
 class AttemptResult(dict[str, Any]):
@@ -26,19 +26,22 @@ class AttemptResult(dict[str, Any]):
     actor's return value; ``usage`` and ``transcript`` are read by ``TaskLifecycle`` only.
     """
 
-    __slots__ = ("transcript", "usage")
+    __slots__ = ("step", "transcript", "usage")
 
     def __init__(
         self,
         result: Mapping[str, Any],
         usage: Usage | None = None,
         transcript: list[dict[str, Any]] | None = None,
+        step: StepRecord | None = None,
     ) -> None:
         super().__init__(result)
         #: Tokens and cost of the attempt.
         self.usage = usage if usage is not None else Usage()
         #: The run's transcript, when there is one.
         self.transcript = transcript
+        #: The run's last step (its final answer), recorded completed with the task's completion.
+        self.step = step
 
     @property
     def result(self) -> dict[str, Any]:

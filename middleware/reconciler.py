@@ -18,6 +18,9 @@ time (elected through a short-lived Redis key) compares the two every
 * A task nothing can run — its agent is gone, or its kind has no actor in this
   deployment — is failed with an error naming the task and the kind, once, and the
   pass goes on with the others.
+* A task that waited in ``awaiting_approval`` longer than ``AGENTQ_APPROVAL_TIMEOUT_S`` is
+  failed with "approval timed out" (compare-and-set: a decision taken meanwhile wins), one
+  task at a time: a row that cannot be expired is logged and the pass goes on.
 
 ``running`` tasks of dead workers are the stalled-job detector's (``StalledJobs``).
 """
@@ -42,6 +45,7 @@ from middleware.attempts import process_worker_id
 from middleware.redis_messages import requeue_dead_workers, task_ids_in_flight
 from middleware.task_lifecycle import send_queued
 from taskstore import StoreUnavailable, TaskStore, WaitingTask, utcnow
+from taskstore.rules import APPROVAL_TIMED_OUT
 
 logger = logging.getLogger("agentq.lifecycle")
 
@@ -57,6 +61,12 @@ class ReconcileReport:
     resent_queued: int = 0
     #: Tasks failed because nothing can run them (agent gone, kind without an actor).
     failed_unrunnable: int = 0
+    #: Tasks failed because they waited for an approval longer than ``AGENTQ_APPROVAL_TIMEOUT_S``.
+    expired_approvals: int = 0
+
+
+#: Most waits one pass expires (the next pass takes the rest).
+EXPIRE_BATCH = 500
 
 
 class Reconciler(dramatiq.Middleware):
@@ -68,12 +78,14 @@ class Reconciler(dramatiq.Middleware):
         *,
         interval_ms: int = 30_000,
         pending_grace_ms: int = 60_000,
+        approval_timeout_s: int = 604_800,
         clock: Callable[[], datetime] = utcnow,
         worker_id: Callable[[], str] = process_worker_id,
     ) -> None:
         self.store = store
         self.interval_s = interval_ms / 1000
         self.pending_grace = timedelta(milliseconds=pending_grace_ms)
+        self.approval_timeout = timedelta(seconds=approval_timeout_s)
         self.clock = clock
         self.worker_id = worker_id
         self._stop = threading.Event()
@@ -113,7 +125,8 @@ class Reconciler(dramatiq.Middleware):
         return False
 
     def reconcile(self, broker: dramatiq.Broker) -> ReconcileReport:
-        """One pass: requeue dead workers' messages, enqueue forgotten pending tasks, resend lost messages.
+        """One pass: requeue dead workers' messages, enqueue forgotten pending tasks, resend lost messages,
+        fail waits for an approval that timed out.
 
         Each task is handled on its own: one that nothing can run (its agent is gone or its kind has no
         actor here) is failed with an error naming it, and the pass goes on. An unreachable store or
@@ -136,7 +149,33 @@ class Reconciler(dramatiq.Middleware):
                 if task.task_id not in in_flight:
                     sent = self._each(broker, task, queues, self._resend)
                     resent, failed = resent + (sent > 0), failed + (sent < 0)
-        return ReconcileReport(pending, resent, failed)
+        return ReconcileReport(pending, resent, failed, self.expire_approvals(now))
+
+    def expire_approvals(self, now: datetime) -> int:
+        """Fail the tasks waiting for an approval since before ``now - AGENTQ_APPROVAL_TIMEOUT_S``; returns
+        how many. Each is its own compare-and-set (a decision taken meanwhile wins); one that cannot be
+        expired is logged and the others still are."""
+        before = now - self.approval_timeout
+        expired = 0
+        for waiting in self.store.list_approvals(limit=EXPIRE_BATCH, waiting_before=before):
+            tool = waiting.step.name if waiting.step is not None else "unknown"
+            seconds = int(self.approval_timeout.total_seconds())
+            error = f"{APPROVAL_TIMED_OUT}: no decision on tool {short_repr(tool)} within {seconds} s"
+            try:
+                task = self.store.expire_approval(
+                    waiting.task.id, waiting_before=before, error=error, now=self.clock()
+                )
+            except StoreUnavailable:
+                raise
+            except Exception:
+                logger.exception(
+                    "[AgentTaskQueue] Expiring the wait of job %s failed; the pass goes on", waiting.task.id
+                )
+                continue
+            if task is not None:
+                expired += 1
+                logger.error("[AgentTaskQueue] ✗ Job %s failed: %s", task.id, error)
+        return expired
 
     def _each(
         self,

@@ -149,7 +149,7 @@ class Sentry(dramatiq.Middleware):
             return
         scope = sentry_sdk.get_isolation_scope()
         scope.set_tag("outcome", outcome)
-        if error is None or outcome in {"completed", "cancelled"}:
+        if error is None or outcome in {"completed", "cancelled", "awaiting_approval"}:
             return
         task = attempt.claim.task
         scope.set_tag("error_type", type(error).__name__)

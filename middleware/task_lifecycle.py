@@ -12,7 +12,8 @@
 * ``after_process_message``: ``running → completed`` with the :class:`AttemptResult` the
   actor returned (Dramatiq passes it as ``result``); or, per
   :mod:`middleware.failure_policy`, re-queued with backoff (the same message,
-  delayed), postponed without using the attempt, or ``failed`` (dead-lettered).
+  delayed), postponed without using the attempt, left ``awaiting_approval`` (a tool call waits for a
+  person: no attempt used, no worker held), or ``failed`` (dead-lettered).
   Status writes are retried while the database is unreachable; if it stays down,
   the attempt is released (its lease no longer renewed), so it expires and the
   task is recovered as stalled. A write the store refuses for another reason is
@@ -51,6 +52,7 @@ from middleware.agent_messages import (
 from middleware.attempts import Attempt, AttemptRegistry, current_claim, process_worker_id
 from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Decision, Outcome, decide, describe
 from middleware.outcome import AttemptResult, as_attempt_result, transcript_of, usage_of
+from orchestrator.errors import AgentRunError
 from taskstore import (
     Claim,
     InvalidTransition,
@@ -136,6 +138,19 @@ class AgentResultsKept(logging.Filter):
         return AGENT_KIND_OPTION not in actor.options
 
 
+class ExpectedEndings(logging.Filter):
+    """Drops Dramatiq's "Failed to process message … with unhandled exception" error (and its traceback) for
+    an attempt that ended as asked: its run waits for a person's approval, or was cancelled.
+
+    Neither is a failure; ``TaskLifecycle`` logs one line for each (``Job <id> awaiting approval …``,
+    ``Job <id> cancelled``). Every other exception keeps Dramatiq's error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, AgentRunError) and (error.awaits_approval or error.cancels_task))
+
+
 class TaskLifecycle(dramatiq.Middleware):
     """Drives the task lifecycle in the :class:`~taskstore.TaskStore` from Dramatiq's hooks."""
 
@@ -162,6 +177,7 @@ class TaskLifecycle(dramatiq.Middleware):
         self.worker_id = worker_id
         self.attempts = attempts or AttemptRegistry()
         self._results_kept: AgentResultsKept | None = None
+        self._expected = ExpectedEndings()
 
     @property
     def actor_options(self) -> set[str]:
@@ -171,12 +187,14 @@ class TaskLifecycle(dramatiq.Middleware):
         """Keep Dramatiq from warning that agent kinds' results are discarded: this stores them."""
         self._results_kept = AgentResultsKept(broker)
         logging.getLogger(DRAMATIQ_WORKER_LOGGER).addFilter(self._results_kept)
+        logging.getLogger(DRAMATIQ_WORKER_LOGGER).addFilter(self._expected)
 
     def after_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Size the store's connections to the worker's threads (``--threads`` may exceed the setting)."""
         self.store.reserve_connections(worker.worker_threads)
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        logging.getLogger(DRAMATIQ_WORKER_LOGGER).removeFilter(self._expected)
         if self._results_kept is not None:
             logging.getLogger(DRAMATIQ_WORKER_LOGGER).removeFilter(self._results_kept)
             self._results_kept = None
@@ -363,6 +381,7 @@ class TaskLifecycle(dramatiq.Middleware):
                 usage=outcome.usage,
                 transcript=outcome.transcript,
                 now=self.clock(),
+                step=outcome.step,
             ),
         )
         if done:
@@ -395,6 +414,11 @@ class TaskLifecycle(dramatiq.Middleware):
         if decision.outcome is Outcome.CANCEL:
             logger.info("[AgentTaskQueue] Job %s cancelled", task.id)
             return "cancelled"
+        if decision.outcome is Outcome.AWAIT_APPROVAL:
+            logger.info(
+                "[AgentTaskQueue] Job %s %s; waiting for a decision (agentq approve/reject)", task.id, error
+            )
+            return "awaiting_approval"
         if decision.outcome is Outcome.POSTPONE:
             logger.info("[AgentTaskQueue] Job %s postponed for %sms: %s", task.id, decision.delay_ms, error)
         else:
@@ -419,6 +443,11 @@ class TaskLifecycle(dramatiq.Middleware):
         due = now + timedelta(milliseconds=decision.delay_ms)
         if decision.outcome is Outcome.CANCEL:
             return self.store.finish_cancelled(task_id, run_id, usage=usage, transcript=transcript, now=now)
+        if decision.outcome is Outcome.AWAIT_APPROVAL:
+            reason = redact(describe(exception))
+            return self.store.await_approval(
+                task_id, run_id, reason=reason, usage=usage, transcript=transcript, now=now
+            )
         if decision.outcome is Outcome.POSTPONE:
             reason = redact(describe(exception))
             return self.store.postpone(

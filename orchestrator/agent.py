@@ -18,6 +18,23 @@ included: a rate-limited primary is when a fallback helps most) and the agent ha
 and the run stays there; a ``{"type": "fallback"}`` transcript entry records the switch.
 Non-retryable errors (authentication, invalid request) never fall back: they are
 configuration mistakes to fix, not to hide. If the fallback fails too, its error ends the run.
+
+Steps: with a :class:`~orchestrator.ledger.StepLedger`, every model call and tool call is recorded
+as a step (``started`` before, ``completed``/``failed`` after), and a run that finds completed steps
+of its firing resumes after them (:mod:`orchestrator.replay`): their calls are not made again, nor
+are hooks called for them, and the run's usage and cost count only the calls it makes itself (the
+earlier attempts' runs recorded theirs). A tool step left unfinished by an earlier attempt is run
+again only when the tool is idempotent or ``repeat_unfinished_tools`` is set; otherwise the run fails
+with :class:`~orchestrator.ledger.UnfinishedToolNotRepeated`.
+
+Approvals: a call of a tool declared ``requires_approval`` or named in the agent's ``approval_tools`` is
+recorded as awaiting a person's approval and the run stops with
+:class:`~orchestrator.approvals.ApprovalRequired` (the task waits); resumed after an approval it runs the
+tool once, after a rejection the model reads the reason as the tool's result.
+
+Cancelling: with a :class:`~orchestrator.cancel.CancelSignal` the run stops within moments of the signal,
+also in the middle of a model call (abandoned) or a tool call (told through ``ToolContext.cancelled``,
+not waited for); the interrupted step is recorded failed with ``"cancelled"``.
 """
 
 from __future__ import annotations
@@ -29,9 +46,18 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 from config.errors import short_repr
+from orchestrator.approvals import (
+    APPROVED,
+    ApprovalLedger,
+    ApprovalRequired,
+    ApprovalsNeedLedger,
+    decision_of,
+    never_ran,
+)
+from orchestrator.cancel import CancelSignal, call_abandonable, wait
 from orchestrator.errors import (
     AgentRunError,
     BaseUrlNotAllowed,
@@ -46,12 +72,25 @@ from orchestrator.errors import (
     UnknownTool,
 )
 from orchestrator.hooks import OrchestratorHooks, call_hook
+from orchestrator.ledger import (
+    LLM,
+    NO_LEDGER,
+    TOOL,
+    StepLedger,
+    UnfinishedToolNotRepeated,
+    describe_error,
+    model_input,
+    model_output,
+    tool_input,
+    tool_output,
+)
 from orchestrator.limits.base import NO_LIMITS, CallLimiter
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from orchestrator.pricing import PriceTable
 from orchestrator.providers.base_urls import BaseUrlPolicy
 from orchestrator.providers.registry import ProviderRegistry
-from orchestrator.tools import ToolOutcome, ToolRegistry, default_registry
+from orchestrator.replay import Replay, ReplayedCall, rebuild
+from orchestrator.tools import ToolContext, ToolOutcome, ToolRegistry, default_registry
 
 __all__ = [
     "MAX_TRANSCRIPT_CHARS",
@@ -63,6 +102,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("orchestrator")
+T = TypeVar("T")
 
 #: Longest string, in characters, kept in a transcript entry.
 MAX_TRANSCRIPT_CHARS = 2_000
@@ -93,6 +133,9 @@ class AgentSpec:
             error; None means the same provider (with ``fallback_model``).
         fallback_model: Model to switch to; None means the same model. No fallback when
             both are None.
+        stream: Stream the model's output (``llm_delta`` events) while it is generated.
+        approval_tools: Tools whose calls wait for a person's approval before they run (besides tools
+            declared ``requires_approval``).
     """
 
     id: str
@@ -109,6 +152,8 @@ class AgentSpec:
     run_time_limit_s: float | None = None
     fallback_provider: str | None = None
     fallback_model: str | None = None
+    stream: bool = False
+    approval_tools: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Reject settings that cannot run."""
@@ -228,6 +273,10 @@ def _tool_entry(turn: int, call: ToolCall, outcome: ToolOutcome) -> dict[str, An
     }
 
 
+def _tool_message(call: ToolCall, outcome: ToolOutcome) -> ChatMessage:
+    return ChatMessage(role="tool", content=outcome.content, tool_call_id=call.id, is_error=outcome.is_error)
+
+
 class Orchestrator:
     """Runs agents on tasks. One instance serves many threads at once.
 
@@ -240,6 +289,8 @@ class Orchestrator:
         clock: Monotonic clock in seconds, for the run time limit; tests pass a fake.
         base_urls: The base URLs an agent's own ``base_url`` may use; None allows none (an agent
             with a ``base_url`` then fails with :class:`BaseUrlNotAllowed` before any request).
+        repeat_unfinished_tools: On resume, run again a tool call an earlier attempt started and
+            never finished even when the tool is not idempotent (``AGENTQ_REPEAT_UNFINISHED_TOOLS``).
         limiter: Admits each model call (``orchestrator.limits``); None: no limits.
     """
 
@@ -252,6 +303,7 @@ class Orchestrator:
         hooks: OrchestratorHooks | None = None,
         clock: Callable[[], float] = time.monotonic,
         base_urls: BaseUrlPolicy | None = None,
+        repeat_unfinished_tools: bool = False,
         limiter: CallLimiter | None = None,
     ) -> None:
         """Create an orchestrator; see the class docstring."""
@@ -261,6 +313,7 @@ class Orchestrator:
         self.hooks = hooks if hooks is not None else OrchestratorHooks()
         self.clock = clock
         self.base_urls = base_urls if base_urls is not None else BaseUrlPolicy()
+        self.repeat_unfinished_tools = repeat_unfinished_tools
         self.limiter = limiter if limiter is not None else NO_LIMITS
 
     def run(
@@ -270,6 +323,8 @@ class Orchestrator:
         *,
         should_stop: Callable[[], bool] | None = None,
         hooks: OrchestratorHooks | None = None,
+        ledger: StepLedger = NO_LEDGER,
+        cancel: CancelSignal | None = None,
     ) -> AgentResult:
         """Run the agent on the task until it gives a final answer.
 
@@ -279,17 +334,25 @@ class Orchestrator:
             should_stop: Checked before each model call and each tool call; when it
                 returns True the run ends with :class:`RunCancelled`.
             hooks: Hooks for this run; None means the orchestrator's.
+            ledger: Where the run records its steps and finds those of earlier attempts at the
+                same firing (resuming after them); the default records nothing.
+            cancel: Set (from any thread) when the run must stop now: an in-flight model call is
+                abandoned, a running tool is told and not waited for (see :mod:`orchestrator.cancel`).
 
         Returns:
-            The final answer, the turns used, the summed usage and cost, and the transcript.
+            The final answer, the turns of the whole firing, this run's usage and cost, and the
+            transcript (replayed steps included, marked ``"replayed": true``).
 
         Raises:
             AgentRunError: Any failure; it carries ``usage``, ``transcript`` and ``cost_usd``
                 so far. Among them: UnknownProvider, ProviderError (and subclasses; see
                 ``retryable`` and ``postpone_ms``), MaxTurnsExceeded, ToolTimeout,
-                RunTimeLimitExceeded, RunCancelled, ScriptError.
+                RunTimeLimitExceeded, RunCancelled, ScriptError, and from the ledger
+                StepNotRecorded, LedgerMismatch, UnfinishedToolNotRepeated. ApprovalRequired is no
+                failure: the run waits for a person (``awaits_approval``).
         """
-        run = _Run(self, agent, task, should_stop, hooks if hooks is not None else self.hooks)
+        run = _Run(self, agent, task, should_stop, hooks if hooks is not None else self.hooks, ledger)
+        run.cancel = cancel
         call_hook(run.hooks.on_run_start, agent, task)
         try:
             result = run.execute()
@@ -305,7 +368,7 @@ class Orchestrator:
 
 
 class _Run:
-    """The state of one run: conversation, usage, cost, deadline and current provider."""
+    """The state of one run: conversation, usage, cost, deadline, current provider and next step."""
 
     def __init__(
         self,
@@ -314,12 +377,16 @@ class _Run:
         task: TaskInput,
         should_stop: Callable[[], bool] | None,
         hooks: OrchestratorHooks,
+        ledger: StepLedger,
     ) -> None:
         self.orchestrator = orchestrator
         self.agent = agent
         self.task = task
         self.should_stop = should_stop
         self.hooks = hooks
+        self.ledger = ledger
+        #: The next step's number; the model calls of the firing so far.
+        self.seq = self.turns = 0
         self.clock = orchestrator.clock
         limit = agent.run_time_limit_s
         self.deadline = None if limit is None else self.clock() + limit
@@ -331,6 +398,12 @@ class _Run:
         self.transcript: list[dict[str, Any]] = []
         self.usage = Usage()
         self.cost: Decimal | None = Decimal(0)
+        #: Set when the run must stop now (see :mod:`orchestrator.cancel`).
+        self.cancel: CancelSignal | None = None
+        #: The model's text in the turn whose tool calls run now (shown with an approval request).
+        self.reasoning: str | None = None
+        #: Steps earlier attempts left waiting or unfinished, by ``seq``: their approval decisions.
+        self.recorded_steps: dict[int, object] = {}
 
     # -- limits ------------------------------------------------------------------------------
 
@@ -340,7 +413,9 @@ class _Run:
 
     def check(self, where: str) -> None:
         """Raise RunCancelled or RunTimeLimitExceeded when the run must not go on."""
-        if self.should_stop is not None and self.should_stop():
+        if (self.cancel is not None and self.cancel.is_set()) or (
+            self.should_stop is not None and self.should_stop()
+        ):
             raise RunCancelled(where)
         left = self.time_left()
         if left is not None and left <= 0:
@@ -360,37 +435,38 @@ class _Run:
         if fallback is not None and fallback not in self.orchestrator.providers:
             raise UnknownProvider(fallback, self.orchestrator.providers.names())
         specs = self.orchestrator.tools.specs(self.agent.allowed_tools)
-        for turn in range(1, self.agent.max_turns + 1):
+        replay = self.resume()
+        if replay is not None and replay.open_call is not None:
+            if replay.final is not None:  # the answer was recorded; only the task's end was not
+                return self.result(replay.final.response)
+            self.check_unfinished(replay)
+            self.run_tools(replay.open_call.turn, replay.pending)
+        while self.turns < self.agent.max_turns:
+            turn = self.turns + 1
             self.check(f"before model call {turn}")
             response = self.call_model(turn, specs)
-            self.record(turn, response)
             if not response.tool_calls:
-                return AgentResult(
-                    output=response.content or "",
-                    turns=turn,
-                    usage=self.usage,
-                    transcript=tuple(self.transcript),
-                    model=response.model,
-                    cost_usd=self.cost,
-                    provider=self.provider_name,
-                )
+                return self.result(response)
             self.messages.append(
                 ChatMessage(role="assistant", content=response.content or "", tool_calls=response.tool_calls)
             )
-            for call in response.tool_calls:
-                self.check(f"before tool call {short_repr(call.name)} in turn {turn}")
-                outcome = self.run_tool(call)
-                self.transcript.append(_tool_entry(turn, call, outcome))
-                self.messages.append(
-                    ChatMessage(
-                        role="tool", content=outcome.content, tool_call_id=call.id, is_error=outcome.is_error
-                    )
-                )
+            self.reasoning = response.content
+            self.run_tools(turn, response.tool_calls)
         raise MaxTurnsExceeded(self.agent.max_turns)
 
-    def record(self, turn: int, response: ModelResponse) -> None:
+    def result(self, response: ModelResponse) -> AgentResult:
+        return AgentResult(
+            output=response.content or "",
+            turns=self.turns,
+            usage=self.usage,
+            transcript=tuple(self.transcript),
+            model=response.model,
+            cost_usd=self.cost,
+            provider=self.provider_name,
+        )
+
+    def record(self, turn: int, response: ModelResponse, cost: Decimal | None) -> None:
         self.usage += response.usage
-        cost = self.orchestrator.prices.cost(response.model or self.model, response.usage)
         self.cost = None if cost is None or self.cost is None else self.cost + cost
         self.transcript.append(_model_entry(turn, self.provider_name, response, cost))
         logger.debug(
@@ -401,18 +477,119 @@ class _Run:
             len(response.tool_calls),
         )
 
+    def recorded(self, seq: int, call: Callable[[], T]) -> T:
+        """``call()``; if it raises, step ``seq`` is recorded as failed (best effort) and the error raised."""
+        try:
+            return call()
+        except Exception as exc:
+            try:
+                self.ledger.fail(seq, "cancelled" if isinstance(exc, RunCancelled) else describe_error(exc))
+            except Exception as ledger_error:  # the call's own error is the one that ends the run
+                logger.warning(
+                    "task %s: step %s failed and could not be recorded: %s", self.task.id, seq, ledger_error
+                )
+            raise
+
+    # -- resuming ----------------------------------------------------------------------------
+
+    def resume(self) -> Replay | None:
+        """Take over the completed steps of earlier attempts at this firing; None when there are none."""
+        steps = self.ledger.steps()
+        if not steps:
+            return None
+        replay = rebuild(steps)
+        for step in replay.done:
+            if isinstance(step, ReplayedCall):
+                self.replay_call(step)
+            else:
+                self.transcript.append({**_tool_entry(step.turn, step.call, step.outcome), "replayed": True})
+                self.messages.append(_tool_message(step.call, step.outcome))
+        self.seq = replay.next_seq
+        if replay.open_call is not None:
+            self.reasoning = replay.open_call.response.content
+        for left in (replay.awaiting, replay.unfinished):
+            if left is not None:
+                self.recorded_steps[left.seq] = left
+        if replay.done:
+            self.ledger.resumed(steps[: replay.next_seq])
+            logger.info(
+                "agent %s task %s: resuming after %s completed step(s), which are not repeated",
+                self.agent.name,
+                self.task.id,
+                replay.next_seq,
+            )
+        return replay
+
+    def replay_call(self, step: ReplayedCall) -> None:
+        self.turns = step.turn
+        self.restore_provider(step.provider, step.model)
+        self.transcript.append(
+            {**_model_entry(step.turn, step.provider, step.response, step.cost_usd), "replayed": True}
+        )
+        if step.response.tool_calls:
+            content = step.response.content or ""
+            self.messages.append(
+                ChatMessage(role="assistant", content=content, tool_calls=step.response.tool_calls)
+            )
+
+    def restore_provider(self, provider: str, model: str) -> None:
+        """Go on where a replayed call ran: on the fallback if it had switched to it."""
+        agent = self.agent
+        on_fallback = (agent.fallback_provider or agent.provider, agent.fallback_model or agent.model)
+        if agent.has_fallback and (provider, model) == on_fallback != (agent.provider, agent.model):
+            if provider != agent.provider:
+                self.base_url = None
+            self.provider_name, self.model, self.switched = provider, model, True
+
+    def check_unfinished(self, replay: Replay) -> None:
+        """Refuse to repeat a tool call an earlier attempt left unfinished, unless that is harmless."""
+        step = replay.unfinished
+        if step is None or never_ran(step):
+            return
+        call, tools = replay.pending[0], self.orchestrator.tools
+        runs = call.name in self.agent.allowed_tools and call.argument_error is None and call.name in tools
+        if not runs or tools.get(call.name).idempotent:
+            return  # never executed (the model was told why), or harmless to run again
+        if not self.orchestrator.repeat_unfinished_tools:
+            raise UnfinishedToolNotRepeated(call.name, step.seq)
+        logger.warning(
+            "task %s: tool %r of step %s may already have run; repeating it (AGENTQ_REPEAT_UNFINISHED_TOOLS)",
+            self.task.id,
+            call.name,
+            step.seq,
+        )
+
     # -- model calls -------------------------------------------------------------------------
 
     def call_model(self, turn: int, specs: tuple[ToolSpec, ...]) -> ModelResponse:
         """One model call, retried once on the fallback after a retryable provider error."""
         try:
-            return self.complete(specs)
+            return self.model_step(turn, specs)
         except ProviderError as exc:
             if not exc.retryable or self.switched or not self.agent.has_fallback:
                 raise
             self.switch_to_fallback(turn, exc)
         self.check(f"before fallback model call {turn}")
-        return self.complete(specs)
+        return self.model_step(turn, specs)
+
+    def model_step(self, turn: int, specs: tuple[ToolSpec, ...]) -> ModelResponse:
+        """The model call of ``turn`` as step ``seq``: recorded started, made, counted, recorded completed."""
+        seq = self.seq
+        self.ledger.start(seq, LLM, self.model, model_input(turn, self.provider_name, self.model))
+        response = self.recorded(seq, lambda: self.complete(specs))
+        cost = self.orchestrator.prices.cost(response.model or self.model, response.usage)
+        self.record(turn, response, cost)
+        usage = response.usage
+        self.ledger.complete(
+            seq,
+            model_output(self.provider_name, response, cost),
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cost_usd=cost,
+            last=not response.tool_calls,
+        )
+        self.seq, self.turns = seq + 1, turn
+        return response
 
     def switch_to_fallback(self, turn: int, error: ProviderError) -> None:
         agent = self.agent
@@ -462,7 +639,7 @@ class _Run:
             request = replace(request, timeout_s=self.time_left())
         call_hook(self.hooks.on_llm_start, request, provider=self.provider_name)
         try:
-            response = provider.complete(request)
+            response = call_abandonable(lambda: provider.complete(request), self.cancel, "the model call")
         except BaseException as exc:
             permit.settle(error=exc)
             call_hook(self.hooks.on_llm_end, request, None, exc, provider=self.provider_name)
@@ -476,18 +653,86 @@ class _Run:
 
     # -- tool calls --------------------------------------------------------------------------
 
-    def run_tool(self, call: ToolCall) -> ToolOutcome:
+    def run_tools(self, turn: int, calls: tuple[ToolCall, ...]) -> None:
+        for call in calls:
+            self.check(f"before tool call {short_repr(call.name)} in turn {turn}")
+            outcome = self.tool_step(turn, call)
+            self.transcript.append(_tool_entry(turn, call, outcome))
+            self.messages.append(_tool_message(call, outcome))
+
+    def tool_step(self, turn: int, call: ToolCall) -> ToolOutcome:
+        """One tool call as step ``seq``: recorded started, run with its idempotency key, then completed."""
+        seq = self.seq
+        cancelled = self.cancel if self.cancel is not None else threading.Event()
+        context = ToolContext(self.task.id, seq, f"{self.ledger.scope or self.task.id}:{seq}", cancelled)
+        self.gate(seq, turn, call, context.idempotency_key)
+        self.ledger.start(seq, TOOL, call.name, tool_input(turn, call, context.idempotency_key))
+        outcome = self.recorded(seq, lambda: self.run_tool(call, context))
+        self.ledger.complete(seq, tool_output(outcome))
+        self.seq = seq + 1
+        return outcome
+
+    def needs_approval(self, call: ToolCall) -> bool:
+        """Whether the call waits for a person: a call that would run (allowed, known tool, valid arguments)
+        of a tool declared ``requires_approval`` or named in the agent's ``approval_tools``."""
+        agent, tools = self.agent, self.orchestrator.tools
+        if call.name not in agent.allowed_tools or call.argument_error is not None or call.name not in tools:
+            return False
+        return tools.get(call.name).requires_approval or call.name in agent.approval_tools
+
+    def gate(self, seq: int, turn: int, call: ToolCall, key: str) -> None:
+        """Let the call of step ``seq`` run if it needs no approval or was approved; otherwise record it as
+        awaiting approval and stop the run (:class:`ApprovalRequired`)."""
+        if not self.needs_approval(call):
+            return
+        recorded = self.recorded_steps.get(seq)
+        if recorded is not None and decision_of(recorded) == APPROVED:
+            approval = getattr(recorded, "approval", None) or {}
+            self.transcript.append(
+                {
+                    "type": "approval",
+                    "turn": turn,
+                    "name": call.name,
+                    "call_id": call.id,
+                    "decision": APPROVED,
+                    "decided_by": approval.get("decided_by"),
+                    "note": _clip(approval.get("note")),
+                }
+            )
+            return
+        ledger = self.ledger
+        if not isinstance(ledger, ApprovalLedger):
+            raise ApprovalsNeedLedger(call.name)
+        request = {**tool_input(turn, call, key), "reasoning": _clip(self.reasoning)}
+        ledger.await_approval(seq, call.name, request)
+        self.transcript.append(
+            {
+                "type": "approval",
+                "turn": turn,
+                "name": call.name,
+                "call_id": call.id,
+                "arguments": _clip(call.arguments),
+                "decision": None,
+            }
+        )
+        logger.info(
+            "agent %s task %s: tool %r (step %s) awaits a person's approval", self.agent.name, self.task.id,
+            call.name, seq,
+        )  # fmt: skip
+        raise ApprovalRequired(call.name, seq, call.arguments)
+
+    def run_tool(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
         """Run one tool call (never one the agent may not use), bounded by ``tool_timeout_s``."""
         call_hook(self.hooks.on_tool_start, call)
         try:
-            outcome = self.tool_outcome(call)
+            outcome = self.tool_outcome(call, context)
         except BaseException as exc:
             call_hook(self.hooks.on_tool_end, call, None, exc)
             raise
         call_hook(self.hooks.on_tool_end, call, outcome, None)
         return outcome
 
-    def tool_outcome(self, call: ToolCall) -> ToolOutcome:
+    def tool_outcome(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
         agent, tools = self.agent, self.orchestrator.tools
         if call.name not in agent.allowed_tools:
             logger.warning(
@@ -504,24 +749,30 @@ class _Run:
             )
         if call.name not in tools:
             return ToolOutcome(str(UnknownTool(call.name)), is_error=True)
-        return self.execute_with_timeout(call)
+        return self.execute_with_timeout(call, context)
 
-    def execute_with_timeout(self, call: ToolCall) -> ToolOutcome:
-        """Run the tool in a daemon thread; a thread that hangs is abandoned, never joined."""
+    def execute_with_timeout(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
+        """Run the tool in a daemon thread; a thread that hangs is abandoned, never joined. Once the run is
+        cancelled it is not waited for: the call ends :class:`RunCancelled` (also when the tool, told
+        through ``context.cancelled``, returned early)."""
         limit = self.agent.tool_timeout_s
         left = self.time_left()
         bound = limit if left is None else min(limit, left)
         results: list[ToolOutcome] = []
-        done = threading.Event()
+        done, ended = threading.Event(), threading.Event()
 
         def target() -> None:
             try:
-                results.append(self.orchestrator.tools.execute(call.name, call.arguments))
+                results.append(self.orchestrator.tools.execute(call.name, call.arguments, context=context))
             finally:
+                ended.set()
                 done.set()
 
         threading.Thread(target=target, name=f"tool-{call.name}", daemon=True).start()
-        if not done.wait(bound):
+        wait(done, bound, self.cancel)
+        if self.cancel is not None and self.cancel.is_set():  # interrupted, or stopped early when told
+            raise RunCancelled(f"during tool call {short_repr(call.name)}")
+        if not ended.is_set():
             if left is not None and left < limit:
                 raise RunTimeLimitExceeded(self.agent.run_time_limit_s or 0)
             raise ToolTimeout(call.name, limit)

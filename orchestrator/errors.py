@@ -29,6 +29,8 @@ ToolTimeout                    yes        usually a slow dependency of the tool
 RunTimeLimitExceeded           no         the same work would take as long again
 MaxTurnsExceeded               no         the same agent would loop again
 RunCancelled                   no         somebody asked for it; mark ``cancelled``
+ApprovalRequired               no         not a failure: the task waits for a person
+                                          (``awaits_approval``; see ``orchestrator.approvals``)
 =============================  =========  ==============================================
 """
 
@@ -70,6 +72,8 @@ class AgentRunError(AgentQueueError):
     counts_toward_max_postpones: bool = True
     #: End the task ``cancelled`` rather than failed (the run was asked to stop).
     cancels_task: bool = False
+    #: Not a failure: the run stopped at a tool call a person must approve; the task waits for the decision.
+    awaits_approval: bool = False
     #: Tokens used by the run before it failed (set by the orchestrator).
     usage: Usage
     #: The transcript up to the failure (set by the orchestrator).

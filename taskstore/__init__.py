@@ -1,4 +1,4 @@
-"""Persistence for agents, tasks and runs: the protocol, its implementations and the schema."""
+"""Persistence for agents, tasks, runs and steps: the protocol, its implementations and the schema."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from taskstore.factory import build_store
 from taskstore.memory import InMemoryTaskStore
 from taskstore.models import (
     Agent,
+    ApprovalRequest,
     Claim,
     CleanupResult,
     DueSchedule,
@@ -30,6 +31,10 @@ from taskstore.models import (
     Run,
     RunStatus,
     StalledTask,
+    Step,
+    StepKind,
+    StepRecord,
+    StepStatus,
     Task,
     TaskStatus,
     Usage,
@@ -39,6 +44,7 @@ from taskstore.models import (
 __all__ = [
     "Agent",
     "AgentNotFound",
+    "ApprovalRequest",
     "Claim",
     "CleanupResult",
     "DueSchedule",
@@ -57,6 +63,10 @@ __all__ = [
     "RunStatus",
     "SchemaMissing",
     "StalledTask",
+    "Step",
+    "StepKind",
+    "StepRecord",
+    "StepStatus",
     "StoreUnavailable",
     "Task",
     "TaskNotFound",

@@ -1,4 +1,4 @@
-"""The :class:`TaskStore` protocol: persistence for agents, tasks and runs.
+"""The :class:`TaskStore` protocol: persistence for agents, tasks, runs and the step ledger.
 
 The database is the source of truth (docs/architecture.md, *The status machine*).
 Every status change is a
@@ -21,6 +21,7 @@ from typing import Any, Protocol, runtime_checkable
 from taskstore.errors import InvalidTaskId
 from taskstore.models import (
     Agent,
+    ApprovalRequest,
     Claim,
     CleanupResult,
     DueSchedule,
@@ -33,6 +34,10 @@ from taskstore.models import (
     RetentionPolicy,
     Run,
     StalledTask,
+    Step,
+    StepKind,
+    StepRecord,
+    StepStatus,
     Task,
     Usage,
     WaitingTask,
@@ -116,6 +121,19 @@ class TaskStore(Protocol):
     ) -> QueuedTask | None:
         """``pending → queued`` only if the task's agent exists, is active and has one of ``kinds``: one
         statement that also returns the agent's kind. ``None`` (nothing changed) otherwise."""
+        ...
+
+    def queue_runnable_tasks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        kinds: Collection[str],
+        priority: int | None,
+        run_at: datetime,
+        now: datetime,
+    ) -> list[QueuedTask] | None:
+        """The bulk :meth:`queue_runnable_task`: every one of the distinct ``task_ids`` (in that order), or
+        none (``None``, nothing changed) if any is missing, not pending or its agent cannot run it."""
         ...
 
     def mark_queued_many(
@@ -206,8 +224,12 @@ class TaskStore(Protocol):
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
+        step: StepRecord | None = None,
     ) -> bool:
-        """``running → completed`` for run ``run_id``; ``False`` if that run no longer holds the task."""
+        """``running → completed`` for run ``run_id``; ``False`` if that run no longer holds the task.
+
+        ``step``: the run's last step (its final answer), recorded as :meth:`record_step` would, in the same
+        transaction."""
         ...
 
     def fail_attempt(
@@ -278,8 +300,117 @@ class TaskStore(Protocol):
         """``pending/queued → cancelled``. ``None`` if the task was in another status."""
         ...
 
-    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
-        """``failed → queued`` with a fresh set of attempts. ``None`` if the task was not failed."""
+    def requeue_failed(
+        self, task_id: str, *, run_at: datetime, now: datetime, resume: bool = False
+    ) -> Task | None:
+        """``failed → queued`` with a fresh set of attempts. ``None`` if the task was not failed.
+
+        A new firing starts (its steps from 0; the old firing's steps are deleted) unless ``resume``,
+        which keeps the firing so the next attempt goes on after its completed steps."""
+        ...
+
+    def start_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        kind: StepKind,
+        name: str,
+        input: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        """Record step ``seq`` of ``firing`` as ``started`` by run ``run_id``. Compare-and-set: ``False``
+        (nothing written) unless the task is ``running`` under that run and firing, and the step is new, or
+        not completed and last written by this run or by ``replaces`` (the run the caller found it from)."""
+        ...
+
+    def finish_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        status: StepStatus,
+        output: dict[str, Any] | None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: Decimal | None = None,
+        error: str | None = None,
+        now: datetime,
+    ) -> bool:
+        """Record step ``seq`` as ``completed``/``failed`` with its output (and usage, or error). Compare-and-
+        set: ``False`` unless run ``run_id`` started it and still holds the task in that firing. Writing the
+        same end again at the same ``now`` is accepted (a re-sent write)."""
+        ...
+
+    def record_step(self, task_id: str, run_id: str, step: StepRecord) -> bool:
+        """Write a whole step, started and ended, in one go (a model call once it ended). The same compare-
+        and-set as :meth:`start_step` (``step.replaces`` as its ``replaces``); the same step written again by
+        the same run with the same end is accepted (a re-sent write)."""
+        ...
+
+    def get_steps(self, task_id: str) -> list[Step]:
+        """The steps of the task's current firing, in ``seq`` order (``[]`` for an unknown task)."""
+        ...
+
+    def await_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        name: str,
+        input: dict[str, Any],
+        approval: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        """Record tool step ``seq`` of ``firing`` as ``awaiting_approval`` by run ``run_id`` (``approval``:
+        the request). Compare-and-set as :meth:`start_step`: ``False`` (nothing written) unless the task is
+        ``running`` under that run and firing and the step is new, or not completed and last written by
+        this run or by ``replaces``."""
+        ...
+
+    def await_approval(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        reason: str,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        """``running → awaiting_approval`` for run ``run_id``, which ends ``awaiting_approval`` (``reason``
+        its note): the attempt is not counted, the lease released, the wait starts at ``now``. ``False`` if
+        that run no longer holds the task."""
+        ...
+
+    def decide_approval(
+        self, task_id: str, *, decision: dict[str, Any], output: dict[str, Any] | None, now: datetime
+    ) -> Task | None:
+        """``awaiting_approval → queued``; the step that waits gets ``decision`` merged into its approval
+        and, for a rejection (``output`` given), ends ``completed`` with ``output``. Compare-and-set:
+        ``None`` if the task was not awaiting approval (of two decisions at once, one wins)."""
+        ...
+
+    def expire_approval(
+        self, task_id: str, *, waiting_before: datetime, error: str, now: datetime
+    ) -> Task | None:
+        """``awaiting_approval → failed`` with ``error`` for a task waiting since before ``waiting_before``
+        (or since an unknown time); the step that waited ends ``failed``. ``None`` if not so."""
+        ...
+
+    def list_approvals(
+        self, *, limit: int = 100, offset: int = 0, waiting_before: datetime | None = None
+    ) -> list[ApprovalRequest]:
+        """Tasks ``awaiting_approval`` (since before ``waiting_before``, when given), the longest waiting
+        first, each with the step that waits."""
         ...
 
     def queue_counts(self, *, now: datetime) -> QueueCounts:

@@ -14,10 +14,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from taskstore.rows import AGENT_COLUMNS, RUN_COLUMNS, TASK_COLUMNS
+from taskstore.rows import AGENT_COLUMNS, RUN_COLUMNS, STEP_COLUMNS, TASK_COLUMNS
 from taskstore.sqlite import SqliteTaskStore, encode_value
 
-_COLUMNS = {"ai_agents": AGENT_COLUMNS, "ai_agent_tasks": TASK_COLUMNS, "ai_agent_task_runs": RUN_COLUMNS}
+_COLUMNS = {
+    "ai_agents": AGENT_COLUMNS,
+    "ai_agent_tasks": TASK_COLUMNS,
+    "ai_agent_task_runs": RUN_COLUMNS,
+    "ai_agent_task_steps": STEP_COLUMNS,
+}
 
 
 def _columns(table: str) -> tuple[str, ...]:
@@ -50,7 +55,7 @@ class InMemoryTaskStore(SqliteTaskStore):
     def reset(self) -> None:
         """Forget everything."""
         with self._transaction() as conn:
-            for table in ("ai_agent_task_runs", "ai_agent_tasks", "ai_agents"):
+            for table in ("ai_agent_task_steps", "ai_agent_task_runs", "ai_agent_tasks", "ai_agents"):
                 conn.execute(f"DELETE FROM {table}")
 
     # --- test aids: set up states the protocol has no transition for --------

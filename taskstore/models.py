@@ -1,4 +1,4 @@
-"""Records stored by a :class:`~taskstore.base.TaskStore`: agents, tasks and runs."""
+"""Records stored by a :class:`~taskstore.base.TaskStore`: agents, tasks, runs and steps."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ class TaskStatus(enum.StrEnum):
     FAILED = "failed"
     #: Removed before it finished.
     CANCELLED = "cancelled"
+    #: Waits for a person to approve or reject a tool call; holds no worker and uses no attempt.
+    AWAITING_APPROVAL = "awaiting_approval"
 
 
 class RunStatus(enum.StrEnum):
@@ -38,6 +40,27 @@ class RunStatus(enum.StrEnum):
     POSTPONED = "postponed"
     #: The worker stopped renewing its lease (crash, kill, cut off at shutdown).
     STALLED = "stalled"
+    #: Ended at a tool call that waits for a person's approval; the attempt was not counted.
+    AWAITING_APPROVAL = "awaiting_approval"
+
+
+class StepKind(enum.StrEnum):
+    """What a step of the step ledger is."""
+
+    #: A model call; the step's ``name`` is the model.
+    LLM = "llm"
+    #: A tool call; the step's ``name`` is the tool.
+    TOOL = "tool"
+
+
+class StepStatus(enum.StrEnum):
+    """Where a step is: written ``started`` before its call, ``completed`` or ``failed`` after it."""
+
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    #: A tool call waiting for a person's decision (``Step.approval``); it has not run.
+    AWAITING_APPROVAL = "awaiting_approval"
 
 
 TASK_TYPES = ("adhoc", "scheduled")
@@ -66,6 +89,10 @@ class Agent:
     run_time_limit_s: float | None = None
     fallback_provider: str | None = None
     fallback_model: str | None = None
+    #: Stream the model's output as ``llm_delta`` events while it is generated.
+    stream: bool = False
+    #: Tools whose calls wait for a person's approval before they run.
+    approval_tools: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +135,10 @@ class Task:
     archived_at: datetime | None
     created_at: datetime
     updated_at: datetime
+    #: The current firing (see :class:`Step`): + 1 when a schedule fires or ``retry_job`` starts afresh.
+    firing: int = 0
+    #: When the task started waiting in ``awaiting_approval`` (None in every other status).
+    approval_requested_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,12 +164,82 @@ class Run:
 
 
 @dataclass(frozen=True, slots=True)
+class Step:
+    """A row of ``ai_agent_task_steps``: one model call or tool call of a task's firing.
+
+    ``seq`` numbers the steps of one firing from 0. A step is written ``started`` before its call and
+    ``completed`` (with its output, and a model call's tokens and cost) or ``failed`` after it, by the
+    run that holds the task (``run_id``); a later attempt at the same firing continues after the
+    completed steps and takes over one left unfinished.
+    """
+
+    id: str
+    task_id: str
+    run_id: str
+    firing: int
+    seq: int
+    kind: StepKind
+    name: str
+    status: StepStatus
+    input: dict[str, Any] | None
+    output: dict[str, Any] | None
+    input_tokens: int
+    output_tokens: int
+    cost_usd: Decimal | None
+    started_at: datetime
+    finished_at: datetime | None
+    error: str | None
+    #: A tool step's approval, for a tool that needed one: ``requested_at``, then the ``decision``
+    #: (``approved``, ``rejected``, ``timed_out``, ``cancelled``) with ``decided_by``, ``decided_at`` and
+    #: ``note``; None for every other step.
+    approval: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRequest:
+    """A task waiting in ``awaiting_approval``, with the step (the tool call) it waits for.
+
+    ``step`` is None only for a row left inconsistent by hand (no step waits); the wait still times out.
+    """
+
+    task: Task
+    step: Step | None
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """A whole step written in one go, started and ended (``TaskStore.record_step``, or with the run's
+    completion, ``TaskStore.complete(step=…)``): how a model call is recorded once it has ended.
+
+    ``replaces``: the run that last wrote this step as the writer found it (``None``: no row), as for
+    :meth:`~taskstore.base.TaskStore.start_step`.
+    """
+
+    firing: int
+    seq: int
+    kind: StepKind
+    name: str
+    input: dict[str, Any]
+    started_at: datetime
+    status: StepStatus
+    output: dict[str, Any] | None
+    finished_at: datetime
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: Decimal | None = None
+    error: str | None = None
+    replaces: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
-    """What a worker gets when it wins a task: the task (now running), its agent, and its new run."""
+    """What a worker gets when it wins a task: the task (now running), its agent, its new run, and the
+    steps earlier attempts at the task's current firing recorded (read in the same statement)."""
 
     task: Task
     agent: Agent | None
     run_id: str
+    steps: tuple[Step, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +322,8 @@ class NewAgent:
     run_time_limit_s: float | None = None
     fallback_provider: str | None = None
     fallback_model: str | None = None
+    stream: bool = False
+    approval_tools: tuple[str, ...] = ()
     id: str | None = None
 
 
@@ -260,6 +363,8 @@ class QueueCounts:
     completed: int = 0
     failed: int = 0
     delayed: int = 0
+    #: Tasks waiting for a person's approval of a tool call.
+    awaiting_approval: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,3 +384,4 @@ class CleanupResult:
     archived_completed: int = 0
     archived_failed: int = 0
     deleted_runs: int = 0
+    deleted_steps: int = 0

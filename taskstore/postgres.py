@@ -1,10 +1,11 @@
 """The Postgres :class:`~taskstore.base.TaskStore`: the ``agentq_*`` functions over psycopg 3 and a pool.
 
 Every method is one call of its SQL function (see :mod:`taskstore.sql_store`), so one round trip:
-``SELECT * FROM agentq_claim(p_task_id => %(p_task_id)s::uuid, …)``. Claims and completions that
-concurrent threads make at once share one call of ``agentq_claim_many``/``agentq_complete_many``
-(:class:`~taskstore.group_commit.GroupCommit`). The pool opens on first use, never at construction,
-and works through Supabase's transaction pooler when built with ``prepare_threshold=None``.
+``SELECT * FROM agentq_claim(p_task_id => %(p_task_id)s::uuid, …)``. Claims, completions and step
+writes that concurrent threads make at once share one call of ``agentq_claim_many``/
+``agentq_complete_many``/``agentq_record_steps`` (:class:`~taskstore.group_commit.GroupCommit`). The
+pool opens on first use, never at construction, and works through Supabase's transaction pooler when
+built with ``prepare_threshold=None``.
 """
 
 from __future__ import annotations
@@ -118,12 +119,14 @@ class PostgresTaskStore(SqlFunctionStore):
         # Without group commit every write goes straight to its single-task call.
         self._claims: Callable[[Row], Claim | None] = self._claim_one
         self._completions: Callable[[Row], bool] = self._complete_one
+        self._steps: Callable[[Row], bool] = self._step_one
         if group_commit:
             wait_s = waiter_timeout_s(timeout_s, statement_timeout_ms)
             self._claims = GroupCommit(self._claim_one, self._claim_many, wait_timeout_s=wait_s).submit
             self._completions = GroupCommit(
                 self._complete_one, self._complete_many, wait_timeout_s=wait_s
             ).submit
+            self._steps = GroupCommit(self._step_one, self._steps_many, wait_timeout_s=wait_s).submit
 
     def __repr__(self) -> str:
         return f"PostgresTaskStore(max_size={self._max_size})"
@@ -249,6 +252,16 @@ class PostgresTaskStore(SqlFunctionStore):
 
     def _submit_completion(self, item: Row) -> bool:
         return self._completions(item)
+
+    def _submit_step(self, item: Row) -> bool:
+        return self._steps(item)
+
+    def _steps_many(self, batch: Sequence[Row]) -> list[bool]:
+        """Step writes of several runs in one call (:class:`GroupCommit`), in ``batch`` order."""
+        return [
+            bool(answer)
+            for answer in self._call("agentq_record_steps", {"p_steps": [json_item(item) for item in batch]})
+        ]
 
     def _complete_many(self, batch: Sequence[Row]) -> list[bool]:
         """Completes several runs in one call (:class:`GroupCommit`), in ``batch`` order."""

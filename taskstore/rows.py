@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from taskstore.models import Agent, Run, RunStatus, Task, TaskStatus
-from taskstore.schema import AGENTS, RUNS, TASKS, table_columns
+from taskstore.models import Agent, Run, RunStatus, Step, StepKind, StepStatus, Task, TaskStatus
+from taskstore.schema import AGENTS, RUNS, STEPS, TASKS, table_columns
 
 TASK_COLUMNS = table_columns(TASKS)
 AGENT_COLUMNS = table_columns(AGENTS)
 RUN_COLUMNS = table_columns(RUNS)
+STEP_COLUMNS = table_columns(STEPS)
 
 
 def agent_from_row(row: Mapping[str, Any], prefix: str = "") -> Agent:
@@ -22,6 +23,8 @@ def agent_from_row(row: Mapping[str, Any], prefix: str = "") -> Agent:
     values = {name: row[prefix + name] for name in AGENT_COLUMNS}
     values["allowed_tools"] = tuple(values["allowed_tools"] or ())
     values["is_active"] = bool(values["is_active"])
+    values["stream"] = bool(values["stream"])
+    values["approval_tools"] = tuple(values["approval_tools"] or ())
     return Agent(**values)
 
 
@@ -38,6 +41,14 @@ def run_from_row(row: Mapping[str, Any]) -> Run:
     values = {name: row[name] for name in RUN_COLUMNS}
     values["status"] = RunStatus(values["status"])
     return Run(**values)
+
+
+def step_from_row(row: Mapping[str, Any]) -> Step:
+    """A :class:`Step` from a decoded ``ai_agent_task_steps`` row."""
+    values = {name: row[name] for name in STEP_COLUMNS}
+    values["kind"] = StepKind(values["kind"])
+    values["status"] = StepStatus(values["status"])
+    return Step(**values)
 
 
 def prefixed(prefix: str, columns: tuple[str, ...], alias: str) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 #: Error recorded on a run whose worker stopped renewing its lease.
 STALLED_ERROR = "job stalled - worker may have crashed (lease expired)"
 #: Error that fails a task once it stalled more often than allowed.
@@ -26,10 +28,11 @@ def run_usage_sql(param: str) -> str:
     return ", ".join(f"{column} = {param.format(column)}" for column in (*USAGE_COLUMNS, "cost_usd"))
 
 
-#: Columns a schedule's firing resets, so each firing starts with a fresh set of attempts.
+#: Columns a schedule's firing resets, so each firing starts with a fresh set of attempts (and steps).
 FIRING_RESETS = (
     "status = 'queued', last_run_at = {now}, queued_at = {now}, run_at = {now}, attempts = 0,"
-    " stalled_count = 0, postponed_count = 0, error = NULL, cancel_requested_at = NULL, archived_at = NULL"
+    " stalled_count = 0, postponed_count = 0, error = NULL, cancel_requested_at = NULL, archived_at = NULL,"
+    " firing = firing + 1"
 )
 
 
@@ -39,7 +42,7 @@ def unrunnable_statuses(idle_too: bool) -> tuple[str, ...]:
 
 
 #: Statuses in which a schedule's firing only advances ``next_run_at`` (the previous firing still runs).
-FIRING_BUSY_STATUSES = ("queued", "running")
+FIRING_BUSY_STATUSES = ("queued", "running", "awaiting_approval")
 
 #: The statuses each compare-and-set transition accepts (the task's status before it).
 #: ``finish`` is every transition of a running attempt: complete, fail_attempt, postpone,
@@ -50,8 +53,9 @@ TRANSITION_SOURCES: dict[str, tuple[str, ...]] = {
     "claim": ("queued",),
     "finish": ("running",),
     "request_cancel": ("running",),
-    "cancel": ("pending", "queued"),
+    "cancel": ("pending", "queued", "awaiting_approval"),
     "requeue_failed": ("failed",),
+    "decide_approval": ("awaiting_approval",),
 }
 
 
@@ -59,3 +63,26 @@ def accepts_sql(transition: str, column: str = "status") -> str:
     """``column IN (…)``: the condition that ``transition`` accepts the task's status."""
     statuses = ", ".join(f"'{status}'" for status in TRANSITION_SOURCES[transition])
     return f"{column} IN ({statuses})"
+
+
+#: The error of a task whose wait for an approval outlived ``AGENTQ_APPROVAL_TIMEOUT_S``.
+APPROVAL_TIMED_OUT = "approval timed out"
+#: How times are written inside approval records (ISO-8601, UTC, microseconds), the same on every store.
+APPROVAL_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%f+00:00"
+
+
+def approval_time(when: datetime) -> str:
+    """``when`` as an approval record writes it (:data:`APPROVAL_TIME_FORMAT`)."""
+    return when.astimezone(UTC).strftime(APPROVAL_TIME_FORMAT)
+
+
+#: The statuses a step may end with (``finish_step``).
+STEP_ENDS = ("completed", "failed")
+
+
+def step_end(status: str) -> str:
+    """``status`` as ``finish_step`` writes it: ``completed`` or ``failed``, else :class:`ValueError`."""
+    value = str(getattr(status, "value", status))
+    if value not in STEP_ENDS:
+        raise ValueError(f"a step ends completed or failed, not {value!r}")
+    return value

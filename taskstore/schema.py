@@ -80,17 +80,32 @@ class CreateTable:
 
 
 @dataclass(frozen=True)
+class AddColumn:
+    """``ALTER TABLE … ADD COLUMN`` (``IF NOT EXISTS`` on Postgres; SQLite relies on the migrations table)."""
+
+    table: str
+    column: Column
+
+    def render(self, dialect: Dialect) -> str:
+        guard = " IF NOT EXISTS" if dialect == "postgres" else ""
+        return f"ALTER TABLE {self.table} ADD COLUMN{guard} {self.column.render(dialect)};"
+
+
+@dataclass(frozen=True)
 class CreateIndex:
-    """``CREATE INDEX IF NOT EXISTS``, optionally partial."""
+    """``CREATE [UNIQUE] INDEX IF NOT EXISTS``, optionally partial."""
 
     name: str
     table: str
     columns: tuple[str, ...]
     where: str | None = None
+    unique: bool = False
 
     def render(self, dialect: Dialect) -> str:
         where = f" WHERE {self.where}" if self.where else ""
-        return f"CREATE INDEX IF NOT EXISTS {self.name} ON {self.table} ({', '.join(self.columns)}){where};"
+        unique = "UNIQUE " if self.unique else ""
+        columns = ", ".join(self.columns)
+        return f"CREATE {unique}INDEX IF NOT EXISTS {self.name} ON {self.table} ({columns}){where};"
 
 
 @dataclass(frozen=True)
@@ -116,7 +131,39 @@ class SQLFile:
         return (SQL_DIR / self.path).read_text(encoding="utf-8").rstrip("\n")
 
 
-Operation = CreateTable | CreateIndex | RawSQL | SQLFile
+@dataclass(frozen=True)
+class WidenCheck:
+    """Let a column's ``CHECK (column IN (…))`` accept more values (the rows already there all pass).
+
+    Postgres drops the constraint by its default name (``<table>_<column>_check``) and adds the wider one.
+    SQLite cannot alter a constraint: the table's stored definition is rewritten in place, the way SQLite
+    documents for loosening a CHECK (``writable_schema``; ``RESET`` reloads the schema; the store bumps
+    ``schema_version`` so other connections reload it too). Both apply twice harmlessly.
+    """
+
+    table: str
+    column: str
+    before: str
+    after: str
+
+    def render(self, dialect: Dialect) -> str:
+        old, new = f"CHECK ({self.column} IN ({self.before}))", f"CHECK ({self.column} IN ({self.after}))"
+        if dialect == "postgres":
+            name = f"{self.table}_{self.column}_check"
+            return (
+                f"ALTER TABLE {self.table} DROP CONSTRAINT IF EXISTS {name};\n\n"
+                f"ALTER TABLE {self.table} ADD CONSTRAINT {name} {new};"
+            )
+        quoted_old, quoted_new = old.replace("'", "''"), new.replace("'", "''")
+        return (
+            "PRAGMA writable_schema = ON;\n\n"
+            f"UPDATE sqlite_master SET sql = replace(sql, '{quoted_old}', '{quoted_new}')"
+            f" WHERE type = 'table' AND name = '{self.table}';\n\n"
+            "PRAGMA writable_schema = RESET;"
+        )
+
+
+Operation = CreateTable | AddColumn | CreateIndex | RawSQL | SQLFile | WidenCheck
 
 
 @dataclass(frozen=True)
@@ -128,9 +175,14 @@ class Migration:
 
     def render(self, dialect: Dialect) -> str:
         """The migration as one SQL script, recording itself in :data:`MIGRATIONS_TABLE`."""
+        once = (
+            "applying it twice is safe"
+            if dialect == "postgres"
+            else "the SQLite store applies it once (SQLite cannot add a column only if it is missing)"
+        )
         statements = [
             f"-- Agent Task Queue schema migration {self.name} ({dialect}).",
-            "-- Generated from taskstore/schema.py; applying it twice is safe.",
+            f"-- Generated from taskstore/schema.py; {once}.",
             _migrations_table(dialect),
             *(text for text in (operation.render(dialect) for operation in self.operations) if text),
             f"INSERT INTO {MIGRATIONS_TABLE} (name) VALUES ('{self.name}') ON CONFLICT (name) DO NOTHING;",
@@ -154,7 +206,13 @@ def _migrations_table(dialect: Dialect) -> str:
 
 
 _NOW = "CURRENT_TIMESTAMP"
+#: The statuses each table's CHECK allowed when it was created (0001, 0006), and since ``0008_approvals``.
 _STATUSES = "'pending', 'queued', 'running', 'completed', 'failed', 'cancelled'"
+_STATUSES_0008 = f"{_STATUSES}, 'awaiting_approval'"
+_RUN_STATUSES = "'running', 'completed', 'failed', 'postponed', 'stalled', 'cancelled'"
+_RUN_STATUSES_0008 = f"{_RUN_STATUSES}, 'awaiting_approval'"
+_STEP_STATUSES = "'started', 'completed', 'failed'"
+_STEP_STATUSES_0008 = f"{_STEP_STATUSES}, 'awaiting_approval'"
 
 AGENTS = CreateTable(
     "ai_agents",
@@ -239,7 +297,7 @@ RUNS = CreateTable(
             "status",
             "text",
             nullable=False,
-            check="status IN ('running', 'completed', 'failed', 'postponed', 'stalled', 'cancelled')",
+            check=f"status IN ({_RUN_STATUSES})",
         ),
         Column("worker_id", "text"),
         Column("started_at", "timestamp", nullable=False, default=_NOW),
@@ -254,6 +312,47 @@ RUNS = CreateTable(
         Column("cost_usd", "money"),
         Column("transcript", "json"),
         Column("trace_id", "text"),
+    ),
+)
+
+#: The task's current firing: 0 at creation, + 1 when a schedule fires it or ``retry_job`` starts it afresh.
+#: Steps of the step ledger belong to one firing.
+TASK_FIRING = Column("firing", "int", nullable=False, default="0")
+#: Stream the agent's model output as ``llm_delta`` events.
+AGENT_STREAM = Column("stream", "bool", nullable=False, default="FALSE")
+
+#: Tools whose calls wait for a person's approval (besides those declared ``requires_approval`` in code).
+AGENT_APPROVAL_TOOLS = Column(
+    "approval_tools", "text_array", nullable=False, default="'[]'", pg_default="'{}'"
+)
+#: When the task started waiting in ``awaiting_approval`` (NULL in every other status).
+TASK_APPROVAL_REQUESTED_AT = Column("approval_requested_at", "timestamp")
+#: A tool step's approval: ``{"requested_at", "decision", "decided_by", "decided_at", "note"}`` (NULL for
+#: every step that needed none).
+STEP_APPROVAL = Column("approval", "json")
+
+STEPS = CreateTable(
+    "ai_agent_task_steps",
+    (
+        Column("id", "uuid", primary_key=True, pg_default="gen_random_uuid()"),
+        Column("task_id", "uuid", nullable=False, references="ai_agent_tasks (id) ON DELETE CASCADE"),
+        #: The run that last wrote the step (a later attempt takes over a step left unfinished).
+        Column("run_id", "uuid", nullable=False),
+        Column("firing", "int", nullable=False),
+        Column("seq", "int", nullable=False, check="seq >= 0"),
+        Column("kind", "text", nullable=False, check="kind IN ('llm', 'tool')"),
+        #: The model of a model call, the tool of a tool call.
+        Column("name", "text", nullable=False),
+        Column("status", "text", nullable=False, check=f"status IN ({_STEP_STATUSES})"),
+        Column("input", "json"),
+        Column("output", "json"),
+        Column("input_tokens", "int", nullable=False, default="0"),
+        Column("output_tokens", "int", nullable=False, default="0"),
+        #: NULL when a model's price is unknown, and for tool calls.
+        Column("cost_usd", "money"),
+        Column("started_at", "timestamp", nullable=False),
+        Column("finished_at", "timestamp"),
+        Column("error", "text"),
     ),
 )
 
@@ -347,6 +446,47 @@ MIGRATIONS: tuple[Migration, ...] = (
             # Postgres only: every transition and read of the Postgres family as an agentq_* function,
             # called by both the Postgres and the Supabase store; then who may call them (service_role
             # only). The tables' privileges stay as 0004 left them.
+            SQLFile("history/0005_functions.sql"),
+            SQLFile("function_grants.sql"),
+        ),
+    ),
+    Migration(
+        "0006_step_ledger",
+        (
+            # The step ledger: every model call and tool call of a task's current firing, so a run
+            # that is retried or recovered goes on after the last completed step.
+            AddColumn("ai_agent_tasks", TASK_FIRING),
+            AddColumn("ai_agents", AGENT_STREAM),
+            STEPS,
+            CreateIndex(
+                "ai_agent_task_steps_key", "ai_agent_task_steps", ("task_id", "firing", "seq"), unique=True
+            ),
+            # Postgres only: members read their organizations' steps, only service_role writes; the
+            # functions whose arguments changed are dropped, then the current functions installed.
+            SQLFile("history/0006_step_ledger.sql"),
+            SQLFile("history/0006_functions.sql"),
+            SQLFile("function_grants.sql"),
+        ),
+    ),
+    Migration(
+        "0008_approvals",
+        (
+            # Human approval of tool calls: the tools an agent may run only once a person approved the
+            # call, the status a task waits in (using no worker and no attempt), since when it waits, and
+            # the decision (who, when, note) on the step that waited.
+            AddColumn("ai_agents", AGENT_APPROVAL_TOOLS),
+            AddColumn("ai_agent_tasks", TASK_APPROVAL_REQUESTED_AT),
+            AddColumn("ai_agent_task_steps", STEP_APPROVAL),
+            WidenCheck("ai_agent_tasks", "status", _STATUSES, _STATUSES_0008),
+            WidenCheck("ai_agent_task_runs", "status", _RUN_STATUSES, _RUN_STATUSES_0008),
+            WidenCheck("ai_agent_task_steps", "status", _STEP_STATUSES, _STEP_STATUSES_0008),
+            CreateIndex(
+                "ai_agent_tasks_awaiting_idx",
+                "ai_agent_tasks",
+                ("approval_requested_at",),
+                where="status = 'awaiting_approval'",
+            ),
+            # Postgres only: the current agentq_* functions (0006's: sql/history/0006_functions.sql).
             SQLFile("functions.sql"),
             SQLFile("function_grants.sql"),
         ),
@@ -359,6 +499,17 @@ def render_all(dialect: Dialect, migrations: Iterable[Migration] = MIGRATIONS) -
     return "\n".join(migration.render(dialect) for migration in migrations)
 
 
+def all_columns(table: CreateTable) -> tuple[Column, ...]:
+    """The columns of ``table``: those it was created with, then those later migrations added."""
+    added = tuple(
+        operation.column
+        for migration in MIGRATIONS
+        for operation in migration.operations
+        if isinstance(operation, AddColumn) and operation.table == table.name
+    )
+    return table.columns + added
+
+
 def table_columns(table: CreateTable) -> tuple[str, ...]:
-    """Column names of ``table`` in declaration order."""
-    return tuple(column.name for column in table.columns)
+    """Column names of ``table`` in order: created with, then added by later migrations."""
+    return tuple(column.name for column in all_columns(table))

@@ -26,6 +26,7 @@ from typing import Any
 from taskstore.base import new_id
 from taskstore.models import (
     Agent,
+    ApprovalRequest,
     Claim,
     CleanupResult,
     DueSchedule,
@@ -39,14 +40,26 @@ from taskstore.models import (
     Run,
     RunStatus,
     StalledTask,
+    Step,
+    StepKind,
+    StepRecord,
+    StepStatus,
     Task,
     TaskStatus,
     Usage,
     WaitingTask,
 )
-from taskstore.rows import AGENT_COLUMNS, TASK_COLUMNS, agent_from_row, in_order, run_from_row, task_from_row
-from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, USAGE_COLUMNS, unrunnable_statuses
-from taskstore.schema import AGENTS, RUNS, TASKS, CreateTable
+from taskstore.rows import (
+    AGENT_COLUMNS,
+    TASK_COLUMNS,
+    agent_from_row,
+    in_order,
+    run_from_row,
+    step_from_row,
+    task_from_row,
+)
+from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, USAGE_COLUMNS, step_end, unrunnable_statuses
+from taskstore.schema import AGENTS, RUNS, STEPS, TASKS, CreateTable, all_columns
 from taskstore.storable import storable_json, storable_text
 
 Row = dict[str, Any]
@@ -89,7 +102,9 @@ def signatures() -> dict[str, Signature]:
 def _decoder(table: CreateTable) -> Callable[[Mapping[str, Any]], Row]:
     """Turn a row's values into the stores' Python values: JSON gives timestamps as ISO text and money
     as numbers, psycopg gives them decoded; both come out as aware datetimes and Decimals."""
-    kinds = [(column.name, column.type) for column in table.columns if column.type in ("timestamp", "money")]
+    kinds = [
+        (column.name, column.type) for column in all_columns(table) if column.type in ("timestamp", "money")
+    ]
 
     def decode(row: Mapping[str, Any]) -> Row:
         decoded = dict(row)
@@ -106,6 +121,13 @@ def _decoder(table: CreateTable) -> Callable[[Mapping[str, Any]], Row]:
 _task_row = _decoder(TASKS)
 _agent_row = _decoder(AGENTS)
 _run_row = _decoder(RUNS)
+_step_row = _decoder(STEPS)
+#: The function of each step write (``agentq_record_steps`` writes a batch of them).
+_STEP_FUNCTIONS = {
+    "start": "agentq_start_step",
+    "finish": "agentq_finish_step",
+    "record": "agentq_record_step",
+}
 
 
 def decode_task(row: Mapping[str, Any]) -> Task:
@@ -114,11 +136,17 @@ def decode_task(row: Mapping[str, Any]) -> Task:
 
 
 def decode_claim(data: Mapping[str, Any]) -> Claim:
-    """A :class:`Claim` from ``{"task", "agent"}`` (``agentq_claim``, ``agentq_claim_many``)."""
+    """A :class:`Claim` from ``{"task", "agent", "steps"}`` (``agentq_claim``, ``agentq_claim_many``)."""
     task = decode_task(data["task"])
     agent = agent_from_row(_agent_row(data["agent"])) if data["agent"] is not None else None
+    steps = tuple(decode_step(row) for row in data.get("steps") or ())
     assert task.current_run_id is not None
-    return Claim(task=task, agent=agent, run_id=task.current_run_id)
+    return Claim(task=task, agent=agent, run_id=task.current_run_id, steps=steps)
+
+
+def decode_step(row: Mapping[str, Any]) -> Step:
+    """A :class:`Step` from an ``ai_agent_task_steps`` row as either transport returns it."""
+    return step_from_row(_step_row(row))
 
 
 def _time(value: datetime | None) -> str | None:
@@ -289,6 +317,40 @@ class SqlFunctionStore(ABC):
         queued = self._call("agentq_queue_runnable_task", params, applied)
         return None if queued is None else QueuedTask(decode_task(queued["task"]), queued["kind"])
 
+    def queue_runnable_tasks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        kinds: Collection[str],
+        priority: int | None,
+        run_at: datetime,
+        now: datetime,
+    ) -> list[QueuedTask] | None:
+        """``agentq_queue_runnable_tasks``: all or none, with each agent's kind, in one round trip."""
+        ids = list(task_ids)
+
+        def applied() -> list[Row] | None:
+            tasks = self.get_tasks(ids)
+            if len(tasks) != len(ids) or not all(_queued_at(task, now) for task in tasks):
+                return None
+            agents = {agent_id: self.get_agent(agent_id) for agent_id in {task.agent_id for task in tasks}}
+            rows = self._call("agentq_get_tasks", {"p_task_ids": ids}) or []
+            kind = {task.id: agents[task.agent_id] for task in tasks}
+            return [{"task": row, "kind": getattr(kind[str(row["id"])], "kind", "")} for row in rows]
+
+        params = {
+            "p_task_ids": ids,
+            "p_kinds": sorted(kinds),
+            "p_priority": priority,
+            "p_run_at": run_at,
+            "p_now": now,
+        }
+        items = self._call("agentq_queue_runnable_tasks", params, applied) or []
+        if len(items) != len(ids):
+            return None
+        queued = {str(item["task"]["id"]): item for item in items}
+        return [QueuedTask(decode_task(queued[task_id]["task"]), queued[task_id]["kind"]) for task_id in ids]
+
     def revert_queued_many(self, task_ids: Sequence[str], *, queued_at: datetime, now: datetime) -> int:
         params = {"p_task_ids": list(task_ids), "p_queued_at": queued_at, "p_now": now}
         return int(self._call("agentq_revert_queued_many", params) or 0)
@@ -354,7 +416,8 @@ class SqlFunctionStore(ABC):
             if not rows or decode_task(rows[0]).current_run_id != item["run_id"]:
                 return None
             agent = self._call("agentq_get_agent", {"p_agent_id": rows[0]["agent_id"]})
-            return {"task": rows[0], "agent": agent[0] if agent else None}
+            steps = self._call("agentq_get_steps", {"p_task_id": item["task_id"]}) or []
+            return {"task": rows[0], "agent": agent[0] if agent else None, "steps": steps}
 
         params = {f"p_{name}": value for name, value in item.items()}
         data = self._call("agentq_claim", {**params, "p_max_running_in_org": max_running_in_org}, applied)
@@ -414,8 +477,9 @@ class SqlFunctionStore(ABC):
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
+        step: StepRecord | None = None,
     ) -> bool:
-        return self._submit_completion(complete_item(task_id, run_id, result, usage, transcript, now))
+        return self._submit_completion(complete_item(task_id, run_id, result, usage, transcript, now, step))
 
     def _submit_completion(self, item: Row) -> bool:
         """Where :meth:`complete` sends a completion (the Postgres store may batch it)."""
@@ -425,7 +489,7 @@ class SqlFunctionStore(ABC):
         usage = {f"p_{column}": item[column] for column in (*USAGE_COLUMNS, "cost_usd", "transcript")}
         return self._finish(
             item["task_id"], item["run_id"], RunStatus.COMPLETED, item["now"],
-            p_status="completed", p_result=item["result"], **usage,
+            p_status="completed", p_result=item["result"], p_step=item["step"], **usage,
         )  # fmt: skip
 
     def fail_attempt(
@@ -509,12 +573,181 @@ class SqlFunctionStore(ABC):
             lambda t: t.status == TaskStatus.CANCELLED and t.updated_at == now,
         )
 
-    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
+    def requeue_failed(
+        self, task_id: str, *, run_at: datetime, now: datetime, resume: bool = False
+    ) -> Task | None:
         return self._task(
             "agentq_requeue_failed",
-            {"p_task_id": task_id, "p_run_at": run_at, "p_now": now},
+            {"p_task_id": task_id, "p_run_at": run_at, "p_now": now, "p_resume": resume},
             lambda t: t.status == TaskStatus.QUEUED and t.queued_at == now and t.attempts == 0,
         )
+
+    # --- the step ledger ----------------------------------------------------
+    # Both writes are idempotent for their own run (a re-sent one is applied again, or accepted as is),
+    # so a transport's re-send needs no ``applied``.
+
+    def start_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        kind: StepKind,
+        name: str,
+        input: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "p_task_id": task_id,
+            "p_run_id": run_id,
+            "p_firing": firing,
+            "p_seq": seq,
+            "p_kind": StepKind(kind).value,
+            "p_name": storable_text(name),
+            "p_input": storable_json(input),
+            "p_replaces": replaces,
+            "p_now": now,
+        }
+        return self._submit_step({"op": "start", **params})
+
+    def finish_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        status: StepStatus,
+        output: dict[str, Any] | None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: Decimal | None = None,
+        error: str | None = None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "p_task_id": task_id,
+            "p_run_id": run_id,
+            "p_firing": firing,
+            "p_seq": seq,
+            "p_status": step_end(status),
+            "p_now": now,
+            "p_output": storable_json(output),
+            "p_input_tokens": input_tokens,
+            "p_output_tokens": output_tokens,
+            "p_cost_usd": cost_usd,
+            "p_error": storable_text(error),
+        }
+        return self._submit_step({"op": "finish", **params})
+
+    def record_step(self, task_id: str, run_id: str, step: StepRecord) -> bool:
+        return self._submit_step(
+            {"op": "record", "p_task_id": task_id, "p_run_id": run_id, "p_step": step_json(step)}
+        )
+
+    def _submit_step(self, item: Row) -> bool:
+        """Where a step write goes (the Postgres store may batch it): ``{"op": "start"|"finish", p_…}``."""
+        return self._step_one(item)
+
+    def _step_one(self, item: Row) -> bool:
+        function = _STEP_FUNCTIONS[item["op"]]
+        return bool(self._call(function, {name: value for name, value in item.items() if name != "op"}))
+
+    def get_steps(self, task_id: str) -> list[Step]:
+        return [decode_step(row) for row in self._call("agentq_get_steps", {"p_task_id": task_id}) or []]
+
+    # --- approvals ----------------------------------------------------------
+
+    def await_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        name: str,
+        input: dict[str, Any],
+        approval: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        """``agentq_await_step``; idempotent for its own run, as the other step writes (no ``applied``)."""
+        params = {
+            "p_task_id": task_id,
+            "p_run_id": run_id,
+            "p_firing": firing,
+            "p_seq": seq,
+            "p_name": storable_text(name),
+            "p_input": storable_json(input),
+            "p_approval": storable_json(approval),
+            "p_replaces": replaces,
+            "p_now": now,
+        }
+        return bool(self._call("agentq_await_step", params))
+
+    def await_approval(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        reason: str,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        def applied() -> bool | None:
+            runs = self.get_runs(task_id)
+            waiting = RunStatus.AWAITING_APPROVAL
+            return (
+                True
+                if any(r.id == run_id and r.status == waiting and r.finished_at == now for r in runs)
+                else None
+            )
+
+        params = {"p_task_id": task_id, "p_run_id": run_id, "p_reason": storable_text(reason), "p_now": now}
+        return bool(
+            self._call("agentq_await_approval", {**params, **usage_params(usage, transcript)}, applied)
+        )
+
+    def decide_approval(
+        self, task_id: str, *, decision: dict[str, Any], output: dict[str, Any] | None, now: datetime
+    ) -> Task | None:
+        params = {
+            "p_task_id": task_id,
+            "p_decision": storable_json(decision),
+            "p_output": storable_json(output),
+            "p_now": now,
+        }
+        return self._task(
+            "agentq_decide_approval", params, lambda t: t.status == TaskStatus.QUEUED and t.queued_at == now
+        )
+
+    def expire_approval(
+        self, task_id: str, *, waiting_before: datetime, error: str, now: datetime
+    ) -> Task | None:
+        params = {
+            "p_task_id": task_id,
+            "p_before": waiting_before,
+            "p_error": storable_text(error),
+            "p_now": now,
+        }
+        return self._task(
+            "agentq_expire_approval", params, lambda t: t.status == TaskStatus.FAILED and t.failed_at == now
+        )
+
+    def list_approvals(
+        self, *, limit: int = 100, offset: int = 0, waiting_before: datetime | None = None
+    ) -> list[ApprovalRequest]:
+        params = {"p_limit": limit, "p_offset": offset, "p_before": waiting_before}
+        return [
+            ApprovalRequest(
+                decode_task(row["task"]),
+                None if row["step"] is None else decode_step(row["step"]),
+            )
+            for row in self._call("agentq_list_approvals", params) or []
+        ]
 
     # --- schedules ----------------------------------------------------------
 
@@ -581,7 +814,10 @@ class SqlFunctionStore(ABC):
             },
         )
         return CleanupResult(
-            int(result["archived_completed"]), int(result["archived_failed"]), int(result["deleted_runs"])
+            int(result["archived_completed"]),
+            int(result["archived_failed"]),
+            int(result["deleted_runs"]),
+            int(result["deleted_steps"]),
         )
 
 
@@ -592,12 +828,35 @@ def complete_item(
     usage: Usage,
     transcript: list[dict[str, Any]] | None,
     now: datetime,
+    step: StepRecord | None = None,
 ) -> Row:
     """One completion, as :meth:`SqlFunctionStore._complete_one` and a batch of them take it."""
     item: Row = {"task_id": task_id, "run_id": run_id, "now": now, "result": storable_json(result)}
     item.update({column: getattr(usage, column) for column in USAGE_COLUMNS})
-    item.update(cost_usd=usage.cost_usd, transcript=storable_json(transcript))
+    item.update(cost_usd=usage.cost_usd, transcript=storable_json(transcript), step=step_json(step))
     return item
+
+
+def step_json(step: StepRecord | None) -> Row | None:
+    """A whole step as ``agentq_record_step``'s ``p_step`` (and ``agentq_finish``'s) takes it: plain JSON."""
+    if step is None:
+        return None
+    return {
+        "firing": step.firing,
+        "seq": step.seq,
+        "kind": StepKind(step.kind).value,
+        "name": storable_text(step.name),
+        "input": storable_json(step.input),
+        "started_at": step.started_at.isoformat(),
+        "status": step_end(step.status),
+        "output": storable_json(step.output),
+        "finished_at": step.finished_at.isoformat(),
+        "input_tokens": step.input_tokens,
+        "output_tokens": step.output_tokens,
+        "cost_usd": None if step.cost_usd is None else str(step.cost_usd),
+        "error": storable_text(step.error),
+        "replaces": step.replaces,
+    }
 
 
 def json_item(item: Mapping[str, Any]) -> Row:

@@ -21,10 +21,12 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from taskstore import sqlite_approvals
 from taskstore.base import new_id
 from taskstore.errors import DuplicateTask, StoreUnavailable
 from taskstore.models import (
     Agent,
+    ApprovalRequest,
     Claim,
     CleanupResult,
     DueSchedule,
@@ -37,11 +39,15 @@ from taskstore.models import (
     RetentionPolicy,
     Run,
     StalledTask,
+    Step,
+    StepKind,
+    StepRecord,
+    StepStatus,
     Task,
     Usage,
     WaitingTask,
 )
-from taskstore.rows import agent_from_row, in_order, run_from_row, task_from_row
+from taskstore.rows import agent_from_row, in_order, run_from_row, step_from_row, task_from_row
 from taskstore.rules import (
     FIRING_BUSY_STATUSES,
     FIRING_RESETS,
@@ -50,6 +56,7 @@ from taskstore.rules import (
     USAGE_COLUMNS,
     accepts_sql,
     run_usage_sql,
+    step_end,
     task_usage_sql,
     unrunnable_statuses,
 )
@@ -58,11 +65,14 @@ from taskstore.schema import (
     MIGRATIONS,
     MIGRATIONS_TABLE,
     RUNS,
+    STEPS,
     TASKS,
     ColumnType,
     CreateTable,
+    all_columns,
     table_columns,
 )
+from taskstore.sqlite_steps import FINISH_STEP, GET_STEPS, RECORD_STEP, START_STEP, run_spent
 from taskstore.storable import storable_json, storable_text
 
 _TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
@@ -103,7 +113,7 @@ def _since(value: str) -> datetime:
 
 
 def _column_types(table: CreateTable) -> dict[str, ColumnType]:
-    return {column.name: column.type for column in table.columns}
+    return {column.name: column.type for column in all_columns(table)}
 
 
 _DECODERS: dict[ColumnType, Any] = {
@@ -113,7 +123,7 @@ _DECODERS: dict[ColumnType, Any] = {
     "bool": lambda value: None if value is None else bool(value),
     "money": lambda value: None if value is None else Decimal(str(value)),
 }
-_TYPES = {**_column_types(AGENTS), **_column_types(TASKS), **_column_types(RUNS)}
+_TYPES = {**_column_types(AGENTS), **_column_types(TASKS), **_column_types(RUNS), **_column_types(STEPS)}
 _ENCODERS: dict[ColumnType, Any] = {
     "timestamp": encode_time,
     "json": lambda value: _json(value),
@@ -262,6 +272,9 @@ class SqliteTaskStore:
                 for statement in _statements(migration.render("sqlite")):
                     conn.execute(statement)
                 applied.append(migration.name)
+            if applied:  # other connections reload the schema (a rewritten CHECK is not seen otherwise)
+                version = conn.execute("PRAGMA schema_version").fetchone()[0]
+                conn.execute(f"PRAGMA schema_version = {int(version) + 1}")
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -417,6 +430,48 @@ class SqliteTaskStore:
             kind = conn.execute("SELECT kind FROM ai_agents WHERE id = ?", (task.agent_id,)).fetchone()
         return QueuedTask(task, kind[0])
 
+    def queue_runnable_tasks(
+        self,
+        task_ids: Sequence[str],
+        *,
+        kinds: Collection[str],
+        priority: int | None,
+        run_at: datetime,
+        now: datetime,
+    ) -> list[QueuedTask] | None:
+        """A count of the runnable pending ones, then one ``UPDATE``, in one write transaction."""
+        params = {
+            "ids": json.dumps(list(task_ids)),
+            "kinds": json.dumps(sorted(kinds)),
+            "priority": priority,
+            "run_at": encode_time(run_at),
+            "now": encode_time(now),
+        }
+        runnable = (
+            f"id IN (SELECT value FROM json_each(:ids)) AND {_ACCEPTS_MARK_QUEUED} AND EXISTS (SELECT 1"
+            " FROM ai_agents a WHERE a.id = ai_agent_tasks.agent_id AND a.is_active"
+            " AND a.kind IN (SELECT value FROM json_each(:kinds)))"
+        )
+        with self._transaction() as conn:
+            row = conn.execute(f"SELECT count(*) FROM ai_agent_tasks WHERE {runnable}", params).fetchone()
+            if row is None or row[0] != len(task_ids):
+                return None
+            updated = conn.execute(
+                "UPDATE ai_agent_tasks SET status = 'queued', priority = COALESCE(:priority, priority),"
+                " run_at = :run_at, queued_at = :now, archived_at = NULL, updated_at = :now"
+                f" WHERE {runnable} RETURNING *",
+                params,
+            ).fetchall()
+            kinds_of = dict(
+                conn.execute(
+                    "SELECT id, kind FROM ai_agents WHERE id IN"
+                    " (SELECT agent_id FROM ai_agent_tasks WHERE id IN (SELECT value FROM json_each(:ids)))",
+                    params,
+                ).fetchall()
+            )
+        tasks = in_order(_tasks(updated), task_ids)
+        return [QueuedTask(task, kinds_of[task.agent_id]) for task in tasks]
+
     def mark_queued_many(
         self, task_ids: Sequence[str], *, priority: int | None, run_at: datetime, now: datetime
     ) -> list[Task] | None:
@@ -496,8 +551,9 @@ class SqliteTaskStore:
                 (run_id, task_id, task.attempts, worker_id, stamp),
             )
             agent_rows = conn.execute("SELECT * FROM ai_agents WHERE id = ?", (task.agent_id,)).fetchall()
+            steps = tuple(step_from_row(_decode(row)) for row in conn.execute(GET_STEPS, (task_id,)))
         agent = agent_from_row(_decode(agent_rows[0])) if agent_rows else None
-        return Claim(task=task, agent=agent, run_id=run_id)
+        return Claim(task=task, agent=agent, run_id=run_id, steps=steps)
 
     def complete(
         self,
@@ -508,11 +564,13 @@ class SqliteTaskStore:
         usage: Usage,
         transcript: list[dict[str, Any]] | None,
         now: datetime,
+        step: StepRecord | None = None,
     ) -> bool:
         return self._finish(
             "status = 'completed', result = :result, error = NULL, completed_at = :now, archived_at = NULL",
             "completed",
             self._finish_params(task_id, run_id, usage, transcript, now, result=_json(storable_json(result))),
+            step,
         )
 
     def fail_attempt(
@@ -555,10 +613,15 @@ class SqliteTaskStore:
         cost = None if usage.cost_usd is None else str(usage.cost_usd)
         return {**params, "cost_usd": cost, "transcript": _json(storable_json(transcript)), **values}
 
-    def _finish(self, sets: str, run_status: str, params: dict[str, Any]) -> bool:
+    def _finish(
+        self, sets: str, run_status: str, params: dict[str, Any], step: StepRecord | None = None
+    ) -> bool:
         """End the attempt ``params`` name if the task still holds it: the task gets ``sets`` (and the
-        lease released, the usage added), the run ``run_status``; in one transaction."""
+        lease released, the usage added), the run ``run_status``, and ``step`` (the run's last step) is
+        recorded; in one transaction."""
         with self._transaction() as conn:
+            if step is not None:  # first, while the run still holds the task (as record_step checks)
+                conn.execute(RECORD_STEP, _record_params(params["id"], params["run_id"], step))
             updated = conn.execute(
                 f"UPDATE ai_agent_tasks SET {sets}, worker_id = NULL, lease_expires_at = NULL,"
                 f" updated_at = :now, {_TASK_USAGE} WHERE {_HOLDS}",
@@ -602,9 +665,11 @@ class SqliteTaskStore:
             for row in expired:
                 stalled_count = row["stalled_count"] + 1
                 requeue = stalled_count <= max_stalled_count
+                # The run's usage is what its completed model calls recorded in the step ledger.
+                spent = run_spent(conn, row["id"], row["current_run_id"])
                 conn.execute(
                     "UPDATE ai_agent_tasks SET stalled_count = :stalled_count, worker_id = NULL,"
-                    " lease_expires_at = NULL, updated_at = :now, error = :error,"
+                    f" lease_expires_at = NULL, updated_at = :now, error = :error, {_TASK_USAGE},"
                     + (
                         " status = 'queued', attempts = attempts - 1, run_at = :now, queued_at = :now"
                         if requeue
@@ -616,12 +681,13 @@ class SqliteTaskStore:
                         "stalled_count": stalled_count,
                         "now": stamp,
                         "error": STALLED_ERROR if requeue else STALLED_LIMIT_ERROR,
+                        **spent,
                     },
                 )
                 conn.execute(
-                    "UPDATE ai_agent_task_runs SET status = 'stalled', finished_at = ?, error = ?"
-                    " WHERE id = ?",
-                    (stamp, STALLED_ERROR, row["current_run_id"]),
+                    "UPDATE ai_agent_task_runs SET status = 'stalled', finished_at = :now, error = :error,"
+                    f" {_RUN_USAGE} WHERE id = :run_id",
+                    {"now": stamp, "error": STALLED_ERROR, "run_id": row["current_run_id"], **spent},
                 )
                 attempts = row["attempts"] - 1 if requeue else row["attempts"]
                 recovered.append(StalledTask(row["id"], row["kind"], requeue, stalled_count, attempts))
@@ -789,6 +855,8 @@ class SqliteTaskStore:
                     " WHERE id = :id",
                     {"id": firing.task_id, "next": encode_time(firing.next_run_at), "now": stamp},
                 )
+                if not busy:  # a new firing: the previous one's step ledger goes
+                    conn.execute("DELETE FROM ai_agent_task_steps WHERE task_id = ?", (firing.task_id,))
                 kind, priority, organization_id = row["kind"], row["priority"], row["organization_id"]
                 fired.append(FiredSchedule(firing.task_id, kind, not busy, priority, organization_id))
         return fired
@@ -802,20 +870,196 @@ class SqliteTaskStore:
         return _tasks(rows)
 
     def cancel(self, task_id: str, *, now: datetime) -> Task | None:
-        return self._update_task(
-            "UPDATE ai_agent_tasks SET status = 'cancelled', run_at = NULL, updated_at = :now"
-            f" WHERE id = :id AND {accepts_sql('cancel')} RETURNING *",
-            {"id": task_id, "now": encode_time(now)},
+        with self._transaction() as conn:
+            row = sqlite_approvals.cancel(conn, {"task_id": task_id, "now": encode_time(now)})
+        return None if row is None else task_from_row(_decode(row))
+
+    def requeue_failed(
+        self, task_id: str, *, run_at: datetime, now: datetime, resume: bool = False
+    ) -> Task | None:
+        firing = "firing" if resume else "firing + 1"
+        with self._transaction() as conn:
+            tasks = _tasks(
+                conn.execute(
+                    "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0,"
+                    " error = NULL, postponed_count = 0, cancel_requested_at = NULL, run_at = :run_at,"
+                    " queued_at = :now, failed_at = NULL, archived_at = NULL, updated_at = :now,"
+                    f" firing = {firing}"
+                    f" WHERE id = :id AND {accepts_sql('requeue_failed')} RETURNING *",
+                    {"id": task_id, "run_at": encode_time(run_at), "now": encode_time(now)},
+                )
+            )
+            if tasks and not resume:  # a new firing: the old one's step ledger goes
+                conn.execute(
+                    "DELETE FROM ai_agent_task_steps WHERE task_id = ? AND firing < ?",
+                    (task_id, tasks[0].firing),
+                )
+        return tasks[0] if tasks else None
+
+    # --- the step ledger ------------------------------------------------------
+
+    def start_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        kind: StepKind,
+        name: str,
+        input: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "id": new_id(),
+            "task_id": task_id,
+            "run_id": run_id,
+            "firing": firing,
+            "seq": seq,
+            "kind": StepKind(kind).value,
+            "name": storable_text(name),
+            "input": _json(storable_json(input)),
+            "replaces": replaces,
+            "now": encode_time(now),
+        }
+        with self._transaction() as conn:
+            return bool(conn.execute(START_STEP, params).rowcount)
+
+    def finish_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        status: StepStatus,
+        output: dict[str, Any] | None,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cost_usd: Decimal | None = None,
+        error: str | None = None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "task_id": task_id,
+            "run_id": run_id,
+            "firing": firing,
+            "seq": seq,
+            "status": step_end(status),
+            "output": _json(storable_json(output)),
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost_usd": None if cost_usd is None else str(cost_usd),
+            "error": storable_text(error),
+            "now": encode_time(now),
+        }
+        with self._transaction() as conn:
+            return bool(conn.execute(FINISH_STEP, params).rowcount)
+
+    def record_step(self, task_id: str, run_id: str, step: StepRecord) -> bool:
+        with self._transaction() as conn:
+            return bool(conn.execute(RECORD_STEP, _record_params(task_id, run_id, step)).rowcount)
+
+    def get_steps(self, task_id: str) -> list[Step]:
+        return [step_from_row(_decode(row)) for row in self._query(GET_STEPS, (task_id,))]
+
+    # --- approvals ------------------------------------------------------------
+
+    def await_step(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        firing: int,
+        seq: int,
+        name: str,
+        input: dict[str, Any],
+        approval: dict[str, Any],
+        replaces: str | None,
+        now: datetime,
+    ) -> bool:
+        params = {
+            "id": new_id(),
+            "task_id": task_id,
+            "run_id": run_id,
+            "firing": firing,
+            "seq": seq,
+            "name": storable_text(name),
+            "input": _json(storable_json(input)),
+            "approval": _json(storable_json(approval)),
+            "replaces": replaces,
+            "now": encode_time(now),
+        }
+        with self._transaction() as conn:
+            return bool(conn.execute(sqlite_approvals.AWAIT_STEP, params).rowcount)
+
+    def await_approval(
+        self,
+        task_id: str,
+        run_id: str,
+        *,
+        reason: str,
+        usage: Usage,
+        transcript: list[dict[str, Any]] | None,
+        now: datetime,
+    ) -> bool:
+        return self._finish(
+            sqlite_approvals.AWAIT_APPROVAL_SETS,
+            "awaiting_approval",
+            self._finish_params(task_id, run_id, usage, transcript, now, error=storable_text(reason)),
         )
 
-    def requeue_failed(self, task_id: str, *, run_at: datetime, now: datetime) -> Task | None:
-        return self._update_task(
-            "UPDATE ai_agent_tasks SET status = 'queued', attempts = 0, stalled_count = 0, error = NULL,"
-            " postponed_count = 0, cancel_requested_at = NULL,"
-            " run_at = :run_at, queued_at = :now, failed_at = NULL, archived_at = NULL, updated_at = :now"
-            f" WHERE id = :id AND {accepts_sql('requeue_failed')} RETURNING *",
-            {"id": task_id, "run_at": encode_time(run_at), "now": encode_time(now)},
-        )
+    def decide_approval(
+        self, task_id: str, *, decision: dict[str, Any], output: dict[str, Any] | None, now: datetime
+    ) -> Task | None:
+        params = {
+            "task_id": task_id,
+            "decision": _json(storable_json(decision)),
+            "output": _json(storable_json(output)),
+            "now": encode_time(now),
+        }
+        with self._transaction() as conn:
+            row = sqlite_approvals.decide(conn, params)
+        return None if row is None else task_from_row(_decode(row))
+
+    def expire_approval(
+        self, task_id: str, *, waiting_before: datetime, error: str, now: datetime
+    ) -> Task | None:
+        params = {
+            "task_id": task_id,
+            "before": encode_time(waiting_before),
+            "error": storable_text(error),
+            "now": encode_time(now),
+        }
+        with self._transaction() as conn:
+            row = sqlite_approvals.expire(conn, params)
+        return None if row is None else task_from_row(_decode(row))
+
+    def list_approvals(
+        self, *, limit: int = 100, offset: int = 0, waiting_before: datetime | None = None
+    ) -> list[ApprovalRequest]:
+        params = {"limit": limit, "offset": offset, "before": encode_time(waiting_before)}
+        with self._transaction() as conn:  # one consistent read of the list, its tasks and steps
+            found = conn.execute(sqlite_approvals.LIST_APPROVALS, params).fetchall()
+            tasks = {
+                row["id"]: task_from_row(_decode(row))
+                for row in conn.execute(
+                    "SELECT * FROM ai_agent_tasks WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps([row["task_id"] for row in found]),),
+                )
+            }
+            steps = {
+                row["id"]: step_from_row(_decode(row))
+                for row in conn.execute(
+                    "SELECT * FROM ai_agent_task_steps WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps([row["step_id"] for row in found if row["step_id"] is not None]),),
+                )
+            }
+        return [
+            ApprovalRequest(tasks[row["task_id"]], None if row["step_id"] is None else steps[row["step_id"]])
+            for row in found
+        ]
 
     # --- queue views --------------------------------------------------------
 
@@ -826,8 +1070,10 @@ class SqliteTaskStore:
             " COALESCE(SUM(status = 'queued' AND run_at > :now), 0) AS delayed,"
             " COALESCE(SUM(status = 'running'), 0) AS active,"
             " COALESCE(SUM(status = 'completed' AND archived_at IS NULL), 0) AS completed,"
-            " COALESCE(SUM(status = 'failed' AND archived_at IS NULL), 0) AS failed"
-            " FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed')",
+            " COALESCE(SUM(status = 'failed' AND archived_at IS NULL), 0) AS failed,"
+            " COALESCE(SUM(status = 'awaiting_approval'), 0) AS awaiting_approval"
+            " FROM ai_agent_tasks"
+            " WHERE status IN ('queued', 'running', 'completed', 'failed', 'awaiting_approval')",
             {"now": encode_time(now)},
         )
         return QueueCounts(**{key: int(rows[0][key]) for key in rows[0].keys()})  # noqa: SIM118
@@ -839,12 +1085,15 @@ class SqliteTaskStore:
                 conn, "completed", "completed_at", policy.completed_age_s, policy.completed_count, now
             )
             failed = self._archive(conn, "failed", "failed_at", policy.failed_age_s, policy.failed_count, now)
-            deleted = conn.execute(
-                "DELETE FROM ai_agent_task_runs WHERE task_id IN"
-                " (SELECT id FROM ai_agent_tasks WHERE archived_at = :now)",
-                {"now": stamp},
-            ).rowcount
-        return CleanupResult(completed, failed, deleted)
+            deleted = [
+                conn.execute(
+                    f"DELETE FROM {table} WHERE task_id IN"
+                    " (SELECT id FROM ai_agent_tasks WHERE archived_at = :now)",
+                    {"now": stamp},
+                ).rowcount
+                for table in ("ai_agent_task_runs", "ai_agent_task_steps")
+            ]
+        return CleanupResult(completed, failed, *deleted)
 
     @staticmethod
     def _archive(
@@ -863,6 +1112,29 @@ class SqliteTaskStore:
                 "cutoff": encode_time(now - timedelta(seconds=age_s)),
             },
         ).rowcount
+
+
+def _record_params(task_id: str, run_id: str, step: StepRecord) -> dict[str, Any]:
+    """The parameters of :data:`~taskstore.sqlite_steps.RECORD_STEP`."""
+    return {
+        "id": new_id(),
+        "task_id": task_id,
+        "run_id": run_id,
+        "firing": step.firing,
+        "seq": step.seq,
+        "kind": StepKind(step.kind).value,
+        "name": storable_text(step.name),
+        "status": step_end(step.status),
+        "input": _json(storable_json(step.input)),
+        "output": _json(storable_json(step.output)),
+        "input_tokens": step.input_tokens,
+        "output_tokens": step.output_tokens,
+        "cost_usd": None if step.cost_usd is None else str(step.cost_usd),
+        "started_at": encode_time(step.started_at),
+        "finished_at": encode_time(step.finished_at),
+        "error": storable_text(step.error),
+        "replaces": step.replaces,
+    }
 
 
 def _statements(script: str) -> list[str]:

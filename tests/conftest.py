@@ -18,7 +18,7 @@ from taskstore.supabase import SupabaseTaskStore
 from tests.fakes.postgrest import FakePostgrest
 from tests.services import redis_client, temporary_database
 
-TRUNCATE = "TRUNCATE ai_agent_task_runs, ai_agent_tasks, ai_agents"
+TRUNCATE = "TRUNCATE ai_agent_task_steps, ai_agent_task_runs, ai_agent_tasks, ai_agents"
 #: The service key the PostgREST test double accepts (a made-up secret key).
 FAKE_SERVICE_KEY = "sb_secret_test_only_not_a_real_key"
 FAKE_ANON_KEY = "sb_publishable_test_only"

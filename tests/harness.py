@@ -91,6 +91,7 @@ def declare_kinds(runtime: Runtime) -> dict[str, AgentActor]:
         orchestrator=runtime.orchestrator,
         broker=runtime.broker,
         budget=runtime.budget,
+        step_ledger=runtime.settings.step_ledger,
     )
 
     @declare(kind="general")

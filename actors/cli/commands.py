@@ -4,9 +4,12 @@ agentq migrate              create or upgrade the schema (safe to run twice)
 agentq schema               print the Postgres migration SQL
 agentq stats                queue statistics (JSON)
 agentq job ID               one job, with its runs
-agentq retry ID             retry a failed job
+agentq retry ID [--resume]  retry a failed job (``--resume``: after its completed steps)
 agentq dead-letters         list failed jobs (``--retry-all`` retries them all)
-agentq remove ID            cancel a job (a running one stops at its next step; a schedule ends)
+agentq remove ID            cancel a job (a running one is interrupted within a second; a schedule ends)
+agentq approvals            tool calls waiting for a person's decision, the longest waiting first
+agentq approve ID           approve the tool call a job waits for (``--note``, ``--by``)
+agentq reject ID            reject it (``--reason``, ``--by``): the model is given the reason
 agentq schedule ID CRON     put a scheduled task on a cron schedule (``--timezone``)
 agentq schedules            list schedules with their next run in UTC and in their own zone
 agentq cleanup              apply the retention policy
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import os
 import sys
@@ -88,7 +92,7 @@ def _job(args: argparse.Namespace) -> int:
 def _retry(args: argparse.Namespace) -> int:
     from actors import agent_task_queue
 
-    _print({"id": args.id, "status": agent_task_queue.retry_job(args.id).status})
+    _print({"id": args.id, "status": agent_task_queue.retry_job(args.id, resume=args.resume).status})
     return 0
 
 
@@ -96,6 +100,39 @@ def _remove(args: argparse.Namespace) -> int:
     from actors import agent_task_queue
 
     agent_task_queue.remove_job(args.id)
+    return 0
+
+
+def _approvals(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    _print(agent_task_queue.list_approvals(limit=args.limit, offset=args.offset))
+    return 0
+
+
+def _decided_by(args: argparse.Namespace) -> str | None:
+    """``--by``, else the operating system's user name (who ran the command)."""
+    if args.by is not None:
+        return str(args.by)
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):  # no user name in this environment
+        return None
+
+
+def _approve(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    job = agent_task_queue.approve(args.id, note=args.note, decided_by=_decided_by(args))
+    _print({"id": job.id, "status": job.status, "decision": "approved"})
+    return 0
+
+
+def _reject(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+
+    job = agent_task_queue.reject(args.id, args.reason, decided_by=_decided_by(args))
+    _print({"id": job.id, "status": job.status, "decision": "rejected"})
     return 0
 
 
@@ -275,11 +312,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, handler, help_text in (
         ("job", _job, "show one job and its runs"),
         ("retry", _retry, "retry a failed job with a fresh set of attempts"),
-        ("remove", _remove, "cancel a waiting or delayed job"),
+        ("remove", _remove, "cancel a job (a running one is interrupted within a second)"),
     ):
         sub = commands.add_parser(name, help=help_text)
         sub.add_argument("id", help="job id (= task id)")
         sub.set_defaults(handler=handler)
+        if name == "retry":
+            sub.add_argument(
+                "--resume", action="store_true", help="go on after the failed firing's completed steps"
+            )
     schedule = commands.add_parser("schedule", help="put a scheduled task on a cron schedule")
     schedule.add_argument("id", help="task id (a task created with task_type='scheduled')")
     schedule.add_argument("cron", help="5-field cron expression, e.g. '0 9 * * 1'")
@@ -291,6 +332,20 @@ def build_parser() -> argparse.ArgumentParser:
     schedules.add_argument("--limit", type=int, default=100)
     schedules.add_argument("--offset", type=int, default=0)
     schedules.set_defaults(handler=_schedules)
+    approvals = commands.add_parser("approvals", help="tool calls waiting for a decision, oldest first")
+    approvals.add_argument("--limit", type=int, default=100)
+    approvals.add_argument("--offset", type=int, default=0)
+    approvals.set_defaults(handler=_approvals)
+    approve = commands.add_parser("approve", help="approve the tool call a job waits for; it resumes")
+    approve.add_argument("id", help="job id (= task id)")
+    approve.add_argument("--note", default=None, help="why (recorded with the decision)")
+    approve.add_argument("--by", default=None, help="who decides (default: cli:<your user name>)")
+    approve.set_defaults(handler=_approve)
+    reject = commands.add_parser("reject", help="reject the tool call a job waits for; the model is told why")
+    reject.add_argument("id", help="job id (= task id)")
+    reject.add_argument("--reason", required=True, help="given to the model as the tool's result")
+    reject.add_argument("--by", default=None, help="who decides (default: cli:<your user name>)")
+    reject.set_defaults(handler=_reject)
     dead = commands.add_parser("dead-letters", help="list failed jobs, or retry them all")
     dead.add_argument("--limit", type=int, default=100)
     dead.add_argument("--offset", type=int, default=0)

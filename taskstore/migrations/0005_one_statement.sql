@@ -274,19 +274,22 @@ $$;
 -- The rows are locked in id order (two batches never deadlock) and re-checked after any wait.
 CREATE OR REPLACE FUNCTION agentq_mark_queued_many(
     p_task_ids uuid[], p_priority integer, p_run_at timestamptz, p_now timestamptz
-) RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
-WITH target AS (
-    SELECT id FROM ai_agent_tasks
-     WHERE id = ANY(p_task_ids) AND status = 'pending'
-     ORDER BY id
-       FOR UPDATE
-)
-UPDATE ai_agent_tasks t
-   SET status = 'queued', priority = COALESCE(p_priority, t.priority), run_at = p_run_at,
-       queued_at = p_now, archived_at = NULL, updated_at = p_now
-  FROM target
- WHERE t.id = target.id AND (SELECT count(*) FROM target) = cardinality(p_task_ids)
-RETURNING t.*
+) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    RETURN QUERY
+    WITH target AS (
+        SELECT id FROM ai_agent_tasks
+         WHERE id = ANY(p_task_ids) AND status = 'pending'
+         ORDER BY id
+           FOR UPDATE
+    )
+    UPDATE ai_agent_tasks t
+       SET status = 'queued', priority = COALESCE(p_priority, t.priority), run_at = p_run_at,
+           queued_at = p_now, archived_at = NULL, updated_at = p_now
+      FROM target
+     WHERE t.id = target.id AND (SELECT count(*) FROM target) = cardinality(p_task_ids)
+ RETURNING t.*;
+END
 $$;
 
 -- pending -> queued for one task (the single-row form of agentq_mark_queued_many; a bare send).
@@ -320,6 +323,33 @@ BEGIN
      WHERE t.id = p_task_id AND t.status = 'pending'
        AND a.id = t.agent_id AND a.is_active AND a.kind = ANY(p_kinds)
  RETURNING jsonb_build_object('task', to_jsonb(t), 'kind', a.kind) INTO queued;
+    RETURN queued;
+END
+$$;
+
+-- add_tasks's one statement: pending -> queued for every task of p_task_ids whose agent is active and
+-- has a kind of p_kinds or, if any is missing, not pending or not runnable, for none. Returns a list of
+-- {"task", "kind"} (empty: nothing changed; the caller reads why). Rows are locked in id order.
+CREATE OR REPLACE FUNCTION agentq_queue_runnable_tasks(
+    p_task_ids uuid[], p_kinds text[], p_priority integer, p_run_at timestamptz, p_now timestamptz
+) RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    queued jsonb;
+BEGIN
+    WITH target AS (
+        SELECT t.id, a.kind FROM ai_agent_tasks t JOIN ai_agents a ON a.id = t.agent_id
+         WHERE t.id = ANY(p_task_ids) AND t.status = 'pending' AND a.is_active AND a.kind = ANY(p_kinds)
+         ORDER BY t.id
+           FOR UPDATE OF t
+    ), updated AS (
+        UPDATE ai_agent_tasks t
+           SET status = 'queued', priority = COALESCE(p_priority, t.priority), run_at = p_run_at,
+               queued_at = p_now, archived_at = NULL, updated_at = p_now
+          FROM target
+         WHERE t.id = target.id AND (SELECT count(*) FROM target) = cardinality(p_task_ids)
+     RETURNING jsonb_build_object('task', to_jsonb(t), 'kind', target.kind) AS item
+    )
+    SELECT COALESCE(jsonb_agg(item), '[]'::jsonb) INTO queued FROM updated;
     RETURN queued;
 END
 $$;
@@ -410,15 +440,20 @@ BEGIN
 END
 $$;
 
--- All rows or none (one statement); a taken id raises unique_violation (23505).
+-- All rows or none (one statement); a taken id raises unique_violation (23505). The same columns as
+-- agentq_create_runnable_task (a static statement keeps its plan; a unit test checks both lists).
 CREATE OR REPLACE FUNCTION agentq_create_tasks(p_tasks jsonb)
 RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
-    RETURN QUERY EXECUTE format(
-        'INSERT INTO ai_agent_tasks (%1$s) SELECT %1$s FROM jsonb_populate_recordset(NULL::ai_agent_tasks, $1)'
-        ' RETURNING *',
-        (SELECT string_agg(quote_ident(k), ', ') FROM jsonb_object_keys(p_tasks -> 0) AS k)
-    ) USING p_tasks;
+    RETURN QUERY
+    INSERT INTO ai_agent_tasks (
+        id, agent_id, organization_id, title, description, task_type, context, priority, max_attempts,
+        schedule_timezone, status, created_at, updated_at
+    )
+    SELECT r.id, r.agent_id, r.organization_id, r.title, r.description, r.task_type, r.context, r.priority,
+           r.max_attempts, r.schedule_timezone, r.status, r.created_at, r.updated_at
+      FROM jsonb_populate_recordset(NULL::ai_agent_tasks, p_tasks) AS r
+ RETURNING *;
 END
 $$;
 

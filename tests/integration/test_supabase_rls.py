@@ -240,6 +240,67 @@ def test_reapplying_every_migration_file_keeps_members_out_of_worker_columns() -
         )
 
 
+# --- the step ledger ------------------------------------------------------------------------------------
+
+
+def with_steps(conn: Conn, ids: dict[str, str]) -> dict[str, str]:
+    """One recorded step on each organization's task (written as the owner, as a worker's function does)."""
+    steps = {}
+    for task in ("task_a", "task_b"):
+        row = conn.execute(
+            "INSERT INTO ai_agent_task_steps"
+            " (task_id, run_id, firing, seq, kind, name, status, input, started_at)"
+            " VALUES (%s, gen_random_uuid(), 0, 0, 'llm', 'gpt-4o-mini', 'started', '{}', now())"
+            " RETURNING id",
+            (ids[task],),
+        ).fetchone()
+        assert row is not None
+        steps[task] = str(row[0])
+    return steps
+
+
+def test_a_member_reads_the_steps_of_their_organizations_tasks_only(rls: tuple[Conn, dict[str, str]]) -> None:
+    conn, ids = rls
+    steps = with_steps(conn, ids)
+    with conn.transaction():
+        as_member(conn)
+        seen = [row[0] for row in conn.execute("SELECT id::text FROM ai_agent_task_steps")]
+        conn.execute("SET LOCAL ROLE anon")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+            conn.execute("SELECT id FROM ai_agent_task_steps")
+
+    assert seen == [steps["task_a"]]
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "INSERT INTO ai_agent_task_steps (task_id, run_id, firing, seq, kind, name, status, started_at)"
+        " VALUES ('{task}', gen_random_uuid(), 0, 1, 'tool', 'x', 'completed', now())",
+        "UPDATE ai_agent_task_steps SET status = 'completed' WHERE id = '{step}'",
+        "DELETE FROM ai_agent_task_steps WHERE id = '{step}'",
+    ],
+    ids=["insert", "update", "delete"],
+)
+def test_a_member_cannot_write_the_step_ledger(rls: tuple[Conn, dict[str, str]], statement: str) -> None:
+    conn, ids = rls
+    steps = with_steps(conn, ids)
+    before = conn.execute("SELECT * FROM ai_agent_task_steps ORDER BY id").fetchall()
+
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+        as_member(conn)
+        conn.execute(statement.format(task=ids["task_a"], step=steps["task_a"]).encode())
+
+    assert conn.execute("SELECT * FROM ai_agent_task_steps ORDER BY id").fetchall() == before
+
+
+def test_members_cannot_call_the_step_functions(rls: tuple[Conn, dict[str, str]]) -> None:
+    conn, ids = rls
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+        as_member(conn)
+        conn.execute("SELECT agentq_get_steps(%s)", (ids["task_a"],))
+
+
 # --- the worker's own check -----------------------------------------------------------------------------
 
 

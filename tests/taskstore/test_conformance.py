@@ -1038,3 +1038,44 @@ def test_a_claim_under_an_organization_cap_waits_for_a_running_task_to_end(
         second, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock(), max_running_in_org=1
     )
     assert claimed is not None
+
+
+def test_queue_runnable_tasks_queues_all_with_their_agents_kinds_in_the_given_order(
+    store: TaskStore, clock: Clock
+) -> None:
+    research = make_agent(store, clock(), organization_id=ORG, kind="research")
+    general = make_agent(store, clock(), organization_id=ORG)
+    ids = [
+        store.create_task(NewTask(agent_id=agent_id, organization_id=ORG, title="t"), now=clock()).id
+        for agent_id in (research, general, research)
+    ]
+    due = clock() + timedelta(seconds=5)
+
+    queued = store.queue_runnable_tasks(ids[::-1], kinds=KINDS, priority=4, run_at=due, now=clock())
+
+    assert queued is not None
+    assert [item.task.id for item in queued] == ids[::-1]
+    assert [item.agent_kind for item in queued] == ["research", "general", "research"]
+    assert all(item.task.status == TaskStatus.QUEUED and item.task.priority == 4 for item in queued)
+    assert all(item.task.run_at == due and item.task.queued_at == clock() for item in queued)
+    assert store.queue_runnable_tasks(ids, kinds=KINDS, priority=None, run_at=due, now=clock()) is None
+
+
+@pytest.mark.parametrize("spoiler", ["missing", "not-pending", "inactive-agent", "kind-without-actor"])
+def test_queue_runnable_tasks_changes_none_when_one_cannot_be_queued(
+    store: TaskStore, clock: Clock, spoiler: str
+) -> None:
+    good = [new_task(store, clock) for _ in range(2)]
+    if spoiler == "missing":
+        bad = new_id()
+    elif spoiler == "not-pending":
+        bad = queued_task(store, clock)
+    else:
+        fields = {"is_active": False} if spoiler == "inactive-agent" else {"kind": "unknown"}
+        agent_id = make_agent(store, clock(), organization_id=ORG, **fields)
+        bad = store.create_task(NewTask(agent_id=agent_id, organization_id=ORG, title="t"), now=clock()).id
+
+    queued = store.queue_runnable_tasks([*good, bad], kinds=KINDS, priority=None, run_at=clock(), now=clock())
+
+    assert queued is None
+    assert all(store.get_task(task_id).status == TaskStatus.PENDING for task_id in good)  # type: ignore[union-attr]

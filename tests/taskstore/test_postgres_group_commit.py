@@ -5,12 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 
-from taskstore import RunStatus, TaskStatus, Usage, new_id
+from taskstore import RunStatus, StepKind, StepRecord, StepStatus, TaskStatus, Usage, new_id
 from taskstore.postgres import PostgresTaskStore
-from taskstore.sql_store import complete_item
+from taskstore.sql_store import complete_item, step_json
 from tests.conftest import Clock
 from tests.taskstore.test_conformance import LEASE, new_task, queued_task
 
@@ -155,3 +156,98 @@ def _complete_params(
     task_id: str, run_id: str, clock: Clock, usage: Usage, result: dict[str, object]
 ) -> dict[str, object]:
     return complete_item(task_id, run_id, result, usage, [{"role": "user", "content": "hi"}], clock())
+
+
+def test_a_batch_of_step_writes_keeps_each_writes_order_and_rules(
+    pg: PostgresTaskStore, clock: Clock
+) -> None:
+    held, other = queued_task(pg, clock), queued_task(pg, clock)
+    claims = pg._claim_many([claim_params(held, clock), claim_params(other, clock)])
+    assert claims[0] is not None and claims[1] is not None
+    run, other_run = claims[0].run_id, claims[1].run_id
+    recorded = StepRecord(0, 2, StepKind.LLM, "m", {}, clock(), StepStatus.COMPLETED, {"n": 1}, clock())
+    step = {"p_task_id": held, "p_run_id": run, "p_firing": 0, "p_now": clock()}
+    start = {
+        "op": "start",
+        "p_kind": "tool",
+        "p_name": 'send "x", {y}',
+        "p_input": {"a": [1, None]},
+        "p_replaces": None,
+    }
+    batch: list[dict[str, Any]] = [
+        {**step, **start, "p_seq": 0},
+        {
+            **step,
+            "op": "finish",
+            "p_seq": 0,
+            "p_status": "completed",
+            "p_output": {"content": "ok"},
+            "p_input_tokens": 3,
+            "p_output_tokens": 1,
+            "p_cost_usd": Decimal("0.5"),
+            "p_error": None,
+        },
+        {**step, **start, "p_seq": 0},  # completed a moment ago in this batch: refused
+        {**step, **start, "p_seq": 1, "p_run_id": other_run},  # a run that does not hold the task
+        {**step, **start, "p_seq": 1},
+        {**step, "op": "finish", "p_seq": 1, "p_status": "failed", "p_output": None, "p_error": "boom"},
+        {"op": "record", "p_task_id": held, "p_run_id": run, "p_step": step_json(recorded)},
+        {"op": "record", "p_task_id": held, "p_run_id": other_run, "p_step": step_json(recorded)},
+    ]
+
+    assert pg._steps_many(batch) == [True, True, False, False, True, True, True, False]
+
+    first, second, third = pg.get_steps(held)
+    assert (third.seq, third.status, third.output, third.started_at) == (2, "completed", {"n": 1}, clock())
+    assert (first.name, first.status, first.output, first.input) == (
+        'send "x", {y}',
+        "completed",
+        {"content": "ok"},
+        {"a": [1, None]},
+    )
+    assert (first.input_tokens, first.output_tokens, first.cost_usd) == (3, 1, Decimal("0.5"))
+    assert (second.run_id, second.status, second.error, second.output) == (run, "failed", "boom", None)
+    assert pg.get_steps(other) == []
+
+
+def test_concurrent_step_writes_are_batched_and_each_applied(
+    postgres_store: PostgresTaskStore, clock: Clock
+) -> None:
+    ids = [queued_task(postgres_store, clock) for _ in range(16)]
+    claims = [
+        postgres_store.claim(
+            task_id, run_id=new_id(), worker_id="w", lease_until=clock() + LEASE, now=clock()
+        )
+        for task_id in ids
+    ]
+    barrier = threading.Barrier(len(ids))
+    answers: list[bool] = []
+
+    def write(claim: Any) -> None:
+        barrier.wait()
+        for seq in range(5):
+            answers.append(
+                postgres_store.start_step(
+                    claim.task.id,
+                    claim.run_id,
+                    firing=0,
+                    seq=seq,
+                    kind=StepKind.LLM,
+                    name="m",
+                    input={"seq": seq},
+                    replaces=None,
+                    now=clock(),
+                )
+            )
+
+    threads = [threading.Thread(target=write, args=(claim,)) for claim in claims]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert answers == [True] * 80
+    for task_id in ids:
+        assert [step.input for step in postgres_store.get_steps(task_id)] == [
+            {"seq": seq} for seq in range(5)
+        ]

@@ -296,16 +296,16 @@ def test_a_task_queued_by_someone_else_meanwhile_fails_the_batch_and_changes_not
     app: Harness, store: CountingStore
 ) -> None:
     task_ids = [app.task() for _ in range(3)]
-    mark_queued_many = store.mark_queued_many
+    queue_runnable_tasks = store.queue_runnable_tasks
 
     def raced(ids: Sequence[str], **kwargs: Any) -> Any:
-        # Another producer queues the second task between add_tasks' checks and its update.
+        # Another producer queues the second task just before add_tasks' one statement.
         store.mark_queued(ids[1], priority=None, run_at=kwargs["now"], now=kwargs["now"])
-        return mark_queued_many(ids, **kwargs)
+        return queue_runnable_tasks(ids, **kwargs)
 
-    store.mark_queued_many = raced  # type: ignore[method-assign,assignment]
+    store.queue_runnable_tasks = raced  # type: ignore[method-assign,assignment]
 
-    with pytest.raises(InvalidTransition, match=rf"task '{task_ids[1]}' is queued.*changed concurrently"):
+    with pytest.raises(InvalidTransition, match=rf"task '{task_ids[1]}' is queued"):
         app.queue.add_tasks(task_ids)
 
     assert statuses(app, [task_ids[0], task_ids[2]]) == [TaskStatus.PENDING] * 2

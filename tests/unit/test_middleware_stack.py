@@ -77,6 +77,7 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
         "CurrentMessage",
         "PeriodiqMiddleware",
         "StalledJobs",
+        "CancelWatch",
         "ShutdownDeadline",
         "Reconciler",
         "Pause",
@@ -120,9 +121,10 @@ def test_user_middleware_goes_before_the_task_lifecycle() -> None:
 
     stack = build_middleware(settings, InMemoryTaskStore())
 
-    assert names(stack)[-7:] == [
+    assert names(stack)[-8:] == [
         "Recorder",
         "StalledJobs",
+        "CancelWatch",
         "ShutdownDeadline",
         "Reconciler",
         "Pause",

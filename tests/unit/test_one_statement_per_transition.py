@@ -6,6 +6,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from taskstore.schema import MIGRATIONS, SQLFile
 from taskstore.sql_store import FUNCTIONS_SQL, signatures
 
@@ -53,8 +55,9 @@ def test_the_latest_migration_installs_the_current_functions() -> None:
     assert installs == [MIGRATIONS[-1].name]
 
 
-def test_the_static_task_insert_lists_exactly_the_columns_a_new_task_row_has() -> None:
-    """``agentq_create_runnable_task`` spells its columns (a static statement keeps its plan): they must be
+@pytest.mark.parametrize("function", ["agentq_create_runnable_task", "agentq_create_tasks"])
+def test_the_static_task_inserts_list_exactly_the_columns_a_new_task_row_has(function: str) -> None:
+    """The task inserts spell their columns (a static statement keeps its plan): they must be
     the keys of the row the store sends, built from ``taskstore/schema.py``'s columns."""
     import re
     from datetime import UTC, datetime
@@ -64,13 +67,13 @@ def test_the_static_task_insert_lists_exactly_the_columns_a_new_task_row_has() -
     from taskstore.sql_store import FUNCTIONS_SQL, new_row
 
     text = FUNCTIONS_SQL.read_text(encoding="utf-8")
-    body = text[text.index("FUNCTION agentq_create_runnable_task") :]
+    body = text[text.index(f"FUNCTION {function}(") :]
     listed = re.search(r"INSERT INTO ai_agent_tasks \((.*?)\)", body, re.DOTALL)
     assert listed is not None
     row = new_row(NewTask(agent_id="a", organization_id="o", title="t"), TASK_COLUMNS, datetime.now(UTC))
     row["status"] = "pending"
     columns = [name.strip() for name in listed[1].split(",")]
     assert sorted(columns) == sorted(row)
-    selected = re.search(r"SELECT (.*?)\s+FROM jsonb_populate_record", body, re.DOTALL)
+    selected = re.search(r"SELECT (.*?)\s+FROM jsonb_populate_record(set)?\(", body, re.DOTALL)
     assert selected is not None
     assert [name.strip() for name in selected[1].split(",")] == [f"r.{name}" for name in columns]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
 
 from taskstore.schema import MIGRATIONS, render_all
+from taskstore.sqlite import SqliteTaskStore
 
 
 def test_shipped_migration_files_equal_the_rendered_schema() -> None:
@@ -14,12 +16,10 @@ def test_shipped_migration_files_equal_the_rendered_schema() -> None:
         )
 
 
-def test_the_sqlite_rendering_applies_twice_and_records_itself() -> None:
+def test_the_sqlite_rendering_applies_and_records_itself_and_the_store_migrates_once(tmp_path: Path) -> None:
     conn = sqlite3.connect(":memory:")
-    script = render_all("sqlite")
 
-    conn.executescript(script)
-    conn.executescript(script)
+    conn.executescript(render_all("sqlite"))
 
     names = [row[0] for row in conn.execute("SELECT name FROM agentq_schema_migrations")]
     assert names == [migration.name for migration in MIGRATIONS]
@@ -31,7 +31,16 @@ def test_the_sqlite_rendering_applies_twice_and_records_itself() -> None:
         "stalled_count",
         "max_attempts",
         "attempts",
+        "firing",
     } <= columns
+    # The store applies each migration once, however often it is asked (columns cannot be added twice).
+    store = SqliteTaskStore(tmp_path / "agentq.db")
+    store.migrate()  # the first use of a connection applies them all
+    assert store.migrate() == []
+    assert SqliteTaskStore(tmp_path / "agentq.db").migrate() == []
+    applied = sqlite3.connect(tmp_path / "agentq.db").execute("SELECT name FROM agentq_schema_migrations")
+    assert [row[0] for row in applied] == [migration.name for migration in MIGRATIONS]
+    store.close()
 
 
 #: The Supabase CLI's migration files, oldest first, and the migrations each renders: every schema change
@@ -41,12 +50,12 @@ SUPABASE_FILES = {
     "20261128000000_bulk_enqueue_agentq.sql": ("0003_bulk_enqueue",),
     "20261201000000_hardening_agentq.sql": ("0004_hardening",),
     "20261202000000_one_statement_agentq.sql": ("0005_one_statement",),
+    "20261203000000_step_ledger_agentq.sql": ("0006_step_ledger",),
+    "20261208000000_approvals_agentq.sql": ("0008_approvals",),
 }
 
 
 def test_the_supabase_cli_migrations_render_every_migration_once_in_order() -> None:
-    from pathlib import Path
-
     folder = Path(__file__).resolve().parents[2] / "supabase" / "migrations"
     by_name = {migration.name: migration for migration in MIGRATIONS}
 

@@ -10,6 +10,7 @@ from typing import Any
 import dramatiq
 import pytest
 
+from actors.cli.commands import build_parser
 from actors.errors import (
     AgentInactive,
     AgentOrganizationMismatch,
@@ -480,6 +481,16 @@ def test_retry_job_refuses_a_task_that_has_not_failed(app: Harness) -> None:
         app.queue.retry_job(task_id)
     with pytest.raises(TaskNotFound):
         app.queue.retry_job(new_id())
+
+
+def test_retry_job_takes_resume_as_a_bool_only(app: Harness) -> None:
+    task_id = app.task()
+    with pytest.raises(InvalidArgument, match="resume 'yes' must be True or False"):
+        app.queue.retry_job(task_id, resume="yes")  # type: ignore[arg-type]
+    with pytest.raises(InvalidTransition, match="only failed jobs can be retried"):
+        app.queue.retry_job(task_id, resume=True)
+    assert build_parser().parse_args(["retry", task_id, "--resume"]).resume is True
+    assert build_parser().parse_args(["retry", task_id]).resume is False
 
 
 def test_a_non_retryable_error_fails_at_once(app: Harness) -> None:

@@ -1,0 +1,596 @@
+-- The agentq_* functions: every transition and read of the Postgres family, written once.
+-- PostgresTaskStore calls them over psycopg and SupabaseTaskStore over PostgREST's rpc, both through
+-- taskstore/sql_store.py. Installed by migration 0005_one_statement (CREATE OR REPLACE: applies twice).
+-- Each write is one compare-and-set keyed by ids the caller generated and the caller's p_now.
+-- Rules: one CREATE OR REPLACE FUNCTION per name; parameters one per "p_name type" (no commas in types).
+
+CREATE OR REPLACE FUNCTION agentq_schema_version() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = public AS $$
+    SELECT COALESCE(jsonb_agg(name ORDER BY name), '[]'::jsonb) FROM agentq_schema_migrations
+$$;
+
+-- queued -> running: counts an attempt, opens run p_run_id, returns {"task", "agent"} (NULL: lost race).
+CREATE OR REPLACE FUNCTION agentq_claim(
+    p_task_id uuid, p_run_id uuid, p_worker_id text, p_lease_until timestamptz, p_now timestamptz,
+    p_max_running_in_org integer DEFAULT NULL
+) RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    t ai_agent_tasks;
+    a ai_agents;
+    org uuid;
+BEGIN
+    IF p_max_running_in_org IS NOT NULL THEN
+        SELECT organization_id INTO org FROM ai_agent_tasks WHERE id = p_task_id AND status = 'queued';
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
+        -- Serialise the organization's claims; the count below runs after the lock (a fresh snapshot
+        -- per statement under READ COMMITTED), so the cap holds under concurrency.
+        PERFORM pg_advisory_xact_lock(hashtext(org::text));
+        IF (SELECT count(*) FROM ai_agent_tasks WHERE organization_id = org AND status = 'running')
+           >= p_max_running_in_org THEN
+            RETURN NULL;
+        END IF;
+    END IF;
+    UPDATE ai_agent_tasks
+       SET status = 'running', attempts = attempts + 1, current_run_id = p_run_id,
+           worker_id = p_worker_id, lease_expires_at = p_lease_until,
+           started_at = p_now, run_at = NULL, updated_at = p_now
+     WHERE id = p_task_id AND status = 'queued'
+    RETURNING * INTO t;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO ai_agent_task_runs (id, task_id, attempt, status, worker_id, started_at)
+    VALUES (p_run_id, t.id, t.attempts, 'running', p_worker_id, p_now);
+    SELECT * INTO a FROM ai_agents WHERE id = t.agent_id;
+    RETURN jsonb_build_object('task', to_jsonb(t), 'agent', CASE WHEN FOUND THEN to_jsonb(a) END);
+END
+$$;
+
+-- running -> p_status (completed | failed | queued | cancelled) for run p_run_id, which ends p_run_status.
+CREATE OR REPLACE FUNCTION agentq_finish(
+    p_task_id uuid, p_run_id uuid, p_status text, p_run_status text, p_now timestamptz,
+    p_error text DEFAULT NULL, p_stacktrace text DEFAULT NULL, p_result jsonb DEFAULT NULL,
+    p_retry_at timestamptz DEFAULT NULL, p_input_tokens integer DEFAULT 0, p_output_tokens integer DEFAULT 0, p_cached_input_tokens integer DEFAULT 0, p_reasoning_tokens integer DEFAULT 0, p_cost_usd numeric DEFAULT NULL, p_transcript jsonb DEFAULT NULL
+) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    IF p_status NOT IN ('completed', 'failed', 'queued', 'cancelled') THEN
+        RAISE EXCEPTION 'agentq_finish: invalid status %', p_status USING ERRCODE = '22023';
+    END IF;
+    UPDATE ai_agent_tasks
+       SET status = p_status,
+           completed_at = CASE WHEN p_status = 'completed' THEN p_now ELSE completed_at END,
+           failed_at = CASE WHEN p_status = 'failed' THEN p_now ELSE failed_at END,
+           queued_at = CASE WHEN p_status = 'queued' THEN p_now ELSE queued_at END,
+           error = p_error, result = COALESCE(p_result, result), run_at = p_retry_at,
+           archived_at = NULL, updated_at = p_now, worker_id = NULL, lease_expires_at = NULL,
+           input_tokens = input_tokens + p_input_tokens, output_tokens = output_tokens + p_output_tokens, cached_input_tokens = cached_input_tokens + p_cached_input_tokens, reasoning_tokens = reasoning_tokens + p_reasoning_tokens, cost_usd = cost_usd + COALESCE(p_cost_usd, 0)
+     WHERE id = p_task_id AND status = 'running' AND current_run_id = p_run_id;
+    IF NOT FOUND THEN
+        RETURN FALSE;
+    END IF;
+    UPDATE ai_agent_task_runs
+       SET status = p_run_status, finished_at = p_now, error = p_error, stacktrace = p_stacktrace,
+           input_tokens = p_input_tokens, output_tokens = p_output_tokens, cached_input_tokens = p_cached_input_tokens, reasoning_tokens = p_reasoning_tokens, cost_usd = p_cost_usd, transcript = p_transcript
+     WHERE id = p_run_id;
+    RETURN TRUE;
+END
+$$;
+
+-- running -> queued until p_run_at without consuming the attempt; run p_run_id ends postponed.
+CREATE OR REPLACE FUNCTION agentq_postpone(
+    p_task_id uuid, p_run_id uuid, p_reason text, p_run_at timestamptz, p_now timestamptz, p_input_tokens integer DEFAULT 0, p_output_tokens integer DEFAULT 0, p_cached_input_tokens integer DEFAULT 0, p_reasoning_tokens integer DEFAULT 0, p_cost_usd numeric DEFAULT NULL, p_transcript jsonb DEFAULT NULL
+) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    UPDATE ai_agent_tasks
+       SET status = 'queued', attempts = attempts - 1, postponed_count = postponed_count + 1,
+           run_at = p_run_at, queued_at = p_now, worker_id = NULL, lease_expires_at = NULL,
+           updated_at = p_now, input_tokens = input_tokens + p_input_tokens, output_tokens = output_tokens + p_output_tokens, cached_input_tokens = cached_input_tokens + p_cached_input_tokens, reasoning_tokens = reasoning_tokens + p_reasoning_tokens, cost_usd = cost_usd + COALESCE(p_cost_usd, 0)
+     WHERE id = p_task_id AND status = 'running' AND current_run_id = p_run_id;
+    IF NOT FOUND THEN
+        RETURN FALSE;
+    END IF;
+    UPDATE ai_agent_task_runs
+       SET status = 'postponed', finished_at = p_now, error = p_reason, input_tokens = p_input_tokens, output_tokens = p_output_tokens, cached_input_tokens = p_cached_input_tokens, reasoning_tokens = p_reasoning_tokens, cost_usd = p_cost_usd, transcript = p_transcript
+     WHERE id = p_run_id;
+    RETURN TRUE;
+END
+$$;
+
+-- Running tasks whose lease expired: re-queued, or failed past p_max_stalled_count; runs end stalled.
+CREATE OR REPLACE FUNCTION agentq_recover_stalled(
+    p_now timestamptz, p_max_stalled_count integer, p_error text, p_limit_error text,
+    p_limit integer DEFAULT 100
+) RETURNS jsonb LANGUAGE sql SET search_path = public AS $$
+WITH expired AS (
+    SELECT id FROM ai_agent_tasks
+     WHERE status = 'running' AND lease_expires_at < p_now
+     ORDER BY lease_expires_at, id
+     LIMIT p_limit
+       FOR UPDATE SKIP LOCKED
+), recovered AS (
+    UPDATE ai_agent_tasks t
+       SET stalled_count = t.stalled_count + 1,
+           status = CASE WHEN t.stalled_count + 1 > p_max_stalled_count THEN 'failed' ELSE 'queued' END,
+           attempts = CASE WHEN t.stalled_count + 1 > p_max_stalled_count THEN t.attempts
+                           ELSE t.attempts - 1 END,
+           error = CASE WHEN t.stalled_count + 1 > p_max_stalled_count THEN p_limit_error ELSE p_error END,
+           failed_at = CASE WHEN t.stalled_count + 1 > p_max_stalled_count THEN p_now ELSE t.failed_at END,
+           run_at = CASE WHEN t.stalled_count + 1 > p_max_stalled_count THEN NULL ELSE p_now END,
+           queued_at = CASE WHEN t.stalled_count + 1 > p_max_stalled_count THEN t.queued_at ELSE p_now END,
+           worker_id = NULL, lease_expires_at = NULL, updated_at = p_now
+      FROM expired
+     WHERE t.id = expired.id AND t.status = 'running'
+ RETURNING t.id, t.status, t.stalled_count, t.attempts, t.agent_id, t.current_run_id
+), runs AS (
+    UPDATE ai_agent_task_runs r SET status = 'stalled', finished_at = p_now, error = p_error
+      FROM recovered WHERE r.id = recovered.current_run_id
+)
+SELECT COALESCE(jsonb_agg(jsonb_build_object(
+           'id', recovered.id, 'status', recovered.status, 'stalled_count', recovered.stalled_count,
+           'attempts', recovered.attempts, 'kind', a.kind) ORDER BY recovered.id), '[]'::jsonb)
+  FROM recovered LEFT JOIN ai_agents a ON a.id = recovered.agent_id
+$$;
+
+-- Fire each schedule whose next_run_at still equals its due time (two schedulers never fire one twice).
+CREATE OR REPLACE FUNCTION agentq_fire_schedules(
+    p_task_ids uuid[], p_due timestamptz[], p_next timestamptz[], p_now timestamptz
+) RETURNS jsonb LANGUAGE sql SET search_path = public AS $$
+WITH firing AS (
+    SELECT * FROM unnest(p_task_ids, p_due, p_next) AS f(id, due, next)
+), target AS (
+    SELECT t.id, f.next, t.status IN ('queued', 'running') AS busy
+      FROM ai_agent_tasks t JOIN firing f ON f.id = t.id
+     WHERE t.schedule_cron IS NOT NULL AND t.next_run_at = f.due
+       FOR UPDATE OF t
+), fired AS (
+    UPDATE ai_agent_tasks t
+       SET next_run_at = target.next, updated_at = p_now,
+           status = CASE WHEN target.busy THEN t.status ELSE 'queued' END,
+           last_run_at = CASE WHEN target.busy THEN t.last_run_at ELSE p_now END,
+           queued_at = CASE WHEN target.busy THEN t.queued_at ELSE p_now END,
+           run_at = CASE WHEN target.busy THEN t.run_at ELSE p_now END,
+           attempts = CASE WHEN target.busy THEN t.attempts ELSE 0 END,
+           stalled_count = CASE WHEN target.busy THEN t.stalled_count ELSE 0 END,
+           postponed_count = CASE WHEN target.busy THEN t.postponed_count ELSE 0 END,
+           error = CASE WHEN target.busy THEN t.error ELSE NULL END,
+           cancel_requested_at = CASE WHEN target.busy THEN t.cancel_requested_at ELSE NULL END,
+           archived_at = CASE WHEN target.busy THEN t.archived_at ELSE NULL END
+      FROM target WHERE t.id = target.id
+ RETURNING t.id, t.agent_id, t.priority, t.organization_id, target.busy
+)
+SELECT COALESCE(jsonb_agg(jsonb_build_object(
+           'id', fired.id, 'priority', fired.priority, 'organization_id', fired.organization_id,
+           'busy', fired.busy, 'kind', a.kind)
+           ORDER BY fired.id), '[]'::jsonb)
+  FROM fired LEFT JOIN ai_agents a ON a.id = fired.agent_id
+$$;
+
+-- Ad-hoc tasks still pending since before p_before, oldest first, with their agent's kind.
+CREATE OR REPLACE FUNCTION agentq_find_pending(p_before timestamptz, p_limit integer DEFAULT 500)
+RETURNS jsonb LANGUAGE sql STABLE SET search_path = public AS $$
+SELECT COALESCE(jsonb_agg(jsonb_build_object('id', w.id, 'since', w.since, 'kind', w.kind)
+           ORDER BY w.since, w.id), '[]'::jsonb)
+  FROM (
+    SELECT t.id, t.created_at AS since, a.kind
+      FROM ai_agent_tasks t LEFT JOIN ai_agents a ON a.id = t.agent_id
+     WHERE t.status = 'pending' AND t.created_at < p_before AND t.task_type = 'adhoc'
+     ORDER BY t.created_at, t.id LIMIT p_limit
+  ) w
+$$;
+
+-- Tasks queued since before p_before (their message may be lost), oldest first, with their agent's kind.
+CREATE OR REPLACE FUNCTION agentq_find_queued(p_before timestamptz, p_limit integer DEFAULT 1000)
+RETURNS jsonb LANGUAGE sql STABLE SET search_path = public AS $$
+SELECT COALESCE(jsonb_agg(jsonb_build_object('id', w.id, 'since', w.since, 'kind', w.kind)
+           ORDER BY w.since, w.id), '[]'::jsonb)
+  FROM (
+    SELECT t.id, t.queued_at AS since, a.kind
+      FROM ai_agent_tasks t LEFT JOIN ai_agents a ON a.id = t.agent_id
+     WHERE t.status = 'queued' AND t.queued_at < p_before
+     ORDER BY t.queued_at, t.id LIMIT p_limit
+  ) w
+$$;
+
+-- Exact queue counts in one consistent read.
+CREATE OR REPLACE FUNCTION agentq_queue_counts(p_now timestamptz) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = public AS $$
+SELECT jsonb_build_object(
+    'waiting', count(*) FILTER (WHERE status = 'queued' AND (run_at IS NULL OR run_at <= p_now)),
+    'delayed', count(*) FILTER (WHERE status = 'queued' AND run_at > p_now),
+    'active', count(*) FILTER (WHERE status = 'running'),
+    'completed', count(*) FILTER (WHERE status = 'completed' AND archived_at IS NULL),
+    'failed', count(*) FILTER (WHERE status = 'failed' AND archived_at IS NULL))
+  FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed')
+$$;
+
+-- USD spent on an organization's runs started since p_since, as exact decimal text.
+CREATE OR REPLACE FUNCTION agentq_organization_spend(p_organization_id uuid, p_since timestamptz)
+RETURNS text LANGUAGE sql STABLE SET search_path = public AS $$
+SELECT COALESCE(SUM(r.cost_usd), 0)::text
+  FROM ai_agent_task_runs r JOIN ai_agent_tasks t ON t.id = r.task_id
+ WHERE t.organization_id = p_organization_id AND r.started_at >= p_since
+$$;
+
+-- Archive finished jobs outside the retention policy and delete their runs (task rows are kept).
+CREATE OR REPLACE FUNCTION agentq_cleanup(
+    p_now timestamptz, p_completed_cutoff timestamptz, p_completed_keep integer,
+    p_failed_cutoff timestamptz, p_failed_keep integer
+) RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    completed integer;
+    failed integer;
+    deleted integer;
+BEGIN
+    UPDATE ai_agent_tasks SET archived_at = p_now, updated_at = p_now
+     WHERE id IN (
+        SELECT id FROM (
+            SELECT id, completed_at AS finished,
+                   row_number() OVER (ORDER BY completed_at DESC, id DESC) AS rank
+              FROM ai_agent_tasks
+             WHERE status = 'completed' AND archived_at IS NULL AND schedule_cron IS NULL
+        ) ranked
+         WHERE rank > p_completed_keep OR finished < p_completed_cutoff
+     );
+    GET DIAGNOSTICS completed = ROW_COUNT;
+    UPDATE ai_agent_tasks SET archived_at = p_now, updated_at = p_now
+     WHERE id IN (
+        SELECT id FROM (
+            SELECT id, failed_at AS finished,
+                   row_number() OVER (ORDER BY failed_at DESC, id DESC) AS rank
+              FROM ai_agent_tasks
+             WHERE status = 'failed' AND archived_at IS NULL AND schedule_cron IS NULL
+        ) ranked
+         WHERE rank > p_failed_keep OR finished < p_failed_cutoff
+     );
+    GET DIAGNOSTICS failed = ROW_COUNT;
+    DELETE FROM ai_agent_task_runs
+     WHERE task_id IN (SELECT id FROM ai_agent_tasks WHERE archived_at = p_now);
+    GET DIAGNOSTICS deleted = ROW_COUNT;
+    RETURN jsonb_build_object('archived_completed', completed, 'archived_failed', failed,
+                              'deleted_runs', deleted);
+END
+$$;
+
+-- PL/pgSQL (here and below) keeps its plan for the session: the hot reads cost less than SQL functions.
+CREATE OR REPLACE FUNCTION agentq_get_tasks(p_task_ids uuid[])
+RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql STABLE SET search_path = public AS $$
+BEGIN
+    RETURN QUERY SELECT * FROM ai_agent_tasks WHERE id = ANY(p_task_ids);
+END
+$$;
+
+-- pending -> queued for every task of p_task_ids or, if any is missing or not pending, for none (no rows).
+-- The rows are locked in id order (two batches never deadlock) and re-checked after any wait.
+CREATE OR REPLACE FUNCTION agentq_mark_queued_many(
+    p_task_ids uuid[], p_priority integer, p_run_at timestamptz, p_now timestamptz
+) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    RETURN QUERY
+    WITH target AS (
+        SELECT id FROM ai_agent_tasks
+         WHERE id = ANY(p_task_ids) AND status = 'pending'
+         ORDER BY id
+           FOR UPDATE
+    )
+    UPDATE ai_agent_tasks t
+       SET status = 'queued', priority = COALESCE(p_priority, t.priority), run_at = p_run_at,
+           queued_at = p_now, archived_at = NULL, updated_at = p_now
+      FROM target
+     WHERE t.id = target.id AND (SELECT count(*) FROM target) = cardinality(p_task_ids)
+ RETURNING t.*;
+END
+$$;
+
+-- pending -> queued for one task (the single-row form of agentq_mark_queued_many; a bare send).
+-- PL/pgSQL keeps the plan for the session: half the cost of the bulk function for one row.
+CREATE OR REPLACE FUNCTION agentq_mark_queued(
+    p_task_id uuid, p_priority integer, p_run_at timestamptz, p_now timestamptz
+) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    RETURN QUERY
+    UPDATE ai_agent_tasks t
+       SET status = 'queued', priority = COALESCE(p_priority, t.priority), run_at = p_run_at,
+           queued_at = p_now, archived_at = NULL, updated_at = p_now
+     WHERE t.id = p_task_id AND t.status = 'pending'
+ RETURNING t.*;
+END
+$$;
+
+-- add_task's one statement: pending -> queued only if the task's agent exists, is active and has a kind
+-- of p_kinds (those with an actor). Returns {"task", "kind"}, or NULL when nothing changed (the caller
+-- reads why: missing task, not pending, agent gone or inactive, kind without an actor).
+CREATE OR REPLACE FUNCTION agentq_queue_runnable_task(
+    p_task_id uuid, p_kinds text[], p_priority integer, p_run_at timestamptz, p_now timestamptz
+) RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    queued jsonb;
+BEGIN
+    UPDATE ai_agent_tasks t
+       SET status = 'queued', priority = COALESCE(p_priority, t.priority), run_at = p_run_at,
+           queued_at = p_now, archived_at = NULL, updated_at = p_now
+      FROM ai_agents a
+     WHERE t.id = p_task_id AND t.status = 'pending'
+       AND a.id = t.agent_id AND a.is_active AND a.kind = ANY(p_kinds)
+ RETURNING jsonb_build_object('task', to_jsonb(t), 'kind', a.kind) INTO queued;
+    RETURN queued;
+END
+$$;
+
+-- add_tasks's one statement: pending -> queued for every task of p_task_ids whose agent is active and
+-- has a kind of p_kinds or, if any is missing, not pending or not runnable, for none. Returns a list of
+-- {"task", "kind"} (empty: nothing changed; the caller reads why). Rows are locked in id order.
+CREATE OR REPLACE FUNCTION agentq_queue_runnable_tasks(
+    p_task_ids uuid[], p_kinds text[], p_priority integer, p_run_at timestamptz, p_now timestamptz
+) RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    queued jsonb;
+BEGIN
+    WITH target AS (
+        SELECT t.id, a.kind FROM ai_agent_tasks t JOIN ai_agents a ON a.id = t.agent_id
+         WHERE t.id = ANY(p_task_ids) AND t.status = 'pending' AND a.is_active AND a.kind = ANY(p_kinds)
+         ORDER BY t.id
+           FOR UPDATE OF t
+    ), updated AS (
+        UPDATE ai_agent_tasks t
+           SET status = 'queued', priority = COALESCE(p_priority, t.priority), run_at = p_run_at,
+               queued_at = p_now, archived_at = NULL, updated_at = p_now
+          FROM target
+         WHERE t.id = target.id AND (SELECT count(*) FROM target) = cardinality(p_task_ids)
+     RETURNING jsonb_build_object('task', to_jsonb(t), 'kind', target.kind) AS item
+    )
+    SELECT COALESCE(jsonb_agg(item), '[]'::jsonb) INTO queued FROM updated;
+    RETURN queued;
+END
+$$;
+
+-- queued -> pending for the tasks of one enqueue (made at p_queued_at) that the broker refused.
+CREATE OR REPLACE FUNCTION agentq_revert_queued_many(
+    p_task_ids uuid[], p_queued_at timestamptz, p_now timestamptz
+) RETURNS integer LANGUAGE sql SET search_path = public AS $$
+WITH reverted AS (
+    UPDATE ai_agent_tasks SET status = 'pending', run_at = NULL, queued_at = NULL, updated_at = p_now
+     WHERE id = ANY(p_task_ids) AND status = 'queued' AND queued_at = p_queued_at
+ RETURNING id
+)
+SELECT count(*)::integer FROM reverted
+$$;
+
+-- Reads of single rows and lists.
+CREATE OR REPLACE FUNCTION agentq_get_agent(p_agent_id uuid)
+RETURNS SETOF ai_agents LANGUAGE sql STABLE SET search_path = public AS $$
+    SELECT * FROM ai_agents WHERE id = p_agent_id
+$$;
+
+CREATE OR REPLACE FUNCTION agentq_get_runs(p_task_id uuid)
+RETURNS SETOF ai_agent_task_runs LANGUAGE sql STABLE SET search_path = public AS $$
+    SELECT * FROM ai_agent_task_runs WHERE task_id = p_task_id ORDER BY attempt, started_at
+$$;
+
+CREATE OR REPLACE FUNCTION agentq_cancel_requested(p_task_id uuid)
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = public AS $$
+BEGIN
+    RETURN COALESCE((SELECT cancel_requested_at IS NOT NULL FROM ai_agent_tasks WHERE id = p_task_id), FALSE);
+END
+$$;
+
+-- Dead-lettered tasks (failed, not archived), most recently failed first.
+CREATE OR REPLACE FUNCTION agentq_list_failed(p_limit integer, p_offset integer)
+RETURNS SETOF ai_agent_tasks LANGUAGE sql STABLE SET search_path = public AS $$
+    SELECT * FROM ai_agent_tasks WHERE status = 'failed' AND archived_at IS NULL
+     ORDER BY failed_at DESC, id DESC LIMIT p_limit OFFSET p_offset
+$$;
+
+-- Tasks with a schedule, soonest next_run_at first.
+CREATE OR REPLACE FUNCTION agentq_list_schedules(p_limit integer, p_offset integer)
+RETURNS SETOF ai_agent_tasks LANGUAGE sql STABLE SET search_path = public AS $$
+    SELECT * FROM ai_agent_tasks WHERE schedule_cron IS NOT NULL
+     ORDER BY next_run_at NULLS LAST, id LIMIT p_limit OFFSET p_offset
+$$;
+
+-- Schedules due at p_now, earliest first.
+CREATE OR REPLACE FUNCTION agentq_due_schedules(p_now timestamptz, p_limit integer)
+RETURNS SETOF ai_agent_tasks LANGUAGE sql STABLE SET search_path = public AS $$
+    SELECT * FROM ai_agent_tasks WHERE schedule_cron IS NOT NULL AND next_run_at <= p_now
+     ORDER BY next_run_at, id LIMIT p_limit
+$$;
+
+-- Inserts: the rows' keys are the columns given (built from taskstore/schema.py); the rest take defaults.
+CREATE OR REPLACE FUNCTION agentq_create_agent(p_agent jsonb)
+RETURNS SETOF ai_agents LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'INSERT INTO ai_agents (%1$s) SELECT %1$s FROM jsonb_populate_record(NULL::ai_agents, $1) RETURNING *',
+        (SELECT string_agg(quote_ident(k), ', ') FROM jsonb_object_keys(p_agent) AS k)
+    ) USING p_agent;
+END
+$$;
+
+-- create_task's one statement: insert a pending task only if its agent exists, is active, belongs to
+-- the task's organization and has a kind of p_kinds; no row when not (the caller reads why). The column
+-- list is NewTask's columns plus status and timestamps (a unit test keeps it equal to what the store
+-- sends); a static statement keeps its plan, which EXECUTE would re-plan on every call.
+CREATE OR REPLACE FUNCTION agentq_create_runnable_task(p_task jsonb, p_kinds text[])
+RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    RETURN QUERY
+    INSERT INTO ai_agent_tasks (
+        id, agent_id, organization_id, title, description, task_type, context, priority, max_attempts,
+        schedule_timezone, status, created_at, updated_at
+    )
+    SELECT r.id, r.agent_id, r.organization_id, r.title, r.description, r.task_type, r.context, r.priority,
+           r.max_attempts, r.schedule_timezone, r.status, r.created_at, r.updated_at
+      FROM jsonb_populate_record(NULL::ai_agent_tasks, p_task) AS r
+     WHERE EXISTS (
+        SELECT 1 FROM ai_agents a
+         WHERE a.id = r.agent_id AND a.is_active AND a.organization_id = r.organization_id
+           AND a.kind = ANY(p_kinds)
+     )
+ RETURNING *;
+END
+$$;
+
+-- All rows or none (one statement); a taken id raises unique_violation (23505). The same columns as
+-- agentq_create_runnable_task (a static statement keeps its plan; a unit test checks both lists).
+CREATE OR REPLACE FUNCTION agentq_create_tasks(p_tasks jsonb)
+RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
+BEGIN
+    RETURN QUERY
+    INSERT INTO ai_agent_tasks (
+        id, agent_id, organization_id, title, description, task_type, context, priority, max_attempts,
+        schedule_timezone, status, created_at, updated_at
+    )
+    SELECT r.id, r.agent_id, r.organization_id, r.title, r.description, r.task_type, r.context, r.priority,
+           r.max_attempts, r.schedule_timezone, r.status, r.created_at, r.updated_at
+      FROM jsonb_populate_recordset(NULL::ai_agent_tasks, p_tasks) AS r
+ RETURNING *;
+END
+$$;
+
+-- Compare-and-set queued_at from p_queued_at to p_now: the winner re-sends the task's message.
+CREATE OR REPLACE FUNCTION agentq_touch_queued(p_task_id uuid, p_queued_at timestamptz, p_now timestamptz)
+RETURNS boolean LANGUAGE sql SET search_path = public AS $$
+WITH touched AS (
+    UPDATE ai_agent_tasks SET queued_at = p_now, updated_at = p_now
+     WHERE id = p_task_id AND status = 'queued' AND queued_at = p_queued_at
+ RETURNING id
+)
+SELECT EXISTS (SELECT 1 FROM touched)
+$$;
+
+-- Extend the leases of the (task, run) pairs a worker holds; returns the ids of the tasks renewed.
+-- Idempotent (no condition on the old lease); run ids are unique, so a task matches only under its run.
+CREATE OR REPLACE FUNCTION agentq_renew_leases(p_task_ids uuid[], p_run_ids uuid[], p_lease_until timestamptz)
+RETURNS jsonb LANGUAGE sql SET search_path = public AS $$
+WITH renewed AS (
+    UPDATE ai_agent_tasks SET lease_expires_at = p_lease_until
+     WHERE id = ANY(p_task_ids) AND current_run_id = ANY(p_run_ids) AND status = 'running'
+ RETURNING id
+)
+SELECT COALESCE(jsonb_agg(id), '[]'::jsonb) FROM renewed
+$$;
+
+-- pending/queued (p_statuses) -> failed, for a task nothing can run: no run, no attempt used.
+CREATE OR REPLACE FUNCTION agentq_fail_unrunnable(
+    p_task_id uuid, p_error text, p_now timestamptz, p_statuses text[]
+) RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
+    UPDATE ai_agent_tasks SET status = 'failed', error = p_error, run_at = NULL, failed_at = p_now,
+           updated_at = p_now
+     WHERE id = p_task_id AND status = ANY(p_statuses)
+ RETURNING *
+$$;
+
+-- Ask a running task to stop; it ends cancelled at its next step.
+CREATE OR REPLACE FUNCTION agentq_request_cancel(p_task_id uuid, p_now timestamptz)
+RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
+    UPDATE ai_agent_tasks SET cancel_requested_at = p_now, updated_at = p_now
+     WHERE id = p_task_id AND status = 'running'
+ RETURNING *
+$$;
+
+-- pending/queued -> cancelled.
+CREATE OR REPLACE FUNCTION agentq_cancel(p_task_id uuid, p_now timestamptz)
+RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
+    UPDATE ai_agent_tasks SET status = 'cancelled', run_at = NULL, updated_at = p_now
+     WHERE id = p_task_id AND status IN ('pending', 'queued')
+ RETURNING *
+$$;
+
+-- failed -> queued with a fresh set of attempts.
+CREATE OR REPLACE FUNCTION agentq_requeue_failed(p_task_id uuid, p_run_at timestamptz, p_now timestamptz)
+RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
+    UPDATE ai_agent_tasks
+       SET status = 'queued', attempts = 0, stalled_count = 0, error = NULL, postponed_count = 0,
+           cancel_requested_at = NULL, run_at = p_run_at, queued_at = p_now, failed_at = NULL,
+           archived_at = NULL, updated_at = p_now
+     WHERE id = p_task_id AND status = 'failed'
+ RETURNING *
+$$;
+
+-- Store a scheduled task's schedule (idempotent: a re-send sets the same values).
+CREATE OR REPLACE FUNCTION agentq_set_schedule(
+    p_task_id uuid, p_cron text, p_timezone text, p_next_run_at timestamptz, p_now timestamptz
+) RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
+    UPDATE ai_agent_tasks
+       SET schedule_cron = p_cron, schedule_timezone = p_timezone, next_run_at = p_next_run_at,
+           updated_at = p_now
+     WHERE id = p_task_id AND task_type = 'scheduled'
+ RETURNING *
+$$;
+
+-- Remove a task's schedule (no future firings).
+CREATE OR REPLACE FUNCTION agentq_clear_schedule(p_task_id uuid, p_now timestamptz)
+RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
+    UPDATE ai_agent_tasks SET schedule_cron = NULL, next_run_at = NULL, updated_at = p_now
+     WHERE id = p_task_id AND schedule_cron IS NOT NULL
+ RETURNING *
+$$;
+
+-- agentq_claim for several tasks at once (the Postgres store's group commit): p_claims is an array of
+-- {"task_id", "run_id", "worker_id", "lease_until", "now"}; returns [{"task", "agent"}] per task claimed.
+CREATE OR REPLACE FUNCTION agentq_claim_many(p_claims jsonb)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    claimed jsonb;
+BEGIN
+    WITH wanted AS (
+        SELECT * FROM jsonb_to_recordset(p_claims)
+            AS w(task_id uuid, run_id uuid, worker_id text, lease_until timestamptz, now timestamptz)
+    ), taken AS (
+        UPDATE ai_agent_tasks t
+           SET status = 'running', attempts = t.attempts + 1, current_run_id = w.run_id,
+               worker_id = w.worker_id, lease_expires_at = w.lease_until,
+               started_at = w.now, run_at = NULL, updated_at = w.now
+          FROM wanted w
+         WHERE t.id = w.task_id AND t.status = 'queued'
+     RETURNING t.*
+    ), run AS (
+        INSERT INTO ai_agent_task_runs (id, task_id, attempt, status, worker_id, started_at)
+        SELECT current_run_id, id, attempts, 'running', worker_id, started_at FROM taken
+    )
+    SELECT COALESCE(jsonb_agg(jsonb_build_object('task', to_jsonb(t), 'agent', to_jsonb(a))), '[]'::jsonb)
+      INTO claimed
+      FROM taken t LEFT JOIN ai_agents a ON a.id = t.agent_id;
+    RETURN claimed;
+END
+$$;
+
+-- agentq_finish to completed for several runs at once (group commit): p_runs is an array of
+-- {"task_id", "run_id", "now", "result", "transcript", <usage columns>}; returns the ids of the runs completed.
+CREATE OR REPLACE FUNCTION agentq_complete_many(p_runs jsonb)
+RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
+DECLARE
+    completed jsonb;
+BEGIN
+    WITH done AS (
+        SELECT * FROM jsonb_to_recordset(p_runs)
+            AS d(task_id uuid, run_id uuid, now timestamptz, result jsonb, transcript jsonb,
+                 input_tokens integer, output_tokens integer, cached_input_tokens integer,
+                 reasoning_tokens integer, cost_usd numeric)
+    ), task AS (
+        UPDATE ai_agent_tasks t
+           SET status = 'completed', completed_at = d.now, error = NULL, result = COALESCE(d.result, t.result),
+               run_at = NULL, archived_at = NULL, updated_at = d.now, worker_id = NULL,
+               lease_expires_at = NULL, input_tokens = t.input_tokens + d.input_tokens,
+               output_tokens = t.output_tokens + d.output_tokens,
+               cached_input_tokens = t.cached_input_tokens + d.cached_input_tokens,
+               reasoning_tokens = t.reasoning_tokens + d.reasoning_tokens,
+               cost_usd = t.cost_usd + COALESCE(d.cost_usd, 0)
+          FROM done d
+         WHERE t.id = d.task_id AND t.status = 'running' AND t.current_run_id = d.run_id
+     RETURNING t.current_run_id AS run_id
+    ), runs AS (
+        UPDATE ai_agent_task_runs r
+           SET status = 'completed', finished_at = d.now, error = NULL, stacktrace = NULL,
+               input_tokens = d.input_tokens, output_tokens = d.output_tokens,
+               cached_input_tokens = d.cached_input_tokens, reasoning_tokens = d.reasoning_tokens,
+               cost_usd = d.cost_usd, transcript = d.transcript
+          FROM done d JOIN task ON task.run_id = d.run_id
+         WHERE r.id = d.run_id
+     RETURNING r.id
+    )
+    SELECT COALESCE(jsonb_agg(id), '[]'::jsonb) INTO completed FROM runs;
+    RETURN completed;
+END
+$$;
