@@ -21,7 +21,13 @@ from middleware import AttemptResult
 from taskstore import RunStatus, TaskStatus
 from taskstore.postgres import PostgresTaskStore
 from tests.acceptance.processes import ROOT, WorkerProcess, command_env
-from tests.fakes.openai_server import FakeOpenAIServer, RecordedRequest, openai_error, openai_text
+from tests.fakes.openai_server import (
+    FakeOpenAIServer,
+    RecordedRequest,
+    openai_error,
+    openai_text,
+    openai_tool_calls,
+)
 from tests.harness import ORG, OTHER_ORG, Harness, wait_until
 from tests.integration.limit_load import most_in_any_window
 
@@ -336,3 +342,35 @@ def test_a_worker_with_a_bad_limit_does_not_start_and_names_the_key(
     assert result.returncode != 0
     assert f"{name}=" in result.stderr and message in result.stderr, result.stderr
     assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_a_run_postponed_between_model_calls_resumes_without_repeating_the_first(
+    app: Harness,
+    postgres_store: PostgresTaskStore,
+    postgres_url: str,
+    redis_url: str,
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    # Given one request per 6 s for the model, and an agent that calls a tool before answering
+    with FakeOpenAIServer() as server:
+        server.enqueue(openai_tool_calls(("calculate", {"expression": "6 * 7"})), openai_text("42"))
+        limit = {f"openai:{MODEL}": {"rpm": 10, "window_s": 6}}
+        env = limits_env(postgres_url, redis_url, server, AGENTQ_PROVIDER_LIMITS_JSON=json.dumps(limit))
+        worker = workers(env)
+        worker.wait_ready()
+        agent = app.agent(provider="openai", model=MODEL, allowed_tools=("calculate",))
+
+        # When its second model call has to wait for the next window (postponed to its booked slot)
+        [task_id] = enqueue(app, agent, ["multiply"])
+        wait_completed(postgres_store, [task_id], (worker,), timeout_s=60)
+        requests = sends(server.requests)
+        second = server.requests[-1].body["messages"]
+
+    # Then the task completed in one attempt, and the first model call was not made again on resume:
+    # the second request goes on from the tool's result
+    runs = one_attempt_each(postgres_store, [task_id])
+    assert runs[task_id] == [RunStatus.POSTPONED, RunStatus.COMPLETED]
+    assert len(requests) == 2 and requests[1][0] - requests[0][0] >= 6.0
+    assert second[-1]["role"] == "tool" and second[-1]["content"] == "42"
+    task = postgres_store.get_task(task_id)
+    assert task is not None and task.result is not None and task.result["output"] == "42"
