@@ -13,10 +13,12 @@ from pydantic import SecretStr
 
 from actors.broker.factory import build_broker, redis_client
 from actors.budget import BudgetPolicy
+from actors.events import EventHooks, EventReader, event_sink
 from actors.task_queue import AgentTaskQueue
 from config.errors import ConfigError
 from config.imports import import_object
 from config.settings import Settings
+from middleware.events import NO_EVENTS, EventSink
 from middleware.metrics import LIMIT_GAUGES, LLMMetrics
 from orchestrator import (
     DuplicateTool,
@@ -44,6 +46,8 @@ class Runtime:
     queue: AgentTaskQueue
     budget: BudgetPolicy = field(default_factory=BudgetPolicy)
     _orchestrator: Orchestrator = field(default_factory=Orchestrator, repr=False)
+    #: Where this process publishes live events (the middleware, the facade and the orchestrator's hooks).
+    events: EventSink = NO_EVENTS
 
     def orchestrator(self) -> Orchestrator:
         """The orchestrator (its SDK clients connect on their first call)."""
@@ -62,12 +66,15 @@ def build_limiter(settings: Settings, broker: dramatiq.Broker | None = None) -> 
     return RedisLimiter(client, policy, max_wait_ms=settings.limit_max_wait_ms)
 
 
-def build_orchestrator(settings: Settings, *, limiter: RedisLimiter | None = None) -> Orchestrator:
+def build_orchestrator(
+    settings: Settings, events: EventSink = NO_EVENTS, *, limiter: RedisLimiter | None = None
+) -> Orchestrator:
     """An orchestrator with the OpenAI and Anthropic providers and the price table from ``settings``.
 
     ``scripted`` runs only with ``AGENTQ_ALLOW_SCRIPTED=true``, and an agent's own ``base_url`` only
-    under a prefix of ``AGENTQ_ALLOWED_BASE_URLS``; otherwise their tasks fail at once. ``limiter``
-    admits each model call (:func:`build_limiter`); None: no limits.
+    under a prefix of ``AGENTQ_ALLOWED_BASE_URLS``; otherwise their tasks fail at once. Its hooks trace
+    every run, count tokens (with a metrics port) and publish model and tool steps to ``events``.
+    ``limiter`` admits each model call (:func:`build_limiter`); None: no limits.
     """
     providers = ProviderRegistry.from_settings(
         {
@@ -92,10 +99,13 @@ def build_orchestrator(settings: Settings, *, limiter: RedisLimiter | None = Non
         base_urls = BaseUrlPolicy(settings.allowed_base_urls)
     except InvalidBaseUrlPrefix as exc:
         raise ConfigError(f"AGENTQ_ALLOWED_BASE_URLS: {exc}") from exc
-    hooks: OrchestratorHooks = TracingHooks(record_content=settings.trace_content)
+    every: list[OrchestratorHooks] = [TracingHooks(record_content=settings.trace_content)]
     if settings.metrics_port is not None:
-        hooks = CompositeHooks(hooks, LLMMetrics(prices))
+        every.append(LLMMetrics(prices))
         LIMIT_GAUGES.watch(limiter)
+    if events is not NO_EVENTS:
+        every.append(EventHooks(events, prices, delta_flush_ms=settings.events_delta_flush_ms))
+    hooks = every[0] if len(every) == 1 else CompositeHooks(*every)
     return Orchestrator(
         providers,
         build_tools(settings.tools),
@@ -136,9 +146,14 @@ def build_runtime(
     broker: dramatiq.Broker | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> Runtime:
-    """A runtime from ``settings``; ``store`` and ``broker`` may be supplied (tests)."""
+    """A runtime from ``settings``; ``store`` and ``broker`` may be supplied (tests).
+
+    Live events go through the broker's Redis client (none on a broker without Redis).
+    """
     store = store if store is not None else build_store(settings)
     broker = broker if broker is not None else build_broker(settings, store, clock=clock)
+    client = broker.client if isinstance(broker, RedisBroker) else None
+    events = event_sink(settings, client)
     retention = RetentionPolicy(
         completed_age_s=settings.keep_completed_age_s,
         completed_count=settings.keep_completed_count,
@@ -152,6 +167,8 @@ def build_runtime(
         max_context_bytes=settings.max_context_bytes,
         retention=retention,
         clock=clock,
+        events=events,
+        reader=EventReader(client, store, record_content=settings.trace_content),
     )
     budget = BudgetPolicy.from_settings(settings.monthly_budget_usd, settings.organization_budgets)
     return Runtime(
@@ -160,5 +177,6 @@ def build_runtime(
         broker=broker,
         queue=queue,
         budget=budget,
-        _orchestrator=build_orchestrator(settings, limiter=build_limiter(settings, broker)),
+        _orchestrator=build_orchestrator(settings, events, limiter=build_limiter(settings, broker)),
+        events=events,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -52,9 +52,12 @@ from actors.errors import (
     NotAwaitingApproval,
     UnknownAgentKind,
 )
+from actors.events import Event, EventReader
 from actors.schedules.cron import parse_schedule
 from config.errors import AgentQueueError, ConfigError, short_repr
 from middleware.cancel_watch import signal_cancel
+from middleware.events import NO_EVENTS, EventSink, EventType
+from middleware.lifecycle_events import decision_event, queued_event
 from middleware.pause import PausableBroker
 from middleware.task_lifecycle import queued_options
 from taskstore import (
@@ -139,6 +142,8 @@ class AgentTaskQueue:
         max_context_bytes: int = 64 * 1024,
         retention: RetentionPolicy | None = None,
         clock: Callable[[], datetime] = utcnow,
+        events: EventSink = NO_EVENTS,
+        reader: EventReader | None = None,
     ) -> None:
         self.store = store
         self.broker = broker
@@ -146,6 +151,9 @@ class AgentTaskQueue:
         self.max_context_bytes = max_context_bytes
         self.retention = retention or RetentionPolicy()
         self.clock = clock
+        #: Where ``queued`` and ``cancelled`` events go, and what reads a task's events.
+        self.event_sink = events
+        self.event_reader = reader if reader is not None else EventReader(None, store)
 
     # --- creating and enqueuing ----------------------------------------------
 
@@ -234,7 +242,7 @@ class AgentTaskQueue:
             )
             if queued is not None:
                 task = queued.task
-                self._send([(kinds[queued.agent_kind], task)], delay_ms, queued_at=now)
+                self._send([(kinds[queued.agent_kind], task)], delay_ms, queued_at=now, by="add_task")
                 _log_added(task, delay_ms)
                 return Job.from_task(task, self.store.get_runs(task_id) if task.attempts else [])
             # Nothing changed: say why; if nothing is wrong now, the row changed meanwhile: try again.
@@ -278,7 +286,9 @@ class AgentTaskQueue:
             self._check_queueable(ids)
         else:
             raise self._changed_meanwhile(ids)
-        self._send([(kinds[one.agent_kind], one.task) for one in queued], delay_ms, queued_at=now)
+        self._send(
+            [(kinds[one.agent_kind], one.task) for one in queued], delay_ms, queued_at=now, by="add_tasks"
+        )
         for one in queued:
             _log_added(one.task, delay_ms)
         return [
@@ -387,6 +397,28 @@ class AgentTaskQueue:
 
     # --- inspecting and removing ----------------------------------------------
 
+    def events(
+        self, task_id: str, after: str | None = None, follow: bool = True, timeout_s: float | None = None
+    ) -> Iterator[Event]:
+        """The task's live events, oldest first: from the beginning, or after the event whose id is ``after``.
+
+        Each :class:`~actors.events.Event` has ``id``, ``type`` (``queued``, ``running``, ``llm_started``,
+        ``llm_delta``, ``llm_completed``, ``tool_started``, ``tool_completed``, ``retrying``,
+        ``postponed``, ``completed``, ``failed``, ``cancelled``), ``task_id``, ``at`` and ``data``. With
+        ``follow`` the iterator waits for new events until the task ends (a ``completed``, ``failed`` or
+        ``cancelled`` event is the latest) or ``timeout_s`` has passed; without it, it stops at the
+        latest event. When the task's stream has expired (``AGENTQ_EVENTS_TTL_S`` after the task ended)
+        the events are rebuilt from the database (the step ledger, the task and its runs), marked
+        ``replayed``. The arguments and the task are checked before this returns.
+
+        Raises:
+            InvalidTaskId, InvalidEventId, InvalidArgument: A malformed ``task_id``, ``after``, ``follow``
+                or ``timeout_s``.
+            TaskNotFound: No task has this id.
+            EventsUnavailable: The broker has no Redis (while reading: Redis stopped answering).
+        """
+        return self.event_reader.events(task_id, after=after, follow=follow, timeout_s=timeout_s)
+
     def get_job(self, job_id: str) -> Job | None:
         """The job, or ``None`` if no such task exists or its record was cleaned up."""
         task_id = normalize_id(job_id, "job id")
@@ -460,6 +492,9 @@ class AgentTaskQueue:
         message = actor.message_with_options(
             args=(task_id,), **queued_options(decided.priority, decided.organization_id)
         )
+        self.event_sink.publish(task_id, *decision_event(approved, decided_by, text))
+        self.event_sink.publish(task_id, EventType.QUEUED, queued_event(decided, 0, verdict))
+        self.event_sink.flush()  # the decision and queued before the resumed attempt's running
         with pending_again_on_failure(self.store, [task_id], queued_at=None, clock=self.clock):
             self.broker.enqueue(message)
         return Job.from_task(decided, self.store.get_runs(task_id))
@@ -479,6 +514,7 @@ class AgentTaskQueue:
             logger.info("[AgentTaskQueue] Job %s will not fire again: its schedule was removed", task_id)
         if self.store.cancel(task_id, now=now) is not None:
             logger.info("[AgentTaskQueue] Job %s removed", task_id)
+            self.event_sink.publish(task_id, EventType.CANCELLED, {"by": "remove_job"})
             return
         running = self.store.request_cancel(task_id, now=now)
         if running is not None:
@@ -603,7 +639,7 @@ class AgentTaskQueue:
             raise InvalidTransition(
                 task.id, current.status.value, TaskStatus.QUEUED.value, "retried concurrently"
             )
-        self._send([(actor, retried)], 0, queued_at=now)
+        self._send([(actor, retried)], 0, queued_at=now, by="retry_job")
         logger.info("[AgentTaskQueue] Job %s retried (priority: %s)", task.id, retried.priority)
         return retried
 
@@ -616,11 +652,21 @@ class AgentTaskQueue:
             raise InvalidTransition(task_id, current.status.value, TaskStatus.QUEUED.value, hint)
         return Job.from_task(current, self.store.get_runs(task_id) if current.attempts else [])
 
-    def _send(self, queued: Sequence[tuple[AgentActor, Task]], delay_ms: int, *, queued_at: datetime) -> None:
+    def _send(
+        self, queued: Sequence[tuple[AgentActor, Task]], delay_ms: int, *, queued_at: datetime, by: str
+    ) -> None:
         """Send the messages of tasks this call moved to ``queued`` at ``queued_at``, marked as queued and
         in their lanes (so ``TaskLifecycle`` leaves the database alone); if that fails they are put back
         (:func:`~actors.agent_actor.pending_again_on_failure`). Several go in one Redis transaction on
-        the lane broker, one by one on any other broker."""
+        the lane broker, one by one on any other broker.
+
+        Each task's ``queued`` event (``by`` the caller) is published first and flushed, so that it comes
+        before the ``running`` of the worker that takes the message. If Redis then refuses the messages
+        the tasks are ``pending`` again, and their next enqueue publishes ``queued`` again."""
+        self.event_sink.publish_many(
+            [(task.id, EventType.QUEUED, queued_event(task, delay_ms, by)) for _, task in queued]
+        )
+        self.event_sink.flush()
         messages = [
             actor.message_with_options(args=(task.id,), **queued_options(task.priority, task.organization_id))
             for actor, task in queued

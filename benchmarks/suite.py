@@ -80,6 +80,16 @@ def limits(quick: bool) -> list[Figure]:
     return bench.figures(cost, drained)
 
 
+def events(quick: bool) -> list[Figure]:
+    from benchmarks import events as bench
+
+    tasks, repeats = (300, 1) if quick else (1_000, 3)
+    cells = bench.run(tasks, repeats)
+    parts = bench.breakdown(1_000)
+    bench.OUTPUT.write_text(bench.render(cells, tasks, repeats, parts), encoding="utf-8")
+    return bench.figures(cells)
+
+
 def resume(quick: bool) -> list[Figure]:
     from benchmarks import resume as bench
 
@@ -98,6 +108,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "schedules": schedules,
     "tracing": tracing,
     "limits": limits,
+    "events": events,
     "resume": resume,
 }
 

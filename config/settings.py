@@ -67,7 +67,22 @@ def _json_object(value: Any) -> dict[str, Any]:
     return value
 
 
+def _between(low: int, high: int, unit: str) -> AfterValidator:
+    def check(value: int) -> int:
+        if not low <= value <= high:
+            raise ValueError(f"must be from {low:,} to {high:,}{unit}")
+        return value
+
+    return AfterValidator(check)
+
+
 PositiveFloat = Annotated[float, AfterValidator(_positive_float)]
+#: Events kept per task stream.
+EventsMaxLen = Annotated[int, _between(10, 1_000_000, " events")]
+#: Seconds a finished task's stream is kept: at most 30 days (a value in milliseconds is caught here).
+EventsTtl = Annotated[int, _between(1, 30 * 24 * 3600, " seconds (30 days)")]
+#: Milliseconds streamed text is gathered into one event.
+DeltaFlushMs = Annotated[int, _between(0, 10_000, " milliseconds")]
 JsonObject = Annotated[dict[str, Any], NoDecode, BeforeValidator(_json_object)]
 #: ``AGENTQ_PROVIDER_LIMITS_JSON``, checked entry by entry (``config.rate_limits``).
 ProviderLimits = Annotated[dict[str, RateLimit], NoDecode, BeforeValidator(parse_provider_limits)]
@@ -246,6 +261,16 @@ class Settings(BaseSettings):
     sentry_traces_sample_rate: float = Field(default=0.0, validation_alias="SENTRY_TRACES_SAMPLE_RATE")
     #: Prometheus endpoint of each worker process: the first free port from this one (None = off).
     metrics_port: Port | None = Field(default=None, validation_alias="AGENTQ_METRICS_PORT")
+
+    # --- Live events (a Redis Stream per task; ``agent_task_queue.events``) ---
+    #: Publish every task's transitions and model/tool steps to its Redis Stream.
+    events_enabled: bool = Field(default=True, validation_alias="AGENTQ_EVENTS_ENABLED")
+    #: Most events kept per task (older ones are trimmed, approximately: ``XADD MAXLEN ~``).
+    events_max_len: EventsMaxLen = Field(default=10_000, validation_alias="AGENTQ_EVENTS_MAX_LEN")
+    #: Seconds a task's stream is kept after the task ends; later, ``events()`` replays the database.
+    events_ttl_s: EventsTtl = Field(default=3600, validation_alias="AGENTQ_EVENTS_TTL_S")
+    #: Streamed model text published at most once per this many milliseconds per run (0: every chunk).
+    events_delta_flush_ms: DeltaFlushMs = Field(default=100, validation_alias="AGENTQ_EVENTS_DELTA_FLUSH_MS")
 
     @field_validator("extra_middleware", "disabled_middleware", "allowed_base_urls", "tools", mode="before")
     @classmethod

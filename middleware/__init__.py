@@ -60,6 +60,7 @@ from config.settings import Settings
 from config.trace_export import configure_tracing, shutdown_tracing
 from middleware.attempts import AttemptRegistry
 from middleware.cancel_watch import CancelWatch
+from middleware.events import NO_EVENTS, EventSink
 from middleware.json_logs import JsonLogs
 from middleware.metrics import Metrics
 from middleware.outcome import AttemptResult
@@ -101,8 +102,12 @@ def build_middleware(
     *,
     clock: Callable[[], datetime] = utcnow,
     tracer_provider: TracerProvider | None = None,
+    events: EventSink = NO_EVENTS,
 ) -> list[dramatiq.Middleware]:
-    """The middleware stack for ``settings``, in the documented order (``tracer_provider``: tests)."""
+    """The middleware stack for ``settings``, in the documented order (``tracer_provider``: tests).
+
+    ``events``: where ``TaskLifecycle``, ``StalledJobs`` and ``Reconciler`` publish live events.
+    """
     disabled = set(settings.disabled_middleware)
     unknown = sorted(disabled - set(OPTIONAL))
     if unknown:
@@ -119,6 +124,7 @@ def build_middleware(
             interval_ms=settings.stalled_interval_ms,
             max_stalled_count=settings.max_stalled_count,
             clock=clock,
+            events=events,
         ),
         "cancel_watch": CancelWatch(attempts),
         "shutdown_deadline": ShutdownDeadline(attempts, timeout_ms=settings.shutdown_timeout_ms),
@@ -128,6 +134,7 @@ def build_middleware(
             pending_grace_ms=settings.pending_grace_ms,
             approval_timeout_s=settings.approval_timeout_s,
             clock=clock,
+            events=events,
         ),
         "pause": Pause(),
         "rate_limit": StartRateLimit(
@@ -164,6 +171,7 @@ def build_middleware(
             org_concurrency=settings.org_concurrency,
             clock=clock,
             attempts=attempts,
+            events=events,
         )
     )
     return stack

@@ -42,6 +42,7 @@ from redis import RedisError
 from config.errors import AgentQueueError, short_repr
 from middleware.agent_messages import AGENT_KIND_OPTION
 from middleware.attempts import process_worker_id
+from middleware.events import NO_EVENTS, EventSink, EventType
 from middleware.redis_messages import requeue_dead_workers, task_ids_in_flight
 from middleware.task_lifecycle import send_queued
 from taskstore import StoreUnavailable, TaskStore, WaitingTask, utcnow
@@ -81,8 +82,10 @@ class Reconciler(dramatiq.Middleware):
         approval_timeout_s: int = 604_800,
         clock: Callable[[], datetime] = utcnow,
         worker_id: Callable[[], str] = process_worker_id,
+        events: EventSink = NO_EVENTS,
     ) -> None:
         self.store = store
+        self.events = events
         self.interval_s = interval_ms / 1000
         self.pending_grace = timedelta(milliseconds=pending_grace_ms)
         self.approval_timeout = timedelta(seconds=approval_timeout_s)
@@ -175,6 +178,7 @@ class Reconciler(dramatiq.Middleware):
             if task is not None:
                 expired += 1
                 logger.error("[AgentTaskQueue] ✗ Job %s failed: %s", task.id, error)
+                self.events.publish(task.id, EventType.FAILED, {"error": error})
         return expired
 
     def _each(
@@ -187,7 +191,8 @@ class Reconciler(dramatiq.Middleware):
         """``send`` one task if it can run: 1 if sent, 0 if not, -1 if failed as unrunnable."""
         problem = unrunnable(task.kind, queues)
         if problem is not None:
-            return -1 if fail_unrunnable(self.store, task.task_id, problem, now=self.clock()) else 0
+            failed = fail_unrunnable(self.store, task.task_id, problem, now=self.clock(), events=self.events)
+            return -1 if failed else 0
         assert task.kind is not None
         try:
             return send(broker, task, task.kind)
@@ -228,15 +233,22 @@ def unrunnable(kind: str | None, kinds: Collection[str]) -> str | None:
 
 
 def fail_unrunnable(
-    store: TaskStore, task_id: str, problem: str, *, now: datetime, idle_too: bool = False
+    store: TaskStore,
+    task_id: str,
+    problem: str,
+    *,
+    now: datetime,
+    idle_too: bool = False,
+    events: EventSink = NO_EVENTS,
 ) -> bool:
-    """Fail ``task_id`` with an error naming it and ``problem``, logged once.
+    """Fail ``task_id`` with an error naming it and ``problem``, logged once (and a ``failed`` event).
 
     ``False`` if it was no longer in a status to fail (it moved on meanwhile)."""
     error = f"task {task_id} cannot run: {problem}"
     if store.fail_unrunnable(task_id, error=error, now=now, idle_too=idle_too) is None:
         return False
     logger.error("[AgentTaskQueue] ✗ Job %s failed: %s", task_id, error)
+    events.publish(task_id, EventType.FAILED, {"error": error})
     return True
 
 

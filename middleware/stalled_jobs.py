@@ -14,7 +14,8 @@ Every worker process runs one background thread that
   allowable limit" past ``AGENTQ_MAX_STALLED_COUNT``.
 
 It does not rely on Dramatiq's probabilistic queue maintenance: detection takes at
-most one lease plus half an interval, whatever the traffic.
+most one lease plus half an interval, whatever the traffic. A recovered task's live event is
+``retrying`` (``"reason": "stalled"``), or ``failed`` past the limit.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from datetime import datetime, timedelta
 import dramatiq
 
 from middleware.attempts import AttemptRegistry
+from middleware.events import NO_EVENTS, EventSink, EventType
 from middleware.task_lifecycle import send_queued
 from taskstore import StalledTask, StoreUnavailable, TaskStore, utcnow
 
@@ -45,9 +47,11 @@ class StalledJobs(dramatiq.Middleware):
         interval_ms: int = 30_000,
         max_stalled_count: int = 1,
         clock: Callable[[], datetime] = utcnow,
+        events: EventSink = NO_EVENTS,
     ) -> None:
         self.store = store
         self.attempts = attempts
+        self.events = events
         self.interval_s = interval_ms / 1000
         self.max_stalled_count = max_stalled_count
         self.clock = clock
@@ -99,6 +103,7 @@ class StalledJobs(dramatiq.Middleware):
         recovered = self.store.recover_stalled(max_stalled_count=self.max_stalled_count, now=self.clock())
         for task in recovered:
             logger.warning("[AgentTaskQueue] ⚠ Job %s stalled - worker may have crashed", task.task_id)
+            self._publish(task)
             if task.requeued:
                 self._resend(broker, task)
             else:
@@ -111,6 +116,16 @@ class StalledJobs(dramatiq.Middleware):
                     task.attempts,
                 )
         return recovered
+
+    def _publish(self, task: StalledTask) -> None:
+        data = {"reason": "stalled", "stalled_count": task.stalled_count, "attempt": task.attempts}
+        if task.requeued:
+            self.events.publish(task.task_id, EventType.RETRYING, {**data, "delay_ms": 0})
+            self.events.flush()  # before the new message, whose attempt publishes ``running``
+        else:
+            self.events.publish(
+                task.task_id, EventType.FAILED, {**data, "error": "job stalled more than allowable limit"}
+            )
 
     @staticmethod
     def _resend(broker: dramatiq.Broker, task: StalledTask) -> None:

@@ -19,6 +19,12 @@
   task is recovered as stalled. A write the store refuses for another reason is
   recorded as a failed attempt whose error says why.
 
+Each transition is also published as a live event (:mod:`middleware.events`): ``queued`` for a bare
+send (before its message reaches Redis, so it comes before ``running``), ``running`` after the claim,
+then ``completed``, ``retrying``, ``postponed``, ``failed`` or ``cancelled`` once written; before a
+retried or postponed task's message is sent again, the events so far are flushed (at most
+``ORDERING_WAIT_S``), so the next attempt's ``running`` comes after them.
+
 Position: last in the stack, so every middleware that may skip a message (pause,
 rate limits) runs its ``before_process_message`` before the claim, and this one's
 ``after_process_message`` runs first. Dramatiq's ``Retries`` must leave agent
@@ -50,7 +56,9 @@ from middleware.agent_messages import (
     put_back,
 )
 from middleware.attempts import Attempt, AttemptRegistry, current_claim, process_worker_id
+from middleware.events import NO_EVENTS, EventSink, EventType
 from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Decision, Outcome, decide, describe
+from middleware.lifecycle_events import attempt_end_event, completed_event, queued_event, running_event
 from middleware.outcome import AttemptResult, as_attempt_result, transcript_of, usage_of
 from orchestrator.errors import AgentRunError
 from taskstore import (
@@ -166,6 +174,7 @@ class TaskLifecycle(dramatiq.Middleware):
         clock: Callable[[], datetime] = utcnow,
         worker_id: Callable[[], str] = process_worker_id,
         attempts: AttemptRegistry | None = None,
+        events: EventSink = NO_EVENTS,
     ) -> None:
         self.store = store
         self.backoff_ms = backoff_ms
@@ -176,6 +185,7 @@ class TaskLifecycle(dramatiq.Middleware):
         self.clock = clock
         self.worker_id = worker_id
         self.attempts = attempts or AttemptRegistry()
+        self.events = events
         self._results_kept: AgentResultsKept | None = None
         self._expected = ExpectedEndings()
 
@@ -195,6 +205,7 @@ class TaskLifecycle(dramatiq.Middleware):
 
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         logging.getLogger(DRAMATIQ_WORKER_LOGGER).removeFilter(self._expected)
+        self.events.flush()
         if self._results_kept is not None:
             logging.getLogger(DRAMATIQ_WORKER_LOGGER).removeFilter(self._results_kept)
             self._results_kept = None
@@ -241,6 +252,8 @@ class TaskLifecycle(dramatiq.Middleware):
                 task.priority,
                 delay_ms,
             )
+            self.events.publish(task_id, EventType.QUEUED, queued_event(task, delay_ms, "send"))
+            self.events.flush()
             return
         current = self.store.get_task(task_id)
         if current is None:
@@ -303,6 +316,7 @@ class TaskLifecycle(dramatiq.Middleware):
                 logger.info("Skipping message for task %s: it is %s, not queued", task_id, task.status.value)
             raise SkipMessage(f"task {task_id} is not queued")
         self.attempts.add(message.message_id, claim)
+        self.events.publish(task_id, EventType.RUNNING, running_event(claim, self.worker_id()))
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self.attempts.pop(message.message_id)
@@ -386,6 +400,7 @@ class TaskLifecycle(dramatiq.Middleware):
         )
         if done:
             logger.info("[AgentTaskQueue] ✓ Job %s completed", claim.task.id)
+            self.events.publish(claim.task.id, EventType.COMPLETED, completed_event(claim, outcome))
         else:
             logger.warning(
                 "[AgentTaskQueue] Job %s finished but no longer held by run %s", claim.task.id, claim.run_id
@@ -411,6 +426,7 @@ class TaskLifecycle(dramatiq.Middleware):
             )
             return "lost"
         error = redact(describe(exception))
+        self.events.publish(task.id, *attempt_end_event(claim, decision, error, exception))
         if decision.outcome is Outcome.CANCEL:
             logger.info("[AgentTaskQueue] Job %s cancelled", task.id)
             return "cancelled"
@@ -418,6 +434,7 @@ class TaskLifecycle(dramatiq.Middleware):
             logger.info(
                 "[AgentTaskQueue] Job %s %s; waiting for a decision (agentq approve/reject)", task.id, error
             )
+            self.events.flush()  # followers see the wait before anyone can decide it
             return "awaiting_approval"
         if decision.outcome is Outcome.POSTPONE:
             logger.info("[AgentTaskQueue] Job %s postponed for %sms: %s", task.id, decision.delay_ms, error)
@@ -432,6 +449,7 @@ class TaskLifecycle(dramatiq.Middleware):
             return "failed"
         if decision.outcome is Outcome.RETRY:
             logger.info("Retrying job %s in %sms (attempt %s)", task.id, decision.delay_ms, task.attempts + 1)
+        self.events.flush()  # this attempt's events before the next attempt's
         broker.enqueue(message.copy(options={QUEUED_OPTION: True}), delay=decision.delay_ms)
         return "retried" if decision.outcome is Outcome.RETRY else "postponed"
 

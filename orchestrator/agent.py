@@ -633,6 +633,9 @@ class _Run:
             context=self.task.context,
             base_url=self.base_url,
             timeout_s=self.time_left(),
+            on_delta=(lambda text: call_hook(self.hooks.on_llm_delta, text, provider=self.provider_name))
+            if agent.stream
+            else None,
         )
         permit = self.orchestrator.limiter.acquire(self.provider_name, request, self.task)
         if request.timeout_s is not None:  # the limiter may have waited: the call gets the time left now

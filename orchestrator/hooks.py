@@ -31,6 +31,9 @@ class OrchestratorHooks:
     def on_llm_start(self, request: ModelRequest, *, provider: str) -> None:
         """Called before each model call (``provider`` is the provider's name)."""
 
+    def on_llm_delta(self, text: str, *, provider: str) -> None:
+        """Called with each piece of text a streaming model call produces (agents with ``stream``)."""
+
     def on_llm_end(
         self,
         request: ModelRequest,
@@ -72,6 +75,10 @@ class CompositeHooks(OrchestratorHooks):
     def on_llm_start(self, request: ModelRequest, *, provider: str) -> None:
         for hook in self.hooks:
             call_hook(hook.on_llm_start, request, provider=provider)
+
+    def on_llm_delta(self, text: str, *, provider: str) -> None:
+        for hook in self.hooks:
+            call_hook(hook.on_llm_delta, text, provider=provider)
 
     def on_llm_end(
         self,

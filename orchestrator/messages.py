@@ -6,7 +6,7 @@ depends on a vendor SDK.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -138,6 +138,8 @@ class ModelRequest:
             provider's configured one.
         timeout_s: The longest this call may take, in seconds, or None for the provider's
             configured timeout (the loop passes the run's remaining time when it is shorter).
+        on_delta: Called with each piece of answer text as the model streams it; None: no streaming.
+            A provider that streams returns the same :class:`ModelResponse` as without streaming.
     """
 
     model: str
@@ -149,6 +151,7 @@ class ModelRequest:
     context: Mapping[str, Any] = field(default_factory=dict)
     base_url: str | None = None
     timeout_s: float | None = None
+    on_delta: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import dramatiq
 import redis
 
 from actors.broker.lanes import IDLE_BLOCK_S, LaneBroker
+from actors.events.publisher import event_sink
 from config.errors import ConfigError
 from config.settings import Settings
 from middleware import build_middleware
@@ -60,8 +61,11 @@ def build_broker(
     middleware: Sequence[dramatiq.Middleware] | None = None,
     clock: Callable[[], datetime] = utcnow,
 ) -> LaneBroker:
-    """The Redis broker (priority lanes, fair turns, blocking fetch) with our middleware stack."""
-    stack = list(middleware) if middleware is not None else build_middleware(settings, store, clock=clock)
-    return LaneBroker(
-        fair=settings.fair_ordering, client=redis_client(settings), middleware=stack, namespace=NAMESPACE
-    )
+    """The Redis broker (priority lanes, fair turns, blocking fetch) with our middleware stack, whose
+    live events go through the broker's Redis client (``event_sink``: one publisher per client)."""
+    client = redis_client(settings)
+    if middleware is not None:
+        stack = list(middleware)
+    else:
+        stack = build_middleware(settings, store, clock=clock, events=event_sink(settings, client))
+    return LaneBroker(fair=settings.fair_ordering, client=client, middleware=stack, namespace=NAMESPACE)

@@ -5,6 +5,7 @@ agentq schema               print the Postgres migration SQL
 agentq stats                queue statistics (JSON)
 agentq job ID               one job, with its runs
 agentq retry ID [--resume]  retry a failed job (``--resume``: after its completed steps)
+agentq events ID            the job's live events, one per line (--follow, --after ID, --timeout S, --json)
 agentq dead-letters         list failed jobs (``--retry-all`` retries them all)
 agentq remove ID            cancel a job (a running one is interrupted within a second; a schedule ends)
 agentq approvals            tool calls waiting for a person's decision, the longest waiting first
@@ -86,6 +87,22 @@ def _job(args: argparse.Namespace) -> int:
         print(f"no job {args.id}", file=sys.stderr)
         return 1
     _print(job)
+    return 0
+
+
+def _events(args: argparse.Namespace) -> int:
+    from actors import agent_task_queue
+    from actors.events import event_line
+
+    events = agent_task_queue.events(args.id, after=args.after, follow=args.follow, timeout_s=args.timeout)
+    try:
+        for event in events:
+            line = json.dumps(event.to_dict(), ensure_ascii=False) if args.json else event_line(event)
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. piped into `head`
+        sys.stderr.close()
     return 0
 
 
@@ -321,6 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument(
                 "--resume", action="store_true", help="go on after the failed firing's completed steps"
             )
+    events = commands.add_parser("events", help="print a job's live events, one per line")
+    events.add_argument("id", help="job id (= task id)")
+    events.add_argument(
+        "--follow", action="store_true", help="keep printing new events until the job ends (or --timeout)"
+    )
+    events.add_argument("--after", default=None, metavar="ID", help="only the events after this event id")
+    events.add_argument(
+        "--timeout", type=float, default=None, metavar="S", help="stop following after S seconds"
+    )
+    events.add_argument("--json", action="store_true", help="one JSON object per line")
+    events.set_defaults(handler=_events)
     schedule = commands.add_parser("schedule", help="put a scheduled task on a cron schedule")
     schedule.add_argument("id", help="task id (a task created with task_type='scheduled')")
     schedule.add_argument("cron", help="5-field cron expression, e.g. '0 9 * * 1'")

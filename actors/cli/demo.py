@@ -4,6 +4,10 @@ Uses whatever the environment configures — by default SQLite at ``./agentq.db`
 Redis on localhost and the offline ``scripted`` provider, so it needs no key.
 When no Redis answers, a throwaway ``redis-server`` is started if one is
 installed; otherwise the demo says how to get one.
+
+While the worker runs, the financial report task's live events are printed as they happen
+(``agent_task_queue.events``): its model calls, tool calls and, its agent streaming, the text of
+its answer as ``llm_delta`` events (the demo's worker records content: ``AGENTQ_TRACE_CONTENT=true``).
 """
 
 from __future__ import annotations
@@ -18,12 +22,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from config.redaction import redact
 from config.settings import load_settings
+
+if TYPE_CHECKING:
+    from actors.events import Event
 
 #: The demo's organization; agent ids derive from it, so reruns reuse the same agents.
 DEMO_ORG = "00000000-0000-4000-8000-00000000de70"
@@ -93,10 +100,14 @@ def _demo_tasks() -> list[dict[str, Any]]:
                 "script": [
                     {"tool": "calculate", "arguments": {"expression": "131900 - 120400"}},
                     {"tool": "calculate", "arguments": {"expression": "(131900 - 120400) / 120400 * 100"}},
-                    {"answer": "Q3 revenue grew by 11,500 (9.55%) over Q2. Keep investing in renewals."},
+                    {
+                        "answer": "Q3 revenue grew by 11,500 (9.55%) over Q2. Keep investing in renewals.",
+                        "chunk_ms": 40,  # streamed word by word, as a real model would
+                    },
                 ]
             },
             "priority": 7,
+            "follow": True,
         },
         {
             "kind": "member_retention",
@@ -116,8 +127,9 @@ def _demo_tasks() -> list[dict[str, Any]]:
     ]
 
 
-def _setup_tasks() -> list[str]:
-    """Create the demo agents (once) and tasks, and enqueue the tasks. Returns the task ids."""
+def _setup_tasks() -> tuple[list[str], str]:
+    """Create the demo agents (once) and tasks, and enqueue the tasks. Returns the task ids, and the id of
+    the task whose events the demo follows."""
     from actors import agent_task_queue, member_retention, runtime
     from taskstore import NewAgent, utcnow
 
@@ -139,10 +151,11 @@ def _setup_tasks() -> list[str]:
                 kind=kind,
                 allowed_tools=tools,
                 system_prompt="You are a helpful assistant for a small business.",
+                stream=kind == "financial_report",  # its answer arrives as llm_delta events
             )
             runtime.store.create_agent(new, now=utcnow())
         agents[kind] = agent_id
-    task_ids = []
+    task_ids, followed = [], ""
     for spec in _demo_tasks():
         task = agent_task_queue.create_task(
             agent_id=agents[spec["kind"]],
@@ -157,7 +170,27 @@ def _setup_tasks() -> list[str]:
         else:
             agent_task_queue.add_task(task.id, spec["priority"], spec.get("delay_ms", 0))
         task_ids.append(task.id)
-    return task_ids
+        if spec.get("follow"):
+            followed = task.id
+    return task_ids, followed
+
+
+def _print_events(task_id: str, timeout_s: float) -> None:
+    """Print ``task_id``'s events as they happen, until it ends (at most ``timeout_s``)."""
+    from actors import agent_task_queue
+    from actors.events import describe
+
+    print(f"Live events of task {task_id} (agentq events {task_id} --follow):")
+    started: float | None = None
+    for event in agent_task_queue.events(task_id, follow=True, timeout_s=timeout_s):
+        at = _seconds(event)
+        started = at if started is None else started
+        print(f"  +{at - started:6.3f}s  {event.type:<14}  {describe(event)}", flush=True)
+    print()
+
+
+def _seconds(event: Event) -> float:
+    return int(event.id.split("-")[0]) / 1000
 
 
 def _wait_for(task_ids: list[str], worker: subprocess.Popen[bytes], timeout_s: float) -> bool:
@@ -229,14 +262,16 @@ def run_demo(*, timeout_s: float = 120.0) -> int:
 
 
 def _run(timeout_s: float) -> int:
-    task_ids = _setup_tasks()
+    task_ids, followed = _setup_tasks()
     threads = str(load_settings().queue_concurrency)
     print(f"\nStarting a worker: dramatiq actors --processes 1 --threads {threads}\n")
     worker = subprocess.Popen(
         [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", threads],
-        env={**os.environ, "AGENTQ_ALLOW_SCRIPTED": "true"},  # the demo's agents are scripted
+        # The demo's agents are scripted; its events show their (made-up) prompts and answers.
+        env={**os.environ, "AGENTQ_ALLOW_SCRIPTED": "true", "AGENTQ_TRACE_CONTENT": "true"},
     )
     try:
+        _print_events(followed, timeout_s)
         finished = _wait_for(task_ids, worker, timeout_s)
     finally:
         _stop(worker)

@@ -28,6 +28,7 @@ from periodiq import cron
 from actors.app import runtime
 from actors.schedules.cron import ScheduleError, parse_schedule
 from config.errors import AgentQueueError
+from middleware.events import NO_EVENTS, EventSink, EventType
 from middleware.reconciler import agent_queues, fail_unrunnable, unrunnable
 from middleware.task_lifecycle import send_queued
 from taskstore import DueSchedule, FiredSchedule, Firing, TaskStore, utcnow
@@ -52,9 +53,16 @@ class DispatchReport:
 
 
 def dispatch_due_schedules(
-    store: TaskStore, broker: dramatiq.Broker, *, now: datetime | None = None, batch_size: int = BATCH_SIZE
+    store: TaskStore,
+    broker: dramatiq.Broker,
+    *,
+    now: datetime | None = None,
+    batch_size: int = BATCH_SIZE,
+    events: EventSink = NO_EVENTS,
 ) -> DispatchReport:
     """Fire every schedule due at ``now`` (default: the current time); see the module docstring.
+
+    A firing publishes ``queued`` (before its message is sent), a task failed here ``failed``.
 
     Each schedule is handled on its own, so one bad row never stops a tick:
 
@@ -70,16 +78,29 @@ def dispatch_due_schedules(
     kinds = agent_queues(broker)
     counts = Counter[str]()
     while due := store.due_schedules(now=now, limit=batch_size):
-        firings = [firing for item in due if (firing := _firing(store, item, now)) is not None]
+        firings = [firing for item in due if (firing := _firing(store, item, now, events)) is not None]
         counts["disabled"] += len(due) - len(firings)
-        for fired in store.fire_schedules(firings, now=now):
-            counts[_dispatch(store, broker, fired, kinds, now)] += 1
+        batch = store.fire_schedules(firings, now=now)
+        events.publish_many(
+            [
+                (
+                    fired.task_id,
+                    EventType.QUEUED,
+                    {"priority": fired.priority, "delay_ms": 0, "by": "schedule"},
+                )
+                for fired in batch
+                if fired.started and unrunnable(fired.kind, kinds) is None
+            ]
+        )
+        events.flush()  # before the messages, whose attempts publish ``running``
+        for fired in batch:
+            counts[_dispatch(store, broker, fired, kinds, now, events)] += 1
         if len(due) < batch_size:
             break
     return DispatchReport(counts["started"], counts["skipped"], counts["disabled"], counts["failed"])
 
 
-def _firing(store: TaskStore, item: DueSchedule, now: datetime) -> Firing | None:
+def _firing(store: TaskStore, item: DueSchedule, now: datetime, events: EventSink) -> Firing | None:
     """The firing of a due schedule, or ``None`` once an unusable one is disabled (and its task failed)."""
     try:
         next_run = parse_schedule(item.cron, item.timezone).next_after(now)
@@ -87,13 +108,20 @@ def _firing(store: TaskStore, item: DueSchedule, now: datetime) -> Firing | None
         store.clear_schedule(item.task_id, now=now)
         error = f"task {item.task_id} cannot run: its schedule is disabled: {exc}"
         failed = store.fail_unrunnable(item.task_id, error=error, now=now, idle_too=True) is not None
+        if failed:
+            events.publish(item.task_id, EventType.FAILED, {"error": error})
         logger.error("[AgentTaskQueue] %s%s", error, "" if failed else " (the task keeps its status)")
         return None
     return Firing(item.task_id, item.next_run_at, next_run)
 
 
 def _dispatch(
-    store: TaskStore, broker: dramatiq.Broker, fired: FiredSchedule, kinds: Collection[str], now: datetime
+    store: TaskStore,
+    broker: dramatiq.Broker,
+    fired: FiredSchedule,
+    kinds: Collection[str],
+    now: datetime,
+    events: EventSink,
 ) -> str:
     """Send a fired task's message; returns what happened: started, skipped, failed or unsent."""
     if not fired.started:
@@ -101,7 +129,7 @@ def _dispatch(
         return "skipped"
     problem = unrunnable(fired.kind, kinds)
     if problem is not None:
-        fail_unrunnable(store, fired.task_id, problem, now=now)
+        fail_unrunnable(store, fired.task_id, problem, now=now, events=events)
         return "failed"
     assert fired.kind is not None
     try:
@@ -129,7 +157,7 @@ def _dispatch(
 )
 def schedule_tick() -> None:
     """Periodiq's minute tick: enqueue the scheduled tasks that are due."""
-    report = dispatch_due_schedules(runtime.store, runtime.broker)
+    report = dispatch_due_schedules(runtime.store, runtime.broker, events=runtime.events)
     if report.started or report.skipped or report.disabled or report.failed:
         logger.info(
             "Schedule tick: %s started, %s skipped, %s disabled, %s failed",

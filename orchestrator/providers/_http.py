@@ -29,12 +29,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Generic, TypeVar
 
+import httpx2
+
 from orchestrator.errors import (
     ProviderAuthError,
     ProviderError,
     ProviderInvalidRequest,
     ProviderQuotaExceeded,
     ProviderRateLimited,
+    ProviderTimeout,
     ProviderUnavailable,
 )
 
@@ -44,9 +47,11 @@ __all__ = [
     "MAX_RETRY_AFTER_MS",
     "THREADS_PER_CLIENT",
     "ClientCache",
+    "StreamDeadline",
     "classify_status",
     "error_message",
     "parse_retry_after_ms",
+    "transport_error",
 ]
 
 #: Longest provider error message kept, in characters.
@@ -195,6 +200,48 @@ def _classified(
     if status in (401, 403):
         return ProviderAuthError(f"{text} (check the API key)", provider=provider, status_code=status)
     return ProviderInvalidRequest(text, provider=provider, status_code=status)
+
+
+class StreamDeadline:
+    """The whole-call time limit of a streamed answer.
+
+    An SDK's ``timeout`` bounds each read, so an answer that keeps trickling in could outlast it;
+    :meth:`check` after every chunk ends the call once ``timeout_s`` has passed since the request.
+    """
+
+    def __init__(self, provider: str, timeout_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.provider = provider
+        self.timeout_s = timeout_s
+        self.clock = clock
+        self.deadline = clock() + timeout_s
+
+    def check(self) -> None:
+        """Raise :class:`ProviderTimeout` once the deadline has passed."""
+        if self.clock() > self.deadline:
+            raise self.timed_out()
+
+    def timed_out(self) -> ProviderTimeout:
+        """The error of a call that took longer than its timeout."""
+        return ProviderTimeout(
+            f"{self.provider}: no complete answer within {self.timeout_s:g} s",
+            provider=self.provider,
+            timeout_s=self.timeout_s,
+        )
+
+
+def transport_error(
+    provider: str, exc: httpx2.HTTPError, timeout_s: float, secret: str | None
+) -> ProviderError:
+    """An HTTP transport failure while a streamed answer was being read (the connection dropped or a read
+    timed out), as the matching retryable :class:`ProviderError`."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return ProviderTimeout(
+            f"{provider}: no answer within {timeout_s:g} s", provider=provider, timeout_s=timeout_s
+        )
+    return ProviderUnavailable(
+        f"{provider}: the answer stream broke off: {redact(str(exc) or type(exc).__name__, secret)}",
+        provider=provider,
+    )
 
 
 class ClientCache(Generic[ClientT]):

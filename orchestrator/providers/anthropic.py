@@ -7,18 +7,33 @@ by the API: the agent's, else the settings' ``default_max_tokens`` (4096). Usage
 cache reads and cache writes as input tokens (Anthropic reports them apart from
 ``input_tokens``), so input totals mean the same for every provider. The SDK's own retries
 are off (``max_retries=0``): the task queue owns retries. The answer's ``anthropic-ratelimit-*``
-headers are read (:mod:`orchestrator.providers.rate_headers`) for the model-call limiter.
+headers are read (:mod:`orchestrator.providers.rate_headers`) for the model-call limiter, streamed or not.
+
+Streaming (a request with ``on_delta``): ``messages.stream(...)``; each ``text_delta`` goes to
+``on_delta`` as it arrives and the SDK's final message gives the same :class:`ModelResponse` as a
+plain call. An ``error`` event inside the stream, a connection that breaks off and an answer that takes
+longer than the call's timeout raise the same errors as a plain call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import anthropic
+import httpx2
 
 from orchestrator.errors import ProviderError, ProviderNotConfigured, ProviderTimeout, ProviderUnavailable
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
-from orchestrator.providers._http import ClientCache, classify_status, error_code, error_message, redact
+from orchestrator.providers._http import (
+    ClientCache,
+    StreamDeadline,
+    classify_status,
+    error_code,
+    error_message,
+    redact,
+    transport_error,
+)
 from orchestrator.providers.rate_headers import rate_limit_report
 from orchestrator.providers.settings import ProviderSettings
 
@@ -26,6 +41,19 @@ __all__ = ["DEFAULT_ANTHROPIC_BASE_URL", "AnthropicProvider", "to_anthropic_mess
 
 #: The public API (the SDK appends ``/v1/messages``), used when no base URL is given.
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+#: The HTTP status each of Anthropic's error types stands for, for an ``error`` event that arrives inside
+#: a stream (the response's own status is then 200); an unknown type counts as a server error (retryable).
+STREAM_ERROR_STATUS = {
+    "invalid_request_error": 400,
+    "authentication_error": 401,
+    "billing_error": 402,
+    "permission_error": 403,
+    "not_found_error": 404,
+    "request_too_large": 413,
+    "rate_limit_error": 429,
+    "api_error": 500,
+    "overloaded_error": 529,
+}
 
 
 def _assistant_blocks(message: ChatMessage) -> list[dict[str, Any]]:
@@ -134,12 +162,51 @@ class AnthropicProvider:
         timeout = self.settings.timeout_s
         if request.timeout_s is not None:
             timeout = min(timeout, request.timeout_s)
+        if request.on_delta is not None:
+            return self._stream(client, params, timeout, request.on_delta, request.model)
         try:
             raw = client.messages.with_raw_response.create(**params, timeout=timeout)
             message = raw.parse()
         except anthropic.AnthropicError as exc:
             raise self._translate(exc, timeout) from exc
         return self._response(message, request.model, raw.headers)
+
+    def _stream(
+        self,
+        client: anthropic.Anthropic,
+        params: dict[str, Any],
+        timeout: float,
+        on_delta: Callable[[str], None],
+        requested_model: str,
+    ) -> ModelResponse:
+        """One streamed Messages call (see the module docstring)."""
+        deadline = StreamDeadline(self.name, timeout)
+        finished = False
+        try:
+            with client.messages.stream(**params, timeout=timeout) as stream:
+                headers = stream.response.headers
+                for event in stream:
+                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
+                        on_delta(event.delta.text)
+                    elif event.type == "message_stop":
+                        finished = True
+                    deadline.check()
+                if not finished:
+                    raise ProviderUnavailable(
+                        f"{self.name}: the answer stream ended before the model finished", provider=self.name
+                    )
+                message = stream.get_final_message()
+        except anthropic.AnthropicError as exc:
+            raise self._translate(exc, timeout) from exc
+        except httpx2.HTTPError as exc:
+            raise transport_error(self.name, exc, timeout, self.settings.api_key) from exc
+        except ValueError as exc:  # the SDK's: tool arguments streamed as JSON it cannot parse
+            raise ProviderError(
+                f"{self.name}: unreadable answer stream: {redact(str(exc), self.settings.api_key)}",
+                retryable=True,
+                provider=self.name,
+            ) from exc
+        return self._response(message, requested_model, headers)
 
     @staticmethod
     def _response(message: Any, requested_model: str, headers: Any) -> ModelResponse:
@@ -168,9 +235,11 @@ class AnthropicProvider:
             )
         if isinstance(exc, anthropic.APIStatusError):
             message = redact(error_message(exc.body, exc.message), key)
-            return classify_status(
-                self.name, exc.status_code, message, dict(exc.response.headers), error_code(exc.body)
-            )
+            code = error_code(exc.body)
+            status = exc.status_code
+            if status < 400:  # an ``error`` event inside a stream whose response began with 200
+                status = STREAM_ERROR_STATUS.get(code or "", 500)
+            return classify_status(self.name, status, message, dict(exc.response.headers), code)
         if isinstance(exc, anthropic.APIError):
             return ProviderError(f"{self.name}: {redact(str(exc), key)}", retryable=True, provider=self.name)
         return ProviderError(f"{self.name}: {redact(str(exc), key)}", retryable=False, provider=self.name)

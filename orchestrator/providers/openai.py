@@ -7,19 +7,36 @@ call whose arguments are not a JSON object is never executed: the model receives
 result for it. Tool results go back as ``{"role": "tool", "tool_call_id", "content"}``.
 The output limit is sent as ``max_completion_tokens``. The SDK's own retries are off
 (``max_retries=0``): the task queue owns retries. The answer's ``x-ratelimit-*`` headers are read
-(:mod:`orchestrator.providers.rate_headers`) for the model-call limiter.
+(:mod:`orchestrator.providers.rate_headers`) for the model-call limiter, streamed or not.
+
+Streaming (a request with ``on_delta``): ``create(stream=True, stream_options={"include_usage": True})``;
+each chunk's ``delta.content`` goes to ``on_delta`` as it arrives, tool-call fragments are joined by
+``index``, and the usage of the last chunk is kept, so the :class:`ModelResponse` is the one the same
+answer gives without streaming. An error the server sends inside the stream, a connection that breaks
+off and an answer that takes longer than the call's timeout raise the same errors as a plain call.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import httpx2
 import openai
 
 from orchestrator.errors import ProviderError, ProviderNotConfigured, ProviderTimeout, ProviderUnavailable
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
-from orchestrator.providers._http import ClientCache, classify_status, error_code, error_message, redact
+from orchestrator.providers._http import (
+    ClientCache,
+    StreamDeadline,
+    classify_status,
+    error_code,
+    error_message,
+    redact,
+    transport_error,
+)
 from orchestrator.providers.rate_headers import rate_limit_report
 from orchestrator.providers.settings import ProviderSettings
 
@@ -64,17 +81,77 @@ def _tool_call(raw: Any) -> ToolCall:
         return ToolCall(
             raw.id, name, {}, raw_arguments="", argument_error="only function tools are supported"
         )
-    text = function.arguments or ""
+    return _function_call(raw.id, function.name, function.arguments or "")
+
+
+def _function_call(call_id: str, name: str, text: str) -> ToolCall:
+    """A function tool call from its JSON-string arguments (never executed when they are not an object)."""
     try:
         arguments = json.loads(text) if text.strip() else {}
     except json.JSONDecodeError as exc:
-        return ToolCall(
-            raw.id, function.name, {}, raw_arguments=text, argument_error=f"not valid JSON ({exc})"
-        )
+        return ToolCall(call_id, name, {}, raw_arguments=text, argument_error=f"not valid JSON ({exc})")
     if not isinstance(arguments, dict):
         error = f"expected a JSON object, got {type(arguments).__name__}"
-        return ToolCall(raw.id, function.name, {}, raw_arguments=text, argument_error=error)
-    return ToolCall(raw.id, function.name, arguments)
+        return ToolCall(call_id, name, {}, raw_arguments=text, argument_error=error)
+    return ToolCall(call_id, name, arguments)
+
+
+@dataclass
+class _StreamedCall:
+    """A tool call assembled from stream fragments."""
+
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _StreamedAnswer:
+    """A Chat Completions answer assembled from its stream chunks."""
+
+    model: str = ""
+    content: list[str] = field(default_factory=list)
+    calls: dict[int, _StreamedCall] = field(default_factory=dict)
+    finish_reason: str | None = None
+    usage: Any = None
+    choices: int = 0
+
+    def add(self, chunk: Any, on_delta: Callable[[str], None]) -> None:
+        """Take one chunk; its text goes to ``on_delta`` at once."""
+        self.model = chunk.model or self.model
+        if chunk.usage is not None:
+            self.usage = chunk.usage
+        for choice in chunk.choices or ():
+            if choice.index != 0:
+                continue
+            self.choices += 1
+            delta = choice.delta
+            if delta is not None and delta.content:
+                self.content.append(delta.content)
+                on_delta(delta.content)
+            for fragment in (delta.tool_calls if delta is not None else None) or ():
+                call = self.calls.setdefault(fragment.index, _StreamedCall())
+                call.id = fragment.id or call.id
+                function = fragment.function
+                if function is not None:
+                    call.name = function.name or call.name
+                    if function.arguments:
+                        call.arguments.append(function.arguments)
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+
+    def response(self, requested_model: str) -> ModelResponse:
+        calls = tuple(
+            _function_call(call.id, call.name, "".join(call.arguments))
+            for _, call in sorted(self.calls.items())
+        )
+        return ModelResponse(
+            content="".join(self.content) if self.content else None,
+            tool_calls=calls,
+            usage=_usage(self.usage),
+            model=self.model or requested_model,
+            finish_reason=self.finish_reason or ("tool_calls" if calls else "stop"),
+        )
 
 
 def _usage(raw: Any) -> Usage:
@@ -142,12 +219,46 @@ class OpenAIProvider:
         timeout = self.settings.timeout_s
         if request.timeout_s is not None:
             timeout = min(timeout, request.timeout_s)
+        if request.on_delta is not None:
+            return self._stream(client, params, timeout, request.on_delta, request.model)
         try:
             raw = client.chat.completions.with_raw_response.create(**params, timeout=timeout)
             completion = raw.parse()
         except openai.OpenAIError as exc:
             raise self._translate(exc, timeout) from exc
         return self._response(completion, request.model, raw.headers)
+
+    def _stream(
+        self,
+        client: openai.OpenAI,
+        params: dict[str, Any],
+        timeout: float,
+        on_delta: Callable[[str], None],
+        requested_model: str,
+    ) -> ModelResponse:
+        """One streamed Chat Completions call (see the module docstring)."""
+        deadline = StreamDeadline(self.name, timeout)
+        answer = _StreamedAnswer()
+        try:
+            stream = client.chat.completions.create(
+                **params, stream=True, stream_options={"include_usage": True}, timeout=timeout
+            )
+            headers = stream.response.headers
+            with stream:
+                for chunk in stream:
+                    answer.add(chunk, on_delta)
+                    deadline.check()
+        except openai.OpenAIError as exc:
+            raise self._translate(exc, timeout) from exc
+        except httpx2.HTTPError as exc:
+            raise transport_error(self.name, exc, timeout, self.settings.api_key) from exc
+        if not answer.choices:
+            raise ProviderUnavailable(f"{self.name}: the answer had no choices", provider=self.name)
+        if answer.finish_reason is None:
+            raise ProviderUnavailable(
+                f"{self.name}: the answer stream ended before the model finished", provider=self.name
+            )
+        return replace(answer.response(requested_model), rate_limits=rate_limit_report(headers))
 
     def _response(self, completion: Any, requested_model: str, headers: Any) -> ModelResponse:
         if not getattr(completion, "choices", None):

@@ -11,18 +11,21 @@ Step forms (exactly one of ``tool``, ``tools``, ``answer``, ``fail``)::
     {"answer": "the final answer"}
     {"fail": "rate limited", "retryable": true, "retry_after_ms": 500}
 
-Any step may carry ``"sleep_ms": N`` (0 ≤ N ≤ 600000), slept before answering. Tool call
+Any step may carry ``"sleep_ms": N`` (0 ≤ N ≤ 600000), slept before answering; an ``answer`` step
+may carry ``"chunk_ms": N`` (0 ≤ N ≤ 10000), slept between the words of a streamed answer. Tool call
 ids are ``call_<step index>_<call index>``. Past the end of the script (or with an empty
 script) the answer is the last tool result, or ``"Completed: <task title>"`` when no tool
 ran; with no script at all the provider answers ``"Completed: <task title>"`` at once.
 The whole script is validated on every call, so a malformed step fails the run before
 any tool runs. Usage is deterministic: input tokens = characters sent // 4, output tokens = characters
-produced // 4, each at least 1.
+produced // 4, each at least 1. A streaming request (``on_delta``) gets the answer text word by word
+(whitespace kept), then the same response.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,12 +39,16 @@ __all__ = ["MAX_SLEEP_MS", "DisabledScriptedProvider", "ScriptedProvider"]
 
 #: Longest ``sleep_ms`` a step may ask for.
 MAX_SLEEP_MS = 600_000
+#: Longest ``chunk_ms`` an answer step may ask for.
+MAX_CHUNK_MS = 10_000
+#: A word and the whitespace after it: the pieces a streaming request receives.
+_WORD = re.compile(r"\S+\s*|\s+")
 
 _KINDS = ("tool", "tools", "answer", "fail")
 _ALLOWED_KEYS: dict[str, frozenset[str]] = {
     "tool": frozenset({"tool", "arguments", "sleep_ms"}),
     "tools": frozenset({"tools", "sleep_ms"}),
-    "answer": frozenset({"answer", "sleep_ms"}),
+    "answer": frozenset({"answer", "sleep_ms", "chunk_ms"}),
     "fail": frozenset({"fail", "retryable", "retry_after_ms", "sleep_ms"}),
 }
 
@@ -56,6 +63,7 @@ class _Step:
     retryable: bool = True
     retry_after_ms: int | None = None
     sleep_ms: int = 0
+    chunk_ms: int = 0
 
 
 def _tool_call(index: int, position: int, name: object, arguments: object) -> ToolCall:
@@ -142,7 +150,8 @@ def parse_step(index: int, step: object) -> _Step:
             raise ScriptError(
                 f"script step {index}: 'answer' must be a string, got {short_repr(step['answer'])}"
             )
-        return _Step(answer=step["answer"], sleep_ms=sleep_ms)
+        chunk_ms = _optional_int(index, step, "chunk_ms", 0, MAX_CHUNK_MS) or 0
+        return _Step(answer=step["answer"], sleep_ms=sleep_ms, chunk_ms=chunk_ms)
     return _Step(tool_calls=_tool_calls(index, kind, step), sleep_ms=sleep_ms)
 
 
@@ -202,6 +211,11 @@ class ScriptedProvider:
         else:
             content, finish_reason = step.answer or "", "stop"
             produced = len(content)
+            if request.on_delta is not None:
+                for index, piece in enumerate(_WORD.findall(content)):
+                    if index and step.chunk_ms:
+                        self._sleep(step.chunk_ms / 1000)
+                    request.on_delta(piece)
         return ModelResponse(
             content=content,
             tool_calls=step.tool_calls,

@@ -5,21 +5,29 @@ headers and an optional delay) and records the request (path, headers, JSON body
 the queue empty it answers 500 ``{"error": {"message": "no scripted reply"}}`` so a test
 that makes an unexpected call fails loudly. Every wait is bounded; stopping the server
 releases handlers still delaying.
+
+**Streaming**: a request whose JSON body has ``"stream": true`` gets a successful reply as
+Server-Sent Events (``text/event-stream``, chunked), one event per chunk, ``chunk_delay_s``
+apart: the reply's own ``sse`` events when it has them, otherwise the events a subclass derives
+from its JSON body (:meth:`FakeServer.stream_events`: the provider's own stream of that same
+answer). ``cut_after`` ends the connection after that many events, as a stream that breaks off.
+Error replies are plain JSON, as the real APIs send them before a stream starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Self
 
-__all__ = ["FakeReply", "FakeServer", "RecordedRequest"]
+__all__ = ["FakeReply", "FakeServer", "RecordedRequest", "sse_event"]
 
 #: Longest a handler waits in a scripted delay, whatever the script says.
 MAX_DELAY_S = 30.0
@@ -34,12 +42,26 @@ class FakeReply:
         status: The HTTP status.
         headers: Extra response headers (e.g. ``retry-after``).
         delay_s: Seconds to wait before answering (bounded by :data:`MAX_DELAY_S`).
+        sse: For a streaming request: these events (see :func:`sse_event`) instead of the ones
+            derived from ``body``.
+        chunk_delay_s: For a streaming request: seconds between two events (bounded).
+        cut_after: For a streaming request: close the connection after this many events.
     """
 
     body: Mapping[str, Any]
     status: int = 200
     headers: Mapping[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    sse: Sequence[bytes] | None = None
+    chunk_delay_s: float = 0.0
+    cut_after: int | None = None
+
+
+def sse_event(data: Any, event: str | None = None) -> bytes:
+    """One Server-Sent Event: ``event: <event>`` (if given) and ``data: <JSON, or the string as is>``."""
+    text = data if isinstance(data, str) else json.dumps(data)
+    head = f"event: {event}\n" if event is not None else ""
+    return f"{head}data: {text}\n\n".encode()
 
 
 @dataclass(frozen=True)
@@ -113,6 +135,11 @@ class FakeServer:
         self._server.server_close()
         self._thread.join(timeout=5)
 
+    def stream_events(self, body: Mapping[str, Any], request: Any) -> list[bytes]:
+        """The Server-Sent Events of a streamed answer whose non-streamed JSON is ``body`` (``request``:
+        the request's JSON body). Subclasses speak their provider's protocol; this server has none."""
+        raise NotImplementedError(f"{type(self).__name__} cannot stream")
+
     def _next_reply(self) -> FakeReply:
         with self._lock:
             if self._replies:
@@ -122,6 +149,26 @@ class FakeServer:
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
+
+    def _write_stream(self, handler: BaseHTTPRequestHandler, reply: FakeReply, request: Any) -> None:
+        """Answer a streaming request with ``reply`` as Server-Sent Events, one chunk each."""
+        events = list(reply.sse) if reply.sse is not None else self.stream_events(reply.body, request)
+        handler.send_response(200)
+        handler.send_header("content-type", "text/event-stream")
+        handler.send_header("transfer-encoding", "chunked")
+        for key, value in reply.headers.items():
+            handler.send_header(key, value)
+        handler.end_headers()
+        for index, event in enumerate(events):
+            if reply.cut_after is not None and index >= reply.cut_after:
+                handler.close_connection = True
+                return  # no last chunk: the client sees the stream break off
+            delay = min(reply.chunk_delay_s, MAX_DELAY_S)
+            if index and delay and self._stopping.wait(delay):
+                return
+            handler.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+            handler.wfile.flush()
+        handler.wfile.write(b"0\r\n\r\n")
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         server = self
@@ -143,6 +190,9 @@ class FakeServer:
                 reply = server._next_reply()
                 if reply.delay_s and server._stopping.wait(min(reply.delay_s, MAX_DELAY_S)):
                     return
+                if reply.status == 200 and isinstance(body, dict) and body.get("stream") is True:
+                    self._stream(reply, body)
+                    return
                 payload = json.dumps(reply.body).encode()
                 try:
                     self.send_response(reply.status)
@@ -154,6 +204,10 @@ class FakeServer:
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
                     pass
+
+            def _stream(self, reply: FakeReply, request: Any) -> None:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                    server._write_stream(self, reply, request)
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass

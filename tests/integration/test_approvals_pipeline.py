@@ -12,8 +12,10 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 
 from actors.errors import InvalidArgument, NotAwaitingApproval
+from actors.events.model import stream_key
 from middleware import Reconciler
 from taskstore import InvalidTaskId, RunStatus, StepStatus, TaskNotFound, TaskStatus, new_id, utcnow
 from taskstore.postgres import PostgresTaskStore
@@ -399,3 +401,61 @@ def test_a_cancel_request_stops_only_the_run_it_was_made_for(app: Harness) -> No
     assert watch.check(broker) == [attempt] and attempt.cancel.is_set()
     assert attempt.cancel.reason == "cancel requested"
     assert watch.check(broker) == []  # signalled once
+
+
+def test_followers_see_the_wait_and_the_decision_live_and_in_replay(
+    app: Harness, server: FakeOpenAIServer, tmp_path: Path, redis_url: str
+) -> None:
+    refunds = tmp_path / "refunds.txt"
+    approved_id, rejected_id = refund_task(app), refund_task(app)
+
+    with app.worker(threads=1):
+        for task_id in (approved_id, rejected_id):
+            server.enqueue(refund_reply(refunds))
+            app.queue.add_task(task_id)
+            wait_for(app, task_id, TaskStatus.AWAITING_APPROVAL)
+        server.enqueue(openai_text("Refunded 30."))
+        app.queue.approve(approved_id, note="fine", decided_by="ana")
+        wait_for(app, approved_id, TaskStatus.COMPLETED)
+        server.enqueue(openai_text("No."))
+        app.queue.reject(rejected_id, "duplicate", decided_by="bo")
+        wait_for(app, rejected_id, TaskStatus.COMPLETED)
+
+    def types(task_id: str) -> list[str]:
+        return [event.type for event in app.queue.events(task_id, follow=False)]
+
+    live = types(approved_id)
+    waited = live.index("approval_requested")
+    assert live[waited : waited + 4] == ["approval_requested", "approved", "queued", "running"]
+    assert live[waited + 4 :] == [
+        "tool_started",
+        "tool_completed",
+        "llm_started",
+        "llm_completed",
+        "completed",
+    ]
+    decision = next(
+        event for event in app.queue.events(approved_id, follow=False) if event.type == "approved"
+    )
+    assert decision.data["decided_by"] == "ana"
+    rejected = types(rejected_id)
+    assert rejected[rejected.index("approval_requested") :][:3] == [
+        "approval_requested",
+        "rejected",
+        "queued",
+    ]
+    assert "tool_started" not in rejected
+
+    redis_client = redis.Redis.from_url(redis_url)
+    for task_id in (approved_id, rejected_id):  # the streams expire: the ledger tells the same story
+        redis_client.delete(stream_key(task_id))
+    replayed = types(approved_id)
+    assert replayed[replayed.index("approval_requested") :][:4] == [
+        "approval_requested",
+        "approved",
+        "tool_started",
+        "tool_completed",
+    ]
+    replayed = types(rejected_id)
+    assert replayed[replayed.index("approval_requested") :][:2] == ["approval_requested", "rejected"]
+    assert "tool_started" not in replayed

@@ -201,3 +201,43 @@ def test_a_failure_naming_secrets_is_stored_and_traced_redacted(
     for secret in (OPENAI_KEY, DB_PASSWORD):
         assert secret not in stored
         assert secret not in traced_text
+
+
+def test_skipping_the_key_value_pattern_for_texts_naming_no_secret_changes_no_result() -> None:
+    # redact() runs the costly key=value pattern only on texts that name a secret; every result must be
+    # what running every pattern on every text gives
+    from config import redaction
+
+    def every_pattern(text: str) -> str:
+        for pattern, replacement in redaction._PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+    corpus = [
+        "3f0e5b2c-1111-4111-8111-111111111111",
+        "gpt-4o-mini",
+        "api_key=abc123 and Authorization: Bearer xyz token=zz",
+        '{"password": "hunter2", "model": "x"}',
+        "redis://:s3cret@cache:6379/0 then sk-proj-abcdefghijkl",
+        "AUTH failed; Passwd: letmein",
+        "nothing to see here, 42 apples",
+        "x-api-key: 0123456789abcdef",
+    ]
+    assert [redaction.redact(text) for text in corpus] == [every_pattern(text) for text in corpus]
+
+
+def test_texts_shaped_like_no_secret_come_back_unchanged_and_shaped_ones_are_filtered() -> None:
+    from config.redaction import FILTERED, redact
+
+    for plain in ("gpt-4o-mini", "host:123:abcdef12", "claude-haiku-4-5", "tool_calls", "Task 7 done"):
+        assert redact(plain) == plain
+    for shaped, kept in (
+        ("Bearer abcdefgh1234", "Bearer "),
+        ("key sk-ant-abcdefgh123", "key "),
+        ("rk-abcdefgh12345", ""),
+        ("sb_secret_abcdefgh12", ""),
+        ("eyJhbGci.eyJzdWIi.c2lnbmF0", ""),
+        ("postgres://u:pw@db/x", "postgres://u:"),
+        ("PASSWORD=x1", "PASSWORD="),
+    ):
+        assert redact(shaped).startswith(kept) and FILTERED in redact(shaped), shaped

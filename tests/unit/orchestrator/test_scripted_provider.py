@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -152,3 +153,27 @@ def test_default_provider_registry_holds_scripted_and_builds_it_once() -> None:
     assert registry.get("scripted") is registry.get("scripted")
     with pytest.raises(UnknownProvider, match=r"'openai'.*scripted"):
         registry.get("openai")
+
+
+def test_a_streaming_request_gets_the_answer_word_by_word_with_the_chunk_pause_between() -> None:
+    slept: list[float] = []
+    pieces: list[str] = []
+    script = [{"answer": "Revenue grew  by 9.55%.", "chunk_ms": 50}]
+    streaming = replace(request(script=script), on_delta=pieces.append)
+
+    response = ScriptedProvider(sleep=slept.append).complete(streaming)
+
+    assert pieces == ["Revenue ", "grew  ", "by ", "9.55%."]
+    assert slept == [0.05, 0.05, 0.05]  # between the words, not before the first
+    assert response == ScriptedProvider().complete(request(script=[{"answer": "Revenue grew  by 9.55%."}]))
+
+
+@pytest.mark.parametrize("chunk_ms", [-1, 10_001, "50", True])
+def test_a_bad_chunk_pause_is_a_script_error(chunk_ms: object) -> None:
+    with pytest.raises(ScriptError, match="'chunk_ms' must be an integer from 0 to 10000"):
+        ScriptedProvider().complete(request(script=[{"answer": "x", "chunk_ms": chunk_ms}]))
+
+
+def test_a_chunk_pause_belongs_to_answers_only() -> None:
+    with pytest.raises(ScriptError, match="unknown keys \\['chunk_ms'\\]"):
+        ScriptedProvider().complete(request(script=[{"tool": "calculate", "chunk_ms": 5}]))
