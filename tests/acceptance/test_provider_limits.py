@@ -156,6 +156,9 @@ def test_two_workers_send_at_most_the_request_limit_in_any_window(
     # Then all completed, each in one attempt; the tasks past the limit waited (postponed, not failed)
     runs = one_attempt_each(postgres_store, task_ids)
     assert sum(statuses.count(RunStatus.POSTPONED) for statuses in runs.values()) >= 10
+    waited = next(task_id for task_id, statuses in runs.items() if RunStatus.POSTPONED in statuses)
+    postponed = [event for event in app.queue.events(waited, follow=False) if event.type == "postponed"]
+    assert postponed and all(event.data["cause"] == "rpm" for event in postponed)
     # And the server never received more than 20 requests within one window
     assert len(received) == 30
     most, _ = most_in_any_window(received, float(window_s))
