@@ -147,6 +147,7 @@ class AgentJob:
             title=self.task.title,
             description=self.task.description,
             context=self.task.context,
+            organization_id=self.task.organization_id,
         )
         ledger = attempt_ledger(self.store, self.claim, enabled=self.step_ledger, lost=self.lose)
         outcome = self.orchestrator.run(

@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import dramatiq
+import redis
 from dramatiq.brokers.redis import RedisBroker
 from pydantic import SecretStr
 
-from actors.broker.factory import build_broker
+from actors.broker.factory import build_broker, redis_client
 from actors.budget import BudgetPolicy
 from actors.events import EventHooks, EventReader, event_sink
 from actors.task_queue import AgentTaskQueue
@@ -18,7 +19,7 @@ from config.errors import ConfigError
 from config.imports import import_object
 from config.settings import Settings
 from middleware.events import NO_EVENTS, EventSink
-from middleware.metrics import LLMMetrics
+from middleware.metrics import LIMIT_GAUGES, LLMMetrics
 from orchestrator import (
     DuplicateTool,
     Orchestrator,
@@ -29,6 +30,7 @@ from orchestrator import (
     default_registry,
 )
 from orchestrator.hooks import CompositeHooks, OrchestratorHooks
+from orchestrator.limits import LimitPolicy, RedisLimiter
 from orchestrator.providers.base_urls import BaseUrlPolicy, InvalidBaseUrlPrefix
 from orchestrator.tracing import TracingHooks
 from taskstore import RetentionPolicy, TaskStore, build_store, utcnow
@@ -52,12 +54,27 @@ class Runtime:
         return self._orchestrator
 
 
-def build_orchestrator(settings: Settings, events: EventSink = NO_EVENTS) -> Orchestrator:
+def build_limiter(settings: Settings, broker: dramatiq.Broker | None = None) -> RedisLimiter | None:
+    """The model-call limiter when any provider or organization limit is configured, else None.
+
+    It shares the broker's Redis connections (a Redis broker's), or opens its own from the settings.
+    """
+    if not settings.limits_configured():
+        return None
+    policy = LimitPolicy(settings.provider_limits, org_tpm=settings.org_tpm, orgs=settings.org_limits)
+    client: redis.Redis = broker.client if isinstance(broker, RedisBroker) else redis_client(settings)
+    return RedisLimiter(client, policy, max_wait_ms=settings.limit_max_wait_ms)
+
+
+def build_orchestrator(
+    settings: Settings, events: EventSink = NO_EVENTS, *, limiter: RedisLimiter | None = None
+) -> Orchestrator:
     """An orchestrator with the OpenAI and Anthropic providers and the price table from ``settings``.
 
     ``scripted`` runs only with ``AGENTQ_ALLOW_SCRIPTED=true``, and an agent's own ``base_url`` only
     under a prefix of ``AGENTQ_ALLOWED_BASE_URLS``; otherwise their tasks fail at once. Its hooks trace
     every run, count tokens (with a metrics port) and publish model and tool steps to ``events``.
+    ``limiter`` admits each model call (:func:`build_limiter`); None: no limits.
     """
     providers = ProviderRegistry.from_settings(
         {
@@ -85,6 +102,7 @@ def build_orchestrator(settings: Settings, events: EventSink = NO_EVENTS) -> Orc
     every: list[OrchestratorHooks] = [TracingHooks(record_content=settings.trace_content)]
     if settings.metrics_port is not None:
         every.append(LLMMetrics(prices))
+        LIMIT_GAUGES.watch(limiter)
     if events is not NO_EVENTS:
         every.append(EventHooks(events, prices, delta_flush_ms=settings.events_delta_flush_ms))
     hooks = every[0] if len(every) == 1 else CompositeHooks(*every)
@@ -95,6 +113,7 @@ def build_orchestrator(settings: Settings, events: EventSink = NO_EVENTS) -> Orc
         hooks=hooks,
         base_urls=base_urls,
         repeat_unfinished_tools=settings.repeat_unfinished_tools,
+        limiter=limiter,
     )
 
 
@@ -158,6 +177,6 @@ def build_runtime(
         broker=broker,
         queue=queue,
         budget=budget,
-        _orchestrator=build_orchestrator(settings, events),
+        _orchestrator=build_orchestrator(settings, events, limiter=build_limiter(settings, broker)),
         events=events,
     )

@@ -73,6 +73,13 @@ def tracing(quick: bool) -> list[Figure]:
     return bench.figures(bench.run(300 if quick else 1_000, 1 if quick else 3, sample_ratio=0.1))
 
 
+def limits(quick: bool) -> list[Figure]:
+    from benchmarks import limits as bench
+
+    cost, drained = bench.run(bench.parse(["--quick"] if quick else []))
+    return bench.figures(cost, drained)
+
+
 def events(quick: bool) -> list[Figure]:
     from benchmarks import events as bench
 
@@ -108,6 +115,7 @@ BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "enqueue": enqueue,
     "schedules": schedules,
     "tracing": tracing,
+    "limits": limits,
     "resume": resume,
     "events": events,
     "dashboard": dashboard,

@@ -19,6 +19,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, Validati
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.errors import ConfigError
+from config.rate_limits import RateLimit, parse_org_limits, parse_provider_limits
 from config.redaction import redact
 
 #: Largest task ``context`` accepted, in bytes of its JSON encoding.
@@ -83,6 +84,13 @@ EventsTtl = Annotated[int, _between(1, 30 * 24 * 3600, " seconds (30 days)")]
 #: Milliseconds streamed text is gathered into one event.
 DeltaFlushMs = Annotated[int, _between(0, 10_000, " milliseconds")]
 JsonObject = Annotated[dict[str, Any], NoDecode, BeforeValidator(_json_object)]
+#: ``AGENTQ_PROVIDER_LIMITS_JSON``, checked entry by entry (``config.rate_limits``).
+ProviderLimits = Annotated[dict[str, RateLimit], NoDecode, BeforeValidator(parse_provider_limits)]
+#: ``AGENTQ_ORG_LIMITS_JSON``, keyed by normalised organization id.
+OrgLimits = Annotated[dict[str, RateLimit], NoDecode, BeforeValidator(parse_org_limits)]
+
+#: Longest ``AGENTQ_LIMIT_MAX_WAIT_MS``: a longer wait would hold a worker thread; postponing frees it.
+MAX_LIMIT_WAIT_MS = 60_000
 
 
 class Settings(BaseSettings):
@@ -163,6 +171,18 @@ class Settings(BaseSettings):
     #: Longest a task waits in ``awaiting_approval`` for a person's decision, in seconds (default 7 days);
     #: a longer wait fails the task with "approval timed out".
     approval_timeout_s: PositiveInt = Field(default=604_800, validation_alias="AGENTQ_APPROVAL_TIMEOUT_S")
+
+    # --- Provider limits, shared by every worker (README, *Provider limits*) ---
+    #: Requests/tokens per minute per model, JSON: {"openai:gpt-4o-mini": {"rpm": 500, "tpm": 200000}}.
+    provider_limits: ProviderLimits = Field(
+        default_factory=dict, validation_alias="AGENTQ_PROVIDER_LIMITS_JSON"
+    )
+    #: Tokens per minute of every organization, across its models (0 = no quota).
+    org_tpm: NonNegativeInt = Field(default=0, validation_alias="AGENTQ_ORG_TPM")
+    #: Per-organization limits, JSON: {"<organization uuid>": {"tpm": 20000, "rpm": 100}}.
+    org_limits: OrgLimits = Field(default_factory=dict, validation_alias="AGENTQ_ORG_LIMITS_JSON")
+    #: Longest a model call waits in the worker for its bucket; a longer wait postpones the task (ms).
+    limit_max_wait_ms: NonNegativeInt = Field(default=2000, validation_alias="AGENTQ_LIMIT_MAX_WAIT_MS")
 
     # --- Spending caps (USD per calendar month, UTC) ---
     monthly_budget_usd: Decimal | None = Field(default=None, validation_alias="AGENTQ_MONTHLY_BUDGET_USD")
@@ -312,6 +332,15 @@ class Settings(BaseSettings):
             raise ValueError("must be between 0 and 1")
         return value
 
+    @field_validator("limit_max_wait_ms")
+    @classmethod
+    def _limit_wait(cls, value: int) -> int:
+        if value > MAX_LIMIT_WAIT_MS:
+            raise ValueError(
+                f"must be at most {MAX_LIMIT_WAIT_MS} (a longer wait postpones the task instead)"
+            )
+        return value
+
     @field_validator("monthly_budget_usd")
     @classmethod
     def _budget(cls, value: Decimal | None) -> Decimal | None:
@@ -388,6 +417,10 @@ class Settings(BaseSettings):
         """Whether to export spans: an OTLP endpoint is set, the SDK is enabled, the exporter is not none."""
         endpoint = self.otel_exporter_otlp_traces_endpoint or self.otel_exporter_otlp_endpoint
         return bool(endpoint) and not self.otel_sdk_disabled and self.otel_traces_exporter.strip() != "none"
+
+    def limits_configured(self) -> bool:
+        """Whether any provider or organization limit is set (the model-call limiter is then on)."""
+        return bool(self.provider_limits or self.org_tpm or self.org_limits)
 
     def store_backend(self) -> str:
         """Which task store the settings select: ``supabase``, ``postgres`` or ``sqlite``."""

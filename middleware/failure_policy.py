@@ -8,6 +8,9 @@ The decision reads typed errors only (see docs/architecture.md, *Failure paths*)
   times, after which postponements count as ordinary retryable failures, so a permanently
   throttled key still ends. The delay is cut to ``max_postpone_ms`` (``AGENTQ_MAX_POSTPONE_MS``,
   default 15 minutes), so no provider header can push a task out for days or overflow a timestamp.
+  A postponement whose error says it does not count (``counts_toward_max_postpones`` False: the
+  model-call limiter's ``LimitPostponed`` with a slot booked for the task) is not bounded by
+  ``max_postpones``: its end is known and held, so it never turns into a failed attempt.
 * An :class:`~orchestrator.errors.AgentRunError` with ``cancels_task`` (``RunCancelled``) ends
   the task ``cancelled``.
 * An :class:`~orchestrator.errors.AgentRunError` with ``awaits_approval`` (``ApprovalRequired``) is no
@@ -77,6 +80,21 @@ def postpone_ms(exception: BaseException) -> int | None:
     return None
 
 
+def postpone_cause(exception: BaseException | None) -> str:
+    """Why ``exception`` postponed a task, for metrics: the error's own ``postpone_cause`` (``provider_429``,
+    ``rpm``, ``org_tpm``, …), ``rate_limit`` for Dramatiq's limiters, else ``other``."""
+    if isinstance(exception, RateLimitExceeded):
+        return "rate_limit"
+    if isinstance(exception, AgentRunError) and exception.postpone_cause:
+        return exception.postpone_cause
+    return "other"
+
+
+def _bounded(exception: BaseException) -> bool:
+    """Whether a postponement by ``exception`` counts toward ``max_postpones``."""
+    return not isinstance(exception, AgentRunError) or exception.counts_toward_max_postpones
+
+
 def describe(exception: BaseException) -> str:
     """The failure message stored and logged for ``exception``."""
     text = str(exception).strip()
@@ -101,7 +119,7 @@ def decide(
     if isinstance(exception, AgentRunError) and exception.awaits_approval:
         return Decision(Outcome.AWAIT_APPROVAL)
     delay = postpone_ms(exception)
-    if delay is not None and task.postponed_count < max_postpones:
+    if delay is not None and (task.postponed_count < max_postpones or not _bounded(exception)):
         return Decision(Outcome.POSTPONE, min(delay, max_postpone_ms))
     if is_retryable(exception) and task.attempts < max_attempts:
         return Decision(Outcome.RETRY, backoff_ms(task.attempts, backoff_base_ms))

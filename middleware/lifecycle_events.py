@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from middleware.events import EventType
-from middleware.failure_policy import Decision, Outcome
+from middleware.failure_policy import Decision, Outcome, postpone_cause
 from middleware.outcome import AttemptResult
 from taskstore import Claim, Task
 
@@ -44,7 +44,8 @@ def attempt_end_event(
 ) -> tuple[EventType, dict[str, Any]]:
     """The event of an attempt that ended without a result, as ``decision`` recorded it: ``cancelled``,
     ``approval_requested`` (``tool``, ``seq`` and, with content on, ``arguments``), ``postponed``
-    (``delay_ms``, ``reason``), ``retrying`` (``delay_ms``, ``error``, ``next_attempt``) or ``failed``."""
+    (``delay_ms``, ``reason``, ``cause``: ``provider_429``, ``rpm``, ``org_tpm`` …), ``retrying``
+    (``delay_ms``, ``error``, ``next_attempt``) or ``failed``."""
     attempt = claim.task.attempts
     base: dict[str, Any] = {"run_id": claim.run_id, "attempt": attempt}
     if decision.outcome is Outcome.CANCEL:
@@ -55,7 +56,8 @@ def attempt_end_event(
         }
         return EventType.APPROVAL_REQUESTED, {**base, **waiting}
     if decision.outcome is Outcome.POSTPONE:
-        return EventType.POSTPONED, {**base, "delay_ms": decision.delay_ms, "reason": error}
+        cause = postpone_cause(exception)
+        return EventType.POSTPONED, {**base, "delay_ms": decision.delay_ms, "reason": error, "cause": cause}
     if decision.outcome is Outcome.RETRY:
         data = {**base, "delay_ms": decision.delay_ms, "error": error, "next_attempt": attempt + 1}
         return EventType.RETRYING, data

@@ -16,6 +16,14 @@ Metrics (all prefixed ``agentq_``):
 * ``task_attempts_total{queue, outcome}`` — outcome is ``completed``, ``retried``,
   ``postponed``, ``failed`` (dead-lettered), ``cancelled``, ``lost`` or ``cut_off``;
 * ``task_duration_seconds{queue, outcome}`` — claim to end of each attempt;
+* ``task_postponements_total{queue, cause}`` — postponed attempts by cause: ``provider_429``, ``rpm``,
+  ``tpm``, ``org_rpm``, ``org_tpm``, ``provider`` (paused or shrunk by the provider's headers),
+  ``limiter_unavailable``, ``rate_limit`` (Dramatiq's limiters), ``other``;
+* ``limit_capacity{bucket, unit}`` / ``limit_used{bucket, unit}`` (``requests``/``tokens`` per window and
+  counting now), ``limit_in_flight{bucket}``, ``limit_waiting{bucket}`` (slots booked ahead),
+  ``limit_paused_seconds{bucket}`` — each model and organization bucket used in the last hour, read from
+  Redis at scrape time (cached 1 s; see :class:`LimitGauges`). Every process reports the same shared
+  values: aggregate them with ``max()``, not ``sum()``;
 * ``llm_tokens_total{provider, model, type}`` (``input``/``output``) and
   ``llm_cost_usd_total{provider, model}`` — from every model call (see :class:`LLMMetrics`);
 * ``runs_resumed_total{queue}`` — attempts that went on after the completed steps of an earlier
@@ -37,7 +45,9 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from middleware.attempts import Attempt, AttemptRegistry
+from middleware.failure_policy import postpone_cause
 from orchestrator.hooks import OrchestratorHooks
+from orchestrator.limits import BucketUsage, RedisLimiter
 from orchestrator.messages import ModelRequest, ModelResponse
 from orchestrator.pricing import PriceTable
 
@@ -58,6 +68,9 @@ TASK_DURATION = Histogram(
     ["queue", "outcome"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
     registry=REGISTRY,
+)
+TASK_POSTPONEMENTS = Counter(
+    "agentq_task_postponements", "Attempts postponed, by cause", ["queue", "cause"], registry=REGISTRY
 )
 LLM_TOKENS = Counter(
     "agentq_llm_tokens", "Model tokens used", ["provider", "model", "type"], registry=REGISTRY
@@ -126,6 +139,74 @@ class QueueDepth(Collector):
         yield family
 
 
+class LimitGauges(Collector):
+    """The model-call limiter's buckets (``agentq_limit_*``), read from Redis when scraped, at most once
+    a second.
+
+    Shared state: every worker process reports the same values (aggregate with ``max()``). Nothing is
+    reported until a limiter is watched (``AGENTQ_PROVIDER_LIMITS_JSON``, ``AGENTQ_ORG_TPM`` or
+    ``AGENTQ_ORG_LIMITS_JSON`` set).
+    """
+
+    def __init__(self, *, max_age_s: float = 1.0) -> None:
+        self.max_age_s = max_age_s
+        self._limiter: RedisLimiter | None = None
+        self._sampled_at = 0.0
+        self._usage: list[BucketUsage] = []
+
+    def watch(self, limiter: RedisLimiter | None) -> None:
+        """Report ``limiter``'s buckets from now on (None: none)."""
+        self._limiter, self._sampled_at = limiter, 0.0
+
+    def sample(self) -> list[BucketUsage]:
+        if self._limiter is None:
+            return []
+        if time.monotonic() - self._sampled_at >= self.max_age_s:
+            self._usage, self._sampled_at = self._limiter.usage(), time.monotonic()
+        return self._usage
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        capacity = GaugeMetricFamily(
+            "agentq_limit_capacity",
+            "Requests or tokens a bucket allows per window",
+            labels=["bucket", "unit"],
+        )
+        used = GaugeMetricFamily(
+            "agentq_limit_used",
+            "Requests or tokens counting in a bucket's window now",
+            labels=["bucket", "unit"],
+        )
+        in_flight = GaugeMetricFamily("agentq_limit_in_flight", "Model calls in flight", labels=["bucket"])
+        waiting = GaugeMetricFamily(
+            "agentq_limit_waiting", "Slots booked ahead for waiting calls", labels=["bucket"]
+        )
+        paused = GaugeMetricFamily(
+            "agentq_limit_paused_seconds", "How long the provider paused the bucket for", labels=["bucket"]
+        )
+        try:
+            rows = self.sample()
+        except Exception as exc:  # a scrape must not fail because Redis is down
+            logger.warning("Provider limit buckets unavailable: %s", exc)
+            rows = []
+        for row in rows:
+            for unit, cap, now in (
+                ("requests", row.requests_capacity, row.requests_used),
+                ("tokens", row.tokens_capacity, row.tokens_used),
+            ):
+                if cap:
+                    capacity.add_metric([row.name, unit], cap)
+                used.add_metric([row.name, unit], now)
+            in_flight.add_metric([row.name], row.in_flight)
+            waiting.add_metric([row.name], row.waiting)
+            paused.add_metric([row.name], row.paused_ms / 1000)
+        yield from (capacity, used, in_flight, waiting, paused)
+
+
+#: The process's limiter gauges (``build_orchestrator`` watches the limiter when metrics are on).
+LIMIT_GAUGES = LimitGauges()
+REGISTRY.register(LIMIT_GAUGES)
+
+
 class Metrics(dramatiq.Middleware):
     """Serves :data:`REGISTRY` from each worker process and counts attempts (an ``AttemptObserver``)."""
 
@@ -160,6 +241,8 @@ class Metrics(dramatiq.Middleware):
         TASKS_ACTIVE.labels(queue).dec()
         TASK_ATTEMPTS.labels(queue, outcome).inc()
         TASK_DURATION.labels(queue, outcome).observe(time.monotonic() - attempt.started)
+        if outcome == "postponed":
+            TASK_POSTPONEMENTS.labels(queue, postpone_cause(error)).inc()
 
 
 def _queue(attempt: Attempt) -> str:
@@ -191,4 +274,13 @@ class LLMMetrics(OrchestratorHooks):
             LLM_COST.labels(provider, model).inc(float(cost))
 
 
-__all__ = ["REGISTRY", "RUNS_RESUMED", "STEPS_REPLAYED", "LLMMetrics", "Metrics", "QueueDepth"]
+__all__ = [
+    "LIMIT_GAUGES",
+    "REGISTRY",
+    "RUNS_RESUMED",
+    "STEPS_REPLAYED",
+    "LLMMetrics",
+    "LimitGauges",
+    "Metrics",
+    "QueueDepth",
+]

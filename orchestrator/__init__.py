@@ -1,6 +1,8 @@
 """Provider-agnostic agent loop: prompt → model → allowed tools → … → final answer.
 
-Knows nothing of Dramatiq, Redis or databases. Importing it has no side effects.
+Knows nothing of Dramatiq or databases; Redis only in ``orchestrator.limits``, the model-call limiter
+shared by every worker, which the loop reaches through the :class:`~orchestrator.limits.CallLimiter`
+it is given. Importing it has no side effects.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from orchestrator.errors import (
     DuplicateProvider,
     DuplicateTool,
     InvalidAgentSpec,
+    LimitPostponed,
     MaxTurnsExceeded,
     ProviderAuthError,
     ProviderError,
@@ -30,7 +33,16 @@ from orchestrator.errors import (
     UnknownTool,
 )
 from orchestrator.hooks import OrchestratorHooks
-from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
+from orchestrator.limits import NO_LIMITS, CallLimiter, LimitPolicy, RedisLimiter
+from orchestrator.messages import (
+    ChatMessage,
+    ModelRequest,
+    ModelResponse,
+    RateLimitReport,
+    ToolCall,
+    ToolSpec,
+    Usage,
+)
 from orchestrator.pricing import DEFAULT_PRICES, ModelPrice, PriceTable
 from orchestrator.providers import (
     BaseUrlPolicy,
@@ -44,15 +56,19 @@ from orchestrator.tools import Tool, ToolOutcome, ToolRegistry, default_registry
 
 __all__ = [
     "DEFAULT_PRICES",
+    "NO_LIMITS",
     "AgentResult",
     "AgentRunError",
     "AgentSpec",
     "BaseUrlNotAllowed",
     "BaseUrlPolicy",
+    "CallLimiter",
     "ChatMessage",
     "DuplicateProvider",
     "DuplicateTool",
     "InvalidAgentSpec",
+    "LimitPolicy",
+    "LimitPostponed",
     "MaxTurnsExceeded",
     "ModelPrice",
     "ModelRequest",
@@ -72,6 +88,8 @@ __all__ = [
     "ProviderSettings",
     "ProviderTimeout",
     "ProviderUnavailable",
+    "RateLimitReport",
+    "RedisLimiter",
     "RunCancelled",
     "RunTimeLimitExceeded",
     "ScriptError",

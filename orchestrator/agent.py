@@ -44,7 +44,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -84,6 +84,7 @@ from orchestrator.ledger import (
     tool_input,
     tool_output,
 )
+from orchestrator.limits.base import NO_LIMITS, CallLimiter
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from orchestrator.pricing import PriceTable
 from orchestrator.providers.base_urls import BaseUrlPolicy
@@ -185,12 +186,14 @@ class TaskInput:
         title: A one-line summary; the first line of the user message.
         description: Details, if any.
         context: Extra data, shown to the model as JSON (except hidden keys such as ``script``).
+        organization_id: The task's organization (its token quota applies to the run's model calls).
     """
 
     id: str
     title: str
     description: str | None = None
     context: Mapping[str, Any] = field(default_factory=dict)
+    organization_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +291,7 @@ class Orchestrator:
             with a ``base_url`` then fails with :class:`BaseUrlNotAllowed` before any request).
         repeat_unfinished_tools: On resume, run again a tool call an earlier attempt started and
             never finished even when the tool is not idempotent (``AGENTQ_REPEAT_UNFINISHED_TOOLS``).
+        limiter: Admits each model call (``orchestrator.limits``); None: no limits.
     """
 
     def __init__(
@@ -300,6 +304,7 @@ class Orchestrator:
         clock: Callable[[], float] = time.monotonic,
         base_urls: BaseUrlPolicy | None = None,
         repeat_unfinished_tools: bool = False,
+        limiter: CallLimiter | None = None,
     ) -> None:
         """Create an orchestrator; see the class docstring."""
         self.providers = providers if providers is not None else ProviderRegistry()
@@ -309,6 +314,7 @@ class Orchestrator:
         self.clock = clock
         self.base_urls = base_urls if base_urls is not None else BaseUrlPolicy()
         self.repeat_unfinished_tools = repeat_unfinished_tools
+        self.limiter = limiter if limiter is not None else NO_LIMITS
 
     def run(
         self,
@@ -631,15 +637,20 @@ class _Run:
             if agent.stream
             else None,
         )
+        permit = self.orchestrator.limiter.acquire(self.provider_name, request, self.task)
+        if request.timeout_s is not None:  # the limiter may have waited: the call gets the time left now
+            request = replace(request, timeout_s=self.time_left())
         call_hook(self.hooks.on_llm_start, request, provider=self.provider_name)
         try:
             response = call_abandonable(lambda: provider.complete(request), self.cancel, "the model call")
         except BaseException as exc:
+            permit.settle(error=exc)
             call_hook(self.hooks.on_llm_end, request, None, exc, provider=self.provider_name)
             left = self.time_left()
             if isinstance(exc, ProviderTimeout) and left is not None and left <= 0:
                 raise RunTimeLimitExceeded(agent.run_time_limit_s or 0) from exc
             raise
+        permit.settle(response=response)
         call_hook(self.hooks.on_llm_end, request, response, None, provider=self.provider_name)
         return response
 

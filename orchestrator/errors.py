@@ -13,6 +13,8 @@ Retryable or not, at a glance:
 Error                          Retryable  Why
 =============================  =========  ==============================================
 ProviderRateLimited (429)      yes        also ``postpone_ms``: postpone, keep the attempt
+LimitPostponed                 yes        a model or organization limit is reached: postpone
+                                          to the call's booked slot, keep the attempt
 ProviderQuotaExceeded (429)    no         OpenAI ``insufficient_quota``: billing, not load
 ProviderUnavailable (5xx,      yes        the provider or the network is having a bad time
 408, 409, connection)
@@ -38,7 +40,7 @@ from decimal import Decimal
 from typing import Any
 
 from config.errors import AgentQueueError, short_repr
-from orchestrator.messages import Usage
+from orchestrator.messages import RateLimitReport, Usage
 
 
 class AgentRunError(AgentQueueError):
@@ -63,6 +65,11 @@ class AgentRunError(AgentQueueError):
     retry_after_ms: int | None = None
     #: Postpone the task by this long without consuming an attempt, when set.
     postpone_ms: int | None = None
+    #: Why the task is postponed, for metrics (e.g. ``provider_429``, ``rpm``, ``org_tpm``).
+    postpone_cause: str | None = None
+    #: Whether this postponement counts toward ``AGENTQ_MAX_POSTPONES``. False only for a wait whose
+    #: end is known and held for the task (a slot booked in a bucket of our own limits).
+    counts_toward_max_postpones: bool = True
     #: End the task ``cancelled`` rather than failed (the run was asked to stop).
     cancels_task: bool = False
     #: Not a failure: the run stopped at a tool call a person must approve; the task waits for the decision.
@@ -133,7 +140,11 @@ class ProviderError(AgentRunError):
     Attributes:
         provider: The provider's name, when known.
         status_code: The HTTP status the provider answered with, when there was one.
+        rate_limits: The provider's rate-limit headers on the error answer, when it sent any.
     """
+
+    #: The provider's rate-limit headers on the error answer (set by the provider), when it sent any.
+    rate_limits: RateLimitReport | None = None
 
     def __init__(
         self,
@@ -171,6 +182,7 @@ class ProviderRateLimited(ProviderError):
 
     #: Postponement used when a 429 carries no Retry-After, in milliseconds.
     DEFAULT_POSTPONE_MS = 5_000
+    postpone_cause = "provider_429"
 
     def __init__(
         self, message: str, *, retry_after_ms: int | None, provider: str | None = None, status_code: int = 429
@@ -180,6 +192,34 @@ class ProviderRateLimited(ProviderError):
             message, retryable=True, retry_after_ms=retry_after_ms, provider=provider, status_code=status_code
         )
         self.postpone_ms = retry_after_ms if retry_after_ms is not None else self.DEFAULT_POSTPONE_MS
+
+
+class LimitPostponed(AgentRunError):
+    """A model call would exceed a configured limit (``AGENTQ_PROVIDER_LIMITS_JSON``, ``AGENTQ_ORG_TPM``,
+    ``AGENTQ_ORG_LIMITS_JSON``) or the provider's reported one for longer than the worker waits: the task
+    is postponed, its attempt kept. Not a :class:`ProviderError`: no request was made, so no fallback.
+
+    Attributes:
+        bucket: The bucket that is full, e.g. ``"openai:gpt-4o-mini"`` or ``"org:<uuid>"``.
+        postpone_ms: How long to postpone: until the call's booked slot when ``booked``.
+        postpone_cause: ``rpm``/``tpm`` (a model bucket), ``org_rpm``/``org_tpm``, ``provider`` (paused or
+            shrunk by the provider's headers) or ``limiter_unavailable`` (Redis did not answer).
+        booked: Whether a slot is held for the task in the bucket; such a postponement does not count
+            toward ``AGENTQ_MAX_POSTPONES``: the task will run when it comes back.
+    """
+
+    retryable = True
+    postpone_ms: int
+    postpone_cause: str
+
+    def __init__(self, message: str, *, bucket: str, postpone_ms: int, cause: str, booked: bool) -> None:
+        """Build the error; see the class docstring."""
+        super().__init__(message)
+        self.bucket = bucket
+        self.postpone_ms = postpone_ms
+        self.postpone_cause = cause
+        self.booked = booked
+        self.counts_toward_max_postpones = not booked
 
 
 class ProviderQuotaExceeded(ProviderError):

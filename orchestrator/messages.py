@@ -155,6 +155,24 @@ class ModelRequest:
 
 
 @dataclass(frozen=True)
+class RateLimitReport:
+    """What a provider's response headers said about its rate limits (OpenAI ``x-ratelimit-*``,
+    Anthropic ``anthropic-ratelimit-*``); None where a header was absent or not a number.
+
+    Attributes:
+        requests_remaining: Requests the provider still accepts before ``requests_reset_ms``.
+        requests_reset_ms: Milliseconds until the request limit is whole again.
+        tokens_remaining: Tokens the provider still accepts before ``tokens_reset_ms``.
+        tokens_reset_ms: Milliseconds until the token limit is whole again.
+    """
+
+    requests_remaining: int | None = None
+    requests_reset_ms: int | None = None
+    tokens_remaining: int | None = None
+    tokens_reset_ms: int | None = None
+
+
+@dataclass(frozen=True)
 class ModelResponse:
     """A model's answer to one request.
 
@@ -164,6 +182,7 @@ class ModelResponse:
         usage: Tokens used by this call.
         model: The model that answered.
         finish_reason: Why the model stopped (e.g. ``"stop"``, ``"tool_calls"``).
+        rate_limits: The provider's rate-limit headers on this answer, when it sent any.
     """
 
     content: str | None
@@ -171,3 +190,4 @@ class ModelResponse:
     usage: Usage
     model: str
     finish_reason: str
+    rate_limits: RateLimitReport | None = None

@@ -15,6 +15,7 @@ agentq schedule ID CRON     put a scheduled task on a cron schedule (``--timezon
 agentq schedules            list schedules with their next run in UTC and in their own zone
 agentq cleanup              apply the retention policy
 agentq pause | resume       stop / restart task starts on every worker
+agentq limits [BUCKET…]     provider and organization limits: each bucket's use now (JSON)
 agentq worker [ARGS…]       run ``dramatiq actors`` with QUEUE_CONCURRENCY threads
 agentq demo                 the embedded demo: a worker runs a handful of tasks end to end
 agentq dashboard            serve the operator dashboard (``--host 127.0.0.1 --port 8600``)
@@ -254,6 +255,39 @@ def _cleanup(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limits(args: argparse.Namespace) -> int:
+    """Print the configured limits and each bucket's use now: the buckets used in the last hour, or
+    those named."""
+    import redis
+
+    from actors import runtime
+    from orchestrator.limits import RedisLimiter
+
+    settings = runtime.settings
+    configured = {
+        "models": settings.provider_limits,
+        "org_tpm": settings.org_tpm,
+        "organizations": settings.org_limits,
+        "max_wait_ms": settings.limit_max_wait_ms,
+    }
+    limiter = runtime.orchestrator().limiter
+    if not isinstance(limiter, RedisLimiter):
+        print(
+            "agentq: no provider or organization limits are configured"
+            " (AGENTQ_PROVIDER_LIMITS_JSON, AGENTQ_ORG_TPM, AGENTQ_ORG_LIMITS_JSON)",
+            file=sys.stderr,
+        )
+        _print({"configured": configured, "buckets": []})
+        return 0
+    try:
+        buckets = limiter.usage(args.buckets or None)
+    except redis.RedisError as exc:
+        print(f"agentq: Redis did not answer: {exc}", file=sys.stderr)
+        return 1
+    _print({"configured": configured, "buckets": buckets})
+    return 0
+
+
 def _worker(args: argparse.Namespace) -> int:
     from config.settings import load_settings
 
@@ -352,6 +386,13 @@ def build_parser() -> argparse.ArgumentParser:
     dead.add_argument("--offset", type=int, default=0)
     dead.add_argument("--retry-all", action="store_true", help="retry every dead-lettered job")
     dead.set_defaults(handler=_dead_letters)
+    limits = commands.add_parser("limits", help="provider and organization limits: each bucket's use now")
+    limits.add_argument(
+        "buckets",
+        nargs="*",
+        help="bucket names ('openai:gpt-4o-mini', 'org:<id>'); default: used in the last hour",
+    )
+    limits.set_defaults(handler=_limits)
     worker = commands.add_parser("worker", help="run `dramatiq actors` with QUEUE_CONCURRENCY threads")
     worker.add_argument("dramatiq_args", nargs=argparse.REMAINDER, help="extra arguments for dramatiq")
     worker.set_defaults(handler=_worker)

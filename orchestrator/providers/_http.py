@@ -174,7 +174,18 @@ def redact(text: str, secret: str | None) -> str:
 def classify_status(
     provider: str, status: int, message: str, headers: Mapping[str, str], code: str | None = None
 ) -> ProviderError:
-    """Turn an HTTP error answer into the matching :class:`ProviderError` (see the module table)."""
+    """Turn an HTTP error answer into the matching :class:`ProviderError` (see the module table),
+    carrying the answer's rate-limit headers in ``rate_limits``."""
+    from orchestrator.providers.rate_headers import rate_limit_report
+
+    error = _classified(provider, status, message, headers, code)
+    error.rate_limits = rate_limit_report(headers)
+    return error
+
+
+def _classified(
+    provider: str, status: int, message: str, headers: Mapping[str, str], code: str | None
+) -> ProviderError:
     text = f"{provider}: HTTP {status}: {message}"
     if status == 429:
         if code == "insufficient_quota":

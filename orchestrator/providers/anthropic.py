@@ -6,7 +6,8 @@ of ``tool_result`` blocks ``{tool_use_id, content, is_error}``. ``max_tokens`` i
 by the API: the agent's, else the settings' ``default_max_tokens`` (4096). Usage counts
 cache reads and cache writes as input tokens (Anthropic reports them apart from
 ``input_tokens``), so input totals mean the same for every provider. The SDK's own retries
-are off (``max_retries=0``): the task queue owns retries.
+are off (``max_retries=0``): the task queue owns retries. The answer's ``anthropic-ratelimit-*``
+headers are read (:mod:`orchestrator.providers.rate_headers`) for the model-call limiter, streamed or not.
 
 Streaming (a request with ``on_delta``): ``messages.stream(...)``; each ``text_delta`` goes to
 ``on_delta`` as it arrives and the SDK's final message gives the same :class:`ModelResponse` as a
@@ -33,6 +34,7 @@ from orchestrator.providers._http import (
     redact,
     transport_error,
 )
+from orchestrator.providers.rate_headers import rate_limit_report
 from orchestrator.providers.settings import ProviderSettings
 
 __all__ = ["DEFAULT_ANTHROPIC_BASE_URL", "AnthropicProvider", "to_anthropic_messages"]
@@ -163,10 +165,11 @@ class AnthropicProvider:
         if request.on_delta is not None:
             return self._stream(client, params, timeout, request.on_delta, request.model)
         try:
-            message = client.messages.create(**params, timeout=timeout)
+            raw = client.messages.with_raw_response.create(**params, timeout=timeout)
+            message = raw.parse()
         except anthropic.AnthropicError as exc:
             raise self._translate(exc, timeout) from exc
-        return self._response(message, request.model)
+        return self._response(message, request.model, raw.headers)
 
     def _stream(
         self,
@@ -181,6 +184,7 @@ class AnthropicProvider:
         finished = False
         try:
             with client.messages.stream(**params, timeout=timeout) as stream:
+                headers = stream.response.headers
                 for event in stream:
                     if event.type == "content_block_delta" and event.delta.type == "text_delta":
                         on_delta(event.delta.text)
@@ -202,10 +206,10 @@ class AnthropicProvider:
                 retryable=True,
                 provider=self.name,
             ) from exc
-        return self._response(message, requested_model)
+        return self._response(message, requested_model, headers)
 
     @staticmethod
-    def _response(message: Any, requested_model: str) -> ModelResponse:
+    def _response(message: Any, requested_model: str, headers: Any) -> ModelResponse:
         texts = [block.text for block in message.content if getattr(block, "type", None) == "text"]
         calls = tuple(
             _tool_call(block) for block in message.content if getattr(block, "type", None) == "tool_use"
@@ -216,6 +220,7 @@ class AnthropicProvider:
             usage=_usage(message.usage),
             model=message.model or requested_model,
             finish_reason=message.stop_reason or ("tool_use" if calls else "end_turn"),
+            rate_limits=rate_limit_report(headers),
         )
 
     def _translate(self, exc: anthropic.AnthropicError, timeout: float) -> ProviderError:

@@ -6,7 +6,8 @@ tool calls come back in ``message.tool_calls[].function`` with JSON-string argum
 call whose arguments are not a JSON object is never executed: the model receives an error
 result for it. Tool results go back as ``{"role": "tool", "tool_call_id", "content"}``.
 The output limit is sent as ``max_completion_tokens``. The SDK's own retries are off
-(``max_retries=0``): the task queue owns retries.
+(``max_retries=0``): the task queue owns retries. The answer's ``x-ratelimit-*`` headers are read
+(:mod:`orchestrator.providers.rate_headers`) for the model-call limiter, streamed or not.
 
 Streaming (a request with ``on_delta``): ``create(stream=True, stream_options={"include_usage": True})``;
 each chunk's ``delta.content`` goes to ``on_delta`` as it arrives, tool-call fragments are joined by
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx2
@@ -36,6 +37,7 @@ from orchestrator.providers._http import (
     redact,
     transport_error,
 )
+from orchestrator.providers.rate_headers import rate_limit_report
 from orchestrator.providers.settings import ProviderSettings
 
 __all__ = ["DEFAULT_OPENAI_BASE_URL", "OpenAIProvider", "to_openai_messages"]
@@ -220,10 +222,11 @@ class OpenAIProvider:
         if request.on_delta is not None:
             return self._stream(client, params, timeout, request.on_delta, request.model)
         try:
-            completion = client.chat.completions.create(**params, timeout=timeout)
+            raw = client.chat.completions.with_raw_response.create(**params, timeout=timeout)
+            completion = raw.parse()
         except openai.OpenAIError as exc:
             raise self._translate(exc, timeout) from exc
-        return self._response(completion, request.model)
+        return self._response(completion, request.model, raw.headers)
 
     def _stream(
         self,
@@ -240,6 +243,7 @@ class OpenAIProvider:
             stream = client.chat.completions.create(
                 **params, stream=True, stream_options={"include_usage": True}, timeout=timeout
             )
+            headers = stream.response.headers
             with stream:
                 for chunk in stream:
                     answer.add(chunk, on_delta)
@@ -254,9 +258,9 @@ class OpenAIProvider:
             raise ProviderUnavailable(
                 f"{self.name}: the answer stream ended before the model finished", provider=self.name
             )
-        return answer.response(requested_model)
+        return replace(answer.response(requested_model), rate_limits=rate_limit_report(headers))
 
-    def _response(self, completion: Any, requested_model: str) -> ModelResponse:
+    def _response(self, completion: Any, requested_model: str, headers: Any) -> ModelResponse:
         if not getattr(completion, "choices", None):
             raise ProviderUnavailable(f"{self.name}: the answer had no choices", provider=self.name)
         choice = completion.choices[0]
@@ -268,6 +272,7 @@ class OpenAIProvider:
             usage=_usage(completion.usage),
             model=completion.model or requested_model,
             finish_reason=choice.finish_reason or ("tool_calls" if calls else "stop"),
+            rate_limits=rate_limit_report(headers),
         )
 
     def _translate(self, exc: openai.OpenAIError, timeout: float) -> ProviderError:

@@ -14,11 +14,12 @@ from tests.harness import Harness, redis_harness
 
 @pytest.fixture
 def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """Start ``dramatiq actors`` processes with ``start(env, name)``; all are killed at teardown."""
+    """Start ``dramatiq actors`` processes with ``start(env, name, *args)`` (extra dramatiq arguments, e.g.
+    ``"--queues", "general"``); all are killed at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(env: dict[str, str], name: str = "worker") -> WorkerProcess:
-        worker = WorkerProcess(env, tmp_path / f"{name}-{len(started)}.log")
+    def start(env: dict[str, str], name: str = "worker", *args: str) -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"{name}-{len(started)}.log", args=args)
         started.append(worker)
         return worker
 

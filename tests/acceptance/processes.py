@@ -35,11 +35,23 @@ def command_env(**values: str) -> dict[str, str]:
 class WorkerProcess:
     """``dramatiq actors`` in its own process group, logging to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, *, threads: int = 4) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, *, threads: int = 4, args: tuple[str, ...] = ()
+    ) -> None:
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", str(threads)],
+            [
+                sys.executable,
+                "-m",
+                "dramatiq",
+                "actors",
+                "--processes",
+                "1",
+                "--threads",
+                str(threads),
+                *args,
+            ],
             cwd=ROOT,
             env=env,
             stdout=self._log,

@@ -501,3 +501,19 @@ def test_approvals_are_listed_shown_and_decided(
     assert [step["name"] for step in steps if step["kind"] == "tool"] == ["calculate"]
     assert open_client.get("/api/approvals").json()["items"] == []
     assert 'id="no-approvals"' in open_client.get("/approvals").text
+
+
+def test_the_limits_page_shows_the_buckets_a_run_used(board_store: TaskStore, redis_url: str) -> None:
+    from dashboard.app import from_runtime
+
+    with redis_harness(board_store, redis_url, provider_limits={"scripted:*": {"rpm": 600}}) as limited:
+        task_id = limited.task(title="Under a limit")
+        run_tasks(limited, [task_id], (TaskStatus.COMPLETED,))
+        client = TestClient(from_runtime(limited.runtime), base_url="http://127.0.0.1")
+        page = client.get("/limits")
+        buckets = client.get("/api/limits").json()["items"]
+
+    assert page.status_code == 200 and '<a href="/limits"' in page.text
+    assert [bucket["name"] for bucket in buckets] == ["scripted:scripted-1"]
+    assert buckets[0]["rpm"] == 600 and buckets[0]["requests_used"] >= 1
+    assert "scripted:scripted-1" in page.text

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -72,12 +73,14 @@ class RecordedRequest:
         path: The request path.
         headers: The headers, keys lower-cased.
         body: The JSON body (None when not JSON).
+        at: When the request arrived (``time.time()``, the clock Redis's ``TIME`` reads too).
     """
 
     method: str
     path: str
     headers: Mapping[str, str]
     body: Any
+    at: float = 0.0
 
 
 class _Server(ThreadingHTTPServer):
@@ -175,6 +178,7 @@ class FakeServer:
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
+                arrived = time.time()
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 try:
@@ -182,7 +186,7 @@ class FakeServer:
                 except ValueError:
                     body = None
                 headers = {key.lower(): value for key, value in self.headers.items()}
-                server._record(RecordedRequest("POST", self.path, headers, body))
+                server._record(RecordedRequest("POST", self.path, headers, body, arrived))
                 reply = server._next_reply()
                 if reply.delay_s and server._stopping.wait(min(reply.delay_s, MAX_DELAY_S)):
                     return

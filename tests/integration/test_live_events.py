@@ -141,6 +141,7 @@ def test_a_postponed_attempt_publishes_postponed_and_the_next_attempt_runs(app: 
     assert types(events)[:4] == ["queued", "running", "postponed", "running"]
     assert types(events)[-1] == "completed"
     assert events[2].data["delay_ms"] == 20 and "rate limited" in events[2].data["reason"]
+    assert events[2].data["cause"] == "provider_429"  # the harness's throttled kind raises a 429
 
 
 def test_removing_a_waiting_task_publishes_cancelled(app: Harness) -> None:

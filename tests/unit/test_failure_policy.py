@@ -8,8 +8,14 @@ import pytest
 from dramatiq import RateLimitExceeded
 
 from config.errors import AgentQueueError
-from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Outcome, backoff_ms, decide
-from orchestrator.errors import MaxTurnsExceeded, ProviderRateLimited, RunCancelled, ToolTimeout
+from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Outcome, backoff_ms, decide, postpone_cause
+from orchestrator.errors import (
+    LimitPostponed,
+    MaxTurnsExceeded,
+    ProviderRateLimited,
+    RunCancelled,
+    ToolTimeout,
+)
 from taskstore import InMemoryTaskStore, NewTask, Task, utcnow
 from tests.conftest import make_agent
 
@@ -124,3 +130,31 @@ def test_a_retryable_run_error_retries_and_a_permanent_one_fails() -> None:
         MaxTurnsExceeded(3), task(attempts=1), max_attempts=3, backoff_base_ms=2000, max_postpones=5
     )
     assert (timeout.outcome, turns.outcome) == (Outcome.RETRY, Outcome.FAIL)
+
+
+def _limit_postponed(*, booked: bool) -> LimitPostponed:
+    return LimitPostponed("full", bucket="openai:m", postpone_ms=30_000, cause="rpm", booked=booked)
+
+
+def test_a_booked_limit_postponement_is_not_bounded_by_max_postpones() -> None:
+    # Given a task already postponed as often as allowed
+    spent = task(attempts=1, postponed_count=5)
+
+    # When the limiter postpones it to a slot it booked, or without one (Redis down, provider pause)
+    booked = decide(_limit_postponed(booked=True), spent, max_attempts=3, backoff_base_ms=10, max_postpones=5)
+    unbooked = decide(
+        _limit_postponed(booked=False), spent, max_attempts=3, backoff_base_ms=10, max_postpones=5
+    )
+
+    # Then the booked wait is still a postponement (its end is known and held); the other counts
+    assert (booked.outcome, booked.delay_ms) == (Outcome.POSTPONE, 30_000)
+    assert unbooked.outcome is Outcome.RETRY
+
+
+def test_postponements_name_their_cause() -> None:
+    assert postpone_cause(Throttled()) == "provider_429"
+    assert postpone_cause(_limit_postponed(booked=True)) == "rpm"
+    limited = RateLimitExceeded("busy")  # type: ignore[no-untyped-call]
+    assert postpone_cause(limited) == "rate_limit"
+    assert postpone_cause(RuntimeError("x")) == "other"
+    assert postpone_cause(None) == "other"

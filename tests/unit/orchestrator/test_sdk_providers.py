@@ -7,7 +7,8 @@ what the SDK actually sent.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -16,6 +17,8 @@ from pydantic import BaseModel
 
 from orchestrator import (
     AgentSpec,
+    ChatMessage,
+    ModelRequest,
     Orchestrator,
     ProviderAuthError,
     ProviderNotConfigured,
@@ -373,3 +376,43 @@ def test_an_agent_base_url_overrides_the_provider_settings(backend: Backend) -> 
     assert len(backend.server.requests) == 2
     provider = orchestrator.providers.get(backend.name)
     assert len(provider._clients) == 1  # type: ignore[attr-defined]  # one client per base URL, reused
+
+
+def _rate_headers(backend: Backend, remaining: int) -> dict[str, str]:
+    if backend.name == "openai":
+        return {"x-ratelimit-remaining-requests": str(remaining), "x-ratelimit-reset-requests": "2s"}
+    reset = (datetime.now(UTC) + timedelta(seconds=2)).isoformat()
+    return {
+        "anthropic-ratelimit-requests-remaining": str(remaining),
+        "anthropic-ratelimit-requests-reset": reset,
+    }
+
+
+def test_the_answers_rate_limit_headers_reach_the_loop(backend: Backend) -> None:
+    # Given an answer, then a 429, each telling how many requests are left
+    registry = ProviderRegistry.from_settings(
+        {backend.name: ProviderSettings(api_key=API_KEY, base_url=backend.base_url, timeout_s=10)}
+    )
+    provider = registry.get(backend.name)
+    backend.server.enqueue(
+        replace(backend.text("hi"), headers=_rate_headers(backend, 7)),
+        backend.error(429, "slow down", headers={"retry-after": "2", **_rate_headers(backend, 0)}),
+    )
+    request = ModelRequest(
+        model=backend.model,
+        system_prompt=None,
+        messages=(ChatMessage("user", "hi"),),
+        tools=(),
+        temperature=None,
+        max_tokens=10,
+    )
+
+    answer = provider.complete(request)
+    with pytest.raises(ProviderRateLimited) as refused:
+        provider.complete(request)
+
+    assert answer.rate_limits is not None and answer.rate_limits.requests_remaining == 7
+    assert (
+        answer.rate_limits.requests_reset_ms is not None and 0 < answer.rate_limits.requests_reset_ms <= 2000
+    )
+    assert refused.value.rate_limits is not None and refused.value.rate_limits.requests_remaining == 0

@@ -213,3 +213,21 @@ def test_an_answer_trickling_in_past_the_call_timeout_ends_with_a_timeout(backen
     with pytest.raises(ProviderTimeout):
         backend.provider(timeout_s=0.5).complete(request(backend, pieces.append))
     assert 0 < len("".join(pieces)) < len(ANSWER)
+
+
+def test_a_streamed_answer_carries_the_providers_rate_limit_headers(backend: Backend) -> None:
+    # Given a streamed answer whose headers say how many requests are left
+    if backend.name == "openai":
+        headers = {"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "20s"}
+    else:
+        headers = {
+            "anthropic-ratelimit-requests-remaining": "3",
+            "anthropic-ratelimit-requests-reset": "2000-01-01T00:00:00Z",
+        }
+    backend.server.enqueue(replace(backend.text(ANSWER), headers=headers))
+
+    # When it streams
+    streamed = backend.provider().complete(request(backend, lambda piece: None))
+
+    # Then the limiter sees the provider's count, as for a plain answer
+    assert streamed.rate_limits is not None and streamed.rate_limits.requests_remaining == 3
