@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from actors.errors import (
@@ -18,7 +20,17 @@ from actors.errors import (
     InvalidPriority,
 )
 from config.errors import AgentQueueError, short_repr
-from taskstore import Agent, AgentNotFound, InvalidTransition, NewTask, Task, TaskStatus, normalize_id
+from taskstore import (
+    Agent,
+    AgentNotFound,
+    InvalidTransition,
+    NewTask,
+    Task,
+    TaskFilter,
+    TaskKey,
+    TaskStatus,
+    normalize_id,
+)
 
 #: Longest delay Dramatiq's Redis broker accepts (7 days).
 MAX_DELAY_MS = 7 * 24 * 3600 * 1000
@@ -174,3 +186,53 @@ def check_priority(priority: object) -> None:
     """A priority: an int from 0 to 10."""
     if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 10:
         raise InvalidPriority(priority)
+
+
+#: Most tasks one ``list_tasks`` page holds.
+MAX_PAGE = 500
+#: Longest ``kind`` or title text a task filter takes.
+MAX_FILTER_CHARS = 200
+
+
+def check_page_size(limit: object) -> int:
+    """A page size: an int from 1 to :data:`MAX_PAGE`."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE:
+        raise InvalidArgument(f"limit {short_repr(limit)} must be an int from 1 to {MAX_PAGE}")
+    return limit
+
+
+def check_task_filter(task_filter: object) -> TaskFilter:
+    """A :class:`~taskstore.TaskFilter` with its ids normalized, its text bounded and its times aware."""
+    if task_filter is None:
+        return TaskFilter()
+    if not isinstance(task_filter, TaskFilter):
+        raise InvalidArgument(f"task_filter {short_repr(task_filter)} must be a taskstore.TaskFilter")
+    if task_filter.status is not None and not isinstance(task_filter.status, TaskStatus):
+        raise InvalidArgument(f"status {short_repr(task_filter.status)} must be a TaskStatus")
+    for name in ("kind", "title"):
+        value = getattr(task_filter, name)
+        if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_FILTER_CHARS):
+            raise InvalidArgument(f"{name} {short_repr(value)} must be 1 to {MAX_FILTER_CHARS} characters")
+    for name in ("created_from", "created_to"):
+        value = getattr(task_filter, name)
+        if value is not None and (not isinstance(value, datetime) or value.tzinfo is None):
+            raise InvalidArgument(f"{name} {short_repr(value)} must be a timezone-aware datetime")
+    return replace(
+        task_filter,
+        agent_id=None if task_filter.agent_id is None else normalize_id(task_filter.agent_id, "agent id"),
+        organization_id=(
+            None
+            if task_filter.organization_id is None
+            else normalize_id(task_filter.organization_id, "organization id")
+        ),
+    )
+
+
+def check_task_key(name: str, key: object) -> TaskKey | None:
+    """A page boundary: ``None`` or a :class:`~taskstore.TaskKey` with an aware time and a task id."""
+    if key is None:
+        return None
+    aware = isinstance(key, TaskKey) and isinstance(key.created_at, datetime) and key.created_at.tzinfo
+    if not isinstance(key, TaskKey) or not aware:
+        raise InvalidArgument(f"{name} {short_repr(key)} must be a TaskKey with a timezone-aware created_at")
+    return TaskKey(key.created_at, normalize_id(key.id))

@@ -88,3 +88,11 @@ class NotAwaitingApproval(InvalidTransition):
         self.task_id = task_id
         self.from_status = status
         self.to_status = "queued"
+
+
+class ScheduleNotChanged(AgentQueueError):
+    """A schedule change that the schedule's current state does not allow (e.g. disabling a disabled one)."""
+
+    def __init__(self, task_id: str, reason: str) -> None:
+        super().__init__(f"task {task_id!r}: {reason}")
+        self.task_id = task_id

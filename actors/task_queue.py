@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -36,8 +36,11 @@ from actors.arguments import (
     check_description,
     check_ids,
     check_page,
+    check_page_size,
     check_pending,
     check_priority,
+    check_task_filter,
+    check_task_key,
     check_title,
     item,
     task_fields,
@@ -50,6 +53,7 @@ from actors.errors import (
     InvalidArgument,
     InvalidContext,
     NotAwaitingApproval,
+    ScheduleNotChanged,
     UnknownAgentKind,
 )
 from actors.events import Event, EventReader
@@ -66,12 +70,16 @@ from taskstore import (
     CleanupResult,
     InvalidTransition,
     NewTask,
+    Overview,
     RetentionPolicy,
     Run,
     Task,
+    TaskFilter,
+    TaskKey,
     TaskNotFound,
     TaskStatus,
     TaskStore,
+    TaskSummary,
     normalize_id,
     utcnow,
 )
@@ -128,6 +136,17 @@ class Job:
             runs=tuple(runs),
             pending_approval=pending,
         )
+
+
+@dataclass(frozen=True)
+class TaskPage:
+    """One page of :meth:`AgentTaskQueue.list_tasks`, newest first, with the keys of its neighbours."""
+
+    items: list[TaskSummary]
+    #: Pass as ``after`` for the next (older) page; ``None`` on the last page.
+    older: TaskKey | None
+    #: Pass as ``before`` for the previous (newer) page; ``None`` on the first page.
+    newer: TaskKey | None
 
 
 class AgentTaskQueue:
@@ -589,6 +608,114 @@ class AgentTaskQueue:
         )
         return result
 
+    # --- the operator's views and schedule controls (the dashboard uses these) --------
+
+    def list_tasks(
+        self,
+        task_filter: TaskFilter | None = None,
+        *,
+        limit: int = 50,
+        after: TaskKey | None = None,
+        before: TaskKey | None = None,
+    ) -> TaskPage:
+        """Tasks matching ``task_filter``, newest first, a page at a time (keyset paging, archived ones
+        too): the first page, or the page just older than ``after`` / just newer than ``before``.
+
+        Raises:
+            InvalidArgument: A bad filter or key, ``limit`` outside 1 to 500, or ``after`` with ``before``.
+            InvalidTaskId: A filter's agent or organization id, or a key's task id, is not a UUID.
+        """
+        task_filter = check_task_filter(task_filter)
+        check_page_size(limit)
+        after, before = check_task_key("after", after), check_task_key("before", before)
+        if after is not None and before is not None:
+            raise InvalidArgument("give after or before, not both")
+        rows = self.store.list_tasks(task_filter, limit=limit + 1, after=after, before=before)
+        if before is not None:
+            items = rows[-limit:]
+            return TaskPage(
+                items, items[-1].key if items else before, items[0].key if len(rows) > limit else None
+            )
+        items = rows[:limit]
+        return TaskPage(
+            items, items[-1].key if len(rows) > limit else None, items[0].key if after and items else None
+        )
+
+    def get_overview(self, organization_id: str | None = None) -> Overview:
+        """The queue at a glance (:meth:`TaskStore.overview <taskstore.base.TaskStore.overview>`), of one
+        organization or all; while the queue is paused, waiting tasks count as ``paused``, as in
+        :meth:`get_queue_stats`."""
+        if organization_id is not None:
+            organization_id = normalize_id(organization_id, "organization id")
+        overview = self.store.overview(now=self.clock(), organization_id=organization_id)
+        if not self.is_paused():
+            return overview
+        counts = {**overview.counts, "paused": overview.counts.get("waiting", 0), "waiting": 0}
+        return replace(overview, counts=counts)
+
+    def disable_schedule(self, job_id: str) -> Job:
+        """Stop a scheduled job from firing, keeping its cron expression and time zone.
+
+        Raises:
+            InvalidTaskId, TaskNotFound: No such job.
+            ScheduleNotChanged: It has no schedule, or its schedule is already disabled.
+        """
+        task_id = normalize_id(job_id, "job id")
+        disabled = self.store.disable_schedule(task_id, now=self.clock())
+        if disabled is None:
+            task = self._task(task_id)
+            state = "has no schedule" if task.schedule_cron is None else "its schedule is already disabled"
+            raise ScheduleNotChanged(task_id, state)
+        logger.info("[AgentTaskQueue] Schedule of job %s disabled", task_id)
+        return self._job(task_id)
+
+    def enable_schedule(self, job_id: str) -> Job:
+        """Let a disabled schedule fire again, from its next slot after now.
+
+        Raises:
+            InvalidTaskId, TaskNotFound: No such job.
+            ScheduleNotChanged: It has no schedule, or its schedule is not disabled.
+            InvalidCronExpression, UnknownTimezone: The stored schedule is unusable.
+        """
+        task_id = normalize_id(job_id, "job id")
+        task = self._task(task_id)
+        if task.schedule_cron is None:
+            raise ScheduleNotChanged(task_id, "has no schedule")
+        now = self.clock()
+        next_run = parse_schedule(task.schedule_cron, task.schedule_timezone).next_after(now)
+        if self.store.enable_schedule(task_id, next_run_at=next_run, now=now) is None:
+            raise ScheduleNotChanged(task_id, "its schedule is not disabled (or was changed meanwhile)")
+        logger.info(
+            "[AgentTaskQueue] Schedule of job %s enabled; next run at %s", task_id, next_run.isoformat()
+        )
+        return self._job(task_id)
+
+    def run_schedule_now(self, job_id: str) -> Job:
+        """Fire a scheduled job out of turn, as its schedule would: ``queued`` with a fresh set of attempts
+        and a message sent; its next scheduled run stays. Not while its previous run is queued or running.
+
+        Raises:
+            InvalidTaskId, TaskNotFound: No such job.
+            ScheduleNotChanged: It has no schedule, or its previous run is still queued or running.
+            AgentNotFound, AgentInactive, UnknownAgentKind: Nothing could run it; nothing changed.
+            BrokerUnavailable: Redis is down; the task stays ``queued`` and the reconciler sends it.
+        """
+        task_id = normalize_id(job_id, "job id")
+        task = self._task(task_id)
+        if task.schedule_cron is None:
+            raise ScheduleNotChanged(task_id, "has no schedule")
+        actor = self._actor_for(task)
+        fired = self.store.fire_schedule_now(task_id, now=self.clock())
+        if fired is None:
+            current = self._task(task_id)
+            reason = (
+                "has no schedule" if current.schedule_cron is None else f"its run is {current.status.value}"
+            )
+            raise ScheduleNotChanged(task_id, reason)
+        self._send([(actor, fired)], 0, queued_at=None, by="run_schedule_now")
+        _log_added(fired, 0)
+        return self._job(task_id)
+
     # --- helpers --------------------------------------------------------------
 
     def _task(self, task_id: str) -> Task:
@@ -653,12 +780,18 @@ class AgentTaskQueue:
         return Job.from_task(current, self.store.get_runs(task_id) if current.attempts else [])
 
     def _send(
-        self, queued: Sequence[tuple[AgentActor, Task]], delay_ms: int, *, queued_at: datetime, by: str
+        self,
+        queued: Sequence[tuple[AgentActor, Task]],
+        delay_ms: int,
+        *,
+        queued_at: datetime | None,
+        by: str,
     ) -> None:
         """Send the messages of tasks this call moved to ``queued`` at ``queued_at``, marked as queued and
         in their lanes (so ``TaskLifecycle`` leaves the database alone); if that fails they are put back
-        (:func:`~actors.agent_actor.pending_again_on_failure`). Several go in one Redis transaction on
-        the lane broker, one by one on any other broker.
+        (:func:`~actors.agent_actor.pending_again_on_failure`; ``queued_at`` None: they stay queued, for
+        the reconciler). Several go in one Redis transaction on the lane broker, one by one on any other
+        broker.
 
         Each task's ``queued`` event (``by`` the caller) is published first and flushed, so that it comes
         before the ``running`` of the worker that takes the message. If Redis then refuses the messages

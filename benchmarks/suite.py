@@ -99,6 +99,14 @@ def resume(quick: bool) -> list[Figure]:
     return bench.figures(cases)
 
 
+def dashboard(quick: bool) -> list[Figure]:
+    from benchmarks import dashboard as bench
+
+    result = bench.run(100_000 if quick else 1_000_000, 5 if quick else 10)
+    bench.OUTPUT.write_text(bench.render(result), encoding="utf-8")
+    return bench.figures(result)
+
+
 #: Every benchmark of the suite, in the order it runs.
 BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "pipeline": pipeline,
@@ -108,8 +116,9 @@ BENCHMARKS: dict[str, Callable[[bool], list[Figure]]] = {
     "schedules": schedules,
     "tracing": tracing,
     "limits": limits,
-    "events": events,
     "resume": resume,
+    "events": events,
+    "dashboard": dashboard,
 }
 
 

@@ -74,15 +74,19 @@ def register_settings(settings: Settings) -> None:
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """The secret values of ``settings``: API and Supabase keys, Redis/database passwords, DSN key."""
+    """The secret values of ``settings``: API and Supabase keys, Redis/database passwords, DSN key,
+    dashboard tokens."""
     plain = [
         settings.openai_api_key,
         settings.anthropic_api_key,
         settings.supabase_service_role_key,
         settings.supabase_secret_key,
         settings.redis_password,
+        settings.dashboard_token,
+        settings.dashboard_readonly_token,
     ]
     values = [value.get_secret_value() for value in plain if value is not None]
+    values.extend(str(token) for token in settings.dashboard_org_tokens.values())
     for url in (settings.redis_url, settings.database_url, settings.sentry_dsn):
         if url is not None:
             values.extend(_url_credentials(url.get_secret_value()))

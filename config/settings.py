@@ -272,11 +272,57 @@ class Settings(BaseSettings):
     #: Streamed model text published at most once per this many milliseconds per run (0: every chunk).
     events_delta_flush_ms: DeltaFlushMs = Field(default=100, validation_alias="AGENTQ_EVENTS_DELTA_FLUSH_MS")
 
+    # --- Dashboard (``agentq dashboard``) ---
+    #: Full access (actions included); required to bind anywhere but the loopback interface.
+    dashboard_token: SecretStr | None = Field(default=None, validation_alias="AGENTQ_DASHBOARD_TOKEN")
+    #: Read-only access: every page and GET of the API, no action.
+    dashboard_readonly_token: SecretStr | None = Field(
+        default=None, validation_alias="AGENTQ_DASHBOARD_READONLY_TOKEN"
+    )
+    #: Read-only access to one organization's tasks, JSON: {"<organization uuid>": "<token>"}.
+    dashboard_org_tokens: JsonObject = Field(
+        default_factory=dict, validation_alias="AGENTQ_DASHBOARD_ORG_TOKENS_JSON"
+    )
+    #: Link from a run to its trace, with ``{trace_id}`` in it, e.g. http://localhost:16686/trace/{trace_id}.
+    trace_url_template: str | None = Field(default=None, validation_alias="AGENTQ_TRACE_URL_TEMPLATE")
+    #: Seconds between two refreshes of the dashboard's live views.
+    dashboard_refresh_s: PositiveFloat = Field(default=5.0, validation_alias="AGENTQ_DASHBOARD_REFRESH_S")
+
     @field_validator("extra_middleware", "disabled_middleware", "allowed_base_urls", "tools", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("trace_url_template")
+    @classmethod
+    def _trace_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        parsed = urlsplit(value.strip())
+        if parsed.scheme not in ("http", "https") or "{trace_id}" not in value:
+            raise ValueError("must be an http(s):// URL containing {trace_id}")
+        return value.strip()
+
+    @field_validator("dashboard_token", "dashboard_readonly_token")
+    @classmethod
+    def _dashboard_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        if len(value.get_secret_value()) < MIN_DASHBOARD_TOKEN_CHARS:
+            raise ValueError(f"must be at least {MIN_DASHBOARD_TOKEN_CHARS} characters (use a random one)")
+        return value
+
+    @field_validator("dashboard_org_tokens")
+    @classmethod
+    def _org_tokens(cls, value: dict[str, Any]) -> dict[str, Any]:
+        for organization, token in value.items():
+            if not isinstance(token, str) or len(token) < MIN_DASHBOARD_TOKEN_CHARS:
+                raise ValueError(
+                    f"the token of organization {organization!r} must be a string of at least"
+                    f" {MIN_DASHBOARD_TOKEN_CHARS} characters"
+                )
         return value
 
     @field_validator("sentry_traces_sample_rate")
@@ -388,6 +434,9 @@ class Settings(BaseSettings):
         return self.db_pool_size or min(self.queue_concurrency + 4, DB_POOL_CAP)
 
 
+#: Shortest dashboard token accepted: a guessable token would open every task to anyone who reaches it.
+MIN_DASHBOARD_TOKEN_CHARS = 16
+
 #: Most Postgres connections a worker process opens unless ``AGENTQ_DB_POOL_SIZE`` says more: past it,
 #: threads take turns instead of exhausting the server's ``max_connections`` (100 by default).
 DB_POOL_CAP = 32
@@ -401,6 +450,9 @@ _SECRET_FIELDS = {
     "SENTRY_DSN",
     "SUPABASE_SERVICE_ROLE_KEY",
     "SUPABASE_SECRET_KEY",
+    "AGENTQ_DASHBOARD_TOKEN",
+    "AGENTQ_DASHBOARD_READONLY_TOKEN",
+    "AGENTQ_DASHBOARD_ORG_TOKENS_JSON",
 }
 
 

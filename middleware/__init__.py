@@ -11,6 +11,7 @@ name                     middleware
 ``sentry``               :class:`middleware.sentry.Sentry` — scope, tags, one event per dead letter
 (log format ``json``)    :class:`middleware.json_logs.JsonLogs` — JSON log lines in worker processes
 ``metrics``              :class:`middleware.metrics.Metrics` — Prometheus endpoint per process
+``presence``             :class:`middleware.presence.WorkerPresence` — who runs what (dashboard)
 ``age_limit``            ``dramatiq.middleware.AgeLimit``
 ``time_limit``           ``dramatiq.middleware.TimeLimit`` (``AGENTQ_TASK_TIME_LIMIT_MS``)
 ``shutdown``             ``dramatiq.middleware.ShutdownNotifications``
@@ -65,6 +66,7 @@ from middleware.json_logs import JsonLogs
 from middleware.metrics import Metrics
 from middleware.outcome import AttemptResult
 from middleware.pause import Pause
+from middleware.presence import WorkerPresence
 from middleware.reconciler import Reconciler
 from middleware.redaction import Redaction
 from middleware.retries import Retries
@@ -91,7 +93,7 @@ DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
 #: Our middleware after the user's, switchable by name, in stack order.
 RELIABILITY = ("stalled_jobs", "cancel_watch", "shutdown_deadline", "reconciler", "pause", "rate_limit")
 #: Our observability middleware, after ``StoreLifecycle`` (sentry with a DSN, metrics with a port).
-OBSERVABILITY = ("tracing", "sentry", "metrics")
+OBSERVABILITY = ("tracing", "sentry", "metrics", "presence")
 #: Every name ``AGENTQ_DISABLE_MIDDLEWARE`` accepts.
 OPTIONAL = (*OBSERVABILITY, *DRAMATIQ, *RELIABILITY)
 
@@ -158,6 +160,8 @@ def build_middleware(
         stack.append(JsonLogs())
     if settings.metrics_port is not None and "metrics" not in disabled:
         stack.append(Metrics(settings.metrics_port, attempts))
+    if "presence" not in disabled:
+        stack.append(WorkerPresence(attempts))
     stack.extend(factory(settings) for name, factory in DRAMATIQ.items() if name not in disabled)
     stack.extend(load_middleware(path) for path in settings.extra_middleware)
     stack.extend(middleware for name, middleware in reliability.items() if name not in disabled)
@@ -203,6 +207,7 @@ __all__ = [
     "StoreLifecycle",
     "TaskLifecycle",
     "Tracing",
+    "WorkerPresence",
     "build_middleware",
     "current_claim",
     "load_middleware",

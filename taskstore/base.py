@@ -29,6 +29,7 @@ from taskstore.models import (
     Firing,
     NewAgent,
     NewTask,
+    Overview,
     QueueCounts,
     QueuedTask,
     RetentionPolicy,
@@ -39,6 +40,9 @@ from taskstore.models import (
     StepRecord,
     StepStatus,
     Task,
+    TaskFilter,
+    TaskKey,
+    TaskSummary,
     Usage,
     WaitingTask,
 )
@@ -419,6 +423,44 @@ class TaskStore(Protocol):
 
     def cleanup(self, policy: RetentionPolicy, *, now: datetime) -> CleanupResult:
         """Archive finished jobs outside ``policy`` and delete their runs. Task rows are never deleted."""
+        ...
+
+    # --- the operator's views and actions (the dashboard) ------------------
+
+    def list_tasks(
+        self,
+        task_filter: TaskFilter,
+        *,
+        limit: int,
+        after: TaskKey | None = None,
+        before: TaskKey | None = None,
+    ) -> list[TaskSummary]:
+        """Tasks matching ``task_filter``, newest first (``created_at``, then ``id``), archived ones too.
+
+        Keyset paging: with ``after``, the ``limit`` tasks just older than it; with ``before``, the
+        ``limit`` tasks just newer than it (still returned newest first); with neither, the newest.
+        """
+        ...
+
+    def overview(self, *, now: datetime, organization_id: str | None = None, top: int = 20) -> Overview:
+        """Counts by status, the last hour's outcomes, queue depth and spend (UTC day and month), of one
+        organization or of all; at most ``top`` organizations per ranking."""
+        ...
+
+    def disable_schedule(self, task_id: str, *, now: datetime) -> Task | None:
+        """Stop a schedule from firing, keeping its cron and time zone (``next_run_at`` becomes NULL).
+        ``None`` if the task has no enabled schedule."""
+        ...
+
+    def enable_schedule(self, task_id: str, *, next_run_at: datetime, now: datetime) -> Task | None:
+        """Let a disabled schedule fire again from ``next_run_at``. ``None`` if the task has no disabled
+        schedule."""
+        ...
+
+    def fire_schedule_now(self, task_id: str, *, now: datetime) -> Task | None:
+        """Fire a schedule out of turn: the task is ``queued`` with a fresh set of attempts, as a firing
+        makes it, and ``next_run_at`` stays. ``None`` if the task has no schedule, or its previous run is
+        still queued or running."""
         ...
 
 

@@ -385,3 +385,104 @@ class CleanupResult:
     archived_failed: int = 0
     deleted_runs: int = 0
     deleted_steps: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFilter:
+    """Which tasks a listing shows (``None``: any); every filter given must match."""
+
+    status: TaskStatus | None = None
+    agent_id: str | None = None
+    organization_id: str | None = None
+    #: The agent's ``kind``.
+    kind: str | None = None
+    #: ``created_at`` at or after this moment.
+    created_from: datetime | None = None
+    #: ``created_at`` before this moment.
+    created_to: datetime | None = None
+    #: Text the title contains, case-insensitively (for ASCII letters on SQLite).
+    title: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TaskKey:
+    """A task's place in a listing (newest ``created_at`` first, then highest ``id``): a page boundary."""
+
+    created_at: datetime
+    id: str
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSummary:
+    """One line of a task listing: the task's columns that fit on a line, with its agent's name and kind."""
+
+    id: str
+    title: str
+    status: TaskStatus
+    priority: int
+    task_type: str
+    agent_id: str
+    organization_id: str
+    #: ``None`` when the agent row is gone.
+    agent_name: str | None
+    kind: str | None
+    attempts: int
+    max_attempts: int
+    #: The first :data:`SUMMARY_ERROR_CHARS` characters of the task's error.
+    error: str | None
+    cost_usd: Decimal
+    schedule_cron: str | None
+    next_run_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    failed_at: datetime | None
+    archived_at: datetime | None
+
+    @property
+    def key(self) -> TaskKey:
+        """This task's place in a listing."""
+        return TaskKey(self.created_at, self.id)
+
+
+#: Characters of a task's error a :class:`TaskSummary` carries.
+SUMMARY_ERROR_CHARS = 300
+
+
+@dataclass(frozen=True, slots=True)
+class MinuteCount:
+    """Tasks that finished in one minute (UTC), by outcome."""
+
+    minute: datetime
+    completed: int
+    failed: int
+
+
+@dataclass(frozen=True, slots=True)
+class OrganizationSpend:
+    """USD an organization's runs started since midnight and since the first of the month cost (UTC)."""
+
+    organization_id: str
+    today: Decimal
+    month: Decimal
+
+
+@dataclass(frozen=True, slots=True)
+class Overview:
+    """The state of the queue at a glance, read in one call (see :meth:`TaskStore.overview`)."""
+
+    #: Tasks by status (every status present; completed and failed ones not archived), plus the queued
+    #: ones split into ``waiting`` (due) and ``delayed``.
+    counts: dict[str, int]
+    #: Tasks that completed / failed in the last hour.
+    completed_last_hour: int
+    failed_last_hour: int
+    #: The last hour minute by minute, oldest first; minutes without a finished task are left out.
+    per_minute: tuple[MinuteCount, ...]
+    #: Queued tasks (waiting and delayed) by priority.
+    depth_by_priority: dict[int, int]
+    #: Queued tasks by organization, the deepest first.
+    depth_by_organization: tuple[tuple[str, int], ...]
+    #: Spend per organization, the largest this month first.
+    spend: tuple[OrganizationSpend, ...]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 #: Error recorded on a run whose worker stopped renewing its lease.
 STALLED_ERROR = "job stalled - worker may have crashed (lease expired)"
@@ -86,3 +86,19 @@ def step_end(status: str) -> str:
     if value not in STEP_ENDS:
         raise ValueError(f"a step ends completed or failed, not {value!r}")
     return value
+
+
+def overview_windows(now: datetime) -> tuple[datetime, datetime, datetime]:
+    """The windows of :meth:`~taskstore.base.TaskStore.overview`: an hour ago, midnight and the first of the
+    month (UTC; the spending caps' month)."""
+    utc = now.astimezone(UTC)
+    day_start = utc.replace(hour=0, minute=0, second=0, microsecond=0)
+    return utc - timedelta(hours=1), day_start, day_start.replace(day=1)
+
+
+def title_pattern(text: str | None) -> str | None:
+    """A ``LIKE`` pattern (escape character ``\\``) matching titles that contain ``text``."""
+    if text is None:
+        return None
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"

@@ -356,6 +356,13 @@ STEPS = CreateTable(
     ),
 )
 
+#: 0001/0002 indexes that 0007's cover (same leading columns), dropped so that writes keep as many indexes.
+_DROP_SUPERSEDED_INDEXES = (
+    "DROP INDEX IF EXISTS ai_agent_tasks_status_idx;\n"
+    "DROP INDEX IF EXISTS ai_agent_tasks_agent_idx;\n"
+    "DROP INDEX IF EXISTS ai_agent_tasks_organization_idx;"
+)
+
 #: Every migration, oldest first.
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -465,6 +472,46 @@ MIGRATIONS: tuple[Migration, ...] = (
             # functions whose arguments changed are dropped, then the current functions installed.
             SQLFile("history/0006_step_ledger.sql"),
             SQLFile("history/0006_functions.sql"),
+            SQLFile("function_grants.sql"),
+        ),
+    ),
+    Migration(
+        "0007_dashboard",
+        (
+            # The dashboard's task list pages by (created_at, id), newest first (agentq_list_tasks), alone
+            # or within one status, agent or organization; each index serves one filter in that order.
+            CreateIndex("ai_agent_tasks_created_idx", "ai_agent_tasks", ("created_at", "id")),
+            CreateIndex(
+                "ai_agent_tasks_status_created_idx", "ai_agent_tasks", ("status", "created_at", "id")
+            ),
+            CreateIndex(
+                "ai_agent_tasks_agent_created_idx", "ai_agent_tasks", ("agent_id", "created_at", "id")
+            ),
+            CreateIndex(
+                "ai_agent_tasks_organization_created_idx",
+                "ai_agent_tasks",
+                ("organization_id", "created_at", "id"),
+            ),
+            # Counts by status (waiting and delayed too) and queue depth by organization and priority,
+            # of everyone or one organization, read only tasks not archived (finished jobs past
+            # retention are): index-only, and small once retention runs. Supersedes 0001's
+            # (status, run_at) index, as the agent and organization ones above supersede theirs.
+            CreateIndex(
+                "ai_agent_tasks_live_idx",
+                "ai_agent_tasks",
+                ("status", "organization_id", "priority", "run_at"),
+                where="archived_at IS NULL",
+            ),
+            RawSQL(
+                postgres=_DROP_SUPERSEDED_INDEXES,
+                sqlite=_DROP_SUPERSEDED_INDEXES,
+            ),
+            # The kind filter looks up the agents of a kind.
+            CreateIndex("ai_agents_kind_idx", "ai_agents", ("kind",)),
+            # Postgres only: a trigram index for the title search (where pg_trgm may be created), the
+            # dashboard's functions (only those: see the file) and who may call them.
+            SQLFile("history/title_search.sql"),
+            SQLFile("history/0007_dashboard_functions.sql"),
             SQLFile("function_grants.sql"),
         ),
     ),

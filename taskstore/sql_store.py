@@ -32,8 +32,11 @@ from taskstore.models import (
     DueSchedule,
     FiredSchedule,
     Firing,
+    MinuteCount,
     NewAgent,
     NewTask,
+    OrganizationSpend,
+    Overview,
     QueueCounts,
     QueuedTask,
     RetentionPolicy,
@@ -45,7 +48,10 @@ from taskstore.models import (
     StepRecord,
     StepStatus,
     Task,
+    TaskFilter,
+    TaskKey,
     TaskStatus,
+    TaskSummary,
     Usage,
     WaitingTask,
 )
@@ -58,7 +64,15 @@ from taskstore.rows import (
     step_from_row,
     task_from_row,
 )
-from taskstore.rules import STALLED_ERROR, STALLED_LIMIT_ERROR, USAGE_COLUMNS, step_end, unrunnable_statuses
+from taskstore.rules import (
+    STALLED_ERROR,
+    STALLED_LIMIT_ERROR,
+    USAGE_COLUMNS,
+    overview_windows,
+    step_end,
+    title_pattern,
+    unrunnable_statuses,
+)
 from taskstore.schema import AGENTS, RUNS, STEPS, TASKS, CreateTable, all_columns
 from taskstore.storable import storable_json, storable_text
 
@@ -819,6 +833,120 @@ class SqlFunctionStore(ABC):
             int(result["deleted_runs"]),
             int(result["deleted_steps"]),
         )
+
+    # --- the operator's views and actions -----------------------------------
+
+    def list_tasks(
+        self,
+        task_filter: TaskFilter,
+        *,
+        limit: int,
+        after: TaskKey | None = None,
+        before: TaskKey | None = None,
+    ) -> list[TaskSummary]:
+        params: dict[str, Any] = {
+            "p_limit": limit,
+            "p_status": task_filter.status.value if task_filter.status is not None else None,
+            "p_agent_id": task_filter.agent_id,
+            "p_organization_id": task_filter.organization_id,
+            "p_kind": task_filter.kind,
+            "p_created_from": task_filter.created_from,
+            "p_created_to": task_filter.created_to,
+            "p_title_pattern": title_pattern(task_filter.title),
+        }
+        if after is not None:
+            params.update(p_after_created=after.created_at, p_after_id=after.id)
+        elif before is not None:
+            params.update(p_before_created=before.created_at, p_before_id=before.id)
+        given = {name: value for name, value in params.items() if value is not None}
+        return [summary_from_json(row) for row in self._call("agentq_list_tasks", given) or []]
+
+    def overview(self, *, now: datetime, organization_id: str | None = None, top: int = 20) -> Overview:
+        hour_ago, day_start, month_start = overview_windows(now)
+        params: dict[str, Any] = {
+            "p_now": now,
+            "p_hour_ago": hour_ago,
+            "p_day_start": day_start,
+            "p_month_start": month_start,
+            "p_top": top,
+        }
+        if organization_id is not None:
+            params["p_organization_id"] = organization_id
+        return overview_from_json(self._call("agentq_overview", params))
+
+    def disable_schedule(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._task(
+            "agentq_disable_schedule",
+            {"p_task_id": task_id, "p_now": now},
+            lambda t: t.schedule_cron is not None and t.next_run_at is None and t.updated_at == now,
+        )
+
+    def enable_schedule(self, task_id: str, *, next_run_at: datetime, now: datetime) -> Task | None:
+        return self._task(
+            "agentq_enable_schedule",
+            {"p_task_id": task_id, "p_next_run_at": next_run_at, "p_now": now},
+            lambda t: t.next_run_at == next_run_at and t.updated_at == now,
+        )
+
+    def fire_schedule_now(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._task(
+            "agentq_fire_schedule_now",
+            {"p_task_id": task_id, "p_now": now},
+            lambda t: t.status == TaskStatus.QUEUED and t.last_run_at == now and t.queued_at == now,
+        )
+
+
+def _time_or_none(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
+
+
+def summary_from_json(row: Mapping[str, Any]) -> TaskSummary:
+    """A :class:`TaskSummary` from one object of ``agentq_list_tasks``'s array."""
+    return TaskSummary(
+        id=str(row["id"]),
+        title=row["title"],
+        status=TaskStatus(row["status"]),
+        priority=int(row["priority"]),
+        task_type=row["task_type"],
+        agent_id=str(row["agent_id"]),
+        organization_id=str(row["organization_id"]),
+        agent_name=row["agent_name"],
+        kind=row["kind"],
+        attempts=int(row["attempts"]),
+        max_attempts=int(row["max_attempts"]),
+        error=row["error"],
+        cost_usd=Decimal(str(row["cost_usd"])),
+        schedule_cron=row["schedule_cron"],
+        next_run_at=_time_or_none(row["next_run_at"]),
+        created_at=datetime.fromisoformat(row["created_at"]),
+        updated_at=datetime.fromisoformat(row["updated_at"]),
+        started_at=_time_or_none(row["started_at"]),
+        completed_at=_time_or_none(row["completed_at"]),
+        failed_at=_time_or_none(row["failed_at"]),
+        archived_at=_time_or_none(row["archived_at"]),
+    )
+
+
+def overview_from_json(data: Mapping[str, Any]) -> Overview:
+    """An :class:`Overview` from ``agentq_overview``'s object."""
+    counts = {str(status): int(count) for status, count in data["counts"]["by_status"].items()}
+    counts.update(waiting=int(data["counts"]["waiting"]), delayed=int(data["counts"]["delayed"]))
+    minutes = tuple(
+        MinuteCount(datetime.fromisoformat(item["minute"]), int(item["completed"]), int(item["failed"]))
+        for item in data["per_minute"]
+    )
+    return Overview(
+        counts=counts,
+        completed_last_hour=sum(minute.completed for minute in minutes),
+        failed_last_hour=sum(minute.failed for minute in minutes),
+        per_minute=minutes,
+        depth_by_priority={int(key): int(count) for key, count in data["depth_by_priority"].items()},
+        depth_by_organization=tuple((str(org), int(count)) for org, count in data["depth_by_organization"]),
+        spend=tuple(
+            OrganizationSpend(str(item["organization_id"]), Decimal(item["today"]), Decimal(item["month"]))
+            for item in data["spend"]
+        ),
+    )
 
 
 def complete_item(

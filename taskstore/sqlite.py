@@ -21,7 +21,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from taskstore import sqlite_approvals
+from taskstore import sqlite_approvals, sqlite_views
 from taskstore.base import new_id
 from taskstore.errors import DuplicateTask, StoreUnavailable
 from taskstore.models import (
@@ -34,6 +34,7 @@ from taskstore.models import (
     Firing,
     NewAgent,
     NewTask,
+    Overview,
     QueueCounts,
     QueuedTask,
     RetentionPolicy,
@@ -44,6 +45,9 @@ from taskstore.models import (
     StepRecord,
     StepStatus,
     Task,
+    TaskFilter,
+    TaskKey,
+    TaskSummary,
     Usage,
     WaitingTask,
 )
@@ -1069,11 +1073,12 @@ class SqliteTaskStore:
             " COALESCE(SUM(status = 'queued' AND (run_at IS NULL OR run_at <= :now)), 0) AS waiting,"
             " COALESCE(SUM(status = 'queued' AND run_at > :now), 0) AS delayed,"
             " COALESCE(SUM(status = 'running'), 0) AS active,"
-            " COALESCE(SUM(status = 'completed' AND archived_at IS NULL), 0) AS completed,"
-            " COALESCE(SUM(status = 'failed' AND archived_at IS NULL), 0) AS failed,"
+            " COALESCE(SUM(status = 'completed'), 0) AS completed,"
+            " COALESCE(SUM(status = 'failed'), 0) AS failed,"
             " COALESCE(SUM(status = 'awaiting_approval'), 0) AS awaiting_approval"
             " FROM ai_agent_tasks"
-            " WHERE status IN ('queued', 'running', 'completed', 'failed', 'awaiting_approval')",
+            " WHERE status IN ('queued', 'running', 'completed', 'failed', 'awaiting_approval')"
+            " AND archived_at IS NULL",
             {"now": encode_time(now)},
         )
         return QueueCounts(**{key: int(rows[0][key]) for key in rows[0].keys()})  # noqa: SIM118
@@ -1094,6 +1099,56 @@ class SqliteTaskStore:
                 for table in ("ai_agent_task_runs", "ai_agent_task_steps")
             ]
         return CleanupResult(completed, failed, *deleted)
+
+    # --- the operator's views and actions (reads in taskstore/sqlite_views.py) --------
+
+    def _decoded(self, sql: str, params: Mapping[str, Any]) -> list[dict[str, Any]]:
+        return [_decode(row) for row in self._query(sql, params)]
+
+    def list_tasks(
+        self,
+        task_filter: TaskFilter,
+        *,
+        limit: int,
+        after: TaskKey | None = None,
+        before: TaskKey | None = None,
+    ) -> list[TaskSummary]:
+        return sqlite_views.list_tasks(
+            self._decoded, encode_time, task_filter, limit=limit, after=after, before=before
+        )
+
+    def overview(self, *, now: datetime, organization_id: str | None = None, top: int = 20) -> Overview:
+        return sqlite_views.overview(
+            self._decoded, encode_time, now=now, organization_id=organization_id, top=top
+        )
+
+    def disable_schedule(self, task_id: str, *, now: datetime) -> Task | None:
+        return self._update_task(
+            "UPDATE ai_agent_tasks SET next_run_at = NULL, updated_at = :now"
+            " WHERE id = :id AND schedule_cron IS NOT NULL AND next_run_at IS NOT NULL RETURNING *",
+            {"id": task_id, "now": encode_time(now)},
+        )
+
+    def enable_schedule(self, task_id: str, *, next_run_at: datetime, now: datetime) -> Task | None:
+        return self._update_task(
+            "UPDATE ai_agent_tasks SET next_run_at = :next, updated_at = :now"
+            " WHERE id = :id AND schedule_cron IS NOT NULL AND next_run_at IS NULL RETURNING *",
+            {"id": task_id, "next": encode_time(next_run_at), "now": encode_time(now)},
+        )
+
+    def fire_schedule_now(self, task_id: str, *, now: datetime) -> Task | None:
+        busy = ", ".join(f"'{status}'" for status in FIRING_BUSY_STATUSES)
+        with self._transaction() as conn:
+            fired = _tasks(
+                conn.execute(
+                    f"UPDATE ai_agent_tasks SET {FIRING_RESETS.format(now=':now')}, updated_at = :now"
+                    f" WHERE id = :id AND schedule_cron IS NOT NULL AND status NOT IN ({busy}) RETURNING *",
+                    {"id": task_id, "now": encode_time(now)},
+                )
+            )
+            if fired:  # a new firing: the previous one's step ledger goes
+                conn.execute("DELETE FROM ai_agent_task_steps WHERE task_id = ?", (task_id,))
+        return fired[0] if fired else None
 
     @staticmethod
     def _archive(

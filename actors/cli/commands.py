@@ -4,8 +4,8 @@ agentq migrate              create or upgrade the schema (safe to run twice)
 agentq schema               print the Postgres migration SQL
 agentq stats                queue statistics (JSON)
 agentq job ID               one job, with its runs
-agentq retry ID [--resume]  retry a failed job (``--resume``: after its completed steps)
 agentq events ID            the job's live events, one per line (--follow, --after ID, --timeout S, --json)
+agentq retry ID [--resume]  retry a failed job (``--resume``: after its completed steps)
 agentq dead-letters         list failed jobs (``--retry-all`` retries them all)
 agentq remove ID            cancel a job (a running one is interrupted within a second; a schedule ends)
 agentq approvals            tool calls waiting for a person's decision, the longest waiting first
@@ -18,6 +18,7 @@ agentq pause | resume       stop / restart task starts on every worker
 agentq limits [BUCKET…]     provider and organization limits: each bucket's use now (JSON)
 agentq worker [ARGS…]       run ``dramatiq actors`` with QUEUE_CONCURRENCY threads
 agentq demo                 the embedded demo: a worker runs a handful of tasks end to end
+agentq dashboard            serve the operator dashboard (``--host 127.0.0.1 --port 8600``)
 """
 
 from __future__ import annotations
@@ -313,6 +314,12 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(timeout_s=args.timeout)
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    from dashboard.server import serve
+
+    return serve(host=args.host, port=args.port)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agentq", description="Operate Agent Task Queue.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -392,6 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the embedded demo end to end")
     demo.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the demo tasks")
     demo.set_defaults(handler=_demo)
+    board = commands.add_parser("dashboard", help="serve the operator dashboard")
+    board.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (another than loopback needs a token)"
+    )
+    board.add_argument("--port", type=int, default=8600, help="port to listen on (default 8600)")
+    board.set_defaults(handler=_dashboard)
     return parser
 
 

@@ -1,7 +1,8 @@
 -- The agentq_* functions: every transition and read of the Postgres family, written once.
 -- PostgresTaskStore calls them over psycopg and SupabaseTaskStore over PostgREST's rpc, both through
 -- taskstore/sql_store.py. Installed by the latest migration that changed them (0008_approvals; the copies
--- earlier migrations installed are in taskstore/sql/history/). CREATE OR REPLACE: applies twice.
+-- earlier migrations installed are in taskstore/sql/history/, and 0007_dashboard added its own functions
+-- from history/0007_dashboard_functions.sql). CREATE OR REPLACE: applies twice.
 -- Each write is one compare-and-set keyed by ids the caller generated and the caller's p_now.
 -- Rules: one CREATE OR REPLACE FUNCTION per name; parameters one per "p_name type" (no commas in types).
 
@@ -231,17 +232,18 @@ SELECT COALESCE(jsonb_agg(jsonb_build_object('id', w.id, 'since', w.since, 'kind
   ) w
 $$;
 
--- Exact queue counts in one consistent read.
+-- Exact queue counts in one consistent read (only finished tasks are ever archived: the live index).
 CREATE OR REPLACE FUNCTION agentq_queue_counts(p_now timestamptz) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = public AS $$
 SELECT jsonb_build_object(
     'waiting', count(*) FILTER (WHERE status = 'queued' AND (run_at IS NULL OR run_at <= p_now)),
     'delayed', count(*) FILTER (WHERE status = 'queued' AND run_at > p_now),
     'active', count(*) FILTER (WHERE status = 'running'),
-    'completed', count(*) FILTER (WHERE status = 'completed' AND archived_at IS NULL),
-    'failed', count(*) FILTER (WHERE status = 'failed' AND archived_at IS NULL),
+    'completed', count(*) FILTER (WHERE status = 'completed'),
+    'failed', count(*) FILTER (WHERE status = 'failed'),
     'awaiting_approval', count(*) FILTER (WHERE status = 'awaiting_approval'))
   FROM ai_agent_tasks WHERE status IN ('queued', 'running', 'completed', 'failed', 'awaiting_approval')
+   AND archived_at IS NULL
 $$;
 
 -- USD spent on an organization's runs started since p_since, as exact decimal text.
@@ -918,4 +920,175 @@ SELECT COALESCE(jsonb_agg(jsonb_build_object('task', w.task, 'step', w.step) ORD
      ORDER BY t.approval_requested_at NULLS FIRST, t.id
      LIMIT p_limit OFFSET p_offset
   ) w
+$$;
+
+-- The operator's views (the dashboard), added by migration 0007_dashboard with the indexes they use.
+-- Tasks matching the filters given (NULL: any), newest first, keyset-paged after (older than) or before
+-- (newer than) a (created_at, id) key, each with its agent's name and kind. Dynamic SQL, so that only the
+-- filters given reach the planner, which then picks the index made for them; p_title_pattern is a LIKE
+-- pattern (escape character \, LIKE's default).
+CREATE OR REPLACE FUNCTION agentq_list_tasks(
+    p_limit integer, p_status text DEFAULT NULL, p_agent_id uuid DEFAULT NULL,
+    p_organization_id uuid DEFAULT NULL, p_kind text DEFAULT NULL, p_created_from timestamptz DEFAULT NULL,
+    p_created_to timestamptz DEFAULT NULL, p_title_pattern text DEFAULT NULL,
+    p_after_created timestamptz DEFAULT NULL, p_after_id uuid DEFAULT NULL,
+    p_before_created timestamptz DEFAULT NULL, p_before_id uuid DEFAULT NULL
+) RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = public AS $$
+DECLARE
+    filters text := '';
+    direction text := 'DESC';
+    page jsonb;
+BEGIN
+    IF p_status IS NOT NULL THEN
+        filters := filters || ' AND t.status = $2';
+    END IF;
+    IF p_agent_id IS NOT NULL THEN
+        filters := filters || ' AND t.agent_id = $3';
+    END IF;
+    IF p_organization_id IS NOT NULL THEN
+        filters := filters || ' AND t.organization_id = $4';
+    END IF;
+    IF p_kind IS NOT NULL THEN
+        filters := filters || ' AND t.agent_id IN (SELECT k.id FROM ai_agents k WHERE k.kind = $5)';
+    END IF;
+    IF p_created_from IS NOT NULL THEN
+        filters := filters || ' AND t.created_at >= $6';
+    END IF;
+    IF p_created_to IS NOT NULL THEN
+        filters := filters || ' AND t.created_at < $7';
+    END IF;
+    IF p_title_pattern IS NOT NULL THEN
+        filters := filters || ' AND t.title ILIKE $8';
+    END IF;
+    IF p_after_created IS NOT NULL THEN
+        filters := filters || ' AND (t.created_at, t.id) < ($9, $10)';
+    ELSIF p_before_created IS NOT NULL THEN
+        filters := filters || ' AND (t.created_at, t.id) > ($11, $12)';
+        direction := 'ASC';
+    END IF;
+    EXECUTE format(
+        'SELECT COALESCE(jsonb_agg(jsonb_build_object('
+        '    ''id'', t.id, ''title'', t.title, ''status'', t.status, ''priority'', t.priority,'
+        '    ''task_type'', t.task_type, ''agent_id'', t.agent_id, ''organization_id'', t.organization_id,'
+        '    ''agent_name'', a.name, ''kind'', a.kind, ''attempts'', t.attempts,'
+        '    ''max_attempts'', t.max_attempts, ''error'', left(t.error, 300), ''cost_usd'', t.cost_usd::text,'
+        '    ''schedule_cron'', t.schedule_cron, ''next_run_at'', t.next_run_at,'
+        '    ''created_at'', t.created_at, ''updated_at'', t.updated_at, ''started_at'', t.started_at,'
+        '    ''completed_at'', t.completed_at, ''failed_at'', t.failed_at, ''archived_at'', t.archived_at)'
+        '  ORDER BY t.created_at DESC, t.id DESC), ''[]''::jsonb)'
+        '  FROM (SELECT t.id, t.title, t.status, t.priority, t.task_type, t.agent_id, t.organization_id,'
+        '               t.attempts, t.max_attempts, t.error, t.cost_usd, t.schedule_cron, t.next_run_at,'
+        '               t.created_at, t.updated_at, t.started_at, t.completed_at, t.failed_at, t.archived_at'
+        '          FROM ai_agent_tasks t WHERE TRUE%s'
+        '         ORDER BY t.created_at %s, t.id %s LIMIT $1) t'
+        '  LEFT JOIN ai_agents a ON a.id = t.agent_id',
+        filters, direction, direction)
+      INTO page
+     USING p_limit, p_status, p_agent_id, p_organization_id, p_kind, p_created_from, p_created_to,
+           p_title_pattern, p_after_created, p_after_id, p_before_created, p_before_id;
+    RETURN page;
+END
+$$;
+
+-- The queue at a glance, of one organization or all: tasks by status (completed and failed ones not
+-- archived) with the queued ones split into waiting and delayed; tasks finished in the last hour, minute by
+-- minute; queued tasks by priority and by organization; spend per organization today and this month (each of
+-- this month's runs finds its task by primary key: cheaper than joining the whole task table).
+CREATE OR REPLACE FUNCTION agentq_overview(
+    p_now timestamptz, p_hour_ago timestamptz, p_day_start timestamptz, p_month_start timestamptz,
+    p_organization_id uuid DEFAULT NULL, p_top integer DEFAULT 20
+) RETURNS jsonb LANGUAGE plpgsql STABLE SET search_path = public AS $$
+DECLARE
+    org text := CASE WHEN p_organization_id IS NULL THEN '' ELSE ' AND t.organization_id = $1' END;
+    counts jsonb;
+    minutes jsonb;
+    priorities jsonb;
+    organizations jsonb;
+    spend jsonb;
+BEGIN
+    EXECUTE format(
+        'SELECT jsonb_build_object(''by_status'', COALESCE((SELECT jsonb_object_agg(s.status, s.n) FROM ('
+        '    SELECT t.status, count(*) AS n FROM ai_agent_tasks t WHERE t.archived_at IS NULL%1$s'
+        '     GROUP BY t.status) s), ''{}''::jsonb),'
+        '  ''waiting'', (SELECT count(*) FROM ai_agent_tasks t WHERE t.status = ''queued''%1$s'
+        '                  AND t.archived_at IS NULL AND (t.run_at IS NULL OR t.run_at <= $2)),'
+        '  ''delayed'', (SELECT count(*) FROM ai_agent_tasks t WHERE t.status = ''queued''%1$s'
+        '                  AND t.archived_at IS NULL AND t.run_at > $2))', org)
+      INTO counts USING p_organization_id, p_now;
+    EXECUTE format(
+        'SELECT COALESCE(jsonb_agg(jsonb_build_object(''minute'', m.minute, ''completed'', m.completed,'
+        '                                             ''failed'', m.failed) ORDER BY m.minute), ''[]''::jsonb)'
+        '  FROM (SELECT f.minute, count(*) FILTER (WHERE f.outcome = ''completed'') AS completed,'
+        '               count(*) FILTER (WHERE f.outcome = ''failed'') AS failed'
+        '          FROM (SELECT date_trunc(''minute'', t.completed_at) AS minute, ''completed'' AS outcome'
+        '                  FROM ai_agent_tasks t WHERE t.status = ''completed'' AND t.completed_at >= $2%1$s'
+        '                UNION ALL'
+        '                SELECT date_trunc(''minute'', t.failed_at), ''failed'''
+        '                  FROM ai_agent_tasks t WHERE t.status = ''failed'' AND t.failed_at >= $2%1$s) f'
+        '         GROUP BY f.minute) m', org)
+      INTO minutes USING p_organization_id, p_hour_ago;
+    EXECUTE format(
+        'SELECT COALESCE(jsonb_object_agg(p.priority, p.n), ''{}''::jsonb)'
+        '  FROM (SELECT t.priority, count(*) AS n FROM ai_agent_tasks t'
+        '         WHERE t.status = ''queued'' AND t.archived_at IS NULL%1$s GROUP BY t.priority) p', org)
+      INTO priorities USING p_organization_id;
+    EXECUTE format(
+        'SELECT COALESCE(jsonb_agg(jsonb_build_array(o.organization_id, o.n) ORDER BY o.n DESC,'
+        '                          o.organization_id), ''[]''::jsonb)'
+        '  FROM (SELECT t.organization_id, count(*) AS n FROM ai_agent_tasks t'
+        '         WHERE t.status = ''queued'' AND t.archived_at IS NULL%1$s'
+        '         GROUP BY t.organization_id ORDER BY n DESC, t.organization_id LIMIT $2) o', org)
+      INTO organizations USING p_organization_id, p_top;
+    EXECUTE format(
+        'SELECT COALESCE(jsonb_agg(jsonb_build_object(''organization_id'', s.organization_id,'
+        '                          ''today'', s.today::text, ''month'', s.month::text)'
+        '                          ORDER BY s.month DESC, s.organization_id), ''[]''::jsonb)'
+        '  FROM (SELECT r.organization_id,'
+        '               COALESCE(SUM(r.cost_usd) FILTER (WHERE r.started_at >= $3), 0) AS today,'
+        '               COALESCE(SUM(r.cost_usd), 0) AS month'
+        '          FROM (SELECT r.started_at, r.cost_usd,'
+        '                       (SELECT t.organization_id FROM ai_agent_tasks t WHERE t.id = r.task_id) AS organization_id'
+        '                  FROM ai_agent_task_runs r WHERE r.started_at >= $2 AND r.cost_usd IS NOT NULL) r'
+        '         WHERE TRUE%1$s'
+        '         GROUP BY r.organization_id ORDER BY month DESC, r.organization_id LIMIT $4) s',
+        replace(org, 't.organization_id', 'r.organization_id'))
+      INTO spend USING p_organization_id, p_month_start, p_day_start, p_top;
+    RETURN jsonb_build_object('counts', counts, 'per_minute', minutes, 'depth_by_priority', priorities,
+                              'depth_by_organization', organizations, 'spend', spend);
+END
+$$;
+
+-- Stop a schedule from firing, keeping its cron and time zone (next_run_at NULL: never due).
+CREATE OR REPLACE FUNCTION agentq_disable_schedule(p_task_id uuid, p_now timestamptz)
+RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
+    UPDATE ai_agent_tasks SET next_run_at = NULL, updated_at = p_now
+     WHERE id = p_task_id AND schedule_cron IS NOT NULL AND next_run_at IS NOT NULL
+ RETURNING *
+$$;
+
+-- Let a disabled schedule fire again from p_next_run_at.
+CREATE OR REPLACE FUNCTION agentq_enable_schedule(p_task_id uuid, p_next_run_at timestamptz, p_now timestamptz)
+RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
+    UPDATE ai_agent_tasks SET next_run_at = p_next_run_at, updated_at = p_now
+     WHERE id = p_task_id AND schedule_cron IS NOT NULL AND next_run_at IS NULL
+ RETURNING *
+$$;
+
+-- Fire a schedule out of turn, as agentq_fire_schedules fires it (a new firing: firing + 1, the previous
+-- firing's step ledger deleted), keeping next_run_at; not while its previous run is still in flight (queued,
+-- running or awaiting approval).
+CREATE OR REPLACE FUNCTION agentq_fire_schedule_now(p_task_id uuid, p_now timestamptz)
+RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
+WITH fired AS (
+    UPDATE ai_agent_tasks
+       SET status = 'queued', last_run_at = p_now, queued_at = p_now, run_at = p_now, attempts = 0,
+           stalled_count = 0, postponed_count = 0, error = NULL, cancel_requested_at = NULL,
+           archived_at = NULL, updated_at = p_now, firing = firing + 1
+     WHERE id = p_task_id AND schedule_cron IS NOT NULL
+       AND status NOT IN ('queued', 'running', 'awaiting_approval')
+ RETURNING *
+), cleared AS (
+    DELETE FROM ai_agent_task_steps s USING fired WHERE s.task_id = fired.id
+)
+SELECT * FROM fired
 $$;

@@ -51,6 +51,7 @@ SUPABASE_FILES = {
     "20261201000000_hardening_agentq.sql": ("0004_hardening",),
     "20261202000000_one_statement_agentq.sql": ("0005_one_statement",),
     "20261203000000_step_ledger_agentq.sql": ("0006_step_ledger",),
+    "20261207000000_dashboard_agentq.sql": ("0007_dashboard",),
     "20261208000000_approvals_agentq.sql": ("0008_approvals",),
 }
 
