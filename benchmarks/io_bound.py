@@ -1,34 +1,42 @@
-"""I/O-bound agents: throughput against the ideal when every model call takes a fixed time.
+"""I/O-bound agents: one worker process with 1,000 runs in flight, against the floor.
 
-    python -m benchmarks.io_bound [--quick] [--py-spy DIR]
+    python -m benchmarks.io_bound [--quick] [--repeats N] [--threads N] [--redis-url URL] [--py-spy DIR]
 
 A fast fake OpenAI server (:mod:`tests.fakes.fast_openai_server`: asyncio, in its own
 process) answers every Chat Completions call after a fixed delay; agents with
 ``provider=openai`` reach it through the real SDK. First the server's own ceiling is
 measured with plain HTTP clients (one keep-alive ``http.client`` connection per thread) at
-64, 256 and 512 requests in flight, so the reader knows the server is not the limit. Then,
-for each case, one ``dramatiq actors`` worker (one worker process) runs with as many threads
-as concurrent tasks: 2,000 tasks at 200 ms with 8, 64 and 256 threads, and 5,000 tasks at
-1 s with 512 (``--quick``: 400-1,000 tasks). All tasks are queued before the worker starts,
-behind one warm-up task per thread: a process's first model call imports the SDK (a second
-or more, during which every thread waits), once per process, so the warm-up round is
-reported on its own and left out of the throughput. Throughput is measured tasks / (their
-last ``completed_at`` - their first ``started_at``).
+64, 256 and 1,000 requests in flight, so the reader knows the server is not the limit.
 
-Reported per case: the warm-up round's duration (ideal: one latency); tasks/s, the ideal
-(threads / latency) and their ratio; the peak RSS of the largest process of the worker's
-tree (the target is per process) and of the whole tree (dramatiq's main process + the worker
-process); the worker tree's CPU per task (after the warm-up round) and the one-core limit it
-implies (1000 / CPU ms per task: Python code holds the GIL, so one process runs little more
-than one core's worth); the most model calls the server saw waiting at once; connections the
-server accepted; the most Postgres connections the worker held. Targets (issue #9): ratio
-≥ 0.9 at 64, 256 and 512 x 1 s; RSS ≤ 250 MB per process.
+Then each case (2,000 runs of 5 s and 5,000 runs of 1 s, 1,000 in flight; ``--quick``: 1,000
+runs of 2 s and 2,000 of 0.5 s, 500 in flight) runs ``--repeats`` times (default 3, ``--quick``
+1), and each repeat runs, one after the other, each against a fresh server with the case's delay:
 
-It uses Redis db 11 (``--redis-url`` / ``BENCH_REDIS_URL``, flushed before every case) and a
-fresh Postgres database that it creates and drops. ``--py-spy DIR`` records a raw py-spy
-profile of the worker tree per case into ``DIR``, sampling only the thread holding the GIL
-(``py-spy`` must be on ``PATH`` or in the virtualenv). The markdown is printed and written
-to ``benchmarks/results/io-bound-latest.md``.
+* **the floor** (:mod:`benchmarks.io_floor`): a bare asyncio loop in its own process making the
+  same SDK calls (``AsyncOpenAI``, one client per 32 calls in flight, ``--floor-clients`` to
+  change it) at the same concurrency, no queue at all: the best any queue could do in Python on
+  this machine;
+* **the worker**: one ``dramatiq actors -p 1 -t 8`` process tree (``--threads``) with
+  ``QUEUE_CONCURRENCY`` = the case's runs in flight.
+
+Both first run one round of warm-up calls (as many as the concurrency: the worker's first
+model calls import the SDK and open the connections) and then the measured ones, from one
+queue. Throughput = measured calls / (their last end - their first start) (the worker: the
+tasks' ``started_at`` and ``completed_at``); CPU per model call = the process's (the
+worker's: its process tree's) CPU after the warm-up count had completed / calls completed
+since; peak RSS = the largest process's high-water mark (``VmHWM``; the floor:
+``ru_maxrss``). Targets (issue #19): worker ≥ 0.8 of the floor's throughput, peak RSS ≤ 300 MB
+per process at 1,000 in flight, worker CPU per model call ≤ 1.5 x the floor's.
+
+Before the asyncio runtime each run in flight held a worker thread: ``--threads`` equal to the
+concurrency runs that code (``-t 8`` would take hours there; the worker's deadline stops it).
+
+It uses Redis db 11 (``--redis-url`` / ``BENCH_REDIS_URL``, flushed before every worker run)
+and a fresh Postgres database that it creates and drops. ``--py-spy DIR`` records a raw py-spy
+profile of the worker tree per worker run into ``DIR``, sampling only the thread holding the
+GIL (``py-spy`` must be on ``PATH`` or in the virtualenv). The markdown
+(:func:`benchmarks.io_results.render`) is printed and written to
+``benchmarks/results/io-bound-latest.md``.
 """
 
 from __future__ import annotations
@@ -38,7 +46,6 @@ import contextlib
 import http.client
 import json
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -46,17 +53,18 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import redis
 
+from benchmarks import io_floor
+from benchmarks.io_floor import FloorResult
+from benchmarks.io_results import Case, CaseResult, WorkerRun, ceiling_line, floor_text, render, worker_text
 from benchmarks.pipeline import Worker, _all_procs, _proc_stat, _tree_cpu, run_worker
-from benchmarks.summary import Figure
 from taskstore import NewAgent, utcnow
 from taskstore.postgres import PostgresTaskStore
 from tests.fakes.fast_openai_server import FastOpenAIServer
@@ -66,21 +74,30 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "benchmarks" / "results" / "io-bound-latest.md"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/11"
 ORG = "10b00000-0000-4000-8000-000000000000"
-#: (tasks, model latency in seconds, worker threads).
-CASES = ((2000, 0.2, 8), (2000, 0.2, 64), (2000, 0.2, 256), (5000, 1.0, 512))
-QUICK = ((400, 0.2, 8), (400, 0.2, 64), (600, 0.2, 256), (1000, 1.0, 512))
+#: Worker threads (``dramatiq actors -t``): with the asyncio runtime they only do the short
+#: database and Redis work.
+THREADS = 8
 #: (requests in flight, delay in seconds, requests per client) of the server-ceiling measurement.
-CEILING = ((64, 0.2, 10), (256, 0.2, 10), (512, 1.0, 3))
+CEILING = ((64, 0.2, 10), (256, 0.2, 10), (1000, 1.0, 3))
 POLL_S = 0.2
-#: Titles of the warm-up tasks (one per thread, first in the queue) and of the measured ones.
-WARM_UP, MEASURED = "warm-up", "io"
+#: Tasks created and queued per store call and Redis transaction (the batch API's limit).
+BATCH = 1000
+#: Titles of the warm-up tasks (first in the queue) and of the measured ones (what the floor sends).
+WARM_UP, MEASURED = "warm-up", io_floor.TITLE
 #: A request body of about the size the worker sends (a system prompt and one user message).
 _REQUEST = json.dumps(
     {
-        "model": "gpt-4o-mini",
-        "messages": [{"role": "system", "content": "x" * 200}, {"role": "user", "content": "io"}],
+        "model": io_floor.MODEL,
+        "messages": [
+            {"role": "system", "content": io_floor.SYSTEM_PROMPT},
+            {"role": "user", "content": io_floor.TITLE},
+        ],
     }
 ).encode()
+
+
+CASES = (Case(2000, 5.0, 1000), Case(5000, 1.0, 1000))
+QUICK = (Case(1000, 2.0, 500), Case(2000, 0.5, 500))
 
 
 # --- the fake server's own ceiling --------------------------------------------------
@@ -92,7 +109,7 @@ def _cpu_s(pid: int) -> float:
 
 
 def _client_loop(port: int, requests: int, barrier: threading.Barrier, errors: list[str]) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
         barrier.wait()
         for _ in range(requests):
@@ -147,22 +164,25 @@ def server_ceiling() -> list[dict[str, Any]]:
                 "server_cpu_ms_per_request": cpu_ms / total,
             }
         )
-        print(_ceiling_line(rows[-1]), flush=True)
+        print(ceiling_line(rows[-1]), flush=True)
     return rows
 
 
 # --- the worker ---------------------------------------------------------------------
 
 
-def rss_by_pid(root: int) -> dict[int, float]:
-    """Resident memory (MB) of ``root`` and each of its descendants."""
-    found: dict[int, float] = {}
+def memory_by_pid(root: int) -> dict[int, tuple[float, float]]:
+    """Resident memory now and its high-water mark (MB) of ``root`` and each of its descendants."""
+    found: dict[int, tuple[float, float]] = {}
     for pid in _tree_cpu(root, _all_procs()):
         try:
-            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    found[pid] = int(line.split()[1]) / 1024
-        except OSError:
+            fields = dict(
+                line.split(":", 1)
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if ":" in line
+            )
+            found[pid] = (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
+        except (OSError, KeyError, ValueError):
             continue
     return found
 
@@ -196,7 +216,7 @@ class _Watch:
     peak_process_mb: float = 0.0
     peak_tree_mb: float = 0.0
     peak_pg_connections: int = 0
-    #: (tasks completed, worker-tree CPU seconds) at each poll after the warm-up round.
+    #: (tasks completed, worker-tree CPU seconds) at each poll after the warm-up count completed.
     cpu: list[tuple[int, float]] = field(default_factory=list)
 
     def cpu_ms_per_task(self) -> float | None:
@@ -211,9 +231,9 @@ def _watch(
     seen = _Watch()
     deadline = time.monotonic() + timeout_s
     while True:
-        rss = rss_by_pid(worker.proc.pid)
-        seen.peak_process_mb = max(seen.peak_process_mb, *rss.values(), 0.0)
-        seen.peak_tree_mb = max(seen.peak_tree_mb, sum(rss.values()))
+        memory = memory_by_pid(worker.proc.pid)
+        seen.peak_process_mb = max(seen.peak_process_mb, *(hwm for _, hwm in memory.values()), 0.0)
+        seen.peak_tree_mb = max(seen.peak_tree_mb, sum(rss for rss, _ in memory.values()))
         row = poll.execute(
             "SELECT count(*) FILTER (WHERE status = 'completed'),"
             " count(*) FILTER (WHERE status = 'failed'),"
@@ -233,91 +253,114 @@ def _watch(
         if worker.proc.poll() is not None:
             raise RuntimeError(f"the worker exited with {worker.proc.returncode}; see {worker.log_path}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{done}/{total} completed before the deadline; see {worker.log_path}")
+            raise RuntimeError(
+                f"{done}/{total} completed within {timeout_s:.0f} s; see {worker.log_path}"
+                " (runs held a thread each before the asyncio runtime: --threads = the concurrency)"
+            )
         time.sleep(POLL_S)
 
 
-def run_case(
+def _enqueue(agent_id: str, titles: Sequence[str]) -> None:
+    """Create and queue one task per title, in order, in batches."""
+    from actors import agent_task_queue
+
+    for start in range(0, len(titles), BATCH):
+        batch = [
+            {"agent_id": agent_id, "organization_id": ORG, "title": title}
+            for title in titles[start : start + BATCH]
+        ]
+        tasks = agent_task_queue.create_tasks(batch)
+        agent_task_queue.add_tasks([task.id for task in tasks])
+
+
+def run_worker_case(
     url: str,
     redis_url: str,
     env: dict[str, str],
-    logs: Path,
-    case: tuple[int, float, int],
-    profile_dir: Path | None = None,
-) -> dict[str, Any]:
-    """One worker with ``threads`` threads drains ``tasks`` tasks whose model call takes ``latency`` s."""
-    from actors import agent_task_queue, runtime
+    log_path: Path,
+    case: Case,
+    threads: int,
+    timeout_s: float,
+    profile: Path | None = None,
+) -> WorkerRun:
+    """One ``dramatiq actors -p 1 -t threads`` worker drains the case's warm-up round and its tasks."""
+    from actors import runtime
 
-    tasks, latency, threads = case
     redis.Redis.from_url(redis_url).flushdb()
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("TRUNCATE ai_agent_task_steps, ai_agent_task_runs, ai_agent_tasks")
-    with FastOpenAIServer(delay_s=latency) as server, psycopg.connect(url, autocommit=True) as poll:
+        conn.execute("TRUNCATE ai_agent_task_steps, ai_agent_task_runs, ai_agent_tasks, ai_agents CASCADE")
+    with FastOpenAIServer(delay_s=case.latency_s) as server, psycopg.connect(url, autocommit=True) as poll:
         agent = runtime.store.create_agent(
             NewAgent(
                 organization_id=ORG,
                 name="io",
                 provider="openai",
-                model="gpt-4o-mini",
+                model=io_floor.MODEL,
+                system_prompt=io_floor.SYSTEM_PROMPT,
                 base_url=server.base_url,
             ),
             now=utcnow(),
         )
-        for title in [WARM_UP] * threads + [MEASURED] * tasks:
-            task = agent_task_queue.create_task(agent_id=agent.id, organization_id=ORG, title=title)
-            agent_task_queue.add_task(task.id)
+        _enqueue(agent.id, [WARM_UP] * case.concurrency + [MEASURED] * case.tasks)
         worker_env = {
             **env,
             "OPENAI_API_KEY": "sk-bench",
-            "QUEUE_CONCURRENCY": str(threads),
+            "QUEUE_CONCURRENCY": str(case.concurrency),
             "AGENTQ_ALLOWED_BASE_URLS": server.base_url,  # the agent's own base_url
         }
-        profile = profile_dir / f"io-{threads}.txt" if profile_dir is not None else None
+        total = case.concurrency + case.tasks
         with (
-            run_worker("actors", 1, threads, worker_env, logs / f"io-{threads}.log") as worker,
+            run_worker("actors", 1, threads, worker_env, log_path) as worker,
             _py_spy(worker.proc.pid, profile),
         ):
-            seen = _watch(worker, poll, threads, threads + tasks, tasks * latency / threads * 4 + 60)
+            seen = _watch(worker, poll, case.concurrency, total, timeout_s)
         window = {
-            str(title): (first, last)
-            for title, first, last in poll.execute(
-                "SELECT title, min(started_at), max(completed_at) FROM ai_agent_tasks GROUP BY title"
+            str(title): (first, last, p50)
+            for title, first, last, p50 in poll.execute(
+                "SELECT title, min(started_at), max(completed_at),"
+                " percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM completed_at - started_at))"
+                " FROM ai_agent_tasks GROUP BY title"
             ).fetchall()
         }
         stats = server.stats()
-    warm_first, warm_last = window[WARM_UP]
-    first, last = window[MEASURED]
-    throughput = tasks / (last - first).total_seconds()
-    ideal = threads / latency
-    cpu_ms = seen.cpu_ms_per_task()
-    row: dict[str, Any] = {
-        "case": f"{tasks} at {latency * 1000:.0f} ms",
-        "threads": threads,
-        "warm_up_s": (warm_last - warm_first).total_seconds(),
-        "tasks_per_s": throughput,
-        "ideal": ideal,
-        "ratio": throughput / ideal,
-        "peak_rss_mb": seen.peak_process_mb,
-        "peak_tree_rss_mb": seen.peak_tree_mb,
-        "cpu_ms_per_task": cpu_ms,
-        "one_core_limit": 1000 / cpu_ms if cpu_ms else None,
-        "server_max_in_flight": stats.max_in_flight,
-        "server_connections": stats.connections,
-        "max_pg_connections": seen.peak_pg_connections,
-    }
-    print(_case_line(row), flush=True)
-    return row
+    warm_first, warm_last, _ = window[WARM_UP]
+    first, last, run_p50 = window[MEASURED]
+    return WorkerRun(
+        tasks_per_s=case.tasks / (last - first).total_seconds(),
+        warm_up_s=(warm_last - warm_first).total_seconds(),
+        peak_rss_mb=seen.peak_process_mb,
+        peak_tree_rss_mb=seen.peak_tree_mb,
+        cpu_ms_per_task=seen.cpu_ms_per_task(),
+        run_p50_s=float(run_p50),
+        server_max_in_flight=stats.max_in_flight,
+        server_connections=stats.connections,
+        max_pg_connections=seen.peak_pg_connections,
+    )
+
+
+def run_floor(case: Case, clients: int | None) -> tuple[FloorResult, int]:
+    """The floor for ``case`` against a fresh server; also the most calls that server saw at once."""
+    with FastOpenAIServer(delay_s=case.latency_s) as server:
+        floor = io_floor.measure(server.base_url, case.concurrency, case.tasks, clients=clients)
+        return floor, server.stats().max_in_flight
+
+
+# --- the cases ----------------------------------------------------------------------
 
 
 def run(
-    quick: bool, *, redis_url: str = DEFAULT_REDIS_URL, profile_dir: Path | None = None
-) -> list[dict[str, Any]]:
-    """Run every case (``quick``: fewer tasks) and return one row per case.
-
-    Each row has ``case``, ``threads``, ``tasks_per_s``, ``ideal``, ``ratio`` and
-    ``peak_rss_mb`` (the largest process of the worker's tree), plus the diagnostics of the
-    module docstring (``cpu_ms_per_task``, ``server_max_in_flight``, ...).
-    """
+    quick: bool,
+    *,
+    redis_url: str = DEFAULT_REDIS_URL,
+    repeats: int | None = None,
+    threads: int = THREADS,
+    floor_clients: int | None = None,
+    profile_dir: Path | None = None,
+    progress: Callable[[str], None] = print,
+) -> list[CaseResult]:
+    """Run every case (``quick``: the smaller ones) ``repeats`` times, floor then worker each time."""
+    repeats = repeats if repeats is not None else (1 if quick else 3)
+    results = [CaseResult(case, threads) for case in (QUICK if quick else CASES)]
     with temporary_database() as url, tempfile.TemporaryDirectory(prefix="agentq-io-") as tmp:
         PostgresTaskStore(url).migrate()
         env = {
@@ -328,114 +371,67 @@ def run(
             "AGENTQ_RATE_LIMIT_MAX": "0",
         }
         os.environ.update(env)  # an entry point: the producer's runtime reads the same settings
-        return [
-            run_case(url, redis_url, env, Path(tmp), case, profile_dir)
-            for case in (QUICK if quick else CASES)
-        ]
-
-
-# --- output -------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _ceiling_line(row: dict[str, Any]) -> str:
-    return (
-        f"| {row['in_flight']} | {row['delay_ms']} | {row['requests']} | {row['requests_per_s']:.0f} |"
-        f" {row['ideal']:.0f} | {row['ratio']:.2f} | {row['server_max_in_flight']} |"
-        f" {row['server_cpu_ms_per_request']:.3f} |"
-    )
-
-
-def _case_line(row: dict[str, Any]) -> str:
-    return (
-        f"| {row['case']} | {row['threads']} | {row['warm_up_s']:.2f} | {row['tasks_per_s']:.1f} |"
-        f" {row['ideal']:.0f} | {row['ratio']:.2f} |"
-        f" {row['peak_rss_mb']:.0f} | {row['peak_tree_rss_mb']:.0f} | {_fmt(row['cpu_ms_per_task'], 2)} |"
-        f" {_fmt(row['one_core_limit'], 0)} | {row['server_max_in_flight']} | {row['server_connections']} |"
-        f" {row['max_pg_connections']} |"
-    )
-
-
-def render(ceiling: list[dict[str, Any]], rows: list[dict[str, Any]], quick: bool) -> str:
-    """The results file."""
-    flag = " --quick" if quick else ""
-    lines = [
-        f"# I/O-bound agents{' (quick run)' if quick else ''}: `python -m benchmarks.io_bound{flag}`",
-        "",
-        f"{os.cpu_count()} cores, Python {platform.python_version()}, {datetime.now(UTC):%Y-%m-%d}.",
-        "Every Chat Completions call is answered after a fixed delay by `tests/fakes/fast_openai_server.py`",
-        "(asyncio, its own process) and made through the real `openai` SDK. Targets (issue #9): ratio ≥ 0.9",
-        "at 64, 256 and 512 x 1 s; RSS ≤ 250 MB per process. Each case first runs one warm-up task per",
-        "thread (a process's first model call imports the SDK while the other threads wait); that round",
-        "is shown on its own and left out of tasks/s.",
-        "",
-        "## The fake server's own ceiling",
-        "",
-        "Plain clients (one keep-alive `http.client` connection per thread, in the benchmark's process):",
-        "",
-        "| in flight | delay ms | requests | requests/s | ideal | ratio | server max in flight"
-        " | server CPU ms/request |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *(_ceiling_line(row) for row in ceiling),
-        "",
-        "## The worker: one `dramatiq actors` process, threads = concurrent tasks",
-        "",
-        "| tasks | threads | warm-up round s | tasks/s | ideal | ratio | peak RSS MB (largest process)"
-        " | peak RSS MB (tree) | worker CPU ms/task | one-core limit tasks/s | server max in flight"
-        " | server connections | max Postgres connections |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-        *(_case_line(row) for row in rows),
-        "",
-        "*one-core limit* = 1000 / worker CPU ms per task: the most tasks/s one core can do at that cost.",
-        "Python code in one process holds the GIL, so where the ideal is above this limit the process is",
-        "CPU-bound, not waiting: more threads cannot reach the ideal; more processes (and cores) can.",
-        "See `benchmarks/README.md` for the analysis.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def figures(rows: list[dict[str, Any]]) -> list[Figure]:
-    """Throughput over ideal per case (target 0.9 from 64 threads up) and peak RSS (target 250 MB)."""
-    found = []
-    for row in rows:
-        targeted = row["threads"] >= 64
-        found.append(
-            Figure(
-                "I/O-bound agents",
-                f"{row['case']}, {row['threads']} threads",
-                f"{row['tasks_per_s']:,.0f} tasks/s, ratio {row['ratio']:.2f};"
-                f" peak RSS {row['peak_rss_mb']:.0f} MB",
-                f"ideal {row['ideal']:,.0f} tasks/s (threads ÷ latency)",
-                "ratio ≥ 0.9, RSS ≤ 250 MB" if targeted else "RSS ≤ 250 MB",
-                (row["ratio"] >= 0.9 or not targeted) and row["peak_rss_mb"] <= 250,
-            )
-        )
-    return found
+        for repeat in range(repeats):
+            for result in results:
+                case = result.case
+                floor, floor_in_flight = run_floor(case, floor_clients)
+                result.floors.append(floor)
+                result.floor_in_flight.append(floor_in_flight)
+                progress(f"  {case.name} #{repeat + 1}: floor {floor_text(floor, floor_in_flight)}")
+                slowest = min(case.ideal, floor.calls_per_s)
+                timeout_s = (case.concurrency + case.tasks) / slowest * 3 + 90
+                name = f"io-{case.tasks}x{case.latency_s:g}-{repeat + 1}"
+                profile = profile_dir / f"{name}.txt" if profile_dir is not None else None
+                worker = run_worker_case(
+                    url, redis_url, env, Path(tmp) / f"{name}.log", case, threads, timeout_s, profile
+                )
+                result.workers.append(worker)
+                progress(f"  {case.name} #{repeat + 1}: worker {worker_text(worker, floor)}")
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     """The command line: measure, print and write the results file."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.io_bound")
-    parser.add_argument("--quick", action="store_true", help="fewer tasks per case (a few minutes)")
+    parser.add_argument("--quick", action="store_true", help="smaller cases, one repeat (a few minutes)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="floor/worker pairs per case (default 3; quick 1)"
+    )
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"worker threads (default {THREADS})")
+    parser.add_argument(
+        "--floor-clients",
+        type=int,
+        default=None,
+        help="SDK clients of the floor (default: one per 32 in flight)",
+    )
     parser.add_argument("--redis-url", default=os.environ.get("BENCH_REDIS_URL", DEFAULT_REDIS_URL))
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     parser.add_argument(
-        "--py-spy", type=Path, default=None, metavar="DIR", help="record a py-spy profile per case"
+        "--py-spy", type=Path, default=None, metavar="DIR", help="record a py-spy profile per worker run"
     )
     args = parser.parse_args(argv)
+    for name in ("repeats", "threads", "floor_clients"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.py_spy is not None:
         args.py_spy.mkdir(parents=True, exist_ok=True)
+    load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     print(
         "| in flight | delay ms | requests | requests/s | ideal | ratio | max in flight | CPU ms/req |",
         flush=True,
     )
     ceiling = server_ceiling()
-    rows = run(args.quick, redis_url=args.redis_url, profile_dir=args.py_spy)
-    text = render(ceiling, rows, args.quick)
+    results = run(
+        args.quick,
+        redis_url=args.redis_url,
+        repeats=args.repeats,
+        threads=args.threads,
+        floor_clients=args.floor_clients,
+        profile_dir=args.py_spy,
+    )
+    command = " ".join(["python -m benchmarks.io_bound", *(argv if argv is not None else sys.argv[1:])])
+    text = render(ceiling, results, command, load)
     args.output.write_text(text, encoding="utf-8")
     print(text)
     return 0

@@ -46,11 +46,13 @@ def latency(quick: bool) -> list[Figure]:
 
 def io_bound(quick: bool) -> list[Figure]:
     from benchmarks import io_bound as bench
+    from benchmarks import io_results
 
     ceiling = bench.server_ceiling()
-    rows = bench.run(quick)
-    bench.DEFAULT_OUTPUT.write_text(bench.render(ceiling, rows, quick), encoding="utf-8")
-    return bench.figures(rows)
+    results = bench.run(quick)
+    command = "python -m benchmarks" + (" --quick" if quick else "") + " (suite)"
+    bench.DEFAULT_OUTPUT.write_text(io_results.render(ceiling, results, command), encoding="utf-8")
+    return io_results.figures(results)
 
 
 def enqueue(quick: bool) -> list[Figure]:
