@@ -32,7 +32,7 @@ import httpx2
 
 from orchestrator.errors import ProviderError, ProviderNotConfigured, ProviderTimeout, ProviderUnavailable
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
-from orchestrator.providers._async_clients import ASYNC_CONNECTION_LIMITS, LoopClientCache
+from orchestrator.providers._async_clients import ASYNC_CONNECTION_LIMITS, LoopClientCache, shared_ssl_context
 from orchestrator.providers._http import (
     ClientCache,
     StreamDeadline,
@@ -189,7 +189,7 @@ class AnthropicProvider:
 
     def _build_async_client(self, base_url: str) -> anthropic.AsyncAnthropic:
         http_client = anthropic.DefaultAsyncHttpxClient(
-            limits=ASYNC_CONNECTION_LIMITS, timeout=self.settings.timeout_s
+            limits=ASYNC_CONNECTION_LIMITS, timeout=self.settings.timeout_s, verify=shared_ssl_context()
         )
         return anthropic.AsyncAnthropic(**self._client_options(base_url), http_client=http_client)
 
@@ -244,12 +244,12 @@ class AnthropicProvider:
         :class:`asyncio.CancelledError`.
         """
         call = self._prepare(request)
-        client = self._async_clients.get(call.base_url)
-        if request.on_delta is not None:
-            return await self._astream(client, call, request.on_delta)
-        with self._translated(call.timeout):
-            raw = await client.messages.with_raw_response.create(**call.params, timeout=call.timeout)
-            message = await raw.parse()
+        with self._async_clients.lease(call.base_url) as client:
+            if request.on_delta is not None:
+                return await self._astream(client, call, request.on_delta)
+            with self._translated(call.timeout):
+                raw = await client.messages.with_raw_response.create(**call.params, timeout=call.timeout)
+                message = await raw.parse()
         return self._response(message, call.requested_model, raw.headers)
 
     async def aclose(self) -> None:

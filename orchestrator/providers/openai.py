@@ -34,7 +34,7 @@ import openai
 
 from orchestrator.errors import ProviderError, ProviderNotConfigured, ProviderTimeout, ProviderUnavailable
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
-from orchestrator.providers._async_clients import ASYNC_CONNECTION_LIMITS, LoopClientCache
+from orchestrator.providers._async_clients import ASYNC_CONNECTION_LIMITS, LoopClientCache, shared_ssl_context
 from orchestrator.providers._http import (
     ClientCache,
     StreamDeadline,
@@ -216,7 +216,7 @@ class OpenAIProvider:
 
     def _build_async_client(self, base_url: str) -> openai.AsyncOpenAI:
         http_client = openai.DefaultAsyncHttpxClient(
-            limits=ASYNC_CONNECTION_LIMITS, timeout=self.settings.timeout_s
+            limits=ASYNC_CONNECTION_LIMITS, timeout=self.settings.timeout_s, verify=shared_ssl_context()
         )
         return openai.AsyncOpenAI(**self._client_options(base_url), http_client=http_client)
 
@@ -273,12 +273,14 @@ class OpenAIProvider:
         :class:`asyncio.CancelledError`.
         """
         call = self._prepare(request)
-        client = self._async_clients.get(call.base_url)
-        if request.on_delta is not None:
-            return await self._astream(client, call, request.on_delta)
-        with self._translated(call.timeout):
-            raw = await client.chat.completions.with_raw_response.create(**call.params, timeout=call.timeout)
-            completion = raw.parse()
+        with self._async_clients.lease(call.base_url) as client:
+            if request.on_delta is not None:
+                return await self._astream(client, call, request.on_delta)
+            with self._translated(call.timeout):
+                raw = await client.chat.completions.with_raw_response.create(
+                    **call.params, timeout=call.timeout
+                )
+                completion = raw.parse()
         return self._response(completion, call.requested_model, raw.headers)
 
     async def aclose(self) -> None:

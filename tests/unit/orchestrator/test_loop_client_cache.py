@@ -1,8 +1,9 @@
-"""``LoopClientCache``: async SDK clients per running event loop and base URL."""
+"""``LoopClientCache``: async SDK clients per running event loop and base URL, leased per call."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 
@@ -23,14 +24,21 @@ class Built:
 
 
 async def _get(cache: LoopClientCache[Built], base_url: str) -> Built:
-    return cache.get(base_url)
+    with cache.lease(base_url) as client:
+        return client
+
+
+def _got(cache: LoopClientCache[Built], base_url: str) -> Built:
+    """The client a call on the running loop gets (its lease ends at once)."""
+    with cache.lease(base_url) as client:
+        return client
 
 
 def test_one_loop_reuses_its_client_per_base_url_and_another_loop_gets_its_own() -> None:
     cache = LoopClientCache(Built)
 
     async def on_one_loop() -> tuple[Built, Built, Built]:
-        return cache.get("http://a/v1"), cache.get("http://a/v1"), cache.get("http://b/v1")
+        return _got(cache, "http://a/v1"), _got(cache, "http://a/v1"), _got(cache, "http://b/v1")
 
     first, again, other = asyncio.run(on_one_loop())
     got: list[Built] = []
@@ -51,7 +59,7 @@ def test_a_closed_loops_clients_are_forgotten() -> None:
 
     # When a new loop asks
     async def again() -> tuple[Built, int]:
-        return cache.get("http://a/v1"), len(cache)
+        return _got(cache, "http://a/v1"), len(cache)
 
     second, held = asyncio.run(again())
 
@@ -62,16 +70,16 @@ def test_a_closed_loops_clients_are_forgotten() -> None:
 
 def test_there_is_no_client_outside_a_running_loop() -> None:
     with pytest.raises(RuntimeError, match="no running event loop"):
-        LoopClientCache(Built).get("http://a/v1")
+        _got(LoopClientCache(Built), "http://a/v1")
 
 
 def test_the_least_recently_used_base_url_is_evicted_and_its_client_closed_on_the_loop() -> None:
     cache = LoopClientCache(Built, max_base_urls=2)
 
     async def scenario() -> list[Built]:
-        a, b = cache.get("http://a/v1"), cache.get("http://b/v1")
-        assert cache.get("http://a/v1") is a
-        c = cache.get("http://c/v1")
+        a, b = _got(cache, "http://a/v1"), _got(cache, "http://b/v1")
+        assert _got(cache, "http://a/v1") is a
+        c = _got(cache, "http://c/v1")
         await asyncio.sleep(0)  # the close runs as a task on this loop
         await asyncio.sleep(0)
         return [a, b, c]
@@ -85,9 +93,9 @@ def test_aclose_closes_and_forgets_the_running_loops_clients() -> None:
     cache = LoopClientCache(Built)
 
     async def scenario() -> tuple[Built, Built]:
-        first = cache.get("http://a/v1")
+        first = _got(cache, "http://a/v1")
         await cache.aclose()
-        return first, cache.get("http://a/v1")
+        return first, _got(cache, "http://a/v1")
 
     first, after = asyncio.run(scenario())
 
@@ -120,6 +128,54 @@ def test_a_forked_child_does_not_use_its_parents_clients() -> None:
     assert answer == b"new"
 
 
-def test_async_clients_allow_a_thousand_requests_at_once_and_keep_their_connections() -> None:
+def test_calls_at_once_spread_over_clients_up_to_the_most_per_loop() -> None:
+    # Given two calls per client and at most three clients
+    cache = LoopClientCache(Built, calls_per_client=2, clients_per_loop=3)
+
+    async def scenario() -> tuple[list[Built], Built, Built]:
+        with contextlib.ExitStack() as leases:
+            # When seven calls are under way at once
+            held = [leases.enter_context(cache.lease("http://a/v1")) for _ in range(7)]
+        # and, once they have ended, one more comes, then one for another base URL
+        return held, _got(cache, "http://a/v1"), _got(cache, "http://b/v1")
+
+    held, later, other = asyncio.run(scenario())
+
+    # Then two calls went to each of three clients, the seventh to the least busy (the first),
+    # a call after them all reuses the first client, and another base URL has its own
+    first, second, third = held[0], held[2], held[4]
+    assert held == [first, first, second, second, third, third, first]
+    assert len({id(first), id(second), id(third)}) == 3
+    assert later is first and other not in held
+
+
+def test_a_cancelled_call_gives_its_lease_back() -> None:
+    cache = LoopClientCache(Built, calls_per_client=1)
+
+    async def scenario() -> tuple[Built, Built]:
+        async def call() -> None:
+            with cache.lease("http://a/v1"):
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(call())
+        await asyncio.sleep(0)
+        second = _got(cache, "http://a/v1")  # the first client is busy: another one
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return second, _got(cache, "http://a/v1")
+
+    second, after = asyncio.run(scenario())
+
+    assert after is not second  # the first client is free again, so it comes first
+
+
+@pytest.mark.parametrize(("calls", "clients", "urls"), [(0, 1, 1), (1, 0, 1), (1, 1, 0)])
+def test_sizes_below_one_are_rejected(calls: int, clients: int, urls: int) -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        LoopClientCache(Built, calls_per_client=calls, clients_per_loop=clients, max_base_urls=urls)
+
+
+def test_each_async_client_allows_a_thousand_requests_and_keeps_a_hundred_connections() -> None:
     assert ASYNC_CONNECTION_LIMITS.max_connections == 1000
-    assert ASYNC_CONNECTION_LIMITS.max_keepalive_connections == 1000
+    assert ASYNC_CONNECTION_LIMITS.max_keepalive_connections == 100
