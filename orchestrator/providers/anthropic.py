@@ -14,10 +14,10 @@ Streaming (a request with ``on_delta``): ``messages.stream(...)``; each ``text_d
 plain call. An ``error`` event inside the stream, a connection that breaks off and an answer that takes
 longer than the call's timeout raise the same errors as a plain call.
 
-``acomplete`` makes the same call on the running event loop through ``anthropic.AsyncAnthropic`` (one
-client per loop and base URL, :mod:`orchestrator.providers._async_clients`): the same request, answer,
-stream handling and errors. Cancelling the awaiting task closes the connection and raises
-``asyncio.CancelledError``.
+``acomplete`` makes the same call on the running event loop through ``anthropic.AsyncAnthropic``, with the
+same request, answer, stream handling and errors; its clients are leased per call, per loop and base
+URL (:mod:`orchestrator.providers._async_clients`). Cancelling the awaiting task closes the
+connection and raises ``asyncio.CancelledError``.
 """
 
 from __future__ import annotations
@@ -159,7 +159,7 @@ class AnthropicProvider:
     """The Messages API via the official SDK, blocking (``complete``) or on an event loop (``acomplete``).
 
     Both build the same request and read the same answer; only the client differs (``anthropic.Anthropic``
-    per group of threads, ``anthropic.AsyncAnthropic`` per event loop, each per base URL).
+    per group of threads, ``anthropic.AsyncAnthropic`` leased per call on each event loop, each per base URL).
 
     Args:
         settings: API key, base URL (without ``/v1``) and timeout.

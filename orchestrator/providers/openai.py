@@ -15,10 +15,10 @@ each chunk's ``delta.content`` goes to ``on_delta`` as it arrives, tool-call fra
 answer gives without streaming. An error the server sends inside the stream, a connection that breaks
 off and an answer that takes longer than the call's timeout raise the same errors as a plain call.
 
-``acomplete`` makes the same call on the running event loop through ``openai.AsyncOpenAI`` (one client
-per loop and base URL, :mod:`orchestrator.providers._async_clients`): the same request, answer, stream
-handling and errors. Cancelling the awaiting task closes the connection and raises
-``asyncio.CancelledError``.
+``acomplete`` makes the same call on the running event loop through ``openai.AsyncOpenAI``, with the
+same request, answer, stream handling and errors; its clients are leased per call, per loop and base
+URL (:mod:`orchestrator.providers._async_clients`). Cancelling the awaiting task closes the
+connection and raises ``asyncio.CancelledError``.
 """
 
 from __future__ import annotations
@@ -188,7 +188,7 @@ class OpenAIProvider:
     """Chat Completions via the official SDK, blocking (``complete``) or on an event loop (``acomplete``).
 
     Both build the same request and read the same answer; only the client differs (``openai.OpenAI``
-    per group of threads, ``openai.AsyncOpenAI`` per event loop, each per base URL).
+    per group of threads, ``openai.AsyncOpenAI`` leased per call on each event loop, each per base URL).
 
     Args:
         settings: API key, base URL and timeout.
