@@ -9,9 +9,10 @@ A call leases a client for its whole duration (:meth:`LoopClientCache.lease`); a
 most :data:`CALLS_PER_CLIENT` calls at once before the next call gets another client, up to
 :data:`CLIENTS_PER_LOOP`. httpx's pool walks its requests and connections on every request start and
 end, and probes each idle connection's socket, so one pool for 1,000 calls in flight costs CPU on
-every call: against a fake server answering after 1 s, 1,000 concurrent calls took 4.1 ms of CPU per
+every call: against a fake server answering after 1 s, 1,000 concurrent calls took 4.2 ms of CPU per
 call with one client (SDK default pool), 7.8 ms with one client keeping 1,000 connections alive,
-3.0 ms over 16 clients and 2.5 ms over 64 (one process, rounds of 1,000 calls, 2 cores under load).
+3.0 ms over 16 clients and 2.3-2.5 ms leased as here (one process, rounds of 1,000 calls, 2 cores
+under load).
 Each client's pool allows :data:`ASYNC_MAX_CONNECTIONS` requests and keeps
 :data:`ASYNC_KEEPALIVE_CONNECTIONS` idle connections, so a call never waits for a connection and a
 worker with 1,000 runs in flight reuses its connections. All async clients share one TLS context
