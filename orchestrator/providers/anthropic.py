@@ -214,7 +214,9 @@ class AnthropicProvider:
                 for t in request.tools
             ]
         if request.temperature is not None:
-            params["temperature"] = request.temperature
+            # The SDK (1.x) dropped the keyword (newer models reject a sampling temperature); the API still
+            # takes it on models that support one, so it goes in the body, where such a model answers 400.
+            params["extra_body"] = {"temperature": request.temperature}
         timeout = self.settings.timeout_s
         if request.timeout_s is not None:
             timeout = min(timeout, request.timeout_s)

@@ -91,7 +91,7 @@ def ask(
         system_prompt="You help.",
         messages=(ChatMessage(role="user", content="Add 2 and 3."),),
         tools=(ToolSpec("calculate", "Arithmetic.", {"type": "object", "properties": {}}),),
-        temperature=0.5 if backend.name == "openai" else None,  # the anthropic SDK has no temperature
+        temperature=0.5,
         max_tokens=50,
         timeout_s=timeout_s,
         on_delta=on_delta,
@@ -121,6 +121,7 @@ def test_a_plain_answer_with_usage_and_rate_limits(backend: Backend, call: Call)
     assert answer.rate_limits is not None and answer.rate_limits.requests_remaining == 7
     [sent] = backend.server.requests
     assert sent.body["model"] == backend.model and sent.body["messages"][-1]["content"] == "Add 2 and 3."
+    assert sent.body["temperature"] == 0.5  # the Anthropic SDK 1.x has no keyword for it: sent in the body
     assert "stream" not in sent.body
 
 
