@@ -93,6 +93,7 @@ from orchestrator.ledger import (
 from orchestrator.limits.base import NO_LIMITS, CallLimiter
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from orchestrator.pricing import PriceTable
+from orchestrator.providers.base import call_provider
 from orchestrator.providers.base_urls import BaseUrlPolicy
 from orchestrator.providers.registry import ProviderRegistry
 from orchestrator.replay import Replay, ReplayedCall, rebuild
@@ -858,12 +859,3 @@ def _in_daemon_thread(call: Callable[[], T], name: str) -> asyncio.Future[T]:
 
     threading.Thread(target=target, name=f"tool-{name}", daemon=True).start()
     return future
-
-
-async def call_provider(provider: Any, request: ModelRequest) -> ModelResponse:
-    """One model call: awaited when the provider has ``acomplete``, else its ``complete`` on the executor."""
-    acomplete = getattr(provider, "acomplete", None)
-    if acomplete is not None:
-        response: ModelResponse = await acomplete(request)
-        return response
-    return await offload(provider.complete, request)
