@@ -94,6 +94,8 @@ class TracingResult:
     cpu_ms: dict[str, list[float]] = field(default_factory=dict)
     #: Throughput exporting every trace with the SDK's encoder (``AGENTQ_TRACE_ENCODER=sdk``), if measured.
     sdk: list[float] = field(default_factory=list)
+    #: Throughput of each ``--variant``, by name.
+    extra: dict[str, list[float]] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -129,6 +131,15 @@ def figures(result: TracingResult) -> list[Figure]:
     ]
 
 
+def _variant(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME:KEY=VALUE,KEY=VALUE`` → (NAME, {KEY: VALUE}); a malformed one is named in the error."""
+    name, _, assignments = text.partition(":")
+    pairs = [item.partition("=") for item in assignments.split(",") if item]
+    if not name or not pairs or any(not key or not sep for key, sep, _ in pairs):
+        raise SystemExit(f"--variant {text!r}: expected NAME:KEY=VALUE[,KEY=VALUE…]")
+    return name, {key: value for key, _, value in pairs}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.tracing")
     parser.add_argument("--tasks", type=int, default=None)
@@ -136,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument(
         "--sample-ratio", type=float, default=None, help="also run with this share of traces sampled"
+    )
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME:KEY=VALUE[,KEY=VALUE…]",
+        help="also run exporting with these extra environment variables, interleaved (repeatable)",
     )
     parser.add_argument(
         "--sdk-encoder",
@@ -155,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         pg_admin_url=args.pg_admin_url,
         sample_ratio=args.sample_ratio,
         sdk_encoder=args.sdk_encoder,
+        extra=dict(_variant(text) for text in args.variant),
     )
     off, on = statistics.median(result.off), statistics.median(result.on)
     print(f"{PROCESSES}x{THREADS}, N={tasks}, repeats={repeats}")
@@ -177,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
             f"tracing on, SDK encoder: {sdk:.1f} tasks/s  (runs: {', '.join(f'{v:.1f}' for v in result.sdk)})"
         )
         print(f"ratio SDK encoder/off: {sdk / off:.3f}")
+    for name, runs in result.extra.items():
+        median = statistics.median(runs)
+        listed = ", ".join(f"{v:.1f}" for v in runs)
+        print(f"{name}: {median:.1f} tasks/s, ratio {median / off:.3f} (runs: {listed})")
     return 0
 
 
@@ -188,6 +211,7 @@ def run(
     pg_admin_url: str = DEFAULT_PG_ADMIN_URL,
     sample_ratio: float | None = None,
     sdk_encoder: bool = False,
+    extra: dict[str, dict[str, str]] | None = None,
 ) -> TracingResult:
     """``repeats`` interleaved pairs of drains of ``tasks`` tasks, tracing off then on."""
     from tests.fakes.otlp_receiver import OTLPReceiver
@@ -230,6 +254,9 @@ def run(
             variants = {"off": env, "on": exporting}
             if sdk_encoder:
                 variants["sdk"] = {**exporting, "AGENTQ_TRACE_ENCODER": "sdk"}
+            for name, extra_env in (extra or {}).items():
+                variants[name] = {**exporting, **extra_env}
+                throughput[name], cpu_ms[name] = [], []
             if sample_ratio is not None:
                 variants["sampled"] = {
                     **exporting,
@@ -269,6 +296,7 @@ def run(
         sample_ratio,
         cpu_ms,
         throughput["sdk"],
+        {name: throughput[name] for name in extra or {}},
     )
 
 
