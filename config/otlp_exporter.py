@@ -4,9 +4,9 @@
 ``OTLPSpanExporter`` — endpoint, ``OTEL_EXPORTER_OTLP_*`` headers, TLS files, compression,
 timeout, retries with backoff and ``Retry-After``, the request size limit and the SDK's own
 exporter metrics are all its — except that the ``ExportTraceServiceRequest`` body is written by
-:func:`config.otlp_encoding.encode_spans` (the same bytes, about a third of the CPU). Should the
-installed exporter not have the internals this relies on (``_client``, ``_metrics``,
-``_max_request_size``), it exports exactly as the SDK's does.
+:func:`config.otlp_encoding.encode_spans` (the same bytes, for about a quarter of the CPU).
+Should the installed exporter not have the internals this relies on (``_client``,
+``_metrics``, ``_max_request_size``), it exports exactly as the SDK's does.
 """
 
 from __future__ import annotations
