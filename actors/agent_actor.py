@@ -15,8 +15,9 @@ function's :class:`~middleware.outcome.AttemptResult` to Dramatiq, which hands i
 
 from __future__ import annotations
 
+import inspect
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,14 +31,18 @@ from actors.errors import AgentUnavailable, BrokerUnavailable
 from actors.step_ledger import attempt_ledger
 from middleware.agent_messages import AGENT_KIND_OPTION
 from middleware.attempts import Attempt, current_attempt
+from middleware.in_flight import RunOnLoop
 from middleware.outcome import AttemptResult as AttemptResult  # re-exported: kinds import it from here
 from middleware.outcome import stored_usage
 from middleware.task_lifecycle import ENQUEUED_AT_OPTION, QUEUED_OPTION, EnqueueRejected
 from middleware.tracing import abandon_publish
 from orchestrator import AgentSpec, Orchestrator, TaskInput
+from orchestrator.event_loop import offload, process_loop
 from taskstore import Agent, Claim, Task, TaskStore, normalize_id, utcnow
 
-AgentFunction = Callable[["AgentJob"], AttemptResult]
+#: An agent kind's function: sync (its run holds a worker thread) or ``async def`` (its run waits on the
+#: process's event loop, ``QUEUE_CONCURRENCY`` at once, while the threads take the next messages).
+AgentFunction = Callable[["AgentJob"], AttemptResult | Awaitable[AttemptResult]]
 
 #: Least time between two database checks for a cancellation request during one run.
 CANCEL_CHECK_S = 0.2
@@ -111,8 +116,17 @@ class AgentJob:
         """This attempt no longer holds its task (a step write was refused): stop at the next step."""
         self.state.lost = True
 
+    async def should_stop_async(self) -> bool:
+        """:meth:`should_stop` for a run on the event loop: the database is asked on the loop's executor."""
+        if self.state.lost or self.state.cancel.is_set():
+            return True
+        if time.monotonic() - self.state.cancel_checked_at < CANCEL_CHECK_S:
+            return False
+        return await offload(self.should_stop)
+
     def run_agent(self, *, instructions: str | None = None) -> AttemptResult:
-        """Run the agent loop for this task; ``instructions`` are appended to the agent's system prompt.
+        """Run the agent loop for this task in this thread; ``instructions`` are appended to the agent's
+        system prompt. An ``async def`` kind awaits :meth:`arun_agent` instead (no thread held).
 
         With the step ledger on, every model call and tool call is recorded, and an attempt at a firing
         that earlier attempts got part way through goes on after their completed steps.
@@ -121,8 +135,17 @@ class AgentJob:
             AgentUnavailable, BudgetExceeded: Before any model request; not retryable.
             AgentRunError: From the loop, carrying the usage, transcript and cost so far.
         """
-        agent = self.agent()
         self.budget.check(self.store, self.task, utcnow())
+        return process_loop().run(self._run(instructions))
+
+    async def arun_agent(self, *, instructions: str | None = None) -> AttemptResult:
+        """:meth:`run_agent` on the process's event loop, for an ``async def`` agent kind."""
+        if self.budget.cap_for(self.task.organization_id) is not None:  # asks the database
+            await offload(self.budget.check, self.store, self.task, utcnow())
+        return await self._run(instructions)
+
+    async def _run(self, instructions: str | None) -> AttemptResult:
+        agent = self.agent()
         prompt = "\n\n".join(part for part in (agent.system_prompt, instructions) if part) or None
         spec = AgentSpec(
             id=agent.id,
@@ -150,8 +173,8 @@ class AgentJob:
             organization_id=self.task.organization_id,
         )
         ledger = attempt_ledger(self.store, self.claim, enabled=self.step_ledger, lost=self.lose)
-        outcome = self.orchestrator.run(
-            spec, task, should_stop=self.should_stop, ledger=ledger, cancel=self.state.cancel
+        outcome = await self.orchestrator.arun(
+            spec, task, should_stop=self.should_stop_async, ledger=ledger, cancel=self.state.cancel
         )
         return AttemptResult(
             result={"output": outcome.output, "turns": outcome.turns, "model": outcome.model},
@@ -202,6 +225,8 @@ class AgentActor(dramatiq.Actor[[str], AttemptResult]):
 
     store: TaskStore | None = None
     clock: Callable[[], datetime] = staticmethod(utcnow)
+    #: An ``async def`` kind: its run is handed to the event loop (``middleware.in_flight``).
+    runs_on_loop: bool = False
 
     @property
     def kind(self) -> str:
@@ -267,10 +292,18 @@ def agent_actor(
     policy = budget or BudgetPolicy()
 
     def decorator(fn: AgentFunction) -> AgentActor:
-        def run(task_id: str) -> AttemptResult:
+        on_loop = inspect.iscoroutinefunction(fn)
+        time_limit = options.get("time_limit")
+
+        def run(task_id: str) -> AttemptResult | RunOnLoop:
             job = AgentJob(current_attempt(task_id), orchestrator(), store, policy, step_ledger)
             job.check_organization()  # before the kind's function, whatever it does
-            return fn(job)
+            if not on_loop:
+                return cast(AttemptResult, fn(job))
+            coroutine = cast(Coroutine[Any, Any, AttemptResult], fn(job))
+            if job.state.on_loop:  # TaskLifecycle starts it on the event loop once Dramatiq acknowledged it
+                return RunOnLoop(coroutine, time_limit if isinstance(time_limit, int) else None)
+            return process_loop().run(coroutine)  # its result is passed on (a pipeline): this thread waits
 
         run.__name__ = fn.__name__
         run.__qualname__ = fn.__qualname__
@@ -286,6 +319,7 @@ def agent_actor(
         actor = cast(AgentActor, declare(run))
         actor.store = store
         actor.clock = clock
+        actor.runs_on_loop = on_loop
         return actor
 
     return decorator

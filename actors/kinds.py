@@ -12,15 +12,15 @@ from middleware.outcome import AttemptResult
 
 
 @agent_kind(kind="general")
-def general(job: AgentJob) -> AttemptResult:
+async def general(job: AgentJob) -> AttemptResult:
     """Any agent whose row does not ask for a specialised kind."""
-    return job.run_agent()
+    return await job.arun_agent()
 
 
 @agent_kind(kind="financial_report", time_limit=15 * 60 * 1000)
-def financial_report(job: AgentJob) -> AttemptResult:
+async def financial_report(job: AgentJob) -> AttemptResult:
     """Revenue and spending reports for an organization; allowed a longer time limit."""
-    return job.run_agent(
+    return await job.arun_agent(
         instructions=(
             "You write financial reports for a business owner. State the period covered, give"
             " figures with their units, compute totals and changes with the calculate tool, and end"
@@ -30,9 +30,9 @@ def financial_report(job: AgentJob) -> AttemptResult:
 
 
 @agent_kind(kind="member_retention", time_limit=5 * 60 * 1000)
-def member_retention(job: AgentJob) -> AttemptResult:
+async def member_retention(job: AgentJob) -> AttemptResult:
     """Finds members at risk of leaving and drafts a personal win-back message for each."""
-    return job.run_agent(
+    return await job.arun_agent(
         instructions=(
             "You help a membership business keep its members. For each member in the context, judge the risk"
             " of leaving from their recent activity, and draft a short, friendly win-back message."

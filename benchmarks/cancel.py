@@ -6,25 +6,26 @@
    the fake server) runs a task whose model call the server answers only after 30 s, or whose tool waits
    30 s; ``remove_job`` is called once the call is in flight. Reported: seconds from the ``remove_job`` call
    to the run's end as the database records it (``finished_at``), p50 / p95 / max over ``--runs``.
-2. **Cost of an abandonable model call**: a no-op call through ``orchestrator.cancel.call_abandonable`` (a
-   helper thread per call) against a direct call, microseconds per call.
+2. **Cost of a cancellable model call**: a no-op coroutine awaited through
+   ``orchestrator.cancel.until_cancelled`` (raced against the signal on the event loop) against awaiting it
+   directly, microseconds per call.
 3. **Cost of watching**: one ``CancelWatch.check`` (one ``MGET``) for 64 running attempts, microseconds;
    a busy worker process makes one every ``POLL_S`` (an idle one none).
 4. **Concurrent runs, with and without the signal**: 64 threads each run the agent loop on one model call
-   that takes 200 ms (a provider that sleeps), alternately with a cancel signal (the call on a helper
-   thread, as in a worker) and without (in the run's thread); runs per second of each, and their ratio.
+   that takes 200 ms (a provider that sleeps), alternately with a cancel signal (the call raced
+   against it on the event loop, as in a worker) and without; runs per second of each, and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -41,7 +42,7 @@ from orchestrator import (
     TaskInput,
     Usage,
 )
-from orchestrator.cancel import CancelSignal, call_abandonable
+from orchestrator.cancel import CancelSignal, until_cancelled
 from orchestrator.tools import ToolRegistry
 from taskstore import Claim, InMemoryTaskStore, TaskStatus
 from taskstore.postgres import PostgresTaskStore
@@ -54,6 +55,22 @@ from tests.services import temporary_database
 from tests.taskstore.test_conformance import running_task
 
 DEFAULT_REDIS_URL = os.environ.get("AGENTQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/12")
+
+
+def _cancellable_us(calls: int, *, signal: bool) -> float:
+    """Microseconds per no-op coroutine awaited through ``until_cancelled`` (directly: ``signal=False``)."""
+
+    async def noop() -> None:
+        return None
+
+    async def measure() -> float:
+        cancel = CancelSignal() if signal else None
+        began = time.perf_counter()
+        for _ in range(calls):
+            await until_cancelled(noop(), cancel, "a call")
+        return (time.perf_counter() - began) / calls * 1e6
+
+    return asyncio.run(measure())
 
 
 def _latency(app: Harness, server: FakeOpenAIServer, runs: int, *, tool: bool, folder: Path) -> list[float]:
@@ -81,13 +98,6 @@ def _latency(app: Harness, server: FakeOpenAIServer, runs: int, *, tool: bool, f
         assert run.finished_at is not None
         found.append(run.finished_at.timestamp() - asked)
     return found
-
-
-def _per_call_us(call: Callable[[], object], count: int) -> float:
-    started = time.perf_counter()
-    for _ in range(count):
-        call()
-    return (time.perf_counter() - started) / count * 1e6
 
 
 def _watch_us(redis_url: str, attempts_count: int, checks: int) -> float:
@@ -166,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             model = _latency(app, server, args.runs, tool=False, folder=Path(folder))
             tool = _latency(app, server, args.runs, tool=True, folder=Path(folder))
         store.close()
-    signal = CancelSignal()
-    direct = _per_call_us(lambda: None, 20_000)
-    abandonable = _per_call_us(lambda: call_abandonable(lambda: None, signal, "a call"), 20_000)
+    direct, cancellable = _cancellable_us(20_000, signal=False), _cancellable_us(20_000, signal=True)
     watch = _watch_us(args.redis_url, 64, 2_000)
     rounds = [(_runs_per_s(64, 1280, signal=True), _runs_per_s(64, 1280, signal=False)) for _ in range(3)]
     with_signal, without = statistics.median(r[0] for r in rounds), statistics.median(r[1] for r in rounds)
@@ -182,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"remove_job → cancelled, {args.runs} runs each (CancelWatch polls every {POLL_S} s):")
     print(row("  during a 30 s model call", model))
     print(row("  during a 30 s tool", tool))
-    print(f"model call through call_abandonable: {abandonable:.1f} µs per call (direct: {direct:.2f} µs)")
+    print(f"model call through until_cancelled: {cancellable:.1f} µs per call (directly: {direct:.2f} µs)")
     print(
         f"CancelWatch.check, 64 running attempts: {watch:.0f} µs (one MGET) every {POLL_S} s per busy process"
     )

@@ -113,8 +113,13 @@ class Settings(BaseSettings):
     redis_socket_timeout_s: PositiveFloat = Field(
         default=30.0, validation_alias="AGENTQ_REDIS_SOCKET_TIMEOUT_S"
     )
-    #: Worker threads per process (``dramatiq --threads``).
+    #: Agent runs in flight per worker process: an ``async def`` kind's runs wait on the process's event loop,
+    #: this many at once, whatever ``dramatiq --threads`` is.
     queue_concurrency: PositiveInt = Field(default=5, validation_alias="QUEUE_CONCURRENCY")
+    #: Worker threads per process that ``agentq worker`` and the demo start (``dramatiq --threads``); 0:
+    #: ``QUEUE_CONCURRENCY``, at most :data:`DEFAULT_MAX_THREADS`. Threads claim tasks and write their ends;
+    #: a sync kind's run holds one for its whole length.
+    worker_threads: NonNegativeInt = Field(default=0, validation_alias="AGENTQ_WORKER_THREADS")
 
     # --- Task store ---
     database_url: SecretStr | None = Field(default=None, validation_alias="DATABASE_URL")
@@ -436,10 +441,17 @@ class Settings(BaseSettings):
         thread plus headroom, at most :data:`DB_POOL_CAP` (threads hold one only per statement)."""
         return self.db_pool_size or min(self.queue_concurrency + 4, DB_POOL_CAP)
 
+    @property
+    def threads(self) -> int:
+        """``dramatiq --threads`` for ``agentq worker`` (see ``worker_threads``)."""
+        return self.worker_threads or min(self.queue_concurrency, DEFAULT_MAX_THREADS)
+
 
 #: Shortest dashboard token accepted: a guessable token would open every task to anyone who reaches it.
 MIN_DASHBOARD_TOKEN_CHARS = 16
 
+#: Most threads ``agentq worker`` starts from ``QUEUE_CONCURRENCY`` alone (runs wait on the event loop).
+DEFAULT_MAX_THREADS = 8
 #: Most Postgres connections a worker process opens unless ``AGENTQ_DB_POOL_SIZE`` says more: past it,
 #: threads take turns instead of exhausting the server's ``max_connections`` (100 by default).
 DB_POOL_CAP = 32

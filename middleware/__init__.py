@@ -62,6 +62,7 @@ from config.trace_export import configure_tracing, shutdown_tracing
 from middleware.attempts import AttemptRegistry
 from middleware.cancel_watch import CancelWatch
 from middleware.events import NO_EVENTS, EventSink
+from middleware.in_flight import RunsInFlight
 from middleware.json_logs import JsonLogs
 from middleware.metrics import Metrics
 from middleware.outcome import AttemptResult
@@ -94,6 +95,8 @@ DRAMATIQ: dict[str, Callable[[Settings], dramatiq.Middleware]] = {
 RELIABILITY = ("stalled_jobs", "cancel_watch", "shutdown_deadline", "reconciler", "pause", "rate_limit")
 #: Our observability middleware, after ``StoreLifecycle`` (sentry with a DSN, metrics with a port).
 OBSERVABILITY = ("tracing", "sentry", "metrics", "presence")
+#: Seconds past ``AGENTQ_SHUTDOWN_TIMEOUT_MS`` a stopping worker waits for the ends of its cut-off runs.
+DRAIN_GRACE_S = 10.0
 #: Every name ``AGENTQ_DISABLE_MIDDLEWARE`` accepts.
 OPTIONAL = (*OBSERVABILITY, *DRAMATIQ, *RELIABILITY)
 
@@ -118,6 +121,8 @@ def build_middleware(
             f" (known: {', '.join(OPTIONAL)})"
         )
     attempts = AttemptRegistry()
+    time_limit_ms = None if "time_limit" in disabled else settings.task_time_limit_ms
+    in_flight = RunsInFlight(settings.queue_concurrency, default_time_limit_ms=time_limit_ms)
     limit = Limit(settings.rate_limit_max, settings.rate_limit_window_ms) if settings.rate_limit_max else None
     reliability: dict[str, dramatiq.Middleware] = {
         "stalled_jobs": StalledJobs(
@@ -129,7 +134,9 @@ def build_middleware(
             events=events,
         ),
         "cancel_watch": CancelWatch(attempts),
-        "shutdown_deadline": ShutdownDeadline(attempts, timeout_ms=settings.shutdown_timeout_ms),
+        "shutdown_deadline": ShutdownDeadline(
+            attempts, timeout_ms=settings.shutdown_timeout_ms, in_flight=in_flight
+        ),
         "reconciler": Reconciler(
             store,
             interval_ms=settings.reconcile_interval_ms,
@@ -176,6 +183,8 @@ def build_middleware(
             clock=clock,
             attempts=attempts,
             events=events,
+            in_flight=in_flight,
+            drain_timeout_s=settings.shutdown_timeout_ms / 1000 + DRAIN_GRACE_S,
         )
     )
     return stack

@@ -25,10 +25,11 @@ from taskstore import Claim
 
 @dataclass
 class Attempt:
-    """One claimed task being run by one worker thread."""
+    """One claimed task being run, by a worker thread or on the process's event loop."""
 
     claim: Claim
-    thread_id: int
+    #: The worker thread running it; None once its run was handed to the event loop.
+    thread_id: int | None
     #: Set when the lease was lost (another worker took the task over): stop as soon as possible.
     lost: bool = False
     #: ``time.monotonic()`` when the task was claimed.
@@ -38,6 +39,10 @@ class Attempt:
     #: Set when the run must stop now (cancel requested, lease lost): it interrupts an in-flight model or
     #: tool call (see ``orchestrator.cancel``; ``CancelWatch`` sets it from Redis within moments).
     cancel: CancelSignal = field(default_factory=CancelSignal)
+    #: An async kind's run that may go on on the event loop (it holds a slot of ``RunsInFlight``); False for a
+    #: sync kind, or a message whose result Dramatiq passes on (a pipeline, callbacks): then it runs in its
+    #: thread.
+    on_loop: bool = False
 
     @property
     def task_id(self) -> str:
@@ -65,14 +70,16 @@ class AttemptObserver(Protocol):
 class AttemptRegistry:
     """Thread-safe registry of this process's attempts, by message id.
 
-    An attempt is *running* from its claim until its actor returns, then *finishing* while its end
-    is written. The process holds the leases of both (:meth:`held`), and only of those.
+    An attempt is *running* from its claim until its actor returns (or, for an async kind, until its
+    run on the event loop ends), then *finishing* while its end is written. The process holds the
+    leases of both (:meth:`held`), and only of those.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._by_message: dict[str, Attempt] = {}
         self._finishing: dict[int, Attempt] = {}
+        self._on_loop: dict[int, Attempt] = {}
         self._observers: list[AttemptObserver] = []
 
     def observe(self, observer: AttemptObserver) -> None:
@@ -108,20 +115,36 @@ class AttemptRegistry:
                 self._finishing[id(attempt)] = attempt
         return attempt
 
+    def hand_off(self, message_id: str) -> Attempt | None:
+        """The run of ``message_id`` goes on on the event loop: its attempt stays *running* (and held)
+        without its message or thread, until :meth:`loop_run_ended`."""
+        attempt = self.pop(message_id)
+        if attempt is not None:
+            attempt.thread_id = None
+            with self._lock:
+                self._on_loop[id(attempt)] = attempt
+        return attempt
+
+    def loop_run_ended(self, attempt: Attempt) -> None:
+        """``attempt``'s run on the event loop ended: it is *finishing* until :meth:`release`."""
+        with self._lock:
+            self._on_loop.pop(id(attempt), None)
+            self._finishing[id(attempt)] = attempt
+
     def release(self, attempt: Attempt) -> None:
         """Stop holding ``attempt``: its lease is no longer renewed."""
         with self._lock:
             self._finishing.pop(id(attempt), None)
 
     def running(self) -> list[Attempt]:
-        """The attempts whose actor is still running."""
+        """The attempts whose actor, or run on the event loop, is still running."""
         with self._lock:
-            return list(self._by_message.values())
+            return [*self._by_message.values(), *self._on_loop.values()]
 
     def held(self) -> list[Attempt]:
         """The attempts whose lease this process holds: running and finishing ones."""
         with self._lock:
-            return [*self._by_message.values(), *self._finishing.values()]
+            return [*self._by_message.values(), *self._on_loop.values(), *self._finishing.values()]
 
     def mark_lost(self, checked: list[Attempt], held_task_ids: set[str]) -> list[Attempt]:
         """Flag the attempts among ``checked`` whose task is not in ``held_task_ids`` (the renewal's

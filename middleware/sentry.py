@@ -42,6 +42,7 @@ from opentelemetry import trace
 from config.redaction import FILTERED, redact_data, register_settings
 from config.settings import Settings
 from middleware.attempts import Attempt, AttemptRegistry
+from middleware.in_flight import RunOnLoop
 from taskstore import TaskStore
 
 logger = logging.getLogger("agentq.sentry")
@@ -175,6 +176,13 @@ class Sentry(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        if isinstance(result, RunOnLoop):  # the run goes on on the event loop: its transaction ends with it
+            entry = _active().pop(message.message_id, None)
+            if entry is not None:
+                scope_manager, transaction_manager = entry
+                scope_manager.__exit__(None, None, None)  # this thread's; the run keeps the scope itself
+                result.when_ended(lambda _result, error: _finish(transaction_manager, error))
+            return
         self._end(message, exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
@@ -186,10 +194,14 @@ class Sentry(dramatiq.Middleware):
         if entry is None:
             return
         scope_manager, transaction_manager = entry
-        if exception is not None:
-            transaction_manager.set_status("internal_error")
-        transaction_manager.__exit__(None, None, None)
+        _finish(transaction_manager, exception)
         scope_manager.__exit__(None, None, None)
+
+
+def _finish(transaction_manager: Any, exception: BaseException | None) -> None:
+    if exception is not None:
+        transaction_manager.set_status("internal_error")
+    transaction_manager.__exit__(None, None, None)
 
 
 def _active() -> dict[str, tuple[Any, Any]]:

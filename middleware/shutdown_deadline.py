@@ -4,7 +4,8 @@ On SIGTERM/SIGINT Dramatiq stops fetching and waits for the worker threads (up
 to its own ``--worker-shutdown-timeout``, 10 minutes by default). This middleware
 gives active tasks ``AGENTQ_SHUTDOWN_TIMEOUT_MS`` to finish; a task still running
 then is cut off: :class:`~middleware.task_lifecycle.ShutdownCutOff` is raised in its
-thread (at its next Python instruction: a blocking C call finishes first), its row
+thread (at its next Python instruction: a blocking C call finishes first), or a run on the
+event loop is cancelled (its model call's HTTP request aborted); its row
 stays ``running`` and, its lease no longer renewed, it is recovered as stalled and
 runs again elsewhere. Nothing is lost, and the process exits 0.
 """
@@ -18,6 +19,7 @@ import dramatiq
 from dramatiq.middleware import raise_thread_exception
 
 from middleware.attempts import AttemptRegistry
+from middleware.in_flight import RunsInFlight
 from middleware.task_lifecycle import ShutdownCutOff
 
 logger = logging.getLogger("agentq.lifecycle")
@@ -26,8 +28,11 @@ logger = logging.getLogger("agentq.lifecycle")
 class ShutdownDeadline(dramatiq.Middleware):
     """Cuts off the tasks still running ``timeout_ms`` after shutdown began."""
 
-    def __init__(self, attempts: AttemptRegistry, *, timeout_ms: int = 30_000) -> None:
+    def __init__(
+        self, attempts: AttemptRegistry, *, timeout_ms: int = 30_000, in_flight: RunsInFlight | None = None
+    ) -> None:
         self.attempts = attempts
+        self.in_flight = in_flight
         self.timeout_s = timeout_ms / 1000
         self._done = threading.Event()
 
@@ -46,4 +51,7 @@ class ShutdownDeadline(dramatiq.Middleware):
             return
         for attempt in self.attempts.running():
             logger.warning("[AgentTaskQueue] Job %s still running at the shutdown deadline", attempt.task_id)
-            raise_thread_exception(attempt.thread_id, ShutdownCutOff)  # type: ignore[no-untyped-call]
+            if attempt.thread_id is not None:
+                raise_thread_exception(attempt.thread_id, ShutdownCutOff)  # type: ignore[no-untyped-call]
+            elif self.in_flight is not None:
+                self.in_flight.cut_off(attempt)  # cancelled on the event loop

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -58,6 +59,7 @@ from middleware.agent_messages import (
 from middleware.attempts import Attempt, AttemptRegistry, current_claim, process_worker_id
 from middleware.events import NO_EVENTS, EventSink, EventType
 from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Decision, Outcome, decide, describe
+from middleware.in_flight import RunCutOff, RunOnLoop, RunsInFlight
 from middleware.lifecycle_events import attempt_end_event, completed_event, queued_event, running_event
 from middleware.outcome import AttemptResult, as_attempt_result, transcript_of, usage_of
 from orchestrator.errors import AgentRunError
@@ -84,6 +86,8 @@ ENQUEUED_AT_OPTION = "agentq_enqueued_at"
 #: Message option: set once the task is queued, so re-enqueues (retries, delayed moves) skip the database.
 QUEUED_OPTION = "agentq_queued"
 
+#: Runs in flight per process when none is configured (``QUEUE_CONCURRENCY`` sets it in a worker).
+DEFAULT_RUNS_IN_FLIGHT = 100
 #: Base delay before a message held back by its organization's concurrency cap is offered again.
 ORG_CAP_RETRY_MS = 500
 #: Base delay before a message whose claim found the database unreachable is offered again.
@@ -175,6 +179,8 @@ class TaskLifecycle(dramatiq.Middleware):
         worker_id: Callable[[], str] = process_worker_id,
         attempts: AttemptRegistry | None = None,
         events: EventSink = NO_EVENTS,
+        in_flight: RunsInFlight | None = None,
+        drain_timeout_s: float = 40.0,
     ) -> None:
         self.store = store
         self.backoff_ms = backoff_ms
@@ -186,6 +192,11 @@ class TaskLifecycle(dramatiq.Middleware):
         self.worker_id = worker_id
         self.attempts = attempts or AttemptRegistry()
         self.events = events
+        self.in_flight = in_flight or RunsInFlight(DEFAULT_RUNS_IN_FLIGHT)
+        self.drain_timeout_s = drain_timeout_s
+        #: Messages whose thread holds a slot of ``in_flight`` (taken before the claim, not handed over yet).
+        self._slots: set[str] = set()
+        self._slots_lock = threading.Lock()
         self._results_kept: AgentResultsKept | None = None
         self._expected = ExpectedEndings()
 
@@ -195,6 +206,7 @@ class TaskLifecycle(dramatiq.Middleware):
 
     def before_worker_boot(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
         """Keep Dramatiq from warning that agent kinds' results are discarded: this stores them."""
+        self.in_flight.open()
         self._results_kept = AgentResultsKept(broker)
         logging.getLogger(DRAMATIQ_WORKER_LOGGER).addFilter(self._results_kept)
         logging.getLogger(DRAMATIQ_WORKER_LOGGER).addFilter(self._expected)
@@ -203,7 +215,23 @@ class TaskLifecycle(dramatiq.Middleware):
         """Size the store's connections to the worker's threads (``--threads`` may exceed the setting)."""
         self.store.reserve_connections(worker.worker_threads)
 
+    def before_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        self.in_flight.close()
+
     def after_worker_shutdown(self, broker: dramatiq.Broker, worker: dramatiq.Worker) -> None:
+        """Wait for the runs on the event loop (``ShutdownDeadline`` cuts off the ones left at its deadline),
+        then stop filtering Dramatiq's log."""
+        left = self.in_flight.in_flight
+        if left:
+            logger.info("Waiting for %s agent run(s) in flight to end", left)
+        if not self.in_flight.wait_idle(self.drain_timeout_s):
+            logger.warning(
+                "[AgentTaskQueue] %s agent run(s) still in flight after %gs; their tasks will be recovered as"
+                " stalled",
+                self.in_flight.in_flight,
+                self.drain_timeout_s,
+            )
+        self.in_flight.shutdown()
         logging.getLogger(DRAMATIQ_WORKER_LOGGER).removeFilter(self._expected)
         self.events.flush()
         if self._results_kept is not None:
@@ -270,8 +298,15 @@ class TaskLifecycle(dramatiq.Middleware):
     def before_process_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         if agent_kind(broker, message) is None:
             return
+        on_loop = _runs_on_loop(broker, message)
+        if on_loop:
+            if not self.in_flight.acquire():  # shutting down while every slot was taken
+                put_back(broker, message, delay_ms=0)
+                raise SkipMessage("the worker is shutting down")
+            with self._slots_lock:
+                self._slots.add(message.message_id)
         try:
-            self._claim_message(broker, message)
+            self._claim_message(broker, message, on_loop=on_loop)
         except StoreUnavailable as exc:
             # No attempt was counted: offer the message again shortly instead of running it unclaimed.
             delay_ms = CLAIM_RETRY_MS + random.randint(0, CLAIM_RETRY_MS)
@@ -285,7 +320,7 @@ class TaskLifecycle(dramatiq.Middleware):
             put_back(broker, message, delay_ms=delay_ms)
             raise SkipMessage(f"task store unavailable: {exc}") from exc
 
-    def _claim_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
+    def _claim_message(self, broker: dramatiq.Broker, message: MessageProxy, *, on_loop: bool) -> None:
         """Claim the message's task and register the attempt, or raise :class:`SkipMessage`."""
         try:
             task_id = normalize_id(message_task_id(message))
@@ -315,11 +350,19 @@ class TaskLifecycle(dramatiq.Middleware):
             else:
                 logger.info("Skipping message for task %s: it is %s, not queued", task_id, task.status.value)
             raise SkipMessage(f"task {task_id} is not queued")
-        self.attempts.add(message.message_id, claim)
+        self.attempts.add(message.message_id, claim).on_loop = on_loop
         self.events.publish(task_id, EventType.RUNNING, running_event(claim, self.worker_id()))
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self.attempts.pop(message.message_id)
+        self._give_slot_back(message.message_id)
+
+    def _give_slot_back(self, message_id: str) -> None:
+        with self._slots_lock:
+            held = message_id in self._slots
+            self._slots.discard(message_id)
+        if held:
+            self.in_flight.release()
 
     def after_process_message(
         self,
@@ -329,9 +372,45 @@ class TaskLifecycle(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        if isinstance(result, RunOnLoop):
+            self._hand_off(broker, message, result)
+            return
+        self._give_slot_back(message.message_id)
         attempt = self.attempts.finishing(message.message_id)
         if attempt is None:
             return
+        self._finish(broker, message, attempt, result, exception)
+
+    def _hand_off(self, broker: dramatiq.Broker, message: MessageProxy, run: RunOnLoop) -> None:
+        """Start an async kind's run on the event loop with the slot this thread took; Dramatiq then
+        acknowledges the message (the task's lease protects the run)."""
+        attempt = self.attempts.hand_off(message.message_id)
+        if attempt is None:  # not claimed here: nothing to run
+            run.discard()
+            self._give_slot_back(message.message_id)
+            return
+        with self._slots_lock:
+            self._slots.discard(message.message_id)  # the run gives it back once its end is written
+
+        def finish(result: Any, exception: BaseException | None) -> None:
+            self.attempts.loop_run_ended(attempt)
+            if exception is not None:  # as Dramatiq logs an actor's error (ExpectedEndings filters the same)
+                logging.getLogger(DRAMATIQ_WORKER_LOGGER).error(
+                    "Failed to process message %s with unhandled exception.", message, exc_info=exception
+                )
+            self._finish(broker, message, attempt, result, exception)
+
+        self.in_flight.start(attempt, run, finish)
+
+    def _finish(
+        self,
+        broker: dramatiq.Broker,
+        message: MessageProxy,
+        attempt: Attempt,
+        result: Any,
+        exception: BaseException | None,
+    ) -> None:
+        """Write how ``attempt`` ended and tell the observers."""
         try:
             ended = self._end(broker, message, attempt, result, exception)
         finally:
@@ -347,7 +426,7 @@ class TaskLifecycle(dramatiq.Middleware):
         exception: BaseException | None,
     ) -> str:
         """Write how ``attempt`` ended; returns the outcome's name (see :class:`AttemptObserver`)."""
-        if isinstance(exception, ShutdownCutOff):
+        if isinstance(exception, ShutdownCutOff | RunCutOff):
             logger.warning(
                 "[AgentTaskQueue] Job %s cut off by shutdown; it will be recovered as stalled",
                 attempt.task_id,
@@ -505,6 +584,18 @@ class TaskLifecycle(dramatiq.Middleware):
         if isinstance(retries, int):
             return min(claim.task.max_attempts, retries + 1)
         return claim.task.max_attempts
+
+
+#: Message options whose middleware read the actor's result in the worker thread (pipelines, callbacks).
+RESULT_OPTIONS = frozenset({"pipe_target", "on_success", "on_failure"})
+
+
+def _runs_on_loop(broker: dramatiq.Broker, message: MessageProxy) -> bool:
+    """Whether the message's run goes on on the event loop: an async agent kind's, unless Dramatiq must pass
+    its result on from the worker thread (a pipeline or callbacks; then the thread waits for it)."""
+    if not getattr(broker.get_actor(message.actor_name), "runs_on_loop", False):
+        return False
+    return RESULT_OPTIONS.isdisjoint(message.options)
 
 
 def set_lane(options: dict[str, Any], priority: int, organization_id: str) -> None:

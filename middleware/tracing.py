@@ -8,7 +8,8 @@
 * ``before_process_message`` extracts that context and starts a CONSUMER span, made
   current (attached) for the whole attempt: the claim, the actor, the agent's ``chat``
   and ``execute_tool`` spans, the status write and any retry enqueue happen inside it.
-  ``after_process_message`` and ``after_skip_message`` end it and detach it.
+  ``after_process_message`` and ``after_skip_message`` end it and detach it; the span of a run
+  handed to the event loop (an async agent kind) is detached then and ends with the run.
 * Retries are **parented**, not linked: ``TaskLifecycle`` re-enqueues a failed attempt
   while the attempt's CONSUMER span is current, so the retry's ``publish`` span is its
   child and the next attempt's ``process`` span the child of that. One task is one trace:
@@ -49,6 +50,7 @@ from config.redaction import describe_error, exception_attributes
 from middleware.agent_messages import AnyMessage, agent_kind, message_task_id
 from middleware.attempts import Attempt, AttemptRegistry
 from middleware.batches import current_batch
+from middleware.in_flight import RunOnLoop
 
 #: Message option holding the W3C trace context (``traceparent``/``tracestate``) of the publish span.
 TRACE_OPTION = "agentq_trace"
@@ -204,6 +206,13 @@ class Tracing(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        if isinstance(result, RunOnLoop):  # the run goes on on the event loop: its span ends with it
+            entry = _active().pop(message.message_id, None)
+            if entry is not None:
+                span, token = entry
+                otel_context.detach(token)  # type: ignore[arg-type]
+                result.when_ended(lambda _result, error: _end_span(span, error))
+            return
         self._end(message, exception)
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
@@ -218,10 +227,14 @@ class Tracing(dramatiq.Middleware):
         if entry is None:
             return
         span, token = entry
-        if exception is not None:
-            _fail(span, exception)
-        span.end()
+        _end_span(span, exception)
         otel_context.detach(token)  # type: ignore[arg-type]
+
+
+def _end_span(span: Span, exception: BaseException | None) -> None:
+    if exception is not None:
+        _fail(span, exception)
+    span.end()
 
 
 def _active() -> dict[str, tuple[Span, object]]:

@@ -39,13 +39,17 @@ not waited for); the interrupted step is recorded failed with ``"cancelled"``.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import inspect
 import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from functools import partial
 from typing import Any, TypeVar
 
 from config.errors import short_repr
@@ -57,7 +61,7 @@ from orchestrator.approvals import (
     decision_of,
     never_ran,
 )
-from orchestrator.cancel import CancelSignal, call_abandonable, wait
+from orchestrator.cancel import CancelSignal, until_cancelled
 from orchestrator.errors import (
     AgentRunError,
     BaseUrlNotAllowed,
@@ -71,11 +75,13 @@ from orchestrator.errors import (
     UnknownProvider,
     UnknownTool,
 )
+from orchestrator.event_loop import offload, process_loop
 from orchestrator.hooks import OrchestratorHooks, call_hook
 from orchestrator.ledger import (
     LLM,
     NO_LEDGER,
     TOOL,
+    NoLedger,
     StepLedger,
     UnfinishedToolNotRepeated,
     describe_error,
@@ -87,6 +93,7 @@ from orchestrator.ledger import (
 from orchestrator.limits.base import NO_LIMITS, CallLimiter
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, ToolSpec, Usage
 from orchestrator.pricing import PriceTable
+from orchestrator.providers.base import call_provider
 from orchestrator.providers.base_urls import BaseUrlPolicy
 from orchestrator.providers.registry import ProviderRegistry
 from orchestrator.replay import Replay, ReplayedCall, rebuild
@@ -103,6 +110,8 @@ __all__ = [
 
 logger = logging.getLogger("orchestrator")
 T = TypeVar("T")
+#: What a run asks before each step whether it must stop: a function returning a bool or an awaitable one.
+StopCheck = Callable[[], bool | Awaitable[bool]]
 
 #: Longest string, in characters, kept in a transcript entry.
 MAX_TRANSCRIPT_CHARS = 2_000
@@ -278,7 +287,7 @@ def _tool_message(call: ToolCall, outcome: ToolOutcome) -> ChatMessage:
 
 
 class Orchestrator:
-    """Runs agents on tasks. One instance serves many threads at once.
+    """Runs agents on tasks. One instance serves many runs at once (on the process's event loop).
 
     Args:
         providers: Where providers are looked up; None means a default
@@ -321,18 +330,33 @@ class Orchestrator:
         agent: AgentSpec,
         task: TaskInput,
         *,
-        should_stop: Callable[[], bool] | None = None,
+        should_stop: StopCheck | None = None,
         hooks: OrchestratorHooks | None = None,
         ledger: StepLedger = NO_LEDGER,
         cancel: CancelSignal | None = None,
     ) -> AgentResult:
-        """Run the agent on the task until it gives a final answer.
+        """:meth:`arun` on the process's event loop, waited for in this thread (for sync callers)."""
+        return process_loop().run(
+            self.arun(agent, task, should_stop=should_stop, hooks=hooks, ledger=ledger, cancel=cancel)
+        )
+
+    async def arun(
+        self,
+        agent: AgentSpec,
+        task: TaskInput,
+        *,
+        should_stop: StopCheck | None = None,
+        hooks: OrchestratorHooks | None = None,
+        ledger: StepLedger = NO_LEDGER,
+        cancel: CancelSignal | None = None,
+    ) -> AgentResult:
+        """Run the agent on the task until it gives a final answer (on the running event loop).
 
         Args:
             agent: The agent to run.
             task: The task to work on.
             should_stop: Checked before each model call and each tool call; when it
-                returns True the run ends with :class:`RunCancelled`.
+                returns True (or an awaitable of True) the run ends with :class:`RunCancelled`.
             hooks: Hooks for this run; None means the orchestrator's.
             ledger: Where the run records its steps and finds those of earlier attempts at the
                 same firing (resuming after them); the default records nothing.
@@ -355,7 +379,7 @@ class Orchestrator:
         run.cancel = cancel
         call_hook(run.hooks.on_run_start, agent, task)
         try:
-            result = run.execute()
+            result = await run.execute()
         except AgentRunError as exc:
             exc.record_run(run.usage, list(run.transcript), run.cost)
             call_hook(run.hooks.on_run_end, None, exc)
@@ -375,7 +399,7 @@ class _Run:
         orchestrator: Orchestrator,
         agent: AgentSpec,
         task: TaskInput,
-        should_stop: Callable[[], bool] | None,
+        should_stop: StopCheck | None,
         hooks: OrchestratorHooks,
         ledger: StepLedger,
     ) -> None:
@@ -404,6 +428,8 @@ class _Run:
         self.reasoning: str | None = None
         #: Steps earlier attempts left waiting or unfinished, by ``seq``: their approval decisions.
         self.recorded_steps: dict[int, object] = {}
+        #: Whether the ledger's writes reach a store (then they are made on the loop's executor).
+        self.ledger_blocks = not isinstance(ledger, NoLedger)
 
     # -- limits ------------------------------------------------------------------------------
 
@@ -411,15 +437,25 @@ class _Run:
         """Seconds left before the run time limit, or None without a limit."""
         return None if self.deadline is None else self.deadline - self.clock()
 
-    def check(self, where: str) -> None:
+    async def check(self, where: str) -> None:
         """Raise RunCancelled or RunTimeLimitExceeded when the run must not go on."""
-        if (self.cancel is not None and self.cancel.is_set()) or (
-            self.should_stop is not None and self.should_stop()
-        ):
+        if (self.cancel is not None and self.cancel.is_set()) or await self.stop_asked():
             raise RunCancelled(where)
         left = self.time_left()
         if left is not None and left <= 0:
             raise RunTimeLimitExceeded(self.agent.run_time_limit_s or 0)
+
+    async def stop_asked(self) -> bool:
+        if self.should_stop is None:
+            return False
+        answer = self.should_stop()
+        return bool(await answer) if inspect.isawaitable(answer) else bool(answer)
+
+    async def write(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """A ledger write: on the loop's executor when it reaches a store (it may block), else here."""
+        if self.ledger_blocks:
+            return await offload(call, *args, **kwargs)
+        return call(*args, **kwargs)
 
     def check_base_url(self) -> None:
         """Raise BaseUrlNotAllowed when the agent's own base URL is not allowed (before any request)."""
@@ -429,7 +465,7 @@ class _Run:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def execute(self) -> AgentResult:
+    async def execute(self) -> AgentResult:
         self.check_base_url()
         fallback = self.agent.fallback_provider
         if fallback is not None and fallback not in self.orchestrator.providers:
@@ -440,18 +476,18 @@ class _Run:
             if replay.final is not None:  # the answer was recorded; only the task's end was not
                 return self.result(replay.final.response)
             self.check_unfinished(replay)
-            self.run_tools(replay.open_call.turn, replay.pending)
+            await self.run_tools(replay.open_call.turn, replay.pending)
         while self.turns < self.agent.max_turns:
             turn = self.turns + 1
-            self.check(f"before model call {turn}")
-            response = self.call_model(turn, specs)
+            await self.check(f"before model call {turn}")
+            response = await self.call_model(turn, specs)
             if not response.tool_calls:
                 return self.result(response)
             self.messages.append(
                 ChatMessage(role="assistant", content=response.content or "", tool_calls=response.tool_calls)
             )
             self.reasoning = response.content
-            self.run_tools(turn, response.tool_calls)
+            await self.run_tools(turn, response.tool_calls)
         raise MaxTurnsExceeded(self.agent.max_turns)
 
     def result(self, response: ModelResponse) -> AgentResult:
@@ -477,13 +513,14 @@ class _Run:
             len(response.tool_calls),
         )
 
-    def recorded(self, seq: int, call: Callable[[], T]) -> T:
-        """``call()``; if it raises, step ``seq`` is recorded as failed (best effort) and the error raised."""
+    async def recorded(self, seq: int, call: Awaitable[T]) -> T:
+        """``await call``; if it raises, step ``seq`` is recorded failed (best effort), the error raised."""
         try:
-            return call()
+            return await call
         except Exception as exc:
             try:
-                self.ledger.fail(seq, "cancelled" if isinstance(exc, RunCancelled) else describe_error(exc))
+                error = "cancelled" if isinstance(exc, RunCancelled) else describe_error(exc)
+                await self.write(self.ledger.fail, seq, error)
             except Exception as ledger_error:  # the call's own error is the one that ends the run
                 logger.warning(
                     "task %s: step %s failed and could not be recorded: %s", self.task.id, seq, ledger_error
@@ -561,33 +598,38 @@ class _Run:
 
     # -- model calls -------------------------------------------------------------------------
 
-    def call_model(self, turn: int, specs: tuple[ToolSpec, ...]) -> ModelResponse:
+    async def call_model(self, turn: int, specs: tuple[ToolSpec, ...]) -> ModelResponse:
         """One model call, retried once on the fallback after a retryable provider error."""
         try:
-            return self.model_step(turn, specs)
+            return await self.model_step(turn, specs)
         except ProviderError as exc:
             if not exc.retryable or self.switched or not self.agent.has_fallback:
                 raise
             self.switch_to_fallback(turn, exc)
-        self.check(f"before fallback model call {turn}")
-        return self.model_step(turn, specs)
+        await self.check(f"before fallback model call {turn}")
+        return await self.model_step(turn, specs)
 
-    def model_step(self, turn: int, specs: tuple[ToolSpec, ...]) -> ModelResponse:
+    async def model_step(self, turn: int, specs: tuple[ToolSpec, ...]) -> ModelResponse:
         """The model call of ``turn`` as step ``seq``: recorded started, made, counted, recorded completed."""
         seq = self.seq
         self.ledger.start(seq, LLM, self.model, model_input(turn, self.provider_name, self.model))
-        response = self.recorded(seq, lambda: self.complete(specs))
+        response = await self.recorded(seq, self.complete(specs))
         cost = self.orchestrator.prices.cost(response.model or self.model, response.usage)
         self.record(turn, response, cost)
         usage = response.usage
-        self.ledger.complete(
+        output = model_output(self.provider_name, response, cost)
+        complete = partial(
+            self.ledger.complete,
             seq,
-            model_output(self.provider_name, response, cost),
+            output,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
             cost_usd=cost,
-            last=not response.tool_calls,
         )
+        if response.tool_calls:
+            await self.write(complete)
+        else:  # the final answer: the ledger keeps it for the task's completion (no write of its own)
+            complete(last=True)
         self.seq, self.turns = seq + 1, turn
         return response
 
@@ -620,7 +662,7 @@ class _Run:
             self.base_url = None  # the agent's base URL belongs to its primary provider
         self.provider_name, self.model, self.switched = to_provider, to_model, True
 
-    def complete(self, specs: tuple[ToolSpec, ...]) -> ModelResponse:
+    async def complete(self, specs: tuple[ToolSpec, ...]) -> ModelResponse:
         provider = self.orchestrator.providers.get(self.provider_name)
         agent = self.agent
         request = ModelRequest(
@@ -637,41 +679,53 @@ class _Run:
             if agent.stream
             else None,
         )
-        permit = self.orchestrator.limiter.acquire(self.provider_name, request, self.task)
+        limiter = self.orchestrator.limiter
+        limited = limiter is not NO_LIMITS
+        if limited:  # Redis calls, and maybe a short wait for a slot
+            permit = await offload(limiter.acquire, self.provider_name, request, self.task)
+        else:
+            permit = limiter.acquire(self.provider_name, request, self.task)
         if request.timeout_s is not None:  # the limiter may have waited: the call gets the time left now
             request = replace(request, timeout_s=self.time_left())
         call_hook(self.hooks.on_llm_start, request, provider=self.provider_name)
         try:
-            response = call_abandonable(lambda: provider.complete(request), self.cancel, "the model call")
+            response = await until_cancelled(call_provider(provider, request), self.cancel, "the model call")
         except BaseException as exc:
-            permit.settle(error=exc)
+            if limited:
+                await asyncio.shield(offload(permit.settle, error=exc))
+            else:
+                permit.settle(error=exc)
             call_hook(self.hooks.on_llm_end, request, None, exc, provider=self.provider_name)
             left = self.time_left()
             if isinstance(exc, ProviderTimeout) and left is not None and left <= 0:
                 raise RunTimeLimitExceeded(agent.run_time_limit_s or 0) from exc
             raise
-        permit.settle(response=response)
+        if limited:
+            await offload(permit.settle, response=response)
+        else:
+            permit.settle(response=response)
         call_hook(self.hooks.on_llm_end, request, response, None, provider=self.provider_name)
         return response
 
     # -- tool calls --------------------------------------------------------------------------
 
-    def run_tools(self, turn: int, calls: tuple[ToolCall, ...]) -> None:
+    async def run_tools(self, turn: int, calls: tuple[ToolCall, ...]) -> None:
         for call in calls:
-            self.check(f"before tool call {short_repr(call.name)} in turn {turn}")
-            outcome = self.tool_step(turn, call)
+            await self.check(f"before tool call {short_repr(call.name)} in turn {turn}")
+            outcome = await self.tool_step(turn, call)
             self.transcript.append(_tool_entry(turn, call, outcome))
             self.messages.append(_tool_message(call, outcome))
 
-    def tool_step(self, turn: int, call: ToolCall) -> ToolOutcome:
+    async def tool_step(self, turn: int, call: ToolCall) -> ToolOutcome:
         """One tool call as step ``seq``: recorded started, run with its idempotency key, then completed."""
         seq = self.seq
         cancelled = self.cancel if self.cancel is not None else threading.Event()
         context = ToolContext(self.task.id, seq, f"{self.ledger.scope or self.task.id}:{seq}", cancelled)
-        self.gate(seq, turn, call, context.idempotency_key)
-        self.ledger.start(seq, TOOL, call.name, tool_input(turn, call, context.idempotency_key))
-        outcome = self.recorded(seq, lambda: self.run_tool(call, context))
-        self.ledger.complete(seq, tool_output(outcome))
+        await self.gate(seq, turn, call, context.idempotency_key)
+        started = tool_input(turn, call, context.idempotency_key)
+        await self.write(self.ledger.start, seq, TOOL, call.name, started)
+        outcome = await self.recorded(seq, self.run_tool(call, context))
+        await self.write(self.ledger.complete, seq, tool_output(outcome))
         self.seq = seq + 1
         return outcome
 
@@ -683,7 +737,7 @@ class _Run:
             return False
         return tools.get(call.name).requires_approval or call.name in agent.approval_tools
 
-    def gate(self, seq: int, turn: int, call: ToolCall, key: str) -> None:
+    async def gate(self, seq: int, turn: int, call: ToolCall, key: str) -> None:
         """Let the call of step ``seq`` run if it needs no approval or was approved; otherwise record it as
         awaiting approval and stop the run (:class:`ApprovalRequired`)."""
         if not self.needs_approval(call):
@@ -707,7 +761,7 @@ class _Run:
         if not isinstance(ledger, ApprovalLedger):
             raise ApprovalsNeedLedger(call.name)
         request = {**tool_input(turn, call, key), "reasoning": _clip(self.reasoning)}
-        ledger.await_approval(seq, call.name, request)
+        await self.write(ledger.await_approval, seq, call.name, request)
         self.transcript.append(
             {
                 "type": "approval",
@@ -724,18 +778,18 @@ class _Run:
         )  # fmt: skip
         raise ApprovalRequired(call.name, seq, call.arguments)
 
-    def run_tool(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
+    async def run_tool(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
         """Run one tool call (never one the agent may not use), bounded by ``tool_timeout_s``."""
         call_hook(self.hooks.on_tool_start, call)
         try:
-            outcome = self.tool_outcome(call, context)
+            outcome = await self.tool_outcome(call, context)
         except BaseException as exc:
             call_hook(self.hooks.on_tool_end, call, None, exc)
             raise
         call_hook(self.hooks.on_tool_end, call, outcome, None)
         return outcome
 
-    def tool_outcome(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
+    async def tool_outcome(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
         agent, tools = self.agent, self.orchestrator.tools
         if call.name not in agent.allowed_tools:
             logger.warning(
@@ -752,33 +806,56 @@ class _Run:
             )
         if call.name not in tools:
             return ToolOutcome(str(UnknownTool(call.name)), is_error=True)
-        return self.execute_with_timeout(call, context)
+        return await self.execute_with_timeout(call, context)
 
-    def execute_with_timeout(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
-        """Run the tool in a daemon thread; a thread that hangs is abandoned, never joined. Once the run is
-        cancelled it is not waited for: the call ends :class:`RunCancelled` (also when the tool, told
-        through ``context.cancelled``, returned early)."""
+    async def execute_with_timeout(self, call: ToolCall, context: ToolContext) -> ToolOutcome:
+        """Run the tool, bounded by ``tool_timeout_s`` and the run's time left: an async tool on this loop
+        (cancelled when it runs over), a sync one in a daemon thread (abandoned, never joined, when it hangs).
+        Once the run is cancelled it is not waited for: the call ends :class:`RunCancelled` (also when the
+        tool, told through ``context.cancelled``, returned early)."""
         limit = self.agent.tool_timeout_s
         left = self.time_left()
         bound = limit if left is None else min(limit, left)
-        results: list[ToolOutcome] = []
-        done, ended = threading.Event(), threading.Event()
-
-        def target() -> None:
-            try:
-                results.append(self.orchestrator.tools.execute(call.name, call.arguments, context=context))
-            finally:
-                ended.set()
-                done.set()
-
-        threading.Thread(target=target, name=f"tool-{call.name}", daemon=True).start()
-        wait(done, bound, self.cancel)
-        if self.cancel is not None and self.cancel.is_set():  # interrupted, or stopped early when told
-            raise RunCancelled(f"during tool call {short_repr(call.name)}")
-        if not ended.is_set():
+        tools = self.orchestrator.tools
+        if tools.get(call.name).is_async:
+            work: Awaitable[ToolOutcome] = tools.aexecute(call.name, call.arguments, context=context)
+        else:
+            run = partial(tools.execute, call.name, call.arguments, context=context)
+            work = _in_daemon_thread(run, call.name)
+        what = f"tool call {short_repr(call.name)}"
+        try:
+            outcome = await asyncio.wait_for(until_cancelled(work, self.cancel, what), max(bound, 0))
+        except TimeoutError:
             if left is not None and left < limit:
-                raise RunTimeLimitExceeded(self.agent.run_time_limit_s or 0)
-            raise ToolTimeout(call.name, limit)
-        if not results:
-            return ToolOutcome(f"tool {short_repr(call.name)} stopped without a result", is_error=True)
-        return results[0]
+                raise RunTimeLimitExceeded(self.agent.run_time_limit_s or 0) from None
+            raise ToolTimeout(call.name, limit) from None
+        if self.cancel is not None and self.cancel.is_set():  # stopped early when told
+            raise RunCancelled(f"during {what}")
+        return outcome
+
+
+def _in_daemon_thread(call: Callable[[], T], name: str) -> asyncio.Future[T]:
+    """``call()`` in a new daemon thread (in a copy of this context); its result as a future of this loop.
+    Nothing waits for the thread: cancelling the future abandons it."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(ok: bool, value: Any) -> None:
+        if future.done():
+            return
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+    def target() -> None:
+        try:
+            value = context.run(call)
+        except BaseException as exc:  # handed to the run
+            loop.call_soon_threadsafe(settle, False, exc)
+        else:
+            loop.call_soon_threadsafe(settle, True, value)
+
+    threading.Thread(target=target, name=f"tool-{name}", daemon=True).start()
+    return future

@@ -78,7 +78,13 @@ class RecordedStep(Protocol):
 
 
 class StepLedger(Protocol):
-    """Where one attempt records its steps. A write the ledger cannot make raises :class:`StepNotRecorded`."""
+    """Where one attempt records its steps. A write the ledger cannot make raises :class:`StepNotRecorded`.
+
+    The run calls it from its event loop: ``steps``, ``resumed``, ``start`` of a model call and
+    ``complete(last=True)`` are called there and must not block; ``start`` of a tool call, ``complete``,
+    ``fail`` and ``await_approval`` (of an :class:`~orchestrator.approvals.ApprovalLedger`) may block: the run
+    makes them on the loop's executor.
+    """
 
     #: Stable for one firing of one task: the prefix of the tools' idempotency keys.
     scope: str

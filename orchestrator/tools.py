@@ -1,7 +1,8 @@
 """The tool registry: named tools with typed, validated arguments.
 
-A tool is a sync function taking one validated pydantic model and returning a string or a
-JSON-serialisable value. The registry derives the JSON schema shown to the model from the
+A tool is a function taking one validated pydantic model and returning a string or a
+JSON-serialisable value; an ``async def`` tool is awaited on the run's event loop, a sync one runs in a
+thread of its own. The registry derives the JSON schema shown to the model from the
 argument model, validates the model's arguments before calling the tool, and turns every
 failure (bad arguments, an exception in the tool) into an error result the model can read,
 never into an exception that ends the run.
@@ -20,7 +21,9 @@ A tool declared ``requires_approval=True`` never runs before a person approved t
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
+import inspect
 import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -115,6 +118,11 @@ class Tool:
     requires_approval: bool = False
 
     @property
+    def is_async(self) -> bool:
+        """Whether ``fn`` is a coroutine function: the run awaits it on its event loop, with no thread."""
+        return inspect.iscoroutinefunction(self.fn)
+
+    @property
     def spec(self) -> ToolSpec:
         """The tool as described to a model."""
         return ToolSpec(self.name, self.description, self.args_model.model_json_schema())
@@ -176,8 +184,9 @@ class ToolRegistry:
             name: The name the model calls it by.
             description: What the tool does, for the model.
             args_model: A pydantic model describing and validating the arguments.
-            fn: A sync function taking the validated model; returns a str or a
-                JSON-serialisable value.
+            fn: A function taking the validated model; returns a str or a JSON-serialisable
+                value. An ``async def`` function is awaited on the run's event loop; a sync one runs
+                in a thread of its own.
             idempotent: Whether running it twice for one call does no harm (see :class:`Tool`).
             requires_approval: Whether every call waits for a person's approval before it runs.
 
@@ -291,6 +300,42 @@ class ToolRegistry:
             invalid arguments, an exception raised by the tool, or a result that is
             not JSON-serialisable.
         """
+        prepared = self._prepare(name, arguments)
+        if isinstance(prepared, ToolOutcome):
+            return prepared
+        tool, args = prepared
+        token = _current_call.set(context)
+        try:
+            value = tool.fn(args)
+            if inspect.iscoroutine(value):  # an async tool called from sync code (no loop in this thread)
+                value = asyncio.run(value)
+            return ToolOutcome(_bound(_render(value)))
+        except Exception as exc:  # a tool failure is reported to the model, not raised
+            return ToolOutcome(_bound(f"{type(exc).__name__}: {exc}"), is_error=True)
+        finally:
+            _current_call.reset(token)
+
+    async def aexecute(
+        self, name: str, arguments: object, *, context: ToolContext | None = None
+    ) -> ToolOutcome:
+        """:meth:`execute` for an async tool, awaited on the running loop (cancelling it cancels the tool)."""
+        prepared = self._prepare(name, arguments)
+        if isinstance(prepared, ToolOutcome):
+            return prepared
+        tool, args = prepared
+        token = _current_call.set(context)
+        try:
+            value = tool.fn(args)
+            if inspect.isawaitable(value):
+                value = await value
+            return ToolOutcome(_bound(_render(value)))
+        except Exception as exc:  # a tool failure is reported to the model, not raised
+            return ToolOutcome(_bound(f"{type(exc).__name__}: {exc}"), is_error=True)
+        finally:
+            _current_call.reset(token)
+
+    def _prepare(self, name: str, arguments: object) -> tuple[Tool, BaseModel] | ToolOutcome:
+        """The tool and its validated arguments, or the error outcome the model reads instead."""
         tool = self._tools.get(name)
         if tool is None:
             return ToolOutcome(str(UnknownTool(name)), is_error=True)
@@ -301,16 +346,9 @@ class ToolRegistry:
                 is_error=True,
             )
         try:
-            args = tool.args_model.model_validate(arguments)
+            return tool, tool.args_model.model_validate(arguments)
         except ValidationError as exc:
             return ToolOutcome(_format_validation_error(name, exc), is_error=True)
-        token = _current_call.set(context)
-        try:
-            return ToolOutcome(_bound(_render(tool.fn(args))))
-        except Exception as exc:  # a tool failure is reported to the model, not raised
-            return ToolOutcome(_bound(f"{type(exc).__name__}: {exc}"), is_error=True)
-        finally:
-            _current_call.reset(token)
 
 
 def default_registry() -> ToolRegistry:

@@ -21,8 +21,8 @@ Uses the OpenTelemetry API only; the orchestrator stays queue-agnostic.
 
 from __future__ import annotations
 
+import contextvars
 import json
-import threading
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -56,27 +56,25 @@ class TracingHooks(OrchestratorHooks):
     ) -> None:
         self.record_content = record_content
         self.tracer = (tracer_provider or trace.get_tracer_provider()).get_tracer(TRACER_NAME)
-        self._local = threading.local()
+        #: The open spans of the run in this context (each run on the event loop is a task with its own).
+        self._spans: contextvars.ContextVar[tuple[tuple[Span, object], ...]] = contextvars.ContextVar(
+            f"agentq_open_spans_{id(self)}", default=()
+        )
 
-    # --- span stack per thread ----------------------------------------------
-
-    def _stack(self) -> list[tuple[Span, object]]:
-        stack: list[tuple[Span, object]] | None = getattr(self._local, "stack", None)
-        if stack is None:
-            stack = self._local.stack = []
-        return stack
+    # --- span stack per run -------------------------------------------------
 
     def _open(self, name: str, kind: SpanKind, attributes: dict[str, Any]) -> Span:
         span = self.tracer.start_span(name, kind=kind, attributes=attributes)
         token = otel_context.attach(trace.set_span_in_context(span))
-        self._stack().append((span, token))
+        self._spans.set((*self._spans.get(), (span, token)))
         return span
 
     def _close(self, error: BaseException | None) -> Span | None:
-        stack = self._stack()
+        stack = self._spans.get()
         if not stack:
             return None
-        span, token = stack.pop()
+        span, token = stack[-1]
+        self._spans.set(stack[:-1])
         if error is not None:
             span.add_event("exception", exception_attributes(error))  # not record_exception: redacted
             span.set_status(Status(StatusCode.ERROR, describe_error(error)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from functools import partial
 from typing import Any
 
 import dramatiq
-from dramatiq import Worker
+from dramatiq import Broker, Worker
 from dramatiq.brokers.stub import StubBroker
 
 from actors.agent_actor import AgentActor, AgentJob, agent_actor
@@ -17,7 +18,8 @@ from actors.runtime import Runtime, build_runtime
 from actors.task_queue import AgentTaskQueue
 from config.settings import Settings, load_settings
 from middleware import build_middleware
-from middleware.task_lifecycle import AttemptResult
+from middleware.in_flight import RunsInFlight
+from middleware.task_lifecycle import AttemptResult, TaskLifecycle
 from orchestrator.errors import ProviderRateLimited
 from taskstore import NewAgent, Task, TaskStore, utcnow
 
@@ -75,16 +77,34 @@ class Harness:
             worker.stop()
 
     def drain(self, worker: Worker, timeout_s: float = 30) -> None:
-        """Wait until every queue (delayed included) is empty and the worker is idle."""
+        """Wait until every queue (delayed included) is empty, the worker is idle and no run is in flight on
+        the event loop (a run's end may send a retry: then the queues are waited for again)."""
         assert isinstance(self.broker, StubBroker)
-        for queue_name in list(self.broker.queues):
-            if not queue_name.endswith(".DQ") and not queue_name.endswith(".XQ"):
-                self.broker.join(queue_name, timeout=int(timeout_s * 1000))
-        worker.join()
+        in_flight = runs_in_flight(self.broker)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            for queue_name in list(self.broker.queues):
+                if not queue_name.endswith(".DQ") and not queue_name.endswith(".XQ"):
+                    self.broker.join(queue_name, timeout=int(timeout_s * 1000))
+            worker.join()
+            left = max(deadline - time.monotonic(), 0.1)
+            assert in_flight.wait_idle(left), f"runs still in flight after {timeout_s}s"
+            if all(not self.broker.queues[name].qsize() for name in self.broker.queues):
+                return
+            assert time.monotonic() < deadline, f"queues not empty after {timeout_s}s"
+
+
+def runs_in_flight(broker: Broker) -> RunsInFlight:
+    """The slots of the broker's ``TaskLifecycle``: the runs of async kinds on the event loop."""
+    for middleware in broker.middleware:
+        if isinstance(middleware, TaskLifecycle):
+            return middleware.in_flight
+    raise AssertionError("TaskLifecycle is not on the broker")
 
 
 def declare_kinds(runtime: Runtime) -> dict[str, AgentActor]:
-    """The kinds the tests use: ``general`` runs the agent; ``flaky`` raises plain exceptions."""
+    """The kinds the tests use: ``general`` runs the agent on the event loop, ``general_in_thread`` in its
+    worker thread; ``crashing`` and ``capped`` raise plain exceptions; ``throttled`` is postponed."""
     declare = partial(
         agent_actor,
         store=runtime.store,
@@ -95,7 +115,11 @@ def declare_kinds(runtime: Runtime) -> dict[str, AgentActor]:
     )
 
     @declare(kind="general")
-    def general(job: AgentJob) -> AttemptResult:
+    async def general(job: AgentJob) -> AttemptResult:
+        return await job.arun_agent()
+
+    @declare(kind="general_in_thread")
+    def general_in_thread(job: AgentJob) -> AttemptResult:
         return job.run_agent()
 
     @declare(kind="crashing")
@@ -112,7 +136,13 @@ def declare_kinds(runtime: Runtime) -> dict[str, AgentActor]:
             raise Throttled(postpone_ms=int(job.task.context.get("postpone_ms", 10)))
         return job.run_agent()
 
-    return {"general": general, "crashing": crashing, "capped": capped, "throttled": throttled}
+    return {
+        "general": general,
+        "general_in_thread": general_in_thread,
+        "crashing": crashing,
+        "capped": capped,
+        "throttled": throttled,
+    }
 
 
 class Throttled(ProviderRateLimited):

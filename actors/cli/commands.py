@@ -16,7 +16,7 @@ agentq schedules            list schedules with their next run in UTC and in the
 agentq cleanup              apply the retention policy
 agentq pause | resume       stop / restart task starts on every worker
 agentq limits [BUCKET…]     provider and organization limits: each bucket's use now (JSON)
-agentq worker [ARGS…]       run ``dramatiq actors`` with QUEUE_CONCURRENCY threads
+agentq worker [ARGS…]       run ``dramatiq actors`` with AGENTQ_WORKER_THREADS threads
 agentq demo                 the embedded demo: a worker runs a handful of tasks end to end
 agentq dashboard            serve the operator dashboard (``--host 127.0.0.1 --port 8600``)
 """
@@ -300,7 +300,7 @@ def _worker(args: argparse.Namespace) -> int:
         "dramatiq",
         "actors",
         "--threads",
-        str(settings.queue_concurrency),
+        str(settings.threads),
         "--worker-shutdown-timeout",
         backstop,
         *args.dramatiq_args,
@@ -393,7 +393,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="bucket names ('openai:gpt-4o-mini', 'org:<id>'); default: used in the last hour",
     )
     limits.set_defaults(handler=_limits)
-    worker = commands.add_parser("worker", help="run `dramatiq actors` with QUEUE_CONCURRENCY threads")
+    worker = commands.add_parser(
+        "worker", help="run `dramatiq actors` (QUEUE_CONCURRENCY runs in flight per process)"
+    )
     worker.add_argument("dramatiq_args", nargs=argparse.REMAINDER, help="extra arguments for dramatiq")
     worker.set_defaults(handler=_worker)
     demo = commands.add_parser("demo", help="run the embedded demo end to end")

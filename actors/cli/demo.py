@@ -263,7 +263,7 @@ def run_demo(*, timeout_s: float = 120.0) -> int:
 
 def _run(timeout_s: float) -> int:
     task_ids, followed = _setup_tasks()
-    threads = str(load_settings().queue_concurrency)
+    threads = str(load_settings().threads)
     print(f"\nStarting a worker: dramatiq actors --processes 1 --threads {threads}\n")
     worker = subprocess.Popen(
         [sys.executable, "-m", "dramatiq", "actors", "--processes", "1", "--threads", threads],

@@ -76,8 +76,8 @@ class EventHooks(OrchestratorHooks):
         self.prices = prices if prices is not None else PriceTable()
         self.delta_flush_s = delta_flush_ms / 1000
         self.clock = clock
-        # A context variable, not a thread-local: a model call may run on a helper thread (in a copy of
-        # the run's context: ``orchestrator.cancel.call_abandonable``) and its streamed text belongs here.
+        # A context variable, not a thread-local: runs share the event loop's thread (each is a task with
+        # its own context), and a model call's streamed text arrives in a copy of its run's context.
         self._run: ContextVar[_RunState | None] = ContextVar(f"agentq_event_run_{id(self)}", default=None)
 
     def _state(self) -> _RunState | None:

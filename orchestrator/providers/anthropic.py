@@ -13,11 +13,18 @@ Streaming (a request with ``on_delta``): ``messages.stream(...)``; each ``text_d
 ``on_delta`` as it arrives and the SDK's final message gives the same :class:`ModelResponse` as a
 plain call. An ``error`` event inside the stream, a connection that breaks off and an answer that takes
 longer than the call's timeout raise the same errors as a plain call.
+
+``acomplete`` makes the same call on the running event loop through ``anthropic.AsyncAnthropic``, with the
+same request, answer, stream handling and errors; its clients are leased per call, per loop and base
+URL (:mod:`orchestrator.providers._async_clients`). Cancelling the awaiting task closes the
+connection and raises ``asyncio.CancelledError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import anthropic
@@ -25,6 +32,7 @@ import httpx2
 
 from orchestrator.errors import ProviderError, ProviderNotConfigured, ProviderTimeout, ProviderUnavailable
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
+from orchestrator.providers._async_clients import ASYNC_CONNECTION_LIMITS, LoopClientCache, shared_ssl_context
 from orchestrator.providers._http import (
     ClientCache,
     StreamDeadline,
@@ -112,8 +120,46 @@ def _tool_call(block: Any) -> ToolCall:
     return ToolCall(block.id, block.name, dict(arguments))
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One prepared Messages call: where it goes, what it sends, how long it may take."""
+
+    base_url: str
+    params: dict[str, Any]
+    timeout: float
+    requested_model: str
+
+
+class _StreamWatch:
+    """Reads a Messages stream's events: text deltas to ``on_delta``, the end, the whole-call deadline."""
+
+    def __init__(self, provider: str, timeout: float, on_delta: Callable[[str], None]) -> None:
+        self.provider = provider
+        self.on_delta = on_delta
+        self.deadline = StreamDeadline(provider, timeout)
+        self.finished = False
+
+    def see(self, event: Any) -> None:
+        """Take one event; raises :class:`ProviderTimeout` once the call's time is up."""
+        if event.type == "content_block_delta" and event.delta.type == "text_delta":
+            self.on_delta(event.delta.text)
+        elif event.type == "message_stop":
+            self.finished = True
+        self.deadline.check()
+
+    def ended(self) -> None:
+        """The stream is over: an error unless the model finished."""
+        if not self.finished:
+            raise ProviderUnavailable(
+                f"{self.provider}: the answer stream ended before the model finished", provider=self.provider
+            )
+
+
 class AnthropicProvider:
-    """The Messages API via the official SDK.
+    """The Messages API via the official SDK, blocking (``complete``) or on an event loop (``acomplete``).
+
+    Both build the same request and read the same answer; only the client differs (``anthropic.Anthropic``
+    per group of threads, ``anthropic.AsyncAnthropic`` leased per call on each event loop, each per base URL).
 
     Args:
         settings: API key, base URL (without ``/v1``) and timeout.
@@ -125,26 +171,36 @@ class AnthropicProvider:
         self.name = name
         self.settings = settings
         self._clients: ClientCache[anthropic.Anthropic] = ClientCache(self._build_client)
-
-    def _build_client(self, base_url: str) -> anthropic.Anthropic:
-        return anthropic.Anthropic(
-            api_key=self.settings.api_key,
-            base_url=base_url,
-            timeout=self.settings.timeout_s,
-            max_retries=0,
-            default_headers=dict(self.settings.default_headers) or None,
+        self._async_clients: LoopClientCache[anthropic.AsyncAnthropic] = LoopClientCache(
+            self._build_async_client
         )
 
-    def complete(self, request: ModelRequest) -> ModelResponse:
-        """Run one Messages API call.
+    def _client_options(self, base_url: str) -> dict[str, Any]:
+        return {
+            "api_key": self.settings.api_key,
+            "base_url": base_url,
+            "timeout": self.settings.timeout_s,
+            "max_retries": 0,
+            "default_headers": dict(self.settings.default_headers) or None,
+        }
+
+    def _build_client(self, base_url: str) -> anthropic.Anthropic:
+        return anthropic.Anthropic(**self._client_options(base_url))
+
+    def _build_async_client(self, base_url: str) -> anthropic.AsyncAnthropic:
+        http_client = anthropic.DefaultAsyncHttpxClient(
+            limits=ASYNC_CONNECTION_LIMITS, timeout=self.settings.timeout_s, verify=shared_ssl_context()
+        )
+        return anthropic.AsyncAnthropic(**self._client_options(base_url), http_client=http_client)
+
+    def _prepare(self, request: ModelRequest) -> _Call:
+        """The call ``request`` asks for.
 
         Raises:
             ProviderNotConfigured: No API key in the settings.
-            ProviderError: The call failed; see :mod:`orchestrator.providers._http` for the classes.
         """
         if not self.settings.api_key:
             raise ProviderNotConfigured(self.name, self.settings.api_key_variable or "ANTHROPIC_API_KEY")
-        client = self._clients.get(request.base_url or self.settings.base_url or DEFAULT_ANTHROPIC_BASE_URL)
         params: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens or self.settings.default_max_tokens,
@@ -158,55 +214,96 @@ class AnthropicProvider:
                 for t in request.tools
             ]
         if request.temperature is not None:
-            params["temperature"] = request.temperature
+            # The SDK (1.x) dropped the keyword (newer models reject a sampling temperature); the API still
+            # takes it on models that support one, so it goes in the body, where such a model answers 400.
+            params["extra_body"] = {"temperature": request.temperature}
         timeout = self.settings.timeout_s
         if request.timeout_s is not None:
             timeout = min(timeout, request.timeout_s)
+        base_url = request.base_url or self.settings.base_url or DEFAULT_ANTHROPIC_BASE_URL
+        return _Call(base_url, params, timeout, request.model)
+
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        """Run one Messages API call.
+
+        Raises:
+            ProviderNotConfigured: No API key in the settings.
+            ProviderError: The call failed; see :mod:`orchestrator.providers._http` for the classes.
+        """
+        call = self._prepare(request)
+        client = self._clients.get(call.base_url)
         if request.on_delta is not None:
-            return self._stream(client, params, timeout, request.on_delta, request.model)
-        try:
-            raw = client.messages.with_raw_response.create(**params, timeout=timeout)
+            return self._stream(client, call, request.on_delta)
+        with self._translated(call.timeout):
+            raw = client.messages.with_raw_response.create(**call.params, timeout=call.timeout)
             message = raw.parse()
-        except anthropic.AnthropicError as exc:
-            raise self._translate(exc, timeout) from exc
-        return self._response(message, request.model, raw.headers)
+        return self._response(message, call.requested_model, raw.headers)
+
+    async def acomplete(self, request: ModelRequest) -> ModelResponse:
+        """Run one Messages API call on the running event loop; see :meth:`complete`.
+
+        Cancelling the awaiting task closes the request's connection and raises
+        :class:`asyncio.CancelledError`.
+        """
+        call = self._prepare(request)
+        with self._async_clients.lease(call.base_url) as client:
+            if request.on_delta is not None:
+                return await self._astream(client, call, request.on_delta)
+            with self._translated(call.timeout):
+                raw = await client.messages.with_raw_response.create(**call.params, timeout=call.timeout)
+                message = await raw.parse()
+        return self._response(message, call.requested_model, raw.headers)
+
+    async def aclose(self) -> None:
+        """Close the running event loop's clients (their connections); call before the loop ends."""
+        await self._async_clients.aclose()
 
     def _stream(
-        self,
-        client: anthropic.Anthropic,
-        params: dict[str, Any],
-        timeout: float,
-        on_delta: Callable[[str], None],
-        requested_model: str,
+        self, client: anthropic.Anthropic, call: _Call, on_delta: Callable[[str], None]
     ) -> ModelResponse:
         """One streamed Messages call (see the module docstring)."""
-        deadline = StreamDeadline(self.name, timeout)
-        finished = False
-        try:
-            with client.messages.stream(**params, timeout=timeout) as stream:
+        watch = _StreamWatch(self.name, call.timeout, on_delta)
+        translated = self._translated(call.timeout, streaming=True)
+        with translated, client.messages.stream(**call.params, timeout=call.timeout) as stream:
+            headers = stream.response.headers
+            for event in stream:
+                watch.see(event)
+            watch.ended()
+            message = stream.get_final_message()
+        return self._response(message, call.requested_model, headers)
+
+    async def _astream(
+        self, client: anthropic.AsyncAnthropic, call: _Call, on_delta: Callable[[str], None]
+    ) -> ModelResponse:
+        """:meth:`_stream` on the running event loop."""
+        watch = _StreamWatch(self.name, call.timeout, on_delta)
+        with self._translated(call.timeout, streaming=True):
+            async with client.messages.stream(**call.params, timeout=call.timeout) as stream:
                 headers = stream.response.headers
-                for event in stream:
-                    if event.type == "content_block_delta" and event.delta.type == "text_delta":
-                        on_delta(event.delta.text)
-                    elif event.type == "message_stop":
-                        finished = True
-                    deadline.check()
-                if not finished:
-                    raise ProviderUnavailable(
-                        f"{self.name}: the answer stream ended before the model finished", provider=self.name
-                    )
-                message = stream.get_final_message()
+                async for event in stream:
+                    watch.see(event)
+                watch.ended()
+                message = await stream.get_final_message()
+        return self._response(message, call.requested_model, headers)
+
+    @contextmanager
+    def _translated(self, timeout: float, *, streaming: bool = False) -> Iterator[None]:
+        """Raise the SDK's and the transport's errors as :class:`ProviderError`; anything else
+        (``asyncio.CancelledError`` included) passes through untouched."""
+        try:
+            yield
         except anthropic.AnthropicError as exc:
             raise self._translate(exc, timeout) from exc
         except httpx2.HTTPError as exc:
             raise transport_error(self.name, exc, timeout, self.settings.api_key) from exc
         except ValueError as exc:  # the SDK's: tool arguments streamed as JSON it cannot parse
+            if not streaming:
+                raise
             raise ProviderError(
                 f"{self.name}: unreadable answer stream: {redact(str(exc), self.settings.api_key)}",
                 retryable=True,
                 provider=self.name,
             ) from exc
-        return self._response(message, requested_model, headers)
 
     @staticmethod
     def _response(message: Any, requested_model: str, headers: Any) -> ModelResponse:

@@ -14,12 +14,18 @@ each chunk's ``delta.content`` goes to ``on_delta`` as it arrives, tool-call fra
 ``index``, and the usage of the last chunk is kept, so the :class:`ModelResponse` is the one the same
 answer gives without streaming. An error the server sends inside the stream, a connection that breaks
 off and an answer that takes longer than the call's timeout raise the same errors as a plain call.
+
+``acomplete`` makes the same call on the running event loop through ``openai.AsyncOpenAI``, with the
+same request, answer, stream handling and errors; its clients are leased per call, per loop and base
+URL (:mod:`orchestrator.providers._async_clients`). Cancelling the awaiting task closes the
+connection and raises ``asyncio.CancelledError``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -28,6 +34,7 @@ import openai
 
 from orchestrator.errors import ProviderError, ProviderNotConfigured, ProviderTimeout, ProviderUnavailable
 from orchestrator.messages import ChatMessage, ModelRequest, ModelResponse, ToolCall, Usage
+from orchestrator.providers._async_clients import ASYNC_CONNECTION_LIMITS, LoopClientCache, shared_ssl_context
 from orchestrator.providers._http import (
     ClientCache,
     StreamDeadline,
@@ -167,8 +174,21 @@ def _usage(raw: Any) -> Usage:
     )
 
 
+@dataclass(frozen=True)
+class _Call:
+    """One prepared Chat Completions call: where it goes, what it sends, how long it may take."""
+
+    base_url: str
+    params: dict[str, Any]
+    timeout: float
+    requested_model: str
+
+
 class OpenAIProvider:
-    """Chat Completions via the official SDK.
+    """Chat Completions via the official SDK, blocking (``complete``) or on an event loop (``acomplete``).
+
+    Both build the same request and read the same answer; only the client differs (``openai.OpenAI``
+    per group of threads, ``openai.AsyncOpenAI`` leased per call on each event loop, each per base URL).
 
     Args:
         settings: API key, base URL and timeout.
@@ -180,26 +200,34 @@ class OpenAIProvider:
         self.name = name
         self.settings = settings
         self._clients: ClientCache[openai.OpenAI] = ClientCache(self._build_client)
+        self._async_clients: LoopClientCache[openai.AsyncOpenAI] = LoopClientCache(self._build_async_client)
+
+    def _client_options(self, base_url: str) -> dict[str, Any]:
+        return {
+            "api_key": self.settings.api_key,
+            "base_url": base_url,
+            "timeout": self.settings.timeout_s,
+            "max_retries": 0,
+            "default_headers": dict(self.settings.default_headers) or None,
+        }
 
     def _build_client(self, base_url: str) -> openai.OpenAI:
-        return openai.OpenAI(
-            api_key=self.settings.api_key,
-            base_url=base_url,
-            timeout=self.settings.timeout_s,
-            max_retries=0,
-            default_headers=dict(self.settings.default_headers) or None,
-        )
+        return openai.OpenAI(**self._client_options(base_url))
 
-    def complete(self, request: ModelRequest) -> ModelResponse:
-        """Run one Chat Completions call.
+    def _build_async_client(self, base_url: str) -> openai.AsyncOpenAI:
+        http_client = openai.DefaultAsyncHttpxClient(
+            limits=ASYNC_CONNECTION_LIMITS, timeout=self.settings.timeout_s, verify=shared_ssl_context()
+        )
+        return openai.AsyncOpenAI(**self._client_options(base_url), http_client=http_client)
+
+    def _prepare(self, request: ModelRequest) -> _Call:
+        """The call ``request`` asks for.
 
         Raises:
             ProviderNotConfigured: No API key in the settings.
-            ProviderError: The call failed; see :mod:`orchestrator.providers._http` for the classes.
         """
         if not self.settings.api_key:
             raise ProviderNotConfigured(self.name, self.settings.api_key_variable or "OPENAI_API_KEY")
-        client = self._clients.get(request.base_url or self.settings.base_url or DEFAULT_OPENAI_BASE_URL)
         params: dict[str, Any] = {
             "model": request.model,
             "messages": to_openai_messages(request.system_prompt, request.messages),
@@ -219,39 +247,80 @@ class OpenAIProvider:
         timeout = self.settings.timeout_s
         if request.timeout_s is not None:
             timeout = min(timeout, request.timeout_s)
-        if request.on_delta is not None:
-            return self._stream(client, params, timeout, request.on_delta, request.model)
-        try:
-            raw = client.chat.completions.with_raw_response.create(**params, timeout=timeout)
-            completion = raw.parse()
-        except openai.OpenAIError as exc:
-            raise self._translate(exc, timeout) from exc
-        return self._response(completion, request.model, raw.headers)
+        base_url = request.base_url or self.settings.base_url or DEFAULT_OPENAI_BASE_URL
+        return _Call(base_url, params, timeout, request.model)
 
-    def _stream(
-        self,
-        client: openai.OpenAI,
-        params: dict[str, Any],
-        timeout: float,
-        on_delta: Callable[[str], None],
-        requested_model: str,
-    ) -> ModelResponse:
+    def complete(self, request: ModelRequest) -> ModelResponse:
+        """Run one Chat Completions call.
+
+        Raises:
+            ProviderNotConfigured: No API key in the settings.
+            ProviderError: The call failed; see :mod:`orchestrator.providers._http` for the classes.
+        """
+        call = self._prepare(request)
+        client = self._clients.get(call.base_url)
+        if request.on_delta is not None:
+            return self._stream(client, call, request.on_delta)
+        with self._translated(call.timeout):
+            raw = client.chat.completions.with_raw_response.create(**call.params, timeout=call.timeout)
+            completion = raw.parse()
+        return self._response(completion, call.requested_model, raw.headers)
+
+    async def acomplete(self, request: ModelRequest) -> ModelResponse:
+        """Run one Chat Completions call on the running event loop; see :meth:`complete`.
+
+        Cancelling the awaiting task closes the request's connection and raises
+        :class:`asyncio.CancelledError`.
+        """
+        call = self._prepare(request)
+        with self._async_clients.lease(call.base_url) as client:
+            if request.on_delta is not None:
+                return await self._astream(client, call, request.on_delta)
+            with self._translated(call.timeout):
+                raw = await client.chat.completions.with_raw_response.create(
+                    **call.params, timeout=call.timeout
+                )
+                completion = raw.parse()
+        return self._response(completion, call.requested_model, raw.headers)
+
+    async def aclose(self) -> None:
+        """Close the running event loop's clients (their connections); call before the loop ends."""
+        await self._async_clients.aclose()
+
+    def _stream(self, client: openai.OpenAI, call: _Call, on_delta: Callable[[str], None]) -> ModelResponse:
         """One streamed Chat Completions call (see the module docstring)."""
-        deadline = StreamDeadline(self.name, timeout)
+        deadline = StreamDeadline(self.name, call.timeout)
         answer = _StreamedAnswer()
-        try:
+        with self._translated(call.timeout):
             stream = client.chat.completions.create(
-                **params, stream=True, stream_options={"include_usage": True}, timeout=timeout
+                **call.params, stream=True, stream_options={"include_usage": True}, timeout=call.timeout
             )
             headers = stream.response.headers
             with stream:
                 for chunk in stream:
                     answer.add(chunk, on_delta)
                     deadline.check()
-        except openai.OpenAIError as exc:
-            raise self._translate(exc, timeout) from exc
-        except httpx2.HTTPError as exc:
-            raise transport_error(self.name, exc, timeout, self.settings.api_key) from exc
+        return self._streamed(answer, call.requested_model, headers)
+
+    async def _astream(
+        self, client: openai.AsyncOpenAI, call: _Call, on_delta: Callable[[str], None]
+    ) -> ModelResponse:
+        """:meth:`_stream` on the running event loop."""
+        deadline = StreamDeadline(self.name, call.timeout)
+        answer = _StreamedAnswer()
+        with self._translated(call.timeout):
+            stream = await client.chat.completions.create(
+                **call.params, stream=True, stream_options={"include_usage": True}, timeout=call.timeout
+            )
+            headers = stream.response.headers
+            async with stream:
+                async for chunk in stream:
+                    answer.add(chunk, on_delta)
+                    deadline.check()
+        return self._streamed(answer, call.requested_model, headers)
+
+    def _streamed(self, answer: _StreamedAnswer, requested_model: str, headers: Any) -> ModelResponse:
+        """The response of a whole stream; an error when it never gave an answer or never finished."""
         if not answer.choices:
             raise ProviderUnavailable(f"{self.name}: the answer had no choices", provider=self.name)
         if answer.finish_reason is None:
@@ -259,6 +328,17 @@ class OpenAIProvider:
                 f"{self.name}: the answer stream ended before the model finished", provider=self.name
             )
         return replace(answer.response(requested_model), rate_limits=rate_limit_report(headers))
+
+    @contextmanager
+    def _translated(self, timeout: float) -> Iterator[None]:
+        """Raise the SDK's and the transport's errors as :class:`ProviderError`; anything else
+        (``asyncio.CancelledError`` included) passes through untouched."""
+        try:
+            yield
+        except openai.OpenAIError as exc:
+            raise self._translate(exc, timeout) from exc
+        except httpx2.HTTPError as exc:
+            raise transport_error(self.name, exc, timeout, self.settings.api_key) from exc
 
     def _response(self, completion: Any, requested_model: str, headers: Any) -> ModelResponse:
         if not getattr(completion, "choices", None):

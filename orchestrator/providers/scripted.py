@@ -19,15 +19,17 @@ ran; with no script at all the provider answers ``"Completed: <task title>"`` at
 The whole script is validated on every call, so a malformed step fails the run before
 any tool runs. Usage is deterministic: input tokens = characters sent // 4, output tokens = characters
 produced // 4, each at least 1. A streaming request (``on_delta``) gets the answer text word by word
-(whitespace kept), then the same response.
+(whitespace kept), then the same response. ``acomplete`` follows the same script on an event loop,
+awaiting its sleeps instead of blocking a thread.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -174,18 +176,31 @@ def _tokens(chars: int) -> int:
     return max(1, chars // 4)
 
 
+#: What a script run yields: seconds to sleep before it goes on; it returns the response.
+_ScriptRun = Generator[float, None, ModelResponse]
+
+
 class ScriptedProvider:
     """A deterministic provider that follows a script from the task's context.
 
+    ``complete`` sleeps with ``sleep``; ``acomplete`` answers the same way but awaits ``async_sleep``, so
+    scripted delays hold no thread.
+
     Args:
-        sleep: The function used for ``sleep_ms`` (seconds); tests pass a fake.
+        sleep: The function used for ``sleep_ms`` and ``chunk_ms`` (seconds); tests pass a fake.
+        async_sleep: The coroutine function ``acomplete`` uses instead (seconds).
     """
 
     name = "scripted"
 
-    def __init__(self, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        sleep: Callable[[float], None] = time.sleep,
+        async_sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         """Create the provider; see the class docstring."""
         self._sleep = sleep
+        self._async_sleep = async_sleep
 
     def complete(self, request: ModelRequest) -> ModelResponse:
         """Answer with the script step for this turn.
@@ -194,10 +209,32 @@ class ScriptedProvider:
             ScriptError: The script or the current step is malformed.
             ProviderError: The step is a ``fail`` step.
         """
+        run = self._run(request)
+        while True:
+            try:
+                pause = next(run)
+            except StopIteration as done:
+                response: ModelResponse = done.value
+                return response
+            self._sleep(pause)
+
+    async def acomplete(self, request: ModelRequest) -> ModelResponse:
+        """:meth:`complete` on the running event loop, sleeping with ``async_sleep``."""
+        run = self._run(request)
+        while True:
+            try:
+                pause = next(run)
+            except StopIteration as done:
+                response: ModelResponse = done.value
+                return response
+            await self._async_sleep(pause)
+
+    def _run(self, request: ModelRequest) -> _ScriptRun:
+        """The step for this turn: yields each pause (seconds), returns the response."""
         turn = sum(1 for message in request.messages if message.role == "assistant")
         step = self._step(request.context, turn, request.messages)
         if step.sleep_ms:
-            self._sleep(step.sleep_ms / 1000)
+            yield step.sleep_ms / 1000
         if step.fail is not None:
             raise ProviderError(
                 f"scripted provider failed at step {turn}: {step.fail}",
@@ -214,7 +251,7 @@ class ScriptedProvider:
             if request.on_delta is not None:
                 for index, piece in enumerate(_WORD.findall(content)):
                     if index and step.chunk_ms:
-                        self._sleep(step.chunk_ms / 1000)
+                        yield step.chunk_ms / 1000
                     request.on_delta(piece)
         return ModelResponse(
             content=content,
@@ -247,5 +284,13 @@ class DisabledScriptedProvider:
 
         Raises:
             ScriptedNotAllowed: Always; it says to set ``AGENTQ_ALLOW_SCRIPTED=true``.
+        """
+        raise ScriptedNotAllowed()
+
+    async def acomplete(self, request: ModelRequest) -> ModelResponse:
+        """Refuse the call, as :meth:`complete` does.
+
+        Raises:
+            ScriptedNotAllowed: Always.
         """
         raise ScriptedNotAllowed()

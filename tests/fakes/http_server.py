@@ -12,12 +12,17 @@ apart: the reply's own ``sse`` events when it has them, otherwise the events a s
 from its JSON body (:meth:`FakeServer.stream_events`: the provider's own stream of that same
 answer). ``cut_after`` ends the connection after that many events, as a stream that breaks off.
 Error replies are plain JSON, as the real APIs send them before a stream starts.
+
+**Disconnects**: a client that closes its connection while its reply is delayed (or while a stream is
+being written) is noticed within :data:`POLL_S`; the handler gives up and :attr:`FakeServer.disconnects`
+counts it (a test of a cancelled or timed-out call can check that the request was really aborted).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
+import select
+import socket
 import threading
 import time
 from collections import deque
@@ -31,6 +36,8 @@ __all__ = ["FakeReply", "FakeServer", "RecordedRequest", "sse_event"]
 
 #: Longest a handler waits in a scripted delay, whatever the script says.
 MAX_DELAY_S = 30.0
+#: How often a delaying handler checks whether its client hung up.
+POLL_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class FakeServer:
         """Create the server (not started)."""
         self.requests: list[RecordedRequest] = []
         self._replies: deque[FakeReply] = deque()
+        self._disconnects = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._server = _Server(("127.0.0.1", 0), self._handler_class())
@@ -114,6 +122,12 @@ class FakeServer:
         """Add replies to the end of the script."""
         with self._lock:
             self._replies.extend(replies)
+
+    @property
+    def disconnects(self) -> int:
+        """Requests whose client closed the connection before the whole reply was written."""
+        with self._lock:
+            return self._disconnects
 
     @property
     def pending(self) -> int:
@@ -146,6 +160,22 @@ class FakeServer:
                 return self._replies.popleft()
         return FakeReply({"error": {"message": "no scripted reply", "type": "fake_server_error"}}, status=500)
 
+    def _hung_up(self) -> None:
+        with self._lock:
+            self._disconnects += 1
+
+    def _wait(self, connection: socket.socket, delay_s: float) -> bool:
+        """Wait ``delay_s`` (bounded); True when the handler should give up: the server is stopping or
+        the client closed the connection (counted in :attr:`disconnects`)."""
+        end = time.monotonic() + min(delay_s, MAX_DELAY_S)
+        while (left := end - time.monotonic()) > 0:
+            if self._stopping.wait(min(POLL_S, left)):
+                return True
+            if _closed_by_peer(connection):
+                self._hung_up()
+                return True
+        return self._stopping.is_set()
+
     def _record(self, request: RecordedRequest) -> None:
         with self._lock:
             self.requests.append(request)
@@ -163,8 +193,7 @@ class FakeServer:
             if reply.cut_after is not None and index >= reply.cut_after:
                 handler.close_connection = True
                 return  # no last chunk: the client sees the stream break off
-            delay = min(reply.chunk_delay_s, MAX_DELAY_S)
-            if index and delay and self._stopping.wait(delay):
+            if index and reply.chunk_delay_s and self._wait(handler.connection, reply.chunk_delay_s):
                 return
             handler.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
             handler.wfile.flush()
@@ -188,7 +217,7 @@ class FakeServer:
                 headers = {key.lower(): value for key, value in self.headers.items()}
                 server._record(RecordedRequest("POST", self.path, headers, body, arrived))
                 reply = server._next_reply()
-                if reply.delay_s and server._stopping.wait(min(reply.delay_s, MAX_DELAY_S)):
+                if reply.delay_s and server._wait(self.connection, reply.delay_s):
                     return
                 if reply.status == 200 and isinstance(body, dict) and body.get("stream") is True:
                     self._stream(reply, body)
@@ -203,13 +232,24 @@ class FakeServer:
                     self.end_headers()
                     self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):  # the client gave up (a timeout test)
-                    pass
+                    server._hung_up()
 
             def _stream(self, reply: FakeReply, request: Any) -> None:
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                try:
                     server._write_stream(self, reply, request)
+                except (BrokenPipeError, ConnectionResetError):
+                    server._hung_up()
 
             def log_message(self, format: str, *args: Any) -> None:  # quiet
                 pass
 
         return Handler
+
+
+def _closed_by_peer(connection: socket.socket) -> bool:
+    """Whether the client closed ``connection`` (readable, and reading would give end of file)."""
+    try:
+        readable, _, _ = select.select([connection], [], [], 0)
+        return bool(readable) and connection.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):  # reset, or already closed here
+        return True

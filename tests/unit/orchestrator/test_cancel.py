@@ -3,17 +3,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import threading
 import time
 from collections.abc import Iterator
-from functools import partial
 
 import pytest
 from pydantic import BaseModel
 
 from orchestrator import ModelRequest, ModelResponse, Orchestrator, ProviderRegistry, RunCancelled
-from orchestrator.cancel import CancelSignal, call_abandonable, wait
+from orchestrator.cancel import CancelSignal, until_cancelled
 from orchestrator.tools import ToolRegistry, current_tool_call
 from tests.unit.orchestrator.test_resume import TASK, ListLedger, agent, answer, tool_calls
 
@@ -153,58 +153,66 @@ def test_a_signal_set_before_the_run_stops_it_before_any_model_call() -> None:
     assert provider.calls == 0
 
 
-def test_an_abandonable_call_returns_its_result_or_raises_its_error_with_the_callers_context() -> None:
+def test_a_cancellable_call_returns_its_result_or_raises_its_error_in_the_callers_context() -> None:
     variable: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
-    variable.set("the run")
     signal = CancelSignal()
 
-    assert call_abandonable(variable.get, signal, "a call") == "the run"
-    with pytest.raises(ZeroDivisionError):
-        call_abandonable(lambda: 1 / 0, signal, "a call")
-    assert call_abandonable(lambda: 5, None, "a call") == 5
+    async def calls() -> None:
+        variable.set("the run")
+
+        async def who() -> str:
+            return variable.get()
+
+        async def divide() -> float:
+            return 1 / 0
+
+        assert await until_cancelled(who(), signal, "a call") == "the run"
+        with pytest.raises(ZeroDivisionError):
+            await until_cancelled(divide(), signal, "a call")
+        assert await until_cancelled(who(), None, "a call") == "the run"
+
+    asyncio.run(calls())
 
 
-def test_a_signal_wakes_a_waiter_at_once_and_keeps_its_first_reason() -> None:
-    signal, done = CancelSignal(), threading.Event()
-    timer = threading.Timer(0.05, lambda: signal.set("lease lost"))
-    timer.start()
-    began = time.monotonic()
+def test_a_signal_set_from_another_thread_cancels_the_call_at_once_and_keeps_its_first_reason() -> None:
+    signal = CancelSignal()
+    cancelled = threading.Event()
 
-    wait(done, 10, signal)
-
-    assert time.monotonic() - began < 1.0 and signal.is_set() and done.is_set()
-    signal.set("cancel requested")
-    assert signal.reason == "lease lost"
-    # a waiter that registers after the signal is set is woken at once too
-    late = threading.Event()
-    wait(late, 10, signal)
-    assert late.is_set()
-    # without a signal, a wait ends at its timeout
-    began = time.monotonic()
-    wait(threading.Event(), 0.05)
-    assert 0.04 < time.monotonic() - began < 1.0
-
-
-def test_a_call_abandoned_while_it_hangs_does_not_hold_up_the_next_calls() -> None:
-    release, signal = threading.Event(), CancelSignal()
-    hanging_started = threading.Event()
-
-    def hang() -> str:
-        hanging_started.set()
-        release.wait(SLOW_S)
+    async def hang() -> str:
+        try:
+            await asyncio.sleep(SLOW_S)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
         return "late"
 
-    def cancel_once_started() -> None:
-        hanging_started.wait(10)
-        signal.set()
+    async def calls() -> float:
+        timer = threading.Timer(0.05, lambda: signal.set("lease lost"))
+        timer.start()
+        began = time.monotonic()
+        with pytest.raises(RunCancelled, match="during the call"):
+            await until_cancelled(hang(), signal, "the call")
+        took = time.monotonic() - began
+        # once set, a later call is refused before it starts (its coroutine is closed, never run)
+        with pytest.raises(RunCancelled, match="before the next call"):
+            await until_cancelled(hang(), signal, "the next call")
+        return took
 
-    canceller = threading.Thread(target=cancel_once_started)
-    canceller.start()
-    with pytest.raises(RunCancelled, match="during the call"):
-        call_abandonable(hang, signal, "the call")
-    canceller.join(10)
+    took = asyncio.run(calls())
 
-    began = time.monotonic()
-    results = [call_abandonable(partial(int, index), CancelSignal(), "a call") for index in range(50)]
-    assert results == list(range(50)) and time.monotonic() - began < 5
-    release.set()
+    assert took < 1.0 and cancelled.is_set()
+    signal.set("cancel requested")
+    assert signal.reason == "lease lost"
+
+
+def test_many_calls_after_a_cancelled_one_are_not_held_up() -> None:
+    async def calls() -> list[int]:
+        async def value(index: int) -> int:
+            await asyncio.sleep(0)
+            return index
+
+        return list(
+            await asyncio.gather(*(until_cancelled(value(i), CancelSignal(), "a call") for i in range(50)))
+        )
+
+    assert asyncio.run(calls()) == list(range(50))

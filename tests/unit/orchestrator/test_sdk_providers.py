@@ -375,7 +375,9 @@ def test_an_agent_base_url_overrides_the_provider_settings(backend: Backend) -> 
     assert (first.output, second.output) == ("hi", "again")
     assert len(backend.server.requests) == 2
     provider = orchestrator.providers.get(backend.name)
-    assert len(provider._clients) == 1  # type: ignore[attr-defined]  # one client per base URL, reused
+    # one client per base URL, reused: an async one, as the loop calls ``acomplete`` on the process's loop
+    assert len(provider._async_clients) == 1  # type: ignore[attr-defined]
+    assert len(provider._clients) == 0  # type: ignore[attr-defined]
 
 
 def _rate_headers(backend: Backend, remaining: int) -> dict[str, str]:

@@ -1,7 +1,8 @@
 """Streaming model calls through the real OpenAI and Anthropic SDKs, against the fake servers' SSE.
 
 A request with ``on_delta`` streams: the text arrives piece by piece and the provider returns the very
-``ModelResponse`` the same answer gives without streaming. Every test runs once per provider.
+``ModelResponse`` the same answer gives without streaming. Every test runs once per provider and way of
+calling it (``complete``, and ``acomplete`` on an event loop).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tests.fakes.anthropic_server import (
 )
 from tests.fakes.http_server import FakeReply, FakeServer, sse_event
 from tests.fakes.openai_server import FakeOpenAIServer, openai_error, openai_text, openai_tool_calls
+from tests.unit.orchestrator.conftest import Call
 
 API_KEY = "sk-test-streaming-key-0123456789"
 ANSWER = "Revenue grew by 11,500 (9.55%) over Q2."
@@ -114,7 +116,7 @@ def request(backend: Backend, on_delta: Callable[[str], None] | None) -> ModelRe
 
 
 def test_a_streamed_answer_arrives_in_pieces_and_is_the_same_response_as_without_streaming(
-    backend: Backend,
+    backend: Backend, call: Call
 ) -> None:
     # Given the same answer scripted twice, with usage
     reply = backend.text(ANSWER)
@@ -123,8 +125,8 @@ def test_a_streamed_answer_arrives_in_pieces_and_is_the_same_response_as_without
     pieces: list[str] = []
 
     # When it is asked once without and once with streaming
-    plain = provider.complete(request(backend, None))
-    streamed = provider.complete(request(backend, pieces.append))
+    plain = call(provider, request(backend, None))
+    streamed = call(provider, request(backend, pieces.append))
 
     # Then the text came in several pieces that make up the answer, and both responses are equal
     assert len(pieces) > 3 and "".join(pieces) == ANSWER
@@ -139,7 +141,9 @@ def test_a_streamed_answer_arrives_in_pieces_and_is_the_same_response_as_without
         assert stream_body["stream_options"] == {"include_usage": True}
 
 
-def test_streamed_tool_calls_are_assembled_exactly_as_the_plain_answer_gives_them(backend: Backend) -> None:
+def test_streamed_tool_calls_are_assembled_exactly_as_the_plain_answer_gives_them(
+    backend: Backend, call: Call
+) -> None:
     # Given two tool calls (arguments streamed in fragments)
     calls = (("calculate", {"expression": "131900 - 120400"}), ("calculate", {"expression": "2 ** 10"}))
     reply = backend.tool_calls(*calls)
@@ -148,8 +152,8 @@ def test_streamed_tool_calls_are_assembled_exactly_as_the_plain_answer_gives_the
     pieces: list[str] = []
 
     # When
-    plain = provider.complete(request(backend, None))
-    streamed = provider.complete(request(backend, pieces.append))
+    plain = call(provider, request(backend, None))
+    streamed = call(provider, request(backend, pieces.append))
 
     # Then the same calls, ids, arguments and finish reason; no text
     assert streamed == plain
@@ -159,40 +163,44 @@ def test_streamed_tool_calls_are_assembled_exactly_as_the_plain_answer_gives_the
     assert pieces == []
 
 
-def test_an_error_answer_to_a_streaming_request_is_classified_as_without_streaming(backend: Backend) -> None:
+def test_an_error_answer_to_a_streaming_request_is_classified_as_without_streaming(
+    backend: Backend, call: Call
+) -> None:
     # Given a 429 with Retry-After
     backend.server.enqueue(backend.error(429, "slow down", {"retry-after": "3"}))
 
     # When / Then
     with pytest.raises(ProviderRateLimited) as raised:
-        backend.provider().complete(request(backend, lambda text: None))
+        call(backend.provider(), request(backend, lambda text: None))
     assert raised.value.retry_after_ms == 3000 and raised.value.retryable
 
 
-def test_a_stream_that_breaks_off_is_a_retryable_provider_error(backend: Backend) -> None:
+def test_a_stream_that_breaks_off_is_a_retryable_provider_error(backend: Backend, call: Call) -> None:
     # Given an answer whose connection is closed after a few events
     backend.server.enqueue(replace(backend.text(ANSWER), cut_after=4))
     pieces: list[str] = []
 
     # When / Then: retryable, the key never in the message; what arrived was passed on
     with pytest.raises(ProviderUnavailable) as raised:
-        backend.provider().complete(request(backend, pieces.append))
+        call(backend.provider(), request(backend, pieces.append))
     assert raised.value.retryable and API_KEY not in str(raised.value)
     assert ANSWER.startswith("".join(pieces))
 
 
-def test_an_error_sent_inside_the_stream_ends_the_call_with_a_retryable_error(backend: Backend) -> None:
+def test_an_error_sent_inside_the_stream_ends_the_call_with_a_retryable_error(
+    backend: Backend, call: Call
+) -> None:
     # Given a stream that starts, then reports an overloaded server
     backend.server.enqueue(FakeReply({}, sse=backend.error_inside()))
 
     # When / Then
     with pytest.raises(ProviderError) as raised:
-        backend.provider().complete(request(backend, lambda text: None))
+        call(backend.provider(), request(backend, lambda text: None))
     assert raised.value.retryable
     assert "overloaded" in str(raised.value).lower()
 
 
-def test_a_stream_that_never_finishes_is_an_error_not_a_short_answer(backend: Backend) -> None:
+def test_a_stream_that_never_finishes_is_an_error_not_a_short_answer(backend: Backend, call: Call) -> None:
     # Given every event of the answer but the last ones (the finish), then a clean end of the body
     events = backend.server.stream_events(
         backend.text(ANSWER).body, {"stream_options": {"include_usage": True}}
@@ -201,21 +209,23 @@ def test_a_stream_that_never_finishes_is_an_error_not_a_short_answer(backend: Ba
 
     # When / Then
     with pytest.raises(ProviderUnavailable, match="ended before the model finished"):
-        backend.provider().complete(request(backend, lambda text: None))
+        call(backend.provider(), request(backend, lambda text: None))
 
 
-def test_an_answer_trickling_in_past_the_call_timeout_ends_with_a_timeout(backend: Backend) -> None:
+def test_an_answer_trickling_in_past_the_call_timeout_ends_with_a_timeout(
+    backend: Backend, call: Call
+) -> None:
     # Given an answer whose events come 0.1 s apart (each read is quick), and a 0.5 s call timeout
     backend.server.enqueue(replace(backend.text(ANSWER), chunk_delay_s=0.1))
     pieces: list[str] = []
 
     # When / Then
     with pytest.raises(ProviderTimeout):
-        backend.provider(timeout_s=0.5).complete(request(backend, pieces.append))
+        call(backend.provider(timeout_s=0.5), request(backend, pieces.append))
     assert 0 < len("".join(pieces)) < len(ANSWER)
 
 
-def test_a_streamed_answer_carries_the_providers_rate_limit_headers(backend: Backend) -> None:
+def test_a_streamed_answer_carries_the_providers_rate_limit_headers(backend: Backend, call: Call) -> None:
     # Given a streamed answer whose headers say how many requests are left
     if backend.name == "openai":
         headers = {"x-ratelimit-remaining-requests": "3", "x-ratelimit-reset-requests": "20s"}
@@ -227,7 +237,7 @@ def test_a_streamed_answer_carries_the_providers_rate_limit_headers(backend: Bac
     backend.server.enqueue(replace(backend.text(ANSWER), headers=headers))
 
     # When it streams
-    streamed = backend.provider().complete(request(backend, lambda piece: None))
+    streamed = call(backend.provider(), request(backend, lambda piece: None))
 
     # Then the limiter sees the provider's count, as for a plain answer
     assert streamed.rate_limits is not None and streamed.rate_limits.requests_remaining == 3
