@@ -259,6 +259,9 @@ class Settings(BaseSettings):
     )
     otel_traces_exporter: str = Field(default="otlp", validation_alias="OTEL_TRACES_EXPORTER")
     otel_service_name: str | None = Field(default=None, validation_alias="OTEL_SERVICE_NAME")
+    #: How the OTLP/HTTP exporter encodes span batches: ``direct`` (``config.otlp_encoding``, the same
+    #: protobuf bytes for about a quarter of the CPU) or ``sdk`` (the exporter's own encoder).
+    trace_encoder: Literal["direct", "sdk"] = Field(default="direct", validation_alias="AGENTQ_TRACE_ENCODER")
     #: Record prompts, model output and tool arguments/results in spans (and Sentry). Off by default.
     trace_content: bool = Field(default=False, validation_alias="AGENTQ_TRACE_CONTENT")
     sentry_dsn: SecretStr | None = Field(default=None, validation_alias="SENTRY_DSN")

@@ -5,7 +5,8 @@ The spans themselves are made by :mod:`middleware.tracing` (messages) and
 Nothing happens at import. :func:`configure_tracing` runs once per process — from
 :class:`middleware.tracing.Tracing`'s ``after_process_boot`` in workers, from the first enqueue
 in producers — and installs a global :class:`~opentelemetry.sdk.trace.TracerProvider` with a batch OTLP/HTTP
-exporter **only** when an endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+exporter (:class:`config.otlp_exporter.DirectOTLPSpanExporter`, or the SDK's own with
+``AGENTQ_TRACE_ENCODER=sdk``) **only** when an endpoint is configured (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``), ``OTEL_SDK_DISABLED`` is not true and
 ``OTEL_TRACES_EXPORTER`` is not ``none``. Otherwise the API's no-op provider stays: spans
 are non-recording and cost well under a microsecond each. An application that installed
@@ -22,11 +23,15 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from opentelemetry import trace
 
 from config.redaction import register_settings
 from config.settings import Settings
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
 
 logger = logging.getLogger("agentq.telemetry")
 
@@ -48,22 +53,32 @@ def configure_tracing(settings: Settings) -> bool:
         register_settings(settings)
         if not settings.tracing_enabled():
             return False
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         attributes = {} if settings.otel_service_name else {SERVICE_NAME: DEFAULT_SERVICE_NAME}
         provider = TracerProvider(resource=Resource.create(attributes))
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(span_exporter(settings)))
         trace.set_tracer_provider(provider)
         if trace.get_tracer_provider() is not provider:
             logger.info("A tracer provider was already installed; agentq spans go to it")
             provider.shutdown()
             return False
         _provider = provider
-        logger.info("Exporting traces over OTLP/HTTP")
+        logger.info("Exporting traces over OTLP/HTTP (%s encoding)", settings.trace_encoder)
         return True
+
+
+def span_exporter(settings: Settings) -> SpanExporter:
+    """The OTLP/HTTP exporter ``AGENTQ_TRACE_ENCODER`` asks for: ``direct`` (default) or the SDK's ``sdk``."""
+    if settings.trace_encoder == "sdk":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    from config.otlp_exporter import DirectOTLPSpanExporter
+
+    return DirectOTLPSpanExporter()
 
 
 def shutdown_tracing() -> None:
@@ -79,4 +94,4 @@ def shutdown_tracing() -> None:
         provider.shutdown()
 
 
-__all__ = ["DEFAULT_SERVICE_NAME", "configure_tracing", "shutdown_tracing"]
+__all__ = ["DEFAULT_SERVICE_NAME", "configure_tracing", "shutdown_tracing", "span_exporter"]

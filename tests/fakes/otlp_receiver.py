@@ -51,12 +51,23 @@ class OTLPReceiver:
 
     def __init__(self) -> None:
         self.requests: list[ExportTraceServiceRequest] = []
+        #: The headers of every POST, in order (lower-cased names).
+        self.headers: list[dict[str, str]] = []
+        #: When set, every export is answered with this HTTP status and nothing is kept.
+        self.reject_with: int | None = None
         self._lock = threading.Lock()
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                with receiver._lock:
+                    receiver.headers.append({k.lower(): v for k, v in self.headers.items()})
+                if receiver.reject_with is not None:
+                    self.send_response(receiver.reject_with)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
                 if self.path != "/v1/traces":
