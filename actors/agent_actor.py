@@ -46,9 +46,6 @@ AgentFunction = Callable[["AgentJob"], AttemptResult | Awaitable[AttemptResult]]
 
 #: Least time between two database checks for a cancellation request during one run.
 CANCEL_CHECK_S = 0.2
-#: The same for a run on the event loop, where a thousand runs would otherwise ask five thousand times a
-#: second; ``CancelWatch``'s Redis check (every 0.5 s per process, all runs at once) is the fast path.
-LOOP_CANCEL_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -120,12 +117,11 @@ class AgentJob:
         self.state.lost = True
 
     async def should_stop_async(self) -> bool:
-        """:meth:`should_stop` for a run on the event loop: the database is asked on the loop's executor, at
-        most every :data:`LOOP_CANCEL_CHECK_S`."""
+        """:meth:`should_stop` for a run on the event loop: the database is asked on the loop's executor."""
         if self.state.lost or self.state.cancel.is_set():
             return True
         now = time.monotonic()
-        if now - self.state.cancel_checked_at < LOOP_CANCEL_CHECK_S:
+        if now - self.state.cancel_checked_at < CANCEL_CHECK_S:
             return False
         self.state.cancel_checked_at = now
         return await offload(self.store.cancel_requested, self.task.id)
@@ -304,15 +300,23 @@ def agent_actor(
         on_loop = inspect.iscoroutinefunction(fn)
         time_limit = options.get("time_limit")
 
-        def run(task_id: str) -> AttemptResult | RunOnLoop:
-            job = AgentJob(current_attempt(task_id), orchestrator(), store, policy, step_ledger)
+        def run(task_id: str) -> AttemptResult | None:
+            state = current_attempt(task_id)
+            job = AgentJob(state, orchestrator(), store, policy, step_ledger)
             job.check_organization()  # before the kind's function, whatever it does
+            produced: AttemptResult | RunOnLoop
             if not on_loop:
-                return cast(AttemptResult, fn(job))
-            coroutine = cast(Coroutine[Any, Any, AttemptResult], fn(job))
-            if job.state.on_loop:  # TaskLifecycle starts it on the event loop once Dramatiq acknowledged it
-                return RunOnLoop(coroutine, time_limit if isinstance(time_limit, int) else None)
-            return process_loop().run(coroutine)  # its result is passed on (a pipeline): this thread waits
+                produced = cast(AttemptResult, fn(job))
+            elif state.on_loop:  # TaskLifecycle starts it on the event loop, and Dramatiq acknowledges it
+                coroutine = cast(Coroutine[Any, Any, AttemptResult], fn(job))
+                produced = RunOnLoop(coroutine, time_limit if isinstance(time_limit, int) else None)
+            else:  # its result is passed on (a pipeline, callbacks): this thread waits for it
+                produced = process_loop().run(cast(Coroutine[Any, Any, AttemptResult], fn(job)))
+            if state.passes_result:
+                assert not isinstance(produced, RunOnLoop)
+                return produced
+            state.returned = produced  # for TaskLifecycle; returning it would make Dramatiq log a warning
+            return None
 
         run.__name__ = fn.__name__
         run.__qualname__ = fn.__qualname__

@@ -43,6 +43,13 @@ class Attempt:
     #: sync kind, or a message whose result Dramatiq passes on (a pipeline, callbacks): then it runs in its
     #: thread.
     on_loop: bool = False
+    #: Dramatiq passes the actor's result on (a pipeline, callbacks): the actor returns it to Dramatiq.
+    passes_result: bool = False
+    #: What the agent kind's actor produced: its ``AttemptResult``, or the ``RunOnLoop`` to start; handed to
+    #: ``TaskLifecycle`` here rather than returned to Dramatiq, which would log that it discards a value.
+    returned: Any = None
+    #: The message being processed (set by :meth:`AttemptRegistry.add`).
+    message_id: str = ""
 
     @property
     def task_id(self) -> str:
@@ -60,6 +67,10 @@ class AttemptObserver(Protocol):
     """
 
     def attempt_started(self, attempt: Attempt) -> None: ...
+
+    def attempt_handed_off(self, attempt: Attempt, run: Any) -> None:
+        """The attempt's run went on on the event loop (a ``RunOnLoop``): its message is done with, the
+        attempt is not; ``run.when_ended`` tells when it is. Called in the worker thread."""
 
     def attempt_ended(self, attempt: Attempt, outcome: str, error: BaseException | None) -> None:
         """``outcome``: completed, retried, postponed, awaiting_approval (the task waits for a person; the
@@ -87,7 +98,7 @@ class AttemptRegistry:
         self._observers.append(observer)
 
     def add(self, message_id: str, claim: Claim) -> Attempt:
-        attempt = Attempt(claim, threading.get_ident())
+        attempt = Attempt(claim, threading.get_ident(), message_id=message_id)
         with self._lock:
             self._by_message[message_id] = attempt
         _current.set(attempt)
@@ -115,6 +126,11 @@ class AttemptRegistry:
                 self._finishing[id(attempt)] = attempt
         return attempt
 
+    def get(self, message_id: str) -> Attempt | None:
+        """The running attempt of ``message_id``, if any."""
+        with self._lock:
+            return self._by_message.get(message_id)
+
     def hand_off(self, message_id: str) -> Attempt | None:
         """The run of ``message_id`` goes on on the event loop: its attempt stays *running* (and held)
         without its message or thread, until :meth:`loop_run_ended`."""
@@ -124,6 +140,11 @@ class AttemptRegistry:
             with self._lock:
                 self._on_loop[id(attempt)] = attempt
         return attempt
+
+    def handed_off(self, attempt: Attempt, run: Any) -> None:
+        """Tell the observers that ``attempt``'s run is on the event loop (``TaskLifecycle``)."""
+        for observer in self._observers:
+            _notify(observer.attempt_handed_off, attempt, run)
 
     def loop_run_ended(self, attempt: Attempt) -> None:
         """``attempt``'s run on the event loop ended: it is *finishing* until :meth:`release`."""

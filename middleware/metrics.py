@@ -236,6 +236,9 @@ class Metrics(dramatiq.Middleware):
     def attempt_started(self, attempt: Attempt) -> None:
         TASKS_ACTIVE.labels(_queue(attempt)).inc()
 
+    def attempt_handed_off(self, attempt: Attempt, run: object) -> None:
+        """Nothing to count: the attempt stays active until it ends."""
+
     def attempt_ended(self, attempt: Attempt, outcome: str, error: BaseException | None) -> None:
         queue = _queue(attempt)
         TASKS_ACTIVE.labels(queue).dec()

@@ -176,14 +176,15 @@ class Sentry(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if isinstance(result, RunOnLoop):  # the run goes on on the event loop: its transaction ends with it
-            entry = _active().pop(message.message_id, None)
-            if entry is not None:
-                scope_manager, transaction_manager = entry
-                scope_manager.__exit__(None, None, None)  # this thread's; the run keeps the scope itself
-                result.when_ended(lambda _result, error: _finish(transaction_manager, error))
-            return
         self._end(message, exception)
+
+    def attempt_handed_off(self, attempt: Attempt, run: RunOnLoop) -> None:
+        """The run goes on on the event loop: its transaction ends with it (the run keeps the scope)."""
+        entry = _active().pop(attempt.message_id, None)
+        if entry is not None:
+            scope_manager, transaction_manager = entry
+            scope_manager.__exit__(None, None, None)  # this thread's context; the run's copy keeps the scope
+            run.when_ended(lambda _result, error: _finish(transaction_manager, error))
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         self._end(message, None)

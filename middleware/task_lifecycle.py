@@ -350,7 +350,9 @@ class TaskLifecycle(dramatiq.Middleware):
             else:
                 logger.info("Skipping message for task %s: it is %s, not queued", task_id, task.status.value)
             raise SkipMessage(f"task {task_id} is not queued")
-        self.attempts.add(message.message_id, claim).on_loop = on_loop
+        attempt = self.attempts.add(message.message_id, claim)
+        attempt.on_loop = on_loop
+        attempt.passes_result = not RESULT_OPTIONS.isdisjoint(message.options)
         self.events.publish(task_id, EventType.RUNNING, running_event(claim, self.worker_id()))
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
@@ -372,6 +374,9 @@ class TaskLifecycle(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
+        running = self.attempts.get(message.message_id)
+        if running is not None and running.returned is not None:
+            result = running.returned  # what the agent kind produced (it returned None to Dramatiq)
         if isinstance(result, RunOnLoop):
             self._hand_off(broker, message, result)
             return
@@ -401,6 +406,7 @@ class TaskLifecycle(dramatiq.Middleware):
             self._finish(broker, message, attempt, result, exception)
 
         self.in_flight.start(attempt, run, finish)
+        self.attempts.handed_off(attempt, run)  # after the start: the run's context keeps the span and scope
 
     def _finish(
         self,

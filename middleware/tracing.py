@@ -206,14 +206,15 @@ class Tracing(dramatiq.Middleware):
         result: Any = None,
         exception: BaseException | None = None,
     ) -> None:
-        if isinstance(result, RunOnLoop):  # the run goes on on the event loop: its span ends with it
-            entry = _active().pop(message.message_id, None)
-            if entry is not None:
-                span, token = entry
-                otel_context.detach(token)  # type: ignore[arg-type]
-                result.when_ended(lambda _result, error: _end_span(span, error))
-            return
         self._end(message, exception)
+
+    def attempt_handed_off(self, attempt: Attempt, run: RunOnLoop) -> None:
+        """The run goes on on the event loop: the message's span is detached here and ends with the run."""
+        entry = _active().pop(attempt.message_id, None)
+        if entry is not None:
+            span, token = entry
+            otel_context.detach(token)  # type: ignore[arg-type]
+            run.when_ended(lambda _result, error: _end_span(span, error))
 
     def after_skip_message(self, broker: dramatiq.Broker, message: MessageProxy) -> None:
         entry = _active().get(message.message_id)
