@@ -121,12 +121,12 @@ class PostgresTaskStore(SqlFunctionStore):
         self._pool: ConnectionPool[psycopg.Connection[Row]] | None = None
         self._lock = threading.Lock()
         # Without group commit every write goes straight to its single-task call.
-        self._claims: Callable[[Row], Claim | None] = self._claim_one
+        self._claims: Callable[[Row], Claim | None] = self._claim_alone
         self._completions: Callable[[Row], bool] = self._complete_one
         self._steps: Callable[[Row], bool] = self._step_one
         if group_commit:
             wait_s = waiter_timeout_s(timeout_s, statement_timeout_ms)
-            self._claims = GroupCommit(self._claim_one, self._claim_many, wait_timeout_s=wait_s).submit
+            self._claims = GroupCommit(self._claim_alone, self._claim_many, wait_timeout_s=wait_s).submit
             self._completions = GroupCommit(
                 self._complete_one, self._complete_many, wait_timeout_s=wait_s
             ).submit
@@ -247,6 +247,11 @@ class PostgresTaskStore(SqlFunctionStore):
 
     def _submit_claim(self, item: Row) -> Claim | None:
         return self._claims(item)
+
+    def _claim_alone(self, item: Row) -> Claim | None:
+        """An uncapped claim written alone: ``agentq_claim_many`` with one item, whose rows psycopg reads
+        typed (``agentq_claim`` answers a ``jsonb`` object, for PostgREST; a capped claim still uses it)."""
+        return self._claim_many([item])[0]
 
     def _claim_many(self, batch: Sequence[Row]) -> list[Claim | None]:
         """Claims for several messages in one call (:class:`GroupCommit`), in ``batch`` order."""

@@ -164,7 +164,7 @@ def decode_task(row: Mapping[str, Any]) -> Task:
 
 
 def decode_claim(data: Mapping[str, Any]) -> Claim:
-    """A :class:`Claim` from one row ``{"task", "agent", "steps"}`` of ``agentq_claim``/``_claim_many``."""
+    """A :class:`Claim` from ``{"task", "agent", "steps"}`` (``agentq_claim``; a row of ``_claim_many``)."""
     task = decode_task(data["task"])
     agent = agent_from_row(_agent_row(data["agent"])) if data["agent"] is not None else None
     steps = tuple(decode_step(row) for row in data.get("steps") or ())
@@ -439,17 +439,17 @@ class SqlFunctionStore(ABC):
         return self._claim_one(item)
 
     def _claim_one(self, item: Row, max_running_in_org: int | None = None) -> Claim | None:
-        def applied() -> list[Row] | None:
+        def applied() -> Row | None:
             rows = self._call("agentq_get_tasks", {"p_task_ids": [item["task_id"]]}) or []
             if not rows or decode_task(rows[0]).current_run_id != item["run_id"]:
                 return None
             agent = self._call("agentq_get_agent", {"p_agent_id": rows[0]["agent_id"]})
             steps = self._call("agentq_get_steps", {"p_task_id": item["task_id"]}) or []
-            return [{"task": rows[0], "agent": agent[0] if agent else None, "steps": steps}]
+            return {"task": rows[0], "agent": agent[0] if agent else None, "steps": steps}
 
         params = {f"p_{name}": value for name, value in item.items()}
-        rows = self._call("agentq_claim", {**params, "p_max_running_in_org": max_running_in_org}, applied)
-        return decode_claim(rows[0]) if rows else None
+        data = self._call("agentq_claim", {**params, "p_max_running_in_org": max_running_in_org}, applied)
+        return decode_claim(data) if data else None
 
     def renew_leases(
         self, held: Sequence[tuple[str, str]], *, lease_until: datetime, now: datetime

@@ -8,10 +8,9 @@ CREATE TABLE IF NOT EXISTS agentq_schema_migrations (
 );
 
 -- Migration 0009_claim_rows (Postgres only; never edited once shipped).
--- The claims answer rows (task, agent, steps) instead of a built jsonb, and the group-commit batches take typed
--- arrays instead of a jsonb array: their result types and arguments change, so they are dropped here and
--- functions.sql (installed next) defines them once instead of adding an overload.
-DROP FUNCTION IF EXISTS agentq_claim(uuid, uuid, text, timestamptz, timestamptz, integer);
+-- The group-commit batches take typed arrays instead of a jsonb array and answer rows: their arguments change,
+-- so the old ones are dropped here and functions.sql (installed next) defines them once instead of adding an
+-- overload.
 DROP FUNCTION IF EXISTS agentq_claim_many(jsonb);
 DROP FUNCTION IF EXISTS agentq_complete_many(jsonb);
 
@@ -28,14 +27,12 @@ LANGUAGE sql STABLE SET search_path = public AS $$
     SELECT COALESCE(jsonb_agg(name ORDER BY name), '[]'::jsonb) FROM agentq_schema_migrations
 $$;
 
--- queued -> running: counts an attempt, opens run p_run_id, returns one row (task, agent, steps) (none: lost
--- race); "steps" is the step ledger of the task's current firing, so a resumed run needs no other read. Rows, not
--- a built jsonb: psycopg reads the task's and the agent's columns typed, PostgREST nests them as objects.
+-- queued -> running: counts an attempt, opens run p_run_id, returns {"task", "agent", "steps"} (NULL: lost
+-- race); "steps" is the step ledger of the task's current firing, so a resumed run needs no other read.
 CREATE OR REPLACE FUNCTION agentq_claim(
     p_task_id uuid, p_run_id uuid, p_worker_id text, p_lease_until timestamptz, p_now timestamptz,
     p_max_running_in_org integer DEFAULT NULL
-) RETURNS TABLE (task ai_agent_tasks, agent ai_agents, steps jsonb)
-LANGUAGE plpgsql SET search_path = public AS $$
+) RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
     t ai_agent_tasks;
     a ai_agents;
@@ -44,14 +41,14 @@ BEGIN
     IF p_max_running_in_org IS NOT NULL THEN
         SELECT organization_id INTO org FROM ai_agent_tasks WHERE id = p_task_id AND status = 'queued';
         IF NOT FOUND THEN
-            RETURN;
+            RETURN NULL;
         END IF;
         -- Serialise the organization's claims; the count below runs after the lock (a fresh snapshot
         -- per statement under READ COMMITTED), so the cap holds under concurrency.
         PERFORM pg_advisory_xact_lock(hashtext(org::text));
         IF (SELECT count(*) FROM ai_agent_tasks WHERE organization_id = org AND status = 'running')
            >= p_max_running_in_org THEN
-            RETURN;
+            RETURN NULL;
         END IF;
     END IF;
     UPDATE ai_agent_tasks
@@ -61,16 +58,14 @@ BEGIN
      WHERE id = p_task_id AND status = 'queued'
     RETURNING * INTO t;
     IF NOT FOUND THEN
-        RETURN;
+        RETURN NULL;
     END IF;
     INSERT INTO ai_agent_task_runs (id, task_id, attempt, status, worker_id, started_at)
     VALUES (p_run_id, t.id, t.attempts, 'running', p_worker_id, p_now);
     SELECT * INTO a FROM ai_agents WHERE id = t.agent_id;
-    task := t;
-    agent := CASE WHEN FOUND THEN a END;
-    steps := (SELECT COALESCE(jsonb_agg(to_jsonb(s) ORDER BY s.seq), '[]'::jsonb) FROM ai_agent_task_steps s
-               WHERE s.task_id = t.id AND s.firing = t.firing);
-    RETURN NEXT;
+    RETURN jsonb_build_object('task', to_jsonb(t), 'agent', CASE WHEN FOUND THEN to_jsonb(a) END,
+        'steps', (SELECT COALESCE(jsonb_agg(to_jsonb(s) ORDER BY s.seq), '[]'::jsonb) FROM ai_agent_task_steps s
+                   WHERE s.task_id = t.id AND s.firing = t.firing));
 END
 $$;
 
@@ -618,8 +613,10 @@ RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
 $$;
 
 -- agentq_claim for several tasks at once (the Postgres store's group commit): element i of each array is one
--- claim; returns agentq_claim's row for each task claimed. Typed arrays, and the ids also as an ANY() condition,
--- so the update finds the tasks by primary key whatever the planner guesses of the batch's size.
+-- claim; returns a row (task, agent, steps) for each task claimed, as agentq_claim's object (the Postgres store
+-- also sends a lone uncapped claim here: rows are read typed by psycopg, no jsonb built). Typed arrays, and the ids
+-- also as an ANY() condition, so the update finds the tasks by primary key whatever the planner guesses of the
+-- batch's size.
 CREATE OR REPLACE FUNCTION agentq_claim_many(
     p_task_ids uuid[], p_run_ids uuid[], p_worker_ids text[], p_lease_until timestamptz[], p_now timestamptz[]
 ) RETURNS TABLE (task ai_agent_tasks, agent ai_agents, steps jsonb)
