@@ -11,9 +11,11 @@ built with ``prepare_threshold=None``.
 from __future__ import annotations
 
 import functools
+import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -27,6 +29,8 @@ from config.settings import DB_POOL_CAP
 from taskstore.errors import DuplicateTask, SchemaMissing, StoreUnavailable, TaskStoreError
 from taskstore.group_commit import GroupCommit
 from taskstore.models import Claim
+from taskstore.rows import AGENT_COLUMNS, TASK_COLUMNS
+from taskstore.rules import USAGE_COLUMNS
 from taskstore.schema import MIGRATIONS, MIGRATIONS_TABLE
 from taskstore.sql_store import Applied, SqlFunctionStore, decode_claim, json_item, signatures
 
@@ -117,12 +121,12 @@ class PostgresTaskStore(SqlFunctionStore):
         self._pool: ConnectionPool[psycopg.Connection[Row]] | None = None
         self._lock = threading.Lock()
         # Without group commit every write goes straight to its single-task call.
-        self._claims: Callable[[Row], Claim | None] = self._claim_one
+        self._claims: Callable[[Row], Claim | None] = self._claim_alone
         self._completions: Callable[[Row], bool] = self._complete_one
         self._steps: Callable[[Row], bool] = self._step_one
         if group_commit:
             wait_s = waiter_timeout_s(timeout_s, statement_timeout_ms)
-            self._claims = GroupCommit(self._claim_one, self._claim_many, wait_timeout_s=wait_s).submit
+            self._claims = GroupCommit(self._claim_alone, self._claim_many, wait_timeout_s=wait_s).submit
             self._completions = GroupCommit(
                 self._complete_one, self._complete_many, wait_timeout_s=wait_s
             ).submit
@@ -176,17 +180,17 @@ class PostgresTaskStore(SqlFunctionStore):
             return conn.execute(query, params).fetchall()
 
     def _call(self, function: str, params: dict[str, Any], applied: Applied = None) -> Any:
-        """``SELECT * FROM function(…)``; psycopg never re-sends, so ``applied`` is not needed."""
+        """``SELECT … FROM function(…)``; psycopg never re-sends, so ``applied`` is not needed."""
         signature = signatures()[function]
-        values = {
-            name: Jsonb(value) if value is not None and signature.params[name] == "jsonb" else value
-            for name, value in params.items()
-        }
+        values = {name: _argument(value, signature.params[name]) for name, value in params.items()}
         try:
             rows = self._fetch(_call_query(function, tuple(params)), values)
         except psycopg.errors.UniqueViolation as exc:
             raise DuplicateTask(f"an id is given twice or already exists; nothing inserted ({exc})") from exc
-        return rows if signature.returns_rows else rows[0][function]
+        if not signature.returns_rows:
+            return rows[0][function]
+        shape = _result_shape(function)
+        return [_nest(row, shape) for row in rows] if shape else rows
 
     def migrate(self) -> list[str]:
         applied: list[str] = []
@@ -244,10 +248,21 @@ class PostgresTaskStore(SqlFunctionStore):
     def _submit_claim(self, item: Row) -> Claim | None:
         return self._claims(item)
 
+    def _claim_alone(self, item: Row) -> Claim | None:
+        """An uncapped claim written alone: ``agentq_claim_many`` with one item, whose rows psycopg reads
+        typed (``agentq_claim`` answers a ``jsonb`` object, for PostgREST; a capped claim still uses it)."""
+        return self._claim_many([item])[0]
+
     def _claim_many(self, batch: Sequence[Row]) -> list[Claim | None]:
         """Claims for several messages in one call (:class:`GroupCommit`), in ``batch`` order."""
-        claimed = self._call("agentq_claim_many", {"p_claims": [json_item(item) for item in batch]})
-        claims = {claim.run_id: claim for claim in map(decode_claim, claimed)}
+        params = {
+            "p_task_ids": [item["task_id"] for item in batch],
+            "p_run_ids": [item["run_id"] for item in batch],
+            "p_worker_ids": [item["worker_id"] for item in batch],
+            "p_lease_until": [item["lease_until"] for item in batch],
+            "p_now": [item["now"] for item in batch],
+        }
+        claims = {claim.run_id: claim for claim in map(decode_claim, self._call("agentq_claim_many", params))}
         return [claims.get(item["run_id"]) for item in batch]
 
     def _submit_completion(self, item: Row) -> bool:
@@ -265,16 +280,109 @@ class PostgresTaskStore(SqlFunctionStore):
 
     def _complete_many(self, batch: Sequence[Row]) -> list[bool]:
         """Completes several runs in one call (:class:`GroupCommit`), in ``batch`` order."""
-        completed = set(self._call("agentq_complete_many", {"p_runs": [json_item(item) for item in batch]}))
+        params = {
+            f"p_{plural}": [item[name] for item in batch]
+            for name, plural in (
+                ("task_id", "task_ids"),
+                ("run_id", "run_ids"),
+                ("now", "now"),
+                ("result", "results"),
+                ("transcript", "transcripts"),
+                *((column, column) for column in (*USAGE_COLUMNS, "cost_usd")),
+                ("step", "steps"),
+            )
+        }
+        rows = self._call("agentq_complete_many", params)
+        completed = {row["agentq_complete_many"] for row in rows}
         return [item["run_id"] in completed for item in batch]
+
+
+#: The columns of the tables whose row type a function's ``RETURNS TABLE`` result may hold.
+_ROW_TYPES: dict[str, tuple[str, ...]] = {"ai_agent_tasks": TASK_COLUMNS, "ai_agents": AGENT_COLUMNS}
+#: Result columns as :func:`_nest` rebuilds them: a name and, for a row type, ``(selected, column)`` pairs.
+Shape = tuple[tuple[str, tuple[tuple[str, str], ...] | None], ...]
+
+
+@functools.cache
+def _result_shape(function: str) -> Shape:
+    """How a ``RETURNS TABLE`` row of ``function`` is selected: a row-typed column (``task
+    ai_agent_tasks``) one field at a time, so psycopg decodes each by its type; empty for other results."""
+    columns = signatures()[function].columns
+    if not any(kind in _ROW_TYPES for kind in columns.values()):
+        return ()
+    return tuple(
+        (
+            name,
+            tuple((f"{name}.{column}", column) for column in _ROW_TYPES[kind])
+            if kind in _ROW_TYPES
+            else None,
+        )
+        for name, kind in columns.items()
+    )
+
+
+def _nest(row: Row, shape: Shape) -> Row:
+    """A selected row as the function's row, each row-typed column back as a dict (``None``: a NULL row,
+    whose ``id``, the first column, is NULL), as PostgREST returns it."""
+    nested: Row = {}
+    for name, fields in shape:
+        if fields is None:
+            nested[name] = row[name]
+        else:
+            nested[name] = None if row[fields[0][0]] is None else {column: row[key] for key, column in fields}
+    return nested
 
 
 @functools.cache
 def _call_query(function: str, names: tuple[str, ...]) -> str:
-    """``SELECT * FROM function(name => %(name)s::type, …)``, rendered once per function and arguments."""
+    """``SELECT * FROM function(name => %(name)s::type, …)``, rendered once per function and arguments; a
+    row-typed result column is selected field by field (:func:`_result_shape`)."""
     types = signatures()[function].params
     arguments = sql.SQL(", ").join(
         sql.SQL("{} => {}::{}").format(sql.Identifier(name), sql.Placeholder(name), sql.SQL(types[name]))
         for name in names
     )
-    return sql.SQL("SELECT * FROM {}({})").format(sql.Identifier(function), arguments).as_string()
+    call = sql.SQL("{}({})").format(sql.Identifier(function), arguments)
+    if not (shape := _result_shape(function)):
+        return sql.SQL("SELECT * FROM {}").format(call).as_string()
+    selected = sql.SQL(", ").join(
+        sql.SQL("r.{}").format(sql.Identifier(name))
+        if fields is None
+        else sql.SQL(", ").join(
+            sql.SQL("(r.{}).{} AS {}").format(
+                sql.Identifier(name), sql.Identifier(column), sql.Identifier(key)
+            )
+            for key, column in fields
+        )
+        for name, fields in shape
+    )
+    return sql.SQL("SELECT {} FROM {} r").format(selected, call).as_string()
+
+
+def _argument(value: Any, kind: str) -> Any:
+    """``value`` as psycopg sends it for a parameter of SQL type ``kind``: JSON wrapped, an array as the
+    text of an array literal (cast in the query), which costs a fraction of adapting a list item by item."""
+    if value is None:
+        return None
+    if kind == "jsonb":
+        return Jsonb(value)
+    if kind.endswith("[]") and isinstance(value, list | tuple):
+        return _array(value, as_json=kind == "jsonb[]")
+    return value
+
+
+def _array(values: Sequence[Any], *, as_json: bool) -> str:
+    """A Postgres array literal of ``values`` (text, timestamps, numbers, or JSON values when ``as_json``)."""
+    items = []
+    for value in values:
+        if value is None:
+            items.append("NULL")
+            continue
+        if as_json:
+            text = json.dumps(value)
+        elif isinstance(value, datetime):
+            text = value.isoformat()
+        else:
+            text = str(value)
+        items.append('"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(items) + "}"

@@ -533,7 +533,18 @@ MIGRATIONS: tuple[Migration, ...] = (
                 ("approval_requested_at",),
                 where="status = 'awaiting_approval'",
             ),
-            # Postgres only: the current agentq_* functions (0006's: sql/history/0006_functions.sql).
+            # Postgres only: the agentq_* functions of 0008 (0006's: sql/history/0006_functions.sql).
+            SQLFile("history/0008_functions.sql"),
+            SQLFile("function_grants.sql"),
+        ),
+    ),
+    Migration(
+        "0009_claim_rows",
+        (
+            # Postgres only: the claims answer rows instead of a built jsonb and the group-commit batches take
+            # typed arrays (the drain's cost, issue 14): those functions are dropped, then the current
+            # functions installed.
+            SQLFile("history/0009_claim_rows.sql"),
             SQLFile("functions.sql"),
             SQLFile("function_grants.sql"),
         ),

@@ -17,7 +17,7 @@ import functools
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -83,7 +83,8 @@ Applied = Callable[[], Any] | None
 FUNCTIONS_SQL = Path(__file__).parent / "sql" / "functions.sql"
 
 _DEFINITION = re.compile(
-    r"CREATE OR REPLACE FUNCTION (agentq_\w+)\s*\((.*?)\)\s*RETURNS\s+(SETOF\s+)?", re.DOTALL | re.IGNORECASE
+    r"CREATE OR REPLACE FUNCTION (agentq_\w+)\s*\((.*?)\)\s*RETURNS\s+(SETOF\s+|TABLE\s*\((.*?)\))?",
+    re.DOTALL | re.IGNORECASE,
 )
 
 
@@ -96,6 +97,17 @@ class Signature:
     returns_rows: bool
     #: Not declared ``STABLE``: a write (which a transport may re-send after a lost response).
     writes: bool
+    #: The columns of a ``RETURNS TABLE (…)`` result, types by name (empty for any other result).
+    columns: Mapping[str, str] = field(default_factory=dict)
+
+
+def _name_types(text: str) -> dict[str, str]:
+    """``{"p_a": "uuid", …}`` from ``"p_a uuid, p_b text DEFAULT NULL"`` (no commas inside types)."""
+    found = {}
+    for part in filter(None, (item.strip() for item in text.split(","))):
+        name, kind = part.split()[:2]
+        found[name] = kind
+    return found
 
 
 @functools.cache
@@ -105,11 +117,13 @@ def signatures() -> dict[str, Signature]:
     text = FUNCTIONS_SQL.read_text(encoding="utf-8")
     for match in _DEFINITION.finditer(text):
         header = text[match.end() : text.index("$$", match.end())]
-        params = {}
-        for part in filter(None, (item.strip() for item in match[2].split(","))):
-            name, kind = part.split()[:2]
-            params[name] = kind
-        found[match[1]] = Signature(match[1], params, bool(match[3]), " STABLE " not in f" {header} ")
+        found[match[1]] = Signature(
+            match[1],
+            _name_types(match[2]),
+            bool(match[3]),
+            " STABLE " not in f" {header} ",
+            _name_types(match[4] or ""),
+        )
     return found
 
 
@@ -150,7 +164,7 @@ def decode_task(row: Mapping[str, Any]) -> Task:
 
 
 def decode_claim(data: Mapping[str, Any]) -> Claim:
-    """A :class:`Claim` from ``{"task", "agent", "steps"}`` (``agentq_claim``, ``agentq_claim_many``)."""
+    """A :class:`Claim` from ``{"task", "agent", "steps"}`` (``agentq_claim``; a row of ``_claim_many``)."""
     task = decode_task(data["task"])
     agent = agent_from_row(_agent_row(data["agent"])) if data["agent"] is not None else None
     steps = tuple(decode_step(row) for row in data.get("steps") or ())

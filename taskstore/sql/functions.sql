@@ -1,6 +1,6 @@
 -- The agentq_* functions: every transition and read of the Postgres family, written once.
 -- PostgresTaskStore calls them over psycopg and SupabaseTaskStore over PostgREST's rpc, both through
--- taskstore/sql_store.py. Installed by the latest migration that changed them (0008_approvals; the copies
+-- taskstore/sql_store.py. Installed by the latest migration that changed them (0009_claim_rows; the copies
 -- earlier migrations installed are in taskstore/sql/history/, and 0007_dashboard added its own functions
 -- from history/0007_dashboard_functions.sql). CREATE OR REPLACE: applies twice.
 -- Each write is one compare-and-set keyed by ids the caller generated and the caller's p_now.
@@ -596,53 +596,56 @@ RETURNS SETOF ai_agent_tasks LANGUAGE sql SET search_path = public AS $$
  RETURNING *
 $$;
 
--- agentq_claim for several tasks at once (the Postgres store's group commit): p_claims is an array of
--- {"task_id", "run_id", "worker_id", "lease_until", "now"}; returns [{"task", "agent", "steps"}] per task claimed.
-CREATE OR REPLACE FUNCTION agentq_claim_many(p_claims jsonb)
-RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
-DECLARE
-    claimed jsonb;
+-- agentq_claim for several tasks at once (the Postgres store's group commit): element i of each array is one
+-- claim; returns a row (task, agent, steps) for each task claimed, as agentq_claim's object (the Postgres store
+-- also sends a lone uncapped claim here: rows are read typed by psycopg, no jsonb built). Typed arrays, and the ids
+-- also as an ANY() condition, so the update finds the tasks by primary key whatever the planner guesses of the
+-- batch's size.
+CREATE OR REPLACE FUNCTION agentq_claim_many(
+    p_task_ids uuid[], p_run_ids uuid[], p_worker_ids text[], p_lease_until timestamptz[], p_now timestamptz[]
+) RETURNS TABLE (task ai_agent_tasks, agent ai_agents, steps jsonb)
+LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
+    RETURN QUERY
     WITH wanted AS (
-        SELECT * FROM jsonb_to_recordset(p_claims)
-            AS w(task_id uuid, run_id uuid, worker_id text, lease_until timestamptz, now timestamptz)
+        SELECT * FROM unnest(p_task_ids, p_run_ids, p_worker_ids, p_lease_until, p_now)
+            AS w(task_id, run_id, worker_id, lease_until, now)
     ), taken AS (
         UPDATE ai_agent_tasks t
            SET status = 'running', attempts = t.attempts + 1, current_run_id = w.run_id,
                worker_id = w.worker_id, lease_expires_at = w.lease_until,
                started_at = w.now, run_at = NULL, updated_at = w.now
           FROM wanted w
-         WHERE t.id = w.task_id AND t.status = 'queued'
+         WHERE t.id = ANY(p_task_ids) AND t.id = w.task_id AND t.status = 'queued'
      RETURNING t.*
     ), run AS (
         INSERT INTO ai_agent_task_runs (id, task_id, attempt, status, worker_id, started_at)
         SELECT current_run_id, id, attempts, 'running', worker_id, started_at FROM taken
     )
-    SELECT COALESCE(jsonb_agg(jsonb_build_object('task', to_jsonb(t), 'agent', to_jsonb(a), 'steps',
-               (SELECT COALESCE(jsonb_agg(to_jsonb(s) ORDER BY s.seq), '[]'::jsonb) FROM ai_agent_task_steps s
-                 WHERE s.task_id = t.id AND s.firing = t.firing))), '[]'::jsonb)
-      INTO claimed
+    SELECT t::ai_agent_tasks, a,
+           (SELECT COALESCE(jsonb_agg(to_jsonb(s) ORDER BY s.seq), '[]'::jsonb) FROM ai_agent_task_steps s
+             WHERE s.task_id = t.id AND s.firing = t.firing)
       FROM taken t LEFT JOIN ai_agents a ON a.id = t.agent_id;
-    RETURN claimed;
 END
 $$;
 
--- agentq_finish to completed for several runs at once (group commit): p_runs is an array of
--- {"task_id", "run_id", "now", "result", "transcript", <usage columns>, "step"}; returns the ids of the runs
--- completed ("step" as agentq_finish's p_step, or null).
-CREATE OR REPLACE FUNCTION agentq_complete_many(p_runs jsonb)
-RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
-DECLARE
-    completed jsonb;
+-- agentq_finish to completed for several runs at once (group commit): element i of each array is one run's
+-- completion (p_steps[i] as agentq_finish's p_step, or NULL); returns the ids of the runs completed.
+CREATE OR REPLACE FUNCTION agentq_complete_many(
+    p_task_ids uuid[], p_run_ids uuid[], p_now timestamptz[], p_results jsonb[], p_transcripts jsonb[],
+    p_input_tokens integer[], p_output_tokens integer[], p_cached_input_tokens integer[],
+    p_reasoning_tokens integer[], p_cost_usd numeric[], p_steps jsonb[]
+) RETURNS SETOF uuid LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
-    PERFORM agentq_record_step((d ->> 'task_id')::uuid, (d ->> 'run_id')::uuid, d -> 'step')
-       FROM jsonb_array_elements(p_runs) AS d
-      WHERE jsonb_typeof(d -> 'step') = 'object';
+    PERFORM agentq_record_step(d.task_id, d.run_id, d.step)
+       FROM unnest(p_task_ids, p_run_ids, p_steps) AS d(task_id, run_id, step)
+      WHERE d.step IS NOT NULL;
+    RETURN QUERY
     WITH done AS (
-        SELECT * FROM jsonb_to_recordset(p_runs)
-            AS d(task_id uuid, run_id uuid, now timestamptz, result jsonb, transcript jsonb,
-                 input_tokens integer, output_tokens integer, cached_input_tokens integer,
-                 reasoning_tokens integer, cost_usd numeric)
+        SELECT * FROM unnest(p_task_ids, p_run_ids, p_now, p_results, p_transcripts, p_input_tokens,
+                             p_output_tokens, p_cached_input_tokens, p_reasoning_tokens, p_cost_usd)
+            AS d(task_id, run_id, now, result, transcript, input_tokens, output_tokens, cached_input_tokens,
+                 reasoning_tokens, cost_usd)
     ), task AS (
         UPDATE ai_agent_tasks t
            SET status = 'completed', completed_at = d.now, error = NULL, result = COALESCE(d.result, t.result),
@@ -653,20 +656,18 @@ BEGIN
                reasoning_tokens = t.reasoning_tokens + d.reasoning_tokens,
                cost_usd = t.cost_usd + COALESCE(d.cost_usd, 0)
           FROM done d
-         WHERE t.id = d.task_id AND t.status = 'running' AND t.current_run_id = d.run_id
+         WHERE t.id = ANY(p_task_ids) AND t.id = d.task_id AND t.status = 'running'
+           AND t.current_run_id = d.run_id
      RETURNING t.current_run_id AS run_id
-    ), runs AS (
-        UPDATE ai_agent_task_runs r
-           SET status = 'completed', finished_at = d.now, error = NULL, stacktrace = NULL,
-               input_tokens = d.input_tokens, output_tokens = d.output_tokens,
-               cached_input_tokens = d.cached_input_tokens, reasoning_tokens = d.reasoning_tokens,
-               cost_usd = d.cost_usd, transcript = d.transcript
-          FROM done d JOIN task ON task.run_id = d.run_id
-         WHERE r.id = d.run_id
-     RETURNING r.id
     )
-    SELECT COALESCE(jsonb_agg(id), '[]'::jsonb) INTO completed FROM runs;
-    RETURN completed;
+    UPDATE ai_agent_task_runs r
+       SET status = 'completed', finished_at = d.now, error = NULL, stacktrace = NULL,
+           input_tokens = d.input_tokens, output_tokens = d.output_tokens,
+           cached_input_tokens = d.cached_input_tokens, reasoning_tokens = d.reasoning_tokens,
+           cost_usd = d.cost_usd, transcript = d.transcript
+      FROM done d JOIN task ON task.run_id = d.run_id
+     WHERE r.id = ANY(p_run_ids) AND r.id = d.run_id
+    RETURNING r.id;
 END
 $$;
 

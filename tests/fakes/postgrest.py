@@ -463,7 +463,10 @@ class FakePostgrest:
     ) -> tuple[int, dict[str, str], bytes]:
         args = request.body if isinstance(request.body, dict) else {}
         candidates = conn.execute(
-            "SELECT p.proretset, COALESCE(p.proargnames, '{}'),"
+            "SELECT p.proretset,"
+            # Only the input arguments' names: a RETURNS TABLE function lists its columns there too.
+            " ARRAY(SELECT n FROM unnest(COALESCE(p.proargnames, '{}'), p.proargmodes) AS a(n, m)"
+            " WHERE m IS NULL OR m IN ('i', 'b', 'v')),"
             " ARRAY(SELECT format_type(t, NULL) FROM unnest(p.proargtypes) AS t), p.pronargdefaults"
             " FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
             " WHERE n.nspname = 'public' AND p.proname = %s",

@@ -23,6 +23,10 @@ def pg(request: pytest.FixtureRequest) -> PostgresTaskStore:
     return request.getfixturevalue(f"{request.param}_store")  # type: ignore[no-any-return]
 
 
+#: Text that an array literal must quote and escape (the batch functions' arguments travel as literals).
+ODD_TEXT = 'say "hi", {x} \\ NULL é'
+
+
 def claim_params(task_id: str, clock: Clock, worker: str = "w1") -> dict[str, object]:
     return {
         "task_id": task_id,
@@ -70,7 +74,7 @@ def test_a_batch_completes_only_current_runs_and_adds_usage(pg: PostgresTaskStor
     batch = [
         _complete_params(ids[0], run_ids[0], clock, usage, {"output": "a"}),
         _complete_params(ids[1], new_id(), clock, usage, {"output": "stale run"}),
-        _complete_params(ids[2], run_ids[2], clock, Usage(), {"output": "c"}),
+        _complete_params(ids[2], run_ids[2], clock, Usage(), {"output": ODD_TEXT, "null": None}),
     ]
 
     assert pg._complete_many(batch) == [True, False, True]
@@ -86,6 +90,7 @@ def test_a_batch_completes_only_current_runs_and_adds_usage(pg: PostgresTaskStor
     assert still is not None and still.status == TaskStatus.RUNNING
     free = pg.get_task(ids[2])
     assert free is not None and free.status == TaskStatus.COMPLETED and free.cost_usd == 0
+    assert free.result == {"output": ODD_TEXT, "null": None}
 
 
 @pytest.fixture
