@@ -215,13 +215,13 @@ def test_a_stream_that_never_finishes_is_an_error_not_a_short_answer(backend: Ba
 def test_an_answer_trickling_in_past_the_call_timeout_ends_with_a_timeout(
     backend: Backend, call: Call
 ) -> None:
-    # Given an answer whose events come 0.1 s apart (each read is quick), and a 0.5 s call timeout
-    backend.server.enqueue(replace(backend.text(ANSWER), chunk_delay_s=0.1))
+    # Given an answer whose events come 0.2 s apart (each read is quick), and a 1 s call timeout
+    backend.server.enqueue(replace(backend.text(ANSWER), chunk_delay_s=0.2))
     pieces: list[str] = []
 
     # When / Then
     with pytest.raises(ProviderTimeout):
-        call(backend.provider(timeout_s=0.5), request(backend, pieces.append))
+        call(backend.provider(timeout_s=1.0), request(backend, pieces.append))
     assert 0 < len("".join(pieces)) < len(ANSWER)
 
 
