@@ -104,13 +104,18 @@ class AgentJob:
         round trip per step; a cancellation is seen within that long of the next step. In between,
         the attempt's cancel signal (set by ``CancelWatch`` or a lost lease) stops an in-flight call.
         """
+        known = self._known_without_asking()
+        return self.store.cancel_requested(self.task.id) if known is None else known
+
+    def _known_without_asking(self) -> bool | None:
+        """Whether to stop, when the answer needs no database; None when it is time to ask it again."""
         if self.state.lost or self.state.cancel.is_set():
             return True
         now = time.monotonic()
         if now - self.state.cancel_checked_at < CANCEL_CHECK_S:
             return False
         self.state.cancel_checked_at = now
-        return self.store.cancel_requested(self.task.id)
+        return None
 
     def lose(self) -> None:
         """This attempt no longer holds its task (a step write was refused): stop at the next step."""
@@ -118,13 +123,8 @@ class AgentJob:
 
     async def should_stop_async(self) -> bool:
         """:meth:`should_stop` for a run on the event loop: the database is asked on the loop's executor."""
-        if self.state.lost or self.state.cancel.is_set():
-            return True
-        now = time.monotonic()
-        if now - self.state.cancel_checked_at < CANCEL_CHECK_S:
-            return False
-        self.state.cancel_checked_at = now
-        return await offload(self.store.cancel_requested, self.task.id)
+        known = self._known_without_asking()
+        return await offload(self.store.cancel_requested, self.task.id) if known is None else known
 
     def run_agent(self, *, instructions: str | None = None) -> AttemptResult:
         """Run the agent loop for this task in this thread; ``instructions`` are appended to the agent's
