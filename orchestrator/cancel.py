@@ -72,15 +72,22 @@ class CancelSignal(threading.Event):
                 self._woken.discard(event)
 
 
-class _LoopEvent:
-    """Sets an :class:`asyncio.Event` from any thread (what :meth:`CancelSignal.waking` calls)."""
+class _Canceller:
+    """Cancels ``work`` on its loop when a :class:`CancelSignal` is set (from any thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, work: asyncio.Future[object]) -> None:
         self.loop = asyncio.get_running_loop()
-        self.event = asyncio.Event()
+        self.work = work
+        #: Whether the signal cancelled the work (an answer already in is kept).
+        self.fired = False
 
     def set(self) -> None:
-        self.loop.call_soon_threadsafe(self.event.set)
+        self.loop.call_soon_threadsafe(self._cancel)
+
+    def _cancel(self) -> None:
+        if not self.work.done():
+            self.fired = True
+            self.work.cancel()
 
 
 async def until_cancelled(call: Awaitable[T], cancel: CancelSignal | None, what: str) -> T:
@@ -94,17 +101,12 @@ async def until_cancelled(call: Awaitable[T], cancel: CancelSignal | None, what:
             call.close()
         raise RunCancelled(f"before {what}")
     work = asyncio.ensure_future(call)
-    woken = _LoopEvent()
-    stop = asyncio.ensure_future(woken.event.wait())
-    try:
-        with cancel.waking(woken):
-            await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
-    except BaseException:  # the run itself was cancelled: the call goes with it
-        work.cancel()
-        raise
-    finally:
-        stop.cancel()
-    if work.done():
-        return work.result()
-    work.cancel()  # the signal: stop the call (an HTTP request is aborted), do not wait for it
-    raise RunCancelled(f"during {what}")
+    canceller = _Canceller(work)  # type: ignore[arg-type]
+    with cancel.waking(canceller):
+        try:
+            return await work
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if canceller.fired and (current is None or not current.cancelling()):
+                raise RunCancelled(f"during {what}") from None
+            raise  # the run itself was cancelled (its time limit, the shutdown cut-off)
