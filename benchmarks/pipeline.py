@@ -462,7 +462,7 @@ def _on_off(runs: list[RunResult], off_kind: str, heading: str) -> list[str]:
         " | pg+redis CPU ms/task on / off |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for processes, threads in CONFIGS:
+    for processes, threads in _configs(runs):
         on, off = (
             [r for r in runs if r.kind == kind and (r.processes, r.threads) == (processes, threads)]
             for kind in ("pipeline", off_kind)
@@ -475,6 +475,11 @@ def _on_off(runs: list[RunResult], off_kind: str, heading: str) -> list[str]:
             f" | {_cpu(on, 'server_cpu_ms')} / {_cpu(off, 'server_cpu_ms')} |"
         )
     return lines
+
+
+def _configs(runs: list[RunResult]) -> list[tuple[int, int]]:
+    """The worker configurations measured in ``runs``, fewest processes and threads first."""
+    return sorted({(run.processes, run.threads) for run in runs})
 
 
 def render(runs: list[RunResult], tasks: int, repeats: int, machine: list[str], wall_s: float) -> str:
@@ -492,7 +497,7 @@ def render(runs: list[RunResult], tasks: int, repeats: int, machine: list[str], 
         " | pg+redis CPU ms/task bare / pipeline |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for processes, threads in CONFIGS:
+    for processes, threads in _configs(runs):
         cell = {
             kind: [r for r in runs if r.kind == kind and (r.processes, r.threads) == (processes, threads)]
             for kind in ("bare", "pipeline", "bullmq")
@@ -554,6 +559,14 @@ def _database_url(admin_url: str, name: str) -> str:
     return f"{base}/{name}"
 
 
+def _config(text: str) -> tuple[int, int]:
+    """``"2x8"`` as (2, 8)."""
+    processes, sep, threads = text.partition("x")
+    if not (sep and processes.isdigit() and threads.isdigit() and int(processes) > 0 and int(threads) > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not PROCESSESxTHREADS, e.g. 2x8")
+    return int(processes), int(threads)
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.pipeline", description=__doc__.split("\n\n")[0]
@@ -589,9 +602,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="leave out the bare Dramatiq and BullMQ runs (for --solo/--no-ledger comparisons)",
     )
+    parser.add_argument(
+        "--config",
+        action="append",
+        type=_config,
+        help="a worker configuration PROCESSESxTHREADS to measure (repeatable; default 1x8 and 2x8)",
+    )
     args = parser.parse_args(argv)
     args.tasks = args.tasks or (300 if args.quick else 2000)
     args.repeats = args.repeats or (1 if args.quick else 3)
+    args.configs = tuple(args.config or CONFIGS)
     if args.tasks < 2 or args.repeats < 1:
         parser.error("--tasks must be at least 2 and --repeats at least 1")
     if not args.redis_url.rstrip("/").rsplit("/", 1)[-1].isdigit():
@@ -626,7 +646,7 @@ def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
         "REDIS_URL": args.redis_url,
         "BENCH_REDIS_URL": args.redis_url,
         "DATABASE_URL": database_url,
-        "QUEUE_CONCURRENCY": str(max(threads for _, threads in CONFIGS)),
+        "QUEUE_CONCURRENCY": str(max(threads for _, threads in args.configs)),
         # Throughput is measured without the start rate limit (its default is 100 a minute).
         "AGENTQ_RATE_LIMIT_MAX": "0",
         "AGENTQ_ALLOW_SCRIPTED": "true",
@@ -660,7 +680,7 @@ def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
             redis_client, database_url, runtime.queue, store, agent.id, organization_id, env, log_dir
         )
         for repeat in range(1, args.repeats + 1):
-            for processes, threads in CONFIGS:
+            for processes, threads in args.configs:
                 print(
                     f"repeat {repeat}/{args.repeats}, {processes} process(es) x {threads} threads",
                     file=sys.stderr,
@@ -702,7 +722,7 @@ def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
 def figures(runs: list[RunResult]) -> list[Figure]:
     """Pipeline vs bare Dramatiq and vs the BullMQ replica, per configuration (targets at 2 x 8)."""
     found = []
-    for processes, threads in CONFIGS:
+    for processes, threads in _configs(runs):
         medians = {
             kind: _median(
                 [
