@@ -545,15 +545,6 @@ MIGRATIONS: tuple[Migration, ...] = (
             # typed arrays (the drain's cost, issue 14): those functions are dropped, then the current
             # functions installed.
             SQLFile("history/0009_claim_rows.sql"),
-            SQLFile("history/0009_functions.sql"),
-            SQLFile("function_grants.sql"),
-        ),
-    ),
-    Migration(
-        "0010_generic_plans",
-        (
-            # Postgres only: the functions that find their rows by id are planned once per session
-            # (plan_cache_mode = force_generic_plan) instead of on every call (the drain's server CPU, issue 14).
             SQLFile("functions.sql"),
             SQLFile("function_grants.sql"),
         ),

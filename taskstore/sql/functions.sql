@@ -1,13 +1,9 @@
 -- The agentq_* functions: every transition and read of the Postgres family, written once.
 -- PostgresTaskStore calls them over psycopg and SupabaseTaskStore over PostgREST's rpc, both through
--- taskstore/sql_store.py. Installed by the latest migration that changed them (0010_generic_plans; the copies
+-- taskstore/sql_store.py. Installed by the latest migration that changed them (0009_claim_rows; the copies
 -- earlier migrations installed are in taskstore/sql/history/, and 0007_dashboard added its own functions
 -- from history/0007_dashboard_functions.sql). CREATE OR REPLACE: applies twice.
 -- Each write is one compare-and-set keyed by ids the caller generated and the caller's p_now.
--- The functions that find their rows by those ids SET plan_cache_mode = force_generic_plan: the plan does
--- not depend on the ids' values, but PL/pgSQL otherwise re-plans such a statement on every call (the planner
--- keeps judging the custom plan cheaper), which cost more server CPU than running it (a claim: 0.84-1.13 vs
--- 0.39-0.56 ms). Range and optional filters (retention, the dashboard's lists) keep per-call plans.
 -- Rules: one CREATE OR REPLACE FUNCTION per name; parameters one per "p_name type" (no commas in types).
 
 CREATE OR REPLACE FUNCTION agentq_schema_version() RETURNS jsonb
@@ -20,7 +16,7 @@ $$;
 CREATE OR REPLACE FUNCTION agentq_claim(
     p_task_id uuid, p_run_id uuid, p_worker_id text, p_lease_until timestamptz, p_now timestamptz,
     p_max_running_in_org integer DEFAULT NULL
-) RETURNS jsonb LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
     t ai_agent_tasks;
     a ai_agents;
@@ -64,7 +60,7 @@ CREATE OR REPLACE FUNCTION agentq_finish(
     p_error text DEFAULT NULL, p_stacktrace text DEFAULT NULL, p_result jsonb DEFAULT NULL,
     p_retry_at timestamptz DEFAULT NULL, p_input_tokens integer DEFAULT 0, p_output_tokens integer DEFAULT 0, p_cached_input_tokens integer DEFAULT 0, p_reasoning_tokens integer DEFAULT 0, p_cost_usd numeric DEFAULT NULL, p_transcript jsonb DEFAULT NULL,
     p_step jsonb DEFAULT NULL
-) RETURNS boolean LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     IF p_status NOT IN ('completed', 'failed', 'queued', 'cancelled') THEN
         RAISE EXCEPTION 'agentq_finish: invalid status %', p_status USING ERRCODE = '22023';
@@ -95,7 +91,7 @@ $$;
 -- running -> queued until p_run_at without consuming the attempt; run p_run_id ends postponed.
 CREATE OR REPLACE FUNCTION agentq_postpone(
     p_task_id uuid, p_run_id uuid, p_reason text, p_run_at timestamptz, p_now timestamptz, p_input_tokens integer DEFAULT 0, p_output_tokens integer DEFAULT 0, p_cached_input_tokens integer DEFAULT 0, p_reasoning_tokens integer DEFAULT 0, p_cost_usd numeric DEFAULT NULL, p_transcript jsonb DEFAULT NULL
-) RETURNS boolean LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     UPDATE ai_agent_tasks
        SET status = 'queued', attempts = attempts - 1, postponed_count = postponed_count + 1,
@@ -304,8 +300,7 @@ $$;
 
 -- PL/pgSQL (here and below) keeps its plan for the session: the hot reads cost less than SQL functions.
 CREATE OR REPLACE FUNCTION agentq_get_tasks(p_task_ids uuid[])
-RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql STABLE SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql STABLE SET search_path = public AS $$
 BEGIN
     RETURN QUERY SELECT * FROM ai_agent_tasks WHERE id = ANY(p_task_ids);
 END
@@ -315,8 +310,7 @@ $$;
 -- The rows are locked in id order (two batches never deadlock) and re-checked after any wait.
 CREATE OR REPLACE FUNCTION agentq_mark_queued_many(
     p_task_ids uuid[], p_priority integer, p_run_at timestamptz, p_now timestamptz
-) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     RETURN QUERY
     WITH target AS (
@@ -338,8 +332,7 @@ $$;
 -- PL/pgSQL keeps the plan for the session: half the cost of the bulk function for one row.
 CREATE OR REPLACE FUNCTION agentq_mark_queued(
     p_task_id uuid, p_priority integer, p_run_at timestamptz, p_now timestamptz
-) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     RETURN QUERY
     UPDATE ai_agent_tasks t
@@ -355,7 +348,7 @@ $$;
 -- reads why: missing task, not pending, agent gone or inactive, kind without an actor).
 CREATE OR REPLACE FUNCTION agentq_queue_runnable_task(
     p_task_id uuid, p_kinds text[], p_priority integer, p_run_at timestamptz, p_now timestamptz
-) RETURNS jsonb LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
     queued jsonb;
 BEGIN
@@ -375,7 +368,7 @@ $$;
 -- {"task", "kind"} (empty: nothing changed; the caller reads why). Rows are locked in id order.
 CREATE OR REPLACE FUNCTION agentq_queue_runnable_tasks(
     p_task_ids uuid[], p_kinds text[], p_priority integer, p_run_at timestamptz, p_now timestamptz
-) RETURNS jsonb LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
     queued jsonb;
 BEGIN
@@ -416,14 +409,12 @@ RETURNS SETOF ai_agents LANGUAGE sql STABLE SET search_path = public AS $$
 $$;
 
 CREATE OR REPLACE FUNCTION agentq_get_runs(p_task_id uuid)
-RETURNS SETOF ai_agent_task_runs LANGUAGE sql STABLE SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+RETURNS SETOF ai_agent_task_runs LANGUAGE sql STABLE SET search_path = public AS $$
     SELECT * FROM ai_agent_task_runs WHERE task_id = p_task_id ORDER BY attempt, started_at
 $$;
 
 CREATE OR REPLACE FUNCTION agentq_cancel_requested(p_task_id uuid)
-RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+RETURNS boolean LANGUAGE plpgsql STABLE SET search_path = public AS $$
 BEGIN
     RETURN COALESCE((SELECT cancel_requested_at IS NOT NULL FROM ai_agent_tasks WHERE id = p_task_id), FALSE);
 END
@@ -452,8 +443,7 @@ $$;
 
 -- Inserts: the rows' keys are the columns given (built from taskstore/schema.py); the rest take defaults.
 CREATE OR REPLACE FUNCTION agentq_create_agent(p_agent jsonb)
-RETURNS SETOF ai_agents LANGUAGE plpgsql SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+RETURNS SETOF ai_agents LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     RETURN QUERY EXECUTE format(
         'INSERT INTO ai_agents (%1$s) SELECT %1$s FROM jsonb_populate_record(NULL::ai_agents, $1) RETURNING *',
@@ -467,8 +457,7 @@ $$;
 -- list is NewTask's columns plus status and timestamps (a unit test keeps it equal to what the store
 -- sends); a static statement keeps its plan, which EXECUTE would re-plan on every call.
 CREATE OR REPLACE FUNCTION agentq_create_runnable_task(p_task jsonb, p_kinds text[])
-RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     RETURN QUERY
     INSERT INTO ai_agent_tasks (
@@ -490,8 +479,7 @@ $$;
 -- All rows or none (one statement); a taken id raises unique_violation (23505). The same columns as
 -- agentq_create_runnable_task (a static statement keeps its plan; a unit test checks both lists).
 CREATE OR REPLACE FUNCTION agentq_create_tasks(p_tasks jsonb)
-RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     RETURN QUERY
     INSERT INTO ai_agent_tasks (
@@ -569,8 +557,7 @@ $$;
 -- p_resume, which keeps the firing so the next attempt goes on after its completed steps.
 CREATE OR REPLACE FUNCTION agentq_requeue_failed(
     p_task_id uuid, p_run_at timestamptz, p_now timestamptz, p_resume boolean DEFAULT false
-) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
     t ai_agent_tasks;
 BEGIN
@@ -617,7 +604,7 @@ $$;
 CREATE OR REPLACE FUNCTION agentq_claim_many(
     p_task_ids uuid[], p_run_ids uuid[], p_worker_ids text[], p_lease_until timestamptz[], p_now timestamptz[]
 ) RETURNS TABLE (task ai_agent_tasks, agent ai_agents, steps jsonb)
-LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     RETURN QUERY
     WITH wanted AS (
@@ -648,7 +635,7 @@ CREATE OR REPLACE FUNCTION agentq_complete_many(
     p_task_ids uuid[], p_run_ids uuid[], p_now timestamptz[], p_results jsonb[], p_transcripts jsonb[],
     p_input_tokens integer[], p_output_tokens integer[], p_cached_input_tokens integer[],
     p_reasoning_tokens integer[], p_cost_usd numeric[], p_steps jsonb[]
-) RETURNS SETOF uuid LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS SETOF uuid LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     PERFORM agentq_record_step(d.task_id, d.run_id, d.step)
        FROM unnest(p_task_ids, p_run_ids, p_steps) AS d(task_id, run_id, step)
@@ -693,7 +680,7 @@ $$;
 CREATE OR REPLACE FUNCTION agentq_start_step(
     p_task_id uuid, p_run_id uuid, p_firing integer, p_seq integer, p_kind text, p_name text, p_input jsonb,
     p_replaces uuid, p_now timestamptz
-) RETURNS boolean LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     INSERT INTO ai_agent_task_steps AS s (task_id, run_id, firing, seq, kind, name, status, input, started_at)
     SELECT p_task_id, p_run_id, p_firing, p_seq, p_kind, p_name, 'started', p_input, p_now
@@ -716,7 +703,7 @@ CREATE OR REPLACE FUNCTION agentq_finish_step(
     p_task_id uuid, p_run_id uuid, p_firing integer, p_seq integer, p_status text, p_now timestamptz,
     p_output jsonb DEFAULT NULL, p_input_tokens integer DEFAULT 0, p_output_tokens integer DEFAULT 0,
     p_cost_usd numeric DEFAULT NULL, p_error text DEFAULT NULL
-) RETURNS boolean LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     IF p_status NOT IN ('completed', 'failed') THEN
         RAISE EXCEPTION 'agentq_finish_step: invalid status %', p_status USING ERRCODE = '22023';
@@ -740,7 +727,7 @@ $$;
 -- compare-and-set as agentq_start_step (a new row, or one not completed that this run or "replaces" wrote
 -- last); the same step written again by the same run with the same end is accepted (a re-sent write).
 CREATE OR REPLACE FUNCTION agentq_record_step(p_task_id uuid, p_run_id uuid, p_step jsonb)
-RETURNS boolean LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     IF p_step ->> 'status' IS DISTINCT FROM 'completed' AND p_step ->> 'status' IS DISTINCT FROM 'failed' THEN
         RAISE EXCEPTION 'agentq_record_step: invalid status %', p_step ->> 'status' USING ERRCODE = '22023';
@@ -774,7 +761,7 @@ $$;
 -- {"op": "start" | "finish" | "record", "p_<argument>": value, …} with agentq_start_step's,
 -- agentq_finish_step's or agentq_record_step's arguments; returns their answers in the same order.
 CREATE OR REPLACE FUNCTION agentq_record_steps(p_steps jsonb)
-RETURNS jsonb LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+RETURNS jsonb LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
     item jsonb;
     answers jsonb := '[]'::jsonb;
@@ -803,8 +790,7 @@ $$;
 
 -- The steps of the task's current firing, in seq order.
 CREATE OR REPLACE FUNCTION agentq_get_steps(p_task_id uuid)
-RETURNS SETOF ai_agent_task_steps LANGUAGE plpgsql STABLE SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+RETURNS SETOF ai_agent_task_steps LANGUAGE plpgsql STABLE SET search_path = public AS $$
 BEGIN
     RETURN QUERY
     SELECT s.* FROM ai_agent_task_steps s JOIN ai_agent_tasks t ON t.id = s.task_id AND t.firing = s.firing
@@ -826,7 +812,7 @@ $$;
 CREATE OR REPLACE FUNCTION agentq_await_step(
     p_task_id uuid, p_run_id uuid, p_firing integer, p_seq integer, p_name text, p_input jsonb,
     p_approval jsonb, p_replaces uuid, p_now timestamptz
-) RETURNS boolean LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     INSERT INTO ai_agent_task_steps AS s
         (task_id, run_id, firing, seq, kind, name, status, input, started_at, approval)
@@ -848,7 +834,7 @@ $$;
 -- decision; the attempt is not counted, the worker and its lease are released, the run's usage added.
 CREATE OR REPLACE FUNCTION agentq_await_approval(
     p_task_id uuid, p_run_id uuid, p_reason text, p_now timestamptz, p_input_tokens integer DEFAULT 0, p_output_tokens integer DEFAULT 0, p_cached_input_tokens integer DEFAULT 0, p_reasoning_tokens integer DEFAULT 0, p_cost_usd numeric DEFAULT NULL, p_transcript jsonb DEFAULT NULL
-) RETURNS boolean LANGUAGE plpgsql SET search_path = public SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS boolean LANGUAGE plpgsql SET search_path = public AS $$
 BEGIN
     UPDATE ai_agent_tasks
        SET status = 'awaiting_approval', attempts = attempts - 1, approval_requested_at = p_now, run_at = NULL,
@@ -871,8 +857,7 @@ $$;
 -- resumed run, which runs the tool. No row: the task was not awaiting approval.
 CREATE OR REPLACE FUNCTION agentq_decide_approval(
     p_task_id uuid, p_decision jsonb, p_output jsonb, p_now timestamptz
-) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
     t ai_agent_tasks;
 BEGIN
@@ -897,8 +882,7 @@ $$;
 -- time): no run, no attempt; the step that waited ends failed, its decision recorded as timed out.
 CREATE OR REPLACE FUNCTION agentq_expire_approval(
     p_task_id uuid, p_before timestamptz, p_error text, p_now timestamptz
-) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public
-SET plan_cache_mode = force_generic_plan AS $$
+) RETURNS SETOF ai_agent_tasks LANGUAGE plpgsql SET search_path = public AS $$
 DECLARE
     t ai_agent_tasks;
 BEGIN
