@@ -7,7 +7,11 @@ The lines themselves are part of the public contract (see docs/architecture.md, 
 ids are the current OpenTelemetry span's, so a log line leads to its trace. The ``agentq``
 CLI calls :func:`configure_logging`; ``dramatiq actors`` configures logging itself, so
 its worker processes switch their root handlers' formatter at boot
-(:class:`middleware.json_logs.JsonLogs`).
+(:class:`middleware.worker_logs.WorkerLogs`).
+
+Both leave out the line ``httpx`` (``httpx2`` under the OpenAI and Anthropic SDKs) writes at ``INFO`` for
+every HTTP request (the model calls): one per model call drowns the lifecycle lines and costs CPU at
+thousands of runs in flight. A level configured for those loggers is kept.
 """
 
 from __future__ import annotations
@@ -44,6 +48,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+#: Loggers that write a line per HTTP request at ``INFO``; raised to ``WARNING`` unless configured.
+HTTP_CLIENT_LOGGERS = ("httpx", "httpcore", "httpx2", "httpcore2")
+
+
+def quiet_http_clients() -> None:
+    """Raise :data:`HTTP_CLIENT_LOGGERS` to ``WARNING`` where no level was set for them."""
+    for name in HTTP_CLIENT_LOGGERS:
+        client_logger = logging.getLogger(name)
+        if client_logger.level == logging.NOTSET:
+            client_logger.setLevel(logging.WARNING)
+
+
 def use_json(root: logging.Logger | None = None) -> None:
     """Give every handler of ``root`` (default: the root logger) the JSON formatter."""
     for handler in (root or logging.getLogger()).handlers:
@@ -53,9 +69,10 @@ def use_json(root: logging.Logger | None = None) -> None:
 def configure_logging(settings: Settings) -> None:
     """Configure the root logger for a command: level from the settings, text or JSON lines."""
     logging.basicConfig(level=settings.log_level, format="%(message)s")
+    quiet_http_clients()
     if settings.log_format == "json":
         use_json()
     install_redaction(settings)
 
 
-__all__ = ["JsonFormatter", "configure_logging", "use_json"]
+__all__ = ["HTTP_CLIENT_LOGGERS", "JsonFormatter", "configure_logging", "quiet_http_clients", "use_json"]

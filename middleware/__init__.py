@@ -9,7 +9,7 @@ name                     middleware
 ``tracing``              :class:`middleware.tracing.Tracing` — publish/process spans around everything
 (always)                 :class:`middleware.redaction.Redaction` — registers the secrets to redact
 ``sentry``               :class:`middleware.sentry.Sentry` — scope, tags, one event per dead letter
-(log format ``json``)    :class:`middleware.json_logs.JsonLogs` — JSON log lines in worker processes
+(always)                 :class:`middleware.worker_logs.WorkerLogs` — no per-request HTTP lines; JSON lines
 ``metrics``              :class:`middleware.metrics.Metrics` — Prometheus endpoint per process
 ``presence``             :class:`middleware.presence.WorkerPresence` — who runs what (dashboard)
 ``age_limit``            ``dramatiq.middleware.AgeLimit``
@@ -63,7 +63,6 @@ from middleware.attempts import AttemptRegistry
 from middleware.cancel_watch import CancelWatch
 from middleware.events import NO_EVENTS, EventSink
 from middleware.in_flight import RunsInFlight
-from middleware.json_logs import JsonLogs
 from middleware.metrics import Metrics
 from middleware.outcome import AttemptResult
 from middleware.pause import Pause
@@ -78,6 +77,7 @@ from middleware.start_limit import Limit, StartRateLimit, parse_kind_limits
 from middleware.store_lifecycle import StoreLifecycle
 from middleware.task_lifecycle import EnqueueRejected, TaskLifecycle, current_claim
 from middleware.tracing import Tracing
+from middleware.worker_logs import WorkerLogs
 from taskstore import TaskStore, utcnow
 
 #: Dramatiq's middleware we use, switchable by name, in stack order.
@@ -163,8 +163,7 @@ def build_middleware(
     stack.append(Redaction(settings))
     if settings.sentry_dsn is not None and "sentry" not in disabled:
         stack.append(Sentry(settings, store, attempts))
-    if settings.log_format == "json":
-        stack.append(JsonLogs())
+    stack.append(WorkerLogs(json_lines=settings.log_format == "json"))
     if settings.metrics_port is not None and "metrics" not in disabled:
         stack.append(Metrics(settings.metrics_port, attempts))
     if "presence" not in disabled:

@@ -64,6 +64,7 @@ def test_two_hundred_three_second_runs_wait_at_once_on_eight_threads_and_each_ru
         took = time.monotonic() - began
     finally:
         worker.close()
+    log = worker.log()
 
     stats = server.stats()
     print(f"{TASKS} runs of {MODEL_CALL_S:g} s on 8 threads: {took:.1f} s; most calls waiting at once:"
@@ -76,3 +77,6 @@ def test_two_hundred_three_second_runs_wait_at_once_on_eight_threads_and_each_ru
         row = postgres_store.get_task(task.id)
         assert row is not None and row.attempts == 1
         assert [run.status for run in postgres_store.get_runs(task.id)] == [RunStatus.COMPLETED]
+    # One lifecycle line per task, and no line per HTTP request of the SDK (httpx logs those at INFO).
+    assert log.count("✓ Job") == TASKS
+    assert "HTTP Request:" not in log

@@ -68,6 +68,7 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
         "StoreLifecycle",
         "Tracing",
         "Redaction",
+        "WorkerLogs",
         "WorkerPresence",
         "AgeLimit",
         "TimeLimit",
@@ -85,7 +86,7 @@ def test_the_default_stack_order_ends_with_the_task_lifecycle() -> None:
         "StartRateLimit",
         "TaskLifecycle",
     ]
-    assert isinstance(stack[9], Retries) and isinstance(stack[-1], TaskLifecycle)
+    assert isinstance(stack[10], Retries) and isinstance(stack[-1], TaskLifecycle)
 
 
 def test_tracing_wraps_every_other_hook_but_store_lifecycle() -> None:
