@@ -26,6 +26,7 @@ import enum
 from dataclasses import dataclass
 
 from dramatiq import RateLimitExceeded
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from config.errors import AgentQueueError
 from orchestrator.errors import AgentRunError
@@ -95,9 +96,17 @@ def _bounded(exception: BaseException) -> bool:
     return not isinstance(exception, AgentRunError) or exception.counts_toward_max_postpones
 
 
+#: The message of Dramatiq's ``TimeLimitExceeded`` raised in a worker thread, which carries none.
+TIME_LIMIT_MESSAGE = (
+    "the attempt ran longer than its time limit (the kind's time_limit, else AGENTQ_TASK_TIME_LIMIT_MS)"
+)
+
+
 def describe(exception: BaseException) -> str:
-    """The failure message stored and logged for ``exception``."""
+    """The failure message stored and logged for ``exception`` (its type's name when it has none)."""
     text = str(exception).strip()
+    if not text and isinstance(exception, TimeLimitExceeded):
+        return TIME_LIMIT_MESSAGE
     return text if text else type(exception).__name__
 
 

@@ -223,5 +223,7 @@ async def _bounded(coroutine: Coroutine[Any, Any, Any], limit_ms: int | None) ->
             return await coroutine
         except asyncio.CancelledError:
             if deadline.expired():
-                raise TimeLimitExceeded() from None
+                raise TimeLimitExceeded(
+                    f"the attempt ran longer than its time limit of {limit_ms} ms"
+                ) from None
             raise

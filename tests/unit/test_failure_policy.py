@@ -6,9 +6,18 @@ import dataclasses
 
 import pytest
 from dramatiq import RateLimitExceeded
+from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from config.errors import AgentQueueError
-from middleware.failure_policy import DEFAULT_MAX_POSTPONE_MS, Outcome, backoff_ms, decide, postpone_cause
+from middleware.failure_policy import (
+    DEFAULT_MAX_POSTPONE_MS,
+    TIME_LIMIT_MESSAGE,
+    Outcome,
+    backoff_ms,
+    decide,
+    describe,
+    postpone_cause,
+)
 from orchestrator.errors import (
     LimitPostponed,
     MaxTurnsExceeded,
@@ -158,3 +167,14 @@ def test_postponements_name_their_cause() -> None:
     assert postpone_cause(limited) == "rate_limit"
     assert postpone_cause(RuntimeError("x")) == "other"
     assert postpone_cause(None) == "other"
+
+
+def test_a_failure_is_described_by_its_message_else_by_its_type() -> None:
+    assert describe(ValueError("  bad value 'x'  ")) == "bad value 'x'"
+    assert describe(KeyError()) == "KeyError"
+    # Dramatiq's time limit in a worker thread carries no message: the stored error says what happened
+    assert describe(TimeLimitExceeded()) == TIME_LIMIT_MESSAGE
+    assert "time limit" in TIME_LIMIT_MESSAGE and "AGENTQ_TASK_TIME_LIMIT_MS" in TIME_LIMIT_MESSAGE
+    assert describe(TimeLimitExceeded("the attempt ran longer than its time limit of 50 ms")).endswith(
+        "50 ms"
+    )

@@ -14,6 +14,7 @@ import pytest
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from middleware.attempts import Attempt
+from middleware.failure_policy import describe
 from middleware.in_flight import RunCutOff, RunOnLoop, RunsInFlight
 from orchestrator.event_loop import offload, process_loop
 from taskstore import InMemoryTaskStore, new_id
@@ -106,6 +107,7 @@ def test_a_run_past_its_time_limit_ends_with_dramatiqs_time_limit_error() -> Non
     assert runs.wait_idle(10)
     [(result, error, _)] = ends.ends
     assert result is None and isinstance(error, TimeLimitExceeded)
+    assert describe(error) == "the attempt ran longer than its time limit of 50 ms"
     runs.shutdown()
 
 
