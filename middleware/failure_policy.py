@@ -96,10 +96,18 @@ def _bounded(exception: BaseException) -> bool:
     return not isinstance(exception, AgentRunError) or exception.counts_toward_max_postpones
 
 
-#: The message of Dramatiq's ``TimeLimitExceeded`` raised in a worker thread, which carries none.
-TIME_LIMIT_MESSAGE = (
-    "the attempt ran longer than its time limit (the kind's time_limit, else AGENTQ_TASK_TIME_LIMIT_MS)"
-)
+def time_limit_message(limit_ms: int | None = None) -> str:
+    """What an attempt ended by its time limit failed with: the limit when known (a run on the event
+    loop), else where it comes from (Dramatiq's ``TimeLimitExceeded`` in a worker thread carries none)."""
+    if limit_ms is not None:
+        return f"the attempt ran longer than its time limit of {limit_ms} ms"
+    return (
+        "the attempt ran longer than its time limit (the kind's time_limit, else AGENTQ_TASK_TIME_LIMIT_MS)"
+    )
+
+
+#: The message of Dramatiq's ``TimeLimitExceeded`` raised in a worker thread.
+TIME_LIMIT_MESSAGE = time_limit_message()
 
 
 def describe(exception: BaseException) -> str:

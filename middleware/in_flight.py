@@ -27,6 +27,7 @@ from typing import Any
 from dramatiq.middleware.time_limit import TimeLimitExceeded
 
 from middleware.attempts import Attempt
+from middleware.failure_policy import time_limit_message
 from orchestrator.event_loop import LoopTask, process_loop
 
 logger = logging.getLogger("agentq.lifecycle")
@@ -223,7 +224,5 @@ async def _bounded(coroutine: Coroutine[Any, Any, Any], limit_ms: int | None) ->
             return await coroutine
         except asyncio.CancelledError:
             if deadline.expired():
-                raise TimeLimitExceeded(
-                    f"the attempt ran longer than its time limit of {limit_ms} ms"
-                ) from None
+                raise TimeLimitExceeded(time_limit_message(limit_ms)) from None
             raise
