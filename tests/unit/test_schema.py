@@ -54,6 +54,7 @@ SUPABASE_FILES = {
     "20261207000000_dashboard_agentq.sql": ("0007_dashboard",),
     "20261208000000_approvals_agentq.sql": ("0008_approvals",),
     "20261209000000_claim_rows_agentq.sql": ("0009_claim_rows",),
+    "20261210000000_status_tests_agentq.sql": ("0010_status_tests",),
 }
 
 

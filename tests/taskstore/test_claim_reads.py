@@ -1,0 +1,124 @@
+"""The drain's transitions find their tasks by primary key, whatever the planner's statistics say.
+
+A burst of new tasks leaves the statistics saying that almost nothing is queued or pending. With a
+bare ``status = 'queued'`` beside ``id = ANY(…)`` the planner then read a status index across the whole
+backlog on every claim (and the whole pending backlog on every enqueue): the cost of a claim grew with
+the queue. These tests build exactly that table (autovacuum off, analysed before the burst) and count
+the index and heap tuples each statement reads, from Postgres's own statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from taskstore import NewAgent, new_id, utcnow
+from taskstore.postgres import PostgresTaskStore
+from tests.services import temporary_database
+
+pytestmark = pytest.mark.integration
+
+#: Tasks in each status of the burst: far more than any statement that finds two tasks by id should read.
+BACKLOG = 2_000
+#: Most tuples a statement about two tasks may read (their index entries, rows, and the runs' inserts).
+FEW = 60
+ORG = "00000000-0000-4000-8000-0000000000c1"
+
+
+@pytest.fixture(scope="module")
+def stale_database() -> Iterator[str]:
+    """A migrated database whose statistics say no task is queued or pending, holding a backlog of each."""
+    with temporary_database() as url:
+        store = PostgresTaskStore(url, max_size=1)
+        store.migrate()
+        agent = store.create_agent(
+            NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="a", kind="general"),
+            now=utcnow(),
+        )
+        store.close()
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE ai_agent_tasks SET (autovacuum_enabled = false)")
+            conn.execute(
+                "INSERT INTO ai_agent_tasks (id, agent_id, organization_id, title, status, completed_at)"
+                " SELECT gen_random_uuid(), %s, %s, 'task ' || n, 'completed', now()"
+                " FROM generate_series(1, %s) n",
+                (agent.id, ORG, 2 * BACKLOG),
+            )
+            conn.execute("ANALYZE ai_agent_tasks")  # the statistics: every task completed
+            conn.execute(
+                "UPDATE ai_agent_tasks SET status = 'queued', queued_at = now(), completed_at = NULL"
+                " WHERE id IN (SELECT id FROM ai_agent_tasks ORDER BY id LIMIT %s)",
+                (BACKLOG,),
+            )
+            conn.execute(
+                "UPDATE ai_agent_tasks SET status = 'pending', completed_at = NULL WHERE status = 'completed'"
+            )
+        yield url
+
+
+@pytest.fixture
+def conn(stale_database: str) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    with psycopg.connect(stale_database, autocommit=True) as connection:
+        connection.execute("SET TIME ZONE 'UTC'")
+        yield connection
+
+
+def tuples_read(conn: psycopg.Connection[tuple[object, ...]]) -> int:
+    """Index entries and heap rows of ai_agent_tasks read so far, this backend's latest counts included."""
+    conn.execute("SELECT pg_stat_force_next_flush()")  # flushed when this statement's transaction ends
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT (SELECT COALESCE(sum(idx_tup_read), 0) FROM pg_stat_user_indexes"
+        "         WHERE relname = 'ai_agent_tasks')"
+        " + (SELECT COALESCE(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = 'ai_agent_tasks')"
+    ).fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def two_with_status(conn: psycopg.Connection[tuple[object, ...]], status: str) -> list[str]:
+    rows = conn.execute(
+        "SELECT id::text FROM ai_agent_tasks WHERE status = %s ORDER BY id DESC LIMIT 2", (status,)
+    ).fetchall()
+    assert len(rows) == 2
+    return [str(row[0]) for row in rows]
+
+
+def test_a_claim_of_two_reads_two_tasks_not_the_queued_backlog(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    task_ids = two_with_status(conn, "queued")
+    now = utcnow()
+    before = tuples_read(conn)
+
+    claimed = conn.execute(
+        "SELECT (task).id FROM agentq_claim_many(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[],"
+        " %s::timestamptz[])",
+        (task_ids, [new_id(), new_id()], ["w", "w"], [now + timedelta(seconds=30)] * 2, [now, now]),
+    ).fetchall()
+
+    read = tuples_read(conn) - before
+    assert sorted(str(row[0]) for row in claimed) == sorted(task_ids)
+    assert read <= FEW, f"claiming 2 of {BACKLOG} queued tasks read {read} tuples of ai_agent_tasks"
+
+
+def test_enqueueing_reads_the_tasks_enqueued_not_the_pending_backlog(
+    conn: psycopg.Connection[tuple[object, ...]],
+) -> None:
+    one, other = two_with_status(conn, "pending")
+    now = utcnow()
+    before = tuples_read(conn)
+
+    alone = conn.execute("SELECT id FROM agentq_mark_queued(%s, NULL, %s, %s)", (one, now, now)).fetchall()
+    read_alone = tuples_read(conn) - before
+    many = conn.execute(
+        "SELECT id FROM agentq_mark_queued_many(%s::uuid[], NULL, %s, %s)", ([other], now, now)
+    ).fetchall()
+    read_many = tuples_read(conn) - before - read_alone
+
+    assert len(alone) == 1 and len(many) == 1
+    assert read_alone <= FEW, f"enqueueing 1 of {BACKLOG} pending tasks read {read_alone} tuples"
+    assert read_many <= FEW, f"enqueueing 1 of {BACKLOG} pending tasks in a batch read {read_many} tuples"
