@@ -84,7 +84,9 @@ def test_a_higher_priority_task_overtakes_a_running_backlog(
     redis_url: str, store: InMemoryTaskStore, backlog_priority: int, urgent_priority: int
 ) -> None:
     threads, prefetch = 2, 4  # Dramatiq prefetches 2 messages per thread
-    with redis_harness(store, redis_url) as app:
+    # As many runs in flight as threads: with the default 100 slots the runs wait on the event loop and the
+    # two threads claim the whole backlog within a fraction of a second, so there is nothing left to overtake.
+    with redis_harness(store, redis_url, queue_concurrency=threads) as app:
         agent = app.agent()
         backlog = [app.task(agent, priority=backlog_priority, context=sleepy(20)) for _ in range(80)]
         for task_id in backlog:
