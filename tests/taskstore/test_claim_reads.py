@@ -40,6 +40,8 @@ def stale_database() -> Iterator[str]:
         )
         store.close()
         with psycopg.connect(url, autocommit=True) as conn:
+            if conn.info.server_version < 150000:
+                pytest.skip("counting one statement's reads needs pg_stat_force_next_flush (Postgres 15+)")
             conn.execute("ALTER TABLE ai_agent_tasks SET (autovacuum_enabled = false)")
             conn.execute(
                 "INSERT INTO ai_agent_tasks (id, agent_id, organization_id, title, status, completed_at)"
