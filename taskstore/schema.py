@@ -554,6 +554,15 @@ MIGRATIONS: tuple[Migration, ...] = (
         (
             # Postgres only: the transitions find their tasks by primary key whatever the statistics say;
             # their status tests no longer match an index (see the head of functions.sql).
+            SQLFile("history/0010_functions.sql"),
+            SQLFile("function_grants.sql"),
+        ),
+    ),
+    Migration(
+        "0011_kept_plans",
+        (
+            # Postgres only: the drain's batch functions keep one plan per session, found by key (see the head
+            # of functions.sql); PL/pgSQL planned their statements again on every call.
             SQLFile("functions.sql"),
             SQLFile("function_grants.sql"),
         ),

@@ -5,6 +5,10 @@ bare ``status = 'queued'`` beside ``id = ANY(…)`` the planner then read a stat
 backlog on every claim (and the whole pending backlog on every enqueue): the cost of a claim grew with
 the queue. These tests build exactly that table (autovacuum off, analysed before the burst) and count
 the index and heap tuples each statement reads, from Postgres's own statistics.
+
+The drain's batch functions keep one plan per session (``plan_cache_mode = force_generic_plan``), built at the
+session's first call, when the tables may have been nearly empty; the last test grows them under a session
+whose plans were built on empty tables and checks that those plans still find rows by key.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from datetime import timedelta
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from taskstore import NewAgent, new_id, utcnow
 from taskstore.postgres import PostgresTaskStore
@@ -124,3 +129,115 @@ def test_enqueueing_reads_the_tasks_enqueued_not_the_pending_backlog(
     assert len(alone) == 1 and len(many) == 1
     assert read_alone <= FEW, f"enqueueing 1 of {BACKLOG} pending tasks read {read_alone} tuples"
     assert read_many <= FEW, f"enqueueing 1 of {BACKLOG} pending tasks in a batch read {read_many} tuples"
+
+
+#: Rows each table gains after the session's first calls built its plans.
+GROWTH = 3_000
+
+
+def reads_of(conn: psycopg.Connection[tuple[object, ...]], table: str) -> int:
+    """Index entries and heap rows of ``table`` read so far, this backend's latest counts included."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT (SELECT COALESCE(sum(idx_tup_read), 0) FROM pg_stat_user_indexes WHERE relname = %s)"
+        " + (SELECT COALESCE(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = %s)",
+        (table, table),
+    ).fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def claim_and_complete(conn: psycopg.Connection[tuple[object, ...]], task_ids: list[str]) -> None:
+    """Claim ``task_ids`` and complete them (each with its model call's step) through the batch functions."""
+    now, count = utcnow(), len(task_ids)
+    run_ids = [new_id() for _ in task_ids]
+    claimed = conn.execute(
+        "SELECT (task).id FROM agentq_claim_many(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[],"
+        " %s::timestamptz[])",
+        (task_ids, run_ids, ["w"] * count, [now + timedelta(seconds=30)] * count, [now] * count),
+    ).fetchall()
+    assert len(claimed) == count
+    steps = [
+        Jsonb(
+            {
+                "firing": 0,
+                "seq": 0,
+                "kind": "llm",
+                "name": "scripted-1",
+                "status": "completed",
+                "input": {},
+                "output": {"text": "done"},
+                "started_at": now.isoformat(),
+                "finished_at": now.isoformat(),
+            }
+        )
+        for _ in task_ids
+    ]
+    completed = conn.execute(
+        "SELECT * FROM agentq_complete_many(%s::uuid[], %s::uuid[], %s::timestamptz[], %s::jsonb[],"
+        " %s::jsonb[], %s::integer[], %s::integer[], %s::integer[], %s::integer[], %s::numeric[], %s::jsonb[])",
+        (
+            task_ids,
+            run_ids,
+            [now] * count,
+            [Jsonb({"output": "done"})] * count,
+            [Jsonb([])] * count,
+            [1] * count,
+            [1] * count,
+            [0] * count,
+            [0] * count,
+            [None] * count,
+            steps,
+        ),
+    ).fetchall()
+    assert len(completed) == count
+
+
+def test_a_sessions_kept_plans_find_rows_by_key_after_the_tables_grew() -> None:
+    with temporary_database() as url:
+        store = PostgresTaskStore(url, max_size=1)
+        store.migrate()
+        agent = store.create_agent(
+            NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="a", kind="general"),
+            now=utcnow(),
+        )
+        store.close()
+        with psycopg.connect(url, autocommit=True) as session, psycopg.connect(url, autocommit=True) as other:
+            if session.info.server_version < 150000:
+                pytest.skip("counting one statement's reads needs pg_stat_force_next_flush (Postgres 15+)")
+            session.execute("SET TIME ZONE 'UTC'")
+
+            def queued(count: int) -> list[str]:
+                rows = other.execute(
+                    "INSERT INTO ai_agent_tasks (id, agent_id, organization_id, title, status, queued_at)"
+                    " SELECT gen_random_uuid(), %s, %s, 'task ' || n, 'queued', now()"
+                    " FROM generate_series(1, %s) n RETURNING id::text",
+                    (agent.id, ORG, count),
+                ).fetchall()
+                return [str(row[0]) for row in rows]
+
+            # The session's first calls, on nearly empty tables: its plans are built now and kept.
+            claim_and_complete(session, queued(2))
+            # Then every table the functions read grows by thousands of rows.
+            grown = queued(GROWTH)
+            other.execute(
+                "INSERT INTO ai_agent_task_steps (task_id, run_id, firing, seq, kind, name, status, started_at)"
+                " SELECT id, gen_random_uuid(), 0, 0, 'llm', 'm', 'completed', now() FROM unnest(%s::uuid[]) id",
+                (grown,),
+            )
+            other.execute(
+                "INSERT INTO ai_agents (id, organization_id, name, provider, model, kind)"
+                " SELECT gen_random_uuid(), %s, 'agent ' || n, 'scripted', 'scripted-1', 'general'"
+                " FROM generate_series(1, %s) n",
+                (ORG, GROWTH),
+            )
+            tables = ("ai_agent_tasks", "ai_agent_task_steps", "ai_agents", "ai_agent_task_runs")
+            before = {table: reads_of(session, table) for table in tables}
+
+            claim_and_complete(session, queued(2))
+
+            read = {table: reads_of(session, table) - before[table] for table in tables}
+            assert all(count <= FEW for count in read.values()), (
+                f"claiming and completing 2 tasks with plans built on empty tables read {read} tuples"
+            )

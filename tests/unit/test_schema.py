@@ -55,6 +55,7 @@ SUPABASE_FILES = {
     "20261208000000_approvals_agentq.sql": ("0008_approvals",),
     "20261209000000_claim_rows_agentq.sql": ("0009_claim_rows",),
     "20261210000000_status_tests_agentq.sql": ("0010_status_tests",),
+    "20261211000000_kept_plans_agentq.sql": ("0011_kept_plans",),
 }
 
 
