@@ -176,7 +176,8 @@ def claim_and_complete(conn: psycopg.Connection[tuple[object, ...]], task_ids: l
     ]
     completed = conn.execute(
         "SELECT * FROM agentq_complete_many(%s::uuid[], %s::uuid[], %s::timestamptz[], %s::jsonb[],"
-        " %s::jsonb[], %s::integer[], %s::integer[], %s::integer[], %s::integer[], %s::numeric[], %s::jsonb[])",
+        " %s::jsonb[], %s::integer[], %s::integer[], %s::integer[],"
+        " %s::integer[], %s::numeric[], %s::jsonb[])",
         (
             task_ids,
             run_ids,
@@ -222,8 +223,10 @@ def test_a_sessions_kept_plans_find_rows_by_key_after_the_tables_grew() -> None:
             # Then every table the functions read grows by thousands of rows.
             grown = queued(GROWTH)
             other.execute(
-                "INSERT INTO ai_agent_task_steps (task_id, run_id, firing, seq, kind, name, status, started_at)"
-                " SELECT id, gen_random_uuid(), 0, 0, 'llm', 'm', 'completed', now() FROM unnest(%s::uuid[]) id",
+                "INSERT INTO ai_agent_task_steps"
+                " (task_id, run_id, firing, seq, kind, name, status, started_at)"
+                " SELECT id, gen_random_uuid(), 0, 0, 'llm', 'm', 'completed', now()"
+                " FROM unnest(%s::uuid[]) id",
                 (grown,),
             )
             other.execute(
