@@ -33,26 +33,36 @@ FEW = 60
 ORG = "00000000-0000-4000-8000-0000000000c1"
 
 
-@pytest.fixture(scope="module")
-def stale_database() -> Iterator[str]:
-    """A migrated database whose statistics say no task is queued or pending, holding a backlog of each."""
-    with temporary_database() as url:
-        store = PostgresTaskStore(url, max_size=1)
+def migrated_with_an_agent(url: str) -> str:
+    """Migrate the database at ``url`` and create one agent; its id. Skips before Postgres 15, where
+    ``pg_stat_force_next_flush`` (needed to count one statement's reads) does not exist."""
+    store = PostgresTaskStore(url, max_size=1)
+    try:
         store.migrate()
         agent = store.create_agent(
             NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="a", kind="general"),
             now=utcnow(),
         )
+    finally:
         store.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.info.server_version < 150000:
+            pytest.skip("counting one statement's reads needs pg_stat_force_next_flush (Postgres 15+)")
+    return agent.id
+
+
+@pytest.fixture(scope="module")
+def stale_database() -> Iterator[str]:
+    """A migrated database whose statistics say no task is queued or pending, holding a backlog of each."""
+    with temporary_database() as url:
+        agent_id = migrated_with_an_agent(url)
         with psycopg.connect(url, autocommit=True) as conn:
-            if conn.info.server_version < 150000:
-                pytest.skip("counting one statement's reads needs pg_stat_force_next_flush (Postgres 15+)")
             conn.execute("ALTER TABLE ai_agent_tasks SET (autovacuum_enabled = false)")
             conn.execute(
                 "INSERT INTO ai_agent_tasks (id, agent_id, organization_id, title, status, completed_at)"
                 " SELECT gen_random_uuid(), %s, %s, 'task ' || n, 'completed', now()"
                 " FROM generate_series(1, %s) n",
-                (agent.id, ORG, 2 * BACKLOG),
+                (agent_id, ORG, 2 * BACKLOG),
             )
             conn.execute("ANALYZE ai_agent_tasks")  # the statistics: every task completed
             conn.execute(
@@ -197,16 +207,8 @@ def claim_and_complete(conn: psycopg.Connection[tuple[object, ...]], task_ids: l
 
 def test_a_sessions_kept_plans_find_rows_by_key_after_the_tables_grew() -> None:
     with temporary_database() as url:
-        store = PostgresTaskStore(url, max_size=1)
-        store.migrate()
-        agent = store.create_agent(
-            NewAgent(provider="scripted", model="scripted-1", organization_id=ORG, name="a", kind="general"),
-            now=utcnow(),
-        )
-        store.close()
+        agent_id = migrated_with_an_agent(url)
         with psycopg.connect(url, autocommit=True) as session, psycopg.connect(url, autocommit=True) as other:
-            if session.info.server_version < 150000:
-                pytest.skip("counting one statement's reads needs pg_stat_force_next_flush (Postgres 15+)")
             session.execute("SET TIME ZONE 'UTC'")
 
             def queued(count: int) -> list[str]:
@@ -214,7 +216,7 @@ def test_a_sessions_kept_plans_find_rows_by_key_after_the_tables_grew() -> None:
                     "INSERT INTO ai_agent_tasks (id, agent_id, organization_id, title, status, queued_at)"
                     " SELECT gen_random_uuid(), %s, %s, 'task ' || n, 'queued', now()"
                     " FROM generate_series(1, %s) n RETURNING id::text",
-                    (agent.id, ORG, count),
+                    (agent_id, ORG, count),
                 ).fetchall()
                 return [str(row[0]) for row in rows]
 
