@@ -83,14 +83,14 @@ def conn(stale_database: str) -> Iterator[psycopg.Connection[tuple[object, ...]]
         yield connection
 
 
-def tuples_read(conn: psycopg.Connection[tuple[object, ...]]) -> int:
-    """Index entries and heap rows of ai_agent_tasks read so far, this backend's latest counts included."""
-    conn.execute("SELECT pg_stat_force_next_flush()")  # flushed when this statement's transaction ends
+def reads_of(conn: psycopg.Connection[tuple[object, ...]], table: str) -> int:
+    """Index entries and heap rows of ``table`` read so far, this backend's latest counts included."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
     conn.execute("SELECT pg_stat_clear_snapshot()")
     row = conn.execute(
-        "SELECT (SELECT COALESCE(sum(idx_tup_read), 0) FROM pg_stat_user_indexes"
-        "         WHERE relname = 'ai_agent_tasks')"
-        " + (SELECT COALESCE(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = 'ai_agent_tasks')"
+        "SELECT (SELECT COALESCE(sum(idx_tup_read), 0) FROM pg_stat_user_indexes WHERE relname = %s)"
+        " + (SELECT COALESCE(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = %s)",
+        (table, table),
     ).fetchone()
     assert row is not None
     return int(str(row[0]))
@@ -109,7 +109,7 @@ def test_a_claim_of_two_reads_two_tasks_not_the_queued_backlog(
 ) -> None:
     task_ids = two_with_status(conn, "queued")
     now = utcnow()
-    before = tuples_read(conn)
+    before = reads_of(conn, "ai_agent_tasks")
 
     claimed = conn.execute(
         "SELECT (task).id FROM agentq_claim_many(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[],"
@@ -117,7 +117,7 @@ def test_a_claim_of_two_reads_two_tasks_not_the_queued_backlog(
         (task_ids, [new_id(), new_id()], ["w", "w"], [now + timedelta(seconds=30)] * 2, [now, now]),
     ).fetchall()
 
-    read = tuples_read(conn) - before
+    read = reads_of(conn, "ai_agent_tasks") - before
     assert sorted(str(row[0]) for row in claimed) == sorted(task_ids)
     assert read <= FEW, f"claiming 2 of {BACKLOG} queued tasks read {read} tuples of ai_agent_tasks"
 
@@ -127,14 +127,14 @@ def test_enqueueing_reads_the_tasks_enqueued_not_the_pending_backlog(
 ) -> None:
     one, other = two_with_status(conn, "pending")
     now = utcnow()
-    before = tuples_read(conn)
+    before = reads_of(conn, "ai_agent_tasks")
 
     alone = conn.execute("SELECT id FROM agentq_mark_queued(%s, NULL, %s, %s)", (one, now, now)).fetchall()
-    read_alone = tuples_read(conn) - before
+    read_alone = reads_of(conn, "ai_agent_tasks") - before
     many = conn.execute(
         "SELECT id FROM agentq_mark_queued_many(%s::uuid[], NULL, %s, %s)", ([other], now, now)
     ).fetchall()
-    read_many = tuples_read(conn) - before - read_alone
+    read_many = reads_of(conn, "ai_agent_tasks") - before - read_alone
 
     assert len(alone) == 1 and len(many) == 1
     assert read_alone <= FEW, f"enqueueing 1 of {BACKLOG} pending tasks read {read_alone} tuples"
@@ -143,19 +143,6 @@ def test_enqueueing_reads_the_tasks_enqueued_not_the_pending_backlog(
 
 #: Rows each table gains after the session's first calls built its plans.
 GROWTH = 3_000
-
-
-def reads_of(conn: psycopg.Connection[tuple[object, ...]], table: str) -> int:
-    """Index entries and heap rows of ``table`` read so far, this backend's latest counts included."""
-    conn.execute("SELECT pg_stat_force_next_flush()")
-    conn.execute("SELECT pg_stat_clear_snapshot()")
-    row = conn.execute(
-        "SELECT (SELECT COALESCE(sum(idx_tup_read), 0) FROM pg_stat_user_indexes WHERE relname = %s)"
-        " + (SELECT COALESCE(seq_tup_read, 0) FROM pg_stat_user_tables WHERE relname = %s)",
-        (table, table),
-    ).fetchone()
-    assert row is not None
-    return int(str(row[0]))
 
 
 def claim_and_complete(conn: psycopg.Connection[tuple[object, ...]], task_ids: list[str]) -> None:
