@@ -68,6 +68,15 @@ POLL_S = 0.1
 STOP_TIMEOUT_S = 30.0
 _TICKS = os.sysconf("SC_CLK_TCK")
 _SERVER_COMMANDS = frozenset({"postgres", "redis-server"})
+#: ``ai_agents.kind`` of the ``--lean`` runs' agent: a sync kind (``benchmarks.lean_kind``).
+LEAN_KIND = "bench_sync"
+#: The settings of the ``--lean`` runs: the per-task work added since runs moved to the event loop,
+#: switched off through its public names (live events, the step ledger, worker presence, the cancel watch).
+LEAN_ENV = {
+    "AGENTQ_EVENTS_ENABLED": "false",
+    "AGENTQ_STEP_LEDGER": "false",
+    "AGENTQ_DISABLE_MIDDLEWARE": "presence,cancel_watch",
+}
 
 
 class BenchmarkError(RuntimeError):
@@ -173,14 +182,14 @@ class Worker:
 
 @contextlib.contextmanager
 def run_worker(
-    module: str, processes: int, threads: int, env: dict[str, str], log_path: Path
+    modules: str, processes: int, threads: int, env: dict[str, str], log_path: Path
 ) -> Iterator[Worker]:
-    """``dramatiq <module>`` as a subprocess with its output in ``log_path``; SIGTERM'd on exit."""
+    """``dramatiq <modules>`` (space-separated) as a subprocess, output in ``log_path``; SIGTERM'd on exit."""
     command = [
         sys.executable,
         "-m",
         "dramatiq",
-        module,
+        *modules.split(),
         "--processes",
         str(processes),
         "--threads",
@@ -286,6 +295,8 @@ class Bench:
     organization_id: str
     env: dict[str, str]
     log_dir: Path
+    #: The agent of ``--lean`` runs (a sync kind, ``benchmarks.lean_kind``); None without ``--lean``.
+    lean_agent_id: str | None = None
     runs: list[RunResult] = field(default_factory=list)
     _serial: int = 0
 
@@ -320,10 +331,18 @@ class Bench:
         )
 
     def run_pipeline(
-        self, processes: int, threads: int, tasks: int, *, group_commit: bool = True, step_ledger: bool = True
+        self,
+        processes: int,
+        threads: int,
+        tasks: int,
+        *,
+        group_commit: bool = True,
+        step_ledger: bool = True,
+        lean: bool = False,
     ) -> RunResult:
         """The full pipeline; ``group_commit=False`` writes every claim and completion alone,
-        ``step_ledger=False`` records no steps (``AGENTQ_STEP_LEDGER=false``)."""
+        ``step_ledger=False`` records no steps (``AGENTQ_STEP_LEDGER=false``), ``lean`` runs a sync kind
+        with the per-task features of :data:`LEAN_ENV` off."""
         kind = "pipeline" if group_commit else "pipeline-solo"
         kind = kind if step_ledger else "pipeline-no-ledger"
         env = {
@@ -331,13 +350,19 @@ class Bench:
             "AGENTQ_DB_GROUP_COMMIT": "true" if group_commit else "false",
             "AGENTQ_STEP_LEDGER": "true" if step_ledger else "false",
         }
+        agent_id, modules = self.agent_id, "actors"
+        if lean:
+            if self.lean_agent_id is None:
+                raise BenchmarkError("a lean run needs the lean agent (main() creates it for --lean)")
+            kind, agent_id, modules = "pipeline-lean", self.lean_agent_id, "actors benchmarks.lean_kind"
+            env.update(LEAN_ENV)
         self.redis_client.flushdb()
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             conn.execute("TRUNCATE ai_agent_task_steps, ai_agent_task_runs, ai_agent_tasks")
             started = time.perf_counter()
             for index in range(tasks):
                 task = self.queue.create_task(
-                    agent_id=self.agent_id, organization_id=self.organization_id, title=f"bench task {index}"
+                    agent_id=agent_id, organization_id=self.organization_id, title=f"bench task {index}"
                 )
                 self.queue.add_task(task.id)
             enqueue_s = time.perf_counter() - started
@@ -353,18 +378,34 @@ class Bench:
                 return int(row[0])
 
             log = self.log_path(kind, processes, threads)
-            with run_worker("actors", processes, threads, env, log) as worker:
+            with run_worker(modules, processes, threads, env, log) as worker:
                 first, last = _drain(worker, tasks, progress, _deadline_s(tasks))
             row = conn.execute(
                 "SELECT min(started_at), max(completed_at), count(*) FROM ai_agent_tasks"
                 " WHERE status = 'completed'"
             ).fetchone()
+            if lean:
+                self._check_lean(conn)
         assert row is not None
         if row[2] != tasks or row[0] is None or row[1] is None:
             raise BenchmarkError(f"expected {tasks} completed tasks, found {row[2]}")
         drain_s = (row[1] - row[0]).total_seconds()
         worker_ms, server_ms = _per_task_ms(first, last, tasks)
         return self._record(kind, processes, threads, tasks, enqueue_s, drain_s, worker_ms, server_ms, worker)
+
+    def _check_lean(self, conn: psycopg.Connection[Any]) -> None:
+        """Raise unless the lean worker ran with its features off: no step recorded, no run event."""
+        from actors.events.model import stream_key
+
+        steps = conn.execute("SELECT count(*) FROM ai_agent_task_steps").fetchone()
+        if steps is None or steps[0]:
+            raise BenchmarkError(f"a lean run recorded {steps and steps[0]} step(s): the ledger was on")
+        task = conn.execute("SELECT id FROM ai_agent_tasks LIMIT 1").fetchone()
+        assert task is not None
+        entries = self.redis_client.xrange(stream_key(str(task[0]))) or []
+        types = {fields.get(b"type") for _, fields in entries if fields}
+        if b"completed" in types:
+            raise BenchmarkError("a lean run published its tasks' events: live events were on")
 
     def run_bullmq(self, python: Path, processes: int, threads: int, tasks: int) -> RunResult:
         """The seed's architecture: ``bullmq`` jobs doing two status UPDATEs (see ``bullmq_replica``)."""
@@ -529,6 +570,12 @@ def render(runs: list[RunResult], tasks: int, repeats: int, machine: list[str], 
         "Step ledger on (default) vs off (`AGENTQ_STEP_LEDGER=false`, no step recorded), one model call"
         " per task, interleaved in the same run:",
     )
+    lines += _on_off(
+        runs,
+        "pipeline-lean",
+        "Default vs lean (a sync agent kind on worker threads; live events, step ledger, presence and cancel"
+        " watch off: `benchmarks/lean_kind.py`), interleaved in the same run:",
+    )
     lines += [
         "",
         "Every run, in order:",
@@ -598,9 +645,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="also run the pipeline with AGENTQ_STEP_LEDGER=false (no step recorded), interleaved",
     )
     parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="also run the pipeline lean: a sync agent kind, live events, step ledger, presence and cancel"
+        " watch off (benchmarks/lean_kind.py; to compare with a build that predates them), interleaved",
+    )
+    parser.add_argument(
         "--only-pipeline",
         action="store_true",
-        help="leave out the bare Dramatiq and BullMQ runs (for --solo/--no-ledger comparisons)",
+        help="leave out the bare Dramatiq and BullMQ runs (for --solo/--no-ledger/--lean comparisons)",
     )
     parser.add_argument(
         "--config",
@@ -677,7 +730,15 @@ def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
             now=utcnow(),
         )
         bench = Bench(
-            redis_client, database_url, runtime.queue, store, agent.id, organization_id, env, log_dir
+            redis_client,
+            database_url,
+            runtime.queue,
+            store,
+            agent.id,
+            organization_id,
+            env,
+            log_dir,
+            lean_agent_id=_lean_agent(store, organization_id) if args.lean else None,
         )
         for repeat in range(1, args.repeats + 1):
             for processes, threads in args.configs:
@@ -692,6 +753,8 @@ def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
                     bench.run_pipeline(processes, threads, args.tasks, group_commit=False)
                 if args.no_ledger:
                     bench.run_pipeline(processes, threads, args.tasks, step_ledger=False)
+                if args.lean:
+                    bench.run_pipeline(processes, threads, args.tasks, lean=True)
                 if args.bullmq_python.exists() and not args.only_pipeline:
                     bench.run_bullmq(args.bullmq_python, processes, threads, args.tasks)
         report = render(
@@ -717,6 +780,24 @@ def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
         else:
             print(f"worker logs kept in {log_dir}", file=sys.stderr)
     return bench.runs, report
+
+
+def _lean_agent(store: TaskStore, organization_id: str) -> str:
+    """The lean runs' agent; its kind's actor is declared in this process too (the producer needs it)."""
+    import benchmarks.lean_kind  # noqa: F401 (declares the kind)
+    from taskstore import NewAgent, utcnow
+
+    agent = store.create_agent(
+        NewAgent(
+            provider="scripted",
+            model="scripted-1",
+            organization_id=organization_id,
+            name="bench-lean",
+            kind=LEAN_KIND,
+        ),
+        now=utcnow(),
+    )
+    return agent.id
 
 
 def figures(runs: list[RunResult]) -> list[Figure]:

@@ -21,3 +21,22 @@ def test_a_bad_config_is_refused_naming_it(bad: str, capsys: pytest.CaptureFixtu
         pipeline.parse(["--config", bad])
 
     assert f"{bad!r} is not PROCESSESxTHREADS" in capsys.readouterr().err
+
+
+def test_lean_runs_are_asked_for_with_lean() -> None:
+    assert pipeline.parse([]).lean is False
+    assert pipeline.parse(["--lean"]).lean is True
+
+
+def test_the_lean_settings_switch_off_what_they_say(monkeypatch: pytest.MonkeyPatch) -> None:
+    from config.settings import load_settings
+    from middleware import OPTIONAL
+
+    for name, value in pipeline.LEAN_ENV.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+
+    assert settings.events_enabled is False
+    assert settings.step_ledger is False
+    assert set(settings.disabled_middleware) == {"presence", "cancel_watch"}
+    assert set(settings.disabled_middleware) <= set(OPTIONAL)
