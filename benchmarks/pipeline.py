@@ -714,27 +714,17 @@ def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
     store: TaskStore | None = None
     try:
         from actors import runtime
-        from taskstore import NewAgent, utcnow
 
         store = runtime.store
         store.migrate()
         organization_id = "00000000-0000-4000-8000-00000000be00"
-        agent = store.create_agent(
-            NewAgent(
-                provider="scripted",
-                model="scripted-1",
-                organization_id=organization_id,
-                name="bench",
-                kind="general",
-            ),
-            now=utcnow(),
-        )
+        agent_id = _bench_agent(store, organization_id, "bench", "general")
         bench = Bench(
             redis_client,
             database_url,
             runtime.queue,
             store,
-            agent.id,
+            agent_id,
             organization_id,
             env,
             log_dir,
@@ -785,19 +775,18 @@ def run(args: argparse.Namespace) -> tuple[list[RunResult], str]:
 def _lean_agent(store: TaskStore, organization_id: str) -> str:
     """The lean runs' agent; its kind's actor is declared in this process too (the producer needs it)."""
     import benchmarks.lean_kind  # noqa: F401 (declares the kind)
+
+    return _bench_agent(store, organization_id, "bench-lean", LEAN_KIND)
+
+
+def _bench_agent(store: TaskStore, organization_id: str, name: str, kind: str) -> str:
+    """A new agent of ``kind`` on the zero-latency ``scripted`` provider; returns its id."""
     from taskstore import NewAgent, utcnow
 
-    agent = store.create_agent(
-        NewAgent(
-            provider="scripted",
-            model="scripted-1",
-            organization_id=organization_id,
-            name="bench-lean",
-            kind=LEAN_KIND,
-        ),
-        now=utcnow(),
+    agent = NewAgent(
+        provider="scripted", model="scripted-1", organization_id=organization_id, name=name, kind=kind
     )
-    return agent.id
+    return store.create_agent(agent, now=utcnow()).id
 
 
 def figures(runs: list[RunResult]) -> list[Figure]:
