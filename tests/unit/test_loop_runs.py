@@ -96,6 +96,48 @@ def test_every_slot_taken_makes_the_next_thread_wait_until_one_is_given_back_or_
     assert runs.acquire()
 
 
+def test_giving_back_a_slot_that_was_not_taken_is_refused_and_the_capacity_stays() -> None:
+    runs = RunsInFlight(1)
+    with pytest.raises(ValueError, match="no slot is taken"):
+        runs.release()
+
+    assert runs.acquire()
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(runs.acquire()))
+    waiter.start()
+    waiter.join(0.6)
+    assert waiter.is_alive() and not got  # still one slot: the refused release added none
+    runs.close()
+    waiter.join(5)
+    assert got == [False]
+
+
+def test_an_end_whose_writing_raises_is_logged_and_later_runs_still_end(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs = RunsInFlight(1)
+
+    async def answer() -> str:
+        return "done"
+
+    writers: list[threading.Thread] = []
+
+    def broken(result: Any, error: BaseException | None) -> None:
+        writers.append(threading.current_thread())
+        raise RuntimeError("the store's write blew up")
+
+    assert runs.acquire()
+    runs.start(attempt(), RunOnLoop(answer()), broken)
+    assert runs.wait_idle(10)  # the slot came back although writing the end raised
+    ends, _ = start(runs, answer())
+
+    assert runs.wait_idle(10) and ends.ends == [("done", None, "the worker thread")]
+    assert "writing the end of its run failed" in caplog.text
+    runs.shutdown()
+    [writer] = writers
+    assert writer.name.startswith("agentq-run-end") and not writer.is_alive()  # shutdown stops them
+
+
 def test_a_run_past_its_time_limit_ends_with_dramatiqs_time_limit_error() -> None:
     runs = RunsInFlight(1)
 
