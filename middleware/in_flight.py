@@ -250,6 +250,8 @@ class RunsInFlight:
             self._ends.put(None)
         for thread in finishers:
             thread.join()
+        if not self._ends.empty():  # a run ended while they stopped: its end behind the stops is written too
+            self._start_finishers()
 
 
 async def _bounded(coroutine: Coroutine[Any, Any, Any], limit_ms: int | None) -> Any:
