@@ -138,6 +138,33 @@ def test_an_end_whose_writing_raises_is_logged_and_later_runs_still_end(
     assert writer.name.startswith("agentq-run-end") and not writer.is_alive()  # shutdown stops them
 
 
+def test_a_finisher_thread_outlives_an_error_escaping_the_end_of_a_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    runs = RunsInFlight(1)
+    writers: list[threading.Thread] = []
+
+    async def answer() -> str:
+        return "done"
+
+    def gives_its_slot_back_early(result: Any, error: BaseException | None) -> None:
+        writers.append(threading.current_thread())
+        runs.release()  # a bug: the end's own release then raises past ``_finish``
+
+    assert runs.acquire()
+    runs.start(attempt(), RunOnLoop(answer()), gives_its_slot_back_early)
+    deadline = time.monotonic() + 10
+    while "ending its run failed" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    assert "ending its run failed" in caplog.text
+    [writer] = writers
+    assert writer.is_alive()  # still there for the next end
+    ends, _ = start(runs, answer())
+    assert runs.wait_idle(10) and ends.ends == [("done", None, "the worker thread")]
+    runs.shutdown()
+
+
 def test_a_run_past_its_time_limit_ends_with_dramatiqs_time_limit_error() -> None:
     runs = RunsInFlight(1)
 
